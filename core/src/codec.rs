@@ -1,0 +1,169 @@
+//! The stored and transmitted form of a chunk.
+//!
+//! A chunk is zstd-compressed unless that does not make it smaller, in which case
+//! it travels and is stored raw. Decoding always checks the blake3 id of the
+//! result, so corruption is reported, never returned.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::MAX_CHUNK_LIMIT;
+use crate::ChunkId;
+
+/// How a chunk's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Codec {
+    /// The plaintext itself.
+    Raw = 0,
+    /// A zstd frame.
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Raw),
+            1 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A chunk in its stored form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedChunk {
+    pub codec: Codec,
+    /// Length of the plaintext.
+    pub raw_len: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a stored or received chunk could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The plaintext would exceed the largest chunk tern allows.
+    #[error("chunk claims {0} bytes, more than the limit of {MAX_CHUNK_LIMIT}")]
+    TooLarge(u32),
+    /// zstd refused the bytes.
+    #[error("chunk does not decompress: {0}")]
+    Decompress(String),
+    /// The plaintext has a different length than recorded.
+    #[error("chunk decodes to {got} bytes, expected {expected}")]
+    Length { expected: u32, got: usize },
+    /// The plaintext does not hash to the chunk's id.
+    #[error("chunk content does not match its id {0}")]
+    HashMismatch(ChunkId),
+}
+
+/// Compresses one chunk's worth of bytes with a reusable zstd context.
+pub struct Compressor {
+    ctx: zstd::bulk::Compressor<'static>,
+    out: Vec<u8>,
+}
+
+impl Compressor {
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(Self {
+            ctx: zstd::bulk::Compressor::new(level)?,
+            out: Vec::new(),
+        })
+    }
+
+    /// Encodes `data`, keeping it raw if zstd does not shrink it.
+    pub fn encode(&mut self, data: &[u8]) -> EncodedChunk {
+        let raw_len = data.len() as u32;
+        // Leave out anything that saves less than 1/64: not worth a decompress.
+        let budget = data.len() - data.len() / 64;
+        self.out.clear();
+        self.out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        match self.ctx.compress_to_buffer(data, &mut self.out) {
+            Ok(n) if n < budget => EncodedChunk {
+                codec: Codec::Zstd,
+                raw_len,
+                bytes: self.out[..n].to_vec(),
+            },
+            _ => EncodedChunk {
+                codec: Codec::Raw,
+                raw_len,
+                bytes: data.to_vec(),
+            },
+        }
+    }
+}
+
+/// Decodes a chunk and checks it hashes to `id`.
+pub fn decode(id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if raw_len > MAX_CHUNK_LIMIT {
+        return Err(CodecError::TooLarge(raw_len));
+    }
+    let plain = match codec {
+        Codec::Raw => bytes.to_vec(),
+        Codec::Zstd => {
+            let mut out = Vec::with_capacity(raw_len as usize);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(bytes, &mut out))
+                .map_err(|e| CodecError::Decompress(e.to_string()))?;
+            out
+        }
+    };
+    if plain.len() != raw_len as usize {
+        return Err(CodecError::Length {
+            expected: raw_len,
+            got: plain.len(),
+        });
+    }
+    if ChunkId::of(&plain) != *id {
+        return Err(CodecError::HashMismatch(*id));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_chunks_shrink_and_round_trip() {
+        let data = b"backup ".repeat(10_000);
+        let id = ChunkId::of(&data);
+        let enc = Compressor::new(3).unwrap().encode(&data);
+        assert_eq!(enc.codec, Codec::Zstd);
+        assert!(enc.bytes.len() < data.len() / 10);
+        assert_eq!(decode(&id, enc.codec, enc.raw_len, &enc.bytes).unwrap(), data);
+    }
+
+    #[test]
+    fn incompressible_chunks_stay_raw() {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let data: Vec<u8> = (0..65536)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let enc = Compressor::new(3).unwrap().encode(&data);
+        assert_eq!(enc.codec, Codec::Raw);
+        assert_eq!(enc.bytes, data);
+    }
+
+    #[test]
+    fn corruption_is_detected_not_returned() {
+        let data = b"some chunk data".repeat(100);
+        let id = ChunkId::of(&data);
+        let mut enc = Compressor::new(1).unwrap().encode(&data);
+        let last = enc.bytes.len() - 1;
+        enc.bytes[last] ^= 0xff;
+        assert!(decode(&id, enc.codec, enc.raw_len, &enc.bytes).is_err());
+        let mut raw = data.clone();
+        raw[0] ^= 1;
+        assert!(matches!(
+            decode(&id, Codec::Raw, raw.len() as u32, &raw),
+            Err(CodecError::HashMismatch(_))
+        ));
+        assert!(matches!(
+            decode(&id, Codec::Zstd, MAX_CHUNK_LIMIT + 1, &enc.bytes),
+            Err(CodecError::TooLarge(_))
+        ));
+    }
+}

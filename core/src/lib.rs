@@ -1,0 +1,22 @@
+//! tern-core: the pieces every tern program shares.
+//!
+//! - [`id`]: chunk identity (blake3 of the plaintext).
+//! - [`chunker`]: streaming FastCDC with a container's parameters.
+//! - [`codec`]: the stored form of a chunk (zstd or raw), verified on every decode.
+//! - [`names`]: validated container and image names.
+//! - [`wire`]: frames and messages of the tern protocol.
+//! - [`tls`]: certificate fingerprints and the pinning verifier.
+//! - [`session`]: sequence numbers, acknowledgements and a framed connection.
+
+pub mod chunker;
+pub mod codec;
+pub mod id;
+pub mod names;
+pub mod session;
+pub mod tls;
+pub mod wire;
+
+pub use chunker::{ChunkParams, StreamChunker};
+pub use codec::{Codec, EncodedChunk};
+pub use id::ChunkId;
+pub use names::{ContainerName, ImageName, NameError};

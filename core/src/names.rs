@@ -1,0 +1,153 @@
+//! Names that reach the store: validated once, at the edge.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{kind} name is empty")]
+    Empty { kind: &'static str },
+    /// Longer than [`MAX_NAME_LEN`] bytes.
+    #[error("{kind} name is {len} bytes long; the limit is {MAX_NAME_LEN}")]
+    TooLong { kind: &'static str, len: usize },
+    /// Contains a character that is not allowed.
+    #[error("{kind} name {name:?} contains {what}, which is not allowed")]
+    BadCharacter {
+        kind: &'static str,
+        name: String,
+        what: &'static str,
+    },
+    /// `.` or `..`.
+    #[error("{kind} name {name:?} is reserved")]
+    Reserved { kind: &'static str, name: String },
+}
+
+/// The longest name in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            kind,
+            len: name.len(),
+        });
+    }
+    let bad = |what| NameError::BadCharacter {
+        kind,
+        name: name.to_string(),
+        what,
+    };
+    if name.contains('/') {
+        return Err(bad("'/'"));
+    }
+    if name.contains('\\') {
+        return Err(bad("'\\'"));
+    }
+    if name.contains('\0') {
+        return Err(bad("a NUL byte"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad("a control character"));
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return Err(NameError::Reserved {
+            kind,
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+                let name = name.into();
+                check($kind, &name)?;
+                Ok(Self(name))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A container name: 1..=255 bytes, no `/`, `\`, `..`, NUL or control characters.
+    ContainerName,
+    "container"
+);
+name_type!(
+    /// An image name: the same rules as [`ContainerName`].
+    ImageName,
+    "image"
+);
+name_type!(
+    /// A storage group name: the same rules as [`ContainerName`].
+    GroupName,
+    "storage group"
+);
+name_type!(
+    /// A user name: the same rules as [`ContainerName`].
+    UserName,
+    "user"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_image_names_are_refused() {
+        for bad in ["", "a/b", "..", "a..b", "nul\0", &"x".repeat(256), "tab\there"] {
+            assert!(ImageName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ImageName::new("nightly-2026.11.22").is_ok());
+        assert!(ImageName::new("x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn names_decode_through_validation() {
+        let bytes = rmp_serde::to_vec(&"../etc").unwrap();
+        assert!(rmp_serde::from_slice::<ImageName>(&bytes).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! TLS pieces shared by client and server: fingerprints and certificate pinning.
+//!
+//! tern does not use a CA hierarchy: the client pins the server's certificate by
+//! its SHA-256 fingerprint, given explicitly or trusted on first use.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// SHA-256 of a certificate's DER bytes, shown as `sha256:` and 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert_der: &[u8]) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Self(out)
+    }
+
+    /// Parses `sha256:<hex>` or bare hex, with or without `:` between bytes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let s = s.strip_prefix("sha256:").unwrap_or(s);
+        let hex: String = s.chars().filter(|c| *c != ':').collect();
+        crate::ChunkId::from_hex(&hex.to_ascii_lowercase()).map(|id| Self(id.0))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", crate::ChunkId(self.0))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The crypto provider every tern endpoint uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one server certificate, named by fingerprint; or, with no
+/// fingerprint given, any certificate, remembering which (trust on first use).
+#[derive(Debug)]
+pub struct PinnedServer {
+    expected: Option<Fingerprint>,
+    seen: Mutex<Option<Fingerprint>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedServer {
+    pub fn new(expected: Option<Fingerprint>) -> Arc<Self> {
+        Arc::new(Self {
+            expected,
+            seen: Mutex::new(None),
+            provider: provider(),
+        })
+    }
+
+    /// The fingerprint of the last certificate presented.
+    pub fn seen(&self) -> Option<Fingerprint> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = Fingerprint::of(end_entity.as_ref());
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
+        match self.expected {
+            Some(want) if want != got => Err(rustls::Error::General(format!(
+                "server certificate fingerprint {got} does not match the pinned {want}"
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_common_spellings() {
+        let fp = Fingerprint::of(b"cert");
+        let s = fp.to_string();
+        assert_eq!(Fingerprint::parse(&s), Some(fp));
+        assert_eq!(Fingerprint::parse(&s["sha256:".len()..].to_uppercase()), Some(fp));
+        let colons: Vec<String> = fp.0.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(Fingerprint::parse(&colons.join(":")), Some(fp));
+        assert_eq!(Fingerprint::parse("sha256:1234"), None);
+    }
+}

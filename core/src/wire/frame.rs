@@ -1,0 +1,191 @@
+//! Frames: the unit that crosses a connection.
+//!
+//! ```text
+//! u32 BE header length | u32 BE payload length | header (rmp-serde Envelope) | payload (raw bytes)
+//! ```
+//! Both lengths are checked against fixed bounds before anything is allocated.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::msg::Envelope;
+
+/// The largest header a peer may send.
+pub const MAX_HEADER_LEN: u32 = 1 << 20;
+/// The largest payload a peer may send: a maximal chunk plus slack.
+pub const MAX_PAYLOAD_LEN: u32 = (4 << 20) + 4096;
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub env: Envelope,
+    pub payload: Vec<u8>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// A length field exceeds its bound.
+    #[error("frame {what} length {len} exceeds the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        len: u32,
+        limit: u32,
+    },
+    /// The header is not a valid message.
+    #[error("undecodable frame header: {0}")]
+    Header(String),
+}
+
+impl FrameError {
+    /// True when the peer simply went away rather than misbehaved.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, FrameError::Io(e) if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ))
+    }
+}
+
+impl Frame {
+    pub fn new(env: Envelope, payload: Vec<u8>) -> Self {
+        Self { env, payload }
+    }
+
+    /// Encodes the header and length prefix; the payload is written beside it.
+    pub fn encode_head(&self) -> Result<Vec<u8>, FrameError> {
+        let header = rmp_serde::to_vec_named(&self.env).map_err(|e| FrameError::Header(e.to_string()))?;
+        if header.len() as u64 > MAX_HEADER_LEN as u64 {
+            return Err(FrameError::TooLarge {
+                what: "header",
+                len: header.len() as u32,
+                limit: MAX_HEADER_LEN,
+            });
+        }
+        let mut head = Vec::with_capacity(8 + header.len());
+        head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        head.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        head.extend_from_slice(&header);
+        Ok(head)
+    }
+
+    /// Decodes a frame from a complete buffer (for fuzzing and tests).
+    pub fn decode(buf: &[u8]) -> Result<(Frame, usize), FrameError> {
+        let short = || FrameError::Io(io::ErrorKind::UnexpectedEof.into());
+        let prefix: [u8; 8] = buf.get(..8).ok_or_else(short)?.try_into().map_err(|_| short())?;
+        let (hlen, plen) = check_lengths(prefix)?;
+        let total = 8 + hlen as usize + plen as usize;
+        let body = buf.get(8..total).ok_or_else(short)?;
+        let env = decode_header(&body[..hlen as usize])?;
+        Ok((Frame::new(env, body[hlen as usize..].to_vec()), total))
+    }
+
+    /// Reads one frame.
+    pub async fn read_from<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+        let mut prefix = [0u8; 8];
+        r.read_exact(&mut prefix).await?;
+        let (hlen, plen) = check_lengths(prefix)?;
+        let mut header = vec![0u8; hlen as usize];
+        r.read_exact(&mut header).await?;
+        let env = decode_header(&header)?;
+        let mut payload = vec![0u8; plen as usize];
+        r.read_exact(&mut payload).await?;
+        Ok(Frame::new(env, payload))
+    }
+
+    /// Writes one frame (not flushed).
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> Result<(), FrameError> {
+        if self.payload.len() as u64 > MAX_PAYLOAD_LEN as u64 {
+            return Err(FrameError::TooLarge {
+                what: "payload",
+                len: self.payload.len() as u32,
+                limit: MAX_PAYLOAD_LEN,
+            });
+        }
+        let head = self.encode_head()?;
+        w.write_all(&head).await?;
+        if !self.payload.is_empty() {
+            w.write_all(&self.payload).await?;
+        }
+        Ok(())
+    }
+}
+
+fn check_lengths(prefix: [u8; 8]) -> Result<(u32, u32), FrameError> {
+    let hlen = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let plen = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    if hlen == 0 || hlen > MAX_HEADER_LEN {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: hlen,
+            limit: MAX_HEADER_LEN,
+        });
+    }
+    if plen > MAX_PAYLOAD_LEN {
+        return Err(FrameError::TooLarge {
+            what: "payload",
+            len: plen,
+            limit: MAX_PAYLOAD_LEN,
+        });
+    }
+    Ok((hlen, plen))
+}
+
+fn decode_header(bytes: &[u8]) -> Result<Envelope, FrameError> {
+    rmp_serde::from_slice(bytes).map_err(|e| FrameError::Header(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::msg::Msg;
+
+    fn sample() -> Frame {
+        Frame::new(
+            Envelope { seq: 7, ack: 3, req: 9, msg: Msg::Ping },
+            b"payload".to_vec(),
+        )
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let f = sample();
+        let mut buf = f.encode_head().unwrap();
+        buf.extend_from_slice(&f.payload);
+        let (g, used) = Frame::decode(&buf).unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(f, g);
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocation() {
+        let mut buf = vec![0xff; 8];
+        buf.extend_from_slice(&[0; 16]);
+        assert!(matches!(Frame::decode(&buf), Err(FrameError::TooLarge { .. })));
+        let mut buf = 10u32.to_be_bytes().to_vec();
+        buf.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(Frame::decode(&buf), Err(FrameError::TooLarge { what: "payload", .. })));
+    }
+
+    #[test]
+    fn truncated_and_garbage_frames_are_errors() {
+        let f = sample();
+        let mut buf = f.encode_head().unwrap();
+        buf.extend_from_slice(&f.payload);
+        for cut in 0..buf.len() {
+            assert!(Frame::decode(&buf[..cut]).is_err());
+        }
+        let mut garbage = 4u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&0u32.to_be_bytes());
+        garbage.extend_from_slice(b"\xc1\xc1\xc1\xc1");
+        assert!(matches!(Frame::decode(&garbage), Err(FrameError::Header(_))));
+    }
+}

@@ -1,0 +1,34 @@
+//! The tern wire protocol: frames (see [`frame`]) carrying messages (see [`msg`]).
+//!
+//! `docs/protocol.md` describes both; keep it true when this changes.
+
+pub mod frame;
+pub mod msg;
+
+pub use frame::{Frame, FrameError, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use msg::*;
+
+/// The protocol versions this build speaks.
+pub const PROTOCOL_MIN: u16 = 1;
+pub const PROTOCOL_MAX: u16 = 1;
+
+/// Features this build offers; the session uses the intersection of both sides'.
+pub const FEATURES: &[&str] = &["dedup", "passthrough"];
+
+/// Picks the highest version both sides speak.
+pub fn negotiate_version(peer_min: u16, peer_max: u16) -> Option<u16> {
+    let hi = PROTOCOL_MAX.min(peer_max);
+    let lo = PROTOCOL_MIN.max(peer_min);
+    (lo <= hi).then_some(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_negotiate_to_the_highest_common() {
+        assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_MAX));
+        assert_eq!(negotiate_version(PROTOCOL_MAX + 1, PROTOCOL_MAX + 3), None);
+    }
+}
