@@ -1,1 +1,269 @@
-fn main(){}
+//! `ternd`: run and administer a tern server.
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tern_core::names::{GroupName, UserName};
+use tern_server::certs::{self, CertPaths};
+use tern_server::config::{Config, DEFAULT_CONFIG};
+use tern_server::store::{Store, DEFAULT_GROUP};
+use tern_server::{auth, control, net};
+
+#[derive(Parser)]
+#[command(name = "ternd", version, about = "The tern deduplicating backup target")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (initializing the data directory on first start).
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// TLS listen address (default from the config: 0.0.0.0:9443).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Plaintext listen address; loopback only.
+        #[arg(long)]
+        plain_listen: Option<SocketAddr>,
+        /// Configuration file (default: DATA/ternd.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the server certificate's fingerprint.
+    Fingerprint {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Reclaim space of deleted images (through the running server if there is one).
+    Gc {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every pack, index entry and recipe; exits 1 on damage.
+    Fsck {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage users (on a stopped server).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user or reset their password; the password comes from TERN_PASSWORD or stdin.
+    Add {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Storage groups the user may use (default: "default").
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataArg {
+    /// Data directory.
+    #[arg(long, env = "TERND_DATA", default_value = "ternd-data")]
+    data: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("ternd: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve { data, listen, plain_listen, config } => serve(&data.data, listen, plain_listen, config),
+        Cmd::Fingerprint { data } => {
+            let cfg = Config::load(&data.data.join("ternd.toml"))?;
+            println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
+            Ok(())
+        }
+        Cmd::Gc { data, json } => {
+            let report = match control::request(&data.data, "gc")? {
+                Some(v) => v,
+                None => serde_json::to_value(open_store(&data.data)?.gc()?)?,
+            };
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "removed {} chunks; {} packs deleted, {} rewritten; packs {} -> {} bytes",
+                    report["chunks_removed"],
+                    report["packs_deleted"],
+                    report["packs_rewritten"],
+                    report["bytes_before"],
+                    report["bytes_after"]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Fsck { data, json } => {
+            let report = match control::request(&data.data, "fsck")? {
+                Some(v) => v,
+                None => serde_json::to_value(open_store(&data.data)?.fsck()?)?,
+            };
+            let damage = report["damage"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{report}");
+            } else {
+                for d in &damage {
+                    println!("damaged: {}", d.as_str().unwrap_or_default());
+                }
+                println!(
+                    "checked {} packs, {} chunks, {} images: {}",
+                    report["packs"],
+                    report["chunks_checked"],
+                    report["images_checked"],
+                    if damage.is_empty() { "clean".to_string() } else { format!("{} problems", damage.len()) }
+                );
+            }
+            if !damage.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::User { cmd: UserCmd::Add { data, name, admin, groups } } => {
+            let name = UserName::new(name)?;
+            let groups = if groups.is_empty() { vec![DEFAULT_GROUP.to_string()] } else { groups };
+            let groups = groups.into_iter().map(GroupName::new).collect::<Result<Vec<_>, _>>()?;
+            let password = read_password()?;
+            open_store(&data.data)?.user_set(&name, &password, admin, groups)?;
+            println!("user {name} saved");
+            Ok(())
+        }
+    }
+}
+
+fn open_store(data: &Path) -> Result<Store> {
+    if !data.join("catalog.redb").exists() {
+        bail!("{} is not a ternd data directory (no catalog.redb)", data.display());
+    }
+    Store::open(data).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("already open") || text.contains("DatabaseAlreadyOpen") {
+            anyhow::anyhow!("the data directory is in use by a running ternd; stop it first")
+        } else {
+            anyhow::Error::from(e)
+        }
+    })
+}
+
+fn read_password() -> Result<String> {
+    if let Ok(p) = std::env::var("TERN_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut s = String::new();
+    std::io::stdin().take(4096).read_to_string(&mut s)?;
+    let p = s.lines().next().unwrap_or_default().to_string();
+    if p.is_empty() {
+        bail!("no password given: set TERN_PASSWORD or write it to stdin");
+    }
+    Ok(p)
+}
+
+fn cert_paths(data: &Path, cfg: &Config) -> CertPaths {
+    CertPaths {
+        cert: data.join(&cfg.cert),
+        key: data.join(&cfg.key),
+    }
+}
+
+fn serve(data: &Path, listen: Option<SocketAddr>, plain: Option<SocketAddr>, config: Option<PathBuf>) -> Result<()> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
+    if !config_path.exists() {
+        std::fs::write(&config_path, DEFAULT_CONFIG).with_context(|| format!("writing {}", config_path.display()))?;
+    }
+    let mut cfg = Config::load(&config_path)?;
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if plain.is_some() {
+        cfg.plain_listen = plain;
+    }
+    cfg.validate()?;
+    let filter = std::env::var("TERN_LOG").unwrap_or_else(|_| cfg.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let paths = cert_paths(data, &cfg);
+    if certs::ensure_server_cert(&paths)? {
+        tracing::info!("created a self-signed certificate in {}", paths.cert.display());
+    }
+    let tls = certs::server_config(&paths, cfg.allow_tls12)?;
+    let store = Arc::new(open_store_for_serve(data)?);
+    let admin = UserName::new("admin").expect("valid name");
+    if !store.user_exists(&admin)? {
+        let (password, generated) = match std::env::var("TERN_PASSWORD") {
+            Ok(p) if !p.is_empty() => (p, false),
+            _ => (auth::generate_password()?, true),
+        };
+        store.user_set(&admin, &password, true, vec![GroupName::new(DEFAULT_GROUP)?])?;
+        if generated {
+            println!("created user admin with password: {password}");
+        } else {
+            println!("created user admin with the password from TERN_PASSWORD");
+        }
+    }
+    println!("fingerprint: {}", certs::fingerprint(&paths)?);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ternd")
+        .build()?;
+    rt.block_on(async move {
+        let control_store = store.clone();
+        let data = data.to_path_buf();
+        tokio::spawn(async move {
+            if let Err(e) = control::serve(&data, control_store).await {
+                tracing::error!("control socket: {e:#}");
+            }
+        });
+        tokio::select! {
+            r = net::run(store, tls, cfg.listen, cfg.plain_listen) => r,
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping on interrupt");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn open_store_for_serve(data: &Path) -> Result<Store> {
+    Store::open(data).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("already open") {
+            anyhow::anyhow!("{} is in use by another ternd", data.display())
+        } else {
+            anyhow::Error::from(e)
+        }
+    })
+}

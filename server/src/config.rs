@@ -1,0 +1,98 @@
+//! `ternd.toml`: the server's configuration, with defaults for every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The file written into a new data directory: every setting, at its default, explained.
+pub const DEFAULT_CONFIG: &str = r#"# ternd configuration. Every setting is shown at its default.
+
+# TLS listener for clients and replication partners.
+listen = "0.0.0.0:9443"
+
+# Optional plaintext listener; it may only bind to a loopback address.
+# plain_listen = "127.0.0.1:9080"
+
+# The server certificate and key (PEM). Relative paths are taken from the data
+# directory. When both are absent, ternd creates a self-signed pair there.
+cert = "tls/server.crt"
+key = "tls/server.key"
+
+# Accept TLS 1.2 clients as well as TLS 1.3.
+allow_tls12 = false
+
+# Log filter (tracing syntax), overridden by the TERN_LOG environment variable.
+log = "info"
+"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub plain_listen: Option<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub allow_tls12: bool,
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9443".parse().expect("valid address"),
+            plain_listen: None,
+            cert: "tls/server.crt".into(),
+            key: "tls/server.key".into(),
+            allow_tls12: false,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults if it does not exist.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let cfg: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = self.plain_listen {
+            if !p.ip().is_loopback() {
+                bail!("plain_listen {p} is not a loopback address; plaintext is allowed on loopback only");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_to_the_defaults() {
+        let cfg: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let def = Config::default();
+        assert_eq!(cfg.listen, def.listen);
+        assert_eq!(cfg.cert, def.cert);
+        assert_eq!(cfg.allow_tls12, def.allow_tls12);
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused() {
+        let cfg = Config {
+            plain_listen: Some("0.0.0.0:9080".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

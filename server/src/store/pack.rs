@@ -1,0 +1,367 @@
+//! Pack files: chunks appended one after another, closed by a table of contents.
+//!
+//! ```text
+//! header   "TERNPACK" | u32 LE version (1) | u32 LE reserved          16 bytes
+//! entry    id [32] | codec u8 | 3 reserved | u32 LE raw_len | u32 LE stored_len | bytes
+//! ...
+//! table    per entry: id [32] | u64 LE entry offset | codec u8 | u32 LE raw_len | u32 LE stored_len
+//! footer   u64 LE table offset | u32 LE count | [16] blake3(table) | "TERNPEND"   36 bytes
+//! ```
+//! A pack without a valid footer (the one being written when the process died)
+//! is recovered by scanning its entries and cutting off a torn tail. The table
+//! makes it possible to rebuild the chunk index from packs alone.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tern_core::chunker::MAX_CHUNK_LIMIT;
+use tern_core::{ChunkId, Codec};
+
+const MAGIC: &[u8; 8] = b"TERNPACK";
+const END_MAGIC: &[u8; 8] = b"TERNPEND";
+const VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 16;
+const ENTRY_HEADER_LEN: u64 = 44;
+const TABLE_ENTRY_LEN: usize = 49;
+const FOOTER_LEN: u64 = 36;
+
+/// Where a chunk's stored bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u64,
+    /// Offset of the stored bytes (after the entry header).
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl Location {
+    pub const ENCODED_LEN: usize = 25;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[0..8].copy_from_slice(&self.pack.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[24] = self.codec as u8;
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        Some(Self {
+            pack: u64::from_le_bytes(b[0..8].try_into().ok()?),
+            offset: u64::from_le_bytes(b[8..16].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[16..20].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[20..24].try_into().ok()?),
+            codec: Codec::from_u8(b[24])?,
+        })
+    }
+}
+
+/// One entry of a pack's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ChunkId,
+    pub loc: Location,
+}
+
+pub fn pack_path(dir: &Path, pack: u64) -> PathBuf {
+    dir.join(format!("{pack:016x}.pack"))
+}
+
+/// Parses a pack file name back into its number.
+pub fn pack_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let hex = name.strip_suffix(".pack")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The pack being appended to.
+pub struct PackWriter {
+    pub number: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    entries: Vec<PackEntry>,
+    synced: bool,
+}
+
+impl PackWriter {
+    pub fn create(dir: &Path, number: u64) -> io::Result<Self> {
+        let path = pack_path(dir, number);
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut header = Vec::with_capacity(HEADER_LEN as usize);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        Ok(Self {
+            number,
+            path,
+            file,
+            len: HEADER_LEN,
+            entries: Vec::new(),
+            synced: false,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends a chunk. On failure the pack is cut back to its last good entry.
+    pub fn append(&mut self, id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> io::Result<Location> {
+        let mut buf = Vec::with_capacity(ENTRY_HEADER_LEN as usize + bytes.len());
+        buf.extend_from_slice(id.as_bytes());
+        buf.push(codec as u8);
+        buf.extend_from_slice(&[0; 3]);
+        buf.extend_from_slice(&raw_len.to_le_bytes());
+        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        buf.extend_from_slice(bytes);
+        if let Err(e) = self.file.write_all_at(&buf, self.len) {
+            // Keep the pack parseable: drop whatever part of the entry landed.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        let loc = Location {
+            pack: self.number,
+            offset: self.len + ENTRY_HEADER_LEN,
+            stored_len: bytes.len() as u32,
+            raw_len,
+            codec,
+        };
+        self.entries.push(PackEntry { id: *id, loc });
+        self.len += buf.len() as u64;
+        self.synced = false;
+        Ok(loc)
+    }
+
+    /// Makes every appended entry durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.synced {
+            self.file.sync_data()?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the table and footer and syncs: the pack is complete.
+    pub fn finish(mut self) -> io::Result<PathBuf> {
+        write_footer(&self.file, self.len, &self.entries)?;
+        self.file.sync_all()?;
+        self.synced = true;
+        Ok(self.path.clone())
+    }
+}
+
+fn write_footer(file: &File, table_offset: u64, entries: &[PackEntry]) -> io::Result<()> {
+    let mut table = Vec::with_capacity(entries.len() * TABLE_ENTRY_LEN + FOOTER_LEN as usize);
+    for e in entries {
+        table.extend_from_slice(e.id.as_bytes());
+        table.extend_from_slice(&(e.loc.offset - ENTRY_HEADER_LEN).to_le_bytes());
+        table.push(e.loc.codec as u8);
+        table.extend_from_slice(&e.loc.raw_len.to_le_bytes());
+        table.extend_from_slice(&e.loc.stored_len.to_le_bytes());
+    }
+    let sum = blake3::hash(&table);
+    let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+    footer.extend_from_slice(&table_offset.to_le_bytes());
+    footer.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    footer.extend_from_slice(&sum.as_bytes()[..16]);
+    footer.extend_from_slice(END_MAGIC);
+    table.extend_from_slice(&footer);
+    file.set_len(table_offset)?;
+    file.write_all_at(&table, table_offset)?;
+    Ok(())
+}
+
+/// What a pack file holds, as far as it could be read.
+#[derive(Debug)]
+pub struct PackContents {
+    pub entries: Vec<PackEntry>,
+    /// True when the footer was present and valid.
+    pub finished: bool,
+    /// End of the last intact entry.
+    pub data_end: u64,
+    pub file_len: u64,
+}
+
+/// Reads a pack's entries from its table, or by scanning if it has none.
+pub fn read_contents(path: &Path, number: u64) -> io::Result<PackContents> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut header = [0u8; HEADER_LEN as usize];
+    if file_len < HEADER_LEN {
+        return Err(invalid("pack shorter than its header"));
+    }
+    file.read_exact_at(&mut header, 0)?;
+    if &header[..8] != MAGIC {
+        return Err(invalid("not a tern pack"));
+    }
+    if u32::from_le_bytes([header[8], header[9], header[10], header[11]]) != VERSION {
+        return Err(invalid("unknown pack version"));
+    }
+    if let Some(c) = read_table(&file, file_len, number)? {
+        return Ok(c);
+    }
+    scan(&file, file_len, number)
+}
+
+fn read_table(file: &File, file_len: u64, number: u64) -> io::Result<Option<PackContents>> {
+    if file_len < HEADER_LEN + FOOTER_LEN {
+        return Ok(None);
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut footer, file_len - FOOTER_LEN)?;
+    if &footer[28..36] != END_MAGIC {
+        return Ok(None);
+    }
+    let table_offset = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes")) as u64;
+    let table_len = count * TABLE_ENTRY_LEN as u64;
+    if table_offset < HEADER_LEN || table_offset + table_len + FOOTER_LEN != file_len {
+        return Ok(None);
+    }
+    let mut table = vec![0u8; table_len as usize];
+    file.read_exact_at(&mut table, table_offset)?;
+    if blake3::hash(&table).as_bytes()[..16] != footer[12..28] {
+        return Ok(None);
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for t in table.chunks_exact(TABLE_ENTRY_LEN) {
+        let id = ChunkId(t[0..32].try_into().expect("32 bytes"));
+        let offset = u64::from_le_bytes(t[32..40].try_into().expect("8 bytes"));
+        let codec = Codec::from_u8(t[40]).ok_or_else(|| invalid("unknown codec in pack table"))?;
+        let raw_len = u32::from_le_bytes(t[41..45].try_into().expect("4 bytes"));
+        let stored_len = u32::from_le_bytes(t[45..49].try_into().expect("4 bytes"));
+        if offset + ENTRY_HEADER_LEN + stored_len as u64 > table_offset {
+            return Err(invalid("pack table entry points past the data"));
+        }
+        entries.push(PackEntry {
+            id,
+            loc: Location {
+                pack: number,
+                offset: offset + ENTRY_HEADER_LEN,
+                stored_len,
+                raw_len,
+                codec,
+            },
+        });
+    }
+    Ok(Some(PackContents {
+        entries,
+        finished: true,
+        data_end: table_offset,
+        file_len,
+    }))
+}
+
+fn scan(file: &File, file_len: u64, number: u64) -> io::Result<PackContents> {
+    let mut entries = Vec::new();
+    let mut pos = HEADER_LEN;
+    let mut h = [0u8; ENTRY_HEADER_LEN as usize];
+    while pos + ENTRY_HEADER_LEN <= file_len {
+        file.read_exact_at(&mut h, pos)?;
+        let Some(codec) = Codec::from_u8(h[32]) else { break };
+        let raw_len = u32::from_le_bytes(h[36..40].try_into().expect("4 bytes"));
+        let stored_len = u32::from_le_bytes(h[40..44].try_into().expect("4 bytes"));
+        if raw_len > MAX_CHUNK_LIMIT || stored_len > MAX_CHUNK_LIMIT {
+            break;
+        }
+        let end = pos + ENTRY_HEADER_LEN + stored_len as u64;
+        if end > file_len {
+            break;
+        }
+        entries.push(PackEntry {
+            id: ChunkId(h[0..32].try_into().expect("32 bytes")),
+            loc: Location {
+                pack: number,
+                offset: pos + ENTRY_HEADER_LEN,
+                stored_len,
+                raw_len,
+                codec,
+            },
+        });
+        pos = end;
+    }
+    Ok(PackContents {
+        entries,
+        finished: false,
+        data_end: pos,
+        file_len,
+    })
+}
+
+/// Completes a pack left unfinished by a crash: cuts the torn tail, writes the table.
+pub fn repair(path: &Path, contents: &PackContents) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    write_footer(&file, contents.data_end, &contents.entries)?;
+    file.sync_all()
+}
+
+/// Reads a chunk's stored bytes.
+pub fn read_stored(file: &File, loc: &Location) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; loc.stored_len as usize];
+    file.read_exact_at(&mut buf, loc.offset)?;
+    Ok(buf)
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_packs_list_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path(), 1).unwrap();
+        let a = w.append(&ChunkId::of(b"a"), Codec::Raw, 1, b"a").unwrap();
+        let b = w.append(&ChunkId::of(b"bb"), Codec::Raw, 2, b"bb").unwrap();
+        let path = w.finish().unwrap();
+        let c = read_contents(&path, 1).unwrap();
+        assert!(c.finished);
+        assert_eq!(c.entries.iter().map(|e| e.loc).collect::<Vec<_>>(), vec![a, b]);
+        let f = File::open(&path).unwrap();
+        assert_eq!(read_stored(&f, &b).unwrap(), b"bb");
+    }
+
+    #[test]
+    fn a_torn_pack_is_recovered_up_to_its_last_whole_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path(), 2).unwrap();
+        w.append(&ChunkId::of(b"a"), Codec::Raw, 1, b"a").unwrap();
+        w.append(&ChunkId::of(b"bbbb"), Codec::Raw, 4, b"bbbb").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let path = pack_path(dir.path(), 2);
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 2).unwrap();
+        let c = read_contents(&path, 2).unwrap();
+        assert!(!c.finished);
+        assert_eq!(c.entries.len(), 1);
+        repair(&path, &c).unwrap();
+        let c = read_contents(&path, 2).unwrap();
+        assert!(c.finished);
+        assert_eq!(c.entries.len(), 1);
+    }
+
+    #[test]
+    fn locations_round_trip() {
+        let l = Location { pack: 9, offset: 60, stored_len: 7, raw_len: 9, codec: Codec::Zstd };
+        assert_eq!(Location::decode(&l.encode()), Some(l));
+        assert_eq!(Location::decode(&[0; 3]), None);
+    }
+}
