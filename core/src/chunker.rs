@@ -39,7 +39,9 @@ impl ChunkParams {
             ));
         }
         if !(min <= avg && avg <= max) {
-            return Err(format!("chunk sizes must satisfy min <= avg <= max, got {min}/{avg}/{max}"));
+            return Err(format!(
+                "chunk sizes must satisfy min <= avg <= max, got {min}/{avg}/{max}"
+            ));
         }
         Ok(())
     }
@@ -190,9 +192,17 @@ mod tests {
     #[test]
     fn params_are_validated() {
         assert!(ChunkParams::default().validate().is_ok());
-        let bad = ChunkParams { min: 1000, avg: 500, max: 2000 };
+        let bad = ChunkParams {
+            min: 1000,
+            avg: 500,
+            max: 2000,
+        };
         assert!(bad.validate().is_err());
-        let huge = ChunkParams { min: 16384, avg: 65536, max: MAX_CHUNK_LIMIT + 1 };
+        let huge = ChunkParams {
+            min: 16384,
+            avg: 65536,
+            max: MAX_CHUNK_LIMIT + 1,
+        };
         assert!(huge.validate().is_err());
     }
 }

@@ -76,7 +76,8 @@ impl Compressor {
         // Leave out anything that saves less than 1/64: not worth a decompress.
         let budget = data.len() - data.len() / 64;
         self.out.clear();
-        self.out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.out
+            .reserve(zstd::zstd_safe::compress_bound(data.len()));
         match self.ctx.compress_to_buffer(data, &mut self.out) {
             Ok(n) if n < budget => EncodedChunk {
                 codec: Codec::Zstd,
@@ -93,7 +94,12 @@ impl Compressor {
 }
 
 /// Decodes a chunk and checks it hashes to `id`.
-pub fn decode(id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+pub fn decode(
+    id: &ChunkId,
+    codec: Codec,
+    raw_len: u32,
+    bytes: &[u8],
+) -> Result<Vec<u8>, CodecError> {
     if raw_len > MAX_CHUNK_LIMIT {
         return Err(CodecError::TooLarge(raw_len));
     }
@@ -130,7 +136,10 @@ mod tests {
         let enc = Compressor::new(3).unwrap().encode(&data);
         assert_eq!(enc.codec, Codec::Zstd);
         assert!(enc.bytes.len() < data.len() / 10);
-        assert_eq!(decode(&id, enc.codec, enc.raw_len, &enc.bytes).unwrap(), data);
+        assert_eq!(
+            decode(&id, enc.codec, enc.raw_len, &enc.bytes).unwrap(),
+            data
+        );
     }
 
     #[test]
@@ -138,7 +147,9 @@ mod tests {
         let mut x = 0x9e3779b97f4a7c15u64;
         let data: Vec<u8> = (0..65536)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();

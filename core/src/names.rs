@@ -138,7 +138,15 @@ mod tests {
 
     #[test]
     fn bad_image_names_are_refused() {
-        for bad in ["", "a/b", "..", "a..b", "nul\0", &"x".repeat(256), "tab\there"] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            "nul\0",
+            &"x".repeat(256),
+            "tab\there",
+        ] {
             assert!(ImageName::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(ImageName::new("nightly-2026.11.22").is_ok());

@@ -82,7 +82,13 @@ mod tests {
         let e3 = a.stamp(3, Msg::Ping);
         assert_eq!(b.receive(&e1), Receipt::Deliver);
         assert_eq!(b.receive(&e1), Receipt::Duplicate);
-        assert_eq!(b.receive(&e3), Receipt::Gap { expected: 2, got: 3 });
+        assert_eq!(
+            b.receive(&e3),
+            Receipt::Gap {
+                expected: 2,
+                got: 3
+            }
+        );
         assert_eq!(b.receive(&e2), Receipt::Deliver);
         assert_eq!(b.receive(&e3), Receipt::Deliver);
         let reply = b.stamp(1, Msg::Pong);

@@ -98,7 +98,12 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -107,11 +112,18 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -124,7 +136,10 @@ mod tests {
         let fp = Fingerprint::of(b"cert");
         let s = fp.to_string();
         assert_eq!(Fingerprint::parse(&s), Some(fp));
-        assert_eq!(Fingerprint::parse(&s["sha256:".len()..].to_uppercase()), Some(fp));
+        assert_eq!(
+            Fingerprint::parse(&s["sha256:".len()..].to_uppercase()),
+            Some(fp)
+        );
         let colons: Vec<String> = fp.0.iter().map(|b| format!("{b:02X}")).collect();
         assert_eq!(Fingerprint::parse(&colons.join(":")), Some(fp));
         assert_eq!(Fingerprint::parse("sha256:1234"), None);

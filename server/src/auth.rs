@@ -24,7 +24,11 @@ pub fn hash_password(password: &str) -> Result<String, StoreError> {
 /// True if `password` matches the PHC string `hash`.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -41,7 +45,10 @@ pub fn generate_password() -> Result<String, StoreError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| StoreError::Io("the system random source failed".into()))?;
-    Ok(bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 #[cfg(test)]

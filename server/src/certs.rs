@@ -38,16 +38,22 @@ pub fn ensure_server_cert(paths: &CertPaths) -> Result<bool> {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if !host.is_empty() {
         names.push(host);
     }
-    let cert = rcgen::generate_simple_self_signed(names).context("generating the server certificate")?;
+    let cert =
+        rcgen::generate_simple_self_signed(names).context("generating the server certificate")?;
     if let Some(dir) = paths.cert.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     write_private(&paths.key, cert.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&paths.cert, cert.cert.pem()).with_context(|| format!("writing {}", paths.cert.display()))?;
+    std::fs::write(&paths.cert, cert.cert.pem())
+        .with_context(|| format!("writing {}", paths.cert.display()))?;
     Ok(true)
 }
 
@@ -84,7 +90,8 @@ pub fn fingerprint(paths: &CertPaths) -> Result<Fingerprint> {
 /// The rustls server configuration: TLS 1.3, and 1.2 only when allowed.
 pub fn server_config(paths: &CertPaths, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>> {
     let chain = load_chain(paths)?;
-    let key = PrivateKeyDer::from_pem_file(&paths.key).with_context(|| format!("reading {}", paths.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .with_context(|| format!("reading {}", paths.key.display()))?;
     let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {

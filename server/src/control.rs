@@ -19,7 +19,8 @@ pub fn socket_path(data: &Path) -> PathBuf {
 pub async fn serve(data: &Path, store: Arc<Store>) -> Result<()> {
     let path = socket_path(data);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     loop {
@@ -40,13 +41,11 @@ async fn answer(stream: UnixStream, store: Arc<Store>) -> Result<()> {
     let reply = match line.trim() {
         "gc" => {
             let s = store.clone();
-            tokio::task::spawn_blocking(move || s.gc().map(|r| serde_json::to_string(&r)))
-                .await?
+            tokio::task::spawn_blocking(move || s.gc().map(|r| serde_json::to_string(&r))).await?
         }
         "fsck" => {
             let s = store.clone();
-            tokio::task::spawn_blocking(move || s.fsck().map(|r| serde_json::to_string(&r)))
-                .await?
+            tokio::task::spawn_blocking(move || s.fsck().map(|r| serde_json::to_string(&r))).await?
         }
         other => bail!("unknown control request {other:?}"),
     };
@@ -70,7 +69,8 @@ pub fn request(data: &Path, what: &str) -> Result<Option<serde_json::Value>> {
     stream.write_all(format!("{what}\n").as_bytes())?;
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line).context("undecodable answer from the control socket")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).context("undecodable answer from the control socket")?;
     if let Some(e) = v.get("error") {
         bail!("{}", e.as_str().unwrap_or("unknown error"));
     }

@@ -108,11 +108,16 @@ where
             Err(e) if e.is_disconnect() => break None,
             Err(e) => break Some(e.to_string()),
         };
-        let receipt = seq.lock().unwrap_or_else(|e| e.into_inner()).receive(&frame.env);
+        let receipt = seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .receive(&frame.env);
         match receipt {
             Receipt::Deliver => {}
             Receipt::Duplicate => continue,
-            Receipt::Gap { expected, got } => break Some(format!("frame {got} arrived, {expected} expected")),
+            Receipt::Gap { expected, got } => {
+                break Some(format!("frame {got} arrived, {expected} expected"))
+            }
         }
         match conn.handle(frame).await {
             Ok(()) => {}
@@ -128,9 +133,16 @@ where
     let _ = writer.await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Outgoing>, seq: Arc<Mutex<SeqState>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    seq: Arc<Mutex<SeqState>>,
+) {
     while let Some((req, msg, payload)) = rx.recv().await {
-        let env = seq.lock().unwrap_or_else(|e| e.into_inner()).stamp(req, msg);
+        let env = seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stamp(req, msg);
         if Frame::new(env, payload).write_to(&mut wr).await.is_err() {
             return;
         }
@@ -184,11 +196,21 @@ impl Connection {
             Ok(None) => Ok(()),
             Err(Refusal(ErrorKind::Protocol, why)) => {
                 let _ = self
-                    .send(req, Msg::Error { kind: ErrorKind::Protocol, message: why.clone() }, Vec::new())
+                    .send(
+                        req,
+                        Msg::Error {
+                            kind: ErrorKind::Protocol,
+                            message: why.clone(),
+                        },
+                        Vec::new(),
+                    )
                     .await;
                 Err(Fatal(why))
             }
-            Err(Refusal(kind, message)) => self.send(req, Msg::Error { kind, message }, Vec::new()).await,
+            Err(Refusal(kind, message)) => {
+                self.send(req, Msg::Error { kind, message }, Vec::new())
+                    .await
+            }
         }
     }
 
@@ -205,25 +227,42 @@ impl Connection {
     }
 
     fn writer(&self, h: Handle) -> Result<WriterId, Refusal> {
-        self.writers
-            .get(&h)
-            .copied()
-            .ok_or_else(|| Refusal(ErrorKind::Invalid, format!("no image open for writing under handle {h}")))
+        self.writers.get(&h).copied().ok_or_else(|| {
+            Refusal(
+                ErrorKind::Invalid,
+                format!("no image open for writing under handle {h}"),
+            )
+        })
     }
 
     fn reader(&self, h: Handle) -> Result<&ReadableImage, Refusal> {
-        self.readers
-            .get(&h)
-            .ok_or_else(|| Refusal(ErrorKind::Invalid, format!("no image open for reading under handle {h}")))
+        self.readers.get(&h).ok_or_else(|| {
+            Refusal(
+                ErrorKind::Invalid,
+                format!("no image open for reading under handle {h}"),
+            )
+        })
     }
 
-    async fn dispatch(&mut self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<Option<Msg>, Refusal> {
+    async fn dispatch(
+        &mut self,
+        req: u64,
+        msg: Msg,
+        payload: Vec<u8>,
+    ) -> Result<Option<Msg>, Refusal> {
         let store = self.store.clone();
-        let blocking = |f: &mut dyn FnMut() -> Result<Msg, StoreError>| -> Result<Option<Msg>, Refusal> {
-            Ok(Some(tokio::task::block_in_place(f)?))
-        };
+        let blocking =
+            |f: &mut dyn FnMut() -> Result<Msg, StoreError>| -> Result<Option<Msg>, Refusal> {
+                Ok(Some(tokio::task::block_in_place(f)?))
+            };
         if !self.welcomed {
-            let Msg::Hello { min_version, max_version, features, .. } = msg else {
+            let Msg::Hello {
+                min_version,
+                max_version,
+                features,
+                ..
+            } = msg
+            else {
                 return refuse(ErrorKind::Protocol, "the first frame must be Hello");
             };
             let Some(version) = wire::negotiate_version(min_version, max_version) else {
@@ -254,7 +293,12 @@ impl Connection {
         match msg {
             Msg::Login { user, password } => {
                 let u = tokio::task::block_in_place(|| store.authenticate(&user, &password))
-                    .map_err(|_| Refusal(ErrorKind::Auth, format!("wrong password or unknown user {user}")))?;
+                    .map_err(|_| {
+                        Refusal(
+                            ErrorKind::Auth,
+                            format!("wrong password or unknown user {user}"),
+                        )
+                    })?;
                 let admin = u.admin;
                 self.user = Some(u);
                 Ok(Some(Msg::LoggedIn { admin }))
@@ -262,32 +306,52 @@ impl Connection {
             Msg::Ping => Ok(Some(Msg::Pong)),
             Msg::ContainerCreate { name, settings } => {
                 let user = self.user()?.clone();
-                blocking(&mut || store.container_create(&user, &name, &settings).map(|_| Msg::Ok))
+                blocking(&mut || {
+                    store
+                        .container_create(&user, &name, &settings)
+                        .map(|_| Msg::Ok)
+                })
             }
             Msg::ContainerList => {
                 let user = self.user()?.clone();
-                blocking(&mut || store.container_list(&user).map(|list| Msg::Containers { list }))
+                blocking(&mut || {
+                    store
+                        .container_list(&user)
+                        .map(|list| Msg::Containers { list })
+                })
             }
             Msg::ContainerRemove { name } => {
                 let user = self.user()?.clone();
                 blocking(&mut || store.container_remove(&user, &name).map(|_| Msg::Ok))
             }
-            Msg::UserAdd { name, password, admin } => {
+            Msg::UserAdd {
+                name,
+                password,
+                admin,
+            } => {
                 if !self.user()?.admin {
                     return refuse(ErrorKind::Denied, "only an admin may add users");
                 }
-                let groups = vec![tern_core::names::GroupName::new(crate::store::DEFAULT_GROUP).expect("valid")];
+                let groups = vec![
+                    tern_core::names::GroupName::new(crate::store::DEFAULT_GROUP).expect("valid"),
+                ];
                 blocking(&mut || {
                     store
                         .user_set(&name, &password, admin, groups.clone())
                         .map(|_| Msg::Ok)
                 })
             }
-            Msg::ImageCreate { container, name, props, mode } => {
+            Msg::ImageCreate {
+                container,
+                name,
+                props,
+                mode,
+            } => {
                 let user = self.user()?.clone();
                 let passthrough = mode == WriteMode::Passthrough;
-                let (w, rec) =
-                    tokio::task::block_in_place(|| store.image_begin(&user, &container, &name, props, passthrough))?;
+                let (w, rec) = tokio::task::block_in_place(|| {
+                    store.image_begin(&user, &container, &name, props, passthrough)
+                })?;
                 let handle = self.new_handle();
                 self.writers.insert(handle, w);
                 Ok(Some(Msg::ImageCreated {
@@ -298,7 +362,10 @@ impl Connection {
             }
             Msg::ImageAppend { handle, entries } => {
                 if entries.len() > MAX_BATCH {
-                    return refuse(ErrorKind::Protocol, format!("{} entries in one append", entries.len()));
+                    return refuse(
+                        ErrorKind::Protocol,
+                        format!("{} entries in one append", entries.len()),
+                    );
                 }
                 let w = self.writer(handle)?;
                 blocking(&mut || {
@@ -307,9 +374,17 @@ impl Connection {
                         .map(|missing| Msg::ImageNeed { handle, missing })
                 })
             }
-            Msg::ChunkData { handle, id, codec, raw_len, .. } => {
+            Msg::ChunkData {
+                handle,
+                id,
+                codec,
+                raw_len,
+                ..
+            } => {
                 let w = self.writer(handle)?;
-                match tokio::task::block_in_place(|| store.image_put_chunk(w, &id, codec, raw_len, &payload)) {
+                match tokio::task::block_in_place(|| {
+                    store.image_put_chunk(w, &id, codec, raw_len, &payload)
+                }) {
                     Ok(()) => Ok(None),
                     // A chunk frame has no answer of its own: the error fails the image.
                     Err(e) => {
@@ -333,7 +408,11 @@ impl Connection {
             Msg::ImageClose { handle } => {
                 let w = self.writer(handle)?;
                 self.writers.remove(&handle);
-                blocking(&mut || store.image_commit(w).map(|(info, stats)| Msg::ImageCommitted { info, stats }))
+                blocking(&mut || {
+                    store
+                        .image_commit(w)
+                        .map(|(info, stats)| Msg::ImageCommitted { info, stats })
+                })
             }
             Msg::ImageAbort { handle } => {
                 let w = self.writer(handle)?;
@@ -343,13 +422,18 @@ impl Connection {
             }
             Msg::ImageOpen { container, name } => {
                 let user = self.user()?.clone();
-                let img = tokio::task::block_in_place(|| store.image_open(&user, &container, &name))?;
+                let img =
+                    tokio::task::block_in_place(|| store.image_open(&user, &container, &name))?;
                 let handle = self.new_handle();
                 let info = img.info.clone();
                 self.readers.insert(handle, img);
                 Ok(Some(Msg::ImageOpened { handle, info }))
             }
-            Msg::RecipeGet { handle, from_offset, max } => {
+            Msg::RecipeGet {
+                handle,
+                from_offset,
+                max,
+            } => {
                 let img = self.reader(handle)?.clone();
                 let max = max.clamp(1, MAX_RECIPE_BATCH) as usize;
                 blocking(&mut || {
@@ -360,11 +444,15 @@ impl Connection {
             }
             Msg::ChunkGet { handle, offsets } => {
                 if offsets.len() > MAX_BATCH {
-                    return refuse(ErrorKind::Protocol, format!("{} chunks asked at once", offsets.len()));
+                    return refuse(
+                        ErrorKind::Protocol,
+                        format!("{} chunks asked at once", offsets.len()),
+                    );
                 }
                 let img = self.reader(handle)?.clone();
                 for offset in offsets {
-                    let (entry, loc, bytes) = tokio::task::block_in_place(|| store.read_chunk(&img, offset))?;
+                    let (entry, loc, bytes) =
+                        tokio::task::block_in_place(|| store.read_chunk(&img, offset))?;
                     let msg = Msg::ChunkData {
                         handle,
                         id: entry.id,
@@ -384,17 +472,28 @@ impl Connection {
             }
             Msg::ImageList { container, prefix } => {
                 let user = self.user()?.clone();
-                blocking(&mut || store.image_list(&user, &container, &prefix).map(|list| Msg::Images { list }))
+                blocking(&mut || {
+                    store
+                        .image_list(&user, &container, &prefix)
+                        .map(|list| Msg::Images { list })
+                })
             }
             Msg::ImageRemove { container, name } => {
                 let user = self.user()?.clone();
-                blocking(&mut || store.image_remove(&user, &container, &name).map(|_| Msg::Ok))
+                blocking(&mut || {
+                    store
+                        .image_remove(&user, &container, &name)
+                        .map(|_| Msg::Ok)
+                })
             }
             Msg::StatsGet => {
                 let user = self.user()?.clone();
                 blocking(&mut || store.stats(&user).map(|stats| Msg::Stats { stats }))
             }
-            other => refuse(ErrorKind::Protocol, format!("unexpected message {}", msg_name(&other))),
+            other => refuse(
+                ErrorKind::Protocol,
+                format!("unexpected message {}", msg_name(&other)),
+            ),
         }
     }
 
@@ -412,12 +511,25 @@ fn msg_name(m: &Msg) -> String {
 }
 
 /// Binds the configured listeners and serves until the process ends.
-pub async fn run(store: Arc<Store>, tls: Arc<rustls::ServerConfig>, listen: SocketAddr, plain: Option<SocketAddr>) -> Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+pub async fn run(
+    store: Arc<Store>,
+    tls: Arc<rustls::ServerConfig>,
+    listen: SocketAddr,
+    plain: Option<SocketAddr>,
+) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     tracing::info!("listening for TLS on {}", listener.local_addr()?);
-    let mut tasks = vec![tokio::spawn(serve_tls(listener, TlsAcceptor::from(tls), store.clone()))];
+    let mut tasks = vec![tokio::spawn(serve_tls(
+        listener,
+        TlsAcceptor::from(tls),
+        store.clone(),
+    ))];
     if let Some(addr) = plain {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         tracing::info!("listening for plaintext on {}", l.local_addr()?);
         tasks.push(tokio::spawn(serve_plain(l, store.clone())));
     }

@@ -1,1 +1,476 @@
-fn main(){}
+//! `tern`: back up to and restore from a tern server.
+
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tern_agent::{Client, ClientOptions, ContainerSettings, WriteMode};
+use tern_core::tls::Fingerprint;
+use tern_core::ChunkParams;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Back up to and restore from a tern server"
+)]
+struct Cli {
+    /// Server address, HOST[:PORT] (default port 9443).
+    #[arg(long, env = "TERN_SERVER", default_value = "localhost", global = true)]
+    server: String,
+    #[arg(long, env = "TERN_USER", default_value = "admin", global = true)]
+    user: String,
+    /// The server certificate's SHA-256 fingerprint (see `ternd fingerprint`).
+    /// Without it, the first one seen is trusted and remembered.
+    #[arg(long, env = "TERN_FINGERPRINT", global = true)]
+    fingerprint: Option<String>,
+    /// Use the server's loopback plaintext listener.
+    #[arg(long, global = true)]
+    plain: bool,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage containers.
+    Container {
+        #[command(subcommand)]
+        cmd: ContainerCmd,
+    },
+    /// Manage users (admin only).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Back up a file or stdin ("-") into a new image.
+    Backup {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+        /// Send raw data and let the server chunk it (for weak clients).
+        #[arg(long, value_enum, default_value = "dedup")]
+        mode: Mode,
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// Restore an image to a file or stdout ("-").
+    Restore {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+        #[arg(default_value = "-")]
+        output: PathBuf,
+    },
+    /// List the images of a container.
+    Ls {
+        #[arg(long)]
+        container: String,
+        /// Only names starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Delete an image (its space returns with the next `ternd gc`).
+    Rm {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Show what the store holds and how well it dedups.
+    Stats,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Dedup,
+    Passthrough,
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    Create {
+        name: String,
+        /// Storage group (default: "default").
+        #[arg(long)]
+        group: Option<String>,
+        /// zstd level, 1..=19.
+        #[arg(long)]
+        zstd_level: Option<i32>,
+        /// Chunk sizes in bytes as MIN,AVG,MAX.
+        #[arg(long)]
+        chunking: Option<String>,
+        /// Images that may be written at once (0: unlimited).
+        #[arg(long)]
+        stream_limit: Option<u32>,
+    },
+    Ls,
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password comes from TERN_NEW_PASSWORD or stdin.
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("tern: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn password() -> Result<String> {
+    match std::env::var("TERN_PASSWORD") {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => bail!("no password: set TERN_PASSWORD"),
+    }
+}
+
+fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
+    let mut opts = ClientOptions::new(&cli.server, &cli.user, &password()?);
+    opts.plain = cli.plain;
+    opts.mode = mode;
+    if let Some(fp) = &cli.fingerprint {
+        opts.fingerprint = Some(
+            Fingerprint::parse(fp)
+                .with_context(|| format!("--fingerprint {fp:?} is not a SHA-256 fingerprint"))?,
+        );
+    }
+    Client::connect(&opts).with_context(|| format!("connecting to {} as {}", cli.server, cli.user))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Container { cmd } => container(&cli, cmd),
+        Cmd::User {
+            cmd: UserCmd::Add { name, admin },
+        } => {
+            let client = connect(&cli, WriteMode::Dedup)?;
+            let pw = match std::env::var("TERN_NEW_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut s = String::new();
+                    io::stdin().take(4096).read_to_string(&mut s)?;
+                    s.lines().next().unwrap_or_default().to_string()
+                }
+            };
+            client
+                .user_add(name, &pw, *admin)
+                .with_context(|| format!("adding user {name}"))?;
+            report(
+                &cli,
+                json!({"user": name, "admin": admin}),
+                &format!("user {name} added"),
+            );
+            Ok(())
+        }
+        Cmd::Backup {
+            container,
+            name,
+            mode,
+            input,
+        } => {
+            let mode = match mode {
+                Mode::Dedup => WriteMode::Dedup,
+                Mode::Passthrough => WriteMode::Passthrough,
+            };
+            backup(&cli, container, name, mode, input)
+        }
+        Cmd::Restore {
+            container,
+            name,
+            output,
+        } => restore(&cli, container, name, output),
+        Cmd::Ls { container, prefix } => {
+            let client = connect(&cli, WriteMode::Dedup)?;
+            let list = client
+                .image_list(container, prefix)
+                .with_context(|| format!("listing {container}"))?;
+            if cli.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for i in &list {
+                    println!(
+                        "{:<40} {:>16} {:>8} chunks  {}",
+                        i.name, i.size, i.chunks, i.created
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Rm { container, name } => {
+            let client = connect(&cli, WriteMode::Dedup)?;
+            client
+                .image_remove(container, name)
+                .with_context(|| format!("deleting {container}/{name}"))?;
+            report(
+                &cli,
+                json!({"deleted": name}),
+                &format!("deleted {container}/{name}"),
+            );
+            Ok(())
+        }
+        Cmd::Stats => {
+            let client = connect(&cli, WriteMode::Dedup)?;
+            let s = client.stats()?;
+            let ratio = s.logical_bytes as f64 / s.stored_bytes.max(1) as f64;
+            report(
+                &cli,
+                json!({
+                    "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
+                    "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
+                    "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes, "dedup_ratio": ratio,
+                }),
+                &format!(
+                    "containers {}\nimages {}\nlogical bytes {}\nunique chunks {}\nunique bytes {}\nstored bytes {}\npack bytes {}\ndedup ratio {ratio:.2}",
+                    s.containers, s.images, s.logical_bytes, s.unique_chunks, s.unique_bytes, s.stored_bytes, s.pack_bytes
+                ),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn report(cli: &Cli, v: serde_json::Value, text: &str) {
+    if cli.json {
+        println!("{v}");
+    } else {
+        println!("{text}");
+    }
+}
+
+fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    match cmd {
+        ContainerCmd::Create {
+            name,
+            group,
+            zstd_level,
+            chunking,
+            stream_limit,
+        } => {
+            let chunking = chunking.as_deref().map(parse_chunking).transpose()?;
+            let settings = ContainerSettings {
+                group: group
+                    .clone()
+                    .map(tern_core::names::GroupName::new)
+                    .transpose()?,
+                chunking,
+                zstd_level: *zstd_level,
+                stream_limit: *stream_limit,
+            };
+            client
+                .container_create(name, settings)
+                .with_context(|| format!("creating container {name}"))?;
+            report(
+                cli,
+                json!({"created": name}),
+                &format!("container {name} created"),
+            );
+        }
+        ContainerCmd::Ls => {
+            let list = client.container_list()?;
+            if cli.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| json!({"name": c.name.as_str(), "group": c.group.as_str(), "images": c.images,
+                        "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
+                        "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for c in &list {
+                    println!(
+                        "{:<30} group {:<12} {:>6} images {:>16} bytes",
+                        c.name, c.group, c.images, c.logical_bytes
+                    );
+                }
+            }
+        }
+        ContainerCmd::Rm { name } => {
+            client
+                .container_remove(name)
+                .with_context(|| format!("deleting container {name}"))?;
+            report(
+                cli,
+                json!({"deleted": name}),
+                &format!("container {name} deleted"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn parse_chunking(s: &str) -> Result<ChunkParams> {
+    let parts: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--chunking {s:?}: expected MIN,AVG,MAX in bytes"))?;
+    let [min, avg, max] = parts[..] else {
+        bail!("--chunking {s:?}: expected three sizes, MIN,AVG,MAX");
+    };
+    let p = ChunkParams { min, avg, max };
+    p.validate().map_err(anyhow::Error::msg)?;
+    Ok(p)
+}
+
+fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &PathBuf) -> Result<()> {
+    let (mut source, total): (Box<dyn Read>, Option<u64>) = if input.as_os_str() == "-" {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let f = File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let client = connect(cli, mode)?;
+    let started = Instant::now();
+    let mut writer = client
+        .create_image(container, name, &[])
+        .with_context(|| format!("creating image {container}/{name}"))?;
+    let bar = progress(total);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", input.display())),
+        };
+        writer
+            .write_bytes(&buf[..n])
+            .with_context(|| format!("backing up to {container}/{name}"))?;
+        if let Some(b) = &bar {
+            b.inc(n as u64);
+        }
+    }
+    let done = writer
+        .commit()
+        .with_context(|| format!("committing {container}/{name}"))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let s = done.stats;
+    let mbps = s.logical_bytes as f64 / secs.max(1e-9) / 1e6;
+    report(
+        cli,
+        json!({
+            "container": container, "name": name, "logical_bytes": s.logical_bytes, "chunks": s.chunks,
+            "new_chunks": s.new_chunks, "new_bytes": s.new_stored_bytes, "sent_bytes": done.sent_bytes,
+            "wire_bytes": client.bytes_sent(), "dedup_ratio": done.dedup_ratio(), "seconds": secs, "mb_per_s": mbps,
+        }),
+        &format!(
+            "backed up {container}/{name}: {} logical bytes, {} new bytes stored, {} bytes sent, dedup ratio {:.2}, {:.1} MB/s",
+            s.logical_bytes,
+            s.new_stored_bytes,
+            done.sent_bytes,
+            done.dedup_ratio(),
+            mbps
+        ),
+    );
+    Ok(())
+}
+
+fn restore(cli: &Cli, container: &str, name: &str, output: &PathBuf) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    let started = Instant::now();
+    let mut reader = client
+        .open_image(container, name)
+        .with_context(|| format!("opening {container}/{name}"))?;
+    let to_stdout = output.as_os_str() == "-";
+    let bar = if to_stdout {
+        None
+    } else {
+        progress(Some(reader.size()))
+    };
+    let mut sink: Box<dyn Write> = if to_stdout {
+        Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock()))
+    } else {
+        // Write beside the target and rename, so a failed restore leaves no partial file.
+        Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(partial(output))
+                .with_context(|| format!("creating {}", output.display()))?,
+        ))
+    };
+    let n = match &bar {
+        Some(b) => reader.copy_to(&mut b.wrap_write(&mut sink)),
+        None => reader.copy_to(&mut sink),
+    };
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            drop(sink);
+            if !to_stdout {
+                let _ = std::fs::remove_file(partial(output));
+            }
+            return Err(e).with_context(|| format!("restoring {container}/{name}"));
+        }
+    };
+    sink.flush()?;
+    drop(sink);
+    if !to_stdout {
+        std::fs::rename(partial(output), output)
+            .with_context(|| format!("writing {}", output.display()))?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mbps = n as f64 / secs.max(1e-9) / 1e6;
+    let v = json!({"container": container, "name": name, "bytes": n, "seconds": secs, "mb_per_s": mbps});
+    if cli.json && to_stdout {
+        eprintln!("{v}");
+    } else if cli.json {
+        println!("{v}");
+    } else if !to_stdout {
+        println!("restored {container}/{name}: {n} bytes, {mbps:.1} MB/s");
+    }
+    Ok(())
+}
+
+fn partial(output: &PathBuf) -> PathBuf {
+    let mut p = output.clone().into_os_string();
+    p.push(".tern-partial");
+    PathBuf::from(p)
+}

@@ -62,7 +62,8 @@ impl Frame {
 
     /// Encodes the header and length prefix; the payload is written beside it.
     pub fn encode_head(&self) -> Result<Vec<u8>, FrameError> {
-        let header = rmp_serde::to_vec_named(&self.env).map_err(|e| FrameError::Header(e.to_string()))?;
+        let header =
+            rmp_serde::to_vec_named(&self.env).map_err(|e| FrameError::Header(e.to_string()))?;
         if header.len() as u64 > MAX_HEADER_LEN as u64 {
             return Err(FrameError::TooLarge {
                 what: "header",
@@ -80,7 +81,11 @@ impl Frame {
     /// Decodes a frame from a complete buffer (for fuzzing and tests).
     pub fn decode(buf: &[u8]) -> Result<(Frame, usize), FrameError> {
         let short = || FrameError::Io(io::ErrorKind::UnexpectedEof.into());
-        let prefix: [u8; 8] = buf.get(..8).ok_or_else(short)?.try_into().map_err(|_| short())?;
+        let prefix: [u8; 8] = buf
+            .get(..8)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?;
         let (hlen, plen) = check_lengths(prefix)?;
         let total = 8 + hlen as usize + plen as usize;
         let body = buf.get(8..total).ok_or_else(short)?;
@@ -150,7 +155,12 @@ mod tests {
 
     fn sample() -> Frame {
         Frame::new(
-            Envelope { seq: 7, ack: 3, req: 9, msg: Msg::Ping },
+            Envelope {
+                seq: 7,
+                ack: 3,
+                req: 9,
+                msg: Msg::Ping,
+            },
             b"payload".to_vec(),
         )
     }
@@ -169,10 +179,19 @@ mod tests {
     fn oversized_lengths_are_refused_before_allocation() {
         let mut buf = vec![0xff; 8];
         buf.extend_from_slice(&[0; 16]);
-        assert!(matches!(Frame::decode(&buf), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Frame::decode(&buf),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut buf = 10u32.to_be_bytes().to_vec();
         buf.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(Frame::decode(&buf), Err(FrameError::TooLarge { what: "payload", .. })));
+        assert!(matches!(
+            Frame::decode(&buf),
+            Err(FrameError::TooLarge {
+                what: "payload",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -186,6 +205,9 @@ mod tests {
         let mut garbage = 4u32.to_be_bytes().to_vec();
         garbage.extend_from_slice(&0u32.to_be_bytes());
         garbage.extend_from_slice(b"\xc1\xc1\xc1\xc1");
-        assert!(matches!(Frame::decode(&garbage), Err(FrameError::Header(_))));
+        assert!(matches!(
+            Frame::decode(&garbage),
+            Err(FrameError::Header(_))
+        ));
     }
 }

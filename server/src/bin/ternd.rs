@@ -14,7 +14,11 @@ use tern_server::store::{Store, DEFAULT_GROUP};
 use tern_server::{auth, control, net};
 
 #[derive(Parser)]
-#[command(name = "ternd", version, about = "The tern deduplicating backup target")]
+#[command(
+    name = "ternd",
+    version,
+    about = "The tern deduplicating backup target"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -94,7 +98,12 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve { data, listen, plain_listen, config } => serve(&data.data, listen, plain_listen, config),
+        Cmd::Serve {
+            data,
+            listen,
+            plain_listen,
+            config,
+        } => serve(&data.data, listen, plain_listen, config),
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
@@ -136,7 +145,11 @@ fn run(cli: Cli) -> Result<()> {
                     report["packs"],
                     report["chunks_checked"],
                     report["images_checked"],
-                    if damage.is_empty() { "clean".to_string() } else { format!("{} problems", damage.len()) }
+                    if damage.is_empty() {
+                        "clean".to_string()
+                    } else {
+                        format!("{} problems", damage.len())
+                    }
                 );
             }
             if !damage.is_empty() {
@@ -144,10 +157,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::User { cmd: UserCmd::Add { data, name, admin, groups } } => {
+        Cmd::User {
+            cmd:
+                UserCmd::Add {
+                    data,
+                    name,
+                    admin,
+                    groups,
+                },
+        } => {
             let name = UserName::new(name)?;
-            let groups = if groups.is_empty() { vec![DEFAULT_GROUP.to_string()] } else { groups };
-            let groups = groups.into_iter().map(GroupName::new).collect::<Result<Vec<_>, _>>()?;
+            let groups = if groups.is_empty() {
+                vec![DEFAULT_GROUP.to_string()]
+            } else {
+                groups
+            };
+            let groups = groups
+                .into_iter()
+                .map(GroupName::new)
+                .collect::<Result<Vec<_>, _>>()?;
             let password = read_password()?;
             open_store(&data.data)?.user_set(&name, &password, admin, groups)?;
             println!("user {name} saved");
@@ -158,7 +186,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn open_store(data: &Path) -> Result<Store> {
     if !data.join("catalog.redb").exists() {
-        bail!("{} is not a ternd data directory (no catalog.redb)", data.display());
+        bail!(
+            "{} is not a ternd data directory (no catalog.redb)",
+            data.display()
+        );
     }
     Store::open(data).map_err(|e| {
         let text = e.to_string();
@@ -193,11 +224,17 @@ fn cert_paths(data: &Path, cfg: &Config) -> CertPaths {
     }
 }
 
-fn serve(data: &Path, listen: Option<SocketAddr>, plain: Option<SocketAddr>, config: Option<PathBuf>) -> Result<()> {
+fn serve(
+    data: &Path,
+    listen: Option<SocketAddr>,
+    plain: Option<SocketAddr>,
+    config: Option<PathBuf>,
+) -> Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
     if !config_path.exists() {
-        std::fs::write(&config_path, DEFAULT_CONFIG).with_context(|| format!("writing {}", config_path.display()))?;
+        std::fs::write(&config_path, DEFAULT_CONFIG)
+            .with_context(|| format!("writing {}", config_path.display()))?;
     }
     let mut cfg = Config::load(&config_path)?;
     if let Some(l) = listen {
@@ -216,7 +253,10 @@ fn serve(data: &Path, listen: Option<SocketAddr>, plain: Option<SocketAddr>, con
 
     let paths = cert_paths(data, &cfg);
     if certs::ensure_server_cert(&paths)? {
-        tracing::info!("created a self-signed certificate in {}", paths.cert.display());
+        tracing::info!(
+            "created a self-signed certificate in {}",
+            paths.cert.display()
+        );
     }
     let tls = certs::server_config(&paths, cfg.allow_tls12)?;
     let store = Arc::new(open_store_for_serve(data)?);
@@ -226,7 +266,12 @@ fn serve(data: &Path, listen: Option<SocketAddr>, plain: Option<SocketAddr>, con
             Ok(p) if !p.is_empty() => (p, false),
             _ => (auth::generate_password()?, true),
         };
-        store.user_set(&admin, &password, true, vec![GroupName::new(DEFAULT_GROUP)?])?;
+        store.user_set(
+            &admin,
+            &password,
+            true,
+            vec![GroupName::new(DEFAULT_GROUP)?],
+        )?;
         if generated {
             println!("created user admin with password: {password}");
         } else {

@@ -67,7 +67,8 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable {what} record: {e}")))
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("undecodable {what} record: {e}")))
 }
 
 pub fn chunk_key(group: u32, id: &ChunkId) -> [u8; 36] {
@@ -96,7 +97,10 @@ pub fn recipe_value(id: &ChunkId, len: u32) -> [u8; 36] {
 
 pub fn split_recipe_value(v: &[u8]) -> Result<(ChunkId, u32), StoreError> {
     if v.len() != 36 {
-        return Err(StoreError::Corrupt(format!("recipe entry of {} bytes", v.len())));
+        return Err(StoreError::Corrupt(format!(
+            "recipe entry of {} bytes",
+            v.len()
+        )));
     }
     let id = ChunkId(v[..32].try_into().expect("32 bytes"));
     let len = u32::from_le_bytes(v[32..].try_into().expect("4 bytes"));

@@ -60,9 +60,9 @@ impl Store {
                 let (k, v) = row?;
                 let (id, _) = split_recipe_value(v.value())?;
                 let image = k.value().0;
-                let group = image_groups
-                    .get(&image)
-                    .ok_or_else(|| StoreError::Corrupt(format!("recipe rows for unknown image {image}")))?;
+                let group = image_groups.get(&image).ok_or_else(|| {
+                    StoreError::Corrupt(format!("recipe rows for unknown image {image}"))
+                })?;
                 live.insert(chunk_key(*group, &id));
             }
         }
@@ -160,7 +160,13 @@ impl Store {
         Ok(report)
     }
 
-    fn append_to_group(&self, group: u32, id: &ChunkId, old: &Location, bytes: &[u8]) -> Result<Location> {
+    fn append_to_group(
+        &self,
+        group: u32,
+        id: &ChunkId,
+        old: &Location,
+        bytes: &[u8],
+    ) -> Result<Location> {
         let mut writers = lock(&self.writers);
         let writer = self.group_writer(&mut writers, group)?;
         Ok(writer.append(id, old.codec, old.raw_len, bytes)?)
@@ -174,9 +180,9 @@ impl Store {
         for row in tx.open_table(CONTAINERS)?.iter()? {
             let (_, v) = row?;
             let c: ContainerRecord = decode("container", v.value())?;
-            let g = groups
-                .get(c.group.as_str())?
-                .ok_or_else(|| StoreError::Corrupt(format!("storage group {} is missing", c.group)))?;
+            let g = groups.get(c.group.as_str())?.ok_or_else(|| {
+                StoreError::Corrupt(format!("storage group {} is missing", c.group))
+            })?;
             container_group.insert(c.id, decode::<GroupRecord>("group", g.value())?.id);
         }
         let mut out = HashMap::new();
@@ -204,12 +210,16 @@ impl Store {
             let contents = match pack::read_contents(&path, number) {
                 Ok(c) => c,
                 Err(e) => {
-                    report.damage.push(format!("pack {}: unreadable: {e}", path.display()));
+                    report
+                        .damage
+                        .push(format!("pack {}: unreadable: {e}", path.display()));
                     continue;
                 }
             };
             if !contents.finished && !writing.contains(&number) {
-                report.damage.push(format!("pack {}: has no valid table", path.display()));
+                report
+                    .damage
+                    .push(format!("pack {}: has no valid table", path.display()));
             }
             let file = File::open(&path)?;
             for e in contents.entries {
@@ -222,7 +232,10 @@ impl Store {
                             .map_err(|err| err.to_string())
                     });
                 match ok {
-                    Ok(()) => intact.entry(chunk_key(group, &e.id)).or_default().push(e.loc),
+                    Ok(()) => intact
+                        .entry(chunk_key(group, &e.id))
+                        .or_default()
+                        .push(e.loc),
                     Err(why) => report.damage.push(format!(
                         "pack {}: chunk {} at offset {}: {why}",
                         path.display(),
@@ -240,10 +253,15 @@ impl Store {
                 report.damage.push("index: key of the wrong size".into());
                 continue;
             };
-            let good = Location::decode(v.value())
-                .is_some_and(|loc| intact.get(k.value()).is_some_and(|locs| locs.contains(&loc)));
+            let good = Location::decode(v.value()).is_some_and(|loc| {
+                intact
+                    .get(k.value())
+                    .is_some_and(|locs| locs.contains(&loc))
+            });
             if !good {
-                report.damage.push(format!("index: chunk {id} points to no intact pack entry"));
+                report
+                    .damage
+                    .push(format!("index: chunk {id} points to no intact pack entry"));
             }
         }
         let image_groups = self.image_groups()?;
@@ -255,17 +273,26 @@ impl Store {
             let (k, v) = row?;
             let (image, offset) = k.value();
             let (id, len) = split_recipe_value(v.value())?;
-            let name = names.get(&image).cloned().unwrap_or_else(|| format!("#{image}"));
+            let name = names
+                .get(&image)
+                .cloned()
+                .unwrap_or_else(|| format!("#{image}"));
             let next = expected_offset.entry(image).or_insert(0);
             if *next != offset {
-                report.damage.push(format!("image {name}: recipe has a gap at offset {next}"));
+                report
+                    .damage
+                    .push(format!("image {name}: recipe has a gap at offset {next}"));
             }
             *next = offset + len as u64;
             let Some(group) = image_groups.get(&image) else {
-                report.damage.push(format!("recipe rows for unknown image {image}"));
+                report
+                    .damage
+                    .push(format!("recipe rows for unknown image {image}"));
                 continue;
             };
-            if chunks.get(chunk_key(*group, &id).as_slice())?.is_none() && damaged_images.insert(image) {
+            if chunks.get(chunk_key(*group, &id).as_slice())?.is_none()
+                && damaged_images.insert(image)
+            {
                 report.damage.push(format!(
                     "image {name}: chunk {id} at offset {offset} is missing from the store"
                 ));

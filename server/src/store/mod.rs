@@ -21,7 +21,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tern_core::codec::{self, Compressor};
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{
-    ChunkRef, ContainerInfo, ContainerSettings, ErrorKind, ImageInfo, RecipeEntry, StoreStats, WriteStats,
+    ChunkRef, ContainerInfo, ContainerSettings, ErrorKind, ImageInfo, RecipeEntry, StoreStats,
+    WriteStats,
 };
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
@@ -79,7 +80,9 @@ impl StoreError {
 }
 
 fn is_no_space(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) || e.raw_os_error() == Some(122)
+    e.kind() == io::ErrorKind::StorageFull
+        || e.raw_os_error() == Some(28)
+        || e.raw_os_error() == Some(122)
 }
 
 impl From<io::Error> for StoreError {
@@ -284,7 +287,10 @@ impl Store {
 
     /// Every pack of every group, with the group it belongs to.
     fn pack_files(&self) -> Result<Vec<(u32, u64, PathBuf)>> {
-        let dirs: Vec<(u32, PathBuf)> = lock(&self.group_dirs).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let dirs: Vec<(u32, PathBuf)> = lock(&self.group_dirs)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let mut out = Vec::new();
         for (group, dir) in dirs {
             let rd = match std::fs::read_dir(&dir) {
@@ -325,7 +331,13 @@ impl Store {
     // ---- users -------------------------------------------------------------
 
     /// Adds a user, or replaces the password and rights of an existing one.
-    pub fn user_set(&self, name: &UserName, password: &str, admin: bool, groups: Vec<GroupName>) -> Result<()> {
+    pub fn user_set(
+        &self,
+        name: &UserName,
+        password: &str,
+        admin: bool,
+        groups: Vec<GroupName>,
+    ) -> Result<()> {
         if password.is_empty() {
             return Err(StoreError::Invalid("the password is empty".into()));
         }
@@ -338,13 +350,19 @@ impl Store {
             groups,
         };
         let tx = self.db.begin_write()?;
-        tx.open_table(USERS)?.insert(name.as_str(), encode(&rec)?.as_slice())?;
+        tx.open_table(USERS)?
+            .insert(name.as_str(), encode(&rec)?.as_slice())?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn user_exists(&self, name: &UserName) -> Result<bool> {
-        Ok(self.db.begin_read()?.open_table(USERS)?.get(name.as_str())?.is_some())
+        Ok(self
+            .db
+            .begin_read()?
+            .open_table(USERS)?
+            .get(name.as_str())?
+            .is_some())
     }
 
     /// Checks a password; the same error for an unknown user and a wrong password.
@@ -371,7 +389,12 @@ impl Store {
 
     // ---- containers --------------------------------------------------------
 
-    pub fn container_create(&self, user: &User, name: &ContainerName, s: &ContainerSettings) -> Result<ContainerInfo> {
+    pub fn container_create(
+        &self,
+        user: &User,
+        name: &ContainerName,
+        s: &ContainerSettings,
+    ) -> Result<ContainerInfo> {
         let group = s
             .group
             .clone()
@@ -391,14 +414,18 @@ impl Store {
         chunking.validate().map_err(StoreError::Invalid)?;
         let zstd_level = s.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
         if !(1..=19).contains(&zstd_level) {
-            return Err(StoreError::Invalid(format!("zstd level {zstd_level} is outside 1..=19")));
+            return Err(StoreError::Invalid(format!(
+                "zstd level {zstd_level} is outside 1..=19"
+            )));
         }
         self.ensure_group(&group)?;
         let tx = self.db.begin_write()?;
         let rec = {
             let mut t = tx.open_table(CONTAINERS)?;
             if t.get(name.as_str())?.is_some() {
-                return Err(StoreError::AlreadyExists(format!("container {name} already exists")));
+                return Err(StoreError::AlreadyExists(format!(
+                    "container {name} already exists"
+                )));
             }
             let rec = ContainerRecord {
                 id: next_counter(&tx, "next_container")?,
@@ -418,12 +445,16 @@ impl Store {
     fn container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
         let t = self.db.begin_read()?.open_table(CONTAINERS)?;
         let Some(v) = t.get(name.as_str())? else {
-            return Err(StoreError::NotFound(format!("container {name} does not exist")));
+            return Err(StoreError::NotFound(format!(
+                "container {name} does not exist"
+            )));
         };
         let rec: ContainerRecord = decode("container", v.value())?;
         if !user.may_use(&rec.group) {
             // Indistinguishable from absence: names of other tenants' containers stay private.
-            return Err(StoreError::NotFound(format!("container {name} does not exist")));
+            return Err(StoreError::NotFound(format!(
+                "container {name} does not exist"
+            )));
         }
         Ok(rec)
     }
@@ -445,7 +476,8 @@ impl Store {
                 count += 1;
                 bytes += decode::<ImageRecord>("image", v.value())?.size;
             }
-            let name = ContainerName::new(name.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let name =
+                ContainerName::new(name.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push(container_info(name, &rec, count, bytes));
         }
         Ok(out)
@@ -455,7 +487,9 @@ impl Store {
     pub fn container_remove(&self, user: &User, name: &ContainerName) -> Result<()> {
         let rec = self.container(user, name)?;
         if lock(&self.open).values().any(|o| o.container_id == rec.id) {
-            return Err(StoreError::Busy(format!("container {name} has images being written")));
+            return Err(StoreError::Busy(format!(
+                "container {name} has images being written"
+            )));
         }
         let tx = self.db.begin_write()?;
         {
@@ -484,9 +518,9 @@ impl Store {
         passthrough: bool,
     ) -> Result<(WriterId, ContainerRecord)> {
         let rec = self.container(user, container)?;
-        let group = self
-            .group_id(&rec.group)?
-            .ok_or_else(|| StoreError::Corrupt(format!("storage group {} is missing", rec.group)))?;
+        let group = self.group_id(&rec.group)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("storage group {} is missing", rec.group))
+        })?;
         if self.image_record(rec.id, name)?.is_some() {
             return Err(StoreError::AlreadyExists(format!(
                 "image {name} already exists in container {container}"
@@ -501,7 +535,10 @@ impl Store {
             None
         };
         let mut open = lock(&self.open);
-        if open.values().any(|o| o.container_id == rec.id && o.name == *name) {
+        if open
+            .values()
+            .any(|o| o.container_id == rec.id && o.name == *name)
+        {
             return Err(StoreError::AlreadyExists(format!(
                 "image {name} is already being written in container {container}"
             )));
@@ -541,7 +578,9 @@ impl Store {
             .get_mut(&w)
             .ok_or_else(|| StoreError::NotFound("no such image being written".into()))?;
         if img.passthrough.is_some() {
-            return Err(StoreError::Invalid("a passthrough image takes raw data, not chunks".into()));
+            return Err(StoreError::Invalid(
+                "a passthrough image takes raw data, not chunks".into(),
+            ));
         }
         let group = img.group;
         let tx = self.db.begin_read()?;
@@ -572,7 +611,14 @@ impl Store {
     }
 
     /// Stores a chunk the writer was asked for, after checking it is what its id says.
-    pub fn image_put_chunk(&self, w: WriterId, id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> Result<()> {
+    pub fn image_put_chunk(
+        &self,
+        w: WriterId,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<()> {
         let group = {
             let open = lock(&self.open);
             let img = open
@@ -613,7 +659,9 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound("no such image being written".into()))?;
         let group = img.group;
         let Some(pt) = img.passthrough.as_mut() else {
-            return Err(StoreError::Invalid("raw data sent to an image opened for dedup writes".into()));
+            return Err(StoreError::Invalid(
+                "raw data sent to an image opened for dedup writes".into(),
+            ));
         };
         pt.chunker.push(data);
         if last {
@@ -648,15 +696,32 @@ impl Store {
         if lock(&self.pending).contains_key(&key) {
             return Ok(true);
         }
-        Ok(self.db.begin_read()?.open_table(CHUNKS)?.get(key.as_slice())?.is_some())
+        Ok(self
+            .db
+            .begin_read()?
+            .open_table(CHUNKS)?
+            .get(key.as_slice())?
+            .is_some())
     }
 
     /// Appends a chunk to its group's pack unless the store has it; true if written.
-    fn store_chunk(&self, group: u32, id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> Result<bool> {
+    fn store_chunk(
+        &self,
+        group: u32,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<bool> {
         let key = chunk_key(group, id);
         let mut writers = lock(&self.writers);
         if lock(&self.pending).contains_key(&key)
-            || self.db.begin_read()?.open_table(CHUNKS)?.get(key.as_slice())?.is_some()
+            || self
+                .db
+                .begin_read()?
+                .open_table(CHUNKS)?
+                .get(key.as_slice())?
+                .is_some()
         {
             return Ok(false);
         }
@@ -672,14 +737,17 @@ impl Store {
     }
 
     /// The pack being appended to in `group`, started if there is none.
-    fn group_writer<'a>(&self, writers: &'a mut HashMap<u32, PackWriter>, group: u32) -> Result<&'a mut PackWriter> {
+    fn group_writer<'a>(
+        &self,
+        writers: &'a mut HashMap<u32, PackWriter>,
+        group: u32,
+    ) -> Result<&'a mut PackWriter> {
         match writers.entry(group) {
             std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let dir = lock(&self.group_dirs)
-                    .get(&group)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Corrupt(format!("storage group {group} has no directory")))?;
+                let dir = lock(&self.group_dirs).get(&group).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("storage group {group} has no directory"))
+                })?;
                 let number = self.next_pack.fetch_add(1, Ordering::SeqCst);
                 Ok(v.insert(PackWriter::create(&dir, number)?))
             }
@@ -701,7 +769,10 @@ impl Store {
                 )));
             }
         }
-        if lock(&self.open).get(&w).is_some_and(|i| i.passthrough.is_some()) {
+        if lock(&self.open)
+            .get(&w)
+            .is_some_and(|i| i.passthrough.is_some())
+        {
             self.image_write_raw(w, &[], true)?;
         }
         let result = self.commit_open_image(w);
@@ -789,11 +860,18 @@ impl Store {
         found.map(|v| decode("image", v.value())).transpose()
     }
 
-    pub fn image_open(&self, user: &User, container: &ContainerName, name: &ImageName) -> Result<ReadableImage> {
+    pub fn image_open(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<ReadableImage> {
         let c = self.container(user, container)?;
-        let rec = self
-            .image_record(c.id, name)?
-            .ok_or_else(|| StoreError::NotFound(format!("image {name} does not exist in container {container}")))?;
+        let rec = self.image_record(c.id, name)?.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "image {name} does not exist in container {container}"
+            ))
+        })?;
         let group = self
             .group_id(&c.group)?
             .ok_or_else(|| StoreError::Corrupt(format!("storage group {} is missing", c.group)))?;
@@ -825,22 +903,32 @@ impl Store {
     }
 
     /// The stored bytes of the chunk that starts at `offset` of an image.
-    pub fn read_chunk(&self, img: &ReadableImage, offset: u64) -> Result<(RecipeEntry, Location, Vec<u8>)> {
+    pub fn read_chunk(
+        &self,
+        img: &ReadableImage,
+        offset: u64,
+    ) -> Result<(RecipeEntry, Location, Vec<u8>)> {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let tx = self.db.begin_read()?;
         let recipes = tx.open_table(RECIPES)?;
-        let v = recipes
-            .get((img.image_id, offset))?
-            .ok_or_else(|| StoreError::Invalid(format!("no chunk starts at offset {offset} of this image")))?;
+        let v = recipes.get((img.image_id, offset))?.ok_or_else(|| {
+            StoreError::Invalid(format!("no chunk starts at offset {offset} of this image"))
+        })?;
         let (id, len) = split_recipe_value(v.value())?;
         let chunks = tx.open_table(CHUNKS)?;
         let loc = chunks
             .get(chunk_key(img.group, &id).as_slice())?
-            .ok_or_else(|| StoreError::Corrupt(format!("chunk {id} at offset {offset} is missing from the index")))?;
-        let loc = Location::decode(loc.value())
-            .ok_or_else(|| StoreError::Corrupt(format!("undecodable index entry for chunk {id}")))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "chunk {id} at offset {offset} is missing from the index"
+                ))
+            })?;
+        let loc = Location::decode(loc.value()).ok_or_else(|| {
+            StoreError::Corrupt(format!("undecodable index entry for chunk {id}"))
+        })?;
         let file = self.pack_file(img.group, loc.pack)?;
-        let bytes = pack::read_stored(&file, &loc).map_err(|e| StoreError::Corrupt(format!("reading chunk {id}: {e}")))?;
+        let bytes = pack::read_stored(&file, &loc)
+            .map_err(|e| StoreError::Corrupt(format!("reading chunk {id}: {e}")))?;
         Ok((RecipeEntry { offset, id, len }, loc, bytes))
     }
 
@@ -849,10 +937,9 @@ impl Store {
         if let Some(f) = files.get(&number) {
             return Ok(f.clone());
         }
-        let dir = lock(&self.group_dirs)
-            .get(&group)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("storage group {group} has no directory")))?;
+        let dir = lock(&self.group_dirs).get(&group).cloned().ok_or_else(|| {
+            StoreError::Corrupt(format!("storage group {group} has no directory"))
+        })?;
         let f = Arc::new(File::open(pack::pack_path(&dir, number))?);
         if files.len() >= MAX_OPEN_PACKS {
             files.clear();
@@ -861,7 +948,12 @@ impl Store {
         Ok(f)
     }
 
-    pub fn image_list(&self, user: &User, container: &ContainerName, prefix: &str) -> Result<Vec<ImageInfo>> {
+    pub fn image_list(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        prefix: &str,
+    ) -> Result<Vec<ImageInfo>> {
         let c = self.container(user, container)?;
         let t = self.db.begin_read()?.open_table(IMAGES)?;
         let mut out = Vec::new();
@@ -872,13 +964,22 @@ impl Store {
                 break;
             }
             let name = ImageName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(image_info(container.clone(), name, decode("image", v.value())?));
+            out.push(image_info(
+                container.clone(),
+                name,
+                decode("image", v.value())?,
+            ));
         }
         Ok(out)
     }
 
     /// Deletes an image; its chunks are reclaimed by the next GC.
-    pub fn image_remove(&self, user: &User, container: &ContainerName, name: &ImageName) -> Result<()> {
+    pub fn image_remove(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<()> {
         let c = self.container(user, container)?;
         let tx = self.db.begin_write()?;
         {
@@ -924,7 +1025,9 @@ impl Store {
         }
         for row in t.iter()? {
             let (k, v) = row?;
-            let Some((group, _)) = split_chunk_key(k.value()) else { continue };
+            let Some((group, _)) = split_chunk_key(k.value()) else {
+                continue;
+            };
             if !visible.contains(&group) {
                 continue;
             }
@@ -952,7 +1055,12 @@ fn next_counter(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
     Ok(next)
 }
 
-fn container_info(name: ContainerName, rec: &ContainerRecord, images: u64, logical_bytes: u64) -> ContainerInfo {
+fn container_info(
+    name: ContainerName,
+    rec: &ContainerRecord,
+    images: u64,
+    logical_bytes: u64,
+) -> ContainerInfo {
     ContainerInfo {
         name,
         group: rec.group.clone(),
@@ -974,4 +1082,3 @@ fn image_info(container: ContainerName, name: ImageName, rec: ImageRecord) -> Im
         created: rec.created,
     }
 }
-

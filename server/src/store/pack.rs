@@ -99,7 +99,10 @@ pub struct PackWriter {
 impl PackWriter {
     pub fn create(dir: &Path, number: u64) -> io::Result<Self> {
         let path = pack_path(dir, number);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
@@ -120,7 +123,13 @@ impl PackWriter {
     }
 
     /// Appends a chunk. On failure the pack is cut back to its last good entry.
-    pub fn append(&mut self, id: &ChunkId, codec: Codec, raw_len: u32, bytes: &[u8]) -> io::Result<Location> {
+    pub fn append(
+        &mut self,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> io::Result<Location> {
         let mut buf = Vec::with_capacity(ENTRY_HEADER_LEN as usize + bytes.len());
         buf.extend_from_slice(id.as_bytes());
         buf.push(codec as u8);
@@ -272,7 +281,9 @@ fn scan(file: &File, file_len: u64, number: u64) -> io::Result<PackContents> {
     let mut h = [0u8; ENTRY_HEADER_LEN as usize];
     while pos + ENTRY_HEADER_LEN <= file_len {
         file.read_exact_at(&mut h, pos)?;
-        let Some(codec) = Codec::from_u8(h[32]) else { break };
+        let Some(codec) = Codec::from_u8(h[32]) else {
+            break;
+        };
         let raw_len = u32::from_le_bytes(h[36..40].try_into().expect("4 bytes"));
         let stored_len = u32::from_le_bytes(h[40..44].try_into().expect("4 bytes"));
         if raw_len > MAX_CHUNK_LIMIT || stored_len > MAX_CHUNK_LIMIT {
@@ -333,7 +344,10 @@ mod tests {
         let path = w.finish().unwrap();
         let c = read_contents(&path, 1).unwrap();
         assert!(c.finished);
-        assert_eq!(c.entries.iter().map(|e| e.loc).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(
+            c.entries.iter().map(|e| e.loc).collect::<Vec<_>>(),
+            vec![a, b]
+        );
         let f = File::open(&path).unwrap();
         assert_eq!(read_stored(&f, &b).unwrap(), b"bb");
     }
@@ -343,12 +357,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = PackWriter::create(dir.path(), 2).unwrap();
         w.append(&ChunkId::of(b"a"), Codec::Raw, 1, b"a").unwrap();
-        w.append(&ChunkId::of(b"bbbb"), Codec::Raw, 4, b"bbbb").unwrap();
+        w.append(&ChunkId::of(b"bbbb"), Codec::Raw, 4, b"bbbb")
+            .unwrap();
         w.sync().unwrap();
         drop(w);
         let path = pack_path(dir.path(), 2);
         let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 2).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
         let c = read_contents(&path, 2).unwrap();
         assert!(!c.finished);
         assert_eq!(c.entries.len(), 1);
@@ -360,7 +380,13 @@ mod tests {
 
     #[test]
     fn locations_round_trip() {
-        let l = Location { pack: 9, offset: 60, stored_len: 7, raw_len: 9, codec: Codec::Zstd };
+        let l = Location {
+            pack: 9,
+            offset: 60,
+            stored_len: 7,
+            raw_len: 9,
+            codec: Codec::Zstd,
+        };
         assert_eq!(Location::decode(&l.encode()), Some(l));
         assert_eq!(Location::decode(&[0; 3]), None);
     }

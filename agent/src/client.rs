@@ -1,0 +1,236 @@
+//! The client: log in once, then manage containers and images.
+
+use tern_core::names::UserName;
+use tern_core::tls::Fingerprint;
+use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, Msg, StoreStats, WriteMode};
+use tern_core::{ContainerName, ImageName};
+
+use crate::conn::Conn;
+use crate::reader::ImageReader;
+use crate::writer::ImageWriter;
+use crate::{trust, ClientError};
+
+/// The default TLS port.
+pub const DEFAULT_PORT: u16 = 9443;
+
+/// How to reach and log in to a server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `host` or `host:port` (default port 9443).
+    pub server: String,
+    pub user: String,
+    pub password: String,
+    /// The server certificate's fingerprint; `None` trusts on first use.
+    pub fingerprint: Option<Fingerprint>,
+    /// Use the loopback plaintext listener instead of TLS.
+    pub plain: bool,
+    pub mode: WriteMode,
+    /// Remember fingerprints accepted on first use in the user's config directory.
+    pub remember_servers: bool,
+}
+
+impl ClientOptions {
+    pub fn new(server: &str, user: &str, password: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            user: user.to_string(),
+            password: password.to_string(),
+            fingerprint: None,
+            plain: false,
+            mode: WriteMode::Dedup,
+            remember_servers: true,
+        }
+    }
+
+    fn address(&self) -> String {
+        let s = self.server.trim();
+        let has_port = match s.rsplit_once(':') {
+            Some((host, port)) => {
+                port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+            }
+            None => false,
+        };
+        if has_port {
+            s.to_string()
+        } else if s.contains(':') && !s.starts_with('[') {
+            format!("[{s}]:{DEFAULT_PORT}")
+        } else {
+            format!("{s}:{DEFAULT_PORT}")
+        }
+    }
+}
+
+/// A logged-in connection to a server. Share it between threads: each image
+/// writer or reader is used by one thread at a time, many may be open at once.
+pub struct Client {
+    conn: Conn,
+    admin: bool,
+    mode: WriteMode,
+}
+
+impl Client {
+    /// Connects, verifies the server's certificate and logs in.
+    pub fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
+        let address = opts.address();
+        let user = UserName::new(opts.user.clone())?;
+        let remembered = if opts.plain || opts.fingerprint.is_some() {
+            None
+        } else {
+            trust::remembered(&address)
+        };
+        let pin = opts.fingerprint.or(remembered);
+        let (conn, seen) = Conn::open(&address, opts.plain, pin)?;
+        if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {
+            if !opts.plain {
+                // Trust on first use: later connections must present the same certificate.
+                if let Err(e) = trust::remember(&address, fp) {
+                    tracing::warn!("could not remember the fingerprint of {address}: {e}");
+                }
+            }
+        }
+        let answer = conn.call(
+            Msg::Login {
+                user,
+                password: opts.password.clone(),
+            },
+            Vec::new(),
+        )?;
+        let admin = match answer.env.msg {
+            Msg::LoggedIn { admin } => admin,
+            other => return Err(unexpected(other)),
+        };
+        Ok(Client {
+            conn,
+            admin,
+            mode: opts.mode,
+        })
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// Bytes this client has written to the network.
+    pub fn bytes_sent(&self) -> u64 {
+        self.conn.bytes_sent()
+    }
+
+    fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
+        match self.conn.call(msg, Vec::new())?.env.msg {
+            Msg::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn container_create(
+        &self,
+        name: &str,
+        settings: ContainerSettings,
+    ) -> Result<(), ClientError> {
+        let name = ContainerName::new(name)?;
+        self.expect_ok(Msg::ContainerCreate { name, settings })
+    }
+
+    pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
+        match self.conn.call(Msg::ContainerList, Vec::new())?.env.msg {
+            Msg::Containers { list } => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn container_remove(&self, name: &str) -> Result<(), ClientError> {
+        let name = ContainerName::new(name)?;
+        self.expect_ok(Msg::ContainerRemove { name })
+    }
+
+    /// Adds a user (admins only) with access to the default storage group.
+    pub fn user_add(&self, name: &str, password: &str, admin: bool) -> Result<(), ClientError> {
+        let name = UserName::new(name)?;
+        if password.is_empty() {
+            return Err(ClientError::Invalid("the password is empty".into()));
+        }
+        self.expect_ok(Msg::UserAdd {
+            name,
+            password: password.to_string(),
+            admin,
+        })
+    }
+
+    /// Starts writing a new image; it becomes visible when committed.
+    pub fn create_image(
+        &self,
+        container: &str,
+        name: &str,
+        props: &[u8],
+    ) -> Result<ImageWriter<'_>, ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        ImageWriter::create(self, container, name, props.to_vec(), self.mode)
+    }
+
+    /// Opens a committed image for reading.
+    pub fn open_image(&self, container: &str, name: &str) -> Result<ImageReader<'_>, ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        ImageReader::open(self, container, name)
+    }
+
+    /// Lists a container's images whose names start with `prefix`.
+    pub fn image_list(&self, container: &str, prefix: &str) -> Result<Vec<ImageInfo>, ClientError> {
+        let container = ContainerName::new(container)?;
+        match self
+            .conn
+            .call(
+                Msg::ImageList {
+                    container,
+                    prefix: prefix.to_string(),
+                },
+                Vec::new(),
+            )?
+            .env
+            .msg
+        {
+            Msg::Images { list } => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn image_remove(&self, container: &str, name: &str) -> Result<(), ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        self.expect_ok(Msg::ImageRemove { container, name })
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, ClientError> {
+        match self.conn.call(Msg::StatsGet, Vec::new())?.env.msg {
+            Msg::Stats { stats } => Ok(stats),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+pub(crate) fn unexpected(msg: Msg) -> ClientError {
+    if let Msg::Error { kind, message } = msg {
+        return ClientError::Server { kind, message };
+    }
+    ClientError::Protocol(format!("unexpected answer {msg:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_the_default_port() {
+        let a = |s: &str| ClientOptions::new(s, "u", "p").address();
+        assert_eq!(a("host"), "host:9443");
+        assert_eq!(a("host:1234"), "host:1234");
+        assert_eq!(a("127.0.0.1"), "127.0.0.1:9443");
+        assert_eq!(a("::1"), "[::1]:9443");
+        assert_eq!(a("[::1]:7"), "[::1]:7");
+    }
+}

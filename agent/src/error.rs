@@ -1,0 +1,55 @@
+//! The one error type of the client library.
+
+use tern_core::wire::ErrorKind;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke.
+    #[error("connection to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    /// The server's certificate is not the one pinned for it.
+    #[error("{0}")]
+    Untrusted(String),
+    /// The server refused the request.
+    #[error("{message}")]
+    Server { kind: ErrorKind, message: String },
+    /// The server answered something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// An argument was refused before anything was sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// Data read back did not verify.
+    #[error("corrupt data from the server: {0}")]
+    Corrupt(String),
+    /// Local I/O (reading a file to back up, writing a restore).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The server's error class, if the server refused.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            ClientError::Server { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+impl From<tern_core::NameError> for ClientError {
+    fn from(e: tern_core::NameError) -> Self {
+        ClientError::Invalid(e.to_string())
+    }
+}
+
+impl From<ClientError> for std::io::Error {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Io(io) => io,
+            other => std::io::Error::other(other),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Reading an image at any offset, with read-ahead.
+//!
+//! The reader asks for recipe entries from the current position, then for the
+//! chunks themselves in groups, keeping a few groups in flight so the network
+//! and the server's disk work while the caller decompresses and verifies.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use tern_core::codec;
+use tern_core::wire::{Handle, ImageInfo, Msg, RecipeEntry};
+use tern_core::{ContainerName, ImageName};
+
+use crate::client::unexpected;
+use crate::conn::Answers;
+use crate::{Client, ClientError};
+
+/// Recipe entries fetched at once.
+const RECIPE_BATCH: u32 = 2048;
+/// Chunks asked for in one `ChunkGet`.
+const GET_BATCH: usize = 32;
+/// `ChunkGet` requests in flight.
+const READ_AHEAD: usize = 3;
+
+/// A committed image opened for reading; implements `Read` and `Seek`.
+pub struct ImageReader<'c> {
+    client: &'c Client,
+    handle: Handle,
+    info: ImageInfo,
+    pos: u64,
+    /// Recipe entries not yet asked for, in image order.
+    plan: VecDeque<RecipeEntry>,
+    /// Where the plan continues once it runs dry.
+    plan_next: u64,
+    requests: VecDeque<(VecDeque<RecipeEntry>, Answers<'c>)>,
+    /// The chunk holding the most recent read position.
+    current: Option<(u64, Vec<u8>)>,
+}
+
+impl<'c> ImageReader<'c> {
+    pub(crate) fn open(
+        client: &'c Client,
+        container: ContainerName,
+        name: ImageName,
+    ) -> Result<Self, ClientError> {
+        let answer = client
+            .conn()
+            .call(Msg::ImageOpen { container, name }, Vec::new())?;
+        let (handle, info) = match answer.env.msg {
+            Msg::ImageOpened { handle, info } => (handle, info),
+            other => return Err(unexpected(other)),
+        };
+        Ok(Self {
+            client,
+            handle,
+            info,
+            pos: 0,
+            plan: VecDeque::new(),
+            plan_next: 0,
+            requests: VecDeque::new(),
+            current: None,
+        })
+    }
+
+    pub fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+
+    pub fn size(&self) -> u64 {
+        self.info.size
+    }
+
+    /// Reads at `offset` without moving the stream position's read-ahead elsewhere.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        self.pos = offset;
+        self.read_some(buf)
+    }
+
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        if buf.is_empty() || self.pos >= self.info.size {
+            return Ok(0);
+        }
+        loop {
+            if let Some((start, data)) = &self.current {
+                let end = start + data.len() as u64;
+                if (*start..end).contains(&self.pos) {
+                    let from = (self.pos - start) as usize;
+                    let n = buf.len().min(data.len() - from);
+                    buf[..n].copy_from_slice(&data[from..from + n]);
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+            }
+            self.current = Some(self.next_chunk()?);
+        }
+    }
+
+    /// The chunk that holds `pos`, from the read-ahead pipeline.
+    fn next_chunk(&mut self) -> Result<(u64, Vec<u8>), ClientError> {
+        let in_pipeline = self
+            .requests
+            .front()
+            .and_then(|(entries, _)| entries.front())
+            .or_else(|| self.plan.front())
+            .is_some_and(|e| e.offset <= self.pos && self.pos < e.offset + e.len as u64);
+        if !in_pipeline {
+            // A seek, or the first read: start the pipeline at the position.
+            self.requests.clear();
+            self.plan.clear();
+            self.plan_next = self.pos;
+        }
+        loop {
+            self.fill()?;
+            let Some((entries, answers)) = self.requests.front_mut() else {
+                return Err(ClientError::Protocol(format!(
+                    "no recipe entry covers offset {}",
+                    self.pos
+                )));
+            };
+            let Some(entry) = entries.pop_front() else {
+                self.requests.pop_front();
+                continue;
+            };
+            let frame = answers.next()?;
+            if entries.is_empty() {
+                self.requests.pop_front();
+            }
+            let Msg::ChunkData {
+                id,
+                codec,
+                raw_len,
+                offset,
+                ..
+            } = frame.env.msg
+            else {
+                return Err(unexpected(frame.env.msg));
+            };
+            if id != entry.id || offset != entry.offset || raw_len != entry.len {
+                return Err(ClientError::Protocol(format!(
+                    "asked for the chunk at offset {}, got one at {offset}",
+                    entry.offset
+                )));
+            }
+            let data = codec::decode(&id, codec, raw_len, &frame.payload)
+                .map_err(|e| ClientError::Corrupt(format!("chunk at offset {offset}: {e}")))?;
+            if entry.offset + entry.len as u64 <= self.pos {
+                continue;
+            }
+            return Ok((entry.offset, data));
+        }
+    }
+
+    /// Keeps the recipe plan and the chunk requests topped up.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        while self.requests.len() < READ_AHEAD {
+            if self.plan.is_empty() && self.plan_next < self.info.size {
+                let answer = self.client.conn().call(
+                    Msg::RecipeGet {
+                        handle: self.handle,
+                        from_offset: self.plan_next,
+                        max: RECIPE_BATCH,
+                    },
+                    Vec::new(),
+                )?;
+                let Msg::Recipe { entries } = answer.env.msg else {
+                    return Err(unexpected(answer.env.msg));
+                };
+                let Some(last) = entries.last() else {
+                    return Err(ClientError::Protocol(format!(
+                        "empty recipe at offset {}",
+                        self.plan_next
+                    )));
+                };
+                let next = last.offset + last.len as u64;
+                if next <= self.plan_next {
+                    return Err(ClientError::Protocol("the recipe does not advance".into()));
+                }
+                self.plan_next = next;
+                self.plan.extend(entries);
+            }
+            if self.plan.is_empty() {
+                break;
+            }
+            let n = self.plan.len().min(GET_BATCH);
+            let entries: VecDeque<RecipeEntry> = self.plan.drain(..n).collect();
+            let offsets = entries.iter().map(|e| e.offset).collect();
+            let answers = self.client.conn().request(
+                Msg::ChunkGet {
+                    handle: self.handle,
+                    offsets,
+                },
+                Vec::new(),
+            )?;
+            self.requests.push_back((entries, answers));
+        }
+        Ok(())
+    }
+
+    /// Copies the whole image to `out`; returns the bytes written.
+    pub fn copy_to(&mut self, out: &mut dyn io::Write) -> Result<u64, ClientError> {
+        self.pos = 0;
+        let mut total = 0;
+        while self.pos < self.info.size {
+            let (start, data) = self.next_chunk()?;
+            let from = (self.pos - start) as usize;
+            out.write_all(&data[from..])?;
+            total += (data.len() - from) as u64;
+            self.pos = start + data.len() as u64;
+        }
+        if total != self.info.size {
+            return Err(ClientError::Corrupt(format!(
+                "image is {} bytes but {total} were read",
+                self.info.size
+            )));
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for ImageReader<'_> {
+    fn drop(&mut self) {
+        self.requests.clear();
+        let _ = self.client.conn().send(
+            Msg::ImageRelease {
+                handle: self.handle,
+            },
+            Vec::new(),
+        );
+    }
+}
+
+impl Read for ImageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(self.read_some(buf)?)
+    }
+}
+
+impl Seek for ImageReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.info.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let target = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        self.pos = target;
+        Ok(target)
+    }
+}
