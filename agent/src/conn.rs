@@ -180,6 +180,11 @@ impl Conn {
             req,
             rx: srx,
         };
+        // The reader clears the routes after it records why it stopped; a route
+        // added after that would wait forever.
+        if lock(&self.closed).is_some() {
+            return Err(self.lost());
+        }
         self.tx
             .blocking_send((req, msg, payload))
             .map_err(|_| self.lost())?;

@@ -12,8 +12,9 @@ use super::catalog::*;
 use super::pack::{self, Location};
 use super::{lock, Result, Store, StoreError};
 
-/// A pack is rewritten when less than this share of its data is still live.
-const COMPACT_BELOW: f64 = 0.5;
+/// A pack is rewritten when at least this share of it is dead: reclaiming space
+/// soon after deletes matters more to a backup target than the rewrite I/O.
+const REWRITE_DEAD_SHARE: f64 = 0.05;
 
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
@@ -119,7 +120,7 @@ impl Store {
                 to_delete.push(path.clone());
                 continue;
             }
-            if (live_bytes as f64) >= COMPACT_BELOW * size as f64 {
+            if (live_bytes as f64) > (1.0 - REWRITE_DEAD_SHARE) * size as f64 {
                 continue;
             }
             let src = File::open(path)?;

@@ -1,0 +1,90 @@
+//! The `tern` and `ternd` command lines, run as a user or script would.
+
+mod support;
+
+use support::*;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn cli_backs_up_stdin_restores_stdout_and_reports_json() {
+    let server = TestServer::start();
+    ok(&server.tern(&["container", "create", "c"], None));
+    let data = test_data(6 << 20, 21);
+    let out = ok(&server.tern(
+        &["--json", "backup", "--container", "c", "--name", "n1", "-"],
+        Some(&data),
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["logical_bytes"], data.len() as u64);
+    assert!(v["dedup_ratio"].as_f64().unwrap() > 1.0);
+    let restored = server.tern(&["restore", "--container", "c", "--name", "n1", "-"], None);
+    assert!(restored.status.success());
+    assert_eq!(restored.stdout, data);
+
+    let ls: serde_json::Value = serde_json::from_str(&ok(
+        &server.tern(&["--json", "ls", "--container", "c"], None)
+    ))
+    .unwrap();
+    assert_eq!(ls[0]["name"], "n1");
+    assert_eq!(ls[0]["size"], data.len() as u64);
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&server.tern(&["--json", "stats"], None))).unwrap();
+    assert_eq!(stats["images"], 1);
+    ok(&server.tern(&["rm", "--container", "c", "--name", "n1"], None));
+    ok(&server.tern(&["container", "rm", "c"], None));
+}
+
+#[test]
+fn cli_errors_are_one_line_and_fail_the_exit_status() {
+    let server = TestServer::start();
+    ok(&server.tern(&["container", "create", "c"], None));
+    let out = server.tern(
+        &["backup", "--container", "c", "--name", "a/b", "-"],
+        Some(b"x"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("'/'"), "{err}");
+    let out = server.tern(
+        &["restore", "--container", "c", "--name", "absent", "-"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn user_add_creates_a_user_who_can_log_in() {
+    let server = TestServer::start();
+    let mut cmd = std::process::Command::new(tern_bin());
+    let out = cmd
+        .args([
+            "--server",
+            &server.address(),
+            "--fingerprint",
+            &server.fingerprint().to_string(),
+        ])
+        .args(["user", "add", "dma"])
+        .env("TERN_PASSWORD", PASSWORD)
+        .env("TERN_NEW_PASSWORD", "dma-secret")
+        .output()
+        .unwrap();
+    ok(&out);
+    let mut opts = server.options();
+    opts.user = "dma".into();
+    opts.password = "dma-secret".into();
+    let client = tern_agent::Client::connect(&opts).unwrap();
+    assert!(!client.is_admin());
+    let err = client.user_add("x", "y", false).err().unwrap();
+    assert_eq!(err.kind(), Some(tern_core::wire::ErrorKind::Denied));
+}

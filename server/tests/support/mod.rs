@@ -1,0 +1,197 @@
+//! Test support: real `ternd` processes on loopback with temporary data directories.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tern_agent::{Client, ClientOptions};
+use tern_core::tls::Fingerprint;
+
+pub const PASSWORD: &str = "test-password";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn ternd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ternd"))
+}
+
+/// The `tern` CLI of the same build; built on demand when cargo did not.
+pub fn tern_bin() -> PathBuf {
+    let path = ternd_bin().with_file_name("tern");
+    if !path.exists() {
+        let release = ternd_bin().parent().is_some_and(|d| d.ends_with("release"));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "tern-agent", "--bin", "tern"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building tern");
+    }
+    path
+}
+
+/// A running ternd; killed when dropped.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub plain_port: u16,
+    pub child: Option<Child>,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TestServer {
+            dir,
+            port: free_port(),
+            plain_port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(ternd_bin())
+            .args(["serve", "--data"])
+            .arg(self.data())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--plain-listen", &format!("127.0.0.1:{}", self.plain_port)])
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.data().with_extension("log"))
+                    .unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.plain_port).parse().unwrap();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "ternd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        let out = Command::new(ternd_bin())
+            .args(["fingerprint", "--data"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        Fingerprint::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        let mut o = ClientOptions::new(&self.address(), "admin", PASSWORD);
+        o.fingerprint = Some(self.fingerprint());
+        o.remember_servers = false;
+        o
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.options()).unwrap()
+    }
+
+    pub fn ternd(&self, args: &[&str]) -> Output {
+        Command::new(ternd_bin())
+            .args(args)
+            .arg("--data")
+            .arg(self.data())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the `tern` CLI against this server.
+    pub fn tern(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(tern_bin());
+        cmd.args(["--server", &self.address()])
+            .args(["--fingerprint", &self.fingerprint().to_string()])
+            .args(args)
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_CONFIG_DIR", self.data().join("client-config"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let input = stdin.map(|b| b.to_vec());
+        let mut pipe = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            if let Some(b) = input {
+                let _ = pipe.write_all(&b);
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
+    }
+
+    pub fn pack_bytes(&self) -> u64 {
+        walk(&self.data().join("groups"))
+    }
+}
+
+fn walk(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            n += if m.is_dir() { walk(&e.path()) } else { m.len() };
+        }
+    }
+    n
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Deterministic data that compresses about 2:1 and dedups only where repeated.
+pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Half random bytes, half a small alphabet: zstd finds something to do.
+        let b = x.to_le_bytes();
+        out.extend_from_slice(&b[..4]);
+        out.extend(b[4..].iter().map(|v| b'a' + v % 4));
+    }
+    out.truncate(len);
+    out
+}
