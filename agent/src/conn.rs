@@ -48,7 +48,7 @@ pub struct Answers<'a> {
 
 impl Answers<'_> {
     /// The next answer frame; an `Error` message becomes `Err`.
-    pub fn next(&mut self) -> Result<Frame, ClientError> {
+    pub fn recv(&mut self) -> Result<Frame, ClientError> {
         match self.rx.blocking_recv() {
             Some(Frame { env, payload }) => match env.msg {
                 Msg::Error { kind, message } => Err(ClientError::Server { kind, message }),
@@ -193,7 +193,7 @@ impl Conn {
 
     /// Sends a request and waits for its single answer.
     pub fn call(&self, msg: Msg, payload: Vec<u8>) -> Result<Frame, ClientError> {
-        self.request(msg, payload)?.next()
+        self.request(msg, payload)?.recv()
     }
 
     /// Sends a frame that has no answer.

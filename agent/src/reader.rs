@@ -121,7 +121,7 @@ impl<'c> ImageReader<'c> {
                 self.requests.pop_front();
                 continue;
             };
-            let frame = answers.next()?;
+            let frame = answers.recv()?;
             if entries.is_empty() {
                 self.requests.pop_front();
             }

@@ -229,7 +229,7 @@ impl<'c> ImageWriter<'c> {
         let Some(mut f) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let missing = match f.answers.next()?.env.msg {
+        let missing = match f.answers.recv()?.env.msg {
             Msg::ImageNeed { missing, .. } => missing,
             other => return Err(unexpected(other)),
         };

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -354,7 +354,7 @@ fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &PathBuf) -> Result<()> {
+fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path) -> Result<()> {
     let (mut source, total): (Box<dyn Read>, Option<u64>) = if input.as_os_str() == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {
@@ -411,7 +411,7 @@ fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &PathB
     Ok(())
 }
 
-fn restore(cli: &Cli, container: &str, name: &str, output: &PathBuf) -> Result<()> {
+fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
     let started = Instant::now();
     let mut reader = client
@@ -469,8 +469,8 @@ fn restore(cli: &Cli, container: &str, name: &str, output: &PathBuf) -> Result<(
     Ok(())
 }
 
-fn partial(output: &PathBuf) -> PathBuf {
-    let mut p = output.clone().into_os_string();
+fn partial(output: &Path) -> PathBuf {
+    let mut p = output.as_os_str().to_os_string();
     p.push(".tern-partial");
     PathBuf::from(p)
 }

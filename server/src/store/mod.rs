@@ -728,7 +728,7 @@ impl Store {
         let writer = self.group_writer(&mut writers, group)?;
         let loc = writer.append(id, codec, raw_len, bytes)?;
         lock(&self.pending).insert(key, loc);
-        if writer.len() >= PACK_TARGET {
+        if writer.size() >= PACK_TARGET {
             if let Some(full) = writers.remove(&group) {
                 full.finish()?;
             }

@@ -118,7 +118,7 @@ impl PackWriter {
         })
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
     }
 
