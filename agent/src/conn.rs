@@ -264,11 +264,10 @@ impl Io {
             while let Some((req, msg, payload)) = rx.recv().await {
                 let env = lock(&wseq).stamp(req, msg);
                 let frame = Frame::new(env, payload);
-                let n = frame.payload.len() as u64 + 8;
-                if frame.write_to(&mut wr).await.is_err() {
+                let Ok(n) = frame.write_to(&mut wr).await else {
                     break;
-                }
-                bytes_sent.fetch_add(n, Ordering::Relaxed);
+                };
+                bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                 if rx.is_empty() && wr.flush().await.is_err() {
                     break;
                 }

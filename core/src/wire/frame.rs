@@ -106,8 +106,8 @@ impl Frame {
         Ok(Frame::new(env, payload))
     }
 
-    /// Writes one frame (not flushed).
-    pub async fn write_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> Result<(), FrameError> {
+    /// Writes one frame (not flushed); returns the bytes written.
+    pub async fn write_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> Result<usize, FrameError> {
         if self.payload.len() as u64 > MAX_PAYLOAD_LEN as u64 {
             return Err(FrameError::TooLarge {
                 what: "payload",
@@ -120,7 +120,7 @@ impl Frame {
         if !self.payload.is_empty() {
             w.write_all(&self.payload).await?;
         }
-        Ok(())
+        Ok(head.len() + self.payload.len())
     }
 }
 
