@@ -70,7 +70,7 @@ fn a_full_disk_fails_the_backup_clearly_and_keeps_earlier_images() {
         .write_all(&big)
         .map_err(|e| e.to_string())
         .and_then(|_| w.commit().map_err(|e| e.to_string()));
-    let err = result.err().expect("a 64 MiB backup fit in 48 MiB");
+    let err = result.expect_err("a 64 MiB backup fit in 48 MiB");
     assert!(err.contains("no space"), "unclear error: {err}");
     eprintln!("backup on a full disk failed with: {err}");
 
