@@ -62,7 +62,12 @@ impl ClientOptions {
 
 /// A logged-in connection to a server. Share it between threads: each image
 /// writer or reader is used by one thread at a time, many may be open at once.
+#[derive(Clone)]
 pub struct Client {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     conn: Conn,
     admin: bool,
     mode: WriteMode,
@@ -100,27 +105,29 @@ impl Client {
             other => return Err(unexpected(other)),
         };
         Ok(Client {
-            conn,
-            admin,
-            mode: opts.mode,
+            inner: std::sync::Arc::new(Inner {
+                conn,
+                admin,
+                mode: opts.mode,
+            }),
         })
     }
 
     pub fn is_admin(&self) -> bool {
-        self.admin
+        self.inner.admin
     }
 
     pub(crate) fn conn(&self) -> &Conn {
-        &self.conn
+        &self.inner.conn
     }
 
     /// Bytes this client has written to the network.
     pub fn bytes_sent(&self) -> u64 {
-        self.conn.bytes_sent()
+        self.conn().bytes_sent()
     }
 
     fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
-        match self.conn.call(msg, Vec::new())?.env.msg {
+        match self.conn().call(msg, Vec::new())?.env.msg {
             Msg::Ok => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -136,7 +143,7 @@ impl Client {
     }
 
     pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
-        match self.conn.call(Msg::ContainerList, Vec::new())?.env.msg {
+        match self.conn().call(Msg::ContainerList, Vec::new())?.env.msg {
             Msg::Containers { list } => Ok(list),
             other => Err(unexpected(other)),
         }
@@ -166,24 +173,30 @@ impl Client {
         container: &str,
         name: &str,
         props: &[u8],
-    ) -> Result<ImageWriter<'_>, ClientError> {
+    ) -> Result<ImageWriter, ClientError> {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
-        ImageWriter::create(self, container, name, props.to_vec(), self.mode)
+        ImageWriter::create(
+            self.clone(),
+            container,
+            name,
+            props.to_vec(),
+            self.inner.mode,
+        )
     }
 
     /// Opens a committed image for reading.
-    pub fn open_image(&self, container: &str, name: &str) -> Result<ImageReader<'_>, ClientError> {
+    pub fn open_image(&self, container: &str, name: &str) -> Result<ImageReader, ClientError> {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
-        ImageReader::open(self, container, name)
+        ImageReader::open(self.clone(), container, name)
     }
 
     /// Lists a container's images whose names start with `prefix`.
     pub fn image_list(&self, container: &str, prefix: &str) -> Result<Vec<ImageInfo>, ClientError> {
         let container = ContainerName::new(container)?;
         match self
-            .conn
+            .conn()
             .call(
                 Msg::ImageList {
                     container,
@@ -206,7 +219,7 @@ impl Client {
     }
 
     pub fn stats(&self) -> Result<StoreStats, ClientError> {
-        match self.conn.call(Msg::StatsGet, Vec::new())?.env.msg {
+        match self.conn().call(Msg::StatsGet, Vec::new())?.env.msg {
             Msg::Stats { stats } => Ok(stats),
             other => Err(unexpected(other)),
         }

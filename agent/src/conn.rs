@@ -33,20 +33,22 @@ pub struct Conn {
     closed: Arc<Mutex<Option<String>>>,
     /// Errors the server sent about frames that have no answer (chunk data).
     unsolicited: Arc<Mutex<Vec<String>>>,
-    server: String,
+    server: Arc<str>,
     bytes_sent: Arc<AtomicU64>,
     /// Last, so the queue closes before the tasks are stopped.
     _rt: tokio::runtime::Runtime,
 }
 
 /// Answers to one request, as they arrive.
-pub struct Answers<'a> {
-    conn: &'a Conn,
+pub struct Answers {
+    routes: Routes,
+    closed: Arc<Mutex<Option<String>>>,
+    server: Arc<str>,
     req: u64,
     rx: mpsc::UnboundedReceiver<Frame>,
 }
 
-impl Answers<'_> {
+impl Answers {
     /// The next answer frame; an `Error` message becomes `Err`.
     pub fn recv(&mut self) -> Result<Frame, ClientError> {
         match self.rx.blocking_recv() {
@@ -54,14 +56,24 @@ impl Answers<'_> {
                 Msg::Error { kind, message } => Err(ClientError::Server { kind, message }),
                 _ => Ok(Frame { env, payload }),
             },
-            None => Err(self.conn.lost()),
+            None => Err(lost(&self.server, &self.closed)),
         }
     }
 }
 
-impl Drop for Answers<'_> {
+impl Drop for Answers {
     fn drop(&mut self) {
-        lock(&self.conn.routes).remove(&self.req);
+        lock(&self.routes).remove(&self.req);
+    }
+}
+
+fn lost(server: &str, closed: &Mutex<Option<String>>) -> ClientError {
+    let reason = lock(closed)
+        .clone()
+        .unwrap_or_else(|| "connection closed".into());
+    ClientError::Connect {
+        server: server.to_string(),
+        reason,
     }
 }
 
@@ -140,7 +152,7 @@ impl Conn {
             next_req: AtomicU64::new(1),
             closed,
             unsolicited,
-            server: server.to_string(),
+            server: server.into(),
             bytes_sent,
         };
         let welcome = conn.call(
@@ -161,22 +173,18 @@ impl Conn {
     }
 
     fn lost(&self) -> ClientError {
-        let reason = lock(&self.closed)
-            .clone()
-            .unwrap_or_else(|| "connection closed".into());
-        ClientError::Connect {
-            server: self.server.clone(),
-            reason,
-        }
+        lost(&self.server, &self.closed)
     }
 
     /// Sends a request and returns a stream of its answers.
-    pub fn request(&self, msg: Msg, payload: Vec<u8>) -> Result<Answers<'_>, ClientError> {
+    pub fn request(&self, msg: Msg, payload: Vec<u8>) -> Result<Answers, ClientError> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (stx, srx) = mpsc::unbounded_channel();
         lock(&self.routes).insert(req, stx);
         let answers = Answers {
-            conn: self,
+            routes: self.routes.clone(),
+            closed: self.closed.clone(),
+            server: self.server.clone(),
             req,
             rx: srx,
         };

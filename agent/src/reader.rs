@@ -23,8 +23,8 @@ const GET_BATCH: usize = 32;
 const READ_AHEAD: usize = 3;
 
 /// A committed image opened for reading; implements `Read` and `Seek`.
-pub struct ImageReader<'c> {
-    client: &'c Client,
+pub struct ImageReader {
+    client: Client,
     handle: Handle,
     info: ImageInfo,
     pos: u64,
@@ -32,14 +32,14 @@ pub struct ImageReader<'c> {
     plan: VecDeque<RecipeEntry>,
     /// Where the plan continues once it runs dry.
     plan_next: u64,
-    requests: VecDeque<(VecDeque<RecipeEntry>, Answers<'c>)>,
+    requests: VecDeque<(VecDeque<RecipeEntry>, Answers)>,
     /// The chunk holding the most recent read position.
     current: Option<(u64, Vec<u8>)>,
 }
 
-impl<'c> ImageReader<'c> {
+impl ImageReader {
     pub(crate) fn open(
-        client: &'c Client,
+        client: Client,
         container: ContainerName,
         name: ImageName,
     ) -> Result<Self, ClientError> {
@@ -217,7 +217,7 @@ impl<'c> ImageReader<'c> {
     }
 }
 
-impl Drop for ImageReader<'_> {
+impl Drop for ImageReader {
     fn drop(&mut self) {
         self.requests.clear();
         let _ = self.client.conn().send(
@@ -229,13 +229,13 @@ impl Drop for ImageReader<'_> {
     }
 }
 
-impl Read for ImageReader<'_> {
+impl Read for ImageReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(self.read_some(buf)?)
     }
 }
 
-impl Seek for ImageReader<'_> {
+impl Seek for ImageReader {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         let target = match pos {
             SeekFrom::Start(p) => Some(p),

@@ -48,9 +48,9 @@ struct Batch {
     chunks: Vec<(ChunkId, Vec<u8>)>,
 }
 
-struct InFlight<'c> {
+struct InFlight {
     batch: Batch,
-    answers: Answers<'c>,
+    answers: Answers,
 }
 
 /// Counts jobs handed to the workers that are not done yet.
@@ -68,13 +68,13 @@ struct Job {
 
 /// An image being written. Write bytes, then [`commit`](Self::commit); dropping
 /// it without committing aborts the image.
-pub struct ImageWriter<'c> {
-    client: &'c Client,
+pub struct ImageWriter {
+    client: Client,
     handle: Handle,
     mode: WriteMode,
     chunker: StreamChunker,
     batch: Batch,
-    inflight: VecDeque<InFlight<'c>>,
+    inflight: VecDeque<InFlight>,
     jobs: Option<std_mpsc::SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
     outstanding: Arc<Outstanding>,
@@ -83,9 +83,9 @@ pub struct ImageWriter<'c> {
     finished: bool,
 }
 
-impl<'c> ImageWriter<'c> {
+impl ImageWriter {
     pub(crate) fn create(
-        client: &'c Client,
+        client: Client,
         container: ContainerName,
         name: ImageName,
         props: Vec<u8>,
@@ -152,7 +152,7 @@ impl<'c> ImageWriter<'c> {
         })
     }
 
-    fn conn(&self) -> &'c Conn {
+    fn conn(&self) -> &Conn {
         self.client.conn()
     }
 
@@ -346,7 +346,7 @@ impl<'c> ImageWriter<'c> {
     }
 }
 
-impl Drop for ImageWriter<'_> {
+impl Drop for ImageWriter {
     fn drop(&mut self) {
         self.jobs = None;
         for w in self.workers.drain(..) {
@@ -364,7 +364,7 @@ impl Drop for ImageWriter<'_> {
     }
 }
 
-impl io::Write for ImageWriter<'_> {
+impl io::Write for ImageWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_bytes(buf)?;
         Ok(buf.len())

@@ -1,0 +1,335 @@
+//! tern_client: connecting, containers, listing and deleting images, statistics.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use tern_agent::{Client, ClientOptions, WriteMode};
+use tern_core::tls::Fingerprint;
+
+use crate::error::{
+    c_str, check_struct_size, guard, opt_c_str, out, tern_status, Failure, FfiResult,
+};
+
+/// How an image's data is sent.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum tern_write_mode {
+    /// The client chunks, hashes and sends only the chunks the server lacks (default).
+    TERN_WRITE_DEDUP = 0,
+    /// The client sends raw data; the server chunks and dedups (for weak clients).
+    TERN_WRITE_PASSTHROUGH = 1,
+}
+
+/// Options for tern_client_open(). Initialize with tern_client_options_init().
+#[repr(C)]
+pub struct tern_client_options {
+    /// sizeof(tern_client_options), set by tern_client_options_init().
+    pub struct_size: usize,
+    /// "host" or "host:port" (default port 9443). Required.
+    pub server: *const c_char,
+    /// User name. Required.
+    pub user: *const c_char,
+    /// Password. Required.
+    pub password: *const c_char,
+    /// The server certificate's fingerprint ("sha256:..." as `ternd fingerprint`
+    /// prints it). NULL trusts the certificate seen first and, if
+    /// remember_server is set, remembers it in the user's tern config directory.
+    pub fingerprint: *const c_char,
+    /// TERN_WRITE_DEDUP (default) or TERN_WRITE_PASSTHROUGH.
+    pub write_mode: u32,
+    /// Nonzero: use the server's plaintext loopback listener instead of TLS.
+    pub plain: u32,
+    /// Nonzero (default): remember a fingerprint trusted on first use.
+    pub remember_server: u32,
+    /// MultiConnect: connections per session. 0 means the default; this version
+    /// supports 1 and refuses larger values with TERN_INVALID_ARGUMENT.
+    pub connections: u32,
+    /// Secure Connect (sessions that survive connection loss): 0 means the
+    /// default. This version supports only 0.
+    pub secure_connect: u32,
+    /// Seconds a broken session is kept for resumption; 0 means the default.
+    /// Used with secure_connect.
+    pub grace_period_secs: u32,
+}
+
+/// Statistics of one client since it was opened.
+#[repr(C)]
+#[derive(Default)]
+pub struct tern_client_stats {
+    /// sizeof(tern_client_stats), set by the caller.
+    pub struct_size: usize,
+    /// Images committed through this client.
+    pub images_committed: u64,
+    /// Bytes of those images.
+    pub logical_bytes: u64,
+    /// Compressed bytes of the chunks the server lacked (what crossed the network for them).
+    pub sent_bytes: u64,
+    /// Bytes the server's store grew by for those images.
+    pub new_bytes: u64,
+    /// All bytes written to the network, including protocol overhead.
+    pub wire_bytes: u64,
+    /// logical_bytes / new_bytes (0 when nothing was written).
+    pub dedup_ratio: f64,
+}
+
+/// A connection to a tern server. Thread-safe: share it between threads.
+pub struct tern_client {
+    client: RwLock<Option<Client>>,
+    pub(crate) counters: std::sync::Arc<Counters>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub images: AtomicU64,
+    pub logical: AtomicU64,
+    pub sent: AtomicU64,
+    pub new: AtomicU64,
+}
+
+impl tern_client {
+    /// The live client, or TERN_CLOSED.
+    pub(crate) fn get(&self) -> FfiResult<Client> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Failure::new(tern_status::TERN_CLOSED, "the client was closed"))
+    }
+}
+
+pub(crate) unsafe fn client_ref<'a>(c: *const tern_client) -> FfiResult<&'a tern_client> {
+    // SAFETY: a non-NULL tern_client* came from tern_client_open and is not freed yet.
+    unsafe { c.as_ref() }
+        .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "client is NULL"))
+}
+
+/// Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options) {
+    if let Some(o) = unsafe { opts.as_mut() } {
+        *o = tern_client_options {
+            struct_size: std::mem::size_of::<tern_client_options>(),
+            server: std::ptr::null(),
+            user: std::ptr::null(),
+            password: std::ptr::null(),
+            fingerprint: std::ptr::null(),
+            write_mode: tern_write_mode::TERN_WRITE_DEDUP as u32,
+            plain: 0,
+            remember_server: 1,
+            connections: 0,
+            secure_connect: 0,
+            grace_period_secs: 0,
+        };
+    }
+}
+
+/// Connects to a server, verifies its certificate and logs in.
+///
+/// On success *out is a new client; free it with tern_client_free().
+/// Errors: TERN_NULL_POINTER, TERN_UNSUPPORTED_VERSION (struct_size),
+/// TERN_INVALID_ARGUMENT, TERN_CONNECT, TERN_UNTRUSTED, TERN_AUTH, TERN_PROTOCOL.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_open(
+    opts: *const tern_client_options,
+    out_client: *mut *mut tern_client,
+) -> tern_status {
+    guard(|| {
+        let out_client = unsafe { out(out_client, "out")? };
+        let o = unsafe { opts.as_ref() }
+            .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "options is NULL"))?;
+        unsafe {
+            check_struct_size(
+                opts.cast(),
+                o.struct_size,
+                std::mem::size_of::<tern_client_options>(),
+                "tern_client_options",
+            )?
+        };
+        let server = unsafe { c_str(o.server, "options.server")? };
+        let user = unsafe { c_str(o.user, "options.user")? };
+        let password = unsafe { c_str(o.password, "options.password")? };
+        let mut options = ClientOptions::new(server, user, password);
+        if let Some(fp) = unsafe { opt_c_str(o.fingerprint, "options.fingerprint")? } {
+            options.fingerprint = Some(Fingerprint::parse(fp).ok_or_else(|| {
+                Failure::new(
+                    tern_status::TERN_INVALID_ARGUMENT,
+                    format!("options.fingerprint {fp:?} is not a SHA-256 fingerprint"),
+                )
+            })?);
+        }
+        options.mode = match o.write_mode {
+            0 => WriteMode::Dedup,
+            1 => WriteMode::Passthrough,
+            m => {
+                return Err(Failure::new(
+                    tern_status::TERN_INVALID_ARGUMENT,
+                    format!("options.write_mode {m} is not a tern_write_mode"),
+                ))
+            }
+        };
+        options.plain = o.plain != 0;
+        options.remember_servers = o.remember_server != 0;
+        if o.connections > 1 {
+            return Err(Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                format!(
+                    "options.connections {}: this libtern runs one connection per client",
+                    o.connections
+                ),
+            ));
+        }
+        if o.secure_connect != 0 {
+            return Err(Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                "options.secure_connect: resumable sessions are not available in this libtern",
+            ));
+        }
+        let client = Client::connect(&options)?;
+        *out_client = Box::into_raw(Box::new(tern_client {
+            client: RwLock::new(Some(client)),
+            counters: Default::default(),
+        }));
+        Ok(())
+    })
+}
+
+/// Disconnects. Later calls with this client fail with TERN_CLOSED; images
+/// still open keep their connection until they are freed. The client must
+/// still be freed with tern_client_free(). Closing twice is TERN_CLOSED.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        match c.client.write().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(_) => Ok(()),
+            None => Err(Failure::new(
+                tern_status::TERN_CLOSED,
+                "the client was already closed",
+            )),
+        }
+    })
+}
+
+/// Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_free(client: *mut tern_client) {
+    if client.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: the pointer came from tern_client_open and is freed once, by contract.
+        drop(unsafe { Box::from_raw(client) });
+        Ok(())
+    });
+}
+
+/// Fills *stats with this client's statistics. Set stats->struct_size first;
+/// fields past it are not written.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_stats(
+    client: *const tern_client,
+    stats: *mut tern_client_stats,
+) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        let out_stats = unsafe { out(stats, "stats")? };
+        let size = out_stats.struct_size;
+        if size < std::mem::size_of::<usize>() {
+            return Err(Failure::new(
+                tern_status::TERN_UNSUPPORTED_VERSION,
+                "stats.struct_size is too small",
+            ));
+        }
+        let wire = c.get().map(|cl| cl.bytes_sent()).unwrap_or(0);
+        let k = &c.counters;
+        let logical = k.logical.load(Ordering::Relaxed);
+        let new = k.new.load(Ordering::Relaxed);
+        let full = tern_client_stats {
+            struct_size: size.min(std::mem::size_of::<tern_client_stats>()),
+            images_committed: k.images.load(Ordering::Relaxed),
+            logical_bytes: logical,
+            sent_bytes: k.sent.load(Ordering::Relaxed),
+            new_bytes: new,
+            wire_bytes: wire,
+            dedup_ratio: if new == 0 {
+                0.0
+            } else {
+                logical as f64 / new as f64
+            },
+        };
+        unsafe { copy_prefix(&full, stats, size) };
+        Ok(())
+    })
+}
+
+/// Copies the first `size` bytes of `src` (at most the whole struct) to `dst`.
+pub(crate) unsafe fn copy_prefix<T>(src: &T, dst: *mut T, size: usize) {
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: dst has at least `size` writable bytes (the caller's struct_size).
+    unsafe { std::ptr::copy_nonoverlapping((src as *const T).cast::<u8>(), dst.cast::<u8>(), n) };
+}
+
+/// One container, as passed to a tern_container_cb. Valid only during the callback.
+#[repr(C)]
+pub struct tern_container_info {
+    pub name: *const c_char,
+    /// The storage group it belongs to.
+    pub group: *const c_char,
+    pub images: u64,
+    /// Sum of the sizes of its images.
+    pub logical_bytes: u64,
+}
+
+/// Called once per container; return 0 to go on, nonzero to stop.
+pub type tern_container_cb =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, info: *const tern_container_info) -> c_int>;
+
+/// Calls `cb` for each container the user may use.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_container_list(
+    client: *const tern_client,
+    cb: tern_container_cb,
+    ctx: *mut c_void,
+) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        let cb =
+            cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
+        for info in c.get()?.container_list()? {
+            let name = cstring(info.name.as_str());
+            let group = cstring(info.group.as_str());
+            let ci = tern_container_info {
+                name: name.as_ptr(),
+                group: group.as_ptr(),
+                images: info.images,
+                logical_bytes: info.logical_bytes,
+            };
+            if unsafe { cb(ctx, &ci) } != 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Creates a container with the server's default settings.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_ALREADY_EXISTS, TERN_DENIED, TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_container_create(
+    client: *const tern_client,
+    name: *const c_char,
+) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        let name = unsafe { c_str(name, "name")? };
+        c.get()?.container_create(name, Default::default())?;
+        Ok(())
+    })
+}
+
+/// Names never hold NUL (the server refuses them), so this cannot lose data.
+pub(crate) fn cstring(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}

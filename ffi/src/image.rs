@@ -1,0 +1,442 @@
+//! tern_image: writing, committing, reading, listing and deleting images.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use tern_agent::{Committed, ImageReader, ImageWriter};
+
+use crate::client::{client_ref, copy_prefix, cstring, tern_client, Counters};
+use crate::error::{c_str, guard, opt_c_str, out, tern_status, Failure, FfiResult};
+
+/// An image being written, or a committed image opened for reading.
+/// One thread at a time; see the header's notes on threads.
+pub struct tern_image {
+    state: Mutex<ImageState>,
+    /// The client's counters, shared so a commit updates them after the client is closed.
+    counters: std::sync::Arc<Counters>,
+}
+
+enum ImageState {
+    Writing {
+        writer: Box<ImageWriter>,
+        written: u64,
+        props: Vec<u8>,
+    },
+    Reading(Box<ImageReader>),
+    Committed(Box<Committed>),
+    Aborted,
+}
+
+/// What writing an image cost, filled by tern_image_commit().
+#[repr(C)]
+#[derive(Default)]
+pub struct tern_image_stats {
+    /// sizeof(tern_image_stats), set by the caller.
+    pub struct_size: usize,
+    /// Bytes of the image.
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    /// Chunks the server did not have before.
+    pub new_chunks: u64,
+    /// Bytes the server's store grew by.
+    pub new_bytes: u64,
+    /// Compressed chunk bytes sent.
+    pub sent_bytes: u64,
+    /// logical_bytes / new_bytes (logical_bytes when nothing was new).
+    pub dedup_ratio: f64,
+}
+
+/// One image, as passed to a tern_image_cb. Valid only during the callback.
+#[repr(C)]
+pub struct tern_image_info {
+    pub container: *const c_char,
+    pub name: *const c_char,
+    pub size: u64,
+    pub chunks: u64,
+    /// Seconds since the Unix epoch when it was committed.
+    pub created: u64,
+    /// The DMA's properties, as given to tern_image_create().
+    pub props: *const u8,
+    pub props_len: usize,
+}
+
+/// Called once per image; return 0 to go on, nonzero to stop.
+pub type tern_image_cb =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, info: *const tern_image_info) -> c_int>;
+
+unsafe fn image_ref<'a>(img: *const tern_image) -> FfiResult<&'a tern_image> {
+    // SAFETY: a non-NULL tern_image* came from tern_image_create/open and is not freed yet.
+    unsafe { img.as_ref() }
+        .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "image is NULL"))
+}
+
+unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> FfiResult<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::new(
+            tern_status::TERN_NULL_POINTER,
+            format!("{what} is NULL"),
+        ));
+    }
+    // SAFETY: the caller provides `len` readable bytes at `p`.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+impl tern_image {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ImageState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn wrong_state(state: &ImageState, want: &str) -> Failure {
+    match state {
+        ImageState::Committed(_) => Failure::new(
+            tern_status::TERN_CLOSED,
+            format!("the image was committed; cannot {want}"),
+        ),
+        ImageState::Aborted => Failure::new(
+            tern_status::TERN_CLOSED,
+            format!("the image was aborted; cannot {want}"),
+        ),
+        ImageState::Writing { .. } => Failure::new(
+            tern_status::TERN_WRONG_STATE,
+            format!("the image is being written; cannot {want}"),
+        ),
+        ImageState::Reading(_) => Failure::new(
+            tern_status::TERN_WRONG_STATE,
+            format!("the image is open for reading; cannot {want}"),
+        ),
+    }
+}
+
+/// Starts a new image in `container`. `props` (may be NULL when props_len is 0)
+/// are opaque bytes kept with the image for the DMA. Nothing is visible until
+/// tern_image_commit() succeeds. Free the image with tern_image_free().
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a name with '/', "..", NUL,
+/// over 255 bytes, or not UTF-8), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
+/// TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_create(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    props: *const u8,
+    props_len: usize,
+    out_image: *mut *mut tern_image,
+) -> tern_status {
+    guard(|| {
+        let out_image = unsafe { out(out_image, "out")? };
+        let c = unsafe { client_ref(client)? };
+        let container = unsafe { c_str(container, "container")? };
+        let name = unsafe { c_str(name, "name")? };
+        let props = unsafe { bytes(props, props_len, "props")? };
+        let writer = c.get()?.create_image(container, name, props)?;
+        *out_image = Box::into_raw(Box::new(tern_image {
+            state: Mutex::new(ImageState::Writing {
+                writer: Box::new(writer),
+                written: 0,
+                props: props.to_vec(),
+            }),
+            counters: c.counters.clone(),
+        }));
+        Ok(())
+    })
+}
+
+/// Appends `len` bytes to an image being written. A zero `len` does nothing and
+/// returns TERN_OK (buf may then be NULL). On an error the image is lost:
+/// abort or free it.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED (committed or aborted), TERN_WRONG_STATE
+/// (opened for reading), TERN_CONNECT, TERN_NO_SPACE.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_write(
+    image: *mut tern_image,
+    buf: *const u8,
+    len: usize,
+) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let data = unsafe { bytes(buf, len, "buf")? };
+        let mut state = img.lock();
+        match &mut *state {
+            ImageState::Writing {
+                writer, written, ..
+            } => {
+                writer.write_bytes(data)?;
+                *written += data.len() as u64;
+                Ok(())
+            }
+            other => Err(wrong_state(other, "write")),
+        }
+    })
+}
+
+/// Commits an image being written: when this returns TERN_OK the image is
+/// durable and visible. `stats` may be NULL; if not, set stats->struct_size.
+/// The image stays valid for tern_image_size()/tern_image_properties() and must
+/// still be freed. On failure the image is not committed and is closed.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT,
+/// TERN_NO_SPACE, TERN_ALREADY_EXISTS.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_commit(
+    image: *mut tern_image,
+    stats: *mut tern_image_stats,
+) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let mut state = img.lock();
+        let ImageState::Writing { .. } = &*state else {
+            return Err(wrong_state(&state, "commit"));
+        };
+        let ImageState::Writing { writer, .. } =
+            std::mem::replace(&mut *state, ImageState::Aborted)
+        else {
+            unreachable!("checked just above");
+        };
+        let done = writer.commit()?;
+        let k = &img.counters;
+        k.images.fetch_add(1, Ordering::Relaxed);
+        k.logical
+            .fetch_add(done.stats.logical_bytes, Ordering::Relaxed);
+        k.sent.fetch_add(done.sent_bytes, Ordering::Relaxed);
+        k.new
+            .fetch_add(done.stats.new_stored_bytes, Ordering::Relaxed);
+        if let Some(s) = unsafe { stats.as_mut() } {
+            let size = s.struct_size;
+            let full = tern_image_stats {
+                struct_size: size.min(std::mem::size_of::<tern_image_stats>()),
+                logical_bytes: done.stats.logical_bytes,
+                chunks: done.stats.chunks,
+                new_chunks: done.stats.new_chunks,
+                new_bytes: done.stats.new_stored_bytes,
+                sent_bytes: done.sent_bytes,
+                dedup_ratio: done.dedup_ratio(),
+            };
+            unsafe { copy_prefix(&full, stats, size) };
+        }
+        *state = ImageState::Committed(Box::new(done));
+        Ok(())
+    })
+}
+
+/// Abandons an image being written; nothing of it becomes visible. The image
+/// must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let mut state = img.lock();
+        let ImageState::Writing { .. } = &*state else {
+            return Err(wrong_state(&state, "abort"));
+        };
+        if let ImageState::Writing { writer, .. } =
+            std::mem::replace(&mut *state, ImageState::Aborted)
+        {
+            writer.abort()?;
+        }
+        Ok(())
+    })
+}
+
+/// Opens a committed image for reading. Free it with tern_image_free().
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_open(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    out_image: *mut *mut tern_image,
+) -> tern_status {
+    guard(|| {
+        let out_image = unsafe { out(out_image, "out")? };
+        let c = unsafe { client_ref(client)? };
+        let container = unsafe { c_str(container, "container")? };
+        let name = unsafe { c_str(name, "name")? };
+        let reader = c.get()?.open_image(container, name)?;
+        *out_image = Box::into_raw(Box::new(tern_image {
+            state: Mutex::new(ImageState::Reading(Box::new(reader))),
+            counters: c.counters.clone(),
+        }));
+        Ok(())
+    })
+}
+
+/// The image's size: for an image being written, the bytes written so far.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED (aborted).
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_size(image: *const tern_image, size: *mut u64) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let size = unsafe { out(size, "size")? };
+        *size = match &*img.lock() {
+            ImageState::Writing { written, .. } => *written,
+            ImageState::Reading(r) => r.size(),
+            ImageState::Committed(c) => c.info.size,
+            ImageState::Aborted => {
+                return Err(Failure::new(
+                    tern_status::TERN_CLOSED,
+                    "the image was aborted",
+                ))
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Copies the image's DMA properties into buf (capacity `cap`) and sets *len to
+/// their length. If cap is too small, nothing is copied, *len is still set and
+/// TERN_BUFFER_TOO_SMALL is returned: call again with a larger buffer (buf may be
+/// NULL when cap is 0). Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_properties(
+    image: *const tern_image,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let len = unsafe { out(len, "len")? };
+        let state = img.lock();
+        let props: &[u8] = match &*state {
+            ImageState::Writing { props, .. } => props,
+            ImageState::Reading(r) => &r.info().props,
+            ImageState::Committed(c) => &c.info.props,
+            ImageState::Aborted => {
+                return Err(Failure::new(
+                    tern_status::TERN_CLOSED,
+                    "the image was aborted",
+                ))
+            }
+        };
+        *len = props.len();
+        if props.is_empty() {
+            return Ok(());
+        }
+        if cap < props.len() || buf.is_null() {
+            return Err(Failure::new(
+                tern_status::TERN_BUFFER_TOO_SMALL,
+                format!(
+                    "the properties are {} bytes; the buffer holds {cap}",
+                    props.len()
+                ),
+            ));
+        }
+        // SAFETY: buf has cap >= props.len() writable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(props.as_ptr(), buf, props.len()) };
+        Ok(())
+    })
+}
+
+/// Reads up to `len` bytes at `offset` of an image opened for reading and sets
+/// *nread. *nread is less than len only at the end of the image, and 0 at or
+/// past the end (TERN_OK: end of image is not an error). A zero len reads nothing.
+/// Every byte is verified against its chunk's hash before it is returned.
+/// Errors: TERN_NULL_POINTER, TERN_WRONG_STATE (an image being written), TERN_CLOSED,
+/// TERN_CONNECT, TERN_CORRUPT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_read(
+    image: *mut tern_image,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+    nread: *mut usize,
+) -> tern_status {
+    guard(|| {
+        let img = unsafe { image_ref(image)? };
+        let nread = unsafe { out(nread, "nread")? };
+        if len == 0 {
+            *nread = 0;
+            return Ok(());
+        }
+        if buf.is_null() {
+            return Err(Failure::new(tern_status::TERN_NULL_POINTER, "buf is NULL"));
+        }
+        // SAFETY: buf has `len` writable bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        let mut state = img.lock();
+        let ImageState::Reading(reader) = &mut *state else {
+            return Err(wrong_state(&state, "read"));
+        };
+        let mut total = 0;
+        while total < len {
+            let n = reader.read_at(offset + total as u64, &mut dst[total..])?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        *nread = total;
+        Ok(())
+    })
+}
+
+/// Frees an image. An image still being written is aborted first. NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_free(image: *mut tern_image) {
+    if image.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: the pointer came from tern_image_create/open and is freed once, by contract.
+        drop(unsafe { Box::from_raw(image) });
+        Ok(())
+    });
+}
+
+/// Calls `cb` for each image in `container` whose name starts with `prefix`
+/// (NULL or "" for all), in name order.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_list(
+    client: *const tern_client,
+    container: *const c_char,
+    prefix: *const c_char,
+    cb: tern_image_cb,
+    ctx: *mut c_void,
+) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        let container = unsafe { c_str(container, "container")? };
+        let prefix = unsafe { opt_c_str(prefix, "prefix")? }.unwrap_or("");
+        let cb =
+            cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
+        for info in c.get()?.image_list(container, prefix)? {
+            let cont = cstring(info.container.as_str());
+            let name = cstring(info.name.as_str());
+            let ii = tern_image_info {
+                container: cont.as_ptr(),
+                name: name.as_ptr(),
+                size: info.size,
+                chunks: info.chunks,
+                created: info.created,
+                props: info.props.as_ptr(),
+                props_len: info.props.len(),
+            };
+            if unsafe { cb(ctx, &ii) } != 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Deletes a committed image; its space returns at the server's next GC.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_delete(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+) -> tern_status {
+    guard(|| {
+        let c = unsafe { client_ref(client)? };
+        let container = unsafe { c_str(container, "container")? };
+        let name = unsafe { c_str(name, "name")? };
+        c.get()?.image_remove(container, name)?;
+        Ok(())
+    })
+}

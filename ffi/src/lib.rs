@@ -1,0 +1,27 @@
+//! libtern: the C ABI over the tern client library.
+//!
+//! The header `include/tern.h` is generated from this crate by cbindgen; the
+//! `header_is_current` test fails when it is stale. The rules every function
+//! here follows are at the top of that header.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)] // each function's safety contract is in its C documentation
+
+mod client;
+mod error;
+mod image;
+mod plugin;
+
+pub use client::*;
+pub use error::{tern_last_error, tern_status, tern_status_name};
+pub use image::*;
+pub use plugin::*;
+
+/// The ABI version this library implements; pass it to tern_plugin_entry().
+pub const TERN_ABI_VERSION: u32 = 1;
+
+/// The library's version, e.g. "0.1.0". The string is static.
+#[no_mangle]
+pub extern "C" fn tern_version() -> *const std::ffi::c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,109 @@
+//! tern_plugin_entry: the function table for hosts that load libtern at run time.
+
+use std::ffi::{c_char, c_void};
+
+use crate::client::*;
+use crate::error::*;
+use crate::image::*;
+use crate::TERN_ABI_VERSION;
+
+/// Every libtern function, for a host that loads the library with dlopen() and
+/// looks up only tern_plugin_entry. Later ABI versions append members; a host
+/// checks struct_size before using a member it did not know when it was built.
+#[repr(C)]
+pub struct tern_plugin_api {
+    /// The ABI version of this table (TERN_ABI_VERSION).
+    pub abi_version: u32,
+    /// sizeof(tern_plugin_api) in this library.
+    pub struct_size: usize,
+    pub version: extern "C" fn() -> *const c_char,
+    pub last_error: extern "C" fn() -> *const c_char,
+    pub status_name: extern "C" fn(tern_status) -> *const c_char,
+    pub client_options_init: unsafe extern "C" fn(*mut tern_client_options),
+    pub client_open:
+        unsafe extern "C" fn(*const tern_client_options, *mut *mut tern_client) -> tern_status,
+    pub client_close: unsafe extern "C" fn(*mut tern_client) -> tern_status,
+    pub client_free: unsafe extern "C" fn(*mut tern_client),
+    pub client_stats:
+        unsafe extern "C" fn(*const tern_client, *mut tern_client_stats) -> tern_status,
+    pub container_create: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
+    pub container_list:
+        unsafe extern "C" fn(*const tern_client, tern_container_cb, *mut c_void) -> tern_status,
+    pub image_create: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        *const u8,
+        usize,
+        *mut *mut tern_image,
+    ) -> tern_status,
+    pub image_write: unsafe extern "C" fn(*mut tern_image, *const u8, usize) -> tern_status,
+    pub image_commit: unsafe extern "C" fn(*mut tern_image, *mut tern_image_stats) -> tern_status,
+    pub image_abort: unsafe extern "C" fn(*mut tern_image) -> tern_status,
+    pub image_open: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        *mut *mut tern_image,
+    ) -> tern_status,
+    pub image_size: unsafe extern "C" fn(*const tern_image, *mut u64) -> tern_status,
+    pub image_properties:
+        unsafe extern "C" fn(*const tern_image, *mut u8, usize, *mut usize) -> tern_status,
+    pub image_read:
+        unsafe extern "C" fn(*mut tern_image, u64, *mut u8, usize, *mut usize) -> tern_status,
+    pub image_free: unsafe extern "C" fn(*mut tern_image),
+    pub image_list: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        tern_image_cb,
+        *mut c_void,
+    ) -> tern_status,
+    pub image_delete:
+        unsafe extern "C" fn(*const tern_client, *const c_char, *const c_char) -> tern_status,
+}
+
+static API_V1: tern_plugin_api = tern_plugin_api {
+    abi_version: TERN_ABI_VERSION,
+    struct_size: std::mem::size_of::<tern_plugin_api>(),
+    version: crate::tern_version,
+    last_error: tern_last_error,
+    status_name: tern_status_name,
+    client_options_init: tern_client_options_init,
+    client_open: tern_client_open,
+    client_close: tern_client_close,
+    client_free: tern_client_free,
+    client_stats: tern_client_stats,
+    container_create: tern_container_create,
+    container_list: tern_container_list,
+    image_create: tern_image_create,
+    image_write: tern_image_write,
+    image_commit: tern_image_commit,
+    image_abort: tern_image_abort,
+    image_open: tern_image_open,
+    image_size: tern_image_size,
+    image_properties: tern_image_properties,
+    image_read: tern_image_read,
+    image_free: tern_image_free,
+    image_list: tern_image_list,
+    image_delete: tern_image_delete,
+};
+
+/// Returns the function table of ABI version `abi_version`, or NULL (with
+/// tern_last_error() saying why) if this library does not implement it. The
+/// table is static: never free it.
+#[no_mangle]
+pub extern "C" fn tern_plugin_entry(abi_version: u32) -> *const tern_plugin_api {
+    let mut table = std::ptr::null();
+    let _ = guard(|| {
+        if abi_version != TERN_ABI_VERSION {
+            return Err(Failure::new(
+                tern_status::TERN_UNSUPPORTED_VERSION,
+                format!("libtern implements ABI version {TERN_ABI_VERSION}, not {abi_version}"),
+            ));
+        }
+        table = &API_V1 as *const tern_plugin_api;
+        Ok(())
+    });
+    table
+}
