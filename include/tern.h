@@ -207,7 +207,7 @@ typedef struct {
  */
 typedef struct {
   /**
-   * sizeof(tern_client_stats), set by the caller.
+   * sizeof(tern_client_statistics), set by the caller.
    */
   size_t struct_size;
   /**
@@ -234,7 +234,7 @@ typedef struct {
    * logical_bytes / new_bytes (0 when nothing was written).
    */
   double dedup_ratio;
-} tern_client_stats;
+} tern_client_statistics;
 
 /**
  * One container, as passed to a tern_container_cb. Valid only during the callback.
@@ -262,7 +262,7 @@ typedef int (*tern_container_cb)(void *ctx, const tern_container_info *info);
  */
 typedef struct {
   /**
-   * sizeof(tern_image_stats), set by the caller.
+   * sizeof(tern_image_statistics), set by the caller.
    */
   size_t struct_size;
   /**
@@ -286,7 +286,7 @@ typedef struct {
    * logical_bytes / new_bytes (logical_bytes when nothing was new).
    */
   double dedup_ratio;
-} tern_image_stats;
+} tern_image_statistics;
 
 /**
  * One image, as passed to a tern_image_cb. Valid only during the callback.
@@ -333,12 +333,12 @@ typedef struct {
   tern_status (*client_open)(const tern_client_options*, tern_client**);
   tern_status (*client_close)(tern_client*);
   void (*client_free)(tern_client*);
-  tern_status (*client_stats)(const tern_client*, tern_client_stats*);
+  tern_status (*client_stats)(const tern_client*, tern_client_statistics*);
   tern_status (*container_create)(const tern_client*, const char*);
   tern_status (*container_list)(const tern_client*, tern_container_cb, void*);
   tern_status (*image_create)(const tern_client*, const char*, const char*, const uint8_t*, size_t, tern_image**);
   tern_status (*image_write)(tern_image*, const uint8_t*, size_t);
-  tern_status (*image_commit)(tern_image*, tern_image_stats*);
+  tern_status (*image_commit)(tern_image*, tern_image_statistics*);
   tern_status (*image_abort)(tern_image*);
   tern_status (*image_open)(const tern_client*, const char*, const char*, tern_image**);
   tern_status (*image_size)(const tern_image*, uint64_t*);
@@ -388,7 +388,7 @@ void tern_client_free(tern_client *client);
  * Fills *stats with this client's statistics. Set stats->struct_size first;
  * fields past it are not written.
  */
-tern_status tern_client_stats(const tern_client *client, tern_client_stats *stats);
+tern_status tern_client_stats(const tern_client *client, tern_client_statistics *stats);
 
 /**
  * Calls `cb` for each container the user may use.
@@ -440,7 +440,7 @@ tern_status tern_image_write(tern_image *image, const uint8_t *buf, size_t len);
  * Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT,
  * TERN_NO_SPACE, TERN_ALREADY_EXISTS.
  */
-tern_status tern_image_commit(tern_image *image, tern_image_stats *stats);
+tern_status tern_image_commit(tern_image *image, tern_image_statistics *stats);
 
 /**
  * Abandons an image being written; nothing of it becomes visible. The image

@@ -56,8 +56,8 @@ pub struct tern_client_options {
 /// Statistics of one client since it was opened.
 #[repr(C)]
 #[derive(Default)]
-pub struct tern_client_stats {
-    /// sizeof(tern_client_stats), set by the caller.
+pub struct tern_client_statistics {
+    /// sizeof(tern_client_statistics), set by the caller.
     pub struct_size: usize,
     /// Images committed through this client.
     pub images_committed: u64,
@@ -229,7 +229,7 @@ pub unsafe extern "C" fn tern_client_free(client: *mut tern_client) {
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_stats(
     client: *const tern_client,
-    stats: *mut tern_client_stats,
+    stats: *mut tern_client_statistics,
 ) -> tern_status {
     guard(|| {
         let c = unsafe { client_ref(client)? };
@@ -245,8 +245,8 @@ pub unsafe extern "C" fn tern_client_stats(
         let k = &c.counters;
         let logical = k.logical.load(Ordering::Relaxed);
         let new = k.new.load(Ordering::Relaxed);
-        let full = tern_client_stats {
-            struct_size: size.min(std::mem::size_of::<tern_client_stats>()),
+        let full = tern_client_statistics {
+            struct_size: size.min(std::mem::size_of::<tern_client_statistics>()),
             images_committed: k.images.load(Ordering::Relaxed),
             logical_bytes: logical,
             sent_bytes: k.sent.load(Ordering::Relaxed),

@@ -31,8 +31,8 @@ enum ImageState {
 /// What writing an image cost, filled by tern_image_commit().
 #[repr(C)]
 #[derive(Default)]
-pub struct tern_image_stats {
-    /// sizeof(tern_image_stats), set by the caller.
+pub struct tern_image_statistics {
+    /// sizeof(tern_image_statistics), set by the caller.
     pub struct_size: usize,
     /// Bytes of the image.
     pub logical_bytes: u64,
@@ -183,7 +183,7 @@ pub unsafe extern "C" fn tern_image_write(
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_commit(
     image: *mut tern_image,
-    stats: *mut tern_image_stats,
+    stats: *mut tern_image_statistics,
 ) -> tern_status {
     guard(|| {
         let img = unsafe { image_ref(image)? };
@@ -206,8 +206,8 @@ pub unsafe extern "C" fn tern_image_commit(
             .fetch_add(done.stats.new_stored_bytes, Ordering::Relaxed);
         if let Some(s) = unsafe { stats.as_mut() } {
             let size = s.struct_size;
-            let full = tern_image_stats {
-                struct_size: size.min(std::mem::size_of::<tern_image_stats>()),
+            let full = tern_image_statistics {
+                struct_size: size.min(std::mem::size_of::<tern_image_statistics>()),
                 logical_bytes: done.stats.logical_bytes,
                 chunks: done.stats.chunks,
                 new_chunks: done.stats.new_chunks,

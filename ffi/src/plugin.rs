@@ -25,7 +25,7 @@ pub struct tern_plugin_api {
     pub client_close: unsafe extern "C" fn(*mut tern_client) -> tern_status,
     pub client_free: unsafe extern "C" fn(*mut tern_client),
     pub client_stats:
-        unsafe extern "C" fn(*const tern_client, *mut tern_client_stats) -> tern_status,
+        unsafe extern "C" fn(*const tern_client, *mut tern_client_statistics) -> tern_status,
     pub container_create: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
     pub container_list:
         unsafe extern "C" fn(*const tern_client, tern_container_cb, *mut c_void) -> tern_status,
@@ -38,7 +38,8 @@ pub struct tern_plugin_api {
         *mut *mut tern_image,
     ) -> tern_status,
     pub image_write: unsafe extern "C" fn(*mut tern_image, *const u8, usize) -> tern_status,
-    pub image_commit: unsafe extern "C" fn(*mut tern_image, *mut tern_image_stats) -> tern_status,
+    pub image_commit:
+        unsafe extern "C" fn(*mut tern_image, *mut tern_image_statistics) -> tern_status,
     pub image_abort: unsafe extern "C" fn(*mut tern_image) -> tern_status,
     pub image_open: unsafe extern "C" fn(
         *const tern_client,

@@ -20,23 +20,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn ternd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ternd"))
+/// The directory cargo puts this build's binaries in (target/<profile>).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// The `tern` CLI of the same build; built on demand when cargo did not.
-pub fn tern_bin() -> PathBuf {
-    let path = ternd_bin().with_file_name("tern");
+/// A binary of this workspace from the same build, built on demand when the
+/// package under test does not own it (cargo only builds a test's own package).
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let path = target_dir().join(name);
     if !path.exists() {
-        let release = ternd_bin().parent().is_some_and(|d| d.ends_with("release"));
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "tern-agent", "--bin", "tern"]);
-        if release {
+        cmd.args(["build", "-p", package, "--bin", name]);
+        if target_dir().ends_with("release") {
             cmd.arg("--release");
         }
-        assert!(cmd.status().unwrap().success(), "building tern");
+        assert!(cmd.status().unwrap().success(), "building {name}");
     }
     path
+}
+
+pub fn ternd_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_ternd") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_bin("tern-server", "ternd"),
+    }
+}
+
+pub fn tern_bin() -> PathBuf {
+    workspace_bin("tern-agent", "tern")
 }
 
 /// A running ternd; killed when dropped.

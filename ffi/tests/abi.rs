@@ -1,0 +1,320 @@
+//! Bad input at the C ABI: each case returns a documented status and a
+//! message, never a crash.
+
+#[path = "../../server/tests/support/mod.rs"]
+mod support;
+
+use std::ffi::{CStr, CString};
+use std::ptr::{null, null_mut};
+
+use support::*;
+use tern::*;
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(tern_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Opts {
+    raw: tern_client_options,
+    _strings: Vec<CString>,
+}
+
+fn options(server: &TestServer) -> Opts {
+    let strings = vec![
+        CString::new(server.address()).unwrap(),
+        CString::new("admin").unwrap(),
+        CString::new(PASSWORD).unwrap(),
+        CString::new(server.fingerprint().to_string()).unwrap(),
+    ];
+    let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
+    unsafe { tern_client_options_init(&mut raw) };
+    raw.server = strings[0].as_ptr();
+    raw.user = strings[1].as_ptr();
+    raw.password = strings[2].as_ptr();
+    raw.fingerprint = strings[3].as_ptr();
+    raw.remember_server = 0;
+    Opts {
+        raw,
+        _strings: strings,
+    }
+}
+
+fn open(server: &TestServer) -> *mut tern_client {
+    let o = options(server);
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    c
+}
+
+#[test]
+fn null_pointers_are_refused_with_a_message() {
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(null(), &mut c) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert!(last_error().contains("options"));
+    let mut img = null_mut();
+    let name = c"x";
+    assert_eq!(
+        unsafe { tern_image_create(null(), name.as_ptr(), name.as_ptr(), null(), 0, &mut img) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert!(last_error().contains("client is NULL"));
+    assert_eq!(
+        unsafe { tern_image_write(null_mut(), null(), 0) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(null_mut(), null_mut()) },
+        tern_status::TERN_NULL_POINTER
+    );
+    let mut size = 0;
+    assert_eq!(
+        unsafe { tern_image_size(null(), &mut size) },
+        tern_status::TERN_NULL_POINTER
+    );
+    unsafe { tern_image_free(null_mut()) };
+    unsafe { tern_client_free(null_mut()) };
+    unsafe { tern_client_options_init(null_mut()) };
+}
+
+#[test]
+fn options_of_another_size_are_handled() {
+    let server = TestServer::start();
+    let mut o = options(&server);
+    let mut c = null_mut();
+    o.raw.struct_size = 8;
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_UNSUPPORTED_VERSION
+    );
+    assert!(last_error().contains("struct_size"));
+    assert!(c.is_null(), "out written on failure");
+
+    // A newer caller's larger struct: accepted when the fields we do not know are zero.
+    #[repr(C)]
+    struct Newer {
+        base: tern_client_options,
+        extra: u64,
+    }
+    let mut newer = Newer {
+        base: options(&server).raw,
+        extra: 0,
+    };
+    let keep = options(&server);
+    newer.base = keep.raw;
+    newer.base.struct_size = std::mem::size_of::<Newer>();
+    assert_eq!(
+        unsafe { tern_client_open(&newer.base, &mut c) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    unsafe { tern_client_free(c) };
+    newer.extra = 7;
+    let mut c2 = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&newer.base, &mut c2) },
+        tern_status::TERN_UNSUPPORTED_VERSION
+    );
+
+    let mut o = options(&server);
+    o.raw.connections = 4;
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c2) },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("connections"));
+}
+
+#[test]
+fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
+    let server = TestServer::start();
+    let client = open(&server);
+    let container = c"c";
+    assert_eq!(
+        unsafe { tern_container_create(client, container.as_ptr()) },
+        tern_status::TERN_OK
+    );
+
+    // A non-UTF-8 name and a name with '/'.
+    let mut img = null_mut();
+    let bad = [0xffu8, 0xfe, 0];
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                client,
+                container.as_ptr(),
+                bad.as_ptr().cast(),
+                null(),
+                0,
+                &mut img,
+            )
+        },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("UTF-8"));
+    let slash = c"a/b";
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                client,
+                container.as_ptr(),
+                slash.as_ptr(),
+                null(),
+                0,
+                &mut img,
+            )
+        },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert!(img.is_null());
+
+    let name = c"img";
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                client,
+                container.as_ptr(),
+                name.as_ptr(),
+                b"p".as_ptr(),
+                1,
+                &mut img,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, null(), 0) },
+        tern_status::TERN_OK,
+        "zero length is a no-op"
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, null(), 5) },
+        tern_status::TERN_NULL_POINTER
+    );
+    let data = test_data(300_000, 2);
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), data.len()) },
+        tern_status::TERN_OK
+    );
+    let mut got = 0usize;
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        unsafe { tern_image_read(img, 0, buf.as_mut_ptr(), buf.len(), &mut got) },
+        tern_status::TERN_WRONG_STATE
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    // The committed handle is closed for writing.
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), 1) },
+        tern_status::TERN_CLOSED
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_CLOSED
+    );
+    let mut len = 0usize;
+    assert_eq!(
+        unsafe { tern_image_properties(img, null_mut(), 0, &mut len) },
+        tern_status::TERN_BUFFER_TOO_SMALL
+    );
+    assert_eq!(len, 1);
+    unsafe { tern_image_free(img) };
+
+    let mut reader = null_mut();
+    assert_eq!(
+        unsafe { tern_image_open(client, container.as_ptr(), name.as_ptr(), &mut reader) },
+        tern_status::TERN_OK
+    );
+    got = 99;
+    assert_eq!(
+        unsafe {
+            tern_image_read(
+                reader,
+                data.len() as u64 + 10,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut got,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    assert_eq!(got, 0, "a read past the end returns no bytes");
+    assert_eq!(
+        unsafe {
+            tern_image_read(
+                reader,
+                data.len() as u64 - 4,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut got,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    assert_eq!(&buf[..got], &data[data.len() - 4..]);
+    assert_eq!(
+        unsafe { tern_image_read(reader, 0, buf.as_mut_ptr(), 0, &mut got) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(got, 0);
+    assert_eq!(
+        unsafe { tern_image_write(reader, data.as_ptr(), 1) },
+        tern_status::TERN_WRONG_STATE
+    );
+    unsafe { tern_image_free(reader) };
+
+    let absent = c"absent";
+    assert_eq!(
+        unsafe { tern_image_open(client, container.as_ptr(), absent.as_ptr(), &mut reader) },
+        tern_status::TERN_NOT_FOUND
+    );
+    assert!(last_error().contains("absent"));
+
+    // A closed client refuses further use.
+    assert_eq!(unsafe { tern_client_close(client) }, tern_status::TERN_OK);
+    assert_eq!(
+        unsafe { tern_client_close(client) },
+        tern_status::TERN_CLOSED
+    );
+    assert_eq!(
+        unsafe { tern_image_open(client, container.as_ptr(), name.as_ptr(), &mut reader) },
+        tern_status::TERN_CLOSED
+    );
+    let mut stats = tern_client_statistics {
+        struct_size: std::mem::size_of::<tern_client_statistics>(),
+        ..Default::default()
+    };
+    assert_eq!(
+        unsafe { tern_client_stats(client, &mut stats) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(stats.images_committed, 1);
+    assert_eq!(stats.logical_bytes, data.len() as u64);
+    unsafe { tern_client_free(client) };
+}
+
+#[test]
+fn the_plugin_entry_refuses_unknown_abi_versions() {
+    assert!(tern_plugin_entry(99).is_null());
+    assert!(last_error().contains("ABI version"));
+    let api = tern_plugin_entry(TERN_ABI_VERSION);
+    assert!(!api.is_null());
+    let api = unsafe { &*api };
+    assert_eq!(api.abi_version, TERN_ABI_VERSION);
+    assert_eq!(api.struct_size, std::mem::size_of::<tern_plugin_api>());
+}

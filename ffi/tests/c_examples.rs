@@ -1,0 +1,214 @@
+//! The C and C++ examples, built with the system compiler and run against a
+//! real ternd, as a DMA would use libtern.
+
+#[path = "../../server/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Compiles one example the plainest way: cc -Iinclude file.c -L<libdir> -ltern.
+fn cc(example: &str, out_dir: &Path) -> PathBuf {
+    let out = out_dir.join(example.trim_end_matches(".c"));
+    let lib = target_dir();
+    let status = Command::new("cc")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(root().join("examples").join(example))
+        .args(["-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-ltern")
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "cc {example} failed");
+    out
+}
+
+fn run(
+    server: &TestServer,
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    run_wrapped(server, None, program, args, stdin)
+}
+
+fn run_wrapped(
+    server: &TestServer,
+    wrapper: Option<&[&str]>,
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    let mut cmd = match wrapper {
+        Some(w) => {
+            let mut c = Command::new(w[0]);
+            c.args(&w[1..]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.arg(server.address())
+        .args(args)
+        .env("TERN_PASSWORD", PASSWORD)
+        .env("TERN_FINGERPRINT", server.fingerprint().to_string())
+        .env("TERN_CONFIG_DIR", server.data().join("client-config"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.map(<[u8]>::to_vec);
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Some(b) = input {
+            let _ = pipe.write_all(&b);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+fn assert_ok(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn c_backup_and_restore_round_trip_and_list_shows_the_image() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", Default::default())
+        .unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let backup = cc("backup.c", build.path());
+    let restore = cc("restore.c", build.path());
+    let list = cc("list.c", build.path());
+
+    let data = test_data(7 << 20, 31);
+    assert_ok(
+        "backup",
+        &run(&server, &backup, &["c", "from-c"], Some(&data)),
+    );
+    let out = run(&server, &restore, &["c", "from-c"], None);
+    assert_ok("restore", &out);
+    assert!(out.stdout == data, "restored bytes differ");
+
+    let out = run(&server, &list, &["c"], None);
+    assert_ok("list", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("from-c\tsize=7340032"), "{text}");
+    assert!(text.contains("props=example-dma:backup.c"), "{text}");
+    let out = run(&server, &list, &[], None);
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("c\tgroup=default\timages=1"));
+
+    // Errors reach the C caller as a status and a message.
+    let out = run(&server, &restore, &["c", "absent"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TERN_NOT_FOUND"));
+}
+
+#[test]
+fn cpp_host_loads_the_library_at_run_time_and_round_trips_four_streams() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("dma", Default::default())
+        .unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let host = build.path().join("dma_host");
+    let status = Command::new("c++")
+        .arg("-std=c++17")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(root().join("examples/dma_host.cpp"))
+        .arg("-o")
+        .arg(&host)
+        .args(["-ldl", "-lpthread"])
+        .status()
+        .expect("running c++");
+    assert!(status.success());
+    let lib = target_dir().join("libtern.so");
+    let out = run(&server, &host, &["dma", lib.to_str().unwrap()], None);
+    assert_ok("dma_host", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 streams round-tripped, 0 failed"));
+    assert_eq!(
+        server.client().image_list("dma", "stream-").unwrap().len(),
+        4
+    );
+}
+
+#[test]
+fn the_makefile_builds_every_example_with_pkg_config() {
+    let build = tempfile::tempdir().unwrap();
+    let profile = target_dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let status = Command::new("make")
+        .arg("-C")
+        .arg(root().join("examples"))
+        .arg(format!("PROFILE={profile}"))
+        .arg(format!("LIBDIR={}", target_dir().display()))
+        .arg(format!("BUILD={}", build.path().display()))
+        .status()
+        .expect("running make");
+    assert!(status.success());
+    for bin in ["backup", "restore", "list", "dma_host"] {
+        assert!(build.path().join(bin).exists(), "{bin} not built");
+    }
+    let pc = std::fs::read_to_string(build.path().join("tern.pc")).unwrap();
+    assert!(pc.contains("-ltern"));
+}
+
+#[test]
+fn c_examples_run_clean_under_valgrind() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: valgrind is not installed");
+        return;
+    }
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", Default::default())
+        .unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let backup = cc("backup.c", build.path());
+    let restore = cc("restore.c", build.path());
+    let supp = format!(
+        "--suppressions={}/tests/valgrind.supp",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let vg: &[&str] = &[
+        "valgrind",
+        &supp,
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--quiet",
+    ];
+    let data = test_data(1 << 20, 8);
+    let out = run_wrapped(&server, Some(vg), &backup, &["c", "vg"], Some(&data));
+    assert_ok("backup under valgrind", &out);
+    let out = run_wrapped(&server, Some(vg), &restore, &["c", "vg"], None);
+    assert_ok("restore under valgrind", &out);
+    assert!(out.stdout == data);
+}
