@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 /// Compiles one example the plainest way: cc -Iinclude file.c -L<libdir> -ltern.
 fn cc(example: &str, out_dir: &Path) -> PathBuf {
     let out = out_dir.join(example.trim_end_matches(".c"));
-    let lib = target_dir();
+    let lib = libtern_dir();
     let status = Command::new("cc")
         .arg(format!("-I{}", root().join("include").display()))
         .arg(root().join("examples").join(example))
@@ -145,7 +145,7 @@ fn cpp_host_loads_the_library_at_run_time_and_round_trips_four_streams() {
         .status()
         .expect("running c++");
     assert!(status.success());
-    let lib = target_dir().join("libtern.so");
+    let lib = libtern_so();
     let out = run(&server, &host, &["dma", lib.to_str().unwrap()], None);
     assert_ok("dma_host", &out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 streams round-tripped, 0 failed"));
@@ -167,7 +167,7 @@ fn the_makefile_builds_every_example_with_pkg_config() {
         .arg("-C")
         .arg(root().join("examples"))
         .arg(format!("PROFILE={profile}"))
-        .arg(format!("LIBDIR={}", target_dir().display()))
+        .arg(format!("LIBDIR={}", libtern_dir().display()))
         .arg(format!("BUILD={}", build.path().display()))
         .status()
         .expect("running make");

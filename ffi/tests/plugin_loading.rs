@@ -21,8 +21,7 @@ fn a_host_drives_the_library_through_the_plugin_entry() {
         .client()
         .container_create("c", Default::default())
         .unwrap();
-    let lib = unsafe { libloading::Library::new(target_dir().join("libtern.so")) }
-        .expect("loading libtern.so");
+    let lib = unsafe { libloading::Library::new(libtern_so()) }.expect("loading libtern.so");
     let entry: libloading::Symbol<Entry> = unsafe { lib.get(b"tern_plugin_entry") }.unwrap();
 
     assert!(unsafe { entry(TERN_ABI_VERSION + 1) }.is_null());

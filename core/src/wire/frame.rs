@@ -195,6 +195,34 @@ mod tests {
     }
 
     #[test]
+    fn random_and_mutated_bytes_never_panic() {
+        let f = sample();
+        let mut good = f.encode_head().unwrap();
+        good.extend_from_slice(&f.payload);
+        let mut x = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..20_000 {
+            let mut buf = if round % 2 == 0 {
+                good.clone()
+            } else {
+                (0..(next() % 64) as usize).map(|_| next() as u8).collect()
+            };
+            for _ in 0..(next() % 4) {
+                if !buf.is_empty() {
+                    let i = (next() as usize) % buf.len();
+                    buf[i] = next() as u8;
+                }
+            }
+            let _ = Frame::decode(&buf);
+        }
+    }
+
+    #[test]
     fn truncated_and_garbage_frames_are_errors() {
         let f = sample();
         let mut buf = f.encode_head().unwrap();

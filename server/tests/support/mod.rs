@@ -27,19 +27,39 @@ pub fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// A binary of this workspace from the same build, built on demand when the
-/// package under test does not own it (cargo only builds a test's own package).
-pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
-    let path = target_dir().join(name);
-    if !path.exists() {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", package, "--bin", name]);
-        if target_dir().ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building {name}");
+/// Runs `cargo build` for a target of another package of this workspace, once
+/// per test process: cargo builds only the package under test, and a file
+/// left by an earlier build may be stale.
+pub fn cargo_build(args: &[&str]) {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let key = args.join(" ");
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.contains(&key) {
+        return;
     }
-    path
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build").args(args);
+    if target_dir().ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "cargo build {key}");
+    done.push(key);
+}
+
+/// A binary of this workspace from the same build.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    cargo_build(&["-p", package, "--bin", name]);
+    target_dir().join(name)
+}
+
+/// The directory holding a fresh libtern.so and libtern.a.
+pub fn libtern_dir() -> PathBuf {
+    cargo_build(&["-p", "tern-ffi", "--lib"]);
+    target_dir()
+}
+
+pub fn libtern_so() -> PathBuf {
+    libtern_dir().join("libtern.so")
 }
 
 pub fn ternd_bin() -> PathBuf {
