@@ -186,18 +186,19 @@ typedef struct {
    */
   uint32_t remember_server;
   /**
-   * MultiConnect: connections per session. 0 means the default; this version
-   * supports 1 and refuses larger values with TERN_INVALID_ARGUMENT.
+   * MultiConnect: connections carrying the session, 1..=64. 0 means the
+   * default: 4 over TLS, 1 over plaintext.
    */
   uint32_t connections;
   /**
-   * Secure Connect (sessions that survive connection loss): 0 means the
-   * default. This version supports only 0.
+   * Secure Connect (sessions that ride out connection loss): 0 or 1 on (the
+   * default), 2 off (a lost connection fails the calls in progress).
    */
   uint32_t secure_connect;
   /**
-   * Seconds a broken session is kept for resumption; 0 means the default.
-   * Used with secure_connect.
+   * Seconds to keep reconnecting when every connection is lost, before
+   * calls fail with TERN_CONNECT; 0 means the default (600). The server's
+   * own grace period caps it.
    */
   uint32_t grace_period_secs;
 } tern_client_options;

@@ -27,6 +27,14 @@ pub struct ClientOptions {
     pub mode: WriteMode,
     /// Remember fingerprints accepted on first use in the user's config directory.
     pub remember_servers: bool,
+    /// MultiConnect: connections per session (0: 4 over TLS, 1 over plaintext).
+    pub connections: usize,
+    /// Secure Connect: reconnect and resume after connection loss.
+    pub secure_connect: bool,
+    /// How long to keep reconnecting when every connection is lost.
+    pub grace_period: std::time::Duration,
+    /// Bytes of sent, unacknowledged frames kept for resending.
+    pub cache_limit: usize,
 }
 
 impl ClientOptions {
@@ -39,6 +47,10 @@ impl ClientOptions {
             plain: false,
             mode: WriteMode::Dedup,
             remember_servers: true,
+            connections: 0,
+            secure_connect: true,
+            grace_period: std::time::Duration::from_secs(600),
+            cache_limit: 64 << 20,
         }
     }
 
@@ -84,7 +96,20 @@ impl Client {
             trust::remembered(&address)
         };
         let pin = opts.fingerprint.or(remembered);
-        let (conn, seen) = Conn::open(&address, opts.plain, pin)?;
+        let connections = match opts.connections {
+            0 if opts.plain => 1,
+            0 => 4,
+            n => n,
+        };
+        let session = crate::conn::SessionOptions {
+            plain: opts.plain,
+            pin,
+            connections,
+            resume: opts.secure_connect,
+            grace: opts.grace_period,
+            cache_limit: opts.cache_limit,
+        };
+        let (conn, seen) = Conn::open(&address, &session)?;
         if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {
             if !opts.plain {
                 // Trust on first use: later connections must present the same certificate.

@@ -1,40 +1,61 @@
-//! One connection to a server: TLS (or loopback plaintext), a reader task that
-//! routes answers to their requests, and a writer task that numbers frames.
+//! A session with a server: one or more TLS (or loopback plaintext)
+//! connections that carry it, reconnected after outages (Secure Connect), a
+//! router that hands answers to their requests, and a pump that feeds the
+//! session from ordinary threads.
 //!
-//! Callers are ordinary threads; the connection's tasks run on a small tokio
-//! runtime the connection owns.
+//! Callers are ordinary threads; the session's tasks run on a small tokio
+//! runtime it owns.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use tern_core::session::{Receipt, SeqState};
+use tern_core::session::{self, Session};
 use tern_core::tls::{Fingerprint, PinnedServer};
-use tern_core::wire::{self, Frame, Msg};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tern_core::wire::{self, ErrorKind, Frame, Msg};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::ClientError;
 
-/// Frames queued for the socket before senders wait.
+/// Frames queued by callers before they wait.
 const SEND_QUEUE: usize = 64;
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Outgoing = (u64, Msg, Vec<u8>);
 type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
 
-/// An open connection.
+/// How a session connects and survives.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub plain: bool,
+    pub pin: Option<Fingerprint>,
+    /// Connections carrying the session (MultiConnect).
+    pub connections: usize,
+    /// Reconnect and resume after a connection is lost (Secure Connect).
+    pub resume: bool,
+    /// How long to keep trying when no connection is left; the server's own
+    /// grace period caps it.
+    pub grace: Duration,
+    /// Bytes of unacknowledged frames kept for resending.
+    pub cache_limit: usize,
+}
+
+/// An open session.
 pub struct Conn {
     tx: mpsc::Sender<Outgoing>,
     routes: Routes,
     next_req: AtomicU64,
-    /// Why the connection ended, once it has.
+    /// Why the session ended, once it has.
     closed: Arc<Mutex<Option<String>>>,
     /// Errors the server sent about frames that have no answer (chunk data).
     unsolicited: Arc<Mutex<Vec<String>>>,
     server: Arc<str>,
-    bytes_sent: Arc<AtomicU64>,
+    session: Arc<Session>,
     /// Last, so the queue closes before the tasks are stopped.
     _rt: tokio::runtime::Runtime,
 }
@@ -81,79 +102,237 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Conn {
-    /// Connects, handshakes TLS (unless `plain`) and says hello.
-    ///
-    /// Returns the connection and the fingerprint the server presented.
-    pub fn open(
-        server: &str,
-        plain: bool,
-        pin: Option<Fingerprint>,
-    ) -> Result<(Self, Option<Fingerprint>), ClientError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .thread_name("tern-conn")
-            .build()?;
+/// A TCP stream that never uses writev(2). Plain writes go through send(2)
+/// with MSG_NOSIGNAL, so a connection cut by the network cannot raise SIGPIPE
+/// and kill a C host program that has not ignored it; writev offers no such flag.
+struct NoSigPipe(TcpStream);
+
+impl AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoSigPipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let buf = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Opens connections to one server, each verified against the same pin.
+struct Dialer {
+    server: String,
+    plain: bool,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        ServerName<'static>,
+        Arc<PinnedServer>,
+    )>,
+}
+
+impl Dialer {
+    fn new(server: &str, plain: bool, pin: Option<Fingerprint>) -> Result<Self, ClientError> {
         let connect_err = |reason: String| ClientError::Connect {
             server: server.to_string(),
             reason,
         };
-        let tcp = rt
-            .block_on(TcpStream::connect(server))
+        if plain {
+            return Ok(Self {
+                server: server.into(),
+                plain,
+                tls: None,
+            });
+        }
+        let verifier = PinnedServer::new(pin);
+        let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| connect_err(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| connect_err(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        Ok(Self {
+            server: server.into(),
+            plain,
+            tls: Some((connector, name, verifier)),
+        })
+    }
+
+    async fn dial(&self) -> Result<Box<dyn Stream>, ClientError> {
+        let connect_err = |reason: String| ClientError::Connect {
+            server: self.server.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.server))
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        let tcp = NoSigPipe(tcp);
+        if self.plain {
+            return Ok(Box::new(tcp));
+        }
+        let Some((connector, name, _)) = &self.tls else {
+            return Err(connect_err("no TLS configuration".into()));
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| connect_err("TLS handshake timed out".into()))?;
+        let tls = tls.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("does not match the pinned") {
+                ClientError::Untrusted(format!(
+                    "{}: {text}. If the server's certificate was replaced on purpose, \\
+                     pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
+                    self.server
+                ))
+            } else {
+                connect_err(format!("TLS handshake failed: {text}"))
+            }
+        })?;
+        Ok(Box::new(tls))
+    }
+
+    fn seen(&self) -> Option<Fingerprint> {
+        self.tls.as_ref().and_then(|(_, _, v)| v.seen())
+    }
+
+    /// Dials and joins an existing session; returns the stream and how far the server got.
+    async fn join(
+        &self,
+        token: &[u8],
+        received: u64,
+    ) -> Result<(Box<dyn Stream>, u64), ClientError> {
+        let mut s = self.dial().await?;
+        session::write_control(
+            &mut s,
+            Msg::Join {
+                session: token.to_vec(),
+                received,
+            },
+        )
+        .await
+        .map_err(|e| ClientError::Connect {
+            server: self.server.clone(),
+            reason: e.to_string(),
+        })?;
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, Frame::read_from(&mut s))
+            .await
+            .map_err(|_| ClientError::Connect {
+                server: self.server.clone(),
+                reason: "no answer to Join".into(),
+            })?
+            .map_err(|e| ClientError::Connect {
+                server: self.server.clone(),
+                reason: e.to_string(),
+            })?;
+        match answer.env.msg {
+            Msg::Joined { received } => Ok((s, received)),
+            Msg::Error { kind, message } => Err(ClientError::Server { kind, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Joined, got {other:?}"
+            ))),
+        }
+    }
+}
+
+impl Conn {
+    /// Connects, handshakes TLS (unless `plain`), says hello and brings up the
+    /// other connections. Returns the session and the fingerprint the server presented.
+    pub fn open(
+        server: &str,
+        opts: &SessionOptions,
+    ) -> Result<(Self, Option<Fingerprint>), ClientError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("tern-conn")
+            .build()?;
+        let dialer = Arc::new(Dialer::new(server, opts.plain, opts.pin)?);
+        let first = rt.block_on(dialer.dial())?;
+        let seen = dialer.seen();
+
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(Mutex::new(None));
         let unsolicited = Arc::new(Mutex::new(Vec::new()));
-        let bytes_sent = Arc::new(AtomicU64::new(0));
+        let (in_tx, in_rx) = mpsc::channel(256);
+        let session = Session::new(opts.cache_limit, in_tx);
+        rt.spawn(route(
+            in_rx,
+            routes.clone(),
+            closed.clone(),
+            unsolicited.clone(),
+            session.clone(),
+        ));
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        let mut seen = None;
-        let io = Io {
-            routes: routes.clone(),
-            closed: closed.clone(),
-            unsolicited: unsolicited.clone(),
-            bytes_sent: bytes_sent.clone(),
+        rt.spawn(pump(rx, session.clone()));
+
+        let token: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let outage = Arc::new(Mutex::new(None::<Instant>));
+        let slot = Slot {
+            dialer: dialer.clone(),
+            session: session.clone(),
+            token: token.clone(),
+            outage: outage.clone(),
+            resume: opts.resume,
+            grace: opts.grace,
         };
-        if plain {
-            io.spawn(&rt, tcp, rx);
-        } else {
-            let verifier = PinnedServer::new(pin);
-            let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| connect_err(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier.clone())
-                .with_no_client_auth();
-            let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name =
-                ServerName::try_from(host.to_string()).map_err(|e| connect_err(e.to_string()))?;
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let tls = rt.block_on(connector.connect(name, tcp));
-            seen = verifier.seen();
-            let tls = tls.map_err(|e| {
-                let text = e.to_string();
-                if text.contains("does not match the pinned") {
-                    ClientError::Untrusted(format!(
-                        "{server}: {text}. If the server's certificate was replaced on purpose, \
-                         pass the new fingerprint with --fingerprint (ternd fingerprint prints it)"
-                    ))
-                } else {
-                    connect_err(format!("TLS handshake failed: {text}"))
-                }
-            })?;
-            io.spawn(&rt, tls, rx);
-        }
+        rt.spawn(slot.clone().run(Some(first)));
+
         let conn = Conn {
-            _rt: rt,
             tx,
             routes,
             next_req: AtomicU64::new(1),
             closed,
             unsolicited,
             server: server.into(),
-            bytes_sent,
+            session,
+            _rt: rt,
         };
         let welcome = conn.call(
             Msg::Hello {
@@ -164,12 +343,27 @@ impl Conn {
             },
             Vec::new(),
         )?;
-        match welcome.env.msg {
-            Msg::Welcome { .. } => Ok((conn, seen)),
-            other => Err(ClientError::Protocol(format!(
-                "expected Welcome, got {other:?}"
-            ))),
+        let Msg::Welcome {
+            session: t,
+            grace_secs,
+            ..
+        } = welcome.env.msg
+        else {
+            return Err(ClientError::Protocol(format!(
+                "expected Welcome, got {:?}",
+                welcome.env.msg
+            )));
+        };
+        if !t.is_empty() {
+            *lock(&token) = Some(t);
+            let grace = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
+            for _ in 1..opts.connections.max(1) {
+                let mut extra = slot.clone();
+                extra.grace = grace;
+                conn._rt.spawn(extra.run(None));
+            }
         }
+        Ok((conn, seen))
     }
 
     fn lost(&self) -> ClientError {
@@ -188,8 +382,8 @@ impl Conn {
             req,
             rx: srx,
         };
-        // The reader clears the routes after it records why it stopped; a route
-        // added after that would wait forever.
+        // The router clears the routes after it records why the session ended;
+        // a route added after that would wait forever.
         if lock(&self.closed).is_some() {
             return Err(self.lost());
         }
@@ -224,13 +418,24 @@ impl Conn {
         std::mem::take(&mut *lock(&self.unsolicited))
     }
 
-    /// Bytes written to the connection so far (frame headers and payloads).
+    /// Bytes written to the network so far (frame headers and payloads).
     pub fn bytes_sent(&self) -> u64 {
-        self.bytes_sent.load(Ordering::Relaxed)
+        self.session.bytes_sent()
+    }
+
+    /// Connections currently carrying the session.
+    pub fn live_connections(&self) -> usize {
+        self.session.live_connections()
     }
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.session.close("the client closed the session");
     }
 }
 
@@ -242,7 +447,7 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Queues a frame, waiting while the queue is full; fails once the connection is gone.
+    /// Queues a frame, waiting while the queue is full; fails once the session is gone.
     pub fn send(&self, msg: Msg, payload: Vec<u8>) -> Result<(), String> {
         self.tx.blocking_send((0, msg, payload)).map_err(|_| {
             lock(&self.closed)
@@ -252,67 +457,122 @@ impl Sender {
     }
 }
 
-struct Io {
+/// Feeds frames from caller threads into the session.
+async fn pump(mut rx: mpsc::Receiver<Outgoing>, session: Arc<Session>) {
+    while let Some((req, msg, payload)) = rx.recv().await {
+        if session.send(req, msg, payload).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands each in-order frame to the request it answers.
+async fn route(
+    mut rx: mpsc::Receiver<Frame>,
     routes: Routes,
     closed: Arc<Mutex<Option<String>>>,
     unsolicited: Arc<Mutex<Vec<String>>>,
-    bytes_sent: Arc<AtomicU64>,
-}
-
-impl Io {
-    fn spawn<S>(self, rt: &tokio::runtime::Runtime, stream: S, mut rx: mpsc::Receiver<Outgoing>)
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let seq = Arc::new(Mutex::new(SeqState::default()));
-        let wseq = seq.clone();
-        let bytes_sent = self.bytes_sent.clone();
-        rt.spawn(async move {
-            while let Some((req, msg, payload)) = rx.recv().await {
-                let env = lock(&wseq).stamp(req, msg);
-                let frame = Frame::new(env, payload);
-                let Ok(n) = frame.write_to(&mut wr).await else {
-                    break;
-                };
-                bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                if rx.is_empty() && wr.flush().await.is_err() {
-                    break;
+    session: Arc<Session>,
+) {
+    while let Some(frame) = rx.recv().await {
+        let target = lock(&routes).get(&frame.env.req).cloned();
+        match target {
+            Some(r) => {
+                let _ = r.send(frame);
+            }
+            None => {
+                if let Msg::Error { message, .. } = &frame.env.msg {
+                    lock(&unsolicited).push(message.clone());
                 }
             }
-            let _ = wr.shutdown().await;
-        });
-        rt.spawn(async move {
-            let why = loop {
-                let frame = match Frame::read_from(&mut rd).await {
-                    Ok(f) => f,
-                    Err(e) if e.is_disconnect() => {
-                        break "the server closed the connection".to_string()
+        }
+    }
+    let why = session
+        .closed()
+        .unwrap_or_else(|| "the session ended".into());
+    *lock(&closed) = Some(why);
+    // Dropping the routes wakes every waiting caller with the error.
+    lock(&routes).clear();
+}
+
+/// One connection of the session, kept up for as long as the session lives.
+#[derive(Clone)]
+struct Slot {
+    dialer: Arc<Dialer>,
+    session: Arc<Session>,
+    token: Arc<Mutex<Option<Vec<u8>>>>,
+    /// When the session last lost its last connection.
+    outage: Arc<Mutex<Option<Instant>>>,
+    resume: bool,
+    grace: Duration,
+}
+
+impl Slot {
+    async fn run(self, first: Option<Box<dyn Stream>>) {
+        let mut next = first.map(|s| (s, None));
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.session.closed().is_some() {
+                return;
+            }
+            let (stream, peer_received) = match next.take() {
+                Some(n) => n,
+                None => match self.rejoin().await {
+                    Ok((s, r)) => (s, Some(r)),
+                    Err(ClientError::Server {
+                        kind: ErrorKind::SessionExpired,
+                        message,
+                    }) => {
+                        self.session
+                            .close(&format!("the server ended the session: {message}"));
+                        return;
                     }
-                    Err(e) => break e.to_string(),
-                };
-                match lock(&seq).receive(&frame.env) {
-                    Receipt::Deliver => {}
-                    Receipt::Duplicate => continue,
-                    Receipt::Gap { expected, got } => {
-                        break format!("frame {got} arrived, {expected} expected")
-                    }
-                }
-                let route = lock(&self.routes).get(&frame.env.req).cloned();
-                match route {
-                    Some(r) => {
-                        let _ = r.send(frame);
-                    }
-                    None => {
-                        if let Msg::Error { message, .. } = &frame.env.msg {
-                            lock(&self.unsolicited).push(message.clone());
+                    Err(e) => {
+                        if self.outage_exceeded() {
+                            self.session.close(&format!(
+                                "no connection to the server for {} s (the grace period); last error: {e}",
+                                self.grace.as_secs()
+                            ));
+                            return;
                         }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
                     }
-                }
+                },
             };
-            *lock(&self.closed) = Some(why);
-            // Dropping the routes wakes every waiting caller with the error.
-            lock(&self.routes).clear();
-        });
+            backoff = Duration::from_millis(50);
+            *lock(&self.outage) = None;
+            let why = self
+                .session
+                .run_connection(stream, None, peer_received)
+                .await;
+            if self.session.closed().is_some() {
+                return;
+            }
+            tracing::info!("connection to {} lost: {why}", self.dialer.server);
+            if self.session.live_connections() == 0 {
+                lock(&self.outage).get_or_insert_with(Instant::now);
+                if !self.resume {
+                    self.session.close(&format!("connection lost: {why}"));
+                    return;
+                }
+            } else if !self.resume {
+                return;
+            }
+        }
+    }
+
+    async fn rejoin(&self) -> Result<(Box<dyn Stream>, u64), ClientError> {
+        let token = lock(&self.token).clone();
+        let Some(token) = token else {
+            return Err(ClientError::Protocol("the session has no token yet".into()));
+        };
+        self.dialer.join(&token, self.session.received()).await
+    }
+
+    fn outage_exceeded(&self) -> bool {
+        self.session.live_connections() == 0
+            && lock(&self.outage).is_some_and(|since| since.elapsed() >= self.grace)
     }
 }

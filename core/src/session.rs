@@ -1,100 +1,554 @@
-//! The session layer under every message: sequence numbers and cumulative
-//! acknowledgements.
+//! Sessions that outlive their connections (Secure Connect) and spread over
+//! several connections at once (MultiConnect).
 //!
-//! Each direction numbers its frames from 1. A receiver delivers a frame only if
-//! its sequence number is the next one expected, and drops anything it has
-//! already seen, so a frame resent after a reconnect is never delivered twice.
-//! Every outgoing frame carries the highest sequence number received in order,
-//! which lets the peer release its copies of those frames.
+//! Every sequenced frame gets the next sequence number of its direction and
+//! stays in the sender's cache until the peer acknowledges it (cumulatively,
+//! in every frame's `ack` and in control `Ack` frames). Frames spread over all
+//! live connections; the receiver puts them back in order and drops any it has
+//! delivered before. When a connection dies, the frames it carried that are not
+//! acknowledged are sent again on another connection, or on a reconnect.
+//!
+//! Control frames (`seq` 0: `Join`, `Joined`, `Ack`) belong to one connection
+//! and are neither cached nor delivered.
 
-use crate::wire::{Envelope, Msg};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Sequence state of one side of a session.
-#[derive(Debug, Default, Clone)]
-pub struct SeqState {
-    /// Sequence number of the last frame sent.
-    sent: u64,
-    /// Highest sequence number received in order.
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+
+use crate::wire::{Envelope, Frame, FrameError, Msg};
+
+/// A sequenced frame waiting for its acknowledgement.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub seq: u64,
+    pub req: u64,
+    pub msg: Msg,
+    pub payload: Vec<u8>,
+    /// Written to some connection at least once.
+    written: AtomicBool,
+}
+
+impl Outgoing {
+    fn cost(&self) -> usize {
+        self.payload.len() + 256
+    }
+}
+
+/// Why a session or connection ended.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The session was closed (by either side, or the grace period ran out).
+    #[error("{0}")]
+    Closed(String),
+    /// The peer broke the session protocol.
+    #[error("session protocol: {0}")]
+    Protocol(String),
+}
+
+/// How long to wait between explicit acknowledgements when there is nothing
+/// else to send.
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+/// An idle connection still sends an `Ack` this often, so the peer can tell a
+/// quiet link from a dead one.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A connection that brings nothing for this long is taken for dead and
+/// replaced; TCP alone would notice only after minutes or hours.
+pub const DEAD_AFTER: Duration = Duration::from_secs(10);
+
+struct State {
+    next_seq: u64,
+    cache: BTreeMap<u64, Arc<Outgoing>>,
+    cache_bytes: usize,
     received: u64,
-    /// Highest sequence number the peer has acknowledged.
+    reorder: BTreeMap<u64, Frame>,
+    reorder_bytes: usize,
     peer_acked: u64,
+    closed: Option<String>,
 }
 
-/// What to do with a received frame.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Receipt {
-    /// The next frame in order: deliver it.
-    Deliver,
-    /// Already delivered once: drop it.
-    Duplicate,
-    /// A gap before it: a frame was lost, which an ordered connection cannot do.
-    Gap { expected: u64, got: u64 },
+/// One side of a session.
+pub struct Session {
+    state: Mutex<State>,
+    queue_tx: mpsc::UnboundedSender<Arc<Outgoing>>,
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<Outgoing>>>,
+    resend: Mutex<BTreeMap<u64, Arc<Outgoing>>>,
+    /// Woken when frames are queued for resending or the session closes.
+    wake: Notify,
+    /// Woken when acknowledgements free cache space.
+    space: Notify,
+    /// In-order delivery to the application.
+    inbound: Mutex<Option<mpsc::Sender<Frame>>>,
+    cache_limit: usize,
+    live: AtomicUsize,
+    bytes_sent: AtomicU64,
+    /// Woken when the number of live connections changes.
+    pub connections_changed: Notify,
 }
 
-impl SeqState {
-    /// Wraps a message in an envelope with the next sequence number.
-    pub fn stamp(&mut self, req: u64, msg: Msg) -> Envelope {
-        self.sent += 1;
-        Envelope {
-            seq: self.sent,
-            ack: self.received,
-            req,
-            msg,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Session {
+    /// A session whose in-order frames go to `inbound`; at most `cache_limit`
+    /// bytes of unacknowledged frames are kept before senders wait.
+    pub fn new(cache_limit: usize, inbound: mpsc::Sender<Frame>) -> Arc<Self> {
+        let (queue_tx, queue) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            state: Mutex::new(State {
+                next_seq: 1,
+                cache: BTreeMap::new(),
+                cache_bytes: 0,
+                received: 0,
+                reorder: BTreeMap::new(),
+                reorder_bytes: 0,
+                peer_acked: 0,
+                closed: None,
+            }),
+            queue_tx,
+            queue: tokio::sync::Mutex::new(queue),
+            resend: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            space: Notify::new(),
+            inbound: Mutex::new(Some(inbound)),
+            cache_limit: cache_limit.max(1),
+            live: AtomicUsize::new(0),
+            bytes_sent: AtomicU64::new(0),
+            connections_changed: Notify::new(),
+        })
+    }
+
+    /// Queues a frame, waiting while the cache of unacknowledged frames is full.
+    pub async fn send(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), SessionError> {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                if let Some(why) = &st.closed {
+                    return Err(SessionError::Closed(why.clone()));
+                }
+                // An empty cache always takes one frame, whatever its size.
+                if st.cache_bytes < self.cache_limit || st.cache.is_empty() {
+                    let out = Arc::new(Outgoing {
+                        seq: st.next_seq,
+                        req,
+                        msg,
+                        payload,
+                        written: AtomicBool::new(false),
+                    });
+                    st.next_seq += 1;
+                    st.cache_bytes += out.cost();
+                    st.cache.insert(out.seq, out.clone());
+                    drop(st);
+                    let _ = self.queue_tx.send(out);
+                    return Ok(());
+                }
+            }
+            space.await;
         }
     }
 
-    /// Records a received envelope and says whether to deliver it.
-    pub fn receive(&mut self, env: &Envelope) -> Receipt {
-        self.peer_acked = self.peer_acked.max(env.ack.min(self.sent));
-        if env.seq <= self.received {
-            return Receipt::Duplicate;
+    /// Ends the session: senders and connections stop, the inbound channel closes.
+    pub fn close(&self, why: &str) {
+        {
+            let mut st = lock(&self.state);
+            if st.closed.is_none() {
+                st.closed = Some(why.to_string());
+            }
         }
-        if env.seq != self.received + 1 {
-            return Receipt::Gap {
-                expected: self.received + 1,
-                got: env.seq,
+        self.wake.notify_waiters();
+        self.space.notify_waiters();
+        self.connections_changed.notify_waiters();
+        lock(&self.inbound).take();
+    }
+
+    pub fn closed(&self) -> Option<String> {
+        lock(&self.state).closed.clone()
+    }
+
+    /// The highest sequence number delivered in order.
+    pub fn received(&self) -> u64 {
+        lock(&self.state).received
+    }
+
+    /// Connections currently carrying the session.
+    pub fn live_connections(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Bytes written to all connections (frames and control frames).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of frames sent and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        lock(&self.state).cache_bytes
+    }
+
+    fn on_ack(&self, ack: u64) {
+        let mut st = lock(&self.state);
+        if ack <= st.peer_acked || ack >= st.next_seq {
+            return;
+        }
+        st.peer_acked = ack;
+        let keep = st.cache.split_off(&(ack + 1));
+        let freed: usize = st.cache.values().map(|o| o.cost()).sum();
+        st.cache = keep;
+        st.cache_bytes -= freed;
+        drop(st);
+        self.space.notify_waiters();
+    }
+
+    /// Queues every frame after `peer_received` that was written before, to be
+    /// sent again: the peer says it never got them.
+    fn resend_after(&self, peer_received: u64) {
+        let frames: Vec<Arc<Outgoing>> = lock(&self.state)
+            .cache
+            .range(peer_received + 1..)
+            .map(|(_, o)| o.clone())
+            .filter(|o| o.written.load(Ordering::SeqCst))
+            .collect();
+        self.requeue(frames);
+    }
+
+    fn requeue(&self, frames: Vec<Arc<Outgoing>>) {
+        if frames.is_empty() {
+            return;
+        }
+        let acked = lock(&self.state).peer_acked;
+        let mut resend = lock(&self.resend);
+        for f in frames {
+            if f.seq > acked {
+                resend.insert(f.seq, f);
+            }
+        }
+        drop(resend);
+        self.wake.notify_waiters();
+    }
+
+    /// Takes the next frame to write: resends first, then new frames.
+    async fn next_outgoing(&self) -> Option<Arc<Outgoing>> {
+        loop {
+            // Registered before the checks, so a wake-up between them is not lost.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if lock(&self.state).closed.is_some() {
+                return None;
+            }
+            if let Some((_, f)) = lock(&self.resend).pop_first() {
+                return Some(f);
+            }
+            tokio::select! {
+                mut q = self.queue.lock() => {
+                    tokio::select! {
+                        f = q.recv() => return f,
+                        _ = &mut woken => continue,
+                    }
+                }
+                _ = &mut woken => continue,
+            }
+        }
+    }
+
+    /// Records an in-order or early frame; delivers what is now in order.
+    ///
+    /// Cancel-safe: a frame leaves the reorder buffer only together with its
+    /// delivery, under the state lock, so a connection dropped mid-way loses nothing.
+    async fn receive(&self, frame: Frame) -> Result<(), SessionError> {
+        {
+            let mut st = lock(&self.state);
+            let seq = frame.env.seq;
+            if seq <= st.received || st.reorder.contains_key(&seq) {
+                return Ok(()); // a duplicate of something already here
+            }
+            // Early frames are bounded by the peer's cache; refuse a peer that ignores it.
+            if st.reorder_bytes > 4 * self.cache_limit + (64 << 20) {
+                return Err(SessionError::Protocol(format!(
+                    "{} bytes of frames arrived ahead of frame {}",
+                    st.reorder_bytes,
+                    st.received + 1
+                )));
+            }
+            st.reorder_bytes += frame.payload.len() + 256;
+            st.reorder.insert(seq, frame);
+        }
+        let Some(tx) = lock(&self.inbound).clone() else {
+            return Err(SessionError::Closed("the session is closed".into()));
+        };
+        loop {
+            let permit = tx
+                .reserve()
+                .await
+                .map_err(|_| SessionError::Closed("the application stopped".into()))?;
+            let mut st = lock(&self.state);
+            let next = st.received + 1;
+            let Some(f) = st.reorder.remove(&next) else {
+                return Ok(());
+            };
+            st.reorder_bytes -= f.payload.len() + 256;
+            st.received = next;
+            permit.send(f);
+        }
+    }
+
+    /// Carries the session over one connection until it fails or the session
+    /// closes. `initial` is a frame already read from it; `peer_received`, when
+    /// the peer said how far it got (a rejoin), makes the frames after that be
+    /// sent again. Returns why the connection ended.
+    pub async fn run_connection<S>(
+        self: &Arc<Self>,
+        stream: S,
+        initial: Option<Frame>,
+        peer_received: Option<u64>,
+    ) -> String
+    where
+        S: AsyncRead + AsyncWrite + Send,
+    {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        self.connections_changed.notify_waiters();
+        if let Some(r) = peer_received {
+            self.on_ack(r);
+            self.resend_after(r);
+        }
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut inflight: Vec<Arc<Outgoing>> = Vec::new();
+        let why = {
+            let reader = async {
+                if let Some(f) = initial {
+                    self.on_frame(f).await?;
+                }
+                loop {
+                    let f = tokio::time::timeout(DEAD_AFTER, Frame::read_from(&mut rd))
+                        .await
+                        .map_err(|_| {
+                            SessionError::Closed(format!(
+                                "nothing received for {} s",
+                                DEAD_AFTER.as_secs()
+                            ))
+                        })?
+                        .map_err(frame_error)?;
+                    self.on_frame(f).await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), SessionError>(())
+            };
+            let writer = self.write_loop(&mut wr, &mut inflight);
+            tokio::select! {
+                r = reader => r.err().map(|e| e.to_string()).unwrap_or_default(),
+                r = writer => r.err().map(|e| e.to_string()).unwrap_or_default(),
+            }
+        };
+        let _ = wr.shutdown().await;
+        // What this connection carried and nobody acknowledged goes out again elsewhere.
+        self.requeue(inflight);
+        self.live.fetch_sub(1, Ordering::SeqCst);
+        self.connections_changed.notify_waiters();
+        why
+    }
+
+    async fn on_frame(&self, f: Frame) -> Result<(), SessionError> {
+        self.on_ack(f.env.ack);
+        if f.env.seq == 0 {
+            return match f.env.msg {
+                Msg::Ack => Ok(()),
+                other => Err(SessionError::Protocol(format!(
+                    "unexpected control frame {other:?}"
+                ))),
             };
         }
-        self.received = env.seq;
-        Receipt::Deliver
+        self.receive(f).await
     }
 
-    pub fn received(&self) -> u64 {
-        self.received
+    async fn write_loop<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut W,
+        inflight: &mut Vec<Arc<Outgoing>>,
+    ) -> Result<(), SessionError> {
+        let mut tick = tokio::time::interval(ACK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ack_sent = 0;
+        let mut last_write = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                f = self.next_outgoing() => {
+                    let Some(f) = f else {
+                        return Err(SessionError::Closed(self.closed().unwrap_or_default()));
+                    };
+                    let (acked, received) = {
+                        let st = lock(&self.state);
+                        (st.peer_acked, st.received)
+                    };
+                    if f.seq <= acked {
+                        continue;
+                    }
+                    f.written.store(true, Ordering::SeqCst);
+                    inflight.push(f.clone());
+                    // `inflight` only needs what may still be unacknowledged.
+                    if inflight.len() > 1024 {
+                        inflight.retain(|o| o.seq > acked);
+                    }
+                    let env = Envelope { seq: f.seq, ack: received, req: f.req, msg: f.msg.clone() };
+                    let n = write_frame(wr, env, &f.payload).await?;
+                    self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    ack_sent = received;
+                    last_write = tokio::time::Instant::now();
+                }
+                _ = tick.tick() => {
+                    let received = self.received();
+                    if received > ack_sent || last_write.elapsed() >= HEARTBEAT {
+                        last_write = tokio::time::Instant::now();
+                        let env = Envelope { seq: 0, ack: received, req: 0, msg: Msg::Ack };
+                        let n = write_frame(wr, env, &[]).await?;
+                        self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        ack_sent = received;
+                    }
+                }
+            }
+        }
     }
+}
 
-    /// Frames sent that the peer has not yet acknowledged.
-    pub fn unacked(&self) -> u64 {
-        self.sent - self.peer_acked
+async fn write_frame<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    env: Envelope,
+    payload: &[u8],
+) -> Result<usize, SessionError> {
+    let frame = Frame::new(env, Vec::new());
+    let head = frame
+        .encode_head_with_payload_len(payload.len())
+        .map_err(frame_error)?;
+    wr.write_all(&head)
+        .await
+        .map_err(|e| SessionError::Closed(e.to_string()))?;
+    if !payload.is_empty() {
+        wr.write_all(payload)
+            .await
+            .map_err(|e| SessionError::Closed(e.to_string()))?;
     }
+    wr.flush()
+        .await
+        .map_err(|e| SessionError::Closed(e.to_string()))?;
+    Ok(head.len() + payload.len())
+}
+
+fn frame_error(e: FrameError) -> SessionError {
+    if e.is_disconnect() {
+        SessionError::Closed("the peer closed the connection".into())
+    } else {
+        match e {
+            FrameError::Io(io) => SessionError::Closed(io.to_string()),
+            other => SessionError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Writes a control frame (sequence 0) directly to a connection, before it joins a session.
+pub async fn write_control<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    msg: Msg,
+) -> Result<(), SessionError> {
+    write_frame(
+        wr,
+        Envelope {
+            seq: 0,
+            ack: 0,
+            req: 0,
+            msg,
+        },
+        &[],
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn duplicates_are_dropped_and_gaps_reported() {
-        let mut a = SeqState::default();
-        let mut b = SeqState::default();
-        let e1 = a.stamp(1, Msg::Ping);
-        let e2 = a.stamp(2, Msg::Ping);
-        let e3 = a.stamp(3, Msg::Ping);
-        assert_eq!(b.receive(&e1), Receipt::Deliver);
-        assert_eq!(b.receive(&e1), Receipt::Duplicate);
-        assert_eq!(
-            b.receive(&e3),
-            Receipt::Gap {
-                expected: 2,
-                got: 3
-            }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_survive_a_cut_connection_exactly_once_and_in_order() {
+        let (a_in, mut a_rx) = mpsc::channel(1024);
+        let (b_in, mut b_rx) = mpsc::channel(1024);
+        let a = Session::new(1 << 20, a_in);
+        let b = Session::new(1 << 20, b_in);
+        for i in 0..200u64 {
+            a.send(i, Msg::Ping, vec![i as u8; 1000]).await.unwrap();
+        }
+        // First connection: cut after a while.
+        let (x, y) = tokio::io::duplex(4096);
+        let (a1, b1) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { a1.run_connection(x, None, None).await });
+        let tb = tokio::spawn(async move { b1.run_connection(y, None, None).await });
+        let mut got = Vec::new();
+        while got.len() < 50 {
+            got.push(b_rx.recv().await.unwrap().env.req);
+        }
+        ta.abort();
+        tb.abort();
+        let _ = (ta.await, tb.await);
+        a.requeue(
+            a.state
+                .lock()
+                .unwrap()
+                .cache
+                .values()
+                .filter(|o| o.written.load(Ordering::SeqCst))
+                .cloned()
+                .collect(),
         );
-        assert_eq!(b.receive(&e2), Receipt::Deliver);
-        assert_eq!(b.receive(&e3), Receipt::Deliver);
-        let reply = b.stamp(1, Msg::Pong);
-        assert_eq!(reply.ack, 3);
-        assert_eq!(a.unacked(), 3);
-        a.receive(&reply);
-        assert_eq!(a.unacked(), 0);
+        // Second connection: the receiver says how far it got.
+        let (x, y) = tokio::io::duplex(4096);
+        let r = b.received();
+        let (a2, b2) = (a.clone(), b.clone());
+        tokio::spawn(async move { a2.run_connection(x, None, Some(r)).await });
+        tokio::spawn(async move { b2.run_connection(y, None, None).await });
+        while got.len() < 200 {
+            got.push(b_rx.recv().await.unwrap().env.req);
+        }
+        assert_eq!(got, (0..200).collect::<Vec<_>>());
+        assert!(a_rx.try_recv().is_err());
+        // Acknowledgements drain the sender's cache.
+        for _ in 0..100 {
+            if a.unacked_bytes() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(a.unacked_bytes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_spread_over_several_connections_arrive_in_order() {
+        let (a_in, _a_rx) = mpsc::channel(1024);
+        let (b_in, mut b_rx) = mpsc::channel(1024);
+        let a = Session::new(1 << 20, a_in);
+        let b = Session::new(1 << 20, b_in);
+        for _ in 0..3 {
+            let (x, y) = tokio::io::duplex(2048);
+            let (a1, b1) = (a.clone(), b.clone());
+            tokio::spawn(async move { a1.run_connection(x, None, None).await });
+            tokio::spawn(async move { b1.run_connection(y, None, None).await });
+        }
+        let sender = a.clone();
+        tokio::spawn(async move {
+            for i in 0..500u64 {
+                sender
+                    .send(i, Msg::Ping, vec![0; (i % 7) as usize * 300])
+                    .await
+                    .unwrap();
+            }
+        });
+        for i in 0..500u64 {
+            assert_eq!(b_rx.recv().await.unwrap().env.req, i);
+        }
     }
 }

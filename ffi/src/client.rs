@@ -42,14 +42,15 @@ pub struct tern_client_options {
     pub plain: u32,
     /// Nonzero (default): remember a fingerprint trusted on first use.
     pub remember_server: u32,
-    /// MultiConnect: connections per session. 0 means the default; this version
-    /// supports 1 and refuses larger values with TERN_INVALID_ARGUMENT.
+    /// MultiConnect: connections carrying the session, 1..=64. 0 means the
+    /// default: 4 over TLS, 1 over plaintext.
     pub connections: u32,
-    /// Secure Connect (sessions that survive connection loss): 0 means the
-    /// default. This version supports only 0.
+    /// Secure Connect (sessions that ride out connection loss): 0 or 1 on (the
+    /// default), 2 off (a lost connection fails the calls in progress).
     pub secure_connect: u32,
-    /// Seconds a broken session is kept for resumption; 0 means the default.
-    /// Used with secure_connect.
+    /// Seconds to keep reconnecting when every connection is lost, before
+    /// calls fail with TERN_CONNECT; 0 means the default (600). The server's
+    /// own grace period caps it.
     pub grace_period_secs: u32,
 }
 
@@ -170,20 +171,25 @@ pub unsafe extern "C" fn tern_client_open(
         };
         options.plain = o.plain != 0;
         options.remember_servers = o.remember_server != 0;
-        if o.connections > 1 {
+        if o.connections > 64 {
             return Err(Failure::new(
                 tern_status::TERN_INVALID_ARGUMENT,
-                format!(
-                    "options.connections {}: this libtern runs one connection per client",
-                    o.connections
-                ),
+                format!("options.connections {} is more than 64", o.connections),
             ));
         }
-        if o.secure_connect != 0 {
-            return Err(Failure::new(
-                tern_status::TERN_INVALID_ARGUMENT,
-                "options.secure_connect: resumable sessions are not available in this libtern",
-            ));
+        options.connections = o.connections as usize;
+        options.secure_connect = match o.secure_connect {
+            0 | 1 => true,
+            2 => false,
+            v => {
+                return Err(Failure::new(
+                    tern_status::TERN_INVALID_ARGUMENT,
+                    format!("options.secure_connect {v} is not 0, 1 or 2"),
+                ))
+            }
+        };
+        if o.grace_period_secs > 0 {
+            options.grace_period = std::time::Duration::from_secs(o.grace_period_secs.into());
         }
         let client = Client::connect(&options)?;
         *out_client = Box::into_raw(Box::new(tern_client {

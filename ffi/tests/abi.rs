@@ -127,12 +127,19 @@ fn options_of_another_size_are_handled() {
     );
 
     let mut o = options(&server);
-    o.raw.connections = 4;
+    o.raw.connections = 65;
     assert_eq!(
         unsafe { tern_client_open(&o.raw, &mut c2) },
         tern_status::TERN_INVALID_ARGUMENT
     );
     assert!(last_error().contains("connections"));
+    o.raw.connections = 2;
+    o.raw.secure_connect = 7;
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c2) },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("secure_connect"));
 }
 
 #[test]

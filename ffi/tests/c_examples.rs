@@ -50,6 +50,18 @@ fn run_wrapped(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> std::process::Output {
+    run_at(server, &server.address(), wrapper, program, args, stdin)
+}
+
+/// Runs an example against `address` (the server, or a proxy in front of it).
+fn run_at(
+    server: &TestServer,
+    address: &str,
+    wrapper: Option<&[&str]>,
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
     let mut cmd = match wrapper {
         Some(w) => {
             let mut c = Command::new(w[0]);
@@ -58,7 +70,7 @@ fn run_wrapped(
         }
         None => Command::new(program),
     };
-    cmd.arg(server.address())
+    cmd.arg(address)
         .args(args)
         .env("TERN_PASSWORD", PASSWORD)
         .env("TERN_FINGERPRINT", server.fingerprint().to_string())
@@ -211,4 +223,36 @@ fn c_examples_run_clean_under_valgrind() {
     let out = run_wrapped(&server, Some(vg), &restore, &["c", "vg"], None);
     assert_ok("restore under valgrind", &out);
     assert!(out.stdout == data);
+}
+
+#[test]
+fn c_examples_see_no_error_through_a_link_cut_every_second() {
+    use tern_faultproxy::{FaultProxy, Faults};
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", Default::default())
+        .unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let backup = cc("backup.c", build.path());
+    let restore = cc("restore.c", build.path());
+    let faults = Faults {
+        cut_every: Some(std::time::Duration::from_secs(1)),
+        per_connection_rate: Some(16 << 20),
+        ..Faults::default()
+    };
+    let proxy =
+        FaultProxy::start("127.0.0.1:0", server.address().parse().unwrap(), faults).unwrap();
+    let address = proxy.addr().to_string();
+    let data = test_data(32 << 20, 51);
+    let out = run_at(&server, &address, None, &backup, &["c", "cut"], Some(&data));
+    assert_ok("backup through cuts", &out);
+    let out = run_at(&server, &address, None, &restore, &["c", "cut"], None);
+    assert_ok("restore through cuts", &out);
+    assert!(out.stdout == data, "restored bytes differ");
+    assert!(
+        proxy.cuts() >= 2,
+        "the link was cut only {} times",
+        proxy.cuts()
+    );
 }

@@ -27,6 +27,8 @@ pub struct Faults {
     pub link_rate: Option<u64>,
     /// Cut every connection this often (None: never).
     pub cut_every: Option<Duration>,
+    /// Close new connections at once, as an unreachable server would.
+    pub refuse_new: bool,
 }
 
 /// A running proxy. Dropping it stops accepting and cuts every connection.
@@ -202,6 +204,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if lock(&shared.faults).refuse_new {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(shared.target) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;

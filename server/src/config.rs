@@ -25,6 +25,14 @@ allow_tls12 = false
 
 # Log filter (tracing syntax), overridden by the TERN_LOG environment variable.
 log = "info"
+
+# Secure Connect: how long a client session survives without any connection
+# (an outage) before its unfinished images are aborted.
+grace_period_secs = 600
+
+# Bytes of sent but unacknowledged frames kept per session, for resending
+# after a reconnect. Senders wait when it is full.
+session_cache_bytes = 67108864
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +44,8 @@ pub struct Config {
     pub key: PathBuf,
     pub allow_tls12: bool,
     pub log: String,
+    pub grace_period_secs: u64,
+    pub session_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -47,6 +57,8 @@ impl Default for Config {
             key: "tls/server.key".into(),
             allow_tls12: false,
             log: "info".into(),
+            grace_period_secs: 600,
+            session_cache_bytes: 64 << 20,
         }
     }
 }
@@ -86,6 +98,8 @@ mod tests {
         assert_eq!(cfg.listen, def.listen);
         assert_eq!(cfg.cert, def.cert);
         assert_eq!(cfg.allow_tls12, def.allow_tls12);
+        assert_eq!(cfg.grace_period_secs, def.grace_period_secs);
+        assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tern_core::session::{Receipt, SeqState};
+use tern_core::session::{self, Session};
 use tern_core::wire::{self, ErrorKind, Frame, Handle, Msg, WriteMode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -27,7 +27,7 @@ const MAX_RECIPE_BATCH: u32 = 16_384;
 const MAX_BATCH: usize = 4096;
 
 /// Accepts TLS connections forever.
-pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, store: Arc<Store>) {
+pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, hub: Arc<Hub>) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -38,7 +38,7 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, store: Arc<
             }
         };
         let acceptor = acceptor.clone();
-        let store = store.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -52,13 +52,13 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, store: Arc<
                     return;
                 }
             };
-            serve_connection(tls, peer, store).await;
+            serve_connection(tls, peer, hub).await;
         });
     }
 }
 
 /// Accepts plaintext connections (loopback only; checked by the config).
-pub async fn serve_plain(listener: TcpListener, store: Arc<Store>) {
+pub async fn serve_plain(listener: TcpListener, hub: Arc<Hub>) {
     loop {
         let (tcp, peer): (TcpStream, SocketAddr) = match listener.accept().await {
             Ok(c) => c,
@@ -69,89 +69,182 @@ pub async fn serve_plain(listener: TcpListener, store: Arc<Store>) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, peer, store.clone()));
+        tokio::spawn(serve_connection(tcp, peer, hub.clone()));
     }
 }
 
-type Outgoing = (u64, Msg, Vec<u8>);
+/// Session settings and the sessions alive on this server.
+pub struct Hub {
+    pub store: Arc<Store>,
+    /// How long a session waits for a connection before it is ended.
+    pub grace: Duration,
+    /// Bytes of unacknowledged frames a session keeps per direction.
+    pub cache_limit: usize,
+    sessions: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
+}
 
-/// Runs one connection to its end, logging why it ended.
-pub async fn serve_connection<S>(stream: S, peer: SocketAddr, store: Arc<Store>)
+impl Hub {
+    pub fn new(store: Arc<Store>, grace: Duration, cache_limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            grace,
+            cache_limit,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn session(&self, token: &[u8]) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
+/// Runs one connection to its end: it starts a session (Hello) or joins one (Join).
+pub async fn serve_connection<S>(mut stream: S, peer: SocketAddr, hub: Arc<Hub>)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(stream);
-    let seq = Arc::new(Mutex::new(SeqState::default()));
-    let (tx, rx) = mpsc::channel::<Outgoing>(256);
-    let writer = tokio::spawn(write_loop(wr, rx, seq.clone()));
-    let mut conn = Connection {
-        store,
-        tx,
-        user: None,
-        welcomed: false,
-        writers: HashMap::new(),
-        readers: HashMap::new(),
-        next_handle: 1,
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Frame::read_from(&mut stream)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) if e.is_disconnect() => return,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: nothing said within the handshake timeout");
+            return;
+        }
     };
+    match (first.env.seq, &first.env.msg) {
+        (0, Msg::Join { session, received }) => {
+            let received = *received;
+            let Some(s) = hub.session(session) else {
+                let msg = Msg::Error {
+                    kind: ErrorKind::SessionExpired,
+                    message: "the session is unknown or its grace period ended".into(),
+                };
+                let _ = session::write_control(&mut stream, msg).await;
+                return;
+            };
+            if session::write_control(
+                &mut stream,
+                Msg::Joined {
+                    received: s.received(),
+                },
+            )
+            .await
+            .is_err()
+            {
+                return;
+            }
+            tracing::debug!(%peer, "connection joined a session");
+            let why = s.run_connection(stream, None, Some(received)).await;
+            tracing::debug!(%peer, "session connection ended: {why}");
+        }
+        (1, Msg::Hello { .. }) => {
+            let mut token = vec![0u8; 32];
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token).is_err()
+            {
+                tracing::error!("the system random source failed");
+                return;
+            }
+            let (tx, rx) = mpsc::channel(256);
+            let s = Session::new(hub.cache_limit, tx);
+            hub.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(token.clone(), s.clone());
+            let conn = Connection {
+                store: hub.store.clone(),
+                session: s.clone(),
+                token: token.clone(),
+                grace: hub.grace,
+                user: None,
+                welcomed: false,
+                writers: HashMap::new(),
+                readers: HashMap::new(),
+                next_handle: 1,
+            };
+            tokio::spawn(run_session(conn, rx, hub.clone(), token, peer));
+            let why = s.run_connection(stream, Some(first), None).await;
+            tracing::debug!(%peer, "session connection ended: {why}");
+        }
+        _ => tracing::warn!(%peer, "closing connection: the first frame must be Hello or Join"),
+    }
+}
+
+/// The application side of a session: handles its frames in order, and ends
+/// it when the client leaves, breaks the protocol, or stays away past the grace period.
+async fn run_session(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Frame>,
+    hub: Arc<Hub>,
+    token: Vec<u8>,
+    peer: SocketAddr,
+) {
+    let session = conn.session.clone();
+    let watchdog = tokio::spawn(grace_watch(session.clone(), hub.grace));
     let end = loop {
-        let read = Frame::read_from(&mut rd);
-        let frame = if conn.user.is_none() {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await {
-                Ok(r) => r,
-                Err(_) => break Some("no login within the handshake timeout".to_string()),
+        let next = if conn.user.is_none() {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, rx.recv()).await {
+                Ok(f) => f,
+                Err(_) => break "no login within the handshake timeout".to_string(),
             }
         } else {
-            read.await
+            rx.recv().await
         };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) if e.is_disconnect() => break None,
-            Err(e) => break Some(e.to_string()),
+        let Some(frame) = next else {
+            break session.closed().unwrap_or_else(|| "session closed".into());
         };
-        let receipt = seq
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .receive(&frame.env);
-        match receipt {
-            Receipt::Deliver => {}
-            Receipt::Duplicate => continue,
-            Receipt::Gap { expected, got } => {
-                break Some(format!("frame {got} arrived, {expected} expected"))
-            }
-        }
-        match conn.handle(frame).await {
-            Ok(()) => {}
-            Err(Fatal(why)) => break Some(why),
+        if let Err(Fatal(why)) = conn.handle(frame).await {
+            break why;
         }
     };
-    match &end {
-        Some(why) => tracing::warn!(%peer, "closing connection: {why}"),
-        None => tracing::debug!(%peer, "client disconnected"),
-    }
+    tracing::info!(%peer, "session ended: {end}");
+    session.close(&end);
+    watchdog.abort();
     conn.abort_all();
-    drop(conn);
-    let _ = writer.await;
+    hub.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&token);
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Outgoing>,
-    seq: Arc<Mutex<SeqState>>,
-) {
-    while let Some((req, msg, payload)) = rx.recv().await {
-        let env = seq
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stamp(req, msg);
-        if Frame::new(env, payload).write_to(&mut wr).await.is_err() {
+/// Closes the session once it has had no connection for `grace`.
+async fn grace_watch(session: Arc<Session>, grace: Duration) {
+    loop {
+        let changed = session.connections_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if session.closed().is_some() {
             return;
         }
-        // Flush only when nothing else is queued: batches small frames into one write.
-        if rx.is_empty() && wr.flush().await.is_err() {
-            return;
+        if session.live_connections() > 0 {
+            changed.await;
+            continue;
+        }
+        // No connection: wait for one, at most `grace`.
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let changed = session.connections_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if session.live_connections() > 0 || session.closed().is_some() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                session.close(&format!(
+                    "no connection for {} s (the grace period)",
+                    grace.as_secs()
+                ));
+                return;
+            }
         }
     }
-    let _ = wr.shutdown().await;
 }
 
 /// An error that ends the connection.
@@ -159,7 +252,9 @@ struct Fatal(String);
 
 struct Connection {
     store: Arc<Store>,
-    tx: mpsc::Sender<Outgoing>,
+    session: Arc<Session>,
+    token: Vec<u8>,
+    grace: Duration,
     user: Option<User>,
     welcomed: bool,
     writers: HashMap<Handle, WriterId>,
@@ -182,10 +277,10 @@ fn refuse<T>(kind: ErrorKind, msg: impl Into<String>) -> Result<T, Refusal> {
 
 impl Connection {
     async fn send(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), Fatal> {
-        self.tx
-            .send((req, msg, payload))
+        self.session
+            .send(req, msg, payload)
             .await
-            .map_err(|_| Fatal("connection writer stopped".into()))
+            .map_err(|e| Fatal(e.to_string()))
     }
 
     async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
@@ -285,6 +380,8 @@ impl Connection {
                 version,
                 features,
                 server: format!("ternd {}", env!("CARGO_PKG_VERSION")),
+                session: self.token.clone(),
+                grace_secs: self.grace.as_secs(),
             }));
         }
         if self.user.is_none() && !matches!(msg, Msg::Login { .. } | Msg::Ping) {
@@ -512,7 +609,7 @@ fn msg_name(m: &Msg) -> String {
 
 /// Binds the configured listeners and serves until the process ends.
 pub async fn run(
-    store: Arc<Store>,
+    hub: Arc<Hub>,
     tls: Arc<rustls::ServerConfig>,
     listen: SocketAddr,
     plain: Option<SocketAddr>,
@@ -524,14 +621,14 @@ pub async fn run(
     let mut tasks = vec![tokio::spawn(serve_tls(
         listener,
         TlsAcceptor::from(tls),
-        store.clone(),
+        hub.clone(),
     ))];
     if let Some(addr) = plain {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!("listening for plaintext on {}", l.local_addr()?);
-        tasks.push(tokio::spawn(serve_plain(l, store.clone())));
+        tasks.push(tokio::spawn(serve_plain(l, hub.clone())));
     }
     for t in tasks {
         t.await.context("listener task")?;

@@ -53,6 +53,7 @@ fn a_full_disk_fails_the_backup_clearly_and_keeps_earlier_images() {
         port: free_port(),
         plain_port: free_port(),
         child: None,
+        args: Vec::new(),
     };
     server.spawn();
     let client = server.client();

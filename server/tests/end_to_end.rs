@@ -229,7 +229,10 @@ fn kill_during_backup_leaves_committed_images_and_no_half_image() {
     let fp = server.fingerprint();
     let data = test_data(8 << 20, 4);
     {
-        let client = server.client();
+        // The client would ride out a short outage; this one outlasts its grace period.
+        let mut opts = server.options();
+        opts.grace_period = std::time::Duration::from_secs(2);
+        let client = tern_agent::Client::connect(&opts).unwrap();
         client
             .container_create("c", ContainerSettings::default())
             .unwrap();
@@ -283,6 +286,7 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
         port,
         plain_port: free_port(),
         child: None,
+        args: Vec::new(),
     };
     b.spawn();
     let err = tern_agent::Client::connect(&opts).err().unwrap();

@@ -31,6 +31,15 @@ struct Cli {
     /// Use the server's loopback plaintext listener.
     #[arg(long, global = true)]
     plain: bool,
+    /// MultiConnect: connections per session (default 4 over TLS, 1 with --plain).
+    #[arg(long, env = "TERN_CONNECTIONS", global = true)]
+    connections: Option<usize>,
+    /// Secure Connect: seconds to keep reconnecting through an outage.
+    #[arg(long, env = "TERN_GRACE_PERIOD", global = true, default_value_t = 600)]
+    grace_period: u64,
+    /// Fail on a lost connection instead of reconnecting.
+    #[arg(long, global = true)]
+    no_secure_connect: bool,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -148,6 +157,9 @@ fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
     let mut opts = ClientOptions::new(&cli.server, &cli.user, &password()?);
     opts.plain = cli.plain;
     opts.mode = mode;
+    opts.connections = cli.connections.unwrap_or(0);
+    opts.grace_period = std::time::Duration::from_secs(cli.grace_period);
+    opts.secure_connect = !cli.no_secure_connect;
     if let Some(fp) = &cli.fingerprint {
         opts.fingerprint = Some(
             Fingerprint::parse(fp)

@@ -62,6 +62,18 @@ impl Frame {
 
     /// Encodes the header and length prefix; the payload is written beside it.
     pub fn encode_head(&self) -> Result<Vec<u8>, FrameError> {
+        self.encode_head_with_payload_len(self.payload.len())
+    }
+
+    /// Like [`encode_head`](Self::encode_head), for a payload kept elsewhere.
+    pub fn encode_head_with_payload_len(&self, payload_len: usize) -> Result<Vec<u8>, FrameError> {
+        if payload_len as u64 > MAX_PAYLOAD_LEN as u64 {
+            return Err(FrameError::TooLarge {
+                what: "payload",
+                len: payload_len as u32,
+                limit: MAX_PAYLOAD_LEN,
+            });
+        }
         let header =
             rmp_serde::to_vec_named(&self.env).map_err(|e| FrameError::Header(e.to_string()))?;
         if header.len() as u64 > MAX_HEADER_LEN as u64 {
@@ -73,7 +85,7 @@ impl Frame {
         }
         let mut head = Vec::with_capacity(8 + header.len());
         head.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        head.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        head.extend_from_slice(&(payload_len as u32).to_be_bytes());
         head.extend_from_slice(&header);
         Ok(head)
     }

@@ -42,7 +42,28 @@ pub enum Msg {
         version: u16,
         features: Vec<String>,
         server: String,
+        /// The token that joins further connections to this session and
+        /// resumes it after an outage.
+        #[serde(default, with = "serde_bytes")]
+        session: Vec<u8>,
+        /// Seconds the server keeps the session without a connection.
+        #[serde(default)]
+        grace_secs: u64,
     },
+    /// Control frame (sequence 0), first on a connection: attach it to a
+    /// session. `received` is the highest frame the client got in order.
+    Join {
+        #[serde(with = "serde_bytes")]
+        session: Vec<u8>,
+        received: u64,
+    },
+    /// Control frame: the connection is part of the session; `received` is the
+    /// highest frame the server got in order.
+    Joined {
+        received: u64,
+    },
+    /// Control frame: an acknowledgement with nothing else to say (see the envelope's `ack`).
+    Ack,
     Login {
         user: UserName,
         password: String,
@@ -198,6 +219,8 @@ pub enum ErrorKind {
     Corrupt,
     /// Anything else on the server.
     Internal,
+    /// The session to join is unknown or its grace period ran out.
+    SessionExpired,
 }
 
 /// How a writer sends data.

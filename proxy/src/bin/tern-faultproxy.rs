@@ -43,6 +43,7 @@ fn main() -> Result<()> {
         per_connection_rate: cli.conn_rate,
         link_rate: cli.link_rate,
         cut_every: cli.cut_every.map(Duration::from_secs_f64),
+        ..Faults::default()
     };
     let proxy = FaultProxy::start(&cli.listen, target, faults).context("starting the proxy")?;
     println!("forwarding {} -> {target}", proxy.addr());

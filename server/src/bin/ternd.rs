@@ -39,6 +39,9 @@ enum Cmd {
         /// Configuration file (default: DATA/ternd.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Secure Connect grace period in seconds (overrides the config).
+        #[arg(long)]
+        grace_period: Option<u64>,
     },
     /// Print the server certificate's fingerprint.
     Fingerprint {
@@ -103,7 +106,8 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             plain_listen,
             config,
-        } => serve(&data.data, listen, plain_listen, config),
+            grace_period,
+        } => serve(&data.data, listen, plain_listen, config, grace_period),
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
@@ -229,6 +233,7 @@ fn serve(
     listen: Option<SocketAddr>,
     plain: Option<SocketAddr>,
     config: Option<PathBuf>,
+    grace_period: Option<u64>,
 ) -> Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
@@ -242,6 +247,9 @@ fn serve(
     }
     if plain.is_some() {
         cfg.plain_listen = plain;
+    }
+    if let Some(g) = grace_period {
+        cfg.grace_period_secs = g;
     }
     cfg.validate()?;
     let filter = std::env::var("TERN_LOG").unwrap_or_else(|_| cfg.log.clone());
@@ -293,7 +301,12 @@ fn serve(
             }
         });
         tokio::select! {
-            r = net::run(store, tls, cfg.listen, cfg.plain_listen) => r,
+            r = net::run(
+                net::Hub::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cfg.session_cache_bytes),
+                tls,
+                cfg.listen,
+                cfg.plain_listen,
+            ) => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("stopping on interrupt");
                 Ok(())

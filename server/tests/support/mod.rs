@@ -79,16 +79,22 @@ pub struct TestServer {
     pub port: u16,
     pub plain_port: u16,
     pub child: Option<Child>,
+    /// Extra arguments for `ternd serve`.
+    pub args: Vec<String>,
 }
 
 impl TestServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), &[])
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, args: &[&str]) -> Self {
         let mut s = TestServer {
             dir,
             port: free_port(),
             plain_port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -104,6 +110,7 @@ impl TestServer {
             .arg(self.data())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--plain-listen", &format!("127.0.0.1:{}", self.plain_port)])
+            .args(&self.args)
             .env("TERN_PASSWORD", PASSWORD)
             .env("TERN_LOG", "warn")
             .stdout(Stdio::null())

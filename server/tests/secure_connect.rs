@@ -1,0 +1,154 @@
+//! Secure Connect and MultiConnect through a bad WAN: a fault-injecting proxy
+//! between a real client and a real ternd over TLS.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::*;
+use tern_agent::{Client, ClientOptions, ContainerSettings};
+use tern_faultproxy::{FaultProxy, Faults};
+
+fn proxy(server: &TestServer, faults: Faults) -> FaultProxy {
+    FaultProxy::start("127.0.0.1:0", server.address().parse().unwrap(), faults).unwrap()
+}
+
+fn via(server: &TestServer, proxy: &FaultProxy) -> ClientOptions {
+    let mut o = server.options();
+    o.server = proxy.addr().to_string();
+    o
+}
+
+fn backup(client: &Client, name: &str, data: &[u8]) -> tern_agent::Committed {
+    let mut w = client.create_image("c", name, b"").unwrap();
+    for piece in data.chunks(1 << 20) {
+        w.write_all(piece).unwrap();
+    }
+    w.commit().unwrap()
+}
+
+fn restore(client: &Client, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    client
+        .open_image("c", name)
+        .unwrap()
+        .copy_to(&mut out)
+        .unwrap();
+    out
+}
+
+/// Pack files hold nothing twice: their size is the stored chunks plus framing.
+fn assert_each_chunk_stored_once(server: &TestServer) {
+    let stats = server.client().stats().unwrap();
+    let overhead = stats.unique_chunks * (44 + 49) + 4096 * 64;
+    assert!(
+        stats.pack_bytes <= stats.stored_bytes + overhead,
+        "packs hold {} bytes for {} stored bytes: something was stored twice",
+        stats.pack_bytes,
+        stats.stored_bytes
+    );
+}
+
+#[test]
+fn a_backup_through_a_link_cut_every_two_seconds_completes_and_restores_identical() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let p = proxy(&server, Faults::default());
+    let client = Client::connect(&via(&server, &p)).unwrap();
+    p.set(Faults {
+        cut_every: Some(Duration::from_secs(2)),
+        ..Faults::default()
+    });
+    let data = test_data(512 << 20, 41);
+    backup(&client, "cut", &data);
+    assert!(p.cuts() >= 2, "the link was never cut ({} cuts)", p.cuts());
+    // Restore through the same cutting link.
+    assert!(restore(&client, "cut") == data, "restored bytes differ");
+    assert_each_chunk_stored_once(&server);
+    assert!(server.ternd(&["fsck"]).status.success());
+}
+
+#[test]
+fn a_stall_longer_than_the_dead_connection_timeout_is_ridden_out() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let p = proxy(&server, Faults::default());
+    let client = Client::connect(&via(&server, &p)).unwrap();
+    let data = test_data(48 << 20, 42);
+    let mut w = client.create_image("c", "stalled", b"").unwrap();
+    w.write_all(&data[..16 << 20]).unwrap();
+    p.stall();
+    std::thread::sleep(tern_core::session::DEAD_AFTER + Duration::from_secs(2));
+    p.resume();
+    w.write_all(&data[16 << 20..]).unwrap();
+    w.commit().unwrap();
+    assert!(restore(&client, "stalled") == data);
+}
+
+#[test]
+fn one_lost_connection_of_four_is_survived() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let p = proxy(&server, Faults::default());
+    let mut opts = via(&server, &p);
+    opts.connections = 4;
+    let client = Client::connect(&opts).unwrap();
+    let data = test_data(64 << 20, 43);
+    let mut w = client.create_image("c", "multi", b"").unwrap();
+    for (i, piece) in data.chunks(4 << 20).enumerate() {
+        w.write_all(piece).unwrap();
+        if i % 4 == 1 {
+            p.cut_one();
+        }
+    }
+    w.commit().unwrap();
+    assert!(p.accepted() > 4, "no connection was replaced");
+    assert!(restore(&client, "multi") == data);
+}
+
+#[test]
+fn an_outage_longer_than_the_grace_period_fails_clearly_and_leaves_no_image() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), &["--grace-period", "2"]);
+    server
+        .client()
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let p = proxy(&server, Faults::default());
+    let mut opts = via(&server, &p);
+    opts.grace_period = Duration::from_secs(3);
+    let client = Client::connect(&opts).unwrap();
+    let mut w = client.create_image("c", "doomed", b"").unwrap();
+    w.write_all(&test_data(8 << 20, 44)).unwrap();
+    p.set(Faults {
+        refuse_new: true,
+        ..Faults::default()
+    });
+    p.cut_all();
+    let started = std::time::Instant::now();
+    let err = w.commit().expect_err("committed through a dead link");
+    let text = err.to_string();
+    assert!(
+        text.contains("grace period") || text.contains("session"),
+        "unclear error: {text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The server ended the session and dropped the image; its store is clean.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(server.client().image_list("c", "").unwrap().is_empty());
+    let fsck = server.ternd(&["fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
