@@ -292,3 +292,33 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
     let err = tern_agent::Client::connect(&opts).err().unwrap();
     assert!(matches!(err, ClientError::Untrusted(_)), "{err}");
 }
+
+#[test]
+fn gc_while_a_backup_runs_keeps_the_backup_whole() {
+    let server = TestServer::start();
+    let client = server.client();
+    client
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    // Garbage for GC to find: an image that shares chunks with the next one, then deleted.
+    let data = test_data(12 << 20, 61);
+    backup(&client, "c", "old", &data[..8 << 20]);
+    client.image_remove("c", "old").unwrap();
+    let mut w = client.create_image("c", "new", b"").unwrap();
+    w.write_all(&data[..6 << 20]).unwrap();
+    let gc = server.ternd(&["gc"]);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    w.write_all(&data[6 << 20..]).unwrap();
+    w.commit().unwrap();
+    assert_eq!(restore(&client, "c", "new"), data);
+    let fsck = server.ternd(&["fsck"]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
