@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::*;
 
@@ -74,22 +74,8 @@ fn run_at(
         .args(args)
         .env("TERN_PASSWORD", PASSWORD)
         .env("TERN_FINGERPRINT", server.fingerprint().to_string())
-        .env("TERN_CONFIG_DIR", server.data().join("client-config"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.map(<[u8]>::to_vec);
-    let feeder = std::thread::spawn(move || {
-        use std::io::Write;
-        if let Some(b) = input {
-            let _ = pipe.write_all(&b);
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
+        .env("TERN_CONFIG_DIR", server.data().join("client-config"));
+    run_with_stdin(cmd, stdin)
 }
 
 fn assert_ok(what: &str, out: &std::process::Output) {

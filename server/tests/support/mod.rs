@@ -180,27 +180,33 @@ impl TestServer {
             .args(["--fingerprint", &self.fingerprint().to_string()])
             .args(args)
             .env("TERN_PASSWORD", PASSWORD)
-            .env("TERN_CONFIG_DIR", self.data().join("client-config"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let input = stdin.map(|b| b.to_vec());
-        let mut pipe = child.stdin.take().unwrap();
-        let feeder = std::thread::spawn(move || {
-            use std::io::Write;
-            if let Some(b) = input {
-                let _ = pipe.write_all(&b);
-            }
-        });
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
-        out
+            .env("TERN_CONFIG_DIR", self.data().join("client-config"));
+        run_with_stdin(cmd, stdin)
     }
 
     pub fn pack_bytes(&self) -> u64 {
         walk(&self.data().join("groups"))
     }
+}
+
+/// Runs a command with `stdin` fed from a thread (so a large input cannot
+/// deadlock against a full stdout pipe), capturing its output.
+pub fn run_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.map(<[u8]>::to_vec);
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Some(b) = input {
+            let _ = pipe.write_all(&b);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
 }
 
 fn walk(p: &Path) -> u64 {
