@@ -33,8 +33,12 @@ pub struct ClientOptions {
     pub secure_connect: bool,
     /// How long to keep reconnecting when every connection is lost.
     pub grace_period: std::time::Duration,
-    /// Bytes of sent, unacknowledged frames kept for resending.
-    pub cache_limit: usize,
+    /// Bytes of sent, unacknowledged frames kept in memory for resending.
+    pub cache_memory: usize,
+    /// Bytes more of them kept in a spill file once memory is full (0: none).
+    pub cache_disk: u64,
+    /// Where the spill file goes (`None`: the system's temporary directory).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl ClientOptions {
@@ -50,7 +54,9 @@ impl ClientOptions {
             connections: 0,
             secure_connect: true,
             grace_period: std::time::Duration::from_secs(600),
-            cache_limit: 64 << 20,
+            cache_memory: 64 << 20,
+            cache_disk: 1 << 30,
+            spill_dir: None,
         }
     }
 
@@ -107,7 +113,11 @@ impl Client {
             connections,
             resume: opts.secure_connect,
             grace: opts.grace_period,
-            cache_limit: opts.cache_limit,
+            cache: tern_core::session::CacheLimits {
+                memory: opts.cache_memory,
+                disk: opts.cache_disk,
+                spill_dir: opts.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            },
         };
         let (conn, seen) = Conn::open(&address, &session)?;
         if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {

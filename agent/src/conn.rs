@@ -41,8 +41,8 @@ pub struct SessionOptions {
     /// How long to keep trying when no connection is left; the server's own
     /// grace period caps it.
     pub grace: Duration,
-    /// Bytes of unacknowledged frames kept for resending.
-    pub cache_limit: usize,
+    /// Where unacknowledged frames are kept for resending.
+    pub cache: session::CacheLimits,
 }
 
 /// An open session.
@@ -301,7 +301,7 @@ impl Conn {
         let closed = Arc::new(Mutex::new(None));
         let unsolicited = Arc::new(Mutex::new(Vec::new()));
         let (in_tx, in_rx) = mpsc::channel(256);
-        let session = Session::new(opts.cache_limit, in_tx);
+        let session = Session::new(opts.cache.clone(), in_tx);
         rt.spawn(route(
             in_rx,
             routes.clone(),

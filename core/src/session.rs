@@ -8,10 +8,17 @@
 //! delivered before. When a connection dies, the frames it carried that are not
 //! acknowledged are sent again on another connection, or on a reconnect.
 //!
+//! The cache keeps frames in memory up to a limit, then in a spill file on
+//! disk up to a second limit (an outage need not stop the application at
+//! once); past both, senders wait.
+//!
 //! Control frames (`seq` 0: `Join`, `Joined`, `Ack`) belong to one connection
 //! and are neither cached nor delivered.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,21 +28,68 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::wire::{Envelope, Frame, FrameError, Msg};
 
+/// How much a session may keep of the frames it sent and the peer has not
+/// acknowledged yet.
+#[derive(Debug, Clone)]
+pub struct CacheLimits {
+    /// Bytes of frame payloads kept in memory.
+    pub memory: usize,
+    /// Bytes of frame payloads kept in a spill file once memory is full; 0
+    /// turns spilling off.
+    pub disk: u64,
+    /// Where the spill file goes. It is unlinked as soon as it is created, so
+    /// nothing is left behind by a crash.
+    pub spill_dir: PathBuf,
+}
+
+impl CacheLimits {
+    /// In memory only: senders wait once `memory` bytes are unacknowledged.
+    pub fn memory_only(memory: usize) -> Self {
+        Self {
+            memory,
+            disk: 0,
+            spill_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// Bookkeeping overhead charged to every cached frame besides its payload.
+const FRAME_OVERHEAD: usize = 256;
+
+/// Where a cached frame's payload is.
+#[derive(Debug)]
+enum Payload {
+    Memory(Vec<u8>),
+    Spilled { offset: u64, len: usize },
+}
+
 /// A sequenced frame waiting for its acknowledgement.
 #[derive(Debug)]
 pub struct Outgoing {
     pub seq: u64,
     pub req: u64,
     pub msg: Msg,
-    pub payload: Vec<u8>,
+    payload: Payload,
     /// Written to some connection at least once.
     written: AtomicBool,
 }
 
 impl Outgoing {
-    fn cost(&self) -> usize {
-        self.payload.len() + 256
+    /// What the frame counts against the memory limit.
+    fn memory_cost(&self) -> usize {
+        match &self.payload {
+            Payload::Memory(p) => p.len() + FRAME_OVERHEAD,
+            Payload::Spilled { .. } => FRAME_OVERHEAD,
+        }
     }
+}
+
+/// The spill file of one session: appended to while frames are spilled,
+/// emptied whenever no spilled frame is left unacknowledged.
+struct Spill {
+    file: Arc<File>,
+    end: u64,
+    live: usize,
 }
 
 /// Why a session or connection ended.
@@ -63,7 +117,12 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 struct State {
     next_seq: u64,
     cache: BTreeMap<u64, Arc<Outgoing>>,
+    /// Memory held by `cache`.
     cache_bytes: usize,
+    spill: Option<Spill>,
+    /// Set when the spill file could not be created or written: the session
+    /// goes on with its memory cache only.
+    spill_broken: bool,
     received: u64,
     reorder: BTreeMap<u64, Frame>,
     reorder_bytes: usize,
@@ -83,7 +142,7 @@ pub struct Session {
     space: Notify,
     /// In-order delivery to the application.
     inbound: Mutex<Option<mpsc::Sender<Frame>>>,
-    cache_limit: usize,
+    limits: CacheLimits,
     live: AtomicUsize,
     bytes_sent: AtomicU64,
     /// Woken when the number of live connections changes.
@@ -95,15 +154,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Session {
-    /// A session whose in-order frames go to `inbound`; at most `cache_limit`
-    /// bytes of unacknowledged frames are kept before senders wait.
-    pub fn new(cache_limit: usize, inbound: mpsc::Sender<Frame>) -> Arc<Self> {
+    /// A session whose in-order frames go to `inbound`, keeping unacknowledged
+    /// frames within `limits` before senders wait.
+    pub fn new(mut limits: CacheLimits, inbound: mpsc::Sender<Frame>) -> Arc<Self> {
+        limits.memory = limits.memory.max(1);
         let (queue_tx, queue) = mpsc::unbounded_channel();
         Arc::new(Self {
             state: Mutex::new(State {
                 next_seq: 1,
                 cache: BTreeMap::new(),
                 cache_bytes: 0,
+                spill: None,
+                spill_broken: false,
                 received: 0,
                 reorder: BTreeMap::new(),
                 reorder_bytes: 0,
@@ -116,7 +178,7 @@ impl Session {
             wake: Notify::new(),
             space: Notify::new(),
             inbound: Mutex::new(Some(inbound)),
-            cache_limit: cache_limit.max(1),
+            limits,
             live: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
             connections_changed: Notify::new(),
@@ -135,7 +197,20 @@ impl Session {
                     return Err(SessionError::Closed(why.clone()));
                 }
                 // An empty cache always takes one frame, whatever its size.
-                if st.cache_bytes < self.cache_limit || st.cache.is_empty() {
+                let in_memory = st.cache_bytes < self.limits.memory || st.cache.is_empty();
+                let spilled = if in_memory {
+                    None
+                } else {
+                    self.spill(&mut st, &payload)
+                };
+                if in_memory || spilled.is_some() {
+                    let payload = match spilled {
+                        Some(offset) => Payload::Spilled {
+                            offset,
+                            len: payload.len(),
+                        },
+                        None => Payload::Memory(payload),
+                    };
                     let out = Arc::new(Outgoing {
                         seq: st.next_seq,
                         req,
@@ -144,15 +219,71 @@ impl Session {
                         written: AtomicBool::new(false),
                     });
                     st.next_seq += 1;
-                    st.cache_bytes += out.cost();
+                    st.cache_bytes += out.memory_cost();
                     st.cache.insert(out.seq, out.clone());
                     drop(st);
                     let _ = self.queue_tx.send(out);
                     return Ok(());
                 }
             }
+            // Memory and spill file are full: wait for acknowledgements.
             space.await;
         }
+    }
+
+    /// Appends `payload` to the spill file if it fits; returns its offset.
+    fn spill(&self, st: &mut State, payload: &[u8]) -> Option<u64> {
+        if self.limits.disk == 0 || st.spill_broken {
+            return None;
+        }
+        let used = st.spill.as_ref().map_or(0, |s| s.end);
+        if used + payload.len() as u64 > self.limits.disk {
+            return None;
+        }
+        if st.spill.is_none() {
+            match create_spill_file(&self.limits.spill_dir) {
+                Ok(file) => {
+                    st.spill = Some(Spill {
+                        file: Arc::new(file),
+                        end: 0,
+                        live: 0,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot create a session spill file in {}: {e}; unacknowledged frames stay in memory",
+                        self.limits.spill_dir.display()
+                    );
+                    st.spill_broken = true;
+                    return None;
+                }
+            }
+        }
+        let spill = st.spill.as_mut()?;
+        let offset = spill.end;
+        if let Err(e) = spill.file.write_all_at(payload, offset) {
+            tracing::warn!(
+                "cannot write the session spill file in {}: {e}; unacknowledged frames stay in memory",
+                self.limits.spill_dir.display()
+            );
+            st.spill_broken = true;
+            return None;
+        }
+        spill.end += payload.len() as u64;
+        spill.live += 1;
+        Some(offset)
+    }
+
+    /// Reads a spilled payload back for (re)sending.
+    fn read_spilled(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let file = lock(&self.state)
+            .spill
+            .as_ref()
+            .map(|s| s.file.clone())
+            .ok_or_else(|| std::io::Error::other("the spill file is gone"))?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     /// Ends the session: senders and connections stop, the inbound channel closes.
@@ -188,9 +319,15 @@ impl Session {
         self.bytes_sent.load(Ordering::Relaxed)
     }
 
-    /// Bytes of frames sent and not yet acknowledged.
+    /// Memory held by frames sent and not yet acknowledged.
     pub fn unacked_bytes(&self) -> usize {
         lock(&self.state).cache_bytes
+    }
+
+    /// Bytes in the spill file, counting those it holds for frames already
+    /// acknowledged until it starts over.
+    pub fn spilled_bytes(&self) -> u64 {
+        lock(&self.state).spill.as_ref().map_or(0, |s| s.end)
     }
 
     fn on_ack(&self, ack: u64) {
@@ -200,9 +337,22 @@ impl Session {
         }
         st.peer_acked = ack;
         let keep = st.cache.split_off(&(ack + 1));
-        let freed: usize = st.cache.values().map(|o| o.cost()).sum();
-        st.cache = keep;
-        st.cache_bytes -= freed;
+        let acked = std::mem::replace(&mut st.cache, keep);
+        st.cache_bytes -= acked.values().map(|o| o.memory_cost()).sum::<usize>();
+        let unspilled = acked
+            .values()
+            .filter(|o| matches!(o.payload, Payload::Spilled { .. }))
+            .count();
+        if let Some(spill) = st.spill.as_mut() {
+            spill.live -= unspilled;
+            if unspilled > 0 && spill.live == 0 {
+                // Nothing spilled is waiting any more: start the file over.
+                spill.end = 0;
+                if let Err(e) = spill.file.set_len(0) {
+                    tracing::warn!("cannot empty the session spill file: {e}");
+                }
+            }
+        }
         drop(st);
         self.space.notify_waiters();
     }
@@ -272,7 +422,7 @@ impl Session {
             // brought it died before handing it on.
             if seq > st.received && !st.reorder.contains_key(&seq) {
                 // Early frames are bounded by the peer's cache; refuse a peer that ignores it.
-                if st.reorder_bytes > 4 * self.cache_limit + (64 << 20) {
+                if st.reorder_bytes > 4 * self.limits.memory + (64 << 20) {
                     return Err(SessionError::Protocol(format!(
                         "{} bytes of frames arrived ahead of frame {}",
                         st.reorder_bytes,
@@ -399,7 +549,22 @@ impl Session {
                         inflight.retain(|o| o.seq > acked);
                     }
                     let env = Envelope { seq: f.seq, ack: received, req: f.req, msg: f.msg.clone() };
-                    let n = write_frame(wr, env, &f.payload).await?;
+                    let n = match &f.payload {
+                        Payload::Memory(p) => write_frame(wr, env, p).await?,
+                        Payload::Spilled { offset, len } => {
+                            let p = match self.read_spilled(*offset, *len) {
+                                Ok(p) => p,
+                                // Acknowledged meanwhile, and the file started over.
+                                Err(_) if f.seq <= lock(&self.state).peer_acked => continue,
+                                Err(e) => {
+                                    let why = format!("reading the session spill file: {e}");
+                                    self.close(&why);
+                                    return Err(SessionError::Closed(why));
+                                }
+                            };
+                            write_frame(wr, env, &p).await?
+                        }
+                    };
                     self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     ack_sent = received;
                     last_write = tokio::time::Instant::now();
@@ -417,6 +582,30 @@ impl Session {
             }
         }
     }
+}
+
+/// Creates a spill file in `dir` and unlinks it at once: only this process
+/// can reach it, and the kernel frees it when the session ends or the process dies.
+fn create_spill_file(dir: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(
+        ".tern-spill-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(
@@ -526,8 +715,8 @@ mod tests {
     async fn frames_survive_a_cut_connection_exactly_once_and_in_order() {
         let (a_in, mut a_rx) = mpsc::channel(1024);
         let (b_in, mut b_rx) = mpsc::channel(1024);
-        let a = Session::new(1 << 20, a_in);
-        let b = Session::new(1 << 20, b_in);
+        let a = Session::new(CacheLimits::memory_only(1 << 20), a_in);
+        let b = Session::new(CacheLimits::memory_only(1 << 20), b_in);
         for i in 0..200u64 {
             a.send(i, Msg::Ping, vec![i as u8; 1000]).await.unwrap();
         }
@@ -569,8 +758,8 @@ mod tests {
     async fn frames_spread_over_several_connections_arrive_in_order() {
         let (a_in, _a_rx) = mpsc::channel(1024);
         let (b_in, mut b_rx) = mpsc::channel(1024);
-        let a = Session::new(1 << 20, a_in);
-        let b = Session::new(1 << 20, b_in);
+        let a = Session::new(CacheLimits::memory_only(1 << 20), a_in);
+        let b = Session::new(CacheLimits::memory_only(1 << 20), b_in);
         for _ in 0..3 {
             let (x, y) = tokio::io::duplex(2048);
             let (a1, b1) = (a.clone(), b.clone());
@@ -589,5 +778,67 @@ mod tests {
         for i in 0..500u64 {
             assert_eq!(b_rx.recv().await.unwrap().env.req, i);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_spills_past_memory_and_every_frame_arrives_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = CacheLimits {
+            memory: 10_000,
+            disk: 200_000,
+            spill_dir: dir.path().to_path_buf(),
+        };
+        let (a_in, _a_rx) = mpsc::channel(1024);
+        let (b_in, mut b_rx) = mpsc::channel(1024);
+        let a = Session::new(limits, a_in);
+        let b = Session::new(CacheLimits::memory_only(1 << 20), b_in);
+        // No connection (an outage): memory fills, then the spill file.
+        for i in 0..100u64 {
+            a.send(i, Msg::Ping, vec![i as u8; 1000]).await.unwrap();
+        }
+        assert!(a.unacked_bytes() < 40_000, "{}", a.unacked_bytes());
+        assert!(a.spilled_bytes() >= 80_000, "{}", a.spilled_bytes());
+        // The spill file is unlinked: nothing to leave behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Past the disk limit too, senders wait.
+        let full = tokio::time::timeout(
+            Duration::from_millis(200),
+            a.send(100, Msg::Ping, vec![0; 150_000]),
+        )
+        .await;
+        assert!(full.is_err(), "a frame past both limits was taken");
+
+        // A connection that breaks part way, then one that holds.
+        let (x, y) = tokio::io::duplex(4096);
+        let x = CutAfter {
+            inner: x,
+            budget: 40 * 1040 + 17,
+        };
+        let (a1, b1) = (a.clone(), b.clone());
+        let ta = tokio::spawn(async move { a1.run_connection(x, None, None).await });
+        let tb = tokio::spawn(async move { b1.run_connection(y, None, None).await });
+        let (_, _) = (ta.await.unwrap(), tb.await.unwrap());
+        let (x, y) = tokio::io::duplex(4096);
+        let r = b.received();
+        assert!(r < 100);
+        let (a2, b2) = (a.clone(), b.clone());
+        tokio::spawn(async move { a2.run_connection(x, None, Some(r)).await });
+        tokio::spawn(async move { b2.run_connection(y, None, None).await });
+        for i in 0..100u64 {
+            let f = tokio::time::timeout(Duration::from_secs(10), b_rx.recv())
+                .await
+                .expect("frames stopped arriving")
+                .unwrap();
+            assert_eq!(f.env.req, i);
+            assert_eq!(f.payload, vec![i as u8; 1000]);
+        }
+        // Once everything is acknowledged the spill file starts over.
+        for _ in 0..200 {
+            if a.spilled_bytes() == 0 && a.unacked_bytes() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((a.unacked_bytes(), a.spilled_bytes()), (0, 0));
     }
 }

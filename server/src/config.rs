@@ -30,9 +30,15 @@ log = "info"
 # (an outage) before its unfinished images are aborted.
 grace_period_secs = 600
 
-# Bytes of sent but unacknowledged frames kept per session, for resending
-# after a reconnect. Senders wait when it is full.
+# Bytes of sent but unacknowledged frames kept in memory per session, for
+# resending after a reconnect.
 session_cache_bytes = 67108864
+
+# Past session_cache_bytes, up to this many bytes more per session go to a
+# spill file in session_spill_dir (relative to the data directory); senders
+# wait when both are full. 0 turns spilling off.
+session_spill_bytes = 1073741824
+session_spill_dir = "spill"
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +52,8 @@ pub struct Config {
     pub log: String,
     pub grace_period_secs: u64,
     pub session_cache_bytes: usize,
+    pub session_spill_bytes: u64,
+    pub session_spill_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -59,6 +67,8 @@ impl Default for Config {
             log: "info".into(),
             grace_period_secs: 600,
             session_cache_bytes: 64 << 20,
+            session_spill_bytes: 1 << 30,
+            session_spill_dir: "spill".into(),
         }
     }
 }
@@ -100,6 +110,8 @@ mod tests {
         assert_eq!(cfg.allow_tls12, def.allow_tls12);
         assert_eq!(cfg.grace_period_secs, def.grace_period_secs);
         assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
+        assert_eq!(cfg.session_spill_bytes, def.session_spill_bytes);
+        assert_eq!(cfg.session_spill_dir, def.session_spill_dir);
     }
 
     #[test]

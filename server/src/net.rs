@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tern_core::session::{self, Session};
+use tern_core::session::{self, CacheLimits, Session};
 use tern_core::wire::{self, ErrorKind, Frame, Handle, Msg, WriteMode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,17 +78,17 @@ pub struct Hub {
     pub store: Arc<Store>,
     /// How long a session waits for a connection before it is ended.
     pub grace: Duration,
-    /// Bytes of unacknowledged frames a session keeps per direction.
-    pub cache_limit: usize,
+    /// Where a session keeps the frames it sent until they are acknowledged.
+    pub cache: CacheLimits,
     sessions: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
 }
 
 impl Hub {
-    pub fn new(store: Arc<Store>, grace: Duration, cache_limit: usize) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, grace: Duration, cache: CacheLimits) -> Arc<Self> {
         Arc::new(Self {
             store,
             grace,
-            cache_limit,
+            cache,
             sessions: Mutex::new(HashMap::new()),
         })
     }
@@ -153,7 +153,7 @@ where
                 return;
             }
             let (tx, rx) = mpsc::channel(256);
-            let s = Session::new(hub.cache_limit, tx);
+            let s = Session::new(hub.cache.clone(), tx);
             hub.sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

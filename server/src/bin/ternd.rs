@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tern_core::names::{GroupName, UserName};
+use tern_core::session::CacheLimits;
 use tern_server::certs::{self, CertPaths};
 use tern_server::config::{Config, DEFAULT_CONFIG};
 use tern_server::store::{Store, DEFAULT_GROUP};
@@ -292,6 +293,11 @@ fn serve(
         .enable_all()
         .thread_name("ternd")
         .build()?;
+    let cache = CacheLimits {
+        memory: cfg.session_cache_bytes,
+        disk: cfg.session_spill_bytes,
+        spill_dir: data.join(&cfg.session_spill_dir),
+    };
     rt.block_on(async move {
         let control_store = store.clone();
         let data = data.to_path_buf();
@@ -302,7 +308,7 @@ fn serve(
         });
         tokio::select! {
             r = net::run(
-                net::Hub::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cfg.session_cache_bytes),
+                net::Hub::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cache),
                 tls,
                 cfg.listen,
                 cfg.plain_listen,
