@@ -36,6 +36,11 @@
 #define TERN_ABI_VERSION 1
 
 /**
+ * tern_client_options.cache_disk_bytes: keep unacknowledged data in memory only.
+ */
+#define TERN_CACHE_DISK_OFF UINT64_MAX
+
+/**
  * The result of every fallible call. TERN_OK is 0; every other value is an error
  * whose message tern_last_error() returns.
  */
@@ -201,6 +206,32 @@ typedef struct {
    * own grace period caps it.
    */
   uint32_t grace_period_secs;
+  /**
+   * Nonzero: also accept servers that speak only TLS 1.2 (TLS 1.3 otherwise).
+   */
+  uint32_t allow_tls12;
+  /**
+   * Bytes of sent, unacknowledged data kept in memory for resending after
+   * a reconnect; 0 means the default (64 MiB).
+   */
+  uint64_t cache_memory_bytes;
+  /**
+   * Bytes more kept in a spill file once memory is full; 0 means the
+   * default (1 GiB), TERN_CACHE_DISK_OFF turns spilling off.
+   */
+  uint64_t cache_disk_bytes;
+  /**
+   * Directory for the spill file; NULL means the system's temporary
+   * directory. The file is unlinked at once and leaves nothing behind.
+   */
+  const char *spill_dir;
+  /**
+   * The client's certificate and key (PEM files), presented to the server,
+   * which binds sessions to it. Both NULL: client.crt and client.key in the
+   * user's tern config directory, created on first use.
+   */
+  const char *client_cert;
+  const char *client_key;
 } tern_client_options;
 
 /**

@@ -39,6 +39,11 @@ pub struct ClientOptions {
     pub cache_disk: u64,
     /// Where the spill file goes (`None`: the system's temporary directory).
     pub spill_dir: Option<std::path::PathBuf>,
+    /// The client's certificate and key (PEM); `None`: `client.crt` and
+    /// `client.key` in the config directory, created on first use.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Accept a server that speaks only TLS 1.2 (TLS 1.3 otherwise).
+    pub allow_tls12: bool,
 }
 
 impl ClientOptions {
@@ -57,6 +62,8 @@ impl ClientOptions {
             cache_memory: 64 << 20,
             cache_disk: 1 << 30,
             spill_dir: None,
+            identity: None,
+            allow_tls12: false,
         }
     }
 
@@ -107,8 +114,19 @@ impl Client {
             0 => 4,
             n => n,
         };
+        let identity = if opts.plain {
+            None
+        } else {
+            let paths = opts
+                .identity
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(crate::identity::Identity::load_or_create(paths)?)
+        };
         let session = crate::conn::SessionOptions {
             plain: opts.plain,
+            identity,
+            allow_tls12: opts.allow_tls12,
             pin,
             connections,
             resume: opts.secure_connect,

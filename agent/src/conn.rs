@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::identity::Identity;
 use crate::ClientError;
 
 /// Frames queued by callers before they wait.
@@ -33,6 +34,10 @@ type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub plain: bool,
+    /// The certificate presented to the server (TLS only).
+    pub identity: Option<Identity>,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub allow_tls12: bool,
     pub pin: Option<Fingerprint>,
     /// Connections carrying the session (MultiConnect).
     pub connections: usize,
@@ -172,7 +177,8 @@ struct Dialer {
 }
 
 impl Dialer {
-    fn new(server: &str, plain: bool, pin: Option<Fingerprint>) -> Result<Self, ClientError> {
+    fn new(server: &str, opts: &SessionOptions) -> Result<Self, ClientError> {
+        let plain = opts.plain;
         let connect_err = |reason: String| ClientError::Connect {
             server: server.to_string(),
             reason,
@@ -184,13 +190,24 @@ impl Dialer {
                 tls: None,
             });
         }
-        let verifier = PinnedServer::new(pin);
+        let verifier = PinnedServer::new(opts.pin);
+        let versions: &[&rustls::SupportedProtocolVersion] = if opts.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let Some(identity) = opts.identity.clone() else {
+            return Err(ClientError::Invalid(
+                "a TLS session needs a client identity".into(),
+            ));
+        };
         let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(versions)
             .map_err(|e| connect_err(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
+            .with_client_auth_cert(identity.chain, identity.key)
+            .map_err(|e| ClientError::Invalid(format!("the client identity: {e}")))?;
         let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name =
@@ -293,7 +310,7 @@ impl Conn {
             .enable_all()
             .thread_name("tern-conn")
             .build()?;
-        let dialer = Arc::new(Dialer::new(server, opts.plain, opts.pin)?);
+        let dialer = Arc::new(Dialer::new(server, opts)?);
         let first = rt.block_on(dialer.dial())?;
         let seen = dialer.seen();
 

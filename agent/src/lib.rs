@@ -14,10 +14,14 @@
 //! - [`writer`]: the dedup write pipeline (chunk, hash, ask, compress, send).
 //! - [`reader`]: random-access reads with read-ahead.
 //! - [`trust`]: remembered server fingerprints (trust on first use).
+//! - [`config`]: the client configuration file, `client.toml`.
+//! - [`identity`]: the client's own certificate, which sessions are bound to.
 
 mod client;
+pub mod config;
 pub mod conn;
 mod error;
+pub mod identity;
 pub mod reader;
 pub mod trust;
 pub mod writer;

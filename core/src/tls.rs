@@ -1,7 +1,11 @@
-//! TLS pieces shared by client and server: fingerprints and certificate pinning.
+//! TLS pieces shared by client and server: fingerprints, certificate pinning
+//! and client identities.
 //!
 //! tern does not use a CA hierarchy: the client pins the server's certificate by
-//! its SHA-256 fingerprint, given explicitly or trusted on first use.
+//! its SHA-256 fingerprint, given explicitly or trusted on first use. Clients
+//! present a certificate of their own; the server does not judge it (users log
+//! in with a password) but binds sessions to its fingerprint, so a session
+//! token is worth nothing on a connection with another client's identity.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -9,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// SHA-256 of a certificate's DER bytes, shown as `sha256:` and 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +95,71 @@ impl ServerCertVerifier for PinnedServer {
             ))),
             _ => Ok(ServerCertVerified::assertion()),
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Asks every client for a certificate and accepts any, as long as the client
+/// proves it holds the key: what matters is the identity's fingerprint, not who
+/// signed it.
+#[derive(Debug)]
+pub struct AnyClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl AnyClientCert {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            provider: provider(),
+        })
+    }
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

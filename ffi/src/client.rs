@@ -52,7 +52,26 @@ pub struct tern_client_options {
     /// calls fail with TERN_CONNECT; 0 means the default (600). The server's
     /// own grace period caps it.
     pub grace_period_secs: u32,
+    /// Nonzero: also accept servers that speak only TLS 1.2 (TLS 1.3 otherwise).
+    pub allow_tls12: u32,
+    /// Bytes of sent, unacknowledged data kept in memory for resending after
+    /// a reconnect; 0 means the default (64 MiB).
+    pub cache_memory_bytes: u64,
+    /// Bytes more kept in a spill file once memory is full; 0 means the
+    /// default (1 GiB), TERN_CACHE_DISK_OFF turns spilling off.
+    pub cache_disk_bytes: u64,
+    /// Directory for the spill file; NULL means the system's temporary
+    /// directory. The file is unlinked at once and leaves nothing behind.
+    pub spill_dir: *const c_char,
+    /// The client's certificate and key (PEM files), presented to the server,
+    /// which binds sessions to it. Both NULL: client.crt and client.key in the
+    /// user's tern config directory, created on first use.
+    pub client_cert: *const c_char,
+    pub client_key: *const c_char,
 }
+
+/// tern_client_options.cache_disk_bytes: keep unacknowledged data in memory only.
+pub const TERN_CACHE_DISK_OFF: u64 = u64::MAX;
 
 /// Statistics of one client since it was opened.
 #[repr(C)]
@@ -121,6 +140,12 @@ pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options
             connections: 0,
             secure_connect: 0,
             grace_period_secs: 0,
+            allow_tls12: 0,
+            cache_memory_bytes: 0,
+            cache_disk_bytes: 0,
+            spill_dir: std::ptr::null(),
+            client_cert: std::ptr::null(),
+            client_key: std::ptr::null(),
         };
     }
 }
@@ -191,6 +216,29 @@ pub unsafe extern "C" fn tern_client_open(
         if o.grace_period_secs > 0 {
             options.grace_period = std::time::Duration::from_secs(o.grace_period_secs.into());
         }
+        options.allow_tls12 = o.allow_tls12 != 0;
+        if o.cache_memory_bytes > 0 {
+            options.cache_memory = usize::try_from(o.cache_memory_bytes).unwrap_or(usize::MAX);
+        }
+        options.cache_disk = match o.cache_disk_bytes {
+            0 => options.cache_disk,
+            TERN_CACHE_DISK_OFF => 0,
+            n => n,
+        };
+        if let Some(dir) = unsafe { opt_c_str(o.spill_dir, "options.spill_dir")? } {
+            options.spill_dir = Some(dir.into());
+        }
+        let cert = unsafe { opt_c_str(o.client_cert, "options.client_cert")? };
+        let key = unsafe { opt_c_str(o.client_key, "options.client_key")? };
+        options.identity =
+            match (cert, key) {
+                (Some(c), Some(k)) => Some((c.into(), k.into())),
+                (None, None) => None,
+                _ => return Err(Failure::new(
+                    tern_status::TERN_INVALID_ARGUMENT,
+                    "options.client_cert and options.client_key go together: set both or neither",
+                )),
+            };
         let client = Client::connect(&options)?;
         *out_client = Box::into_raw(Box::new(tern_client {
             client: RwLock::new(Some(client)),

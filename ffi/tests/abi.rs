@@ -5,6 +5,7 @@
 mod support;
 
 use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStringExt;
 use std::ptr::{null, null_mut};
 
 use support::*;
@@ -27,6 +28,8 @@ fn options(server: &TestServer) -> Opts {
         CString::new("admin").unwrap(),
         CString::new(PASSWORD).unwrap(),
         CString::new(server.fingerprint().to_string()).unwrap(),
+        CString::new(server.client_identity().0.into_os_string().into_vec()).unwrap(),
+        CString::new(server.client_identity().1.into_os_string().into_vec()).unwrap(),
     ];
     let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
     unsafe { tern_client_options_init(&mut raw) };
@@ -35,6 +38,8 @@ fn options(server: &TestServer) -> Opts {
     raw.password = strings[2].as_ptr();
     raw.fingerprint = strings[3].as_ptr();
     raw.remember_server = 0;
+    raw.client_cert = strings[4].as_ptr();
+    raw.client_key = strings[5].as_ptr();
     Opts {
         raw,
         _strings: strings,

@@ -87,7 +87,8 @@ pub fn fingerprint(paths: &CertPaths) -> Result<Fingerprint> {
     Ok(Fingerprint::of(load_chain(paths)?[0].as_ref()))
 }
 
-/// The rustls server configuration: TLS 1.3, and 1.2 only when allowed.
+/// The rustls server configuration: TLS 1.3, and 1.2 only when allowed; every
+/// client presents a certificate (see `tern_core::tls::AnyClientCert`).
 pub fn server_config(paths: &CertPaths, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>> {
     let chain = load_chain(paths)?;
     let key = PrivateKeyDer::from_pem_file(&paths.key)
@@ -100,7 +101,7 @@ pub fn server_config(paths: &CertPaths, allow_tls12: bool) -> Result<Arc<rustls:
     let config = rustls::ServerConfig::builder_with_provider(tern_core::tls::provider())
         .with_protocol_versions(versions)
         .context("choosing TLS versions")?
-        .with_no_client_auth()
+        .with_client_cert_verifier(tern_core::tls::AnyClientCert::new())
         .with_single_cert(chain, key)
         .context("loading the server certificate and key")?;
     Ok(Arc::new(config))

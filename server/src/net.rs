@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tern_core::session::{self, CacheLimits, Session};
+use tern_core::tls::Fingerprint;
 use tern_core::wire::{self, ErrorKind, Frame, Handle, Msg, WriteMode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,7 +53,14 @@ pub async fn serve_tls(listener: TcpListener, acceptor: TlsAcceptor, hub: Arc<Hu
                     return;
                 }
             };
-            serve_connection(tls, peer, hub).await;
+            // The client's identity: sessions are bound to it.
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| Fingerprint::of(cert.as_ref()));
+            serve_connection(tls, peer, identity, hub).await;
         });
     }
 }
@@ -69,7 +77,7 @@ pub async fn serve_plain(listener: TcpListener, hub: Arc<Hub>) {
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, peer, hub.clone()));
+        tokio::spawn(serve_connection(tcp, peer, None, hub.clone()));
     }
 }
 
@@ -80,7 +88,13 @@ pub struct Hub {
     pub grace: Duration,
     /// Where a session keeps the frames it sent until they are acknowledged.
     pub cache: CacheLimits,
-    sessions: Mutex<HashMap<Vec<u8>, Arc<Session>>>,
+    sessions: Mutex<HashMap<Vec<u8>, Registered>>,
+}
+
+/// A live session and the client identity it was started with.
+struct Registered {
+    session: Arc<Session>,
+    identity: Option<Fingerprint>,
 }
 
 impl Hub {
@@ -93,18 +107,25 @@ impl Hub {
         })
     }
 
-    fn session(&self, token: &[u8]) -> Option<Arc<Session>> {
+    /// The session `token` names, if it was started by the same client identity.
+    fn session(&self, token: &[u8], identity: Option<Fingerprint>) -> Option<Arc<Session>> {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            .cloned()
+            .filter(|r| r.identity == identity)
+            .map(|r| r.session.clone())
     }
 }
 
-/// Runs one connection to its end: it starts a session (Hello) or joins one (Join).
-pub async fn serve_connection<S>(mut stream: S, peer: SocketAddr, hub: Arc<Hub>)
-where
+/// Runs one connection to its end: it starts a session (Hello) or joins one
+/// (Join). `identity` is the fingerprint of the client's TLS certificate.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<Fingerprint>,
+    hub: Arc<Hub>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Frame::read_from(&mut stream)).await {
@@ -122,10 +143,12 @@ where
     match (first.env.seq, &first.env.msg) {
         (0, Msg::Join { session, received }) => {
             let received = *received;
-            let Some(s) = hub.session(session) else {
+            // A token presented under another identity is treated as unknown,
+            // telling a thief nothing.
+            let Some(s) = hub.session(session, identity) else {
                 let msg = Msg::Error {
                     kind: ErrorKind::SessionExpired,
-                    message: "the session is unknown or its grace period ended".into(),
+                    message: "the session is unknown, its grace period ended, or it belongs to another client".into(),
                 };
                 let _ = session::write_control(&mut stream, msg).await;
                 return;
@@ -157,7 +180,13 @@ where
             hub.sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(token.clone(), s.clone());
+                .insert(
+                    token.clone(),
+                    Registered {
+                        session: s.clone(),
+                        identity,
+                    },
+                );
             let conn = Connection {
                 store: hub.store.clone(),
                 session: s.clone(),

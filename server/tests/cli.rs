@@ -88,3 +88,59 @@ fn user_add_creates_a_user_who_can_log_in() {
     let err = client.user_add("x", "y", false).err().unwrap();
     assert_eq!(err.kind(), Some(tern_core::wire::ErrorKind::Denied));
 }
+
+#[test]
+fn cli_takes_its_settings_from_client_toml_and_creates_a_client_identity() {
+    let server = TestServer::start();
+    let config = server.data().join("client-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("client.toml"),
+        format!(
+            "server = \"{}\"\nfingerprint = \"{}\"\nconnections = 2\n",
+            server.address(),
+            server.fingerprint()
+        ),
+    )
+    .unwrap();
+    let tern = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(tern_bin());
+        cmd.args(args)
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_CONFIG_DIR", &config)
+            .env_remove("TERN_SERVER");
+        run_with_stdin(cmd, None)
+    };
+    // No --server, no --fingerprint: both come from the file.
+    ok(&tern(&["container", "create", "c"]));
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&tern(&["--json", "container", "ls"]))).unwrap();
+    assert_eq!(ls[0]["name"], "c");
+    // The first TLS connection created the client's identity for later ones.
+    let cert = std::fs::read_to_string(config.join("client.crt")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let key = config.join("client.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    ok(&tern(&["container", "ls"]));
+    assert_eq!(
+        std::fs::read_to_string(config.join("client.crt")).unwrap(),
+        cert
+    );
+
+    // A flag overrides the file; a bad file is a clear error.
+    let out = tern(&["--server", "127.0.0.1:1", "container", "ls"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+    std::fs::write(config.join("client.toml"), "conections = 2\n").unwrap();
+    let out = tern(&["container", "ls"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client.toml") && err.contains("conections"),
+        "{err}"
+    );
+}

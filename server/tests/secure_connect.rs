@@ -152,3 +152,99 @@ fn an_outage_longer_than_the_grace_period_fails_clearly_and_leaves_no_image() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// A TLS connection to `server` presenting `identity`.
+async fn tls_as(
+    server: &TestServer,
+    identity: tern_agent::identity::Identity,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(tern_core::tls::PinnedServer::new(Some(
+            server.fingerprint(),
+        )))
+        .with_client_auth_cert(identity.chain, identity.key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.address())
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// The next frame that is not a bare acknowledgement.
+async fn next_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> tern_core::wire::Msg {
+    loop {
+        let f = tokio::time::timeout(
+            Duration::from_secs(10),
+            tern_core::wire::Frame::read_from(s),
+        )
+        .await
+        .expect("no answer")
+        .unwrap();
+        if !matches!(f.env.msg, tern_core::wire::Msg::Ack) {
+            return f.env.msg;
+        }
+    }
+}
+
+#[test]
+fn a_session_token_is_refused_on_a_connection_with_another_client_identity() {
+    use tern_agent::identity::Identity;
+    use tern_core::wire::{Envelope, Frame, Msg};
+    let server = TestServer::start();
+    let (cert, key) = server.client_identity();
+    let mine = Identity::load(&cert, &key).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut first = tls_as(&server, mine.clone()).await;
+        let hello = Msg::Hello {
+            min_version: tern_core::wire::PROTOCOL_MIN,
+            max_version: tern_core::wire::PROTOCOL_MAX,
+            features: Vec::new(),
+            agent: "test".into(),
+        };
+        let env = Envelope {
+            seq: 1,
+            ack: 0,
+            req: 1,
+            msg: hello,
+        };
+        Frame::new(env, Vec::new())
+            .write_to(&mut first)
+            .await
+            .unwrap();
+        let Msg::Welcome { session: token, .. } = next_message(&mut first).await else {
+            panic!("no Welcome");
+        };
+        assert_eq!(token.len(), 32);
+        let join = || Msg::Join {
+            session: token.clone(),
+            received: 1,
+        };
+
+        // The token alone is not enough: another identity is told nothing about it.
+        let mut thief = tls_as(&server, Identity::generate().unwrap()).await;
+        tern_core::session::write_control(&mut thief, join())
+            .await
+            .unwrap();
+        match next_message(&mut thief).await {
+            Msg::Error { kind, .. } => assert_eq!(kind, tern_core::wire::ErrorKind::SessionExpired),
+            other => panic!("another identity joined the session: {other:?}"),
+        }
+
+        // The same identity joins.
+        let mut second = tls_as(&server, mine).await;
+        tern_core::session::write_control(&mut second, join())
+            .await
+            .unwrap();
+        assert!(matches!(
+            next_message(&mut second).await,
+            Msg::Joined { .. }
+        ));
+    });
+}

@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use tern_agent::{Client, ClientOptions, ContainerSettings, WriteMode};
+use tern_agent::config::ClientConfig;
+use tern_agent::{Client, ContainerSettings, WriteMode};
 use tern_core::tls::Fingerprint;
 use tern_core::ChunkParams;
 
@@ -19,11 +20,16 @@ use tern_core::ChunkParams;
     about = "Back up to and restore from a tern server"
 )]
 struct Cli {
-    /// Server address, HOST[:PORT] (default port 9443).
-    #[arg(long, env = "TERN_SERVER", default_value = "localhost", global = true)]
-    server: String,
-    #[arg(long, env = "TERN_USER", default_value = "admin", global = true)]
-    user: String,
+    /// The client configuration file [default: client.toml in the config
+    /// directory, $TERN_CONFIG_DIR or ~/.config/tern]. Flags override it.
+    #[arg(long, env = "TERN_CLIENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Server address, HOST[:PORT] (default port 9443) [default: localhost].
+    #[arg(long, env = "TERN_SERVER", global = true)]
+    server: Option<String>,
+    /// [default: admin]
+    #[arg(long, env = "TERN_USER", global = true)]
+    user: Option<String>,
     /// The server certificate's SHA-256 fingerprint (see `ternd fingerprint`).
     /// Without it, the first one seen is trusted and remembered.
     #[arg(long, env = "TERN_FINGERPRINT", global = true)]
@@ -34,9 +40,9 @@ struct Cli {
     /// MultiConnect: connections per session (default 4 over TLS, 1 with --plain).
     #[arg(long, env = "TERN_CONNECTIONS", global = true)]
     connections: Option<usize>,
-    /// Secure Connect: seconds to keep reconnecting through an outage.
-    #[arg(long, env = "TERN_GRACE_PERIOD", global = true, default_value_t = 600)]
-    grace_period: u64,
+    /// Secure Connect: seconds to keep reconnecting through an outage [default: 600].
+    #[arg(long, env = "TERN_GRACE_PERIOD", global = true)]
+    grace_period: Option<u64>,
     /// Fail on a lost connection instead of reconnecting.
     #[arg(long, global = true)]
     no_secure_connect: bool,
@@ -154,19 +160,28 @@ fn password() -> Result<String> {
 }
 
 fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
-    let mut opts = ClientOptions::new(&cli.server, &cli.user, &password()?);
-    opts.plain = cli.plain;
+    let file = ClientConfig::load(cli.config.as_deref())?;
+    let server = cli.server.clone().or(file.server.clone());
+    let server = server.as_deref().unwrap_or("localhost");
+    let user = cli.user.clone().or(file.user.clone());
+    let user = user.as_deref().unwrap_or("admin");
+    let mut opts = file.options(server, user, &password()?);
+    opts.plain |= cli.plain;
     opts.mode = mode;
-    opts.connections = cli.connections.unwrap_or(0);
-    opts.grace_period = std::time::Duration::from_secs(cli.grace_period);
-    opts.secure_connect = !cli.no_secure_connect;
+    if let Some(n) = cli.connections {
+        opts.connections = n;
+    }
+    if let Some(secs) = cli.grace_period {
+        opts.grace_period = std::time::Duration::from_secs(secs);
+    }
+    opts.secure_connect &= !cli.no_secure_connect;
     if let Some(fp) = &cli.fingerprint {
         opts.fingerprint = Some(
             Fingerprint::parse(fp)
                 .with_context(|| format!("--fingerprint {fp:?} is not a SHA-256 fingerprint"))?,
         );
     }
-    Client::connect(&opts).with_context(|| format!("connecting to {} as {}", cli.server, cli.user))
+    Client::connect(&opts).with_context(|| format!("connecting to {server} as {user}"))
 }
 
 fn run(cli: Cli) -> Result<()> {

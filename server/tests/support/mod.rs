@@ -105,6 +105,10 @@ impl TestServer {
     }
 
     pub fn spawn(&mut self) {
+        let (cert, key) = self.client_identity();
+        if !cert.exists() {
+            tern_agent::identity::Identity::create(&cert, &key).unwrap();
+        }
         let child = Command::new(ternd_bin())
             .args(["serve", "--data"])
             .arg(self.data())
@@ -157,7 +161,14 @@ impl TestServer {
         let mut o = ClientOptions::new(&self.address(), "admin", PASSWORD);
         o.fingerprint = Some(self.fingerprint());
         o.remember_servers = false;
+        o.identity = Some(self.client_identity());
         o
+    }
+
+    /// The certificate and key in-process clients of this test present.
+    pub fn client_identity(&self) -> (PathBuf, PathBuf) {
+        let dir = self.data().with_extension("client-id");
+        (dir.join("client.crt"), dir.join("client.key"))
     }
 
     pub fn client(&self) -> Client {
