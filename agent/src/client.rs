@@ -179,6 +179,39 @@ impl Client {
         self.conn().bytes_sent()
     }
 
+    /// Bytes this client has read from the network.
+    pub fn bytes_received(&self) -> u64 {
+        self.conn().bytes_received()
+    }
+
+    /// One round trip to the server.
+    pub fn ping(&self) -> Result<std::time::Duration, ClientError> {
+        let started = std::time::Instant::now();
+        match self.conn().call(Msg::Ping, Vec::new())?.env.msg {
+            Msg::Pong => Ok(started.elapsed()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `total` bytes to the server as 1 MiB `Ping` payloads, several in
+    /// flight, and waits for every answer: the session's raw upload rate.
+    pub fn upload_probe(&self, total: u64) -> Result<(), ClientError> {
+        const PIECE: usize = 1 << 20;
+        let payload = vec![0x5a; PIECE];
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut sent = 0u64;
+        while sent < total || !in_flight.is_empty() {
+            if sent < total && in_flight.len() < 16 {
+                let n = (total - sent).min(PIECE as u64) as usize;
+                in_flight.push_back(self.conn().request(Msg::Ping, payload[..n].to_vec())?);
+                sent += n as u64;
+            } else if let Some(mut answer) = in_flight.pop_front() {
+                answer.recv()?;
+            }
+        }
+        Ok(())
+    }
+
     fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
         match self.conn().call(msg, Vec::new())?.env.msg {
             Msg::Ok => Ok(()),

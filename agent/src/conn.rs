@@ -440,6 +440,11 @@ impl Conn {
         self.session.bytes_sent()
     }
 
+    /// Bytes read from the network so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.session.bytes_received()
+    }
+
     /// Connections currently carrying the session.
     pub fn live_connections(&self) -> usize {
         self.session.live_connections()

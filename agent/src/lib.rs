@@ -17,6 +17,7 @@
 //! - [`config`]: the client configuration file, `client.toml`.
 //! - [`identity`]: the client's own certificate, which sessions are bound to.
 
+pub mod bench;
 mod client;
 pub mod config;
 pub mod conn;

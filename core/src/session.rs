@@ -145,6 +145,7 @@ pub struct Session {
     limits: CacheLimits,
     live: AtomicUsize,
     bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
     /// Woken when the number of live connections changes.
     pub connections_changed: Notify,
 }
@@ -181,6 +182,7 @@ impl Session {
             limits,
             live: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
             connections_changed: Notify::new(),
         })
     }
@@ -317,6 +319,11 @@ impl Session {
     /// Bytes written to all connections (frames and control frames).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from all connections.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
     }
 
     /// Memory held by frames sent and not yet acknowledged.
@@ -471,7 +478,11 @@ impl Session {
             self.on_ack(r);
             self.resend_after(r);
         }
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (rd, mut wr) = tokio::io::split(stream);
+        let mut rd = Counted {
+            inner: rd,
+            count: &self.bytes_received,
+        };
         let mut inflight: Vec<Arc<Outgoing>> = Vec::new();
         let why = {
             let reader = async {
@@ -581,6 +592,26 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// A reader that adds what it reads to a counter.
+struct Counted<'a, R> {
+    inner: R,
+    count: &'a AtomicU64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        r
     }
 }
 

@@ -103,6 +103,22 @@ enum Cmd {
     },
     /// Show what the store holds and how well it dedups.
     Stats,
+    /// Measure this machine's speed at each stage of the data path, and the
+    /// link to the server (unless --local).
+    Bench {
+        /// Only the local stages: no server needed.
+        #[arg(long)]
+        local: bool,
+        /// zstd level to measure (a container's level; default 3).
+        #[arg(long, default_value_t = 3)]
+        zstd_level: i32,
+        /// Measure on this file's first 256 MiB instead of generated data.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// MiB to upload for the link measurement.
+        #[arg(long, default_value_t = 256)]
+        upload_mib: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -259,6 +275,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Bench {
+            local,
+            zstd_level,
+            input,
+            upload_mib,
+        } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
         Cmd::Stats => {
             let client = connect(&cli, WriteMode::Dedup)?;
             let s = client.stats()?;
@@ -485,13 +507,57 @@ fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> Result<()> 
     }
     let secs = started.elapsed().as_secs_f64();
     let mbps = n as f64 / secs.max(1e-9) / 1e6;
-    let v = json!({"container": container, "name": name, "bytes": n, "seconds": secs, "mb_per_s": mbps});
+    let v = json!({"container": container, "name": name, "bytes": n, "seconds": secs, "mb_per_s": mbps,
+        "wire_bytes_received": client.bytes_received()});
     if cli.json && to_stdout {
         eprintln!("{v}");
     } else if cli.json {
         println!("{v}");
     } else if !to_stdout {
         println!("restored {container}/{name}: {n} bytes, {mbps:.1} MB/s");
+    }
+    Ok(())
+}
+
+fn bench(cli: &Cli, local: bool, level: i32, input: Option<&Path>, upload_mib: u64) -> Result<()> {
+    use tern_agent::bench;
+    if !(1..=19).contains(&level) {
+        bail!("--zstd-level {level} is not in 1..=19");
+    }
+    let data = match input {
+        Some(p) => {
+            let mut d = Vec::new();
+            File::open(p)
+                .and_then(|f| f.take(256 << 20).read_to_end(&mut d))
+                .with_context(|| format!("reading {}", p.display()))?;
+            if d.is_empty() {
+                bail!("{} is empty", p.display());
+            }
+            d
+        }
+        None => bench::sample_data(64 << 20),
+    };
+    let mut stages = bench::local_stages(&data, ChunkParams::default(), level)?;
+    if !local {
+        let client = connect(cli, WriteMode::Dedup)?;
+        stages.extend(bench::network_stages(&client, upload_mib << 20)?);
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string(&stages)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:>12} {:>10}",
+        "stage (one core each)", "MB/s", "ratio"
+    );
+    for s in &stages {
+        let speed = if s.bytes == 0 {
+            format!("{:.3} ms", s.seconds * 1e3)
+        } else {
+            format!("{:.1}", s.mb_per_s)
+        };
+        let ratio = s.ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
+        println!("{:<36} {:>12} {:>10}", s.stage, speed, ratio);
     }
     Ok(())
 }
