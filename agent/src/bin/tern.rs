@@ -109,8 +109,8 @@ enum Cmd {
         /// Only the local stages: no server needed.
         #[arg(long)]
         local: bool,
-        /// zstd level to measure (a container's level; default 3).
-        #[arg(long, default_value_t = 3)]
+        /// zstd level to measure (a container's level; default 1).
+        #[arg(long, default_value_t = 1)]
         zstd_level: i32,
         /// Measure on this file's first 256 MiB instead of generated data.
         #[arg(long)]

@@ -31,7 +31,7 @@ pub use gc::{FsckReport, GcReport};
 use pack::{Location, PackWriter};
 
 /// The default zstd level of new containers (see the benchmark in the README).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// A pack is finished once it grows past this size.
 const PACK_TARGET: u64 = 8 << 20;
 /// Open read handles kept before the cache is emptied.
