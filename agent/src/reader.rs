@@ -20,7 +20,7 @@ const RECIPE_BATCH: u32 = 2048;
 /// Chunks asked for in one `ChunkGet`.
 const GET_BATCH: usize = 32;
 /// `ChunkGet` requests in flight.
-const READ_AHEAD: usize = 3;
+const READ_AHEAD: usize = 8;
 
 /// A committed image opened for reading; implements `Read` and `Seek`.
 pub struct ImageReader {
@@ -97,6 +97,12 @@ impl ImageReader {
 
     /// The chunk that holds `pos`, from the read-ahead pipeline.
     fn next_chunk(&mut self) -> Result<(u64, Vec<u8>), ClientError> {
+        let chunk = self.next_encoded()?;
+        Ok((chunk.offset, chunk.decode()?))
+    }
+
+    /// The next chunk at or after the read position, as the server sent it.
+    fn next_encoded(&mut self) -> Result<Encoded, ClientError> {
         let in_pipeline = self
             .requests
             .front()
@@ -141,12 +147,16 @@ impl ImageReader {
                     entry.offset
                 )));
             }
-            let data = codec::decode(&id, codec, raw_len, &frame.payload)
-                .map_err(|e| ClientError::Corrupt(format!("chunk at offset {offset}: {e}")))?;
             if entry.offset + entry.len as u64 <= self.pos {
                 continue;
             }
-            return Ok((entry.offset, data));
+            return Ok(Encoded {
+                id,
+                codec,
+                raw_len,
+                offset,
+                bytes: frame.payload,
+            });
         }
     }
 
@@ -197,15 +207,34 @@ impl ImageReader {
     }
 
     /// Copies the whole image to `out`; returns the bytes written.
+    /// Writes the whole image to `out`, decompressing and verifying chunks on
+    /// all cores while the next ones arrive.
     pub fn copy_to(&mut self, out: &mut dyn io::Write) -> Result<u64, ClientError> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         self.pos = 0;
-        let mut total = 0;
+        let mut total: u64 = 0;
+        let mut batch = Vec::with_capacity(DECODE_BATCH);
         while self.pos < self.info.size {
-            let (start, data) = self.next_chunk()?;
-            let from = (self.pos - start) as usize;
-            out.write_all(&data[from..])?;
-            total += (data.len() - from) as u64;
-            self.pos = start + data.len() as u64;
+            batch.clear();
+            let mut next = self.pos;
+            while batch.len() < DECODE_BATCH && next < self.info.size {
+                self.pos = next;
+                let chunk = self.next_encoded()?;
+                next = chunk.offset + u64::from(chunk.raw_len);
+                batch.push(chunk);
+            }
+            self.pos = next;
+            for (chunk, data) in batch.iter().zip(decode_all(&batch, threads)) {
+                let data = data?;
+                if chunk.offset != total {
+                    return Err(ClientError::Protocol(format!(
+                        "expected the chunk at offset {total}, got one at {}",
+                        chunk.offset
+                    )));
+                }
+                out.write_all(&data)?;
+                total += data.len() as u64;
+            }
         }
         if total != self.info.size {
             return Err(ClientError::Corrupt(format!(
@@ -215,6 +244,50 @@ impl ImageReader {
         }
         Ok(total)
     }
+}
+
+/// Chunks decoded together by `copy_to`, split over the cores.
+const DECODE_BATCH: usize = 64;
+
+/// A chunk as it came from the server: compressed, not yet verified.
+struct Encoded {
+    id: tern_core::ChunkId,
+    codec: codec::Codec,
+    raw_len: u32,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    /// Decompresses and checks the chunk against its id.
+    fn decode(&self) -> Result<Vec<u8>, ClientError> {
+        codec::decode(&self.id, self.codec, self.raw_len, &self.bytes)
+            .map_err(|e| ClientError::Corrupt(format!("chunk at offset {}: {e}", self.offset)))
+    }
+}
+
+/// Decodes `batch` on up to `threads` threads, results in order.
+fn decode_all(batch: &[Encoded], threads: usize) -> Vec<Result<Vec<u8>, ClientError>> {
+    let per = batch.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        let mut parts = batch.chunks(per);
+        let first = parts.next();
+        let others: Vec<_> = parts
+            .map(|part| s.spawn(move || part.iter().map(Encoded::decode).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<_> = first
+            .map(|p| p.iter().map(Encoded::decode).collect())
+            .unwrap_or_default();
+        for h in others {
+            match h.join() {
+                Ok(part) => out.extend(part),
+                Err(_) => out.push(Err(ClientError::Protocol(
+                    "a decoder thread panicked".into(),
+                ))),
+            }
+        }
+        out
+    })
 }
 
 impl Drop for ImageReader {
