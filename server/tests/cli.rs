@@ -144,3 +144,27 @@ fn cli_takes_its_settings_from_client_toml_and_creates_a_client_identity() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_bench_measures_every_stage_and_the_link() {
+    let server = TestServer::start();
+    let out = ok(&server.tern(&["--json", "bench", "--upload-mib", "8"], None));
+    let stages: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert!(names[0].starts_with("chunking") && names[5].starts_with("upload"));
+    for s in &stages[..4] {
+        assert!(s["mb_per_s"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    // The sample compresses like system files, and the level is the one asked for.
+    let compress = &stages[2];
+    assert!(compress["stage"].as_str().unwrap().contains("-1"));
+    let ratio = compress["ratio"].as_f64().unwrap();
+    assert!((0.2..0.5).contains(&ratio), "{ratio}");
+    assert_eq!(stages[5]["bytes"], 8 << 20);
+    let bad = server.tern(&["bench", "--local", "--zstd-level", "40"], None);
+    assert!(!bad.status.success());
+}
