@@ -169,6 +169,19 @@ pub fn decode(
 mod tests {
     use super::*;
 
+    /// Bytes no compressor shrinks, the same on every run.
+    fn random_bytes(n: usize) -> Vec<u8> {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn compressible_chunks_shrink_and_round_trip() {
         let data = b"backup ".repeat(10_000);
@@ -184,15 +197,7 @@ mod tests {
 
     #[test]
     fn the_entropy_probe_tells_random_from_compressible_data() {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect();
+        let random = random_bytes(65536);
         assert!(looks_incompressible(&random));
         // Half random, half text: zstd saves far more than 1/64.
         let mut mixed = random[..32768].to_vec();
@@ -209,15 +214,7 @@ mod tests {
 
     #[test]
     fn incompressible_chunks_stay_raw() {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        let data: Vec<u8> = (0..65536)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .collect();
+        let data = random_bytes(65536);
         let enc = Compressor::new(3).unwrap().encode(&data);
         assert_eq!(enc.codec, Codec::Raw);
         assert_eq!(enc.bytes, data);
