@@ -45,6 +45,7 @@ impl Store {
     /// Removes unreferenced chunks and compacts packs. Writers pause while it runs.
     pub fn gc(&self) -> Result<GcReport> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.finisher.wait_idle().map_err(StoreError::Io)?;
         let mut report = GcReport::default();
         let packs = self.pack_files()?;
         report.bytes_before = packs
@@ -202,6 +203,8 @@ impl Store {
     /// Reads every pack entry and checks its hash, every index entry and every recipe.
     pub fn fsck(&self) -> Result<FsckReport> {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        // Packs still being finished would look unfinished.
+        self.finisher.wait_idle().map_err(StoreError::Io)?;
         let mut report = FsckReport::default();
         // (group, id) -> location of an intact copy in a pack.
         let mut intact: HashMap<[u8; 36], Vec<Location>> = HashMap::new();

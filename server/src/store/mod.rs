@@ -7,6 +7,7 @@
 //! committed images intact and no half image. See `docs/store-format.md`.
 
 pub mod catalog;
+mod finisher;
 mod gc;
 pub mod pack;
 
@@ -27,6 +28,7 @@ use tern_core::wire::{
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
 use catalog::*;
+use finisher::PackFinisher;
 pub use gc::{FsckReport, GcReport};
 use pack::{Location, PackWriter};
 
@@ -171,6 +173,8 @@ pub struct Store {
     /// Held shared by every data operation and exclusively by GC.
     gate: RwLock<()>,
     writers: Mutex<HashMap<u32, PackWriter>>,
+    /// Writes the table of full packs and syncs them, off the write path.
+    finisher: PackFinisher,
     pending: Mutex<HashMap<[u8; 36], Location>>,
     open: Mutex<HashMap<WriterId, OpenImage>>,
     next_writer: AtomicU64,
@@ -196,6 +200,7 @@ impl Store {
             db,
             gate: RwLock::new(()),
             writers: Mutex::new(HashMap::new()),
+            finisher: PackFinisher::start()?,
             pending: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             next_writer: AtomicU64::new(1),
@@ -730,7 +735,7 @@ impl Store {
         lock(&self.pending).insert(key, loc);
         if writer.size() >= PACK_TARGET {
             if let Some(full) = writers.remove(&group) {
-                full.finish()?;
+                self.finisher.submit(full).map_err(StoreError::Io)?;
             }
         }
         Ok(true)
@@ -783,10 +788,13 @@ impl Store {
     fn commit_open_image(&self, w: WriterId) -> Result<(ImageInfo, WriteStats)> {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let durable: Vec<([u8; 36], Location)> = {
+            // Packs are only handed to the finisher under this lock, so the
+            // wait ends and every pending entry is durable below.
             let mut writers = lock(&self.writers);
             for pw in writers.values_mut() {
                 pw.sync()?;
             }
+            self.finisher.wait_idle().map_err(StoreError::Io)?;
             lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect()
         };
         let (info, stats, image_id) = {
