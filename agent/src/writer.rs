@@ -1,29 +1,45 @@
 //! Writing an image: the dedup pipeline.
 //!
-//! The caller's thread chunks and hashes; every batch of chunk ids goes to the
-//! server at once (`ImageAppend`) and several batches are in flight, so the
-//! answers (`ImageNeed`) arrive while the next batches are hashed. The chunks
-//! the server lacks go to compression workers, which send them directly. Only
-//! those chunks cross the network, compressed.
+//! Three stages on their own threads, so that chunking, hashing and
+//! compression overlap with each other and with the network:
+//! - the caller's thread cuts the stream into chunks inside batch buffers of
+//!   about [`BATCH_BYTES`], one `ImageAppend` each;
+//! - the announcer hashes each batch, announces it (`ImageAppend`) and keeps up
+//!   to [`WINDOW`] batches awaiting their answer (`ImageNeed`), so the answers
+//!   arrive while later batches are cut;
+//! - compression workers encode the chunks the server lacks and send them.
+//!   Only those chunks cross the network, compressed.
+//!
+//! Batch buffers come from a pool of [`POOL`] and go back to it once every
+//! chunk of the batch is sent: the writer's memory stays bounded whatever the
+//! speed of the source, the network or the server.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tern_core::codec::Compressor;
 use tern_core::wire::{ChunkRef, Handle, ImageInfo, Msg, WriteMode, WriteStats};
-use tern_core::{ChunkId, ContainerName, ImageName, StreamChunker};
+use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ContainerName, ImageName};
 
 use crate::client::unexpected;
 use crate::conn::{Answers, Conn};
 use crate::{Client, ClientError};
 
-/// Chunks announced in one `ImageAppend`.
+/// Chunk bytes in one `ImageAppend`.
+const BATCH_BYTES: usize = 4 << 20;
+/// Most chunks in one `ImageAppend` (the server takes up to 256).
 const BATCH_CHUNKS: usize = 256;
-/// `ImageAppend` requests awaiting an answer before the writer waits.
-const WINDOW: usize = 4;
+/// Announced batches awaiting their answer before the announcer waits.
+const WINDOW: usize = 6;
+/// Batch buffers in all: one being filled, one handed over, the window, the
+/// batch being settled and two whose last chunks are being compressed.
+const POOL: usize = WINDOW + 4;
+/// Most bytes taken from the source or the caller at a time.
+const READ_SIZE: usize = 1 << 20;
 /// Largest raw write in passthrough mode.
 const RAW_FRAME: usize = 1 << 20;
 
@@ -44,26 +60,72 @@ impl Committed {
     }
 }
 
-struct Batch {
-    chunks: Vec<(ChunkId, Vec<u8>)>,
+/// The batch buffers: at most [`POOL`] are ever made.
+struct Pool {
+    home: std_mpsc::SyncSender<Vec<u8>>,
+    free: std_mpsc::Receiver<Vec<u8>>,
+    made: usize,
 }
 
-struct InFlight {
-    batch: Batch,
-    answers: Answers,
+impl Pool {
+    fn new() -> Self {
+        let (home, free) = std_mpsc::sync_channel(POOL);
+        Self {
+            home,
+            free,
+            made: 0,
+        }
+    }
+
+    /// A free buffer; waits for one while all are in use downstream.
+    fn get(&mut self) -> Option<Vec<u8>> {
+        if let Ok(b) = self.free.try_recv() {
+            return Some(b);
+        }
+        if self.made < POOL {
+            self.made += 1;
+            return Some(Vec::with_capacity(BATCH_BYTES + 2 * READ_SIZE));
+        }
+        self.free.recv().ok()
+    }
 }
 
-/// Counts jobs handed to the workers that are not done yet.
-#[derive(Default)]
-struct Outstanding {
-    count: Mutex<usize>,
-    done: Condvar,
+/// A batch whose buffer returns to the pool when the last user drops it.
+struct Pooled {
+    batch: ChunkBatch,
+    home: std_mpsc::SyncSender<Vec<u8>>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let _ = self.home.try_send(std::mem::take(&mut self.batch.data));
+    }
+}
+
+/// A batch and its chunk ids, shared by the compression jobs.
+struct Announced {
+    pooled: Pooled,
+    ids: Vec<ChunkId>,
 }
 
 struct Job {
     handle: Handle,
-    id: ChunkId,
-    data: Vec<u8>,
+    batch: Arc<Announced>,
+    index: usize,
+}
+
+/// What the compression workers report: payload bytes sent, the first failure.
+type SentLog = Arc<Mutex<(u64, Option<String>)>>;
+
+/// The threads of a dedup write.
+struct Pipeline {
+    batcher: ChunkBatcher,
+    pool: Pool,
+    batches: Option<std_mpsc::SyncSender<Pooled>>,
+    announcer: Option<JoinHandle<Result<(), ClientError>>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Set when the image is abandoned: the threads stop sending.
+    abandoned: Arc<AtomicBool>,
 }
 
 /// An image being written. Write bytes, then [`commit`](Self::commit); dropping
@@ -71,14 +133,9 @@ struct Job {
 pub struct ImageWriter {
     client: Client,
     handle: Handle,
-    mode: WriteMode,
-    chunker: StreamChunker,
-    batch: Batch,
-    inflight: VecDeque<InFlight>,
-    jobs: Option<std_mpsc::SyncSender<Job>>,
-    workers: Vec<JoinHandle<()>>,
-    outstanding: Arc<Outstanding>,
-    sent: Arc<Mutex<(u64, Option<String>)>>,
+    /// `None` in passthrough mode.
+    pipeline: Option<Pipeline>,
+    sent: SentLog,
     raw: Vec<u8>,
     finished: bool,
 }
@@ -111,41 +168,48 @@ impl ImageWriter {
         chunking
             .validate()
             .map_err(|e| ClientError::Protocol(format!("server sent bad chunk parameters: {e}")))?;
-        let outstanding = Arc::new(Outstanding::default());
-        let sent = Arc::new(Mutex::new((0, None)));
-        let (jobs, workers) = if mode == WriteMode::Dedup {
+        let sent: SentLog = Arc::new(Mutex::new((0, None)));
+        let pipeline = if mode == WriteMode::Dedup {
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2);
-            let (tx, rx) = std_mpsc::sync_channel::<Job>(threads * 8);
-            let rx = Arc::new(Mutex::new(rx));
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let (jobs, job_rx) = std_mpsc::sync_channel::<Job>(threads * 8);
+            let job_rx = Arc::new(Mutex::new(job_rx));
             let workers = (0..threads)
                 .map(|_| {
-                    let rx = rx.clone();
-                    let outstanding = outstanding.clone();
+                    let job_rx = job_rx.clone();
                     let sent = sent.clone();
-                    // Conn is shared by reference across scoped lifetimes; the
-                    // workers only need the send queue, cloned below.
+                    let abandoned = abandoned.clone();
                     let queue = client.conn().sender();
-                    std::thread::spawn(move || compress_worker(level, rx, queue, outstanding, sent))
+                    std::thread::spawn(move || {
+                        compress_worker(level, job_rx, queue, sent, abandoned)
+                    })
                 })
                 .collect();
-            (Some(tx), workers)
+            let (batches, batch_rx) = std_mpsc::sync_channel::<Pooled>(1);
+            let announcer = {
+                let client = client.clone();
+                let abandoned = abandoned.clone();
+                std::thread::spawn(move || announce(client, handle, batch_rx, jobs, abandoned))
+            };
+            let mut pool = Pool::new();
+            let first = pool.get().unwrap_or_default();
+            Some(Pipeline {
+                batcher: ChunkBatcher::new(chunking, first),
+                pool,
+                batches: Some(batches),
+                announcer: Some(announcer),
+                workers,
+                abandoned,
+            })
         } else {
-            (None, Vec::new())
+            None
         };
         Ok(Self {
             client,
             handle,
-            mode,
-            chunker: StreamChunker::new(chunking),
-            batch: Batch {
-                chunks: Vec::with_capacity(BATCH_CHUNKS),
-            },
-            inflight: VecDeque::new(),
-            jobs,
-            workers,
-            outstanding,
+            pipeline,
             sent,
             raw: Vec::new(),
             finished: false,
@@ -158,17 +222,41 @@ impl ImageWriter {
 
     /// Adds image bytes.
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        if self.mode == WriteMode::Passthrough {
+        let Some(p) = self.pipeline.as_mut() else {
             self.raw.extend_from_slice(data);
-            while self.raw.len() >= RAW_FRAME {
-                let rest = self.raw.split_off(RAW_FRAME);
-                let frame = std::mem::replace(&mut self.raw, rest);
-                self.send_raw(frame)?;
-            }
-            return Ok(());
+            return self.send_full_raw_frames();
+        };
+        for piece in data.chunks(READ_SIZE) {
+            p.batcher.push(piece);
+            p.ship_full_batches()?;
         }
-        self.chunker.push(data);
-        self.drain_chunks()
+        Ok(())
+    }
+
+    /// Reads the next piece of image bytes (at most 1 MiB) from `source`
+    /// straight into the writer's buffers, saving the copy [`write_bytes`]
+    /// makes. Returns how many bytes were read, 0 at the end of `source`.
+    /// A failed read is [`ClientError::Io`].
+    ///
+    /// [`write_bytes`]: Self::write_bytes
+    pub fn read_from(&mut self, source: &mut impl Read) -> Result<usize, ClientError> {
+        let Some(p) = self.pipeline.as_mut() else {
+            let n = source.take(RAW_FRAME as u64).read_to_end(&mut self.raw)?;
+            self.send_full_raw_frames()?;
+            return Ok(n);
+        };
+        let n = p.batcher.read_from(source, READ_SIZE)?;
+        p.ship_full_batches()?;
+        Ok(n)
+    }
+
+    fn send_full_raw_frames(&mut self) -> Result<(), ClientError> {
+        while self.raw.len() >= RAW_FRAME {
+            let rest = self.raw.split_off(RAW_FRAME);
+            let frame = std::mem::replace(&mut self.raw, rest);
+            self.send_raw(frame)?;
+        }
+        Ok(())
     }
 
     fn send_raw(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
@@ -181,111 +269,15 @@ impl ImageWriter {
         )
     }
 
-    fn drain_chunks(&mut self) -> Result<(), ClientError> {
-        while let Some(chunk) = self.chunker.next_chunk() {
-            let id = ChunkId::of(chunk);
-            self.batch.chunks.push((id, chunk.to_vec()));
-            if self.batch.chunks.len() >= BATCH_CHUNKS {
-                self.flush_batch()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_batch(&mut self) -> Result<(), ClientError> {
-        if self.batch.chunks.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::replace(
-            &mut self.batch,
-            Batch {
-                chunks: Vec::with_capacity(BATCH_CHUNKS),
-            },
-        );
-        let entries = batch
-            .chunks
-            .iter()
-            .map(|(id, data)| ChunkRef {
-                id: *id,
-                len: data.len() as u32,
-            })
-            .collect();
-        let answers = self.conn().request(
-            Msg::ImageAppend {
-                handle: self.handle,
-                entries,
-            },
-            Vec::new(),
-        )?;
-        self.inflight.push_back(InFlight { batch, answers });
-        while self.inflight.len() > WINDOW {
-            self.settle_oldest()?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the oldest batch's answer and hands the missing chunks to the workers.
-    fn settle_oldest(&mut self) -> Result<(), ClientError> {
-        let Some(mut f) = self.inflight.pop_front() else {
-            return Ok(());
-        };
-        let missing = match f.answers.recv()?.env.msg {
-            Msg::ImageNeed { missing, .. } => missing,
-            other => return Err(unexpected(other)),
-        };
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| ClientError::Protocol("no workers".into()))?;
-        let mut chunks: Vec<Option<(ChunkId, Vec<u8>)>> =
-            f.batch.chunks.into_iter().map(Some).collect();
-        for i in missing {
-            let Some((id, data)) = chunks.get_mut(i as usize).and_then(Option::take) else {
-                return Err(ClientError::Protocol(format!(
-                    "server asked for chunk {i} of a batch it was not sent"
-                )));
-            };
-            *self
-                .outstanding
-                .count
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) += 1;
-            jobs.send(Job {
-                handle: self.handle,
-                id,
-                data,
-            })
-            .map_err(|_| ClientError::Protocol("compression workers stopped".into()))?;
-        }
-        Ok(())
-    }
-
     /// Finishes the image and waits until the server has committed it.
     pub fn commit(mut self) -> Result<Committed, ClientError> {
         self.finished = true;
-        if self.mode == WriteMode::Passthrough {
+        if let Some(mut p) = self.pipeline.take() {
+            p.finish()?;
+        } else {
             let rest = std::mem::take(&mut self.raw);
             if !rest.is_empty() {
                 self.send_raw(rest)?;
-            }
-        } else {
-            self.chunker.finish();
-            self.drain_chunks()?;
-            self.flush_batch()?;
-            while !self.inflight.is_empty() {
-                self.settle_oldest()?;
-            }
-            let mut n = self
-                .outstanding
-                .count
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            while *n > 0 {
-                n = self
-                    .outstanding
-                    .done
-                    .wait(n)
-                    .unwrap_or_else(|e| e.into_inner());
             }
         }
         let (sent_bytes, worker_error) =
@@ -328,7 +320,7 @@ impl ImageWriter {
     /// Abandons the image: nothing of it becomes visible.
     pub fn abort(mut self) -> Result<(), ClientError> {
         self.finished = true;
-        self.inflight.clear();
+        self.pipeline = None;
         match self
             .conn()
             .call(
@@ -348,12 +340,8 @@ impl ImageWriter {
 
 impl Drop for ImageWriter {
     fn drop(&mut self) {
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.pipeline = None;
         if !self.finished {
-            self.inflight.clear();
             let _ = self.conn().send(
                 Msg::ImageAbort {
                     handle: self.handle,
@@ -375,49 +363,188 @@ impl io::Write for ImageWriter {
     }
 }
 
+impl Pipeline {
+    /// Hands every full batch to the announcer.
+    fn ship_full_batches(&mut self) -> Result<(), ClientError> {
+        loop {
+            self.batcher.cut(BATCH_CHUNKS);
+            if self.batcher.chunked_len() < BATCH_BYTES && self.batcher.chunk_count() < BATCH_CHUNKS
+            {
+                return Ok(());
+            }
+            self.ship()?;
+        }
+    }
+
+    fn ship(&mut self) -> Result<(), ClientError> {
+        let fresh = self.pool.get().unwrap_or_default();
+        let batch = Pooled {
+            batch: self.batcher.take_batch(fresh),
+            home: self.pool.home.clone(),
+        };
+        if batch.batch.is_empty() {
+            return Ok(());
+        }
+        let delivered = self.batches.as_ref().is_some_and(|b| b.send(batch).is_ok());
+        if delivered {
+            return Ok(());
+        }
+        // The announcer stopped: its error says why.
+        Err(self
+            .join_announcer()
+            .err()
+            .unwrap_or_else(|| ClientError::Protocol("the chunk announcer stopped".into())))
+    }
+
+    fn join_announcer(&mut self) -> Result<(), ClientError> {
+        self.batches = None;
+        match self.announcer.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(ClientError::Protocol("the chunk announcer panicked".into())),
+        }
+    }
+
+    /// Ships the rest of the stream and waits until every needed chunk is sent.
+    fn finish(&mut self) -> Result<(), ClientError> {
+        self.batcher.finish();
+        loop {
+            self.batcher.cut(BATCH_CHUNKS);
+            if self.batcher.chunk_count() == 0 {
+                break;
+            }
+            self.ship()?;
+        }
+        let announced = self.join_announcer();
+        // The announcer owned the job queue: the workers end once it is empty.
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        announced
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        let _ = self.join_announcer();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The announcer: hashes each batch, announces it and hands the chunks the
+/// server asks for to the compression workers.
+fn announce(
+    client: Client,
+    handle: Handle,
+    batches: std_mpsc::Receiver<Pooled>,
+    jobs: std_mpsc::SyncSender<Job>,
+    abandoned: Arc<AtomicBool>,
+) -> Result<(), ClientError> {
+    let conn = client.conn();
+    let mut inflight: VecDeque<(Arc<Announced>, Answers)> = VecDeque::new();
+    for pooled in batches {
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = pooled.batch.chunks().map(ChunkId::of).collect();
+        let entries = pooled
+            .batch
+            .chunks()
+            .zip(&ids)
+            .map(|(c, id)| ChunkRef {
+                id: *id,
+                len: c.len() as u32,
+            })
+            .collect();
+        let answers = conn.request(Msg::ImageAppend { handle, entries }, Vec::new())?;
+        inflight.push_back((Arc::new(Announced { pooled, ids }), answers));
+        while inflight.len() > WINDOW {
+            settle(handle, inflight.pop_front(), &jobs)?;
+        }
+    }
+    while !inflight.is_empty() && !abandoned.load(Ordering::SeqCst) {
+        settle(handle, inflight.pop_front(), &jobs)?;
+    }
+    Ok(())
+}
+
+/// Waits for a batch's answer and queues the chunks the server lacks.
+fn settle(
+    handle: Handle,
+    announced: Option<(Arc<Announced>, Answers)>,
+    jobs: &std_mpsc::SyncSender<Job>,
+) -> Result<(), ClientError> {
+    let Some((batch, mut answers)) = announced else {
+        return Ok(());
+    };
+    let missing = match answers.recv()?.env.msg {
+        Msg::ImageNeed { missing, .. } => missing,
+        other => return Err(unexpected(other)),
+    };
+    let mut asked = vec![false; batch.ids.len()];
+    for i in missing {
+        let i = i as usize;
+        if asked.get(i) != Some(&false) {
+            return Err(ClientError::Protocol(format!(
+                "server asked for chunk {i} of a batch of {}, or twice",
+                batch.ids.len()
+            )));
+        }
+        asked[i] = true;
+        let job = Job {
+            handle,
+            batch: batch.clone(),
+            index: i,
+        };
+        jobs.send(job)
+            .map_err(|_| ClientError::Protocol("compression workers stopped".into()))?;
+    }
+    Ok(())
+}
+
 fn compress_worker(
     level: i32,
-    rx: Arc<Mutex<std_mpsc::Receiver<Job>>>,
+    jobs: Arc<Mutex<std_mpsc::Receiver<Job>>>,
     queue: crate::conn::Sender,
-    outstanding: Arc<Outstanding>,
-    sent: Arc<Mutex<(u64, Option<String>)>>,
+    sent: SentLog,
+    abandoned: Arc<AtomicBool>,
 ) {
     let mut compressor = match Compressor::new(level) {
-        Ok(c) => Some(c),
+        Ok(c) => c,
         Err(e) => {
             sent.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(format!("zstd: {e}"));
-            None
+            return;
         }
     };
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(j) => j,
             Err(_) => return,
         };
-        if let Some(c) = compressor.as_mut() {
-            let enc = c.encode(&job.data);
-            let len = enc.bytes.len() as u64;
-            let msg = Msg::ChunkData {
-                handle: job.handle,
-                id: job.id,
-                codec: enc.codec,
-                raw_len: enc.raw_len,
-                offset: 0,
-            };
-            let mut s = sent.lock().unwrap_or_else(|e| e.into_inner());
-            s.0 += len;
-            drop(s);
-            if let Err(e) = queue.send(msg, enc.bytes) {
-                sent.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .1
-                    .get_or_insert(e.to_string());
-            }
+        let Some(data) = job.batch.pooled.batch.chunk(job.index) else {
+            continue;
+        };
+        if abandoned.load(Ordering::SeqCst) {
+            continue;
         }
-        let mut n = outstanding.count.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            outstanding.done.notify_all();
+        let enc = compressor.encode(data);
+        let len = enc.bytes.len() as u64;
+        let msg = Msg::ChunkData {
+            handle: job.handle,
+            id: job.batch.ids[job.index],
+            codec: enc.codec,
+            raw_len: enc.raw_len,
+            offset: 0,
+        };
+        sent.lock().unwrap_or_else(|e| e.into_inner()).0 += len;
+        if let Err(e) = queue.send(msg, enc.bytes) {
+            sent.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .get_or_insert(e.to_string());
         }
     }
 }

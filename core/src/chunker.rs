@@ -115,6 +115,136 @@ impl StreamChunker {
     }
 }
 
+/// Chunks a byte stream into batches that own their bytes.
+///
+/// Where [`StreamChunker`] lends out one chunk at a time, this keeps the bytes of
+/// many chunks in one buffer and hands the whole buffer over
+/// ([`take_batch`](Self::take_batch)), so a writer can pass chunks to other
+/// threads without copying each one. Cut points are the same as
+/// [`StreamChunker`]'s for the same stream.
+pub struct ChunkBatcher {
+    params: ChunkParams,
+    buf: Vec<u8>,
+    /// End of every complete chunk in `buf`, ascending.
+    ends: Vec<u32>,
+    finished: bool,
+}
+
+/// Complete chunks in one buffer, in stream order.
+#[derive(Debug, Default)]
+pub struct ChunkBatch {
+    pub data: Vec<u8>,
+    /// End of each chunk in `data`.
+    pub ends: Vec<u32>,
+}
+
+impl ChunkBatch {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of chunk `i`; `None` past the end.
+    pub fn chunk(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        self.data.get(start..end)
+    }
+
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).filter_map(|i| self.chunk(i))
+    }
+}
+
+impl ChunkBatcher {
+    /// `buf` is the buffer to fill first (its contents are discarded).
+    pub fn new(params: ChunkParams, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self {
+            params,
+            buf,
+            ends: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Adds stream bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        debug_assert!(!self.finished, "push after finish");
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Reads up to `max` stream bytes from `source` straight into the batch
+    /// buffer; returns how many were read, 0 at the end of the source.
+    pub fn read_from(
+        &mut self,
+        source: &mut impl std::io::Read,
+        max: usize,
+    ) -> std::io::Result<usize> {
+        use std::io::Read;
+        debug_assert!(!self.finished, "read after finish");
+        self.buf.reserve(max);
+        let before = self.buf.len();
+        source.take(max as u64).read_to_end(&mut self.buf)?;
+        Ok(self.buf.len() - before)
+    }
+
+    /// Marks the end of the stream: the remaining bytes become the last chunk.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Finds the cut points known so far, stopping at `max_chunks` complete chunks.
+    pub fn cut(&mut self, max_chunks: usize) {
+        while self.ends.len() < max_chunks {
+            let start = self.chunked_len();
+            let rest = &self.buf[start..];
+            // A cut needs up to `max` bytes of lookahead; until then it is unknown.
+            if rest.is_empty() || (!self.finished && rest.len() <= self.params.max as usize) {
+                return;
+            }
+            let end = start + cut_point(rest, self.params);
+            // A batch buffer stays far below 4 GiB: it is taken after a few MiB.
+            self.ends.push(end as u32);
+        }
+    }
+
+    /// Bytes of complete chunks.
+    pub fn chunked_len(&self) -> usize {
+        self.ends.last().map_or(0, |&e| e as usize)
+    }
+
+    /// Complete chunks.
+    pub fn chunk_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Bytes not yet part of a complete chunk.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.chunked_len()
+    }
+
+    /// Takes the complete chunks; the bytes after them move to `fresh`, which
+    /// becomes the buffer filled next.
+    pub fn take_batch(&mut self, mut fresh: Vec<u8>) -> ChunkBatch {
+        let cut = self.chunked_len();
+        fresh.clear();
+        fresh.extend_from_slice(&self.buf[cut..]);
+        let mut data = std::mem::replace(&mut self.buf, fresh);
+        data.truncate(cut);
+        ChunkBatch {
+            data,
+            ends: std::mem::take(&mut self.ends),
+        }
+    }
+}
+
 fn cut_point(data: &[u8], p: ChunkParams) -> usize {
     let mut cdc = fastcdc::v2020::FastCDC::new(data, p.min, p.avg, p.max);
     match cdc.next() {
@@ -166,6 +296,57 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(a.iter().sum::<usize>(), data.len());
         assert!(a.iter().all(|&l| l <= p.max as usize));
+    }
+
+    #[test]
+    fn batches_cut_like_the_stream_chunker() {
+        let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
+        let p = ChunkParams::default();
+        let expected = chunk_all(&data, 1 << 20, p);
+        for (piece, per_batch) in [(4097, 3), (1 << 20, 256), (100_000, 1)] {
+            let mut b = ChunkBatcher::new(p, Vec::new());
+            let mut got = Vec::new();
+            let take = |b: &mut ChunkBatcher, got: &mut Vec<usize>| {
+                let batch = b.take_batch(Vec::new());
+                assert_eq!(
+                    batch.data.len(),
+                    batch.chunks().map(<[u8]>::len).sum::<usize>()
+                );
+                got.extend(batch.chunks().map(<[u8]>::len));
+            };
+            let mut source = &data[..];
+            loop {
+                let n = if piece == 4097 {
+                    b.read_from(&mut source, piece).unwrap()
+                } else {
+                    let n = piece.min(source.len());
+                    b.push(&source[..n]);
+                    source = &source[n..];
+                    n
+                };
+                if n == 0 {
+                    break;
+                }
+                b.cut(per_batch);
+                if b.chunk_count() == per_batch {
+                    take(&mut b, &mut got);
+                    b.cut(per_batch);
+                }
+            }
+            b.finish();
+            loop {
+                b.cut(per_batch);
+                if b.chunk_count() == 0 {
+                    break;
+                }
+                take(&mut b, &mut got);
+            }
+            assert_eq!(b.pending(), 0);
+            assert_eq!(
+                got, expected,
+                "pieces of {piece}, {per_batch} chunks a batch"
+            );
+        }
     }
 
     #[test]

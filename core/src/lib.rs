@@ -16,7 +16,7 @@ pub mod session;
 pub mod tls;
 pub mod wire;
 
-pub use chunker::{ChunkParams, StreamChunker};
+pub use chunker::{ChunkBatch, ChunkBatcher, ChunkParams, StreamChunker};
 pub use codec::{Codec, EncodedChunk};
 pub use id::ChunkId;
 pub use names::{ContainerName, ImageName, NameError};

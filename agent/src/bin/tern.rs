@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tern_agent::config::ClientConfig;
-use tern_agent::{Client, ContainerSettings, WriteMode};
+use tern_agent::{Client, ClientError, ContainerSettings, WriteMode};
 use tern_core::tls::Fingerprint;
 use tern_core::ChunkParams;
 
@@ -417,17 +417,15 @@ fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path)
         .create_image(container, name, &[])
         .with_context(|| format!("creating image {container}/{name}"))?;
     let bar = progress(total);
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match source.read(&mut buf) {
+        let n = match writer.read_from(&mut source) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", input.display())),
+            Err(ClientError::Io(e)) => {
+                return Err(e).with_context(|| format!("reading {}", input.display()))
+            }
+            Err(e) => return Err(e).with_context(|| format!("backing up to {container}/{name}")),
         };
-        writer
-            .write_bytes(&buf[..n])
-            .with_context(|| format!("backing up to {container}/{name}"))?;
         if let Some(b) = &bar {
             b.inc(n as u64);
         }
