@@ -15,7 +15,7 @@
 //! Control frames (`seq` 0: `Join`, `Joined`, `Ack`) belong to one connection
 //! and are neither cached nor delivered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -483,7 +483,7 @@ impl Session {
             inner: rd,
             count: &self.bytes_received,
         };
-        let mut inflight: Vec<Arc<Outgoing>> = Vec::new();
+        let mut inflight: VecDeque<Arc<Outgoing>> = VecDeque::new();
         let why = {
             let reader = async {
                 if let Some(f) = initial {
@@ -512,7 +512,7 @@ impl Session {
         };
         let _ = wr.shutdown().await;
         // What this connection carried and nobody acknowledged goes out again elsewhere.
-        self.requeue(inflight);
+        self.requeue(inflight.into());
         self.live.fetch_sub(1, Ordering::SeqCst);
         self.connections_changed.notify_waiters();
         why
@@ -534,7 +534,7 @@ impl Session {
     async fn write_loop<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut W,
-        inflight: &mut Vec<Arc<Outgoing>>,
+        inflight: &mut VecDeque<Arc<Outgoing>>,
     ) -> Result<(), SessionError> {
         let mut tick = tokio::time::interval(ACK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -554,11 +554,15 @@ impl Session {
                         continue;
                     }
                     f.written.store(true, Ordering::SeqCst);
-                    inflight.push(f.clone());
-                    // `inflight` only needs what may still be unacknowledged.
-                    if inflight.len() > 1024 {
-                        inflight.retain(|o| o.seq > acked);
+                    // `inflight` only needs what may still be unacknowledged;
+                    // dropping the acknowledged front at once keeps it from
+                    // holding payloads the cache has already let go of. (A
+                    // resent frame may sit behind a newer one; acks are
+                    // cumulative, so it goes when that one does.)
+                    while inflight.front().is_some_and(|o| o.seq <= acked) {
+                        inflight.pop_front();
                     }
+                    inflight.push_back(f.clone());
                     let env = Envelope { seq: f.seq, ack: received, req: f.req, msg: f.msg.clone() };
                     let n = match &f.payload {
                         Payload::Memory(p) => write_frame(wr, env, p).await?,
@@ -581,6 +585,10 @@ impl Session {
                     last_write = tokio::time::Instant::now();
                 }
                 _ = tick.tick() => {
+                    let acked = lock(&self.state).peer_acked;
+                    while inflight.front().is_some_and(|o| o.seq <= acked) {
+                        inflight.pop_front();
+                    }
                     let received = self.received();
                     if received > ack_sent || last_write.elapsed() >= HEARTBEAT {
                         last_write = tokio::time::Instant::now();
