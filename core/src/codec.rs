@@ -133,36 +133,124 @@ fn looks_incompressible(data: &[u8]) -> bool {
     entropy > 7.95
 }
 
-/// Decodes a chunk and checks it hashes to `id`.
+/// Decodes a chunk and checks it hashes to `id` (a one-off; see [`Decoder`]).
 pub fn decode(
     id: &ChunkId,
     codec: Codec,
     raw_len: u32,
     bytes: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
+    Decoder::new().decode(id, codec, raw_len, bytes.to_vec())
+}
+
+/// Decodes and verifies chunks with a reusable zstd context: creating one per
+/// chunk costs more than decompressing a small chunk.
+#[derive(Default)]
+pub struct Decoder {
+    ctx: Option<zstd::bulk::Decompressor<'static>>,
+    /// Plaintext of the last chunk [`Decoder::verify`] decompressed, or a
+    /// buffer handed back with [`Decoder::recycle`] for the next decode.
+    scratch: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes a chunk and checks it hashes to `id`. A raw chunk comes back
+    /// as the same buffer, uncopied.
+    pub fn decode(
+        &mut self,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, CodecError> {
+        let plain = match codec {
+            Codec::Raw => bytes,
+            Codec::Zstd => {
+                let mut out = std::mem::take(&mut self.scratch);
+                self.decompress(&bytes, raw_len, &mut out)?;
+                self.recycle(bytes);
+                out
+            }
+        };
+        check(id, raw_len, &plain)?;
+        Ok(plain)
+    }
+
+    /// Offers a spent buffer (a plaintext already written out) to hold the
+    /// next decompressed chunk, so a stream of chunks does not allocate and
+    /// fault in fresh memory for each one.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.scratch.capacity() {
+            self.scratch = buf;
+        }
+    }
+
+    /// Checks that a chunk decodes to `raw_len` bytes that hash to `id`,
+    /// without keeping the plaintext.
+    pub fn verify(
+        &mut self,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<(), CodecError> {
+        match codec {
+            Codec::Raw => check(id, raw_len, bytes),
+            Codec::Zstd => {
+                let mut plain = std::mem::take(&mut self.scratch);
+                let checked = self
+                    .decompress(bytes, raw_len, &mut plain)
+                    .and_then(|()| check(id, raw_len, &plain));
+                self.scratch = plain;
+                checked
+            }
+        }
+    }
+
+    /// Decompresses into `out`, never past `raw_len` bytes.
+    fn decompress(
+        &mut self,
+        bytes: &[u8],
+        raw_len: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        if raw_len > MAX_CHUNK_LIMIT {
+            return Err(CodecError::TooLarge(raw_len));
+        }
+        let ctx = match &mut self.ctx {
+            Some(ctx) => ctx,
+            None => self.ctx.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| CodecError::Decompress(e.to_string()))?,
+            ),
+        };
+        out.clear();
+        out.reserve(raw_len as usize);
+        ctx.decompress_to_buffer(bytes, out)
+            .map_err(|e| CodecError::Decompress(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Checks a plaintext's length and id.
+fn check(id: &ChunkId, raw_len: u32, plain: &[u8]) -> Result<(), CodecError> {
     if raw_len > MAX_CHUNK_LIMIT {
         return Err(CodecError::TooLarge(raw_len));
     }
-    let plain = match codec {
-        Codec::Raw => bytes.to_vec(),
-        Codec::Zstd => {
-            let mut out = Vec::with_capacity(raw_len as usize);
-            zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(bytes, &mut out))
-                .map_err(|e| CodecError::Decompress(e.to_string()))?;
-            out
-        }
-    };
     if plain.len() != raw_len as usize {
         return Err(CodecError::Length {
             expected: raw_len,
             got: plain.len(),
         });
     }
-    if ChunkId::of(&plain) != *id {
+    if ChunkId::of(plain) != *id {
         return Err(CodecError::HashMismatch(*id));
     }
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -237,6 +325,36 @@ mod tests {
         assert!(matches!(
             decode(&id, Codec::Zstd, MAX_CHUNK_LIMIT + 1, &enc.bytes),
             Err(CodecError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn one_decoder_verifies_chunk_after_chunk_and_survives_bad_ones() {
+        let mut compressor = Compressor::new(1).unwrap();
+        let mut decoder = Decoder::new();
+        for n in 1..20usize {
+            let data = format!("chunk {n} ").repeat(500 * n).into_bytes();
+            let id = ChunkId::of(&data);
+            let enc = compressor.encode(&data);
+            assert_eq!(enc.codec, Codec::Zstd);
+            // Claiming fewer bytes than the frame holds must fail, not overrun.
+            assert!(decoder
+                .verify(&id, enc.codec, enc.raw_len - 1, &enc.bytes)
+                .is_err());
+            decoder
+                .verify(&id, enc.codec, enc.raw_len, &enc.bytes)
+                .unwrap();
+            let plain = decoder
+                .decode(&id, enc.codec, enc.raw_len, enc.bytes)
+                .unwrap();
+            assert_eq!(plain, data);
+        }
+        let raw = random_bytes(70000);
+        let id = ChunkId::of(&raw);
+        decoder.verify(&id, Codec::Raw, 70000, &raw).unwrap();
+        assert!(matches!(
+            decoder.verify(&id, Codec::Raw, 70001, &raw),
+            Err(CodecError::Length { .. })
         ));
     }
 }

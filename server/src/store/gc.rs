@@ -6,7 +6,8 @@ use std::fs::File;
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
-use tern_core::{codec, ChunkId};
+use tern_core::codec::Decoder;
+use tern_core::ChunkId;
 
 use super::catalog::*;
 use super::pack::{self, Location};
@@ -206,6 +207,7 @@ impl Store {
         // Packs still being finished would look unfinished.
         self.finisher.wait_idle().map_err(StoreError::Io)?;
         let mut report = FsckReport::default();
+        let mut verifier = Decoder::new();
         // (group, id) -> location of an intact copy in a pack.
         let mut intact: HashMap<[u8; 36], Vec<Location>> = HashMap::new();
         let writing: HashSet<u64> = lock(&self.writers).values().map(|w| w.number).collect();
@@ -231,8 +233,8 @@ impl Store {
                 let ok = pack::read_stored(&file, &e.loc)
                     .map_err(|err| err.to_string())
                     .and_then(|b| {
-                        codec::decode(&e.id, e.loc.codec, e.loc.raw_len, &b)
-                            .map(|_| ())
+                        verifier
+                            .verify(&e.id, e.loc.codec, e.loc.raw_len, &b)
                             .map_err(|err| err.to_string())
                     });
                 match ok {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tern_core::codec::{self, Compressor};
+use tern_core::codec::{Compressor, Decoder};
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{
     ChunkRef, ContainerInfo, ContainerSettings, ErrorKind, ImageInfo, RecipeEntry, StoreStats,
@@ -31,6 +31,11 @@ use catalog::*;
 use finisher::PackFinisher;
 pub use gc::{FsckReport, GcReport};
 use pack::{Location, PackWriter};
+
+thread_local! {
+    /// Checks received chunks; one per thread keeps its zstd context warm.
+    static VERIFIER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new());
+}
 
 /// The default zstd level of new containers (see the benchmark in the README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
@@ -641,7 +646,9 @@ impl Store {
         };
         // Verify before storing: a client must not be able to plant bytes under
         // another chunk's id and so corrupt other images through dedup.
-        codec::decode(id, codec, raw_len, bytes).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        VERIFIER
+            .with_borrow_mut(|d| d.verify(id, codec, raw_len, bytes))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let stored = self.store_chunk(group, id, codec, raw_len, bytes)?;
         let mut open = lock(&self.open);

@@ -130,14 +130,17 @@ impl PackWriter {
         raw_len: u32,
         bytes: &[u8],
     ) -> io::Result<Location> {
-        let mut buf = Vec::with_capacity(ENTRY_HEADER_LEN as usize + bytes.len());
-        buf.extend_from_slice(id.as_bytes());
-        buf.push(codec as u8);
-        buf.extend_from_slice(&[0; 3]);
-        buf.extend_from_slice(&raw_len.to_le_bytes());
-        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        buf.extend_from_slice(bytes);
-        if let Err(e) = self.file.write_all_at(&buf, self.len) {
+        let mut head = [0u8; ENTRY_HEADER_LEN as usize];
+        head[..32].copy_from_slice(id.as_bytes());
+        head[32] = codec as u8;
+        head[36..40].copy_from_slice(&raw_len.to_le_bytes());
+        head[40..44].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        // Two writes rather than one copy of the chunk into a joined buffer.
+        let written = self
+            .file
+            .write_all_at(&head, self.len)
+            .and_then(|()| self.file.write_all_at(bytes, self.len + ENTRY_HEADER_LEN));
+        if let Err(e) = written {
             // Keep the pack parseable: drop whatever part of the entry landed.
             let _ = self.file.set_len(self.len);
             return Err(e);
@@ -150,7 +153,7 @@ impl PackWriter {
             codec,
         };
         self.entries.push(PackEntry { id: *id, loc });
-        self.len += buf.len() as u64;
+        self.len += ENTRY_HEADER_LEN + bytes.len() as u64;
         self.synced = false;
         Ok(loc)
     }
