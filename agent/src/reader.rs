@@ -4,10 +4,11 @@
 //! chunks themselves in groups, keeping a few groups in flight so the network
 //! and the server's disk work while the caller decompresses and verifies.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::{mpsc, Mutex};
 
-use tern_core::codec;
+use tern_core::codec::{self, Decoder};
 use tern_core::wire::{Handle, ImageInfo, Msg, RecipeEntry};
 use tern_core::{ContainerName, ImageName};
 
@@ -35,6 +36,7 @@ pub struct ImageReader {
     requests: VecDeque<(VecDeque<RecipeEntry>, Answers)>,
     /// The chunk holding the most recent read position.
     current: Option<(u64, Vec<u8>)>,
+    decoder: Decoder,
 }
 
 impl ImageReader {
@@ -59,6 +61,7 @@ impl ImageReader {
             plan_next: 0,
             requests: VecDeque::new(),
             current: None,
+            decoder: Decoder::new(),
         })
     }
 
@@ -98,7 +101,11 @@ impl ImageReader {
     /// The chunk that holds `pos`, from the read-ahead pipeline.
     fn next_chunk(&mut self) -> Result<(u64, Vec<u8>), ClientError> {
         let chunk = self.next_encoded()?;
-        Ok((chunk.offset, chunk.decode()?))
+        if let Some((_, spent)) = self.current.take() {
+            self.decoder.recycle(spent);
+        }
+        let offset = chunk.offset;
+        Ok((offset, chunk.decode(&mut self.decoder)?))
     }
 
     /// The next chunk at or after the read position, as the server sent it.
@@ -206,36 +213,67 @@ impl ImageReader {
         Ok(())
     }
 
-    /// Copies the whole image to `out`; returns the bytes written.
-    /// Writes the whole image to `out`, decompressing and verifying chunks on
-    /// all cores while the next ones arrive.
+    /// Writes the whole image to `out`; returns the bytes written. Chunks are
+    /// decompressed and verified on every core while this thread fetches the
+    /// next ones and writes the finished ones in order.
     pub fn copy_to(&mut self, out: &mut dyn io::Write) -> Result<u64, ClientError> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        self.pos = 0;
-        let mut total: u64 = 0;
-        let mut batch = Vec::with_capacity(DECODE_BATCH);
-        while self.pos < self.info.size {
-            batch.clear();
-            let mut next = self.pos;
-            while batch.len() < DECODE_BATCH && next < self.info.size {
+        let limit = threads * DECODE_AHEAD;
+        let (jobs, job_queue) = mpsc::sync_channel::<(u64, Encoded)>(limit);
+        let job_queue = Mutex::new(job_queue);
+        let (done, finished) = mpsc::channel::<(u64, Decoded)>();
+        let (spend, spent) = mpsc::channel::<Vec<u8>>();
+        let spent = Mutex::new(spent);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let done = done.clone();
+                let (job_queue, spent) = (&job_queue, &spent);
+                s.spawn(move || decode_worker(job_queue, spent, done));
+            }
+            drop(done);
+            // `jobs` moves in: when this returns, early or not, the workers end.
+            self.fetch_and_write(jobs, limit, &finished, &spend, out)
+        })
+    }
+
+    fn fetch_and_write(
+        &mut self,
+        jobs: mpsc::SyncSender<(u64, Encoded)>,
+        limit: usize,
+        finished: &mpsc::Receiver<(u64, Decoded)>,
+        spend: &mpsc::Sender<Vec<u8>>,
+        out: &mut dyn io::Write,
+    ) -> Result<u64, ClientError> {
+        let stopped = || ClientError::Protocol("a decoder thread stopped".into());
+        let mut next = 0;
+        let (mut sent, mut written, mut total) = (0u64, 0u64, 0u64);
+        let mut ready = BTreeMap::new();
+        loop {
+            while sent - written < limit as u64 && next < self.info.size {
                 self.pos = next;
                 let chunk = self.next_encoded()?;
                 next = chunk.offset + u64::from(chunk.raw_len);
-                batch.push(chunk);
+                jobs.send((sent, chunk)).map_err(|_| stopped())?;
+                sent += 1;
             }
-            self.pos = next;
-            for (chunk, data) in batch.iter().zip(decode_all(&batch, threads)) {
-                let data = data?;
-                if chunk.offset != total {
+            if sent == written {
+                break;
+            }
+            let (seq, decoded) = finished.recv().map_err(|_| stopped())?;
+            ready.insert(seq, decoded?);
+            while let Some((offset, data)) = ready.remove(&written) {
+                if offset != total {
                     return Err(ClientError::Protocol(format!(
-                        "expected the chunk at offset {total}, got one at {}",
-                        chunk.offset
+                        "expected the chunk at offset {total}, got one at {offset}"
                     )));
                 }
                 out.write_all(&data)?;
                 total += data.len() as u64;
+                written += 1;
+                let _ = spend.send(data);
             }
         }
+        self.pos = next;
         if total != self.info.size {
             return Err(ClientError::Corrupt(format!(
                 "image is {} bytes but {total} were read",
@@ -246,8 +284,31 @@ impl ImageReader {
     }
 }
 
-/// Chunks decoded together by `copy_to`, split over the cores.
-const DECODE_BATCH: usize = 64;
+/// Chunks each decode thread may have queued or finished ahead of the writer.
+const DECODE_AHEAD: usize = 16;
+
+/// A chunk's image offset and plaintext, or why it could not be decoded.
+type Decoded = Result<(u64, Vec<u8>), ClientError>;
+
+fn decode_worker(
+    jobs: &Mutex<mpsc::Receiver<(u64, Encoded)>>,
+    spent: &Mutex<mpsc::Receiver<Vec<u8>>>,
+    done: mpsc::Sender<(u64, Decoded)>,
+) {
+    let mut decoder = Decoder::new();
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((seq, chunk)) = job else { return };
+        if let Ok(buf) = spent.lock().unwrap_or_else(|e| e.into_inner()).try_recv() {
+            decoder.recycle(buf);
+        }
+        let offset = chunk.offset;
+        let decoded = chunk.decode(&mut decoder).map(|data| (offset, data));
+        if done.send((seq, decoded)).is_err() {
+            return;
+        }
+    }
+}
 
 /// A chunk as it came from the server: compressed, not yet verified.
 struct Encoded {
@@ -260,34 +321,11 @@ struct Encoded {
 
 impl Encoded {
     /// Decompresses and checks the chunk against its id.
-    fn decode(&self) -> Result<Vec<u8>, ClientError> {
-        codec::decode(&self.id, self.codec, self.raw_len, &self.bytes)
+    fn decode(self, decoder: &mut Decoder) -> Result<Vec<u8>, ClientError> {
+        decoder
+            .decode(&self.id, self.codec, self.raw_len, self.bytes)
             .map_err(|e| ClientError::Corrupt(format!("chunk at offset {}: {e}", self.offset)))
     }
-}
-
-/// Decodes `batch` on up to `threads` threads, results in order.
-fn decode_all(batch: &[Encoded], threads: usize) -> Vec<Result<Vec<u8>, ClientError>> {
-    let per = batch.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|s| {
-        let mut parts = batch.chunks(per);
-        let first = parts.next();
-        let others: Vec<_> = parts
-            .map(|part| s.spawn(move || part.iter().map(Encoded::decode).collect::<Vec<_>>()))
-            .collect();
-        let mut out: Vec<_> = first
-            .map(|p| p.iter().map(Encoded::decode).collect())
-            .unwrap_or_default();
-        for h in others {
-            match h.join() {
-                Ok(part) => out.extend(part),
-                Err(_) => out.push(Err(ClientError::Protocol(
-                    "a decoder thread panicked".into(),
-                ))),
-            }
-        }
-        out
-    })
 }
 
 impl Drop for ImageReader {
