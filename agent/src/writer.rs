@@ -1,7 +1,9 @@
 //! Writing an image: the dedup pipeline.
 //!
-//! Three stages on their own threads, so that chunking, hashing and
+//! Stages on their own threads, so that reading, chunking, hashing and
 //! compression overlap with each other and with the network:
+//! - with [`ImageWriter::copy_from`], a reader thread reads the source straight
+//!   into batch buffers;
 //! - the caller's thread cuts the stream into chunks inside batch buffers of
 //!   about [`BATCH_BYTES`], one `ImageAppend` each;
 //! - the announcer hashes each batch, announces it (`ImageAppend`) and keeps up
@@ -35,11 +37,14 @@ const BATCH_BYTES: usize = 4 << 20;
 const BATCH_CHUNKS: usize = 256;
 /// Announced batches awaiting their answer before the announcer waits.
 const WINDOW: usize = 6;
-/// Batch buffers in all: one being filled, one handed over, the window, the
-/// batch being settled and two whose last chunks are being compressed.
-const POOL: usize = WINDOW + 4;
+/// Batch buffers in all: one being cut, one handed over, the window, the
+/// batch being settled, two whose last chunks are being compressed and the
+/// ones the reader thread of [`ImageWriter::copy_from`] fills ahead.
+const POOL: usize = WINDOW + 4 + READ_AHEAD;
 /// Most bytes taken from the source or the caller at a time.
 const READ_SIZE: usize = 1 << 20;
+/// Buffers the reader thread of [`ImageWriter::copy_from`] may fill ahead.
+const READ_AHEAD: usize = 2;
 /// Largest raw write in passthrough mode.
 const RAW_FRAME: usize = 1 << 20;
 
@@ -75,6 +80,10 @@ impl Pool {
             free,
             made: 0,
         }
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let _ = self.home.try_send(buf);
     }
 
     /// A free buffer; waits for one while all are in use downstream.
@@ -233,21 +242,49 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Reads the next piece of image bytes (at most 1 MiB) from `source`
-    /// straight into the writer's buffers, saving the copy [`write_bytes`]
-    /// makes. Returns how many bytes were read, 0 at the end of `source`.
-    /// A failed read is [`ClientError::Io`].
-    ///
-    /// [`write_bytes`]: Self::write_bytes
-    pub fn read_from(&mut self, source: &mut impl Read) -> Result<usize, ClientError> {
+    /// Writes everything `source` yields, reading it on a thread of its own
+    /// straight into the writer's batch buffers: reading overlaps with
+    /// chunking and no byte is copied on the way. Calls `progress` with the
+    /// bytes of each piece read; returns the total. A failed read is
+    /// [`ClientError::Io`].
+    pub fn copy_from(
+        &mut self,
+        mut source: impl Read + Send,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
         let Some(p) = self.pipeline.as_mut() else {
-            let n = source.take(RAW_FRAME as u64).read_to_end(&mut self.raw)?;
-            self.send_full_raw_frames()?;
-            return Ok(n);
+            let mut total = 0;
+            loop {
+                let n = (&mut source)
+                    .take(RAW_FRAME as u64)
+                    .read_to_end(&mut self.raw)?;
+                if n == 0 {
+                    return Ok(total);
+                }
+                self.send_full_raw_frames()?;
+                progress(n as u64);
+                total += n as u64;
+            }
         };
-        let n = p.batcher.read_from(source, READ_SIZE)?;
-        p.ship_full_batches()?;
-        Ok(n)
+        // Room for the partial chunk carried over from the previous buffer.
+        let room = p.batcher.params().max as usize;
+        std::thread::scope(|s| {
+            let (give, empty) = std_mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
+            let (done, filled) = std_mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD);
+            let reader = s.spawn(move || {
+                read_ahead(&mut source, room, &empty, done);
+                empty
+            });
+            let copied = p.adopt_all(&give, &filled, room, &mut progress);
+            drop((give, filled));
+            // Buffers the reader did not get to go back to the pool.
+            if let Ok(empty) = reader.join() {
+                for b in empty.try_iter() {
+                    p.pool.put(b);
+                }
+            }
+            copied
+        })
     }
 
     fn send_full_raw_frames(&mut self) -> Result<(), ClientError> {
@@ -364,6 +401,45 @@ impl io::Write for ImageWriter {
 }
 
 impl Pipeline {
+    /// Takes buffers the reader thread filled, keeps it supplied with empty
+    /// ones, and ships each buffer's chunks as one batch.
+    fn adopt_all(
+        &mut self,
+        give: &std_mpsc::SyncSender<Vec<u8>>,
+        filled: &std_mpsc::Receiver<io::Result<Vec<u8>>>,
+        room: usize,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        for _ in 0..READ_AHEAD {
+            let _ = give.send(self.pool.get().unwrap_or_default());
+        }
+        let mut total = 0;
+        loop {
+            let buf = match filled.recv() {
+                Ok(r) => r?,
+                Err(_) => return Err(ClientError::Protocol("the reader thread stopped".into())),
+            };
+            let n = buf.len() - room;
+            if n == 0 {
+                self.pool.put(buf);
+                return Ok(total);
+            }
+            let batch = self.batcher.adopt(buf, room);
+            self.ship_batch(batch)?;
+            // Chunks beyond what one announcement takes go out at once.
+            loop {
+                self.batcher.cut(BATCH_CHUNKS);
+                if self.batcher.chunk_count() < BATCH_CHUNKS {
+                    break;
+                }
+                self.ship()?;
+            }
+            progress(n as u64);
+            total += n as u64;
+            let _ = give.send(self.pool.get().unwrap_or_default());
+        }
+    }
+
     /// Hands every full batch to the announcer.
     fn ship_full_batches(&mut self) -> Result<(), ClientError> {
         loop {
@@ -378,8 +454,13 @@ impl Pipeline {
 
     fn ship(&mut self) -> Result<(), ClientError> {
         let fresh = self.pool.get().unwrap_or_default();
+        let batch = self.batcher.take_batch(fresh);
+        self.ship_batch(batch)
+    }
+
+    fn ship_batch(&mut self, batch: ChunkBatch) -> Result<(), ClientError> {
         let batch = Pooled {
-            batch: self.batcher.take_batch(fresh),
+            batch,
             home: self.pool.home.clone(),
         };
         if batch.batch.is_empty() {
@@ -430,6 +511,29 @@ impl Drop for Pipeline {
         let _ = self.join_announcer();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+/// Fills each empty buffer with up to [`BATCH_BYTES`] from `source` after
+/// `room` bytes left for the chunker; a buffer with nothing after `room`
+/// marks the end.
+fn read_ahead(
+    source: &mut impl Read,
+    room: usize,
+    empty: &std_mpsc::Receiver<Vec<u8>>,
+    filled: std_mpsc::SyncSender<io::Result<Vec<u8>>>,
+) {
+    for mut buf in empty.iter() {
+        // Whatever is in the room is overwritten; only its length matters.
+        buf.resize(room, 0);
+        let read = source
+            .take(BATCH_BYTES as u64)
+            .read_to_end(&mut buf)
+            .map(|_| buf);
+        let last = !matches!(&read, Ok(b) if b.len() > room);
+        if filled.send(read).is_err() || last {
+            return;
         }
     }
 }

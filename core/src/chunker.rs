@@ -125,6 +125,8 @@ impl StreamChunker {
 pub struct ChunkBatcher {
     params: ChunkParams,
     buf: Vec<u8>,
+    /// Where the stream's bytes begin in `buf` (see [`adopt`](Self::adopt)).
+    base: usize,
     /// End of every complete chunk in `buf`, ascending.
     ends: Vec<u32>,
     finished: bool,
@@ -134,6 +136,8 @@ pub struct ChunkBatcher {
 #[derive(Debug, Default)]
 pub struct ChunkBatch {
     pub data: Vec<u8>,
+    /// Where the first chunk begins in `data`.
+    pub start: usize,
     /// End of each chunk in `data`.
     pub ends: Vec<u32>,
 }
@@ -151,7 +155,7 @@ impl ChunkBatch {
     pub fn chunk(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)? as usize;
         let start = match i {
-            0 => 0,
+            0 => self.start,
             _ => self.ends[i - 1] as usize,
         };
         self.data.get(start..end)
@@ -169,30 +173,20 @@ impl ChunkBatcher {
         Self {
             params,
             buf,
+            base: 0,
             ends: Vec::new(),
             finished: false,
         }
+    }
+
+    pub fn params(&self) -> ChunkParams {
+        self.params
     }
 
     /// Adds stream bytes.
     pub fn push(&mut self, data: &[u8]) {
         debug_assert!(!self.finished, "push after finish");
         self.buf.extend_from_slice(data);
-    }
-
-    /// Reads up to `max` stream bytes from `source` straight into the batch
-    /// buffer; returns how many were read, 0 at the end of the source.
-    pub fn read_from(
-        &mut self,
-        source: &mut impl std::io::Read,
-        max: usize,
-    ) -> std::io::Result<usize> {
-        use std::io::Read;
-        debug_assert!(!self.finished, "read after finish");
-        self.buf.reserve(max);
-        let before = self.buf.len();
-        source.take(max as u64).read_to_end(&mut self.buf)?;
-        Ok(self.buf.len() - before)
     }
 
     /// Marks the end of the stream: the remaining bytes become the last chunk.
@@ -203,7 +197,7 @@ impl ChunkBatcher {
     /// Finds the cut points known so far, stopping at `max_chunks` complete chunks.
     pub fn cut(&mut self, max_chunks: usize) {
         while self.ends.len() < max_chunks {
-            let start = self.chunked_len();
+            let start = self.chunked_end();
             let rest = &self.buf[start..];
             // A cut needs up to `max` bytes of lookahead; until then it is unknown.
             if rest.is_empty() || (!self.finished && rest.len() <= self.params.max as usize) {
@@ -217,7 +211,12 @@ impl ChunkBatcher {
 
     /// Bytes of complete chunks.
     pub fn chunked_len(&self) -> usize {
-        self.ends.last().map_or(0, |&e| e as usize)
+        self.chunked_end() - self.base
+    }
+
+    /// Where the complete chunks end in `buf`.
+    fn chunked_end(&self) -> usize {
+        self.ends.last().map_or(self.base, |&e| e as usize)
     }
 
     /// Complete chunks.
@@ -227,19 +226,48 @@ impl ChunkBatcher {
 
     /// Bytes not yet part of a complete chunk.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.chunked_len()
+        self.buf.len() - self.chunked_end()
     }
 
     /// Takes the complete chunks; the bytes after them move to `fresh`, which
     /// becomes the buffer filled next.
     pub fn take_batch(&mut self, mut fresh: Vec<u8>) -> ChunkBatch {
-        let cut = self.chunked_len();
         fresh.clear();
-        fresh.extend_from_slice(&self.buf[cut..]);
-        let mut data = std::mem::replace(&mut self.buf, fresh);
+        fresh.extend_from_slice(&self.buf[self.chunked_end()..]);
+        self.swap_in(fresh, 0)
+    }
+
+    /// Takes the complete chunks and continues the stream in `next`, whose
+    /// bytes from `data_start` on are new stream bytes read by someone else
+    /// (before `data_start`: room to spare, contents ignored). The bytes not
+    /// yet chunked move into that room just before the new ones, so a reader
+    /// thread can fill the next buffer while this one is being cut, and only
+    /// the last partial chunk is ever copied.
+    pub fn adopt(&mut self, mut next: Vec<u8>, data_start: usize) -> ChunkBatch {
+        debug_assert!(!self.finished, "adopt after finish");
+        let tail = &self.buf[self.chunked_end()..];
+        let base = match data_start.checked_sub(tail.len()) {
+            Some(base) => {
+                next[base..data_start].copy_from_slice(tail);
+                base
+            }
+            // Less room than the partial chunk: make room (a larger copy).
+            None => {
+                next.splice(..data_start, tail.iter().copied());
+                0
+            }
+        };
+        self.swap_in(next, base)
+    }
+
+    fn swap_in(&mut self, next: Vec<u8>, base: usize) -> ChunkBatch {
+        let cut = self.chunked_end();
+        let mut data = std::mem::replace(&mut self.buf, next);
         data.truncate(cut);
+        let start = std::mem::replace(&mut self.base, base);
         ChunkBatch {
             data,
+            start,
             ends: std::mem::take(&mut self.ends),
         }
     }
@@ -303,33 +331,39 @@ mod tests {
         let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
         let p = ChunkParams::default();
         let expected = chunk_all(&data, 1 << 20, p);
-        for (piece, per_batch) in [(4097, 3), (1 << 20, 256), (100_000, 1)] {
+        // (bytes per piece, chunks per batch, room before adopted bytes or
+        // None to push): adopting with less room than a partial chunk must
+        // still work.
+        let cases = [
+            (4097, 3, None),
+            (1 << 20, 256, None),
+            (100_000, 1, None),
+            (1 << 20, 256, Some(p.max as usize)),
+            (300_000, 2, Some(p.max as usize)),
+            (200_000, 256, Some(100)),
+        ];
+        for (piece, per_batch, room) in cases {
             let mut b = ChunkBatcher::new(p, Vec::new());
             let mut got = Vec::new();
-            let take = |b: &mut ChunkBatcher, got: &mut Vec<usize>| {
-                let batch = b.take_batch(Vec::new());
+            let keep = |batch: ChunkBatch, got: &mut Vec<usize>| {
                 assert_eq!(
-                    batch.data.len(),
+                    batch.data.len() - batch.start,
                     batch.chunks().map(<[u8]>::len).sum::<usize>()
                 );
                 got.extend(batch.chunks().map(<[u8]>::len));
             };
-            let mut source = &data[..];
-            loop {
-                let n = if piece == 4097 {
-                    b.read_from(&mut source, piece).unwrap()
-                } else {
-                    let n = piece.min(source.len());
-                    b.push(&source[..n]);
-                    source = &source[n..];
-                    n
-                };
-                if n == 0 {
-                    break;
+            for part in data.chunks(piece) {
+                match room {
+                    None => b.push(part),
+                    Some(room) => {
+                        let mut next = vec![0xee; room];
+                        next.extend_from_slice(part);
+                        keep(b.adopt(next, room), &mut got);
+                    }
                 }
                 b.cut(per_batch);
                 if b.chunk_count() == per_batch {
-                    take(&mut b, &mut got);
+                    keep(b.take_batch(Vec::new()), &mut got);
                     b.cut(per_batch);
                 }
             }
@@ -339,12 +373,12 @@ mod tests {
                 if b.chunk_count() == 0 {
                     break;
                 }
-                take(&mut b, &mut got);
+                keep(b.take_batch(Vec::new()), &mut got);
             }
             assert_eq!(b.pending(), 0);
             assert_eq!(
                 got, expected,
-                "pieces of {piece}, {per_batch} chunks a batch"
+                "pieces of {piece}, {per_batch} chunks a batch, room {room:?}"
             );
         }
     }

@@ -159,6 +159,57 @@ fn passthrough_mode_dedups_on_the_server() {
     assert_eq!(restore(&client, "c", "b"), data);
 }
 
+/// Yields `data`, then fails.
+struct FailingAfter<'a>(&'a [u8]);
+
+impl Read for FailingAfter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn copy_from_reads_a_source_whole_and_fails_on_a_read_error() {
+    let server = TestServer::start();
+    for mode in [WriteMode::Dedup, WriteMode::Passthrough] {
+        let mut opts = server.options();
+        opts.mode = mode;
+        let client = tern_agent::Client::connect(&opts).unwrap();
+        let container = format!("{mode:?}");
+        client
+            .container_create(&container, ContainerSettings::default())
+            .unwrap();
+        // Odd length: the last piece is short, the last chunk partial.
+        let data = test_data((13 << 20) + 12_345, 9);
+        let mut w = client.create_image(&container, "whole", b"").unwrap();
+        let mut reported = 0;
+        let copied = w.copy_from(&data[..], |n| reported += n).unwrap();
+        assert_eq!((copied, reported), (data.len() as u64, data.len() as u64));
+        w.commit().unwrap();
+        assert_eq!(restore(&client, &container, "whole"), data, "{mode:?}");
+
+        let mut w = client.create_image(&container, "torn", b"").unwrap();
+        let err = w
+            .copy_from(FailingAfter(&data[..9 << 20]), |_| {})
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Io(_)), "{mode:?}: {err}");
+        drop(w);
+        let names: Vec<_> = client
+            .image_list(&container, "")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name.to_string())
+            .collect();
+        assert_eq!(names, ["whole"], "{mode:?}");
+    }
+}
+
 #[test]
 fn bad_input_gets_a_clear_error() {
     let server = TestServer::start();

@@ -404,8 +404,8 @@ fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
 }
 
 fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path) -> Result<()> {
-    let (mut source, total): (Box<dyn Read>, Option<u64>) = if input.as_os_str() == "-" {
-        (Box::new(io::stdin().lock()), None)
+    let (source, total): (Box<dyn Read + Send>, Option<u64>) = if input.as_os_str() == "-" {
+        (Box::new(io::stdin()), None)
     } else {
         let f = File::open(input).with_context(|| format!("opening {}", input.display()))?;
         let len = f.metadata().ok().map(|m| m.len());
@@ -417,18 +417,17 @@ fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path)
         .create_image(container, name, &[])
         .with_context(|| format!("creating image {container}/{name}"))?;
     let bar = progress(total);
-    loop {
-        let n = match writer.read_from(&mut source) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(ClientError::Io(e)) => {
-                return Err(e).with_context(|| format!("reading {}", input.display()))
-            }
-            Err(e) => return Err(e).with_context(|| format!("backing up to {container}/{name}")),
-        };
+    let copied = writer.copy_from(source, |n| {
         if let Some(b) = &bar {
-            b.inc(n as u64);
+            b.inc(n);
         }
+    });
+    match copied {
+        Ok(_) => {}
+        Err(ClientError::Io(e)) => {
+            return Err(e).with_context(|| format!("reading {}", input.display()))
+        }
+        Err(e) => return Err(e).with_context(|| format!("backing up to {container}/{name}")),
     }
     let done = writer
         .commit()
