@@ -32,6 +32,11 @@ use finisher::PackFinisher;
 pub use gc::{FsckReport, GcReport};
 use pack::{Location, PackWriter};
 
+/// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
+/// the chunk index; past this size index pages are read from the file (the
+/// kernel's page cache) instead.
+const CATALOG_CACHE: usize = 256 << 20;
+
 thread_local! {
     /// Checks received chunks; one per thread keeps its zstd context warm.
     static VERIFIER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new());
@@ -199,7 +204,9 @@ impl Store {
     /// a crash left open.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root.join("groups"))?;
-        let db = Database::create(root.join("catalog.redb"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CATALOG_CACHE)
+            .create(root.join("catalog.redb"))?;
         let store = Self {
             root: root.to_path_buf(),
             db,
