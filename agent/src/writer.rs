@@ -237,7 +237,7 @@ impl ImageWriter {
         };
         for piece in data.chunks(READ_SIZE) {
             p.batcher.push(piece);
-            p.ship_full_batches()?;
+            p.ship_full_batches(BATCH_BYTES)?;
         }
         Ok(())
     }
@@ -426,26 +426,21 @@ impl Pipeline {
             }
             let batch = self.batcher.adopt(buf, room);
             self.ship_batch(batch)?;
-            // Chunks beyond what one announcement takes go out at once.
-            loop {
-                self.batcher.cut(BATCH_CHUNKS);
-                if self.batcher.chunk_count() < BATCH_CHUNKS {
-                    break;
-                }
-                self.ship()?;
-            }
+            // The rest of this buffer goes out with the next one, unless it
+            // holds more chunks than one announcement takes.
+            self.ship_full_batches(usize::MAX)?;
             progress(n as u64);
             total += n as u64;
             let _ = give.send(self.pool.get().unwrap_or_default());
         }
     }
 
-    /// Hands every full batch to the announcer.
-    fn ship_full_batches(&mut self) -> Result<(), ClientError> {
+    /// Hands the announcer every batch of [`BATCH_CHUNKS`] chunks or
+    /// `max_bytes` bytes.
+    fn ship_full_batches(&mut self, max_bytes: usize) -> Result<(), ClientError> {
         loop {
             self.batcher.cut(BATCH_CHUNKS);
-            if self.batcher.chunked_len() < BATCH_BYTES && self.batcher.chunk_count() < BATCH_CHUNKS
-            {
+            if self.batcher.chunked_len() < max_bytes && self.batcher.chunk_count() < BATCH_CHUNKS {
                 return Ok(());
             }
             self.ship()?;

@@ -554,14 +554,7 @@ impl Session {
                         continue;
                     }
                     f.written.store(true, Ordering::SeqCst);
-                    // `inflight` only needs what may still be unacknowledged;
-                    // dropping the acknowledged front at once keeps it from
-                    // holding payloads the cache has already let go of. (A
-                    // resent frame may sit behind a newer one; acks are
-                    // cumulative, so it goes when that one does.)
-                    while inflight.front().is_some_and(|o| o.seq <= acked) {
-                        inflight.pop_front();
-                    }
+                    forget_acked(inflight, acked);
                     inflight.push_back(f.clone());
                     let env = Envelope { seq: f.seq, ack: received, req: f.req, msg: f.msg.clone() };
                     let n = match &f.payload {
@@ -585,10 +578,7 @@ impl Session {
                     last_write = tokio::time::Instant::now();
                 }
                 _ = tick.tick() => {
-                    let acked = lock(&self.state).peer_acked;
-                    while inflight.front().is_some_and(|o| o.seq <= acked) {
-                        inflight.pop_front();
-                    }
+                    forget_acked(inflight, lock(&self.state).peer_acked);
                     let received = self.received();
                     if received > ack_sent || last_write.elapsed() >= HEARTBEAT {
                         last_write = tokio::time::Instant::now();
@@ -600,6 +590,16 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Drops the acknowledged front of a connection's in-flight frames: the list
+/// only needs what may still be unacknowledged, and holding acked frames would
+/// keep payloads the cache has already let go of. (A resent frame may sit
+/// behind a newer one; acks are cumulative, so it goes when that one does.)
+fn forget_acked(inflight: &mut VecDeque<Arc<Outgoing>>, acked: u64) {
+    while inflight.front().is_some_and(|o| o.seq <= acked) {
+        inflight.pop_front();
     }
 }
 

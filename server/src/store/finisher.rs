@@ -133,20 +133,21 @@ mod tests {
     use crate::store::pack::{pack_path, read_contents};
     use tern_core::{ChunkId, Codec};
 
-    fn pack_with_one_chunk(dir: &std::path::Path, number: u64) -> PackWriter {
-        let mut w = PackWriter::create(dir, number).unwrap();
-        let data = number.to_le_bytes();
-        w.append(&ChunkId::of(&data), Codec::Raw, 8, &data).unwrap();
-        w
+    /// Hands over packs `1..=n`, one chunk each.
+    fn submit_packs(finisher: &PackFinisher, dir: &std::path::Path, n: u64) {
+        for number in 1..=n {
+            let mut w = PackWriter::create(dir, number).unwrap();
+            let data = number.to_le_bytes();
+            w.append(&ChunkId::of(&data), Codec::Raw, 8, &data).unwrap();
+            finisher.submit(w).unwrap();
+        }
     }
 
     #[test]
     fn every_submitted_pack_is_finished_when_wait_idle_returns() {
         let dir = tempfile::tempdir().unwrap();
         let finisher = PackFinisher::start().unwrap();
-        for n in 1..=10 {
-            finisher.submit(pack_with_one_chunk(dir.path(), n)).unwrap();
-        }
+        submit_packs(&finisher, dir.path(), 10);
         finisher.wait_idle().unwrap();
         for n in 1..=10 {
             let c = read_contents(&pack_path(dir.path(), n), n).unwrap();
@@ -159,9 +160,7 @@ mod tests {
     fn dropping_the_finisher_finishes_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
         let finisher = PackFinisher::start().unwrap();
-        for n in 1..=3 {
-            finisher.submit(pack_with_one_chunk(dir.path(), n)).unwrap();
-        }
+        submit_packs(&finisher, dir.path(), 3);
         drop(finisher);
         for n in 1..=3 {
             assert!(
