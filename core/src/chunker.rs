@@ -314,6 +314,27 @@ mod tests {
     }
 
     #[test]
+    fn cuts_are_fastcdc_2020s() {
+        // Stored chunk ids depend on these cut points: batching and streaming
+        // must cut exactly where FastCDC cuts the whole stream at once.
+        let data = pseudo_random(2 * 1024 * 1024 + 5, 11);
+        for p in [
+            ChunkParams::default(),
+            ChunkParams {
+                min: 2048,
+                avg: 8192,
+                max: 65536,
+            },
+        ] {
+            let theirs: Vec<usize> = fastcdc::v2020::FastCDC::new(&data, p.min, p.avg, p.max)
+                .map(|c| c.length)
+                .collect();
+            assert!(theirs.len() > 10);
+            assert_eq!(chunk_all(&data, 1 << 16, p), theirs);
+        }
+    }
+
+    #[test]
     fn cuts_do_not_depend_on_push_sizes() {
         let data = pseudo_random(3 * 1024 * 1024 + 17, 7);
         let p = ChunkParams::default();
