@@ -59,14 +59,12 @@ pub enum CodecError {
 /// Compresses one chunk's worth of bytes with a reusable zstd context.
 pub struct Compressor {
     ctx: zstd::bulk::Compressor<'static>,
-    out: Vec<u8>,
 }
 
 impl Compressor {
     pub fn new(level: i32) -> std::io::Result<Self> {
         Ok(Self {
             ctx: zstd::bulk::Compressor::new(level)?,
-            out: Vec::new(),
         })
     }
 
@@ -82,15 +80,19 @@ impl Compressor {
         }
         // Leave out anything that saves less than 1/64: not worth a decompress.
         let budget = data.len() - data.len() / 64;
-        self.out.clear();
-        self.out
-            .reserve(zstd::zstd_safe::compress_bound(data.len()));
-        match self.ctx.compress_to_buffer(data, &mut self.out) {
-            Ok(n) if n < budget => EncodedChunk {
-                codec: Codec::Zstd,
-                raw_len,
-                bytes: self.out[..n].to_vec(),
-            },
+        // Compressed straight into the buffer that is returned: no copy.
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        match self.ctx.compress_to_buffer(data, &mut out) {
+            Ok(n) if n < budget => {
+                // Gives the unused bound back (in place in glibc's realloc):
+                // in-flight frames hold these buffers until acked.
+                out.shrink_to_fit();
+                EncodedChunk {
+                    codec: Codec::Zstd,
+                    raw_len,
+                    bytes: out,
+                }
+            }
             _ => EncodedChunk {
                 codec: Codec::Raw,
                 raw_len,
@@ -112,11 +114,22 @@ fn looks_incompressible(data: &[u8]) -> bool {
     if data.len() < 4 * PROBE_PIECE {
         return false;
     }
-    let mut counts = [0u32; 256];
+    // Four tables, so that consecutive equal bytes do not wait on each
+    // other's increment: this probe runs on every chunk.
+    let mut tables = [[0u32; 256]; 4];
     let stride = (data.len() - PROBE_PIECE) / 3;
     for i in 0..4 {
-        for &b in &data[i * stride..i * stride + PROBE_PIECE] {
-            counts[b as usize] += 1;
+        for q in data[i * stride..i * stride + PROBE_PIECE].chunks_exact(4) {
+            tables[0][q[0] as usize] += 1;
+            tables[1][q[1] as usize] += 1;
+            tables[2][q[2] as usize] += 1;
+            tables[3][q[3] as usize] += 1;
+        }
+    }
+    let mut counts = [0u32; 256];
+    for t in &tables {
+        for (c, n) in counts.iter_mut().zip(t) {
+            *c += n;
         }
     }
     let n = (4 * PROBE_PIECE) as f64;
