@@ -234,6 +234,10 @@ fn walk(p: &Path) -> u64 {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        // The log and the client identity sit beside the data directory (ternd
+        // owns everything inside it); the TempDir removes only the directory.
+        let _ = std::fs::remove_file(self.data().with_extension("log"));
+        let _ = std::fs::remove_dir_all(self.data().with_extension("client-id"));
     }
 }
 
