@@ -104,6 +104,17 @@ impl TestServer {
         self.dir.path()
     }
 
+    // The log and the client identity sit beside the data directory: ternd
+    // owns everything inside it. The TempDir removes only the directory, so
+    // Drop removes these two.
+    fn log_path(&self) -> PathBuf {
+        self.data().with_extension("log")
+    }
+
+    fn client_id_dir(&self) -> PathBuf {
+        self.data().with_extension("client-id")
+    }
+
     pub fn spawn(&mut self) {
         let (cert, key) = self.client_identity();
         if !cert.exists() {
@@ -122,7 +133,7 @@ impl TestServer {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(self.data().with_extension("log"))
+                    .open(self.log_path())
                     .unwrap(),
             ))
             .spawn()
@@ -167,7 +178,7 @@ impl TestServer {
 
     /// The certificate and key in-process clients of this test present.
     pub fn client_identity(&self) -> (PathBuf, PathBuf) {
-        let dir = self.data().with_extension("client-id");
+        let dir = self.client_id_dir();
         (dir.join("client.crt"), dir.join("client.key"))
     }
 
@@ -234,10 +245,8 @@ fn walk(p: &Path) -> u64 {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
-        // The log and the client identity sit beside the data directory (ternd
-        // owns everything inside it); the TempDir removes only the directory.
-        let _ = std::fs::remove_file(self.data().with_extension("log"));
-        let _ = std::fs::remove_dir_all(self.data().with_extension("client-id"));
+        let _ = std::fs::remove_file(self.log_path());
+        let _ = std::fs::remove_dir_all(self.client_id_dir());
     }
 }
 
