@@ -636,31 +636,51 @@ fn msg_name(m: &Msg) -> String {
     s.split([' ', '{', '(']).next().unwrap_or("?").to_string()
 }
 
-/// Binds the configured listeners and serves until the process ends.
-pub async fn run(
-    hub: Arc<Hub>,
-    tls: Arc<rustls::ServerConfig>,
-    listen: SocketAddr,
-    plain: Option<SocketAddr>,
-) -> Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    tracing::info!("listening for TLS on {}", listener.local_addr()?);
-    let mut tasks = vec![tokio::spawn(serve_tls(
-        listener,
-        TlsAcceptor::from(tls),
-        hub.clone(),
-    ))];
-    if let Some(addr) = plain {
-        let l = TcpListener::bind(addr)
+/// The bound listeners of a server, before it serves.
+pub struct Listeners {
+    tls: TcpListener,
+    plain: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the TLS listener and the optional plaintext one. Port 0 binds a
+    /// port the system chooses; `tls_addr` and `plain_addr` say which.
+    pub async fn bind(listen: SocketAddr, plain: Option<SocketAddr>) -> Result<Self> {
+        let tls = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {addr}"))?;
-        tracing::info!("listening for plaintext on {}", l.local_addr()?);
-        tasks.push(tokio::spawn(serve_plain(l, hub.clone())));
+            .with_context(|| format!("binding {listen}"))?;
+        let plain = match plain {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { tls, plain })
     }
-    for t in tasks {
-        t.await.context("listener task")?;
+
+    pub fn tls_addr(&self) -> Result<SocketAddr> {
+        Ok(self.tls.local_addr()?)
     }
-    Ok(())
+
+    pub fn plain_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(self.plain.as_ref().map(|l| l.local_addr()).transpose()?)
+    }
+
+    /// Serves on every listener until the process ends.
+    pub async fn serve(self, hub: Arc<Hub>, tls: Arc<rustls::ServerConfig>) -> Result<()> {
+        let mut tasks = vec![tokio::spawn(serve_tls(
+            self.tls,
+            TlsAcceptor::from(tls),
+            hub.clone(),
+        ))];
+        if let Some(l) = self.plain {
+            tasks.push(tokio::spawn(serve_plain(l, hub)));
+        }
+        for t in tasks {
+            t.await.context("listener task")?;
+        }
+        Ok(())
+    }
 }

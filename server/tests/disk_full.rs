@@ -48,14 +48,7 @@ fn a_full_disk_fails_the_backup_clearly_and_keeps_earlier_images() {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let mut server = TestServer {
-        dir: tempfile::tempdir_in(fs.0.path()).unwrap(),
-        port: free_port(),
-        plain_port: free_port(),
-        child: None,
-        args: Vec::new(),
-    };
-    server.spawn();
+    let mut server = TestServer::start_with(tempfile::tempdir_in(fs.0.path()).unwrap(), &[]);
     let client = server.client();
     client
         .container_create("c", ContainerSettings::default())

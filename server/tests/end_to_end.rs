@@ -335,7 +335,7 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
     let mut b = TestServer {
         dir: tempfile::tempdir().unwrap(),
         port,
-        plain_port: free_port(),
+        plain_port: 0,
         child: None,
         args: Vec::new(),
     };

@@ -299,6 +299,13 @@ fn serve(
         spill_dir: data.join(&cfg.session_spill_dir),
     };
     rt.block_on(async move {
+        let listeners = net::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
+        // Printed once bound, so a script (or a test asking for port 0)
+        // learns where the server is from these lines alone.
+        println!("listening for TLS on {}", listeners.tls_addr()?);
+        if let Some(addr) = listeners.plain_addr()? {
+            println!("listening for plaintext on {addr}");
+        }
         let control_store = store.clone();
         let data = data.to_path_buf();
         tokio::spawn(async move {
@@ -307,11 +314,9 @@ fn serve(
             }
         });
         tokio::select! {
-            r = net::run(
+            r = listeners.serve(
                 net::Hub::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cache),
                 tls,
-                cfg.listen,
-                cfg.plain_listen,
             ) => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("stopping on interrupt");

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,14 +11,6 @@ use tern_agent::{Client, ClientOptions};
 use tern_core::tls::Fingerprint;
 
 pub const PASSWORD: &str = "test-password";
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The directory cargo puts this build's binaries in (target/<profile>).
 pub fn target_dir() -> PathBuf {
@@ -76,7 +68,11 @@ pub fn tern_bin() -> PathBuf {
 /// A running ternd; killed when dropped.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
+    /// The TLS port. 0 before the first start lets ternd choose a free one
+    /// (a port picked here and bound later could be taken in between by a
+    /// parallel test); restarts keep the port, as clients expect.
     pub port: u16,
+    /// The plaintext loopback port, chosen the same way.
     pub plain_port: u16,
     pub child: Option<Child>,
     /// Extra arguments for `ternd serve`.
@@ -91,8 +87,8 @@ impl TestServer {
     pub fn start_with(dir: tempfile::TempDir, args: &[&str]) -> Self {
         let mut s = TestServer {
             dir,
-            port: free_port(),
-            plain_port: free_port(),
+            port: 0,
+            plain_port: 0,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -120,7 +116,7 @@ impl TestServer {
         if !cert.exists() {
             tern_agent::identity::Identity::create(&cert, &key).unwrap();
         }
-        let child = Command::new(ternd_bin())
+        let mut child = Command::new(ternd_bin())
             .args(["serve", "--data"])
             .arg(self.data())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -128,7 +124,7 @@ impl TestServer {
             .args(&self.args)
             .env("TERN_PASSWORD", PASSWORD)
             .env("TERN_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -138,13 +134,35 @@ impl TestServer {
             ))
             .spawn()
             .unwrap();
+        // ternd prints the addresses once it has bound them; it is ready then.
+        let stdout = BufReader::new(child.stdout.take().unwrap());
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.plain_port).parse().unwrap();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "ternd did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut tls, mut plain) = (None, None);
+        while tls.is_none() || plain.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("listening for TLS on ") {
+                        tls = Some(port_of(a));
+                    } else if let Some(a) = line.strip_prefix("listening for plaintext on ") {
+                        plain = Some(port_of(a));
+                    }
+                }
+                Err(e) => panic!(
+                    "ternd did not start ({e}); its log:\n{}",
+                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                ),
+            }
         }
+        (self.port, self.plain_port) = (tls.unwrap(), plain.unwrap());
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -209,6 +227,11 @@ impl TestServer {
     pub fn pack_bytes(&self) -> u64 {
         walk(&self.data().join("groups"))
     }
+}
+
+fn port_of(addr: &str) -> u16 {
+    let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
+    addr.port()
 }
 
 /// Runs a command with `stdin` fed from a thread (so a large input cannot
