@@ -241,7 +241,12 @@ fn read_table(file: &File, file_len: u64, number: u64) -> io::Result<Option<Pack
     let table_offset = u64::from_le_bytes(footer[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes")) as u64;
     let table_len = count * TABLE_ENTRY_LEN as u64;
-    if table_offset < HEADER_LEN || table_offset + table_len + FOOTER_LEN != file_len {
+    // Checked: both numbers come from the file, and a wrapped sum could
+    // match `file_len` and size the table allocation from garbage.
+    let table_end = table_offset
+        .checked_add(table_len)
+        .and_then(|end| end.checked_add(FOOTER_LEN));
+    if table_offset < HEADER_LEN || table_end != Some(file_len) {
         return Ok(None);
     }
     let mut table = vec![0u8; table_len as usize];
@@ -256,8 +261,9 @@ fn read_table(file: &File, file_len: u64, number: u64) -> io::Result<Option<Pack
         let codec = Codec::from_u8(t[40]).ok_or_else(|| invalid("unknown codec in pack table"))?;
         let raw_len = u32::from_le_bytes(t[41..45].try_into().expect("4 bytes"));
         let stored_len = u32::from_le_bytes(t[45..49].try_into().expect("4 bytes"));
-        if offset + ENTRY_HEADER_LEN + stored_len as u64 > table_offset {
-            return Err(invalid("pack table entry points past the data"));
+        let end = offset.checked_add(ENTRY_HEADER_LEN + u64::from(stored_len));
+        if offset < HEADER_LEN || end.is_none_or(|end| end > table_offset) {
+            return Err(invalid("pack table entry points outside the data"));
         }
         entries.push(PackEntry {
             id,
@@ -379,6 +385,52 @@ mod tests {
         let c = read_contents(&path, 2).unwrap();
         assert!(c.finished);
         assert_eq!(c.entries.len(), 1);
+    }
+
+    #[test]
+    fn damaged_packs_are_refused_or_read_within_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path(), 3).unwrap();
+        for n in 1..6u8 {
+            let data = vec![n; usize::from(n) * 7];
+            w.append(&ChunkId::of(&data), Codec::Raw, data.len() as u32, &data)
+                .unwrap();
+        }
+        let good = std::fs::read(w.finish().unwrap()).unwrap();
+        let path = dir.path().join("damaged.pack");
+        let check = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            if let Ok(c) = read_contents(&path, 3) {
+                assert!(c.data_end <= c.file_len);
+                for e in &c.entries {
+                    assert!(e.loc.offset >= HEADER_LEN + ENTRY_HEADER_LEN);
+                    assert!(e.loc.offset + u64::from(e.loc.stored_len) <= c.data_end);
+                }
+            }
+        };
+        // A footer whose table offset would wrap the length arithmetic.
+        let mut wrapping = good.clone();
+        let at = good.len() - FOOTER_LEN as usize;
+        wrapping[at..at + 8].copy_from_slice(&(u64::MAX - 20).to_le_bytes());
+        check(&wrapping);
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                bytes.truncate((next() as usize) % bytes.len());
+            }
+            check(&bytes);
+        }
     }
 
     #[test]
