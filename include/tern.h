@@ -360,7 +360,7 @@ typedef struct {
   size_t struct_size;
   const char *(*version)(void);
   const char *(*last_error)(void);
-  const char *(*status_name)(tern_status);
+  const char *(*status_name)(int);
   void (*client_options_init)(tern_client_options*);
   tern_status (*client_open)(const tern_client_options*, tern_client**);
   tern_status (*client_close)(tern_client*);
@@ -441,9 +441,11 @@ tern_status tern_container_create(const tern_client *client, const char *name);
 const char *tern_last_error(void);
 
 /**
- * The name of a status code, e.g. "TERN_NOT_FOUND". The string is static.
+ * The name of a status code, e.g. "TERN_NOT_FOUND"; "TERN_UNKNOWN_STATUS" for
+ * a value this library does not define (a host built against a newer header
+ * may pass one). Takes any int. The string is static.
  */
-const char *tern_status_name(tern_status status);
+const char *tern_status_name(int status);
 
 /**
  * Starts a new image in `container`. `props` (may be NULL when props_len is 0)

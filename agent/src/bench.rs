@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tern_core::chunker::{ChunkParams, StreamChunker};
-use tern_core::codec::{self, Compressor};
+use tern_core::chunker::{ChunkBatcher, ChunkParams};
+use tern_core::codec::{Compressor, Decoder};
 use tern_core::ChunkId;
 
+use crate::writer::BATCH_BYTES;
 use crate::{Client, ClientError};
 
 /// Each local stage runs over the sample again and again for at least this long.
@@ -94,23 +95,27 @@ pub fn local_stages(
     let len = data.len() as u64;
     let mut stages = Vec::new();
 
+    // The backup path's chunker: a batcher cutting 4 MiB batch buffers.
     let mut chunks: Vec<(usize, usize)> = Vec::new();
     let (n, t) = repeat(|| {
         chunks.clear();
-        let mut c = StreamChunker::new(params);
+        let mut batcher = ChunkBatcher::new(params, Vec::with_capacity(BATCH_BYTES));
         let mut at = 0;
-        for piece in data.chunks(1 << 20) {
-            c.push(piece);
-            while let Some(chunk) = c.next_chunk() {
-                chunks.push((at, chunk.len()));
-                at += chunk.len();
+        let mut take = |b: &mut ChunkBatcher, at: &mut usize| {
+            let batch = b.take_batch(Vec::with_capacity(BATCH_BYTES));
+            for c in batch.chunks() {
+                chunks.push((*at, c.len()));
+                *at += c.len();
             }
+        };
+        for piece in data.chunks(BATCH_BYTES) {
+            batcher.push(piece);
+            batcher.cut(usize::MAX);
+            take(&mut batcher, &mut at);
         }
-        c.finish();
-        while let Some(chunk) = c.next_chunk() {
-            chunks.push((at, chunk.len()));
-            at += chunk.len();
-        }
+        batcher.finish();
+        batcher.cut(usize::MAX);
+        take(&mut batcher, &mut at);
     });
     stages.push(Stage::new("chunking (FastCDC)", n * len, t, None));
 
@@ -138,10 +143,12 @@ pub fn local_stages(
         Some(stored as f64 / len.max(1) as f64),
     ));
 
+    // As restore and the server decode: one warm zstd context, reused buffers.
     let mut failed = None;
+    let mut decoder = Decoder::new();
     let (n, t) = repeat(|| {
         for (id, e) in &encoded {
-            if let Err(err) = codec::decode(id, e.codec, e.raw_len, &e.bytes) {
+            if let Err(err) = decoder.verify(id, e.codec, e.raw_len, &e.bytes) {
                 failed = Some(err);
             }
         }

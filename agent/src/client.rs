@@ -121,7 +121,7 @@ impl Client {
                 .identity
                 .as_ref()
                 .map(|(c, k)| (c.as_path(), k.as_path()));
-            Some(crate::identity::Identity::load_or_create(paths)?)
+            Some(crate::identity::load_or_create(paths)?)
         };
         let session = crate::conn::SessionOptions {
             plain: opts.plain,

@@ -137,6 +137,27 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_overrides_its_default() {
+        let cfg: ClientConfig = toml::from_str(
+            "plain = true\nconnections = 3\nsecure_connect = false\n\
+             grace_period_secs = 77\ncache_memory_bytes = 12345\ncache_disk_bytes = 0\n\
+             spill_dir = \"/var/tmp/s\"\nallow_tls12 = true\n",
+        )
+        .unwrap();
+        let def = ClientOptions::new("s", "u", "p");
+        let o = cfg.options("s", "u", "p");
+        assert!(o.plain && !def.plain);
+        assert_eq!(o.connections, 3);
+        assert_ne!(o.connections, def.connections);
+        assert!(!o.secure_connect && def.secure_connect);
+        assert_eq!(o.grace_period, std::time::Duration::from_secs(77));
+        assert_eq!((o.cache_memory, o.cache_disk), (12345, 0));
+        assert_ne!(o.cache_memory, def.cache_memory);
+        assert_eq!(o.spill_dir.as_deref(), Some(Path::new("/var/tmp/s")));
+        assert!(o.allow_tls12 && !def.allow_tls12);
+    }
+
+    #[test]
     fn unknown_or_bad_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("client.toml");

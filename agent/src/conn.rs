@@ -191,28 +191,18 @@ impl Dialer {
             });
         }
         let verifier = PinnedServer::new(opts.pin);
-        let versions: &[&rustls::SupportedProtocolVersion] = if opts.allow_tls12 {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13]
-        };
         let Some(identity) = opts.identity.clone() else {
             return Err(ClientError::Invalid(
                 "a TLS session needs a client identity".into(),
             ));
         };
-        let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
-            .with_protocol_versions(versions)
-            .map_err(|e| connect_err(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_client_auth_cert(identity.chain, identity.key)
-            .map_err(|e| ClientError::Invalid(format!("the client identity: {e}")))?;
+        let config = tern_core::tls::client_config(verifier.clone(), identity, opts.allow_tls12)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| connect_err(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = tokio_rustls::TlsConnector::from(config);
         Ok(Self {
             server: server.into(),
             plain,
@@ -240,18 +230,16 @@ impl Dialer {
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
             .await
             .map_err(|_| connect_err("TLS handshake timed out".into()))?;
-        let tls = tls.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("does not match the pinned") {
-                ClientError::Untrusted(format!(
-                    "{}: {text}. If the server's certificate was replaced on purpose, \\
-                     pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
+        let tls = tls.map_err(
+            |e| match self.tls.as_ref().and_then(|(_, _, v)| v.mismatch()) {
+                Some(mismatch) => ClientError::Untrusted(format!(
+                    "{}: {mismatch}. If the server's certificate was replaced on purpose, \
+                 pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
                     self.server
-                ))
-            } else {
-                connect_err(format!("TLS handshake failed: {text}"))
-            }
-        })?;
+                )),
+                None => connect_err(format!("TLS handshake failed: {e}")),
+            },
+        )?;
         Ok(Box::new(tls))
     }
 
@@ -337,7 +325,7 @@ impl Conn {
             token: token.clone(),
             outage: outage.clone(),
             resume: opts.resume,
-            grace: opts.grace,
+            grace: Arc::new(Mutex::new(opts.grace)),
         };
         rt.spawn(slot.clone().run(Some(first)));
 
@@ -373,11 +361,9 @@ impl Conn {
         };
         if !t.is_empty() {
             *lock(&token) = Some(t);
-            let grace = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
+            *lock(&slot.grace) = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
             for _ in 1..opts.connections.max(1) {
-                let mut extra = slot.clone();
-                extra.grace = grace;
-                conn._rt.spawn(extra.run(None));
+                conn._rt.spawn(slot.clone().run(None));
             }
         }
         Ok((conn, seen))
@@ -443,11 +429,6 @@ impl Conn {
     /// Bytes read from the network so far.
     pub fn bytes_received(&self) -> u64 {
         self.session.bytes_received()
-    }
-
-    /// Connections currently carrying the session.
-    pub fn live_connections(&self) -> usize {
-        self.session.live_connections()
     }
 
     pub fn server(&self) -> &str {
@@ -526,10 +507,16 @@ struct Slot {
     /// When the session last lost its last connection.
     outage: Arc<Mutex<Option<Instant>>>,
     resume: bool,
-    grace: Duration,
+    /// The client's grace period, capped by the server's once Welcome has
+    /// told it; shared, so the first connection's slot is capped too.
+    grace: Arc<Mutex<Duration>>,
 }
 
 impl Slot {
+    fn grace(&self) -> Duration {
+        *lock(&self.grace)
+    }
+
     async fn run(self, first: Option<Box<dyn Stream>>) {
         let mut next = first.map(|s| (s, None));
         let mut backoff = Duration::from_millis(50);
@@ -553,7 +540,7 @@ impl Slot {
                         if self.outage_exceeded() {
                             self.session.close(&format!(
                                 "no connection to the server for {} s (the grace period); last error: {e}",
-                                self.grace.as_secs()
+                                self.grace().as_secs()
                             ));
                             return;
                         }
@@ -595,6 +582,6 @@ impl Slot {
 
     fn outage_exceeded(&self) -> bool {
         self.session.live_connections() == 0
-            && lock(&self.outage).is_some_and(|since| since.elapsed() >= self.grace)
+            && lock(&self.outage).is_some_and(|since| since.elapsed() >= self.grace())
     }
 }

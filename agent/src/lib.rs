@@ -10,22 +10,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! - [`conn`]: one connection: TLS with pinning, request/answer matching.
-//! - [`writer`]: the dedup write pipeline (chunk, hash, ask, compress, send).
-//! - [`reader`]: random-access reads with read-ahead.
-//! - [`trust`]: remembered server fingerprints (trust on first use).
-//! - [`config`]: the client configuration file, `client.toml`.
-//! - [`identity`]: the client's own certificate, which sessions are bound to.
+//! Public: [`Client`] and its options, [`ImageWriter`], [`ImageReader`],
+//! [`config`] (the client configuration file, `client.toml`), [`identity`]
+//! (the client's own certificate, which sessions are bound to), and the
+//! stage benchmarks behind `tern bench`. Inside: `conn` (a session over TLS
+//! connections with pinning, request/answer matching), `writer` (the dedup
+//! and passthrough write pipelines), `reader` (random-access reads with
+//! read-ahead), `trust` (remembered server fingerprints).
 
-pub mod bench;
+mod bench;
 mod client;
 pub mod config;
-pub mod conn;
+mod conn;
 mod error;
 pub mod identity;
-pub mod reader;
-pub mod trust;
-pub mod writer;
+mod reader;
+mod trust;
+mod writer;
+
+pub use bench::{local_stages, network_stages, sample_data, Stage};
 
 pub use client::{Client, ClientOptions};
 pub use error::ClientError;

@@ -32,8 +32,8 @@ use crate::conn::{Answers, Conn};
 use crate::{Client, ClientError};
 
 /// Chunk bytes in one `ImageAppend`.
-const BATCH_BYTES: usize = 4 << 20;
-/// Most chunks in one `ImageAppend` (the server takes up to 256).
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
+/// Most chunks in one `ImageAppend` (the server takes up to 4096).
 const BATCH_CHUNKS: usize = 256;
 /// Announced batches awaiting their answer before the announcer waits.
 const WINDOW: usize = 6;

@@ -53,8 +53,20 @@ impl CacheLimits {
     }
 }
 
-/// Bookkeeping overhead charged to every cached frame besides its payload.
+/// Bookkeeping overhead charged to every cached or reordered frame besides
+/// its payload.
 const FRAME_OVERHEAD: usize = 256;
+
+/// Forgets `n` spilled frames (acknowledged, or a reservation that failed).
+fn release_spill(st: &mut State, n: usize) {
+    if let Some(spill) = st.spill.as_mut() {
+        spill.live -= n;
+        if n > 0 && spill.live == 0 {
+            // Nothing spilled is waiting any more: start the file over.
+            spill.end = 0;
+        }
+    }
+}
 
 /// Where a cached frame's payload is.
 #[derive(Debug)]
@@ -84,8 +96,10 @@ impl Outgoing {
     }
 }
 
-/// The spill file of one session: appended to while frames are spilled,
-/// emptied whenever no spilled frame is left unacknowledged.
+/// The spill file of one session: appended to while frames are spilled, and
+/// written from the start again whenever no spilled frame is left
+/// unacknowledged (it is not truncated: it stays at its high-water mark, at
+/// most the disk limit, until the session ends and the unlinked file goes).
 struct Spill {
     file: Arc<File>,
     end: u64,
@@ -188,58 +202,89 @@ impl Session {
     }
 
     /// Queues a frame, waiting while the cache of unacknowledged frames is full.
-    pub async fn send(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), SessionError> {
+    pub async fn send(&self, req: u64, msg: Msg, mut payload: Vec<u8>) -> Result<(), SessionError> {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            {
+            let reserved = {
                 let mut st = lock(&self.state);
                 if let Some(why) = &st.closed {
                     return Err(SessionError::Closed(why.clone()));
                 }
                 // An empty cache always takes one frame, whatever its size.
-                let in_memory = st.cache_bytes < self.limits.memory || st.cache.is_empty();
-                let spilled = if in_memory {
-                    None
-                } else {
-                    self.spill(&mut st, &payload)
-                };
-                if in_memory || spilled.is_some() {
-                    let payload = match spilled {
-                        Some(offset) => Payload::Spilled {
-                            offset,
-                            len: payload.len(),
-                        },
-                        None => Payload::Memory(payload),
-                    };
-                    let out = Arc::new(Outgoing {
-                        seq: st.next_seq,
-                        req,
-                        msg,
-                        payload,
-                        written: AtomicBool::new(false),
-                    });
-                    st.next_seq += 1;
-                    st.cache_bytes += out.memory_cost();
-                    st.cache.insert(out.seq, out.clone());
-                    drop(st);
-                    let _ = self.queue_tx.send(out);
+                if st.cache_bytes < self.limits.memory || st.cache.is_empty() {
+                    self.enqueue(st, req, msg, Payload::Memory(payload));
                     return Ok(());
                 }
+                self.reserve_spill(&mut st, payload.len())
+            };
+            let Some((file, offset)) = reserved else {
+                // Memory and spill file are full: wait for acknowledgements.
+                space.await;
+                continue;
+            };
+            // The write runs off the async workers and outside the state
+            // lock, which every connection of the session takes.
+            let (written, back) = tokio::task::spawn_blocking(move || {
+                let r = file.write_all_at(&payload, offset);
+                (r, payload)
+            })
+            .await
+            .map_err(|e| SessionError::Closed(format!("the spill writer failed: {e}")))?;
+            payload = back;
+            let mut st = lock(&self.state);
+            match written {
+                Ok(()) => {
+                    if let Some(why) = &st.closed {
+                        return Err(SessionError::Closed(why.clone()));
+                    }
+                    let len = payload.len();
+                    self.enqueue(st, req, msg, Payload::Spilled { offset, len });
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot write the session spill file in {}: {e}; unacknowledged frames stay in memory",
+                        self.limits.spill_dir.display()
+                    );
+                    st.spill_broken = true;
+                    release_spill(&mut st, 1);
+                }
             }
-            // Memory and spill file are full: wait for acknowledgements.
-            space.await;
         }
     }
 
-    /// Appends `payload` to the spill file if it fits; returns its offset.
-    fn spill(&self, st: &mut State, payload: &[u8]) -> Option<u64> {
+    /// Puts a frame in the cache and on the send queue, with the next sequence number.
+    fn enqueue(
+        &self,
+        mut st: std::sync::MutexGuard<'_, State>,
+        req: u64,
+        msg: Msg,
+        payload: Payload,
+    ) {
+        let out = Arc::new(Outgoing {
+            seq: st.next_seq,
+            req,
+            msg,
+            payload,
+            written: AtomicBool::new(false),
+        });
+        st.next_seq += 1;
+        st.cache_bytes += out.memory_cost();
+        st.cache.insert(out.seq, out.clone());
+        drop(st);
+        let _ = self.queue_tx.send(out);
+    }
+
+    /// Reserves `len` bytes at the end of the spill file if they fit; the
+    /// caller writes them, without the state lock.
+    fn reserve_spill(&self, st: &mut State, len: usize) -> Option<(Arc<File>, u64)> {
         if self.limits.disk == 0 || st.spill_broken {
             return None;
         }
         let used = st.spill.as_ref().map_or(0, |s| s.end);
-        if used + payload.len() as u64 > self.limits.disk {
+        if used + len as u64 > self.limits.disk {
             return None;
         }
         if st.spill.is_none() {
@@ -263,17 +308,11 @@ impl Session {
         }
         let spill = st.spill.as_mut()?;
         let offset = spill.end;
-        if let Err(e) = spill.file.write_all_at(payload, offset) {
-            tracing::warn!(
-                "cannot write the session spill file in {}: {e}; unacknowledged frames stay in memory",
-                self.limits.spill_dir.display()
-            );
-            st.spill_broken = true;
-            return None;
-        }
-        spill.end += payload.len() as u64;
+        spill.end += len as u64;
+        // Counted from the reservation on, so the file is not started over
+        // under a write in progress.
         spill.live += 1;
-        Some(offset)
+        Some((spill.file.clone(), offset))
     }
 
     /// Reads a spilled payload back for (re)sending.
@@ -350,16 +389,7 @@ impl Session {
             .values()
             .filter(|o| matches!(o.payload, Payload::Spilled { .. }))
             .count();
-        if let Some(spill) = st.spill.as_mut() {
-            spill.live -= unspilled;
-            if unspilled > 0 && spill.live == 0 {
-                // Nothing spilled is waiting any more: start the file over.
-                spill.end = 0;
-                if let Err(e) = spill.file.set_len(0) {
-                    tracing::warn!("cannot empty the session spill file: {e}");
-                }
-            }
-        }
+        release_spill(&mut st, unspilled);
         drop(st);
         self.space.notify_waiters();
     }
@@ -436,7 +466,7 @@ impl Session {
                         st.received + 1
                     )));
                 }
-                st.reorder_bytes += frame.payload.len() + 256;
+                st.reorder_bytes += frame.payload.len() + FRAME_OVERHEAD;
                 st.reorder.insert(seq, frame);
             }
         }
@@ -453,7 +483,7 @@ impl Session {
             let Some(f) = st.reorder.remove(&next) else {
                 return Ok(());
             };
-            st.reorder_bytes -= f.payload.len() + 256;
+            st.reorder_bytes -= f.payload.len() + FRAME_OVERHEAD;
             st.received = next;
             permit.send(f);
         }

@@ -1,7 +1,7 @@
 //! Status codes, the per-thread last error, and the panic boundary.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use tern_agent::ClientError;
@@ -108,10 +108,47 @@ pub extern "C" fn tern_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// The name of a status code, e.g. "TERN_NOT_FOUND". The string is static.
+/// The name of a status code, e.g. "TERN_NOT_FOUND"; "TERN_UNKNOWN_STATUS" for
+/// a value this library does not define (a host built against a newer header
+/// may pass one). Takes any int. The string is static.
 #[no_mangle]
-pub extern "C" fn tern_status_name(status: tern_status) -> *const c_char {
-    let s: &'static CStr = match status {
+pub extern "C" fn tern_status_name(status: c_int) -> *const c_char {
+    status_name(status).as_ptr()
+}
+
+fn status_name(status: c_int) -> &'static CStr {
+    let known = [
+        tern_status::TERN_OK,
+        tern_status::TERN_INVALID_ARGUMENT,
+        tern_status::TERN_NULL_POINTER,
+        tern_status::TERN_CLOSED,
+        tern_status::TERN_CONNECT,
+        tern_status::TERN_UNTRUSTED,
+        tern_status::TERN_AUTH,
+        tern_status::TERN_DENIED,
+        tern_status::TERN_NOT_FOUND,
+        tern_status::TERN_ALREADY_EXISTS,
+        tern_status::TERN_NO_SPACE,
+        tern_status::TERN_BUSY,
+        tern_status::TERN_PROTOCOL,
+        tern_status::TERN_CORRUPT,
+        tern_status::TERN_IO,
+        tern_status::TERN_UNSUPPORTED_VERSION,
+        tern_status::TERN_BUFFER_TOO_SMALL,
+        tern_status::TERN_WRONG_STATE,
+        tern_status::TERN_INTERNAL,
+        tern_status::TERN_PANIC,
+    ];
+    // Compared as integers: turning an unknown int into the enum would be
+    // undefined behaviour.
+    match known.into_iter().find(|k| *k as c_int == status) {
+        Some(k) => known_name(k),
+        None => c"TERN_UNKNOWN_STATUS",
+    }
+}
+
+fn known_name(status: tern_status) -> &'static CStr {
+    match status {
         tern_status::TERN_OK => c"TERN_OK",
         tern_status::TERN_INVALID_ARGUMENT => c"TERN_INVALID_ARGUMENT",
         tern_status::TERN_NULL_POINTER => c"TERN_NULL_POINTER",
@@ -132,8 +169,7 @@ pub extern "C" fn tern_status_name(status: tern_status) -> *const c_char {
         tern_status::TERN_WRONG_STATE => c"TERN_WRONG_STATE",
         tern_status::TERN_INTERNAL => c"TERN_INTERNAL",
         tern_status::TERN_PANIC => c"TERN_PANIC",
-    };
-    s.as_ptr()
+    }
 }
 
 /// Runs the body of an exported function: errors become a status and the

@@ -1,6 +1,6 @@
 //! tern_plugin_entry: the function table for hosts that load libtern at run time.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use crate::client::*;
 use crate::error::*;
@@ -18,7 +18,7 @@ pub struct tern_plugin_api {
     pub struct_size: usize,
     pub version: extern "C" fn() -> *const c_char,
     pub last_error: extern "C" fn() -> *const c_char,
-    pub status_name: extern "C" fn(tern_status) -> *const c_char,
+    pub status_name: extern "C" fn(c_int) -> *const c_char,
     pub client_options_init: unsafe extern "C" fn(*mut tern_client_options),
     pub client_open:
         unsafe extern "C" fn(*const tern_client_options, *mut *mut tern_client) -> tern_status,

@@ -1,15 +1,12 @@
 //! Bad input at the C ABI: each case returns a documented status and a
 //! message, never a crash.
 
-#[path = "../../server/tests/support/mod.rs"]
-mod support;
-
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStringExt;
 use std::ptr::{null, null_mut};
 
-use support::*;
 use tern::*;
+use tern_test_support::*;
 
 fn last_error() -> String {
     unsafe { CStr::from_ptr(tern_last_error()) }
@@ -329,4 +326,21 @@ fn the_plugin_entry_refuses_unknown_abi_versions() {
     let api = unsafe { &*api };
     assert_eq!(api.abi_version, TERN_ABI_VERSION);
     assert_eq!(api.struct_size, std::mem::size_of::<tern_plugin_api>());
+}
+
+#[test]
+fn status_names_cover_every_code_and_any_other_integer() {
+    let name = |v: std::ffi::c_int| {
+        // SAFETY: tern_status_name returns a static NUL-terminated string.
+        unsafe { CStr::from_ptr(tern_status_name(v)) }
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(name(tern_status::TERN_OK as _), "TERN_OK");
+    assert_eq!(name(tern_status::TERN_NOT_FOUND as _), "TERN_NOT_FOUND");
+    assert_eq!(name(tern_status::TERN_PANIC as _), "TERN_PANIC");
+    for unknown in [20, 99, -1, std::ffi::c_int::MAX, std::ffi::c_int::MIN] {
+        assert_eq!(name(unknown), "TERN_UNKNOWN_STATUS", "{unknown}");
+    }
 }

@@ -1,13 +1,10 @@
 //! The C and C++ examples, built with the system compiler and run against a
 //! real ternd, as a DMA would use libtern.
 
-#[path = "../../server/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use tern_test_support::*;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -180,8 +177,7 @@ fn the_makefile_builds_every_example_with_pkg_config() {
 #[test]
 fn c_examples_run_clean_under_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: valgrind is not installed");
-        return;
+        return cannot_run("valgrind is not installed");
     }
     let server = TestServer::start();
     server

@@ -1,16 +1,13 @@
 //! Loads libtern.so at run time, as a DMA loads a storage plugin, and drives
 //! a backup and restore through the function table alone.
 
-#[path = "../../server/tests/support/mod.rs"]
-mod support;
-
 use std::ffi::{CStr, CString};
 use std::ptr::null_mut;
 
-use support::*;
 use tern::{
     tern_client_options, tern_image_statistics, tern_plugin_api, tern_status, TERN_ABI_VERSION,
 };
+use tern_test_support::*;
 
 type Entry = unsafe extern "C" fn(u32) -> *const tern_plugin_api;
 

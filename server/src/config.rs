@@ -115,6 +115,42 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_every_value_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ternd.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7443\"\nplain_listen = \"127.0.0.1:7080\"\n\
+             cert = \"a.crt\"\nkey = \"a.key\"\nallow_tls12 = true\nlog = \"debug\"\n\
+             grace_period_secs = 17\nsession_cache_bytes = 1000\n\
+             session_spill_bytes = 2000\nsession_spill_dir = \"/var/tmp/x\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let def = Config::default();
+        assert_eq!(cfg.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_ne!(cfg.listen, def.listen);
+        assert_eq!(cfg.plain_listen, Some("127.0.0.1:7080".parse().unwrap()));
+        assert_eq!(
+            (cfg.cert.as_path(), cfg.key.as_path()),
+            (Path::new("a.crt"), Path::new("a.key"))
+        );
+        assert!(cfg.allow_tls12 && !def.allow_tls12);
+        assert_eq!(cfg.log, "debug");
+        assert_eq!(cfg.grace_period_secs, 17);
+        assert_eq!(
+            (cfg.session_cache_bytes, cfg.session_spill_bytes),
+            (1000, 2000)
+        );
+        assert_eq!(cfg.session_spill_dir, Path::new("/var/tmp/x"));
+        std::fs::write(&path, "grace_perod_secs = 1\n").unwrap();
+        assert!(
+            Config::load(&path).is_err(),
+            "a misspelt setting must be refused"
+        );
+    }
+
+    #[test]
     fn plaintext_off_loopback_is_refused() {
         let cfg = Config {
             plain_listen: Some("0.0.0.0:9080".parse().unwrap()),

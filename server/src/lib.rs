@@ -1,13 +1,15 @@
 //! ternd: the tern backup target.
 //!
 //! - [`store`]: packs, chunk index and catalog; GC and fsck.
-//! - [`net`]: listeners and the per-connection protocol handler.
+//! - [`listen`]: the accept loop; [`handler`]: sessions and their handler;
+//!   `requests`: what each request does.
 //! - [`control`]: the local control socket used by `ternd gc|fsck` on a running server.
-//! - [`config`], [`certs`], [`auth`]: configuration, TLS identity, passwords.
+//! - [`config`], [`certs`]: configuration, TLS identity.
 
-pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod control;
-pub mod net;
+pub mod handler;
+pub mod listen;
+mod requests;
 pub mod store;

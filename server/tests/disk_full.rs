@@ -1,12 +1,10 @@
 //! A full filesystem fails the backup that hit it, and nothing else.
 
-mod support;
-
 use std::io::Write;
 use std::process::Command;
 
-use support::*;
 use tern_agent::ContainerSettings;
+use tern_test_support::*;
 
 /// Mounts a small tmpfs; unmounted on drop.
 struct SmallFs(tempfile::TempDir);
@@ -44,9 +42,7 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn a_full_disk_fails_the_backup_clearly_and_keeps_earlier_images() {
     let Some(fs) = SmallFs::mount(48) else {
-        // Mounting needs root (CI runs as root); say so rather than pass silently.
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        return;
+        return cannot_run("cannot mount a tmpfs here (needs root)");
     };
     let mut server = TestServer::start_with(tempfile::tempdir_in(fs.0.path()).unwrap(), &[]);
     let client = server.client();

@@ -254,10 +254,17 @@ fn run(cli: Cli) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
+                println!(
+                    "{:<40} {:>10} {:>9}  CREATED (UTC)",
+                    "NAME", "SIZE", "CHUNKS"
+                );
                 for i in &list {
                     println!(
-                        "{:<40} {:>16} {:>8} chunks  {}",
-                        i.name, i.size, i.chunks, i.created
+                        "{:<40} {:>10} {:>9}  {}",
+                        i.name,
+                        human_bytes(i.size),
+                        i.chunks,
+                        rfc3339(i.created)
                     );
                 }
             }
@@ -284,22 +291,74 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats => {
             let client = connect(&cli, WriteMode::Dedup)?;
             let s = client.stats()?;
-            let ratio = s.logical_bytes as f64 / s.stored_bytes.max(1) as f64;
+            // Dedup: logical bytes per unique byte; compression: unique bytes
+            // per stored byte; their product is the whole reduction.
+            let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+            let dedup = ratio(s.logical_bytes, s.unique_bytes);
+            let compression = ratio(s.unique_bytes, s.stored_bytes);
+            let reduction = ratio(s.logical_bytes, s.stored_bytes);
             report(
                 &cli,
                 json!({
                     "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
                     "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
-                    "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes, "dedup_ratio": ratio,
+                    "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
+                    "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
                 }),
                 &format!(
-                    "containers {}\nimages {}\nlogical bytes {}\nunique chunks {}\nunique bytes {}\nstored bytes {}\npack bytes {}\ndedup ratio {ratio:.2}",
-                    s.containers, s.images, s.logical_bytes, s.unique_chunks, s.unique_bytes, s.stored_bytes, s.pack_bytes
+                    "containers         {}\nimages             {}\nlogical            {}\nunique chunks      {}\n\
+                     unique (deduped)   {}\nstored (compressed) {}\npack files         {}\n\
+                     dedup ratio        {dedup:.2}\ncompression ratio  {compression:.2}\n\
+                     total reduction    {reduction:.2}",
+                    s.containers,
+                    s.images,
+                    human_bytes(s.logical_bytes),
+                    s.unique_chunks,
+                    human_bytes(s.unique_bytes),
+                    human_bytes(s.stored_bytes),
+                    human_bytes(s.pack_bytes)
                 ),
             );
             Ok(())
         }
     }
+}
+
+/// Bytes for people: "1.5 GiB"; exact figures stay in `--json`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time, e.g. 2026-11-23T12:15:21Z.
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn report(cli: &Cli, v: serde_json::Value, text: &str) {
@@ -518,7 +577,6 @@ fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> Result<()> 
 }
 
 fn bench(cli: &Cli, local: bool, level: i32, input: Option<&Path>, upload_mib: u64) -> Result<()> {
-    use tern_agent::bench;
     if !(1..=19).contains(&level) {
         bail!("--zstd-level {level} is not in 1..=19");
     }
@@ -533,12 +591,12 @@ fn bench(cli: &Cli, local: bool, level: i32, input: Option<&Path>, upload_mib: u
             }
             d
         }
-        None => bench::sample_data(64 << 20),
+        None => tern_agent::sample_data(64 << 20),
     };
-    let mut stages = bench::local_stages(&data, ChunkParams::default(), level)?;
+    let mut stages = tern_agent::local_stages(&data, ChunkParams::default(), level)?;
     if !local {
         let client = connect(cli, WriteMode::Dedup)?;
-        stages.extend(bench::network_stages(&client, upload_mib << 20)?);
+        stages.extend(tern_agent::network_stages(&client, upload_mib << 20)?);
     }
     if cli.json {
         println!("{}", serde_json::to_string(&stages)?);
@@ -564,4 +622,19 @@ fn partial(output: &Path) -> PathBuf {
     let mut p = output.as_os_str().to_os_string();
     p.push(".tern-partial");
     PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_and_sizes_are_human() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_436_121), "2026-11-23T12:15:21Z");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
 }

@@ -11,8 +11,8 @@ use tern_core::names::{GroupName, UserName};
 use tern_core::session::CacheLimits;
 use tern_server::certs::{self, CertPaths};
 use tern_server::config::{Config, DEFAULT_CONFIG};
-use tern_server::store::{Store, DEFAULT_GROUP};
-use tern_server::{auth, control, net};
+use tern_server::store::{self, Store, StoreError, DEFAULT_GROUP};
+use tern_server::{control, handler, listen};
 
 #[derive(Parser)]
 #[command(
@@ -196,13 +196,11 @@ fn open_store(data: &Path) -> Result<Store> {
             data.display()
         );
     }
-    Store::open(data).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already open") || text.contains("DatabaseAlreadyOpen") {
+    Store::open(data).map_err(|e| match e {
+        StoreError::InUse => {
             anyhow::anyhow!("the data directory is in use by a running ternd; stop it first")
-        } else {
-            anyhow::Error::from(e)
         }
+        e => anyhow::Error::from(e),
     })
 }
 
@@ -273,7 +271,7 @@ fn serve(
     if !store.user_exists(&admin)? {
         let (password, generated) = match std::env::var("TERN_PASSWORD") {
             Ok(p) if !p.is_empty() => (p, false),
-            _ => (auth::generate_password()?, true),
+            _ => (store::generate_password()?, true),
         };
         store.user_set(
             &admin,
@@ -299,7 +297,7 @@ fn serve(
         spill_dir: data.join(&cfg.session_spill_dir),
     };
     rt.block_on(async move {
-        let listeners = net::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
+        let listeners = listen::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
         // Printed once bound, so a script (or a test asking for port 0)
         // learns where the server is from these lines alone.
         println!("listening for TLS on {}", listeners.tls_addr()?);
@@ -315,7 +313,7 @@ fn serve(
         });
         tokio::select! {
             r = listeners.serve(
-                net::Hub::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cache),
+                handler::Sessions::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cache),
                 tls,
             ) => r,
             _ = tokio::signal::ctrl_c() => {
@@ -327,12 +325,8 @@ fn serve(
 }
 
 fn open_store_for_serve(data: &Path) -> Result<Store> {
-    Store::open(data).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already open") {
-            anyhow::anyhow!("{} is in use by another ternd", data.display())
-        } else {
-            anyhow::Error::from(e)
-        }
+    Store::open(data).map_err(|e| match e {
+        StoreError::InUse => anyhow::anyhow!("{} is in use by another ternd", data.display()),
+        e => anyhow::Error::from(e),
     })
 }

@@ -1,15 +1,22 @@
-//! The catalog: redb tables and the records stored in them.
+//! The catalog: the redb tables and every query on them.
 //!
-//! Records are rmp-serde maps (named fields), so fields can be added later
-//! with `#[serde(default)]` without a format change. `docs/store-format.md`
-//! describes every table.
+//! Nothing outside this file opens a table (the definitions are public for
+//! tests that damage a catalog on purpose); the rest of the store asks the
+//! catalog questions in its own terms (a container, an image's recipe, a
+//! chunk's location). Every method is one transaction, so what it returns is
+//! consistent with itself. `docs/store-format.md` describes every table.
 
-use redb::TableDefinition;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tern_core::names::GroupName;
-use tern_core::{ChunkId, ChunkParams};
+use tern_core::wire::RecipeEntry;
+use tern_core::{ChunkId, ContainerName, ImageName};
 
-use super::StoreError;
+use super::pack::Location;
+use super::records::*;
+use super::{Result, StoreError};
 
 /// Counters and the format version: `format`, `next_container`, `next_image`, `next_group`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -21,95 +28,496 @@ pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("conta
 pub const IMAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("images");
 /// (image id, offset of the chunk in the image) -> chunk id (32) | u32 LE length.
 pub const RECIPES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("recipes");
-/// group id (u32 BE) | chunk id -> encoded [`super::pack::Location`].
+/// group id (u32 BE) | chunk id -> encoded [`Location`].
 pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
 /// User name -> [`UserRecord`].
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
-pub const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupRecord {
-    pub id: u32,
-}
+/// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
+/// the chunk index; past this size index pages are read from the file (the
+/// kernel's page cache) instead.
+const CACHE_BYTES: usize = 256 << 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: u64,
-    pub group: GroupName,
-    pub chunking: ChunkParams,
-    pub zstd_level: i32,
-    pub stream_limit: u32,
-    pub created: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageRecord {
-    pub id: u64,
+/// An image about to be committed: its record fields and recipe.
+pub struct NewImage<'a> {
+    pub container_id: u64,
+    pub container: &'a ContainerName,
+    pub name: &'a ImageName,
     pub size: u64,
-    pub chunks: u64,
-    #[serde(with = "serde_bytes")]
-    pub props: Vec<u8>,
+    pub props: &'a [u8],
     pub created: u64,
+    /// (offset, chunk id, length), in image order.
+    pub recipe: &'a [(u64, ChunkId, u32)],
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserRecord {
-    /// PHC string of an argon2id hash.
-    pub password_hash: String,
-    pub admin: bool,
-    /// Storage groups the user may use; admins may use all.
-    pub groups: Vec<GroupName>,
+/// The redb database of one data directory.
+pub struct Catalog {
+    db: Database,
 }
 
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
-}
-
-pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("undecodable {what} record: {e}")))
-}
-
-pub fn chunk_key(group: u32, id: &ChunkId) -> [u8; 36] {
-    let mut k = [0u8; 36];
-    k[..4].copy_from_slice(&group.to_be_bytes());
-    k[4..].copy_from_slice(id.as_bytes());
-    k
-}
-
-pub fn split_chunk_key(k: &[u8]) -> Option<(u32, ChunkId)> {
-    if k.len() != 36 {
-        return None;
+impl Catalog {
+    /// Opens (creating if needed) `path` and checks its format.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        let catalog = Self { db };
+        catalog.init()?;
+        Ok(catalog)
     }
-    Some((
-        u32::from_be_bytes(k[..4].try_into().ok()?),
-        ChunkId(k[4..].try_into().ok()?),
-    ))
-}
 
-pub fn recipe_value(id: &ChunkId, len: u32) -> [u8; 36] {
-    let mut v = [0u8; 36];
-    v[..32].copy_from_slice(id.as_bytes());
-    v[32..].copy_from_slice(&len.to_le_bytes());
-    v
-}
-
-pub fn split_recipe_value(v: &[u8]) -> Result<(ChunkId, u32), StoreError> {
-    if v.len() != 36 {
-        return Err(StoreError::Corrupt(format!(
-            "recipe entry of {} bytes",
-            v.len()
-        )));
+    fn init(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let format = meta.get("format")?.map(|v| v.value());
+            match format {
+                None => {
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::Invalid(format!(
+                        "catalog format {other} is not supported by this ternd (it reads format {FORMAT_VERSION})"
+                    )))
+                }
+            }
+            for t in [CONTAINERS, USERS, GROUPS] {
+                tx.open_table(t)?;
+            }
+            tx.open_table(IMAGES)?;
+            tx.open_table(RECIPES)?;
+            tx.open_table(CHUNKS)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
-    let id = ChunkId(v[..32].try_into().expect("32 bytes"));
-    let len = u32::from_le_bytes(v[32..].try_into().expect("4 bytes"));
-    Ok((id, len))
+
+    // ---- storage groups ----------------------------------------------------
+
+    /// Every storage group: name and id.
+    pub fn groups(&self) -> Result<Vec<(String, u32)>> {
+        let t = self.db.begin_read()?.open_table(GROUPS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (name, rec) = row?;
+            let rec: GroupRecord = decode("group", rec.value())?;
+            out.push((name.value().to_string(), rec.id));
+        }
+        Ok(out)
+    }
+
+    pub fn group_id(&self, name: &GroupName) -> Result<Option<u32>> {
+        let groups = self.db.begin_read()?.open_table(GROUPS)?;
+        let found = groups.get(name.as_str())?;
+        found
+            .map(|rec| decode::<GroupRecord>("group", rec.value()).map(|r| r.id))
+            .transpose()
+    }
+
+    /// The id of group `name`, recorded with a new id if it is not there yet.
+    pub fn insert_group(&self, name: &GroupName) -> Result<u32> {
+        let tx = self.db.begin_write()?;
+        let id = {
+            let mut groups = tx.open_table(GROUPS)?;
+            let existing = groups
+                .get(name.as_str())?
+                .map(|rec| decode::<GroupRecord>("group", rec.value()))
+                .transpose()?;
+            match existing {
+                Some(rec) => rec.id,
+                None => {
+                    let id = u32::try_from(next_counter(&tx, "next_group")?).map_err(|_| {
+                        StoreError::Corrupt("storage group ids are exhausted".into())
+                    })?;
+                    groups.insert(name.as_str(), encode(&GroupRecord { id })?.as_slice())?;
+                    id
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    // ---- users ---------------------------------------------------------------
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let users = self.db.begin_read()?.open_table(USERS)?;
+        let found = users.get(name)?;
+        found.map(|v| decode("user", v.value())).transpose()
+    }
+
+    pub fn put_user(&self, name: &str, rec: &UserRecord) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(USERS)?
+            .insert(name, encode(rec)?.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- containers ----------------------------------------------------------
+
+    pub fn container(&self, name: &ContainerName) -> Result<Option<ContainerRecord>> {
+        let t = self.db.begin_read()?.open_table(CONTAINERS)?;
+        let found = t.get(name.as_str())?;
+        found.map(|v| decode("container", v.value())).transpose()
+    }
+
+    /// Every container with its record, its image count and logical bytes.
+    pub fn containers(&self) -> Result<Vec<(ContainerName, ContainerRecord, u64, u64)>> {
+        let tx = self.db.begin_read()?;
+        let containers = tx.open_table(CONTAINERS)?;
+        let images = tx.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for row in containers.iter()? {
+            let (name, v) = row?;
+            let rec: ContainerRecord = decode("container", v.value())?;
+            let (mut count, mut bytes) = (0, 0);
+            for img in images.range((rec.id, "")..(rec.id + 1, ""))? {
+                let (_, v) = img?;
+                count += 1;
+                bytes += decode::<ImageRecord>("image", v.value())?.size;
+            }
+            let name =
+                ContainerName::new(name.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((name, rec, count, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Records a new container; `make` builds its record from the new id.
+    pub fn insert_container(
+        &self,
+        name: &ContainerName,
+        make: impl FnOnce(u64) -> ContainerRecord,
+    ) -> Result<ContainerRecord> {
+        let tx = self.db.begin_write()?;
+        let rec = {
+            let mut t = tx.open_table(CONTAINERS)?;
+            if t.get(name.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "container {name} already exists"
+                )));
+            }
+            let rec = make(next_counter(&tx, "next_container")?);
+            t.insert(name.as_str(), encode(&rec)?.as_slice())?;
+            rec
+        };
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    /// Removes a container that holds no image.
+    pub fn remove_empty_container(&self, name: &ContainerName, id: u64) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let images = tx.open_table(IMAGES)?;
+            let n = images.range((id, "")..(id + 1, ""))?.count();
+            if n > 0 {
+                return Err(StoreError::Invalid(format!(
+                    "container {name} still holds {n} images; delete them first"
+                )));
+            }
+            tx.open_table(CONTAINERS)?.remove(name.as_str())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- images --------------------------------------------------------------
+
+    pub fn image(&self, container_id: u64, name: &ImageName) -> Result<Option<ImageRecord>> {
+        let t = self.db.begin_read()?.open_table(IMAGES)?;
+        let found = t.get((container_id, name.as_str()))?;
+        found.map(|v| decode("image", v.value())).transpose()
+    }
+
+    /// The images of a container whose names start with `prefix`, by name.
+    pub fn images(&self, container_id: u64, prefix: &str) -> Result<Vec<(ImageName, ImageRecord)>> {
+        let t = self.db.begin_read()?.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for row in t.range((container_id, prefix)..(container_id + 1, ""))? {
+            let (k, v) = row?;
+            let name = k.value().1;
+            if !name.starts_with(prefix) {
+                break;
+            }
+            let name = ImageName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((name, decode("image", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes an image and its recipe; false if there was none.
+    pub fn remove_image(&self, container_id: u64, name: &ImageName) -> Result<bool> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut images = tx.open_table(IMAGES)?;
+            let rec: ImageRecord = match images.remove((container_id, name.as_str()))? {
+                Some(v) => decode("image", v.value())?,
+                None => return Ok(false),
+            };
+            let mut recipes = tx.open_table(RECIPES)?;
+            recipes.retain_in((rec.id, 0)..=(rec.id, u64::MAX), |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The commit point of an image: the index entries of its new chunks
+    /// (already durable in their packs), its record and its recipe, in one
+    /// transaction.
+    pub fn commit_image(
+        &self,
+        img: &NewImage<'_>,
+        durable: &[(ChunkKey, Location)],
+    ) -> Result<ImageRecord> {
+        let tx = self.db.begin_write()?;
+        let rec = {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            for (k, loc) in durable {
+                chunks.insert(k.as_slice(), loc.encode().as_slice())?;
+            }
+            let mut images = tx.open_table(IMAGES)?;
+            if images.get((img.container_id, img.name.as_str()))?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "image {} already exists in container {}",
+                    img.name, img.container
+                )));
+            }
+            let rec = ImageRecord {
+                id: next_counter(&tx, "next_image")?,
+                size: img.size,
+                chunks: img.recipe.len() as u64,
+                props: img.props.to_vec(),
+                created: img.created,
+            };
+            images.insert(
+                (img.container_id, img.name.as_str()),
+                encode(&rec)?.as_slice(),
+            )?;
+            let mut recipes = tx.open_table(RECIPES)?;
+            for (offset, cid, len) in img.recipe {
+                recipes.insert((rec.id, *offset), recipe_value(cid, *len).as_slice())?;
+            }
+            rec
+        };
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    /// image id -> storage group id, for every committed image.
+    pub fn image_groups(&self) -> Result<HashMap<u64, u32>> {
+        let tx = self.db.begin_read()?;
+        let groups = tx.open_table(GROUPS)?;
+        let mut container_group = HashMap::new();
+        for row in tx.open_table(CONTAINERS)?.iter()? {
+            let (_, v) = row?;
+            let c: ContainerRecord = decode("container", v.value())?;
+            let g = groups.get(c.group.as_str())?.ok_or_else(|| {
+                StoreError::Corrupt(format!("storage group {} is missing", c.group))
+            })?;
+            container_group.insert(c.id, decode::<GroupRecord>("group", g.value())?.id);
+        }
+        let mut out = HashMap::new();
+        for row in tx.open_table(IMAGES)?.iter()? {
+            let (k, v) = row?;
+            let rec: ImageRecord = decode("image", v.value())?;
+            let container = k.value().0;
+            let g = container_group
+                .get(&container)
+                .ok_or_else(|| StoreError::Corrupt(format!("image {} has no container", rec.id)))?;
+            out.insert(rec.id, *g);
+        }
+        Ok(out)
+    }
+
+    /// image id -> its recorded size, for every committed image.
+    pub fn image_sizes(&self) -> Result<Vec<(u64, u64)>> {
+        let t = self.db.begin_read()?.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let rec: ImageRecord = decode("image", v.value())?;
+            out.push((rec.id, rec.size));
+        }
+        Ok(out)
+    }
+
+    /// image id -> "container/image", for reports.
+    pub fn image_names(&self) -> Result<HashMap<u64, String>> {
+        let tx = self.db.begin_read()?;
+        let mut containers = HashMap::new();
+        for row in tx.open_table(CONTAINERS)?.iter()? {
+            let (k, v) = row?;
+            let c: ContainerRecord = decode("container", v.value())?;
+            containers.insert(c.id, k.value().to_string());
+        }
+        let mut out = HashMap::new();
+        for row in tx.open_table(IMAGES)?.iter()? {
+            let (k, v) = row?;
+            let (cid, name) = k.value();
+            let rec: ImageRecord = decode("image", v.value())?;
+            let c = containers.get(&cid).cloned().unwrap_or_default();
+            out.insert(rec.id, format!("{c}/{name}"));
+        }
+        Ok(out)
+    }
+
+    // ---- recipes ---------------------------------------------------------------
+
+    /// Recipe entries from the one holding `offset`, at most `max`.
+    pub fn recipe_from(&self, image_id: u64, offset: u64, max: usize) -> Result<Vec<RecipeEntry>> {
+        let t = self.db.begin_read()?.open_table(RECIPES)?;
+        let start = match t.range((image_id, 0)..=(image_id, offset))?.next_back() {
+            Some(row) => row?.0.value().1,
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for row in t.range((image_id, start)..(image_id, u64::MAX))?.take(max) {
+            let (k, v) = row?;
+            let (id, len) = split_recipe_value(v.value())?;
+            out.push(RecipeEntry {
+                offset: k.value().1,
+                id,
+                len,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Calls `each(image id, offset, chunk id, length)` for every recipe row, in key order.
+    pub fn for_each_recipe_row(
+        &self,
+        mut each: impl FnMut(u64, u64, ChunkId, u32) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.db.begin_read()?.open_table(RECIPES)?;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (image, offset) = k.value();
+            let (id, len) = split_recipe_value(v.value())?;
+            each(image, offset, id, len)?;
+        }
+        Ok(())
+    }
+
+    /// The chunk that starts at `offset` of an image, and where it is stored.
+    pub fn chunk_at(
+        &self,
+        image_id: u64,
+        group: u32,
+        offset: u64,
+    ) -> Result<(RecipeEntry, Location)> {
+        let tx = self.db.begin_read()?;
+        let recipes = tx.open_table(RECIPES)?;
+        let v = recipes.get((image_id, offset))?.ok_or_else(|| {
+            StoreError::Invalid(format!("no chunk starts at offset {offset} of this image"))
+        })?;
+        let (id, len) = split_recipe_value(v.value())?;
+        let chunks = tx.open_table(CHUNKS)?;
+        let loc = chunks
+            .get(chunk_key(group, &id).as_slice())?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "chunk {id} at offset {offset} is missing from the index"
+                ))
+            })?;
+        let loc = Location::decode(loc.value()).ok_or_else(|| {
+            StoreError::Corrupt(format!("undecodable index entry for chunk {id}"))
+        })?;
+        Ok((RecipeEntry { offset, id, len }, loc))
+    }
+
+    // ---- the chunk index -----------------------------------------------------
+
+    /// A reader of the chunk index that sees one snapshot, for batches of lookups.
+    pub fn index_snapshot(&self) -> Result<IndexSnapshot> {
+        Ok(IndexSnapshot(self.db.begin_read()?.open_table(CHUNKS)?))
+    }
+
+    pub fn has_chunk(&self, key: &ChunkKey) -> Result<bool> {
+        self.index_snapshot()?.contains(key)
+    }
+
+    /// Calls `each(key bytes, encoded location)` for every index entry, in key order.
+    pub fn for_each_index_entry(
+        &self,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.db.begin_read()?.open_table(CHUNKS)?;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            each(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    pub fn index_len(&self) -> Result<u64> {
+        Ok(self.db.begin_read()?.open_table(CHUNKS)?.len()?)
+    }
+
+    /// Removes every index entry `live` rejects, in one transaction; returns
+    /// the entries kept, with their locations.
+    pub fn sweep_index(
+        &self,
+        live: impl Fn(&ChunkKey) -> bool,
+    ) -> Result<(u64, Vec<(ChunkKey, Location)>)> {
+        let tx = self.db.begin_write()?;
+        let mut kept = Vec::new();
+        let removed = {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            let mut dead = Vec::new();
+            for row in chunks.iter()? {
+                let (k, v) = row?;
+                let key: ChunkKey = k
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index key of the wrong size".into()))?;
+                if live(&key) {
+                    let loc = Location::decode(v.value())
+                        .ok_or_else(|| StoreError::Corrupt("undecodable index entry".into()))?;
+                    kept.push((key, loc));
+                } else {
+                    dead.push(key);
+                }
+            }
+            for key in &dead {
+                chunks.remove(key.as_slice())?;
+            }
+            dead.len() as u64
+        };
+        tx.commit()?;
+        Ok((removed, kept))
+    }
+
+    /// Points index entries at new locations (after their chunks moved).
+    pub fn relocate(&self, moved: &[(ChunkKey, Location)]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            for (key, loc) in moved {
+                chunks.insert(key.as_slice(), loc.encode().as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// One read snapshot of the chunk index.
+pub struct IndexSnapshot(redb::ReadOnlyTable<&'static [u8], &'static [u8]>);
+
+impl IndexSnapshot {
+    pub fn contains(&self, key: &ChunkKey) -> Result<bool> {
+        Ok(self.0.get(key.as_slice())?.is_some())
+    }
+}
+
+fn next_counter(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
+    let mut meta = tx.open_table(META)?;
+    let next = meta.get(name)?.map(|v| v.value()).unwrap_or(1);
+    meta.insert(name, next + 1)?;
+    Ok(next)
 }

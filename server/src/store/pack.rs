@@ -23,7 +23,8 @@ const MAGIC: &[u8; 8] = b"TERNPACK";
 const END_MAGIC: &[u8; 8] = b"TERNPEND";
 const VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
-const ENTRY_HEADER_LEN: u64 = 44;
+/// Bytes of an entry's header before its stored bytes.
+pub const ENTRY_HEADER_LEN: u64 = 44;
 const TABLE_ENTRY_LEN: usize = 49;
 const FOOTER_LEN: u64 = 36;
 
@@ -108,6 +109,9 @@ impl PackWriter {
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         file.write_all_at(&header, 0)?;
+        // The new name must be durable before any image that refers to this
+        // pack commits: syncing the file alone does not persist its entry.
+        sync_dir(dir)?;
         Ok(Self {
             number,
             path,
@@ -334,6 +338,11 @@ pub fn read_stored(file: &File, loc: &Location) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset)?;
     Ok(buf)
+}
+
+/// Makes the entries of directory `dir` (a created or removed file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn invalid(msg: &str) -> io::Error {

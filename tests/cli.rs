@@ -1,8 +1,6 @@
 //! The `tern` and `ternd` command lines, run as a user or script would.
 
-mod support;
-
-use support::*;
+use tern_test_support::*;
 
 fn ok(out: &std::process::Output) -> String {
     assert!(
@@ -167,4 +165,42 @@ fn cli_bench_measures_every_stage_and_the_link() {
     assert_eq!(stages[5]["bytes"], 8 << 20);
     let bad = server.tern(&["bench", "--local", "--zstd-level", "40"], None);
     assert!(!bad.status.success());
+}
+
+#[test]
+fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
+    let a = TestServer::start();
+    let config = tempfile::tempdir().unwrap();
+    // The CLI in a child process: the config directory comes from its
+    // environment, not from this (multi-threaded) test process's.
+    let tern = |server: &TestServer| {
+        let mut cmd = std::process::Command::new(tern_bin());
+        cmd.args(["--server", &server.address(), "container", "ls"])
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_CONFIG_DIR", config.path());
+        run_with_stdin(cmd, None)
+    };
+    ok(&tern(&a));
+    let known = std::fs::read_to_string(config.path().join("known_servers")).unwrap();
+    assert!(known.contains(&a.fingerprint().to_string()), "{known}");
+    // Another server (another certificate) appears at the same address.
+    let port = a.port;
+    drop(a);
+    let mut b = TestServer {
+        dir: tempfile::tempdir().unwrap(),
+        port,
+        plain_port: 0,
+        child: None,
+        args: Vec::new(),
+    };
+    b.spawn();
+    let out = tern(&b);
+    assert!(!out.status.success(), "a changed certificate was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not match") && err.contains("--fingerprint"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\\') && !err.contains("  "), "{err:?}");
 }

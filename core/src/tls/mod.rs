@@ -1,5 +1,5 @@
-//! TLS pieces shared by client and server: fingerprints, certificate pinning
-//! and client identities.
+//! TLS for client and server: identities ([`identity`]), fingerprints,
+//! certificate pinning, and the rustls configurations both ends use.
 //!
 //! tern does not use a CA hierarchy: the client pins the server's certificate by
 //! its SHA-256 fingerprint, given explicitly or trusted on first use. Clients
@@ -7,8 +7,12 @@
 //! in with a password) but binds sessions to its fingerprint, so a session
 //! token is worth nothing on a connection with another client's identity.
 
+mod identity;
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
+
+pub use identity::{host_name, save, GeneratedIdentity, Identity, IdentityError};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -93,6 +97,62 @@ impl Signatures {
     }
 }
 
+/// The server presented another certificate than the one pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("server certificate fingerprint {presented} does not match the pinned {pinned}")]
+pub struct PinMismatch {
+    pub presented: Fingerprint,
+    pub pinned: Fingerprint,
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// rustls refused the versions, the certificate or the key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn versions(allow_tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    if allow_tls12 {
+        &BOTH
+    } else {
+        &BOTH[..1]
+    }
+}
+
+/// The server's configuration: TLS 1.3 (and 1.2 only when allowed); every
+/// client presents a certificate, which is not judged but fingerprinted
+/// (see [`AnyClientCert`]).
+pub fn server_config(
+    identity: Identity,
+    allow_tls12: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(allow_tls12))?
+        .with_client_cert_verifier(AnyClientCert::new())
+        .with_single_cert(identity.chain, identity.key)?;
+    Ok(Arc::new(config))
+}
+
+/// A client's configuration: the server is checked by `pin` alone, and the
+/// client presents `identity`.
+pub fn client_config(
+    pin: Arc<PinnedServer>,
+    identity: Identity,
+    allow_tls12: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(allow_tls12))?
+        .dangerous()
+        .with_custom_certificate_verifier(pin)
+        .with_client_auth_cert(identity.chain, identity.key)?;
+    Ok(Arc::new(config))
+}
+
 /// Accepts exactly one server certificate, named by fingerprint; or, with no
 /// fingerprint given, any certificate, remembering which (trust on first use).
 #[derive(Debug)]
@@ -115,6 +175,17 @@ impl PinnedServer {
     pub fn seen(&self) -> Option<Fingerprint> {
         *self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Set when the last certificate presented was not the pinned one: the
+    /// typed reason behind a failed handshake.
+    pub fn mismatch(&self) -> Option<PinMismatch> {
+        match (self.expected, self.seen()) {
+            (Some(pinned), Some(presented)) if pinned != presented => {
+                Some(PinMismatch { presented, pinned })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -129,9 +200,13 @@ impl ServerCertVerifier for PinnedServer {
         let got = Fingerprint::of(end_entity.as_ref());
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(got);
         match self.expected {
-            Some(want) if want != got => Err(rustls::Error::General(format!(
-                "server certificate fingerprint {got} does not match the pinned {want}"
-            ))),
+            Some(pinned) if pinned != got => Err(rustls::Error::General(
+                PinMismatch {
+                    presented: got,
+                    pinned,
+                }
+                .to_string(),
+            )),
             _ => Ok(ServerCertVerified::assertion()),
         }
     }

@@ -1,14 +1,12 @@
 //! Secure Connect and MultiConnect through a bad WAN: a fault-injecting proxy
 //! between a real client and a real ternd over TLS.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
-use support::*;
 use tern_agent::{Client, ClientOptions, ContainerSettings};
 use tern_faultproxy::{FaultProxy, Faults};
+use tern_test_support::*;
 
 fn proxy(server: &TestServer, faults: Faults) -> FaultProxy {
     FaultProxy::start("127.0.0.1:0", server.address().parse().unwrap(), faults).unwrap()
@@ -117,6 +115,42 @@ fn one_lost_connection_of_four_is_survived() {
 }
 
 #[test]
+fn the_servers_shorter_grace_period_caps_the_first_connection_too() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), &["--grace-period", "2"]);
+    server
+        .client()
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let p = proxy(&server, Faults::default());
+    let mut opts = via(&server, &p);
+    // One connection: the session's only slot is the one dialed before Welcome.
+    opts.connections = 1;
+    opts.grace_period = Duration::from_secs(600);
+    let client = Client::connect(&opts).unwrap();
+    let mut w = client.create_image("c", "doomed", b"").unwrap();
+    w.write_all(&test_data(4 << 20, 45)).unwrap();
+    p.set(Faults {
+        refuse_new: true,
+        ..Faults::default()
+    });
+    p.cut_all();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(w.commit().map(|_| ()).map_err(|e| e.to_string()));
+    });
+    // The server keeps the session 2 s; a client still waiting 60 s later
+    // used its own 600 s instead.
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Err(text)) => assert!(
+            text.contains("grace period") || text.contains("session"),
+            "{text}"
+        ),
+        Ok(Ok(())) => panic!("committed through a dead link"),
+        Err(_) => panic!("the client waited past the server's 2 s grace period"),
+    }
+}
+
+#[test]
 fn an_outage_longer_than_the_grace_period_fails_clearly_and_leaves_no_image() {
     let server = TestServer::start_with(tempfile::tempdir().unwrap(), &["--grace-period", "2"]);
     server
@@ -156,21 +190,14 @@ fn an_outage_longer_than_the_grace_period_fails_clearly_and_leaves_no_image() {
 /// A TLS connection to `server` presenting `identity`.
 async fn tls_as(
     server: &TestServer,
-    identity: tern_agent::identity::Identity,
+    identity: tern_core::tls::Identity,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let config = rustls::ClientConfig::builder_with_provider(tern_core::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(tern_core::tls::PinnedServer::new(Some(
-            server.fingerprint(),
-        )))
-        .with_client_auth_cert(identity.chain, identity.key)
-        .unwrap();
+    let pin = tern_core::tls::PinnedServer::new(Some(server.fingerprint()));
+    let config = tern_core::tls::client_config(pin, identity, false).unwrap();
     let tcp = tokio::net::TcpStream::connect(server.address())
         .await
         .unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap()
@@ -194,7 +221,7 @@ async fn next_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> tern_core::
 
 #[test]
 fn a_session_token_is_refused_on_a_connection_with_another_client_identity() {
-    use tern_agent::identity::Identity;
+    use tern_core::tls::Identity;
     use tern_core::wire::{Envelope, Frame, Msg};
     let server = TestServer::start();
     let (cert, key) = server.client_identity();
@@ -228,7 +255,11 @@ fn a_session_token_is_refused_on_a_connection_with_another_client_identity() {
         };
 
         // The token alone is not enough: another identity is told nothing about it.
-        let mut thief = tls_as(&server, Identity::generate().unwrap()).await;
+        let mut thief = tls_as(
+            &server,
+            Identity::generate(vec!["thief".into()]).unwrap().identity,
+        )
+        .await;
         tern_core::session::write_control(&mut thief, join())
             .await
             .unwrap();

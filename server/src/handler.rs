@@ -1,0 +1,324 @@
+//! Sessions on the server: the registry of live sessions ([`Sessions`]),
+//! the start or join of a session on a new connection, and the per-session
+//! request handler ([`SessionHandler`]) that runs a session's frames in order.
+//!
+//! Each connection has a reader loop and a writer task (in
+//! `tern_core::session`); the handler receives the session's frames in
+//! sequence order from a channel. Store calls are blocking and run under
+//! `block_in_place`. The requests themselves are in `requests/`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tern_core::session::{self, CacheLimits, Session};
+use tern_core::tls::Fingerprint;
+use tern_core::wire::{ErrorKind, Frame, Handle, Msg};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::requests::{self, Refusal};
+use crate::store::{ReadableImage, Store, User, WriterId};
+
+/// How long a new connection may take, from accept to a completed login
+/// (TLS, Hello and Login together), whatever it sends meanwhile.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Session settings and the sessions alive on this server.
+pub struct Sessions {
+    pub store: Arc<Store>,
+    /// How long a session waits for a connection before it is ended.
+    pub grace: Duration,
+    /// Where a session keeps the frames it sent until they are acknowledged.
+    pub cache: CacheLimits,
+    live: Mutex<HashMap<Vec<u8>, Registered>>,
+}
+
+/// A live session and the client identity it was started with.
+struct Registered {
+    session: Arc<Session>,
+    identity: Option<Fingerprint>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<Store>, grace: Duration, cache: CacheLimits) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            grace,
+            cache,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Registered>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session `token` names, if it was started by the same client identity.
+    fn find(&self, token: &[u8], identity: Option<Fingerprint>) -> Option<Arc<Session>> {
+        self.live()
+            .get(token)
+            .filter(|r| r.identity == identity)
+            .map(|r| r.session.clone())
+    }
+}
+
+/// Runs one connection to its end: it starts a session (Hello) or joins one
+/// (Join). `identity` is the fingerprint of the client's TLS certificate; the
+/// handshake must be over by `deadline`.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<Fingerprint>,
+    deadline: Instant,
+    sessions: Arc<Sessions>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let first = match tokio::time::timeout_at(deadline, Frame::read_from(&mut stream)).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) if e.is_disconnect() => return,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: nothing said within the handshake timeout");
+            return;
+        }
+    };
+    match (first.env.seq, &first.env.msg) {
+        (0, Msg::Join { session, received }) => {
+            join(stream, peer, identity, session, *received, &sessions).await
+        }
+        (1, Msg::Hello { .. }) => start(stream, first, peer, identity, deadline, sessions).await,
+        _ => tracing::warn!(%peer, "closing connection: the first frame must be Hello or Join"),
+    }
+}
+
+/// Adds a connection to a live session.
+async fn join<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<Fingerprint>,
+    token: &[u8],
+    received: u64,
+    sessions: &Sessions,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    // A token presented under another identity is treated as unknown,
+    // telling a thief nothing.
+    let Some(s) = sessions.find(token, identity) else {
+        let msg = Msg::Error {
+            kind: ErrorKind::SessionExpired,
+            message:
+                "the session is unknown, its grace period ended, or it belongs to another client"
+                    .into(),
+        };
+        let _ = session::write_control(&mut stream, msg).await;
+        return;
+    };
+    let joined = Msg::Joined {
+        received: s.received(),
+    };
+    if session::write_control(&mut stream, joined).await.is_err() {
+        return;
+    }
+    tracing::debug!(%peer, "connection joined a session");
+    let why = s.run_connection(stream, None, Some(received)).await;
+    tracing::debug!(%peer, "session connection ended: {why}");
+}
+
+/// Starts a session with its first connection, which sent `hello`.
+async fn start<S>(
+    stream: S,
+    hello: Frame,
+    peer: SocketAddr,
+    identity: Option<Fingerprint>,
+    deadline: Instant,
+    sessions: Arc<Sessions>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut token = vec![0u8; 32];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token).is_err() {
+        tracing::error!("the system random source failed");
+        return;
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let s = Session::new(sessions.cache.clone(), tx);
+    sessions.live().insert(
+        token.clone(),
+        Registered {
+            session: s.clone(),
+            identity,
+        },
+    );
+    let handler = SessionHandler {
+        store: sessions.store.clone(),
+        session: s.clone(),
+        token: token.clone(),
+        grace: sessions.grace,
+        phase: Phase::AwaitHello,
+        writers: HashMap::new(),
+        readers: HashMap::new(),
+        next_handle: 1,
+    };
+    tokio::spawn(run_session(handler, rx, deadline, sessions, peer));
+    let why = s.run_connection(stream, Some(hello), None).await;
+    tracing::debug!(%peer, "session connection ended: {why}");
+}
+
+/// The application side of a session: handles its frames in order, and ends
+/// it when the client leaves, breaks the protocol, does not log in by
+/// `deadline`, or stays away past the grace period.
+async fn run_session(
+    mut handler: SessionHandler,
+    mut rx: mpsc::Receiver<Frame>,
+    deadline: Instant,
+    sessions: Arc<Sessions>,
+    peer: SocketAddr,
+) {
+    let session = handler.session.clone();
+    let watchdog = tokio::spawn(grace_watch(session.clone(), sessions.grace));
+    let end = loop {
+        let next = if handler.logged_in() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(f) => f,
+                Err(_) => break "no login within the handshake timeout".to_string(),
+            }
+        };
+        let Some(frame) = next else {
+            break session.closed().unwrap_or_else(|| "session closed".into());
+        };
+        if let Err(Fatal(why)) = handler.handle(frame).await {
+            break why;
+        }
+    };
+    tracing::info!(%peer, "session ended: {end}");
+    session.close(&end);
+    watchdog.abort();
+    handler.abort_all();
+    sessions.live().remove(&handler.token);
+}
+
+/// Closes the session once it has had no connection for `grace`.
+async fn grace_watch(session: Arc<Session>, grace: Duration) {
+    loop {
+        let changed = session.connections_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if session.closed().is_some() {
+            return;
+        }
+        if session.live_connections() > 0 {
+            changed.await;
+            continue;
+        }
+        // No connection: wait for one, at most `grace`.
+        let deadline = Instant::now() + grace;
+        loop {
+            let changed = session.connections_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if session.live_connections() > 0 || session.closed().is_some() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                session.close(&format!(
+                    "no connection for {} s (the grace period)",
+                    grace.as_secs()
+                ));
+                return;
+            }
+        }
+    }
+}
+
+/// An error that ends the session.
+pub struct Fatal(pub String);
+
+/// Where a session is in its handshake.
+pub enum Phase {
+    /// The first frame must be Hello.
+    AwaitHello,
+    /// Only Login (and Ping) until a user has logged in.
+    AwaitLogin,
+    /// Logged in as this user.
+    Ready(User),
+}
+
+/// The state of one session: its user and the images it has open.
+pub struct SessionHandler {
+    pub store: Arc<Store>,
+    session: Arc<Session>,
+    pub token: Vec<u8>,
+    pub grace: Duration,
+    pub phase: Phase,
+    pub writers: HashMap<Handle, WriterId>,
+    pub readers: HashMap<Handle, ReadableImage>,
+    next_handle: Handle,
+}
+
+impl SessionHandler {
+    fn logged_in(&self) -> bool {
+        matches!(self.phase, Phase::Ready(_))
+    }
+
+    /// Sends a frame on the session.
+    pub async fn send(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), Fatal> {
+        self.session
+            .send(req, msg, payload)
+            .await
+            .map_err(|e| Fatal(e.to_string()))
+    }
+
+    /// Handles one frame and answers it; a protocol error ends the session.
+    async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
+        let req = frame.env.req;
+        let outcome = requests::dispatch(self, req, frame.env.msg, frame.payload).await;
+        match outcome {
+            Ok(Some(reply)) => self.send(req, reply, Vec::new()).await,
+            Ok(None) => Ok(()),
+            // After these the peer cannot go on: the session ends.
+            Err(Refusal(kind @ (ErrorKind::Protocol | ErrorKind::Incompatible), why)) => {
+                let error = Msg::Error {
+                    kind,
+                    message: why.clone(),
+                };
+                let _ = self.send(req, error, Vec::new()).await;
+                Err(Fatal(why))
+            }
+            Err(Refusal(kind, message)) => {
+                self.send(req, Msg::Error { kind, message }, Vec::new())
+                    .await
+            }
+        }
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> Result<&User, Refusal> {
+        match &self.phase {
+            Phase::Ready(user) => Ok(user),
+            _ => Err(Refusal(ErrorKind::Protocol, "log in first".into())),
+        }
+    }
+
+    pub fn new_handle(&mut self) -> Handle {
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        h
+    }
+
+    /// Drops every image this session was writing: none of them is committed.
+    fn abort_all(&mut self) {
+        for (_, w) in self.writers.drain() {
+            self.store.image_abort(w);
+        }
+    }
+}

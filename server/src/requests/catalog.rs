@@ -1,0 +1,56 @@
+//! Containers, image names, users and statistics.
+
+use tern_core::names::GroupName;
+use tern_core::wire::{ErrorKind, Msg};
+
+use super::{blocking, msg_name, refuse, Answer};
+use crate::handler::SessionHandler;
+use crate::store::DEFAULT_GROUP;
+
+pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
+    let user = h.user()?.clone();
+    let store = &h.store;
+    let reply = match msg {
+        Msg::ContainerCreate { name, settings } => {
+            blocking(|| store.container_create(&user, &name, &settings))?;
+            Msg::Ok
+        }
+        Msg::ContainerList => Msg::Containers {
+            list: blocking(|| store.container_list(&user))?,
+        },
+        Msg::ContainerRemove { name } => {
+            blocking(|| store.container_remove(&user, &name))?;
+            Msg::Ok
+        }
+        Msg::ImageList { container, prefix } => Msg::Images {
+            list: blocking(|| store.image_list(&user, &container, &prefix))?,
+        },
+        Msg::ImageRemove { container, name } => {
+            blocking(|| store.image_remove(&user, &container, &name))?;
+            Msg::Ok
+        }
+        Msg::UserAdd {
+            name,
+            password,
+            admin,
+        } => {
+            if !user.admin {
+                return refuse(ErrorKind::Denied, "only an admin may add users");
+            }
+            let groups =
+                vec![GroupName::new(DEFAULT_GROUP).expect("the default group's name is valid")];
+            blocking(|| store.user_set(&name, &password, admin, groups))?;
+            Msg::Ok
+        }
+        Msg::StatsGet => Msg::Stats {
+            stats: blocking(|| store.stats(&user))?,
+        },
+        other => {
+            return refuse(
+                ErrorKind::Protocol,
+                format!("not a catalog request: {}", msg_name(&other)),
+            )
+        }
+    };
+    Ok(Some(reply))
+}

@@ -1,0 +1,77 @@
+//! The requests of a session, one module per family. [`dispatch`] routes a
+//! frame by its message; each family's function answers its messages.
+//!
+//! - `handshake`: Hello and Login (the only requests before login, with Ping).
+//! - `catalog`: containers, image names, users, statistics.
+//! - `write`: writing an image (dedup and passthrough).
+//! - `read`: reading an image.
+
+mod catalog;
+mod handshake;
+mod read;
+mod write;
+
+use tern_core::wire::{ErrorKind, Msg};
+
+use crate::handler::{Phase, SessionHandler};
+use crate::store::StoreError;
+
+/// A failed request: reported to the client; the session goes on unless
+/// the kind is [`ErrorKind::Protocol`].
+pub struct Refusal(pub ErrorKind, pub String);
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal(e.kind(), e.to_string())
+    }
+}
+
+type Answer = Result<Option<Msg>, Refusal>;
+
+fn refuse<T>(kind: ErrorKind, msg: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(kind, msg.into()))
+}
+
+/// Runs a blocking store call off the async worker's back.
+fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Refusal> {
+    Ok(tokio::task::block_in_place(f)?)
+}
+
+/// Answers one request: `Ok(Some(msg))` is the reply, `Ok(None)` means the
+/// request answered itself (chunk streams) or has no answer (chunk data).
+pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
+    if !matches!(h.phase, Phase::Ready(_)) {
+        return handshake::handle(h, msg);
+    }
+    match msg {
+        Msg::Ping => Ok(Some(Msg::Pong)),
+        Msg::Login { .. } => handshake::handle(h, msg),
+        m @ (Msg::ContainerCreate { .. }
+        | Msg::ContainerList
+        | Msg::ContainerRemove { .. }
+        | Msg::ImageList { .. }
+        | Msg::ImageRemove { .. }
+        | Msg::UserAdd { .. }
+        | Msg::StatsGet) => catalog::handle(h, m),
+        m @ (Msg::ImageCreate { .. }
+        | Msg::ImageAppend { .. }
+        | Msg::ChunkData { .. }
+        | Msg::ImageWriteRaw { .. }
+        | Msg::ImageClose { .. }
+        | Msg::ImageAbort { .. }) => write::handle(h, m, &payload),
+        m @ (Msg::ImageOpen { .. }
+        | Msg::RecipeGet { .. }
+        | Msg::ChunkGet { .. }
+        | Msg::ImageRelease { .. }) => read::handle(h, req, m).await,
+        other => refuse(
+            ErrorKind::Protocol,
+            format!("unexpected message {}", msg_name(&other)),
+        ),
+    }
+}
+
+/// The name of a message's variant, for errors.
+pub(super) fn msg_name(m: &Msg) -> String {
+    let s = format!("{m:?}");
+    s.split([' ', '{', '(']).next().unwrap_or("?").to_string()
+}

@@ -1,0 +1,104 @@
+//! Writing an image: create, append (dedup), chunk data, raw data
+//! (passthrough), close (commit) and abort.
+
+use tern_core::wire::{ErrorKind, Handle, Msg, WriteMode};
+
+use super::{blocking, msg_name, refuse, Answer, Refusal};
+use crate::handler::SessionHandler;
+use crate::store::WriterId;
+
+/// Most chunks announced by one `ImageAppend`.
+pub const MAX_APPEND: usize = 4096;
+
+pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
+    match msg {
+        Msg::ImageCreate {
+            container,
+            name,
+            props,
+            mode,
+        } => {
+            let user = h.user()?.clone();
+            let passthrough = mode == WriteMode::Passthrough;
+            let (w, rec) = blocking(|| {
+                h.store
+                    .image_begin(&user, &container, &name, props, passthrough)
+            })?;
+            let handle = h.new_handle();
+            h.writers.insert(handle, w);
+            Ok(Some(Msg::ImageCreated {
+                handle,
+                chunking: rec.chunking,
+                zstd_level: rec.zstd_level,
+            }))
+        }
+        Msg::ImageAppend { handle, entries } => {
+            if entries.len() > MAX_APPEND {
+                return refuse(
+                    ErrorKind::Protocol,
+                    format!("{} entries in one append", entries.len()),
+                );
+            }
+            let w = writer(h, handle)?;
+            let missing = blocking(|| h.store.image_append(w, &entries))?;
+            Ok(Some(Msg::ImageNeed { handle, missing }))
+        }
+        Msg::ChunkData {
+            handle,
+            id,
+            codec,
+            raw_len,
+            ..
+        } => {
+            let w = writer(h, handle)?;
+            let stored = blocking(|| h.store.image_put_chunk(w, &id, codec, raw_len, payload));
+            fail_image_on_error(h, handle, w, stored)
+        }
+        Msg::ImageWriteRaw { handle } => {
+            let w = writer(h, handle)?;
+            let stored = blocking(|| h.store.image_write_raw(w, payload));
+            fail_image_on_error(h, handle, w, stored)
+        }
+        Msg::ImageClose { handle } => {
+            let w = writer(h, handle)?;
+            h.writers.remove(&handle);
+            let (info, stats) = blocking(|| h.store.image_commit(w))?;
+            Ok(Some(Msg::ImageCommitted { info, stats }))
+        }
+        Msg::ImageAbort { handle } => {
+            let w = writer(h, handle)?;
+            h.writers.remove(&handle);
+            h.store.image_abort(w);
+            Ok(Some(Msg::Ok))
+        }
+        other => refuse(
+            ErrorKind::Protocol,
+            format!("not a write request: {}", msg_name(&other)),
+        ),
+    }
+}
+
+fn writer(h: &SessionHandler, handle: Handle) -> Result<WriterId, Refusal> {
+    h.writers.get(&handle).copied().ok_or_else(|| {
+        Refusal(
+            ErrorKind::Invalid,
+            format!("no image open for writing under handle {handle}"),
+        )
+    })
+}
+
+/// Data frames have no answer of their own: an error fails the image, and
+/// the client hears of it at its next request on the image.
+fn fail_image_on_error(
+    h: &mut SessionHandler,
+    handle: Handle,
+    w: WriterId,
+    outcome: Result<(), Refusal>,
+) -> Answer {
+    if let Err(e) = outcome {
+        h.writers.remove(&handle);
+        h.store.image_abort(w);
+        return Err(e);
+    }
+    Ok(None)
+}

@@ -1,0 +1,155 @@
+//! The consistency check: every pack entry against its hash, every index
+//! entry against the packs, every recipe against the index.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+
+use serde::Serialize;
+use tern_core::codec::Decoder;
+
+use super::pack::{self, Location};
+use super::records::{chunk_key, split_chunk_key, ChunkKey};
+use super::{Result, Store};
+
+/// What fsck found.
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub packs: u64,
+    pub chunks_checked: u64,
+    pub images_checked: u64,
+    /// One line per problem found.
+    pub damage: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty()
+    }
+}
+
+impl Store {
+    /// Reads every pack entry and checks its hash, every index entry and every recipe.
+    pub fn fsck(&self) -> Result<FsckReport> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        // Packs still being finished would look unfinished.
+        self.packs.wait_finished()?;
+        let mut report = FsckReport::default();
+        let intact = self.check_packs(&mut report)?;
+        self.check_index(&intact, &mut report)?;
+        self.check_recipes(&mut report)?;
+        Ok(report)
+    }
+
+    /// Verifies every entry of every pack; returns where intact copies are.
+    fn check_packs(&self, report: &mut FsckReport) -> Result<HashMap<ChunkKey, Vec<Location>>> {
+        let mut verifier = Decoder::new();
+        let mut intact: HashMap<ChunkKey, Vec<Location>> = HashMap::new();
+        let writing: HashSet<u64> = self.packs.appender().open_packs().collect();
+        for p in self.packs.files()? {
+            report.packs += 1;
+            let shown = p.path.display();
+            let contents = match pack::read_contents(&p.path, p.number) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.damage.push(format!("pack {shown}: unreadable: {e}"));
+                    continue;
+                }
+            };
+            if !contents.finished && !writing.contains(&p.number) {
+                report
+                    .damage
+                    .push(format!("pack {shown}: has no valid table"));
+            }
+            let file = File::open(&p.path)?;
+            for e in contents.entries {
+                report.chunks_checked += 1;
+                let ok = pack::read_stored(&file, &e.loc)
+                    .map_err(|err| err.to_string())
+                    .and_then(|b| {
+                        verifier
+                            .verify(&e.id, e.loc.codec, e.loc.raw_len, &b)
+                            .map_err(|err| err.to_string())
+                    });
+                match ok {
+                    Ok(()) => intact
+                        .entry(chunk_key(p.group, &e.id))
+                        .or_default()
+                        .push(e.loc),
+                    Err(why) => report.damage.push(format!(
+                        "pack {shown}: chunk {} at offset {}: {why}",
+                        e.id, e.loc.offset
+                    )),
+                }
+            }
+        }
+        Ok(intact)
+    }
+
+    /// Every index entry must point at an intact pack entry.
+    fn check_index(
+        &self,
+        intact: &HashMap<ChunkKey, Vec<Location>>,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        self.catalog.for_each_index_entry(|k, v| {
+            let Some((_, id)) = split_chunk_key(k) else {
+                report.damage.push("index: key of the wrong size".into());
+                return Ok(());
+            };
+            let good = Location::decode(v)
+                .is_some_and(|loc| intact.get(k).is_some_and(|locs| locs.contains(&loc)));
+            if !good {
+                report
+                    .damage
+                    .push(format!("index: chunk {id} points to no intact pack entry"));
+            }
+            Ok(())
+        })
+    }
+
+    /// Every recipe must be gapless and name chunks the index has.
+    fn check_recipes(&self, report: &mut FsckReport) -> Result<()> {
+        let image_groups = self.catalog.image_groups()?;
+        let names = self.catalog.image_names()?;
+        let index = self.catalog.index_snapshot()?;
+        let mut damaged_images = HashSet::new();
+        let mut expected_offset: HashMap<u64, u64> = HashMap::new();
+        self.catalog.for_each_recipe_row(|image, offset, id, len| {
+            let name = names
+                .get(&image)
+                .cloned()
+                .unwrap_or_else(|| format!("#{image}"));
+            let next = expected_offset.entry(image).or_insert(0);
+            if *next != offset {
+                report
+                    .damage
+                    .push(format!("image {name}: recipe has a gap at offset {next}"));
+            }
+            *next = offset + u64::from(len);
+            let Some(group) = image_groups.get(&image) else {
+                report
+                    .damage
+                    .push(format!("recipe rows for unknown image {image}"));
+                return Ok(());
+            };
+            if !index.contains(&chunk_key(*group, &id))? && damaged_images.insert(image) {
+                report.damage.push(format!(
+                    "image {name}: chunk {id} at offset {offset} is missing from the store"
+                ));
+            }
+            Ok(())
+        })?;
+        // A recipe must reach its image's recorded size: a lost last row leaves no gap.
+        for (image, size) in self.catalog.image_sizes()? {
+            let end = expected_offset.get(&image).copied().unwrap_or(0);
+            if end != size && !damaged_images.contains(&image) {
+                let name = names.get(&image).cloned().unwrap_or_default();
+                report.damage.push(format!(
+                    "image {name}: recipe ends at offset {end}, but the image holds {size} bytes"
+                ));
+            }
+        }
+        report.images_checked = image_groups.len() as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! The image read path: open, recipe, stored chunk bytes; and the store's statistics.
+
+use std::collections::HashSet;
+
+use tern_core::wire::{ImageInfo, RecipeEntry, StoreStats};
+use tern_core::{ContainerName, ImageName};
+
+use super::containers::image_info;
+use super::pack::{self, Location};
+use super::packs::PackSet;
+use super::records::split_chunk_key;
+use super::{Result, Store, StoreError, User};
+
+/// A committed image opened for reading.
+#[derive(Debug, Clone)]
+pub struct ReadableImage {
+    pub info: ImageInfo,
+    pub image_id: u64,
+    pub group: u32,
+}
+
+impl Store {
+    pub fn image_open(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<ReadableImage> {
+        let c = self.container(user, container)?;
+        let rec = self.catalog.image(c.id, name)?.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "image {name} does not exist in container {container}"
+            ))
+        })?;
+        Ok(ReadableImage {
+            image_id: rec.id,
+            group: self.group_of(&c)?,
+            info: image_info(container.clone(), name.clone(), rec),
+        })
+    }
+
+    /// Recipe entries from the one holding `offset`, at most `max`.
+    pub fn recipe_from(&self, image_id: u64, offset: u64, max: usize) -> Result<Vec<RecipeEntry>> {
+        self.catalog.recipe_from(image_id, offset, max)
+    }
+
+    /// The stored bytes of the chunk that starts at `offset` of an image.
+    pub fn read_chunk(
+        &self,
+        img: &ReadableImage,
+        offset: u64,
+    ) -> Result<(RecipeEntry, Location, Vec<u8>)> {
+        // GC must not move the chunk between the lookup and the read.
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let (entry, loc) = self.catalog.chunk_at(img.image_id, img.group, offset)?;
+        let file = self.packs.file(img.group, loc.pack)?;
+        let bytes = pack::read_stored(&file, &loc)
+            .map_err(|e| StoreError::Corrupt(format!("reading chunk {}: {e}", entry.id)))?;
+        Ok((entry, loc, bytes))
+    }
+
+    /// What the store holds, as far as `user` may see: an admin sees every group.
+    pub fn stats(&self, user: &User) -> Result<StoreStats> {
+        let containers = self.container_list(user)?;
+        let mut s = StoreStats {
+            containers: containers.len() as u64,
+            images: containers.iter().map(|c| c.images).sum(),
+            logical_bytes: containers.iter().map(|c| c.logical_bytes).sum(),
+            ..Default::default()
+        };
+        let mut visible = HashSet::new();
+        for c in &containers {
+            if let Some(id) = self.catalog.group_id(&c.group)? {
+                visible.insert(id);
+            }
+        }
+        if user.admin {
+            visible.extend(self.packs.group_ids());
+        }
+        self.catalog.for_each_index_entry(|k, v| {
+            let Some((group, _)) = split_chunk_key(k) else {
+                return Ok(());
+            };
+            if let (true, Some(loc)) = (visible.contains(&group), Location::decode(v)) {
+                s.unique_chunks += 1;
+                s.unique_bytes += u64::from(loc.raw_len);
+                s.stored_bytes += u64::from(loc.stored_len);
+            }
+            Ok(())
+        })?;
+        let packs: Vec<_> = self
+            .packs
+            .files()?
+            .into_iter()
+            .filter(|p| visible.contains(&p.group))
+            .collect();
+        s.pack_bytes = PackSet::bytes(&packs);
+        Ok(s)
+    }
+}

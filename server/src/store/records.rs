@@ -1,0 +1,103 @@
+//! The records stored in the catalog's tables, and the byte layouts of its keys.
+//!
+//! Records are rmp-serde maps (named fields), so fields can be added later
+//! with `#[serde(default)]` without a format change. `docs/store-format.md`
+//! describes every table.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tern_core::names::GroupName;
+use tern_core::{ChunkId, ChunkParams};
+
+use super::StoreError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: u64,
+    pub group: GroupName,
+    pub chunking: ChunkParams,
+    pub zstd_level: i32,
+    pub stream_limit: u32,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: u64,
+    pub size: u64,
+    pub chunks: u64,
+    #[serde(with = "serde_bytes")]
+    pub props: Vec<u8>,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
+    pub admin: bool,
+    /// Storage groups the user may use; admins may use all.
+    pub groups: Vec<GroupName>,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("undecodable {what} record: {e}")))
+}
+
+/// The chunk index key: group id (u32 BE) | chunk id.
+pub type ChunkKey = [u8; 36];
+
+pub fn chunk_key(group: u32, id: &ChunkId) -> ChunkKey {
+    let mut k = [0u8; 36];
+    k[..4].copy_from_slice(&group.to_be_bytes());
+    k[4..].copy_from_slice(id.as_bytes());
+    k
+}
+
+pub fn split_chunk_key(k: &[u8]) -> Option<(u32, ChunkId)> {
+    if k.len() != 36 {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(k[..4].try_into().ok()?),
+        ChunkId(k[4..].try_into().ok()?),
+    ))
+}
+
+pub fn recipe_value(id: &ChunkId, len: u32) -> [u8; 36] {
+    let mut v = [0u8; 36];
+    v[..32].copy_from_slice(id.as_bytes());
+    v[32..].copy_from_slice(&len.to_le_bytes());
+    v
+}
+
+pub fn split_recipe_value(v: &[u8]) -> Result<(ChunkId, u32), StoreError> {
+    if v.len() != 36 {
+        return Err(StoreError::Corrupt(format!(
+            "recipe entry of {} bytes",
+            v.len()
+        )));
+    }
+    let (id, len) = v.split_at(32);
+    let mut id_bytes = [0u8; 32];
+    id_bytes.copy_from_slice(id);
+    let mut len_bytes = [0u8; 4];
+    len_bytes.copy_from_slice(len);
+    Ok((ChunkId(id_bytes), u32::from_le_bytes(len_bytes)))
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

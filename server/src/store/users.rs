@@ -1,0 +1,134 @@
+//! Users: who may log in (argon2id password hashes), and what they may use.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use ring::rand::{SecureRandom, SystemRandom};
+use tern_core::names::{GroupName, UserName};
+
+use super::records::UserRecord;
+use super::{Result, Store, StoreError};
+
+/// An authenticated user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: UserName,
+    pub admin: bool,
+    pub groups: Vec<GroupName>,
+}
+
+impl User {
+    /// True if the user may see and use storage group `group`.
+    pub fn may_use(&self, group: &GroupName) -> bool {
+        self.admin || self.groups.contains(group)
+    }
+}
+
+impl Store {
+    /// Adds a user, or replaces the password and rights of an existing one.
+    pub fn user_set(
+        &self,
+        name: &UserName,
+        password: &str,
+        admin: bool,
+        groups: Vec<GroupName>,
+    ) -> Result<()> {
+        if password.is_empty() {
+            return Err(StoreError::Invalid("the password is empty".into()));
+        }
+        for g in &groups {
+            self.ensure_group(g)?;
+        }
+        let rec = UserRecord {
+            password_hash: hash_password(password)?,
+            admin,
+            groups,
+        };
+        self.catalog.put_user(name.as_str(), &rec)
+    }
+
+    pub fn user_exists(&self, name: &UserName) -> Result<bool> {
+        Ok(self.catalog.user(name.as_str())?.is_some())
+    }
+
+    /// Checks a password; the same error for an unknown user and a wrong password.
+    pub fn authenticate(&self, name: &UserName, password: &str) -> Result<User> {
+        let refused = || StoreError::Denied("wrong user name or password".into());
+        let Some(rec) = self.catalog.user(name.as_str())? else {
+            // Spend the same time as a real check so names cannot be probed.
+            let _ = verify_password("x", dummy_hash());
+            return Err(refused());
+        };
+        if !verify_password(password, &rec.password_hash) {
+            return Err(refused());
+        }
+        Ok(User {
+            name: name.clone(),
+            admin: rec.admin,
+            groups: rec.groups,
+        })
+    }
+}
+
+/// Hashes a password into a PHC string with a random salt.
+fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| no_random())?;
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Invalid(format!("hashing the password: {e}")))
+}
+
+fn no_random() -> StoreError {
+    StoreError::Io(std::io::Error::other("the system random source failed"))
+}
+
+/// True if `password` matches the PHC string `hash`.
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A hash to check against when the user does not exist, so both cases take as long.
+fn dummy_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| hash_password("not a password").unwrap_or_default())
+}
+
+/// A random password for the first admin: 20 characters from an unambiguous alphabet.
+pub fn generate_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 20];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| no_random())?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let h = hash_password("secret").unwrap();
+        assert!(verify_password("secret", &h));
+        assert!(!verify_password("Secret", &h));
+        assert!(!verify_password("secret", "garbage"));
+        assert_eq!(generate_password().unwrap().len(), 20);
+    }
+}
