@@ -160,6 +160,8 @@ pub struct Session {
     live: AtomicUsize,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    /// The highest sequence number written and flushed to some connection.
+    flushed_to: AtomicU64,
     /// Woken when the number of live connections changes.
     pub connections_changed: Notify,
 }
@@ -197,6 +199,7 @@ impl Session {
             live: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            flushed_to: AtomicU64::new(0),
             connections_changed: Notify::new(),
         })
     }
@@ -325,6 +328,20 @@ impl Session {
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    /// Waits, at most `limit`, until every frame queued so far has been
+    /// written and flushed to a connection: a last word (an error that ends
+    /// the session) must reach the peer before [`close`](Self::close) cuts
+    /// the connections.
+    pub async fn flushed(&self, limit: Duration) {
+        let last = lock(&self.state).next_seq.saturating_sub(1);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.flushed_to.load(Ordering::SeqCst) < last
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Ends the session: senders and connections stop, the inbound channel closes.
@@ -604,6 +621,7 @@ impl Session {
                         }
                     };
                     self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    self.flushed_to.fetch_max(f.seq, Ordering::SeqCst);
                     ack_sent = received;
                     last_write = tokio::time::Instant::now();
                 }

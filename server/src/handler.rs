@@ -201,6 +201,8 @@ async fn run_session(
         }
     };
     tracing::info!(%peer, "session ended: {end}");
+    // An error frame that ends the session must reach the client first.
+    session.flushed(Duration::from_secs(2)).await;
     session.close(&end);
     watchdog.abort();
     handler.abort_all();
