@@ -33,6 +33,16 @@ fn chunks(n: u8, salt: u8) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// How a client announces `data`'s chunks.
+fn refs(data: &[Vec<u8>]) -> Vec<ChunkRef> {
+    data.iter()
+        .map(|d| ChunkRef {
+            id: ChunkId::of(d),
+            len: d.len() as u32,
+        })
+        .collect()
+}
+
 /// Writes `data` as one dedup image: announce, send what is missing, commit.
 fn write_image(
     store: &Store,
@@ -41,13 +51,7 @@ fn write_image(
 ) -> Result<tern_core::wire::WriteStats> {
     let (c, n) = names("c", image);
     let (w, _) = store.image_begin(&admin(), &c, &n, b"props".to_vec(), false)?;
-    let refs: Vec<ChunkRef> = data
-        .iter()
-        .map(|d| ChunkRef {
-            id: ChunkId::of(d),
-            len: d.len() as u32,
-        })
-        .collect();
+    let refs = refs(data);
     let missing = store.image_append(w, &refs)?;
     let mut z = Compressor::new(1)?;
     for i in missing {
@@ -104,13 +108,7 @@ fn an_image_closed_with_chunks_never_sent_is_not_committed() {
         .image_begin(&admin(), &c, &n, Vec::new(), false)
         .unwrap();
     let data = chunks(3, 3);
-    let refs: Vec<ChunkRef> = data
-        .iter()
-        .map(|d| ChunkRef {
-            id: ChunkId::of(d),
-            len: d.len() as u32,
-        })
-        .collect();
+    let refs = refs(&data);
     assert_eq!(store.image_append(w, &refs).unwrap(), [0, 1, 2]);
     let err = store.image_commit(w).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
