@@ -392,6 +392,9 @@ const char *tern_version(void);
 
 /**
  * Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
+ *
+ * # Safety
+ * `opts` is NULL or points to a writable tern_client_options.
  */
 void tern_client_options_init(tern_client_options *opts);
 
@@ -401,6 +404,9 @@ void tern_client_options_init(tern_client_options *opts);
  * On success *out is a new client; free it with tern_client_free().
  * Errors: TERN_NULL_POINTER, TERN_UNSUPPORTED_VERSION (struct_size),
  * TERN_INVALID_ARGUMENT, TERN_CONNECT, TERN_UNTRUSTED, TERN_AUTH, TERN_PROTOCOL.
+ *
+ * # Safety
+ * `opts` is NULL or points to options of at least the `struct_size` they declare, whose strings are NULL or NUL-terminated; `out_client` is NULL or writable.
  */
 tern_status tern_client_open(const tern_client_options *opts, tern_client **out_client);
 
@@ -408,29 +414,44 @@ tern_status tern_client_open(const tern_client_options *opts, tern_client **out_
  * Disconnects. Later calls with this client fail with TERN_CLOSED; images
  * still open keep their connection until they are freed. The client must
  * still be freed with tern_client_free(). Closing twice is TERN_CLOSED.
+ *
+ * # Safety
+ * `client` is NULL or a handle from tern_client_open not yet freed.
  */
 tern_status tern_client_close(tern_client *client);
 
 /**
  * Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
+ *
+ * # Safety
+ * `client` is NULL or a handle from tern_client_open not yet freed, and no other thread uses it during or after this call.
  */
 void tern_client_free(tern_client *client);
 
 /**
  * Fills *stats with this client's statistics. Set stats->struct_size first;
  * fields past it are not written.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `stats` is NULL or points to at least `stats->struct_size` writable bytes.
  */
 tern_status tern_client_stats(const tern_client *client, tern_client_statistics *stats);
 
 /**
  * Calls `cb` for each container the user may use.
  * Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
  */
 tern_status tern_container_list(const tern_client *client, tern_container_cb cb, void *ctx);
 
 /**
  * Creates a container with the server's default settings.
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_ALREADY_EXISTS, TERN_DENIED, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `name` is NULL or NUL-terminated.
  */
 tern_status tern_container_create(const tern_client *client, const char *name);
 
@@ -454,6 +475,9 @@ const char *tern_status_name(int status);
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a name with '/', "..", NUL,
  * over 255 bytes, or not UTF-8), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
  * TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0); `out_image` is NULL or writable.
  */
 tern_status tern_image_create(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len, tern_image **out_image);
 
@@ -463,6 +487,9 @@ tern_status tern_image_create(const tern_client *client, const char *container, 
  * abort or free it.
  * Errors: TERN_NULL_POINTER, TERN_CLOSED (committed or aborted), TERN_WRONG_STATE
  * (opened for reading), TERN_CONNECT, TERN_NO_SPACE.
+ *
+ * # Safety
+ * `image` is NULL or a live handle used by no other thread at the time; `buf` is valid for `len` bytes (NULL only with 0).
  */
 tern_status tern_image_write(tern_image *image, const uint8_t *buf, size_t len);
 
@@ -473,24 +500,36 @@ tern_status tern_image_write(tern_image *image, const uint8_t *buf, size_t len);
  * still be freed. On failure the image is not committed and is closed.
  * Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT,
  * TERN_NO_SPACE, TERN_ALREADY_EXISTS.
+ *
+ * # Safety
+ * `image` is NULL or a live handle used by no other thread at the time; `stats` is NULL or points to at least `stats->struct_size` writable bytes.
  */
 tern_status tern_image_commit(tern_image *image, tern_image_statistics *stats);
 
 /**
  * Abandons an image being written; nothing of it becomes visible. The image
  * must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT.
+ *
+ * # Safety
+ * `image` is NULL or a live handle used by no other thread at the time.
  */
 tern_status tern_image_abort(tern_image *image);
 
 /**
  * Opens a committed image for reading. Free it with tern_image_free().
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `out_image` is NULL or writable.
  */
 tern_status tern_image_open(const tern_client *client, const char *container, const char *name, tern_image **out_image);
 
 /**
  * The image's size: for an image being written, the bytes written so far.
  * Errors: TERN_NULL_POINTER, TERN_CLOSED (aborted).
+ *
+ * # Safety
+ * `image` is NULL or a live handle; `size` is NULL or writable.
  */
 tern_status tern_image_size(const tern_image *image, uint64_t *size);
 
@@ -499,6 +538,9 @@ tern_status tern_image_size(const tern_image *image, uint64_t *size);
  * their length. If cap is too small, nothing is copied, *len is still set and
  * TERN_BUFFER_TOO_SMALL is returned: call again with a larger buffer (buf may be
  * NULL when cap is 0). Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
+ *
+ * # Safety
+ * `image` is NULL or a live handle; `buf` is NULL or valid for `cap` writable bytes; `len` is NULL or writable.
  */
 tern_status tern_image_properties(const tern_image *image, uint8_t *buf, size_t cap, size_t *len);
 
@@ -509,11 +551,17 @@ tern_status tern_image_properties(const tern_image *image, uint8_t *buf, size_t 
  * Every byte is verified against its chunk's hash before it is returned.
  * Errors: TERN_NULL_POINTER, TERN_WRONG_STATE (an image being written), TERN_CLOSED,
  * TERN_CONNECT, TERN_CORRUPT.
+ *
+ * # Safety
+ * `image` is NULL or a live handle used by no other thread at the time; `buf` is NULL or valid for `len` writable bytes; `nread` is NULL or writable.
  */
 tern_status tern_image_read(tern_image *image, uint64_t offset, uint8_t *buf, size_t len, size_t *nread);
 
 /**
  * Frees an image. An image still being written is aborted first. NULL is ignored.
+ *
+ * # Safety
+ * `image` is NULL or a handle not yet freed, and no other thread uses it during or after this call.
  */
 void tern_image_free(tern_image *image);
 
@@ -521,12 +569,18 @@ void tern_image_free(tern_image *image);
  * Calls `cb` for each image in `container` whose name starts with `prefix`
  * (NULL or "" for all), in name order.
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
  */
 tern_status tern_image_list(const tern_client *client, const char *container, const char *prefix, tern_image_cb cb, void *ctx);
 
 /**
  * Deletes a committed image; its space returns at the server's next GC.
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
  */
 tern_status tern_image_delete(const tern_client *client, const char *container, const char *name);
 

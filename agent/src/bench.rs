@@ -16,10 +16,13 @@ const MIN_STAGE_TIME: Duration = Duration::from_millis(1500);
 /// The speed of one stage.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Stage {
+    /// What was measured.
     pub stage: String,
     /// Bytes of input the stage went through.
     pub bytes: u64,
+    /// Time taken (for a round trip: the round trip).
     pub seconds: f64,
+    /// Input megabytes (10^6) per second.
     pub mb_per_s: f64,
     /// Output bytes per input byte, for stages that change the size.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -11,19 +11,24 @@ use crate::writer::ImageWriter;
 use crate::{trust, ClientError};
 
 /// The default TLS port.
-pub const DEFAULT_PORT: u16 = 9443;
+pub const DEFAULT_PORT: u16 = tern_core::defaults::PORT;
+/// Most connections one session may run over (MultiConnect).
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// How to reach and log in to a server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// `host` or `host:port` (default port 9443).
     pub server: String,
+    /// The user to log in as.
     pub user: String,
+    /// Their password (shown as `<hidden>` in debug output).
     pub password: String,
     /// The server certificate's fingerprint; `None` trusts on first use.
     pub fingerprint: Option<Fingerprint>,
     /// Use the loopback plaintext listener instead of TLS.
     pub plain: bool,
+    /// How images are written: dedup here, or passthrough to the server.
     pub mode: WriteMode,
     /// Remember fingerprints accepted on first use in the user's config directory.
     pub remember_servers: bool,
@@ -46,7 +51,32 @@ pub struct ClientOptions {
     pub allow_tls12: bool,
 }
 
+impl std::fmt::Debug for ClientOptions {
+    // By hand, so that the password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("server", &self.server)
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("fingerprint", &self.fingerprint)
+            .field("plain", &self.plain)
+            .field("mode", &self.mode)
+            .field("remember_servers", &self.remember_servers)
+            .field("connections", &self.connections)
+            .field("secure_connect", &self.secure_connect)
+            .field("grace_period", &self.grace_period)
+            .field("cache_memory", &self.cache_memory)
+            .field("cache_disk", &self.cache_disk)
+            .field("spill_dir", &self.spill_dir)
+            .field("identity", &self.identity)
+            .field("allow_tls12", &self.allow_tls12)
+            .finish()
+    }
+}
+
 impl ClientOptions {
+    /// Options with every default: TLS, trust on first use, dedup, four
+    /// connections, Secure Connect with a 600 s grace period.
     pub fn new(server: &str, user: &str, password: &str) -> Self {
         Self {
             server: server.to_string(),
@@ -58,13 +88,31 @@ impl ClientOptions {
             remember_servers: true,
             connections: 0,
             secure_connect: true,
-            grace_period: std::time::Duration::from_secs(600),
-            cache_memory: 64 << 20,
-            cache_disk: 1 << 30,
+            grace_period: tern_core::defaults::GRACE_PERIOD,
+            cache_memory: tern_core::defaults::SESSION_CACHE_MEMORY,
+            cache_disk: tern_core::defaults::SESSION_CACHE_DISK,
             spill_dir: None,
             identity: None,
             allow_tls12: false,
         }
+    }
+
+    /// Checks the settings a caller may have set to anything: done once, by
+    /// [`Client::connect`], for the CLI, the config file, the C ABI and Rust callers alike.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if self.connections > MAX_CONNECTIONS {
+            return Err(ClientError::Invalid(format!(
+                "{} connections asked; at most {MAX_CONNECTIONS} (0: the default)",
+                self.connections
+            )));
+        }
+        if self.grace_period.is_zero() && self.secure_connect {
+            return Err(ClientError::Invalid(
+                "a grace period of 0 with Secure Connect on; turn Secure Connect off instead"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn address(&self) -> String {
@@ -101,6 +149,7 @@ struct Inner {
 impl Client {
     /// Connects, verifies the server's certificate and logs in.
     pub fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
+        opts.validate()?;
         let address = opts.address();
         let user = UserName::new(opts.user.clone())?;
         let remembered = if opts.plain || opts.fingerprint.is_some() {
@@ -166,6 +215,7 @@ impl Client {
         })
     }
 
+    /// True if the user may administer the server.
     pub fn is_admin(&self) -> bool {
         self.inner.admin
     }
@@ -219,6 +269,7 @@ impl Client {
         }
     }
 
+    /// Creates a container.
     pub fn container_create(
         &self,
         name: &str,
@@ -228,6 +279,7 @@ impl Client {
         self.expect_ok(Msg::ContainerCreate { name, settings })
     }
 
+    /// The containers the user may see.
     pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
         match self.conn().call(Msg::ContainerList, Vec::new())?.env.msg {
             Msg::Containers { list } => Ok(list),
@@ -235,6 +287,7 @@ impl Client {
         }
     }
 
+    /// Removes an empty container.
     pub fn container_remove(&self, name: &str) -> Result<(), ClientError> {
         let name = ContainerName::new(name)?;
         self.expect_ok(Msg::ContainerRemove { name })
@@ -298,12 +351,14 @@ impl Client {
         }
     }
 
+    /// Deletes an image; its space returns at the server's next GC.
     pub fn image_remove(&self, container: &str, name: &str) -> Result<(), ClientError> {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
         self.expect_ok(Msg::ImageRemove { container, name })
     }
 
+    /// What the store holds, as far as the user may see.
     pub fn stats(&self) -> Result<StoreStats, ClientError> {
         match self.conn().call(Msg::StatsGet, Vec::new())?.env.msg {
             Msg::Stats { stats } => Ok(stats),
@@ -331,5 +386,27 @@ mod tests {
         assert_eq!(a("127.0.0.1"), "127.0.0.1:9443");
         assert_eq!(a("::1"), "[::1]:9443");
         assert_eq!(a("[::1]:7"), "[::1]:7");
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused_before_any_connection() {
+        let mut o = ClientOptions::new("127.0.0.1:1", "u", "p");
+        o.connections = MAX_CONNECTIONS + 1;
+        assert!(matches!(Client::connect(&o), Err(ClientError::Invalid(_))));
+        o.connections = MAX_CONNECTIONS;
+        o.grace_period = std::time::Duration::ZERO;
+        assert!(matches!(Client::connect(&o), Err(ClientError::Invalid(_))));
+        o.secure_connect = false;
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let o = ClientOptions::new("h", "u", "s3cr3t-pw");
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("s3cr3t-pw") && shown.contains("<hidden>"),
+            "{shown}"
+        );
     }
 }

@@ -16,18 +16,31 @@ use crate::{trust, ClientError, ClientOptions};
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
+    /// `host[:port]` of the server.
     pub server: Option<String>,
+    /// The user to log in as.
     pub user: Option<String>,
+    /// The server certificate's fingerprint (`sha256:...`).
     pub fingerprint: Option<String>,
+    /// Use the loopback plaintext port.
     pub plain: Option<bool>,
+    /// MultiConnect: connections per session.
     pub connections: Option<usize>,
+    /// Ride out lost connections.
     pub secure_connect: Option<bool>,
+    /// How long to ride them out.
     pub grace_period_secs: Option<u64>,
+    /// Unacknowledged bytes kept in memory for resending.
     pub cache_memory_bytes: Option<usize>,
+    /// Then in a spill file, up to this many.
     pub cache_disk_bytes: Option<u64>,
+    /// Where the spill file goes.
     pub spill_dir: Option<PathBuf>,
+    /// The client certificate (PEM).
     pub client_cert: Option<PathBuf>,
+    /// Its key (PEM).
     pub client_key: Option<PathBuf>,
+    /// Accept a server that speaks only TLS 1.2.
     pub allow_tls12: Option<bool>,
 }
 
@@ -71,8 +84,14 @@ impl ClientConfig {
                 return bad(format!("fingerprint {fp:?} is not a SHA-256 fingerprint"));
             }
         }
-        if self.connections.is_some_and(|n| !(1..=64).contains(&n)) {
-            return bad("connections must be 1..=64".into());
+        if self
+            .connections
+            .is_some_and(|n| !(1..=crate::client::MAX_CONNECTIONS).contains(&n))
+        {
+            return bad(format!(
+                "connections must be 1..={}",
+                crate::client::MAX_CONNECTIONS
+            ));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return bad("client_cert and client_key go together: set both or neither".into());

@@ -8,13 +8,23 @@ use tern_core::wire::ErrorKind;
 pub enum ClientError {
     /// The server could not be reached or the connection broke.
     #[error("connection to {server}: {reason}")]
-    Connect { server: String, reason: String },
+    Connect {
+        /// The server's address.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
     /// The server's certificate is not the one pinned for it.
     #[error("{0}")]
     Untrusted(String),
     /// The server refused the request.
     #[error("{message}")]
-    Server { kind: ErrorKind, message: String },
+    Server {
+        /// The class of the refusal.
+        kind: ErrorKind,
+        /// The server's reason.
+        message: String,
+    },
     /// The server answered something the protocol does not allow here.
     #[error("protocol error: {0}")]
     Protocol(String),

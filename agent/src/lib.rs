@@ -18,6 +18,8 @@
 //! and passthrough write pipelines), `reader` (random-access reads with
 //! read-ahead), `trust` (remembered server fingerprints).
 
+#![warn(missing_docs)]
+
 mod bench;
 mod client;
 pub mod config;

@@ -65,10 +65,12 @@ impl ImageReader {
         })
     }
 
+    /// The image.
     pub fn info(&self) -> &ImageInfo {
         &self.info
     }
 
+    /// The image's size in bytes.
     pub fn size(&self) -> u64 {
         self.info.size
     }

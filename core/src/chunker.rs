@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 /// A container's chunking parameters, fixed once data is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkParams {
+    /// Smallest chunk, except the last of a stream.
     pub min: u32,
+    /// The average FastCDC aims at.
     pub avg: u32,
+    /// Largest chunk.
     pub max: u32,
 }
 
@@ -62,6 +65,7 @@ pub struct StreamChunker {
 }
 
 impl StreamChunker {
+    /// A chunker for one stream.
     pub fn new(params: ChunkParams) -> Self {
         Self {
             params,
@@ -71,6 +75,7 @@ impl StreamChunker {
         }
     }
 
+    /// The parameters it cuts with.
     pub fn params(&self) -> ChunkParams {
         self.params
     }
@@ -135,6 +140,7 @@ pub struct ChunkBatcher {
 /// Complete chunks in one buffer, in stream order.
 #[derive(Debug, Default)]
 pub struct ChunkBatch {
+    /// The buffer holding the chunks (and possibly bytes before `start`).
     pub data: Vec<u8>,
     /// Where the first chunk begins in `data`.
     pub start: usize,
@@ -143,10 +149,12 @@ pub struct ChunkBatch {
 }
 
 impl ChunkBatch {
+    /// How many chunks.
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// True when the batch holds no chunk.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -161,6 +169,7 @@ impl ChunkBatch {
         self.data.get(start..end)
     }
 
+    /// The chunks, in stream order.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).filter_map(|i| self.chunk(i))
     }
@@ -179,6 +188,7 @@ impl ChunkBatcher {
         }
     }
 
+    /// The parameters it cuts with.
     pub fn params(&self) -> ChunkParams {
         self.params
     }

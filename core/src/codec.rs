@@ -20,6 +20,7 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// The codec stored as `v`, if there is one.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(Self::Raw),
@@ -32,9 +33,11 @@ impl Codec {
 /// A chunk in its stored form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedChunk {
+    /// How `bytes` encode the plaintext.
     pub codec: Codec,
     /// Length of the plaintext.
     pub raw_len: u32,
+    /// The stored bytes.
     pub bytes: Vec<u8>,
 }
 
@@ -50,7 +53,12 @@ pub enum CodecError {
     Decompress(String),
     /// The plaintext has a different length than recorded.
     #[error("chunk decodes to {got} bytes, expected {expected}")]
-    Length { expected: u32, got: usize },
+    Length {
+        /// The recorded length.
+        expected: u32,
+        /// The decoded length.
+        got: usize,
+    },
     /// The plaintext does not hash to the chunk's id.
     #[error("chunk content does not match its id {0}")]
     HashMismatch(ChunkId),
@@ -62,6 +70,7 @@ pub struct Compressor {
 }
 
 impl Compressor {
+    /// A compressor at zstd `level`.
     pub fn new(level: i32) -> std::io::Result<Self> {
         Ok(Self {
             ctx: zstd::bulk::Compressor::new(level)?,
@@ -167,6 +176,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder; its zstd context is made on first use.
     pub fn new() -> Self {
         Self::default()
     }

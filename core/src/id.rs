@@ -14,6 +14,7 @@ impl ChunkId {
         Self(*blake3::hash(data).as_bytes())
     }
 
+    /// The 32 bytes of the hash.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -5,11 +5,15 @@
 //! - [`codec`]: the stored form of a chunk (zstd or raw), verified on every decode.
 //! - [`names`]: validated container and image names.
 //! - [`wire`]: frames and messages of the tern protocol.
-//! - [`tls`]: certificate fingerprints and the pinning verifier.
+//! - [`tls`]: identities, certificate fingerprints, pinning, rustls configurations.
+//! - [`defaults`]: the port, grace period and cache sizes both ends share.
 //! - [`session`]: sequence numbers, acknowledgements and a framed connection.
+
+#![warn(missing_docs)]
 
 pub mod chunker;
 pub mod codec;
+pub mod defaults;
 pub mod id;
 pub mod names;
 pub mod session;

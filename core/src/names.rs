@@ -10,20 +10,36 @@ use serde::{Deserialize, Serialize};
 pub enum NameError {
     /// The name is empty.
     #[error("{kind} name is empty")]
-    Empty { kind: &'static str },
+    Empty {
+        /// What was named ("container", "image", ...).
+        kind: &'static str,
+    },
     /// Longer than [`MAX_NAME_LEN`] bytes.
     #[error("{kind} name is {len} bytes long; the limit is {MAX_NAME_LEN}")]
-    TooLong { kind: &'static str, len: usize },
+    TooLong {
+        /// What was named.
+        kind: &'static str,
+        /// The name's length in bytes.
+        len: usize,
+    },
     /// Contains a character that is not allowed.
     #[error("{kind} name {name:?} contains {what}, which is not allowed")]
     BadCharacter {
+        /// What was named.
         kind: &'static str,
+        /// The refused name.
         name: String,
+        /// The character, described.
         what: &'static str,
     },
     /// `.` or `..`.
     #[error("{kind} name {name:?} is reserved")]
-    Reserved { kind: &'static str, name: String },
+    Reserved {
+        /// What was named.
+        kind: &'static str,
+        /// The refused name.
+        name: String,
+    },
 }
 
 /// The longest name in bytes.
@@ -73,12 +89,14 @@ macro_rules! name_type {
         pub struct $ty(String);
 
         impl $ty {
+            /// The name, if it is allowed.
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
                 check($kind, &name)?;
                 Ok(Self(name))
             }
 
+            /// The name as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }

@@ -78,8 +78,11 @@ enum Payload {
 /// A sequenced frame waiting for its acknowledgement.
 #[derive(Debug)]
 pub struct Outgoing {
+    /// Its sequence number in the session.
     pub seq: u64,
+    /// The request it belongs to.
     pub req: u64,
+    /// Its message.
     pub msg: Msg,
     payload: Payload,
     /// Written to some connection at least once.
@@ -358,6 +361,7 @@ impl Session {
         lock(&self.inbound).take();
     }
 
+    /// Why the session ended, once it has.
     pub fn closed(&self) -> Option<String> {
         lock(&self.state).closed.clone()
     }

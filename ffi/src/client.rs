@@ -125,8 +125,12 @@ pub(crate) unsafe fn client_ref<'a>(c: *const tern_client) -> FfiResult<&'a tern
 }
 
 /// Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
+///
+/// # Safety
+/// `opts` is NULL or points to a writable tern_client_options.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options) {
+    // SAFETY: tern.h: an options pointer is NULL (handled) or points to the caller's options struct.
     if let Some(o) = unsafe { opts.as_mut() } {
         *o = tern_client_options {
             struct_size: std::mem::size_of::<tern_client_options>(),
@@ -155,15 +159,21 @@ pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options
 /// On success *out is a new client; free it with tern_client_free().
 /// Errors: TERN_NULL_POINTER, TERN_UNSUPPORTED_VERSION (struct_size),
 /// TERN_INVALID_ARGUMENT, TERN_CONNECT, TERN_UNTRUSTED, TERN_AUTH, TERN_PROTOCOL.
+///
+/// # Safety
+/// `opts` is NULL or points to options of at least the `struct_size` they declare, whose strings are NULL or NUL-terminated; `out_client` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_open(
     opts: *const tern_client_options,
     out_client: *mut *mut tern_client,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_client = unsafe { out(out_client, "out")? };
+        // SAFETY: tern.h: an options pointer is NULL (handled) or points to the caller's options struct.
         let o = unsafe { opts.as_ref() }
             .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "options is NULL"))?;
+        // SAFETY: tern.h: `opts` points to a struct of at least the struct_size it declares.
         unsafe {
             check_struct_size(
                 opts.cast(),
@@ -172,10 +182,14 @@ pub unsafe extern "C" fn tern_client_open(
                 "tern_client_options",
             )?
         };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let server = unsafe { c_str(o.server, "options.server")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let user = unsafe { c_str(o.user, "options.user")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let password = unsafe { c_str(o.password, "options.password")? };
         let mut options = ClientOptions::new(server, user, password);
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         if let Some(fp) = unsafe { opt_c_str(o.fingerprint, "options.fingerprint")? } {
             options.fingerprint = Some(Fingerprint::parse(fp).ok_or_else(|| {
                 Failure::new(
@@ -225,10 +239,13 @@ pub unsafe extern "C" fn tern_client_open(
             TERN_CACHE_DISK_OFF => 0,
             n => n,
         };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         if let Some(dir) = unsafe { opt_c_str(o.spill_dir, "options.spill_dir")? } {
             options.spill_dir = Some(dir.into());
         }
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let cert = unsafe { opt_c_str(o.client_cert, "options.client_cert")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let key = unsafe { opt_c_str(o.client_key, "options.client_key")? };
         options.identity =
             match (cert, key) {
@@ -251,9 +268,13 @@ pub unsafe extern "C" fn tern_client_open(
 /// Disconnects. Later calls with this client fail with TERN_CLOSED; images
 /// still open keep their connection until they are freed. The client must
 /// still be freed with tern_client_free(). Closing twice is TERN_CLOSED.
+///
+/// # Safety
+/// `client` is NULL or a handle from tern_client_open not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
         match c.client.write().unwrap_or_else(|e| e.into_inner()).take() {
             Some(_) => Ok(()),
@@ -266,6 +287,9 @@ pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_sta
 }
 
 /// Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
+///
+/// # Safety
+/// `client` is NULL or a handle from tern_client_open not yet freed, and no other thread uses it during or after this call.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_free(client: *mut tern_client) {
     if client.is_null() {
@@ -280,13 +304,18 @@ pub unsafe extern "C" fn tern_client_free(client: *mut tern_client) {
 
 /// Fills *stats with this client's statistics. Set stats->struct_size first;
 /// fields past it are not written.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `stats` is NULL or points to at least `stats->struct_size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_stats(
     client: *const tern_client,
     stats: *mut tern_client_statistics,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_stats = unsafe { out(stats, "stats")? };
         let size = out_stats.struct_size;
         if size < std::mem::size_of::<usize>() {
@@ -312,6 +341,7 @@ pub unsafe extern "C" fn tern_client_stats(
                 logical as f64 / new as f64
             },
         };
+        // SAFETY: the caller's struct_size (checked above) says how many bytes `stats` has room for.
         unsafe { copy_prefix(&full, stats, size) };
         Ok(())
     })
@@ -341,6 +371,9 @@ pub type tern_container_cb =
 
 /// Calls `cb` for each container the user may use.
 /// Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
 #[no_mangle]
 pub unsafe extern "C" fn tern_container_list(
     client: *const tern_client,
@@ -348,6 +381,7 @@ pub unsafe extern "C" fn tern_container_list(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
         let cb =
             cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
@@ -360,6 +394,7 @@ pub unsafe extern "C" fn tern_container_list(
                 images: info.images,
                 logical_bytes: info.logical_bytes,
             };
+            // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ci) } != 0 {
                 break;
             }
@@ -370,13 +405,18 @@ pub unsafe extern "C" fn tern_container_list(
 
 /// Creates a container with the server's default settings.
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_ALREADY_EXISTS, TERN_DENIED, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `name` is NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn tern_container_create(
     client: *const tern_client,
     name: *const c_char,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         c.get()?.container_create(name, Default::default())?;
         Ok(())

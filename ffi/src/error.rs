@@ -218,6 +218,7 @@ pub(crate) unsafe fn opt_c_str<'a>(p: *const c_char, what: &str) -> FfiResult<Op
     if p.is_null() {
         Ok(None)
     } else {
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         unsafe { c_str(p, what) }.map(Some)
     }
 }

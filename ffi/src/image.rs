@@ -118,6 +118,9 @@ fn wrong_state(state: &ImageState, want: &str) -> Failure {
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a name with '/', "..", NUL,
 /// over 255 bytes, or not UTF-8), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
 /// TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0); `out_image` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_create(
     client: *const tern_client,
@@ -128,10 +131,15 @@ pub unsafe extern "C" fn tern_image_create(
     out_image: *mut *mut tern_image,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_image = unsafe { out(out_image, "out")? };
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
+        // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
         let props = unsafe { bytes(props, props_len, "props")? };
         let writer = c.get()?.create_image(container, name, props)?;
         *out_image = Box::into_raw(Box::new(tern_image {
@@ -151,6 +159,9 @@ pub unsafe extern "C" fn tern_image_create(
 /// abort or free it.
 /// Errors: TERN_NULL_POINTER, TERN_CLOSED (committed or aborted), TERN_WRONG_STATE
 /// (opened for reading), TERN_CONNECT, TERN_NO_SPACE.
+///
+/// # Safety
+/// `image` is NULL or a live handle used by no other thread at the time; `buf` is valid for `len` bytes (NULL only with 0).
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_write(
     image: *mut tern_image,
@@ -158,7 +169,9 @@ pub unsafe extern "C" fn tern_image_write(
     len: usize,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
+        // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
         let data = unsafe { bytes(buf, len, "buf")? };
         let mut state = img.lock();
         match &mut *state {
@@ -180,12 +193,16 @@ pub unsafe extern "C" fn tern_image_write(
 /// still be freed. On failure the image is not committed and is closed.
 /// Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT,
 /// TERN_NO_SPACE, TERN_ALREADY_EXISTS.
+///
+/// # Safety
+/// `image` is NULL or a live handle used by no other thread at the time; `stats` is NULL or points to at least `stats->struct_size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_commit(
     image: *mut tern_image,
     stats: *mut tern_image_statistics,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
         let mut state = img.lock();
         let ImageState::Writing { .. } = &*state else {
@@ -204,6 +221,7 @@ pub unsafe extern "C" fn tern_image_commit(
         k.sent.fetch_add(done.sent_bytes, Ordering::Relaxed);
         k.new
             .fetch_add(done.stats.new_stored_bytes, Ordering::Relaxed);
+        // SAFETY: tern.h: a statistics pointer is NULL (refused) or points to the caller's struct.
         if let Some(s) = unsafe { stats.as_mut() } {
             let size = s.struct_size;
             let full = tern_image_statistics {
@@ -215,6 +233,7 @@ pub unsafe extern "C" fn tern_image_commit(
                 sent_bytes: done.sent_bytes,
                 dedup_ratio: done.dedup_ratio(),
             };
+            // SAFETY: the caller's struct_size (checked above) says how many bytes `stats` has room for.
             unsafe { copy_prefix(&full, stats, size) };
         }
         *state = ImageState::Committed(Box::new(done));
@@ -224,9 +243,13 @@ pub unsafe extern "C" fn tern_image_commit(
 
 /// Abandons an image being written; nothing of it becomes visible. The image
 /// must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT.
+///
+/// # Safety
+/// `image` is NULL or a live handle used by no other thread at the time.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
         let mut state = img.lock();
         let ImageState::Writing { .. } = &*state else {
@@ -243,6 +266,9 @@ pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status
 
 /// Opens a committed image for reading. Free it with tern_image_free().
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `out_image` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_open(
     client: *const tern_client,
@@ -251,9 +277,13 @@ pub unsafe extern "C" fn tern_image_open(
     out_image: *mut *mut tern_image,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_image = unsafe { out(out_image, "out")? };
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         let reader = c.get()?.open_image(container, name)?;
         *out_image = Box::into_raw(Box::new(tern_image {
@@ -266,10 +296,15 @@ pub unsafe extern "C" fn tern_image_open(
 
 /// The image's size: for an image being written, the bytes written so far.
 /// Errors: TERN_NULL_POINTER, TERN_CLOSED (aborted).
+///
+/// # Safety
+/// `image` is NULL or a live handle; `size` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_size(image: *const tern_image, size: *mut u64) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let size = unsafe { out(size, "size")? };
         *size = match &*img.lock() {
             ImageState::Writing { written, .. } => *written,
@@ -290,6 +325,9 @@ pub unsafe extern "C" fn tern_image_size(image: *const tern_image, size: *mut u6
 /// their length. If cap is too small, nothing is copied, *len is still set and
 /// TERN_BUFFER_TOO_SMALL is returned: call again with a larger buffer (buf may be
 /// NULL when cap is 0). Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
+///
+/// # Safety
+/// `image` is NULL or a live handle; `buf` is NULL or valid for `cap` writable bytes; `len` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_properties(
     image: *const tern_image,
@@ -298,7 +336,9 @@ pub unsafe extern "C" fn tern_image_properties(
     len: *mut usize,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let len = unsafe { out(len, "len")? };
         let state = img.lock();
         let props: &[u8] = match &*state {
@@ -337,6 +377,9 @@ pub unsafe extern "C" fn tern_image_properties(
 /// Every byte is verified against its chunk's hash before it is returned.
 /// Errors: TERN_NULL_POINTER, TERN_WRONG_STATE (an image being written), TERN_CLOSED,
 /// TERN_CONNECT, TERN_CORRUPT.
+///
+/// # Safety
+/// `image` is NULL or a live handle used by no other thread at the time; `buf` is NULL or valid for `len` writable bytes; `nread` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_read(
     image: *mut tern_image,
@@ -346,7 +389,9 @@ pub unsafe extern "C" fn tern_image_read(
     nread: *mut usize,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let nread = unsafe { out(nread, "nread")? };
         if len == 0 {
             *nread = 0;
@@ -375,6 +420,9 @@ pub unsafe extern "C" fn tern_image_read(
 }
 
 /// Frees an image. An image still being written is aborted first. NULL is ignored.
+///
+/// # Safety
+/// `image` is NULL or a handle not yet freed, and no other thread uses it during or after this call.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_free(image: *mut tern_image) {
     if image.is_null() {
@@ -390,6 +438,9 @@ pub unsafe extern "C" fn tern_image_free(image: *mut tern_image) {
 /// Calls `cb` for each image in `container` whose name starts with `prefix`
 /// (NULL or "" for all), in name order.
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_list(
     client: *const tern_client,
@@ -399,8 +450,11 @@ pub unsafe extern "C" fn tern_image_list(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let prefix = unsafe { opt_c_str(prefix, "prefix")? }.unwrap_or("");
         let cb =
             cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
@@ -416,6 +470,7 @@ pub unsafe extern "C" fn tern_image_list(
                 props: info.props.as_ptr(),
                 props_len: info.props.len(),
             };
+            // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ii) } != 0 {
                 break;
             }
@@ -426,6 +481,9 @@ pub unsafe extern "C" fn tern_image_list(
 
 /// Deletes a committed image; its space returns at the server's next GC.
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_delete(
     client: *const tern_client,
@@ -433,8 +491,11 @@ pub unsafe extern "C" fn tern_image_delete(
     name: *const c_char,
 ) -> tern_status {
     guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         c.get()?.image_remove(container, name)?;
         Ok(())

@@ -4,8 +4,8 @@
 //! `header_is_current` test fails when it is stale. The rules every function
 //! here follows are at the top of that header.
 
-#![allow(non_camel_case_types)]
-#![allow(clippy::missing_safety_doc)] // each function's safety contract is in its C documentation
+#![allow(non_camel_case_types)] // C names: tern_client, tern_status
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod client;
 mod error;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use tern_core::defaults;
 
 /// The file written into a new data directory: every setting, at its default, explained.
 pub const DEFAULT_CONFIG: &str = r#"# ternd configuration. Every setting is shown at its default.
@@ -59,15 +60,15 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9443".parse().expect("valid address"),
+            listen: SocketAddr::from(([0, 0, 0, 0], defaults::PORT)),
             plain_listen: None,
             cert: "tls/server.crt".into(),
             key: "tls/server.key".into(),
             allow_tls12: false,
             log: "info".into(),
-            grace_period_secs: 600,
-            session_cache_bytes: 64 << 20,
-            session_spill_bytes: 1 << 30,
+            grace_period_secs: defaults::GRACE_PERIOD.as_secs(),
+            session_cache_bytes: defaults::SESSION_CACHE_MEMORY,
+            session_spill_bytes: defaults::SESSION_CACHE_DISK,
             session_spill_dir: "spill".into(),
         }
     }

@@ -205,26 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Container { cmd } => container(&cli, cmd),
         Cmd::User {
             cmd: UserCmd::Add { name, admin },
-        } => {
-            let client = connect(&cli, WriteMode::Dedup)?;
-            let pw = match std::env::var("TERN_NEW_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    let mut s = String::new();
-                    io::stdin().take(4096).read_to_string(&mut s)?;
-                    s.lines().next().unwrap_or_default().to_string()
-                }
-            };
-            client
-                .user_add(name, &pw, *admin)
-                .with_context(|| format!("adding user {name}"))?;
-            report(
-                &cli,
-                json!({"user": name, "admin": admin}),
-                &format!("user {name} added"),
-            );
-            Ok(())
-        }
+        } => user_add(&cli, name, *admin),
         Cmd::Backup {
             container,
             name,
@@ -242,34 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             output,
         } => restore(&cli, container, name, output),
-        Cmd::Ls { container, prefix } => {
-            let client = connect(&cli, WriteMode::Dedup)?;
-            let list = client
-                .image_list(container, prefix)
-                .with_context(|| format!("listing {container}"))?;
-            if cli.json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                println!(
-                    "{:<40} {:>10} {:>9}  CREATED (UTC)",
-                    "NAME", "SIZE", "CHUNKS"
-                );
-                for i in &list {
-                    println!(
-                        "{:<40} {:>10} {:>9}  {}",
-                        i.name,
-                        human_bytes(i.size),
-                        i.chunks,
-                        rfc3339(i.created)
-                    );
-                }
-            }
-            Ok(())
-        }
+        Cmd::Ls { container, prefix } => ls(&cli, container, prefix),
         Cmd::Rm { container, name } => {
             let client = connect(&cli, WriteMode::Dedup)?;
             client
@@ -288,40 +242,95 @@ fn run(cli: Cli) -> Result<()> {
             input,
             upload_mib,
         } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
-        Cmd::Stats => {
-            let client = connect(&cli, WriteMode::Dedup)?;
-            let s = client.stats()?;
-            // Dedup: logical bytes per unique byte; compression: unique bytes
-            // per stored byte; their product is the whole reduction.
-            let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-            let dedup = ratio(s.logical_bytes, s.unique_bytes);
-            let compression = ratio(s.unique_bytes, s.stored_bytes);
-            let reduction = ratio(s.logical_bytes, s.stored_bytes);
-            report(
-                &cli,
-                json!({
-                    "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
-                    "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
-                    "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
-                    "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
-                }),
-                &format!(
-                    "containers         {}\nimages             {}\nlogical            {}\nunique chunks      {}\n\
-                     unique (deduped)   {}\nstored (compressed) {}\npack files         {}\n\
-                     dedup ratio        {dedup:.2}\ncompression ratio  {compression:.2}\n\
-                     total reduction    {reduction:.2}",
-                    s.containers,
-                    s.images,
-                    human_bytes(s.logical_bytes),
-                    s.unique_chunks,
-                    human_bytes(s.unique_bytes),
-                    human_bytes(s.stored_bytes),
-                    human_bytes(s.pack_bytes)
-                ),
-            );
-            Ok(())
-        }
+        Cmd::Stats => stats(&cli),
     }
+}
+
+/// `tern user add`: the new password from TERN_NEW_PASSWORD or stdin.
+fn user_add(cli: &Cli, name: &str, admin: bool) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    let pw = match std::env::var("TERN_NEW_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut s = String::new();
+            io::stdin().take(4096).read_to_string(&mut s)?;
+            s.lines().next().unwrap_or_default().to_string()
+        }
+    };
+    client
+        .user_add(name, &pw, admin)
+        .with_context(|| format!("adding user {name}"))?;
+    report(
+        cli,
+        json!({"user": name, "admin": admin}),
+        &format!("user {name} added"),
+    );
+    Ok(())
+}
+
+/// `tern ls`: a table for people, exact numbers with --json.
+fn ls(cli: &Cli, container: &str, prefix: &str) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    let list = client
+        .image_list(container, prefix)
+        .with_context(|| format!("listing {container}"))?;
+    if cli.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>10} {:>9}  CREATED (UTC)",
+        "NAME", "SIZE", "CHUNKS"
+    );
+    for i in &list {
+        println!(
+            "{:<40} {:>10} {:>9}  {}",
+            i.name,
+            human_bytes(i.size),
+            i.chunks,
+            rfc3339(i.created)
+        );
+    }
+    Ok(())
+}
+
+/// `tern stats`: dedup (logical bytes per unique byte) and compression
+/// (unique bytes per stored byte) by their names; their product is the
+/// whole reduction.
+fn stats(cli: &Cli) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    let s = client.stats()?;
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let dedup = ratio(s.logical_bytes, s.unique_bytes);
+    let compression = ratio(s.unique_bytes, s.stored_bytes);
+    let reduction = ratio(s.logical_bytes, s.stored_bytes);
+    report(
+        cli,
+        json!({
+            "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
+            "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
+            "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
+            "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
+        }),
+        &format!(
+            "containers          {}\nimages              {}\nlogical             {}\n\
+             unique chunks       {}\nunique (deduped)    {}\nstored (compressed) {}\n\
+             pack files          {}\ndedup ratio         {dedup:.2}\n\
+             compression ratio   {compression:.2}\ntotal reduction     {reduction:.2}",
+            s.containers,
+            s.images,
+            human_bytes(s.logical_bytes),
+            s.unique_chunks,
+            human_bytes(s.unique_bytes),
+            human_bytes(s.stored_bytes),
+            human_bytes(s.pack_bytes)
+        ),
+    );
+    Ok(())
 }
 
 /// Bytes for people: "1.5 GiB"; exact figures stay in `--json`.

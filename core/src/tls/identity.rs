@@ -20,11 +20,18 @@ pub enum IdentityError {
     Generate(String),
     /// A PEM file could not be read or holds nothing usable.
     #[error("{path}: {reason}")]
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Writing a new pair failed; an existing key is never overwritten.
     #[error("writing {path}: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The failure.
         #[source]
         source: std::io::Error,
     },
@@ -33,7 +40,9 @@ pub enum IdentityError {
 /// A certificate chain and its private key.
 #[derive(Debug)]
 pub struct Identity {
+    /// The certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
 }
 
@@ -48,8 +57,11 @@ impl Clone for Identity {
 
 /// A generated identity and its PEM encoding.
 pub struct GeneratedIdentity {
+    /// The identity.
     pub identity: Identity,
+    /// Its certificate, PEM encoded.
     pub cert_pem: String,
+    /// Its key, PEM encoded.
     pub key_pem: String,
 }
 

@@ -25,6 +25,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// The fingerprint of a DER-encoded certificate.
     pub fn of(cert_der: &[u8]) -> Self {
         let d = ring::digest::digest(&ring::digest::SHA256, cert_der);
         let mut out = [0u8; 32];
@@ -101,7 +102,9 @@ impl Signatures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("server certificate fingerprint {presented} does not match the pinned {pinned}")]
 pub struct PinMismatch {
+    /// What the server presented.
     pub presented: Fingerprint,
+    /// What the client expected.
     pub pinned: Fingerprint,
 }
 
@@ -163,6 +166,7 @@ pub struct PinnedServer {
 }
 
 impl PinnedServer {
+    /// A verifier for `expected`, or for any certificate (trust on first use).
     pub fn new(expected: Option<Fingerprint>) -> Arc<Self> {
         Arc::new(Self {
             expected,
@@ -243,6 +247,7 @@ pub struct AnyClientCert {
 }
 
 impl AnyClientCert {
+    /// The verifier.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             signatures: Signatures(provider()),

@@ -19,7 +19,9 @@ pub const MAX_PAYLOAD_LEN: u32 = (4 << 20) + 4096;
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
+    /// The header: sequence, acknowledgement, request and message.
     pub env: Envelope,
+    /// Bulk bytes beside the header (chunk data), never re-encoded.
     pub payload: Vec<u8>,
 }
 
@@ -33,8 +35,11 @@ pub enum FrameError {
     /// A length field exceeds its bound.
     #[error("frame {what} length {len} exceeds the limit of {limit}")]
     TooLarge {
+        /// "header" or "payload".
         what: &'static str,
+        /// The length the frame claims.
         len: u32,
+        /// The largest allowed.
         limit: u32,
     },
     /// The header is not a valid message.
@@ -56,6 +61,7 @@ impl FrameError {
 }
 
 impl Frame {
+    /// A frame of a header and a payload.
     pub fn new(env: Envelope, payload: Vec<u8>) -> Self {
         Self { env, payload }
     }

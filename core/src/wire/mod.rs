@@ -8,8 +8,9 @@ pub mod msg;
 pub use frame::{Frame, FrameError, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
 
-/// The protocol versions this build speaks.
+/// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
+/// The newest protocol version this build speaks.
 pub const PROTOCOL_MAX: u16 = 1;
 
 /// Features this build offers; the session uses the intersection of both sides'.

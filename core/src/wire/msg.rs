@@ -20,6 +20,7 @@ pub struct Envelope {
     pub ack: u64,
     /// The request this frame belongs to (0 for none).
     pub req: u64,
+    /// The message.
     pub msg: Msg,
 }
 
@@ -32,15 +33,22 @@ pub type Handle = u32;
 pub enum Msg {
     /// Client's first frame: the versions and features it speaks.
     Hello {
+        /// The oldest protocol version the client speaks.
         min_version: u16,
+        /// The newest protocol version the client speaks.
         max_version: u16,
+        /// Features the client would use (see `FEATURES`).
         features: Vec<String>,
+        /// The client program and version, for the server's log.
         agent: String,
     },
     /// Server's answer to `Hello`.
     Welcome {
+        /// The protocol version of the session.
         version: u16,
+        /// Features both sides have.
         features: Vec<String>,
+        /// The server program and version.
         server: String,
         /// The token that joins further connections to this session and
         /// resumes it after an outage.
@@ -53,72 +61,108 @@ pub enum Msg {
     /// Control frame (sequence 0), first on a connection: attach it to a
     /// session. `received` is the highest frame the client got in order.
     Join {
+        /// The token from `Welcome`.
         #[serde(with = "serde_bytes")]
         session: Vec<u8>,
+        /// The highest sequence number the client received in order.
         received: u64,
     },
     /// Control frame: the connection is part of the session; `received` is the
     /// highest frame the server got in order.
     Joined {
+        /// The highest sequence number the server received in order.
         received: u64,
     },
     /// Control frame: an acknowledgement with nothing else to say (see the envelope's `ack`).
     Ack,
+    /// Logs the session in; answered by `LoggedIn` or an `Auth` error.
     Login {
+        /// Who logs in.
         user: UserName,
+        /// The password.
         password: String,
     },
+    /// The session is logged in.
     LoggedIn {
+        /// The user may administer the server.
         admin: bool,
     },
+    /// Asks for a `Pong` (a round trip; its payload is ignored).
     Ping,
+    /// The answer to `Ping`.
     Pong,
     /// Success with nothing to report.
     Ok,
     /// Failure of the request named by the envelope's `req`.
     Error {
+        /// The class of the failure.
         kind: ErrorKind,
+        /// What went wrong, for people.
         message: String,
     },
 
+    /// Creates a container; answered by `Ok`.
     ContainerCreate {
+        /// The new container's name.
         name: ContainerName,
+        /// Its settings; unset ones take the server's defaults.
         settings: ContainerSettings,
     },
+    /// Lists the containers the user may see; answered by `Containers`.
     ContainerList,
+    /// The answer to `ContainerList`.
     Containers {
+        /// The containers, by name.
         list: Vec<ContainerInfo>,
     },
+    /// Removes an empty container; answered by `Ok`.
     ContainerRemove {
+        /// The container to remove.
         name: ContainerName,
     },
+    /// Adds a user (admins only); answered by `Ok`.
     UserAdd {
+        /// The new user's name.
         name: UserName,
+        /// Their password.
         password: String,
+        /// Whether they may administer the server.
         admin: bool,
     },
 
     /// Opens a new image for writing.
     ImageCreate {
+        /// The container to write into.
         container: ContainerName,
+        /// The new image's name.
         name: ImageName,
+        /// The DMA's opaque properties, stored with the image.
         #[serde(with = "serde_bytes")]
         props: Vec<u8>,
+        /// Who chunks: the client (dedup) or the server (passthrough).
         mode: WriteMode,
     },
+    /// The answer to `ImageCreate`.
     ImageCreated {
+        /// The handle of the image being written.
         handle: Handle,
+        /// The container's chunking, which the writer must use.
         chunking: ChunkParams,
+        /// The container's zstd level, for the writer's compression.
         zstd_level: i32,
     },
     /// Appends chunks to the image's recipe; the server answers `ImageNeed`.
     ImageAppend {
+        /// The image being written.
         handle: Handle,
+        /// The chunks, in image order.
         entries: Vec<ChunkRef>,
     },
     /// Indexes into the `ImageAppend` batch of the chunks the server lacks.
     ImageNeed {
+        /// The image being written.
         handle: Handle,
+        /// Indexes into the batch of the chunks to send, ascending.
         missing: Vec<u32>,
     },
     /// One chunk's bytes in the payload, encoded as `codec` says.
@@ -126,71 +170,106 @@ pub enum Msg {
     /// Sent by a writer for a chunk the server asked for, and by the server in
     /// answer to `ChunkGet` (then `offset` is the chunk's place in the image).
     ChunkData {
+        /// The image the chunk belongs to.
         handle: Handle,
+        /// The blake3 of the chunk's plaintext.
         id: ChunkId,
+        /// How the payload is encoded.
         codec: Codec,
+        /// The plaintext's length.
         raw_len: u32,
+        /// The chunk's place in the image (from the server; 0 from a writer).
         offset: u64,
     },
     /// Passthrough: raw image bytes in the payload, chunked by the server.
     ImageWriteRaw {
+        /// The image being written.
         handle: Handle,
     },
     /// Commits the image; answered by `ImageCommitted`.
     ImageClose {
+        /// The image being written.
         handle: Handle,
     },
+    /// The image is durable and visible.
     ImageCommitted {
+        /// The committed image.
         info: ImageInfo,
+        /// What writing it cost.
         stats: WriteStats,
     },
     /// Drops an image being written; nothing of it becomes visible.
     ImageAbort {
+        /// The image being written.
         handle: Handle,
     },
 
     /// Opens a committed image for reading.
     ImageOpen {
+        /// The container holding the image.
         container: ContainerName,
+        /// The image's name.
         name: ImageName,
     },
+    /// The answer to `ImageOpen`.
     ImageOpened {
+        /// The read handle.
         handle: Handle,
+        /// The image.
         info: ImageInfo,
     },
     /// Asks for recipe entries starting with the one that holds `from_offset`.
     RecipeGet {
+        /// The read handle.
         handle: Handle,
+        /// An offset in the image.
         from_offset: u64,
+        /// Most entries wanted (the server caps it).
         max: u32,
     },
+    /// The answer to `RecipeGet`.
     Recipe {
+        /// Consecutive recipe entries; empty past the end.
         entries: Vec<RecipeEntry>,
     },
     /// Asks for the chunks at these image offsets (each the start of a
     /// recipe entry); answered by one `ChunkData` per offset, in order.
     ChunkGet {
+        /// The read handle.
         handle: Handle,
+        /// Offsets at which recipe entries start.
         offsets: Vec<u64>,
     },
     /// Releases a read handle.
     ImageRelease {
+        /// The read handle.
         handle: Handle,
     },
 
+    /// Lists a container's images; answered by `Images`.
     ImageList {
+        /// The container.
         container: ContainerName,
+        /// Only names that start with this.
         prefix: String,
     },
+    /// The answer to `ImageList`.
     Images {
+        /// The images, by name.
         list: Vec<ImageInfo>,
     },
+    /// Deletes an image (its space returns at the next GC); answered by `Ok`.
     ImageRemove {
+        /// The container holding the image.
         container: ContainerName,
+        /// The image's name.
         name: ImageName,
     },
+    /// Asks what the store holds; answered by `Stats`.
     StatsGet,
+    /// The answer to `StatsGet`.
     Stats {
+        /// What the store holds, as far as the user may see.
         stats: StoreStats,
     },
 }
@@ -203,7 +282,9 @@ pub enum ErrorKind {
     Auth,
     /// Authenticated, but not allowed to do this.
     Denied,
+    /// No such container, image or handle (or not visible to the user).
     NotFound,
+    /// A container or image of that name exists.
     AlreadyExists,
     /// A name or argument was refused.
     Invalid,
@@ -235,44 +316,65 @@ pub enum WriteMode {
 /// A chunk as the writer announces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRef {
+    /// The blake3 of the chunk's plaintext.
     pub id: ChunkId,
+    /// The plaintext's length.
     pub len: u32,
 }
 
 /// A chunk's place in an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipeEntry {
+    /// Where the chunk starts in the image.
     pub offset: u64,
+    /// The blake3 of the chunk's plaintext.
     pub id: ChunkId,
+    /// The plaintext's length.
     pub len: u32,
 }
 
 /// What a client may set when it creates a container; unset means the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSettings {
+    /// The storage group (dedup domain); default `default`.
     pub group: Option<GroupName>,
+    /// FastCDC parameters; default 16/64/256 KiB. Fixed once data is written.
     pub chunking: Option<ChunkParams>,
+    /// zstd level of stored chunks, 1..=19; default 1.
     pub zstd_level: Option<i32>,
     /// How many images may be written at once (0: no limit).
     pub stream_limit: Option<u32>,
 }
 
+/// A container as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerInfo {
+    /// Its name.
     pub name: ContainerName,
+    /// Its storage group.
     pub group: GroupName,
+    /// Its FastCDC parameters.
     pub chunking: ChunkParams,
+    /// Its zstd level.
     pub zstd_level: i32,
+    /// Images that may be written at once (0: no limit).
     pub stream_limit: u32,
+    /// Committed images in it.
     pub images: u64,
+    /// Sum of their sizes.
     pub logical_bytes: u64,
 }
 
+/// A committed image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
+    /// The container holding it.
     pub container: ContainerName,
+    /// Its name.
     pub name: ImageName,
+    /// Its size in bytes.
     pub size: u64,
+    /// How many chunks its recipe has.
     pub chunks: u64,
     /// Opaque properties owned by the DMA.
     #[serde(with = "serde_bytes")]
@@ -286,6 +388,7 @@ pub struct ImageInfo {
 pub struct WriteStats {
     /// Bytes of the image.
     pub logical_bytes: u64,
+    /// Chunks in its recipe.
     pub chunks: u64,
     /// Chunks the store did not have before.
     pub new_chunks: u64,
@@ -293,12 +396,16 @@ pub struct WriteStats {
     pub new_stored_bytes: u64,
 }
 
+/// What the store holds, as far as one user may see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
+    /// Containers visible to the user.
     pub containers: u64,
+    /// Committed images in them.
     pub images: u64,
     /// Sum of the sizes of all images.
     pub logical_bytes: u64,
+    /// Chunks stored once each, in the visible storage groups.
     pub unique_chunks: u64,
     /// Sum of the plaintext sizes of the unique chunks.
     pub unique_bytes: u64,

@@ -114,54 +114,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
             Ok(())
         }
-        Cmd::Gc { data, json } => {
-            let report = match control::request(&data.data, "gc")? {
-                Some(v) => v,
-                None => serde_json::to_value(open_store(&data.data)?.gc()?)?,
-            };
-            if json {
-                println!("{report}");
-            } else {
-                println!(
-                    "removed {} chunks; {} packs deleted, {} rewritten; packs {} -> {} bytes",
-                    report["chunks_removed"],
-                    report["packs_deleted"],
-                    report["packs_rewritten"],
-                    report["bytes_before"],
-                    report["bytes_after"]
-                );
-            }
-            Ok(())
-        }
-        Cmd::Fsck { data, json } => {
-            let report = match control::request(&data.data, "fsck")? {
-                Some(v) => v,
-                None => serde_json::to_value(open_store(&data.data)?.fsck()?)?,
-            };
-            let damage = report["damage"].as_array().cloned().unwrap_or_default();
-            if json {
-                println!("{report}");
-            } else {
-                for d in &damage {
-                    println!("damaged: {}", d.as_str().unwrap_or_default());
-                }
-                println!(
-                    "checked {} packs, {} chunks, {} images: {}",
-                    report["packs"],
-                    report["chunks_checked"],
-                    report["images_checked"],
-                    if damage.is_empty() {
-                        "clean".to_string()
-                    } else {
-                        format!("{} problems", damage.len())
-                    }
-                );
-            }
-            if !damage.is_empty() {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        Cmd::Gc { data, json } => gc(&data.data, json),
+        Cmd::Fsck { data, json } => fsck(&data.data, json),
         Cmd::User {
             cmd:
                 UserCmd::Add {
@@ -170,23 +124,78 @@ fn run(cli: Cli) -> Result<()> {
                     admin,
                     groups,
                 },
-        } => {
-            let name = UserName::new(name)?;
-            let groups = if groups.is_empty() {
-                vec![DEFAULT_GROUP.to_string()]
-            } else {
-                groups
-            };
-            let groups = groups
-                .into_iter()
-                .map(GroupName::new)
-                .collect::<Result<Vec<_>, _>>()?;
-            let password = read_password()?;
-            open_store(&data.data)?.user_set(&name, &password, admin, groups)?;
-            println!("user {name} saved");
-            Ok(())
-        }
+        } => user_add(&data.data, name, admin, groups),
     }
+}
+
+/// `ternd gc`: through the running server if there is one.
+fn gc(data: &Path, json: bool) -> Result<()> {
+    let report = match control::request(data, "gc")? {
+        Some(v) => v,
+        None => serde_json::to_value(open_store(data)?.gc()?)?,
+    };
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "removed {} chunks; {} packs deleted, {} rewritten; packs {} -> {} bytes",
+            report["chunks_removed"],
+            report["packs_deleted"],
+            report["packs_rewritten"],
+            report["bytes_before"],
+            report["bytes_after"]
+        );
+    }
+    Ok(())
+}
+
+/// `ternd fsck`: exits 1 when anything is damaged.
+fn fsck(data: &Path, json: bool) -> Result<()> {
+    let report = match control::request(data, "fsck")? {
+        Some(v) => v,
+        None => serde_json::to_value(open_store(data)?.fsck()?)?,
+    };
+    let damage = report["damage"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{report}");
+    } else {
+        for d in &damage {
+            println!("damaged: {}", d.as_str().unwrap_or_default());
+        }
+        println!(
+            "checked {} packs, {} chunks, {} images: {}",
+            report["packs"],
+            report["chunks_checked"],
+            report["images_checked"],
+            if damage.is_empty() {
+                "clean".to_string()
+            } else {
+                format!("{} problems", damage.len())
+            }
+        );
+    }
+    if !damage.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `ternd user add` on a stopped server.
+fn user_add(data: &Path, name: String, admin: bool, groups: Vec<String>) -> Result<()> {
+    let name = UserName::new(name)?;
+    let groups = if groups.is_empty() {
+        vec![DEFAULT_GROUP.to_string()]
+    } else {
+        groups
+    };
+    let groups = groups
+        .into_iter()
+        .map(GroupName::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let password = read_password()?;
+    open_store(data)?.user_set(&name, &password, admin, groups)?;
+    println!("user {name} saved");
+    Ok(())
 }
 
 fn open_store(data: &Path) -> Result<Store> {
@@ -235,12 +244,7 @@ fn serve(
     grace_period: Option<u64>,
 ) -> Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
-    if !config_path.exists() {
-        std::fs::write(&config_path, DEFAULT_CONFIG)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-    }
-    let mut cfg = Config::load(&config_path)?;
+    let mut cfg = load_config(data, config)?;
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -267,26 +271,53 @@ fn serve(
     }
     let tls = certs::server_config(&paths, cfg.allow_tls12)?;
     let store = Arc::new(open_store_for_serve(data)?);
-    let admin = UserName::new("admin").expect("valid name");
-    if !store.user_exists(&admin)? {
-        let (password, generated) = match std::env::var("TERN_PASSWORD") {
-            Ok(p) if !p.is_empty() => (p, false),
-            _ => (store::generate_password()?, true),
-        };
-        store.user_set(
-            &admin,
-            &password,
-            true,
-            vec![GroupName::new(DEFAULT_GROUP)?],
-        )?;
-        if generated {
-            println!("created user admin with password: {password}");
-        } else {
-            println!("created user admin with the password from TERN_PASSWORD");
-        }
-    }
+    ensure_admin(&store)?;
     println!("fingerprint: {}", certs::fingerprint(&paths)?);
+    run_server(data, &cfg, store, tls)
+}
 
+/// The config file, written with every default on first start.
+fn load_config(data: &Path, config: Option<PathBuf>) -> Result<Config> {
+    let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
+    if !config_path.exists() {
+        std::fs::write(&config_path, DEFAULT_CONFIG)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+    }
+    Config::load(&config_path)
+}
+
+/// Creates the user admin on first start, with the password from
+/// TERN_PASSWORD or a generated one, printed once.
+fn ensure_admin(store: &Store) -> Result<()> {
+    let admin = UserName::new("admin").expect("valid name");
+    if store.user_exists(&admin)? {
+        return Ok(());
+    }
+    let (password, generated) = match std::env::var("TERN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (store::generate_password()?, true),
+    };
+    store.user_set(
+        &admin,
+        &password,
+        true,
+        vec![GroupName::new(DEFAULT_GROUP)?],
+    )?;
+    if generated {
+        println!("created user admin with password: {password}");
+    } else {
+        println!("created user admin with the password from TERN_PASSWORD");
+    }
+    Ok(())
+}
+
+/// Binds the listeners and the control socket, and serves until interrupted.
+fn run_server(
+    data: &Path,
+    cfg: &Config,
+    store: Arc<Store>,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ternd")
@@ -296,6 +327,7 @@ fn serve(
         disk: cfg.session_spill_bytes,
         spill_dir: data.join(&cfg.session_spill_dir),
     };
+    let grace = std::time::Duration::from_secs(cfg.grace_period_secs);
     rt.block_on(async move {
         let listeners = listen::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
         // Printed once bound, so a script (or a test asking for port 0)
@@ -312,10 +344,7 @@ fn serve(
             }
         });
         tokio::select! {
-            r = listeners.serve(
-                handler::Sessions::new(store, std::time::Duration::from_secs(cfg.grace_period_secs), cache),
-                tls,
-            ) => r,
+            r = listeners.serve(handler::Sessions::new(store, grace, cache), tls) => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("stopping on interrupt");
                 Ok(())

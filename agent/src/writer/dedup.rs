@@ -1,8 +1,8 @@
-//! Writing an image: the dedup pipeline.
+//! The dedup pipeline of an image writer.
 //!
 //! Stages on their own threads, so that reading, chunking, hashing and
 //! compression overlap with each other and with the network:
-//! - with [`ImageWriter::copy_from`], a reader thread reads the source straight
+//! - with [`Pipeline::copy_from`], a reader thread reads the source straight
 //!   into batch buffers;
 //! - the caller's thread cuts the stream into chunks inside batch buffers of
 //!   about [`BATCH_BYTES`], one `ImageAppend` each;
@@ -24,11 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tern_core::codec::Compressor;
-use tern_core::wire::{ChunkRef, Handle, ImageInfo, Msg, WriteMode, WriteStats};
-use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ContainerName, ImageName};
+use tern_core::wire::{ChunkRef, Handle, Msg};
+use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ChunkParams};
 
+use super::SentLog;
 use crate::client::unexpected;
-use crate::conn::{Answers, Conn};
+use crate::conn::Answers;
 use crate::{Client, ClientError};
 
 /// Chunk bytes in one `ImageAppend`.
@@ -39,31 +40,12 @@ const BATCH_CHUNKS: usize = 256;
 const WINDOW: usize = 6;
 /// Batch buffers in all: one being cut, one handed over, the window, the
 /// batch being settled, two whose last chunks are being compressed and the
-/// ones the reader thread of [`ImageWriter::copy_from`] fills ahead.
+/// ones the reader thread of [`Pipeline::copy_from`] fills ahead.
 const POOL: usize = WINDOW + 4 + READ_AHEAD;
 /// Most bytes taken from the source or the caller at a time.
 const READ_SIZE: usize = 1 << 20;
-/// Buffers the reader thread of [`ImageWriter::copy_from`] may fill ahead.
+/// Buffers the reader thread of [`Pipeline::copy_from`] may fill ahead.
 const READ_AHEAD: usize = 2;
-/// Largest raw write in passthrough mode.
-const RAW_FRAME: usize = 1 << 20;
-
-/// What a committed image cost.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub info: ImageInfo,
-    /// The server's account: logical bytes, chunks, new chunks and stored bytes.
-    pub stats: WriteStats,
-    /// Chunk payload bytes this writer sent (compressed).
-    pub sent_bytes: u64,
-}
-
-impl Committed {
-    /// Logical bytes per byte the store grew by.
-    pub fn dedup_ratio(&self) -> f64 {
-        self.stats.logical_bytes as f64 / self.stats.new_stored_bytes.max(1) as f64
-    }
-}
 
 /// The batch buffers: at most [`POOL`] are ever made.
 struct Pool {
@@ -123,11 +105,8 @@ struct Job {
     index: usize,
 }
 
-/// What the compression workers report: payload bytes sent, the first failure.
-type SentLog = Arc<Mutex<(u64, Option<String>)>>;
-
 /// The threads of a dedup write.
-struct Pipeline {
+pub(super) struct Pipeline {
     batcher: ChunkBatcher,
     pool: Pool,
     batches: Option<std_mpsc::SyncSender<Pooled>>,
@@ -137,137 +116,68 @@ struct Pipeline {
     abandoned: Arc<AtomicBool>,
 }
 
-/// An image being written. Write bytes, then [`commit`](Self::commit); dropping
-/// it without committing aborts the image.
-pub struct ImageWriter {
-    client: Client,
-    handle: Handle,
-    /// `None` in passthrough mode.
-    pipeline: Option<Pipeline>,
-    sent: SentLog,
-    raw: Vec<u8>,
-    finished: bool,
-}
-
-impl ImageWriter {
-    pub(crate) fn create(
-        client: Client,
-        container: ContainerName,
-        name: ImageName,
-        props: Vec<u8>,
-        mode: WriteMode,
-    ) -> Result<Self, ClientError> {
-        let answer = client.conn().call(
-            Msg::ImageCreate {
-                container,
-                name,
-                props,
-                mode,
-            },
-            Vec::new(),
-        )?;
-        let (handle, chunking, level) = match answer.env.msg {
-            Msg::ImageCreated {
-                handle,
-                chunking,
-                zstd_level,
-            } => (handle, chunking, zstd_level),
-            other => return Err(unexpected(other)),
-        };
-        chunking
-            .validate()
-            .map_err(|e| ClientError::Protocol(format!("server sent bad chunk parameters: {e}")))?;
-        let sent: SentLog = Arc::new(Mutex::new((0, None)));
-        let pipeline = if mode == WriteMode::Dedup {
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2);
-            let abandoned = Arc::new(AtomicBool::new(false));
-            let (jobs, job_rx) = std_mpsc::sync_channel::<Job>(threads * 8);
-            let job_rx = Arc::new(Mutex::new(job_rx));
-            let workers = (0..threads)
-                .map(|_| {
-                    let job_rx = job_rx.clone();
-                    let sent = sent.clone();
-                    let abandoned = abandoned.clone();
-                    let queue = client.conn().sender();
-                    std::thread::spawn(move || {
-                        compress_worker(level, job_rx, queue, sent, abandoned)
-                    })
-                })
-                .collect();
-            let (batches, batch_rx) = std_mpsc::sync_channel::<Pooled>(1);
-            let announcer = {
-                let client = client.clone();
+impl Pipeline {
+    /// Starts the announcer and one compression worker per core for the
+    /// image under `handle`.
+    pub(super) fn start(
+        client: &Client,
+        handle: Handle,
+        chunking: ChunkParams,
+        level: i32,
+        sent: &SentLog,
+    ) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (jobs, job_rx) = std_mpsc::sync_channel::<Job>(threads * 8);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let workers = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                let sent = sent.clone();
                 let abandoned = abandoned.clone();
-                std::thread::spawn(move || announce(client, handle, batch_rx, jobs, abandoned))
-            };
-            let mut pool = Pool::new();
-            let first = pool.get().unwrap_or_default();
-            Some(Pipeline {
-                batcher: ChunkBatcher::new(chunking, first),
-                pool,
-                batches: Some(batches),
-                announcer: Some(announcer),
-                workers,
-                abandoned,
+                let queue = client.conn().sender();
+                std::thread::spawn(move || compress_worker(level, job_rx, queue, sent, abandoned))
             })
-        } else {
-            None
+            .collect();
+        let (batches, batch_rx) = std_mpsc::sync_channel::<Pooled>(1);
+        let announcer = {
+            let client = client.clone();
+            let abandoned = abandoned.clone();
+            std::thread::spawn(move || announce(client, handle, batch_rx, jobs, abandoned))
         };
-        Ok(Self {
-            client,
-            handle,
-            pipeline,
-            sent,
-            raw: Vec::new(),
-            finished: false,
-        })
+        let mut pool = Pool::new();
+        let first = pool.get().unwrap_or_default();
+        Pipeline {
+            batcher: ChunkBatcher::new(chunking, first),
+            pool,
+            batches: Some(batches),
+            announcer: Some(announcer),
+            workers,
+            abandoned,
+        }
     }
 
-    fn conn(&self) -> &Conn {
-        self.client.conn()
-    }
-
-    /// Adds image bytes.
-    pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        let Some(p) = self.pipeline.as_mut() else {
-            self.raw.extend_from_slice(data);
-            return self.send_full_raw_frames();
-        };
+    /// Adds image bytes; full batches go to the announcer.
+    pub(super) fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         for piece in data.chunks(READ_SIZE) {
-            p.batcher.push(piece);
-            p.ship_full_batches(BATCH_BYTES)?;
+            self.batcher.push(piece);
+            self.ship_full_batches(BATCH_BYTES)?;
         }
         Ok(())
     }
 
     /// Writes everything `source` yields, reading it on a thread of its own
-    /// straight into the writer's batch buffers: reading overlaps with
-    /// chunking and no byte is copied on the way. Calls `progress` with the
-    /// bytes of each piece read; returns the total. A failed read is
-    /// [`ClientError::Io`].
-    pub fn copy_from(
+    /// straight into the batch buffers: reading overlaps with chunking and no
+    /// byte is copied on the way.
+    pub(super) fn copy_from(
         &mut self,
         mut source: impl Read + Send,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, ClientError> {
-        let Some(p) = self.pipeline.as_mut() else {
-            let mut total = 0;
-            loop {
-                let n = (&mut source)
-                    .take(RAW_FRAME as u64)
-                    .read_to_end(&mut self.raw)?;
-                if n == 0 {
-                    return Ok(total);
-                }
-                self.send_full_raw_frames()?;
-                progress(n as u64);
-                total += n as u64;
-            }
-        };
         // Room for the partial chunk carried over from the previous buffer.
-        let room = p.batcher.params().max as usize;
+        let room = self.batcher.params().max as usize;
         std::thread::scope(|s| {
             let (give, empty) = std_mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
             let (done, filled) = std_mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD);
@@ -275,132 +185,18 @@ impl ImageWriter {
                 read_ahead(&mut source, room, &empty, done);
                 empty
             });
-            let copied = p.adopt_all(&give, &filled, room, &mut progress);
+            let copied = self.adopt_all(&give, &filled, room, &mut progress);
             drop((give, filled));
             // Buffers the reader did not get to go back to the pool.
             if let Ok(empty) = reader.join() {
                 for b in empty.try_iter() {
-                    p.pool.put(b);
+                    self.pool.put(b);
                 }
             }
             copied
         })
     }
 
-    fn send_full_raw_frames(&mut self) -> Result<(), ClientError> {
-        while self.raw.len() >= RAW_FRAME {
-            let rest = self.raw.split_off(RAW_FRAME);
-            let frame = std::mem::replace(&mut self.raw, rest);
-            self.send_raw(frame)?;
-        }
-        Ok(())
-    }
-
-    fn send_raw(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).0 += frame.len() as u64;
-        self.conn().send(
-            Msg::ImageWriteRaw {
-                handle: self.handle,
-            },
-            frame,
-        )
-    }
-
-    /// Finishes the image and waits until the server has committed it.
-    pub fn commit(mut self) -> Result<Committed, ClientError> {
-        self.finished = true;
-        if let Some(mut p) = self.pipeline.take() {
-            p.finish()?;
-        } else {
-            let rest = std::mem::take(&mut self.raw);
-            if !rest.is_empty() {
-                self.send_raw(rest)?;
-            }
-        }
-        let (sent_bytes, worker_error) =
-            self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(e) = worker_error {
-            return Err(ClientError::Connect {
-                server: self.conn().server().to_string(),
-                reason: e,
-            });
-        }
-        let answer = self.conn().call(
-            Msg::ImageClose {
-                handle: self.handle,
-            },
-            Vec::new(),
-        );
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                // The server's reason for failing a chunk is more useful than "no such handle".
-                if let Some(first) = self.conn().take_unsolicited().into_iter().next() {
-                    return Err(ClientError::Server {
-                        kind: e.kind().unwrap_or(tern_core::wire::ErrorKind::Internal),
-                        message: first,
-                    });
-                }
-                return Err(e);
-            }
-        };
-        match answer.env.msg {
-            Msg::ImageCommitted { info, stats } => Ok(Committed {
-                info,
-                stats,
-                sent_bytes,
-            }),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Abandons the image: nothing of it becomes visible.
-    pub fn abort(mut self) -> Result<(), ClientError> {
-        self.finished = true;
-        self.pipeline = None;
-        match self
-            .conn()
-            .call(
-                Msg::ImageAbort {
-                    handle: self.handle,
-                },
-                Vec::new(),
-            )?
-            .env
-            .msg
-        {
-            Msg::Ok => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-}
-
-impl Drop for ImageWriter {
-    fn drop(&mut self) {
-        self.pipeline = None;
-        if !self.finished {
-            let _ = self.conn().send(
-                Msg::ImageAbort {
-                    handle: self.handle,
-                },
-                Vec::new(),
-            );
-        }
-    }
-}
-
-impl io::Write for ImageWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_bytes(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Pipeline {
     /// Takes buffers the reader thread filled, keeps it supplied with empty
     /// ones, and ships each buffer's chunks as one batch.
     fn adopt_all(
@@ -482,7 +278,7 @@ impl Pipeline {
     }
 
     /// Ships the rest of the stream and waits until every needed chunk is sent.
-    fn finish(&mut self) -> Result<(), ClientError> {
+    pub(super) fn finish(&mut self) -> Result<(), ClientError> {
         self.batcher.finish();
         loop {
             self.batcher.cut(BATCH_CHUNKS);

@@ -1,0 +1,231 @@
+//! Writing an image: [`ImageWriter`] over one of two sinks, the dedup
+//! pipeline (`dedup`: chunk, hash, ask, compress, send) or passthrough
+//! (`passthrough`: raw bytes, chunked by the server).
+
+mod dedup;
+mod passthrough;
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use tern_core::wire::{Handle, ImageInfo, Msg, WriteMode, WriteStats};
+use tern_core::{ContainerName, ImageName};
+
+use crate::client::unexpected;
+use crate::conn::Conn;
+use crate::{Client, ClientError};
+use dedup::Pipeline;
+pub(crate) use dedup::BATCH_BYTES;
+use passthrough::Passthrough;
+
+/// What the senders report: chunk payload bytes sent, the first failure.
+type SentLog = Arc<Mutex<(u64, Option<String>)>>;
+
+/// What a committed image cost.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The committed image.
+    pub info: ImageInfo,
+    /// The server's account: logical bytes, chunks, new chunks and stored bytes.
+    pub stats: WriteStats,
+    /// Chunk payload bytes this writer sent (compressed).
+    pub sent_bytes: u64,
+}
+
+impl Committed {
+    /// Logical bytes per byte the store grew by.
+    pub fn dedup_ratio(&self) -> f64 {
+        self.stats.logical_bytes as f64 / self.stats.new_stored_bytes.max(1) as f64
+    }
+}
+
+/// An image being written. Write bytes, then [`commit`](Self::commit); dropping
+/// it without committing aborts the image.
+pub struct ImageWriter {
+    client: Client,
+    handle: Handle,
+    /// Where written bytes go; `None` once committed or aborted.
+    sink: Option<Sink>,
+    sent: SentLog,
+    finished: bool,
+}
+
+/// The two ways bytes reach the server.
+enum Sink {
+    /// Chunked, hashed and compressed here; only missing chunks are sent.
+    Dedup(Pipeline),
+    /// Sent raw; the server chunks them.
+    Passthrough(Passthrough),
+}
+
+impl ImageWriter {
+    pub(crate) fn create(
+        client: Client,
+        container: ContainerName,
+        name: ImageName,
+        props: Vec<u8>,
+        mode: WriteMode,
+    ) -> Result<Self, ClientError> {
+        let answer = client.conn().call(
+            Msg::ImageCreate {
+                container,
+                name,
+                props,
+                mode,
+            },
+            Vec::new(),
+        )?;
+        let (handle, chunking, level) = match answer.env.msg {
+            Msg::ImageCreated {
+                handle,
+                chunking,
+                zstd_level,
+            } => (handle, chunking, zstd_level),
+            other => return Err(unexpected(other)),
+        };
+        chunking
+            .validate()
+            .map_err(|e| ClientError::Protocol(format!("server sent bad chunk parameters: {e}")))?;
+        let sent: SentLog = Arc::new(Mutex::new((0, None)));
+        let sink = match mode {
+            WriteMode::Dedup => {
+                Sink::Dedup(Pipeline::start(&client, handle, chunking, level, &sent))
+            }
+            WriteMode::Passthrough => {
+                Sink::Passthrough(Passthrough::new(client.clone(), handle, sent.clone()))
+            }
+        };
+        Ok(Self {
+            client,
+            handle,
+            sink: Some(sink),
+            sent,
+            finished: false,
+        })
+    }
+
+    fn conn(&self) -> &Conn {
+        self.client.conn()
+    }
+
+    fn sink(&mut self) -> Result<&mut Sink, ClientError> {
+        self.sink
+            .as_mut()
+            .ok_or_else(|| ClientError::Invalid("the image is already committed or aborted".into()))
+    }
+
+    /// Adds image bytes.
+    pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        match self.sink()? {
+            Sink::Dedup(p) => p.write(data),
+            Sink::Passthrough(r) => r.write(data),
+        }
+    }
+
+    /// Writes everything `source` yields, reading it on a thread of its own
+    /// straight into the writer's batch buffers: reading overlaps with
+    /// chunking and no byte is copied on the way. Calls `progress` with the
+    /// bytes of each piece read; returns the total. A failed read is
+    /// [`ClientError::Io`].
+    pub fn copy_from(
+        &mut self,
+        source: impl Read + Send,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, ClientError> {
+        match self.sink()? {
+            Sink::Dedup(p) => p.copy_from(source, progress),
+            Sink::Passthrough(r) => r.copy_from(source, progress),
+        }
+    }
+
+    /// Finishes the image and waits until the server has committed it.
+    pub fn commit(mut self) -> Result<Committed, ClientError> {
+        self.finished = true;
+        match self.sink.take() {
+            Some(Sink::Dedup(mut p)) => p.finish()?,
+            Some(Sink::Passthrough(mut r)) => r.finish()?,
+            None => {}
+        }
+        let (sent_bytes, worker_error) =
+            self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(e) = worker_error {
+            return Err(ClientError::Connect {
+                server: self.conn().server().to_string(),
+                reason: e,
+            });
+        }
+        let answer = self.conn().call(
+            Msg::ImageClose {
+                handle: self.handle,
+            },
+            Vec::new(),
+        );
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // The server's reason for failing a chunk is more useful than "no such handle".
+                if let Some(first) = self.conn().take_unsolicited().into_iter().next() {
+                    return Err(ClientError::Server {
+                        kind: e.kind().unwrap_or(tern_core::wire::ErrorKind::Internal),
+                        message: first,
+                    });
+                }
+                return Err(e);
+            }
+        };
+        match answer.env.msg {
+            Msg::ImageCommitted { info, stats } => Ok(Committed {
+                info,
+                stats,
+                sent_bytes,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Abandons the image: nothing of it becomes visible.
+    pub fn abort(mut self) -> Result<(), ClientError> {
+        self.finished = true;
+        self.sink = None;
+        match self
+            .conn()
+            .call(
+                Msg::ImageAbort {
+                    handle: self.handle,
+                },
+                Vec::new(),
+            )?
+            .env
+            .msg
+        {
+            Msg::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        // The pipeline's threads stop before the server hears of the abort.
+        self.sink = None;
+        if !self.finished {
+            let _ = self.conn().send(
+                Msg::ImageAbort {
+                    handle: self.handle,
+                },
+                Vec::new(),
+            );
+        }
+    }
+}
+
+impl io::Write for ImageWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_bytes(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

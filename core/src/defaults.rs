@@ -1,0 +1,12 @@
+//! Defaults that ternd and its clients share, stated once.
+
+use std::time::Duration;
+
+/// The TLS port ternd listens on and clients dial.
+pub const PORT: u16 = 9443;
+/// How long a session survives without any connection (Secure Connect).
+pub const GRACE_PERIOD: Duration = Duration::from_secs(600);
+/// Bytes of sent, unacknowledged frames a session keeps in memory.
+pub const SESSION_CACHE_MEMORY: usize = 64 << 20;
+/// Bytes more of them a session keeps in a spill file once memory is full.
+pub const SESSION_CACHE_DISK: u64 = 1 << 30;
