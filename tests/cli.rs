@@ -204,3 +204,87 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
     assert!(!err.contains('\\') && !err.contains("  "), "{err:?}");
 }
+
+#[test]
+fn adding_an_existing_user_changes_nothing_and_passwd_and_set_each_change_one_thing() {
+    let mut server = TestServer::start();
+    let admin = server.client();
+    admin.user_add("tenant", "first-pw", false).unwrap();
+    admin.user_set("tenant", Some(&["t1"]), None).unwrap();
+    let tenant_with = |server: &TestServer, pw: &str| {
+        let mut o = server.options();
+        o.user = "tenant".into();
+        o.password = pw.into();
+        tern_agent::Client::connect(&o)
+    };
+    // In group t1 only: the default group is closed to the tenant.
+    let in_t1_only = |c: &tern_agent::Client| {
+        let denied = c.container_create("x", tern_agent::ContainerSettings::default());
+        assert_eq!(
+            denied.err().and_then(|e| e.kind()),
+            Some(tern_core::wire::ErrorKind::Denied)
+        );
+    };
+    let tern = |server: &TestServer, args: &[&str], new_pw: &str| {
+        let mut cmd = std::process::Command::new(tern_bin());
+        cmd.args(["--server", &server.address()])
+            .args(["--fingerprint", &server.fingerprint().to_string()])
+            .args(args)
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_CONFIG_DIR", server.data().join("client-config"))
+            .env("TERN_NEW_PASSWORD", new_pw);
+        run_with_stdin(cmd, None)
+    };
+
+    // A second add is refused and leaves password, groups and rights alone.
+    let out = tern(&server, &["user", "add", "tenant", "--admin"], "other-pw");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let t = tenant_with(&server, "first-pw").unwrap();
+    assert!(!t.is_admin());
+    in_t1_only(&t);
+    assert!(tenant_with(&server, "other-pw").is_err());
+
+    // passwd changes the password only.
+    ok(&tern(&server, &["user", "passwd", "tenant"], "second-pw"));
+    assert!(tenant_with(&server, "first-pw").is_err());
+    let t = tenant_with(&server, "second-pw").unwrap();
+    in_t1_only(&t);
+    // A user may set their own password, not someone else's.
+    t.user_passwd("tenant", "third-pw").unwrap();
+    let err = t.user_passwd("admin", "stolen").err().unwrap();
+    assert_eq!(err.kind(), Some(tern_core::wire::ErrorKind::Denied));
+    assert!(t.user_set("tenant", None, Some(true)).is_err());
+
+    // set changes rights; the last admin cannot be demoted.
+    ok(&tern(
+        &server,
+        &["user", "set", "tenant", "--group", "default"],
+        "",
+    ));
+    let t = tenant_with(&server, "third-pw").unwrap();
+    t.container_create("mine", tern_agent::ContainerSettings::default())
+        .unwrap();
+    let out = tern(&server, &["user", "set", "admin", "--no-admin"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only admin"));
+
+    // The same rules offline.
+    drop((admin, t));
+    server.kill();
+    let mut add = std::process::Command::new(ternd_bin());
+    add.args(["user", "add", "tenant", "--data"])
+        .arg(server.data())
+        .env("TERN_PASSWORD", "offline-pw");
+    let out = run_with_stdin(add, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let mut passwd = std::process::Command::new(ternd_bin());
+    passwd
+        .args(["user", "passwd", "tenant", "--data"])
+        .arg(server.data())
+        .env("TERN_PASSWORD", "offline-pw");
+    ok(&run_with_stdin(passwd, None));
+    server.spawn();
+    tenant_with(&server, "offline-pw").unwrap();
+}

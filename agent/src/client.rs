@@ -1,6 +1,6 @@
 //! The client: log in once, then manage containers and images.
 
-use tern_core::names::UserName;
+use tern_core::names::{GroupName, UserName};
 use tern_core::tls::Fingerprint;
 use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, Msg, StoreStats, WriteMode};
 use tern_core::{ContainerName, ImageName};
@@ -302,6 +302,41 @@ impl Client {
         self.expect_ok(Msg::UserAdd {
             name,
             password: password.to_string(),
+            admin,
+        })
+    }
+
+    /// Sets a user's password (an admin may set anyone's, a user their own).
+    pub fn user_passwd(&self, name: &str, password: &str) -> Result<(), ClientError> {
+        let name = UserName::new(name)?;
+        if password.is_empty() {
+            return Err(ClientError::Invalid("the password is empty".into()));
+        }
+        self.expect_ok(Msg::UserPasswd {
+            name,
+            password: password.to_string(),
+        })
+    }
+
+    /// Changes a user's storage groups (replacing the list) and admin right,
+    /// each only if given (admins only).
+    pub fn user_set(
+        &self,
+        name: &str,
+        groups: Option<&[&str]>,
+        admin: Option<bool>,
+    ) -> Result<(), ClientError> {
+        let name = UserName::new(name)?;
+        let groups = groups
+            .map(|g| {
+                g.iter()
+                    .map(|g| GroupName::new(*g))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        self.expect_ok(Msg::UserSet {
+            name,
+            groups,
             admin,
         })
     }

@@ -152,11 +152,28 @@ enum ContainerCmd {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Add a user; the password comes from TERN_NEW_PASSWORD or stdin.
+    /// Add a user (an existing one is an error); the password comes from
+    /// TERN_NEW_PASSWORD or stdin.
     Add {
         name: String,
         #[arg(long)]
         admin: bool,
+    },
+    /// Set a user's password (yours, or anyone's as an admin); from
+    /// TERN_NEW_PASSWORD or stdin.
+    Passwd { name: String },
+    /// Change a user's storage groups and admin right (admin only).
+    Set {
+        name: String,
+        /// The storage groups the user may use (replaces the list).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Make the user an admin.
+        #[arg(long, conflicts_with = "no_admin")]
+        admin: bool,
+        /// Take the admin right away.
+        #[arg(long)]
+        no_admin: bool,
     },
 }
 
@@ -203,9 +220,7 @@ fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Container { cmd } => container(&cli, cmd),
-        Cmd::User {
-            cmd: UserCmd::Add { name, admin },
-        } => user_add(&cli, name, *admin),
+        Cmd::User { cmd } => user(&cli, cmd),
         Cmd::Backup {
             container,
             name,
@@ -246,26 +261,66 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `tern user add`: the new password from TERN_NEW_PASSWORD or stdin.
-fn user_add(cli: &Cli, name: &str, admin: bool) -> Result<()> {
+/// `tern user ...`: new passwords come from TERN_NEW_PASSWORD or stdin.
+fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
-    let pw = match std::env::var("TERN_NEW_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => {
-            let mut s = String::new();
-            io::stdin().take(4096).read_to_string(&mut s)?;
-            s.lines().next().unwrap_or_default().to_string()
+    match cmd {
+        UserCmd::Add { name, admin } => {
+            client
+                .user_add(name, &new_password()?, *admin)
+                .with_context(|| format!("adding user {name}"))?;
+            report(
+                cli,
+                json!({"user": name, "admin": admin}),
+                &format!("user {name} added"),
+            );
         }
-    };
-    client
-        .user_add(name, &pw, admin)
-        .with_context(|| format!("adding user {name}"))?;
-    report(
-        cli,
-        json!({"user": name, "admin": admin}),
-        &format!("user {name} added"),
-    );
+        UserCmd::Passwd { name } => {
+            client
+                .user_passwd(name, &new_password()?)
+                .with_context(|| format!("setting the password of {name}"))?;
+            report(
+                cli,
+                json!({"user": name, "password": "set"}),
+                &format!("password of {name} set"),
+            );
+        }
+        UserCmd::Set {
+            name,
+            groups,
+            admin,
+            no_admin,
+        } => {
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let groups = (!groups.is_empty()).then_some(groups.as_slice());
+            let admin = match (admin, no_admin) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if groups.is_none() && admin.is_none() {
+                anyhow::bail!("nothing to change: give --group, --admin or --no-admin");
+            }
+            client
+                .user_set(name, groups, admin)
+                .with_context(|| format!("changing user {name}"))?;
+            report(
+                cli,
+                json!({"user": name, "groups": groups, "admin": admin}),
+                &format!("user {name} changed"),
+            );
+        }
+    }
     Ok(())
+}
+
+fn new_password() -> Result<String> {
+    if let Ok(p) = std::env::var("TERN_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let mut s = String::new();
+    io::stdin().take(4096).read_to_string(&mut s)?;
+    Ok(s.lines().next().unwrap_or_default().to_string())
 }
 
 /// `tern ls`: a table for people, exact numbers with --json.

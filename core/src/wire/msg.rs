@@ -120,7 +120,8 @@ pub enum Msg {
         /// The container to remove.
         name: ContainerName,
     },
-    /// Adds a user (admins only); answered by `Ok`.
+    /// Adds a user (admins only); answered by `Ok`, or `AlreadyExists`
+    /// (an existing user is never changed by this).
     UserAdd {
         /// The new user's name.
         name: UserName,
@@ -128,6 +129,23 @@ pub enum Msg {
         password: String,
         /// Whether they may administer the server.
         admin: bool,
+    },
+    /// Sets a user's password (an admin's, or the user's own); answered by `Ok`.
+    UserPasswd {
+        /// Whose password.
+        name: UserName,
+        /// The new password.
+        password: String,
+    },
+    /// Changes a user's storage groups and admin right (admins only; each
+    /// only if given); answered by `Ok`.
+    UserSet {
+        /// Whose rights.
+        name: UserName,
+        /// The storage groups the user may use, replacing the old list.
+        groups: Option<Vec<GroupName>>,
+        /// Whether the user may administer the server.
+        admin: Option<bool>,
     },
 
     /// Opens a new image for writing.

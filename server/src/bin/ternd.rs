@@ -72,7 +72,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Add a user or reset their password; the password comes from TERN_PASSWORD or stdin.
+    /// Add a user (an existing one is an error); the password comes from
+    /// TERN_PASSWORD or stdin.
     Add {
         #[command(flatten)]
         data: DataArg,
@@ -82,6 +83,27 @@ enum UserCmd {
         /// Storage groups the user may use (default: "default").
         #[arg(long = "group")]
         groups: Vec<String>,
+    },
+    /// Set a user's password, from TERN_PASSWORD or stdin; groups and rights stay.
+    Passwd {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+    },
+    /// Change a user's storage groups and admin right.
+    Set {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+        /// The storage groups the user may use (replaces the list).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Make the user an admin.
+        #[arg(long, conflicts_with = "no_admin")]
+        admin: bool,
+        /// Take the admin right away.
+        #[arg(long)]
+        no_admin: bool,
     },
 }
 
@@ -116,15 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Gc { data, json } => gc(&data.data, json),
         Cmd::Fsck { data, json } => fsck(&data.data, json),
-        Cmd::User {
-            cmd:
-                UserCmd::Add {
-                    data,
-                    name,
-                    admin,
-                    groups,
-                },
-        } => user_add(&data.data, name, admin, groups),
+        Cmd::User { cmd } => user(cmd),
     }
 }
 
@@ -180,22 +194,62 @@ fn fsck(data: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `ternd user add` on a stopped server.
-fn user_add(data: &Path, name: String, admin: bool, groups: Vec<String>) -> Result<()> {
-    let name = UserName::new(name)?;
-    let groups = if groups.is_empty() {
-        vec![DEFAULT_GROUP.to_string()]
-    } else {
-        groups
-    };
-    let groups = groups
+/// `ternd user ...` on a stopped server.
+fn user(cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::Add {
+            data,
+            name,
+            admin,
+            groups,
+        } => {
+            let name = UserName::new(name)?;
+            let groups = if groups.is_empty() {
+                vec![DEFAULT_GROUP.to_string()]
+            } else {
+                groups
+            };
+            let password = read_password()?;
+            open_store(&data.data)?.user_add(&name, &password, admin, group_names(groups)?)?;
+            println!("user {name} added");
+        }
+        UserCmd::Passwd { data, name } => {
+            let name = UserName::new(name)?;
+            let password = read_password()?;
+            open_store(&data.data)?.user_passwd(&name, &password)?;
+            println!("password of {name} set");
+        }
+        UserCmd::Set {
+            data,
+            name,
+            groups,
+            admin,
+            no_admin,
+        } => {
+            let name = UserName::new(name)?;
+            let groups = (!groups.is_empty())
+                .then(|| group_names(groups))
+                .transpose()?;
+            let admin = match (admin, no_admin) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if groups.is_none() && admin.is_none() {
+                bail!("nothing to change: give --group, --admin or --no-admin");
+            }
+            open_store(&data.data)?.user_update(&name, groups, admin)?;
+            println!("user {name} changed");
+        }
+    }
+    Ok(())
+}
+
+fn group_names(groups: Vec<String>) -> Result<Vec<GroupName>> {
+    Ok(groups
         .into_iter()
         .map(GroupName::new)
-        .collect::<Result<Vec<_>, _>>()?;
-    let password = read_password()?;
-    open_store(data)?.user_set(&name, &password, admin, groups)?;
-    println!("user {name} saved");
-    Ok(())
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn open_store(data: &Path) -> Result<Store> {
@@ -297,7 +351,7 @@ fn ensure_admin(store: &Store) -> Result<()> {
         Ok(p) if !p.is_empty() => (p, false),
         _ => (store::generate_password()?, true),
     };
-    store.user_set(
+    store.user_add(
         &admin,
         &password,
         true,

@@ -39,7 +39,31 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             }
             let groups =
                 vec![GroupName::new(DEFAULT_GROUP).expect("the default group's name is valid")];
-            blocking(|| store.user_set(&name, &password, admin, groups))?;
+            blocking(|| store.user_add(&name, &password, admin, groups))?;
+            Msg::Ok
+        }
+        Msg::UserPasswd { name, password } => {
+            if !user.admin && user.name != name {
+                return refuse(
+                    ErrorKind::Denied,
+                    "only an admin may set another user's password",
+                );
+            }
+            blocking(|| store.user_passwd(&name, &password))?;
+            Msg::Ok
+        }
+        Msg::UserSet {
+            name,
+            groups,
+            admin,
+        } => {
+            if !user.admin {
+                return refuse(
+                    ErrorKind::Denied,
+                    "only an admin may change a user's rights",
+                );
+            }
+            blocking(|| store.user_update(&name, groups, admin))?;
             Msg::Ok
         }
         Msg::StatsGet => Msg::Stats {

@@ -52,6 +52,8 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ImageList { .. }
         | Msg::ImageRemove { .. }
         | Msg::UserAdd { .. }
+        | Msg::UserPasswd { .. }
+        | Msg::UserSet { .. }
         | Msg::StatsGet) => catalog::handle(h, m),
         m @ (Msg::ImageCreate { .. }
         | Msg::ImageAppend { .. }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::names::GroupName;
 use tern_core::wire::RecipeEntry;
 use tern_core::{ChunkId, ContainerName, ImageName};
@@ -149,10 +149,46 @@ impl Catalog {
         found.map(|v| decode("user", v.value())).transpose()
     }
 
-    pub fn put_user(&self, name: &str, rec: &UserRecord) -> Result<()> {
+    /// Records a new user; `AlreadyExists` if the name is taken.
+    pub fn insert_user(&self, name: &str, rec: &UserRecord) -> Result<()> {
         let tx = self.db.begin_write()?;
-        tx.open_table(USERS)?
-            .insert(name, encode(rec)?.as_slice())?;
+        {
+            let mut users = tx.open_table(USERS)?;
+            if users.get(name)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "user {name} already exists"
+                )));
+            }
+            users.insert(name, encode(rec)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Changes a user's record in one transaction; `change` sees every user
+    /// (to keep invariants such as "one admin remains") and edits this one.
+    pub fn update_user(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut UserRecord, &[UserRecord]) -> Result<()>,
+    ) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut users = tx.open_table(USERS)?;
+            let mut all = Vec::new();
+            for row in users.iter()? {
+                let (k, v) = row?;
+                if k.value() != name {
+                    all.push(decode::<UserRecord>("user", v.value())?);
+                }
+            }
+            let mut rec: UserRecord = match users.get(name)? {
+                Some(v) => decode("user", v.value())?,
+                None => return Err(StoreError::NotFound(format!("user {name} does not exist"))),
+            };
+            change(&mut rec, &all)?;
+            users.insert(name, encode(&rec)?.as_slice())?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -452,10 +488,6 @@ impl Catalog {
             each(k.value(), v.value())?;
         }
         Ok(())
-    }
-
-    pub fn index_len(&self) -> Result<u64> {
-        Ok(self.db.begin_read()?.open_table(CHUNKS)?.len()?)
     }
 
     /// Removes every index entry `live` rejects, in one transaction; returns

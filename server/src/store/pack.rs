@@ -109,9 +109,6 @@ impl PackWriter {
         header.extend_from_slice(&VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         file.write_all_at(&header, 0)?;
-        // The new name must be durable before any image that refers to this
-        // pack commits: syncing the file alone does not persist its entry.
-        sync_dir(dir)?;
         Ok(Self {
             number,
             path,

@@ -30,6 +30,9 @@ pub struct PackSet {
     finisher: PackFinisher,
     next_pack: AtomicU64,
     read_files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Groups whose pack directory gained a file since it was last synced
+    /// (changed only while the appender is held).
+    unsynced_dirs: Mutex<Vec<u32>>,
 }
 
 /// A pack file found on disk.
@@ -51,6 +54,7 @@ impl PackSet {
             finisher: PackFinisher::start()?,
             next_pack: AtomicU64::new(1),
             read_files: Mutex::new(HashMap::new()),
+            unsynced_dirs: Mutex::new(Vec::new()),
         };
         for (name, id) in groups {
             set.add_group(name, *id)?;
@@ -193,7 +197,12 @@ impl Appender<'_> {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let number = self.set.next_pack.fetch_add(1, Ordering::SeqCst);
-                v.insert(PackWriter::create(&self.set.dir(group)?, number)?)
+                let w = PackWriter::create(&self.set.dir(group)?, number)?;
+                let mut unsynced = lock(&self.set.unsynced_dirs);
+                if !unsynced.contains(&group) {
+                    unsynced.push(group);
+                }
+                v.insert(w)
             }
         };
         let loc = writer.append(id, codec, raw_len, bytes)?;
@@ -215,7 +224,16 @@ impl Appender<'_> {
         for w in self.writers.values_mut() {
             w.sync()?;
         }
-        self.set.wait_finished()
+        self.set.wait_finished()?;
+        // New pack files' names must be durable before an image that refers
+        // to them commits (syncing a file does not persist its directory
+        // entry); one directory sync per commit, not one per pack.
+        let unsynced: Vec<u32> = lock(&self.set.unsynced_dirs).clone();
+        for group in unsynced {
+            pack::sync_dir(&self.set.dir(group)?)?;
+            lock(&self.set.unsynced_dirs).retain(|g| *g != group);
+        }
+        Ok(())
     }
 
     /// Numbers of the packs being appended to.

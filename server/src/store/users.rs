@@ -26,26 +26,62 @@ impl User {
 }
 
 impl Store {
-    /// Adds a user, or replaces the password and rights of an existing one.
-    pub fn user_set(
+    /// Adds a user; `AlreadyExists` if there is one of that name (adding
+    /// never changes an existing user's password, groups or rights).
+    pub fn user_add(
         &self,
         name: &UserName,
         password: &str,
         admin: bool,
         groups: Vec<GroupName>,
     ) -> Result<()> {
-        if password.is_empty() {
-            return Err(StoreError::Invalid("the password is empty".into()));
-        }
         for g in &groups {
             self.ensure_group(g)?;
         }
         let rec = UserRecord {
-            password_hash: hash_password(password)?,
+            password_hash: hash_password(checked(password)?)?,
             admin,
             groups,
         };
-        self.catalog.put_user(name.as_str(), &rec)
+        self.catalog.insert_user(name.as_str(), &rec)
+    }
+
+    /// Sets a user's password; their groups and rights stay.
+    pub fn user_passwd(&self, name: &UserName, password: &str) -> Result<()> {
+        let hash = hash_password(checked(password)?)?;
+        self.catalog.update_user(name.as_str(), |rec, _| {
+            rec.password_hash = hash;
+            Ok(())
+        })
+    }
+
+    /// Changes a user's storage groups and admin right (each if given). The
+    /// last admin cannot be demoted: the server would have no one to run it.
+    pub fn user_update(
+        &self,
+        name: &UserName,
+        groups: Option<Vec<GroupName>>,
+        admin: Option<bool>,
+    ) -> Result<()> {
+        if let Some(groups) = &groups {
+            for g in groups {
+                self.ensure_group(g)?;
+            }
+        }
+        self.catalog.update_user(name.as_str(), |rec, others| {
+            if admin == Some(false) && rec.admin && !others.iter().any(|o| o.admin) {
+                return Err(StoreError::Invalid(format!(
+                    "{name} is the only admin; make another user admin first"
+                )));
+            }
+            if let Some(groups) = groups {
+                rec.groups = groups;
+            }
+            if let Some(admin) = admin {
+                rec.admin = admin;
+            }
+            Ok(())
+        })
     }
 
     pub fn user_exists(&self, name: &UserName) -> Result<bool> {
@@ -72,6 +108,13 @@ impl Store {
 }
 
 /// Hashes a password into a PHC string with a random salt.
+fn checked(password: &str) -> Result<&str> {
+    if password.is_empty() {
+        return Err(StoreError::Invalid("the password is empty".into()));
+    }
+    Ok(password)
+}
+
 fn hash_password(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];
     SystemRandom::new()
