@@ -36,6 +36,11 @@
 #define TERN_ABI_VERSION 1
 
 /**
+ * The largest image properties tern_image_create() takes, in bytes.
+ */
+#define TERN_MAX_PROPS_LEN 65536
+
+/**
  * tern_client_options.cache_disk_bytes: keep unacknowledged data in memory only.
  */
 #define TERN_CACHE_DISK_OFF UINT64_MAX
@@ -470,10 +475,12 @@ const char *tern_status_name(int status);
 
 /**
  * Starts a new image in `container`. `props` (may be NULL when props_len is 0)
- * are opaque bytes kept with the image for the DMA. Nothing is visible until
- * tern_image_commit() succeeds. Free the image with tern_image_free().
+ * are opaque bytes kept with the image for the DMA, at most TERN_MAX_PROPS_LEN.
+ * Nothing is visible until tern_image_commit() succeeds. Free the image with
+ * tern_image_free().
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a name with '/', "..", NUL,
- * over 255 bytes, or not UTF-8), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
+ * over 255 bytes, or not UTF-8; props over TERN_MAX_PROPS_LEN, refused before
+ * anything is sent), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
  * TERN_CLOSED, TERN_CONNECT.
  *
  * # Safety

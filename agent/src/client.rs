@@ -350,6 +350,7 @@ impl Client {
     ) -> Result<ImageWriter, ClientError> {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
+        check_props(props)?;
         ImageWriter::create(
             self.clone(),
             container,
@@ -400,6 +401,18 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// Refuses image properties the server would refuse, before anything is sent.
+pub(crate) fn check_props(props: &[u8]) -> Result<(), ClientError> {
+    if props.len() > tern_core::wire::MAX_PROPS_LEN {
+        return Err(ClientError::Invalid(format!(
+            "image properties of {} bytes; the limit is {}",
+            props.len(),
+            tern_core::wire::MAX_PROPS_LEN
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn unexpected(msg: Msg) -> ClientError {

@@ -536,6 +536,11 @@ impl Slot {
                             .close(&format!("the server ended the session: {message}"));
                         return;
                     }
+                    // Another certificate is no outage: retrying cannot help.
+                    Err(e @ ClientError::Untrusted(_)) => {
+                        self.session.close(&e.to_string());
+                        return;
+                    }
                     Err(e) => {
                         if self.outage_exceeded() {
                             self.session.close(&format!(
@@ -557,6 +562,16 @@ impl Slot {
                 .run_connection(stream, None, peer_received)
                 .await;
             if self.session.closed().is_some() {
+                return;
+            }
+            if lock(&self.token).is_none() {
+                // Lost before the server said Welcome: not an outage of a
+                // working session but a server that will not talk to us
+                // (a TLS port dialed in plaintext, a refused handshake).
+                self.session.close(&format!(
+                    "the server closed the connection before the session was set up ({why}); \
+                     is it a tern server, and is --plain (or its absence) right for this port?"
+                ));
                 return;
             }
             tracing::info!("connection to {} lost: {why}", self.dialer.server);

@@ -556,10 +556,17 @@ impl Session {
                 Ok::<(), SessionError>(())
             };
             let writer = self.write_loop(&mut wr, &mut inflight);
-            tokio::select! {
-                r = reader => r.err().map(|e| e.to_string()).unwrap_or_default(),
-                r = writer => r.err().map(|e| e.to_string()).unwrap_or_default(),
+            let failed = tokio::select! {
+                r = reader => r.err(),
+                r = writer => r.err(),
+            };
+            // A broken protocol (an oversized or undecodable frame) is not an
+            // outage: another connection would fail the same way, so the
+            // session ends now instead of retrying for the grace period.
+            if let Some(SessionError::Protocol(why)) = &failed {
+                self.close(&format!("protocol error: {why}"));
             }
+            failed.map(|e| e.to_string()).unwrap_or_default()
         };
         let _ = wr.shutdown().await;
         // What this connection carried and nobody acknowledged goes out again elsewhere.

@@ -113,10 +113,12 @@ fn wrong_state(state: &ImageState, want: &str) -> Failure {
 }
 
 /// Starts a new image in `container`. `props` (may be NULL when props_len is 0)
-/// are opaque bytes kept with the image for the DMA. Nothing is visible until
-/// tern_image_commit() succeeds. Free the image with tern_image_free().
+/// are opaque bytes kept with the image for the DMA, at most TERN_MAX_PROPS_LEN.
+/// Nothing is visible until tern_image_commit() succeeds. Free the image with
+/// tern_image_free().
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a name with '/', "..", NUL,
-/// over 255 bytes, or not UTF-8), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
+/// over 255 bytes, or not UTF-8; props over TERN_MAX_PROPS_LEN, refused before
+/// anything is sent), TERN_NOT_FOUND, TERN_ALREADY_EXISTS, TERN_BUSY,
 /// TERN_CLOSED, TERN_CONNECT.
 ///
 /// # Safety

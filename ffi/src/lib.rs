@@ -20,6 +20,12 @@ pub use plugin::*;
 /// The ABI version this library implements; pass it to tern_plugin_entry().
 pub const TERN_ABI_VERSION: u32 = 1;
 
+/// The largest image properties tern_image_create() takes, in bytes.
+pub const TERN_MAX_PROPS_LEN: usize = 65536;
+
+// The header needs a literal; it must be the library's limit.
+const _: () = assert!(TERN_MAX_PROPS_LEN == tern_core::wire::MAX_PROPS_LEN);
+
 /// The library's version, e.g. "0.1.0". The string is static.
 #[no_mangle]
 pub extern "C" fn tern_version() -> *const std::ffi::c_char {

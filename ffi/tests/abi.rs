@@ -344,3 +344,138 @@ fn status_names_cover_every_code_and_any_other_integer() {
         assert_eq!(name(unknown), "TERN_UNKNOWN_STATUS", "{unknown}");
     }
 }
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`:
+/// these calls used to wait out the whole grace period.
+fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+/// tern_client_open against `address` with `plain` and `password`; the status
+/// and the message.
+fn open_status(
+    server: &TestServer,
+    address: String,
+    plain: bool,
+    password: &str,
+) -> impl FnOnce() -> (tern_status, String) + Send + 'static {
+    let fingerprint = server.fingerprint().to_string();
+    let (cert, key) = server.client_identity();
+    let password = password.to_string();
+    move || {
+        let strings = [
+            CString::new(address).unwrap(),
+            CString::new("admin").unwrap(),
+            CString::new(password).unwrap(),
+            CString::new(fingerprint).unwrap(),
+            CString::new(cert.into_os_string().into_vec()).unwrap(),
+            CString::new(key.into_os_string().into_vec()).unwrap(),
+        ];
+        let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
+        unsafe { tern_client_options_init(&mut raw) };
+        raw.server = strings[0].as_ptr();
+        raw.user = strings[1].as_ptr();
+        raw.password = strings[2].as_ptr();
+        raw.fingerprint = strings[3].as_ptr();
+        raw.remember_server = 0;
+        raw.plain = plain.into();
+        raw.client_cert = strings[4].as_ptr();
+        raw.client_key = strings[5].as_ptr();
+        let mut c = null_mut();
+        let st = unsafe { tern_client_open(&raw, &mut c) };
+        let msg = last_error();
+        if !c.is_null() {
+            unsafe { tern_client_free(c) };
+        }
+        (st, msg)
+    }
+}
+
+#[test]
+fn errors_that_are_not_outages_end_the_call_at_once() {
+    let server = TestServer::start();
+    let quick = std::time::Duration::from_secs(15);
+    let tls = server.address();
+    let plain = format!("127.0.0.1:{}", server.plain_port);
+
+    let (st, msg) = within(
+        quick,
+        "plaintext to the TLS port",
+        open_status(&server, tls.clone(), true, PASSWORD),
+    );
+    assert_ne!(st, tern_status::TERN_OK, "{msg}");
+    assert!(msg.contains("--plain") || msg.contains("closed"), "{msg}");
+
+    let (st, msg) = within(
+        quick,
+        "TLS to the plaintext port",
+        open_status(&server, plain, false, PASSWORD),
+    );
+    assert_ne!(st, tern_status::TERN_OK, "{msg}");
+
+    let (st, msg) = within(
+        quick,
+        "a wrong password",
+        open_status(&server, tls, false, "wrong"),
+    );
+    assert_eq!(st, tern_status::TERN_AUTH, "{msg}");
+
+    // Properties over the limit are refused before anything is sent; at the
+    // limit they round-trip.
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    let c_addr = c as usize;
+    let (st, msg) = within(quick, "oversized properties", move || {
+        let props = vec![7u8; TERN_MAX_PROPS_LEN + 1];
+        let (container, image) = (CString::new("c").unwrap(), CString::new("big").unwrap());
+        let mut img = null_mut();
+        let st = unsafe {
+            tern_image_create(
+                c_addr as *const tern_client,
+                container.as_ptr(),
+                image.as_ptr(),
+                props.as_ptr(),
+                props.len(),
+                &mut img,
+            )
+        };
+        (st, last_error())
+    });
+    assert_eq!(st, tern_status::TERN_INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("properties"), "{msg}");
+    let props = vec![9u8; TERN_MAX_PROPS_LEN];
+    let (container, image) = (CString::new("c").unwrap(), CString::new("max").unwrap());
+    let mut img = null_mut();
+    let st = unsafe {
+        tern_image_create(
+            c,
+            container.as_ptr(),
+            image.as_ptr(),
+            props.as_ptr(),
+            props.len(),
+            &mut img,
+        )
+    };
+    assert_eq!(st, tern_status::TERN_OK, "{}", last_error());
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    unsafe { tern_image_free(img) };
+    unsafe { tern_client_free(c) };
+}

@@ -13,6 +13,11 @@ pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks.
 pub const PROTOCOL_MAX: u16 = 1;
 
+/// The largest DMA properties an image may carry, in bytes. They travel in
+/// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;
+/// clients refuse larger ones before sending, and servers refuse them too.
+pub const MAX_PROPS_LEN: usize = 64 << 10;
+
 /// Features this build offers; the session uses the intersection of both sides'.
 pub const FEATURES: &[&str] = &["dedup", "passthrough"];
 

@@ -72,6 +72,13 @@ impl Store {
         props: Vec<u8>,
         passthrough: bool,
     ) -> Result<(WriterId, ContainerRecord)> {
+        if props.len() > tern_core::wire::MAX_PROPS_LEN {
+            return Err(StoreError::Invalid(format!(
+                "image properties of {} bytes; the limit is {}",
+                props.len(),
+                tern_core::wire::MAX_PROPS_LEN
+            )));
+        }
         let rec = self.container(user, container)?;
         let group = self.group_of(&rec)?;
         if self.catalog.image(rec.id, name)?.is_some() {
