@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
-use crate::wire::{Envelope, Frame, FrameError, Msg};
+use crate::wire::{Envelope, Frame, FrameError, FrameLimits, Msg};
 
 /// How much a session may keep of the frames it sent and the peer has not
 /// acknowledged yet.
@@ -56,6 +56,10 @@ impl CacheLimits {
 /// Bookkeeping overhead charged to every cached or reordered frame besides
 /// its payload.
 const FRAME_OVERHEAD: usize = 256;
+
+/// Most frames an untrusted peer may send ahead of the next in order: with
+/// [`FrameLimits::BEFORE_LOGIN`] at most a few hundred KiB, decoded.
+pub const UNTRUSTED_REORDER: usize = 8;
 
 /// Forgets `n` spilled frames (acknowledged, or a reservation that failed).
 fn release_spill(st: &mut State, n: usize) {
@@ -165,6 +169,9 @@ pub struct Session {
     bytes_received: AtomicU64,
     /// The highest sequence number written and flushed to some connection.
     flushed_to: AtomicU64,
+    /// False until the application trusts the peer (a login): until then
+    /// frames are small and few may wait out of order.
+    trusted: AtomicBool,
     /// Woken when the number of live connections changes.
     pub connections_changed: Notify,
 }
@@ -203,6 +210,7 @@ impl Session {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             flushed_to: AtomicU64::new(0),
+            trusted: AtomicBool::new(true),
             connections_changed: Notify::new(),
         })
     }
@@ -223,7 +231,14 @@ impl Session {
                     self.enqueue(st, req, msg, Payload::Memory(payload));
                     return Ok(());
                 }
-                self.reserve_spill(&mut st, payload.len())
+                // A spilled frame still costs FRAME_OVERHEAD of memory: past a
+                // quarter more than the limit, even empty frames wait.
+                let bookkeeping = self.limits.memory.saturating_add(self.limits.memory / 4);
+                if st.cache_bytes >= bookkeeping {
+                    None
+                } else {
+                    self.reserve_spill(&mut st, payload.len())
+                }
             };
             let Some((file, offset)) = reserved else {
                 // Memory and spill file are full: wait for acknowledgements.
@@ -331,6 +346,26 @@ impl Session {
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    /// Starts the session untrusted: frames of at most
+    /// [`FrameLimits::BEFORE_LOGIN`] and at most [`UNTRUSTED_REORDER`] early
+    /// frames, until [`trust`](Self::trust). A server does this before login.
+    pub fn distrust(&self) {
+        self.trusted.store(false, Ordering::SeqCst);
+    }
+
+    /// Lifts the limits of [`distrust`](Self::distrust).
+    pub fn trust(&self) {
+        self.trusted.store(true, Ordering::SeqCst);
+    }
+
+    fn frame_limits(&self) -> FrameLimits {
+        if self.trusted.load(Ordering::SeqCst) {
+            FrameLimits::FULL
+        } else {
+            FrameLimits::BEFORE_LOGIN
+        }
     }
 
     /// Waits, at most `limit`, until every frame queued so far has been
@@ -479,6 +514,13 @@ impl Session {
             // may be waiting in the reorder buffer because the connection that
             // brought it died before handing it on.
             if seq > st.received && !st.reorder.contains_key(&seq) {
+                let untrusted = !self.trusted.load(Ordering::SeqCst);
+                if untrusted && st.reorder.len() >= UNTRUSTED_REORDER {
+                    return Err(SessionError::Protocol(format!(
+                        "more than {UNTRUSTED_REORDER} frames ahead of frame {} before login",
+                        st.received + 1
+                    )));
+                }
                 // Early frames are bounded by the peer's cache; refuse a peer that ignores it.
                 if st.reorder_bytes > 4 * self.limits.memory + (64 << 20) {
                     return Err(SessionError::Protocol(format!(
@@ -541,7 +583,8 @@ impl Session {
                     self.on_frame(f).await?;
                 }
                 loop {
-                    let f = tokio::time::timeout(DEAD_AFTER, Frame::read_from(&mut rd))
+                    let limits = self.frame_limits();
+                    let f = tokio::time::timeout(DEAD_AFTER, Frame::read_limited(&mut rd, limits))
                         .await
                         .map_err(|_| {
                             SessionError::Closed(format!(

@@ -14,17 +14,20 @@ use std::time::Duration;
 
 use tern_core::session::{self, CacheLimits, Session};
 use tern_core::tls::Fingerprint;
-use tern_core::wire::{ErrorKind, Frame, Handle, Msg};
+use tern_core::wire::{ErrorKind, Frame, FrameLimits, Handle, Msg};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::logins::{LoginGuard, FAILURES_PER_SESSION};
 use crate::requests::{self, Refusal};
 use crate::store::{ReadableImage, Store, User, WriterId};
 
 /// How long a new connection may take, from accept to a completed login
 /// (TLS, Hello and Login together), whatever it sends meanwhile.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames delivered in order and waiting for the session's handler.
+const INBOUND_QUEUE: usize = 32;
 
 /// Session settings and the sessions alive on this server.
 pub struct Sessions {
@@ -34,6 +37,7 @@ pub struct Sessions {
     /// Where a session keeps the frames it sent until they are acknowledged.
     pub cache: CacheLimits,
     live: Mutex<HashMap<Vec<u8>, Registered>>,
+    logins: Arc<LoginGuard>,
 }
 
 /// A live session and the client identity it was started with.
@@ -49,6 +53,7 @@ impl Sessions {
             grace,
             cache,
             live: Mutex::new(HashMap::new()),
+            logins: Arc::new(LoginGuard::new()),
         })
     }
 
@@ -77,7 +82,8 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let first = match tokio::time::timeout_at(deadline, Frame::read_from(&mut stream)).await {
+    let first = Frame::read_limited(&mut stream, FrameLimits::BEFORE_LOGIN);
+    let first = match tokio::time::timeout_at(deadline, first).await {
         Ok(Ok(f)) => f,
         Ok(Err(e)) if e.is_disconnect() => return,
         Ok(Err(e)) => {
@@ -148,8 +154,12 @@ async fn start<S>(
         tracing::error!("the system random source failed");
         return;
     }
-    let (tx, rx) = mpsc::channel(256);
+    // The handler takes frames one at a time; a short queue keeps what a
+    // peer can make the server hold small (frames may be 4 MiB each).
+    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
     let s = Session::new(sessions.cache.clone(), tx);
+    // Small frames and few early ones until the peer logs in.
+    s.distrust();
     sessions.live().insert(
         token.clone(),
         Registered {
@@ -162,6 +172,9 @@ async fn start<S>(
         session: s.clone(),
         token: token.clone(),
         grace: sessions.grace,
+        peer,
+        logins: sessions.logins.clone(),
+        failed_logins: 0,
         phase: Phase::AwaitHello,
         writers: HashMap::new(),
         readers: HashMap::new(),
@@ -261,6 +274,11 @@ pub struct SessionHandler {
     session: Arc<Session>,
     pub token: Vec<u8>,
     pub grace: Duration,
+    /// Where the session's first connection came from.
+    pub peer: SocketAddr,
+    pub logins: Arc<LoginGuard>,
+    /// Failed logins in this session; at [`FAILURES_PER_SESSION`] it ends.
+    pub failed_logins: u32,
     pub phase: Phase,
     pub writers: HashMap<Handle, WriterId>,
     pub readers: HashMap<Handle, ReadableImage>,
@@ -298,9 +316,19 @@ impl SessionHandler {
             }
             Err(Refusal(kind, message)) => {
                 self.send(req, Msg::Error { kind, message }, Vec::new())
-                    .await
+                    .await?;
+                if self.failed_logins >= FAILURES_PER_SESSION {
+                    return Err(Fatal(format!("{} failed logins", self.failed_logins)));
+                }
+                Ok(())
             }
         }
+    }
+
+    /// The handshake is over: the peer may send full-size frames.
+    pub fn logged_in_as(&mut self, user: User) {
+        self.session.trust();
+        self.phase = Phase::Ready(user);
     }
 
     /// The logged-in user.

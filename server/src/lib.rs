@@ -11,5 +11,6 @@ pub mod config;
 pub mod control;
 pub mod handler;
 pub mod listen;
+mod logins;
 mod requests;
 pub mod store;

@@ -16,6 +16,30 @@ pub const MAX_HEADER_LEN: u32 = 1 << 20;
 /// The largest payload a peer may send: a maximal chunk plus slack.
 pub const MAX_PAYLOAD_LEN: u32 = (4 << 20) + 4096;
 
+/// How large a frame a reader accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// The largest header.
+    pub header: u32,
+    /// The largest payload.
+    pub payload: u32,
+}
+
+impl FrameLimits {
+    /// What any peer may send once it is trusted.
+    pub const FULL: Self = Self {
+        header: MAX_HEADER_LEN,
+        payload: MAX_PAYLOAD_LEN,
+    };
+    /// What an unauthenticated peer may send: Hello, Login, Join and Ping
+    /// fit easily, and a header that decodes to much more than it weighs
+    /// (a million empty strings) cannot be built in 4 KiB.
+    pub const BEFORE_LOGIN: Self = Self {
+        header: 4 << 10,
+        payload: 4 << 10,
+    };
+}
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
@@ -104,7 +128,7 @@ impl Frame {
             .ok_or_else(short)?
             .try_into()
             .map_err(|_| short())?;
-        let (hlen, plen) = check_lengths(prefix)?;
+        let (hlen, plen) = check_lengths(prefix, FrameLimits::FULL)?;
         let total = 8 + hlen as usize + plen as usize;
         let body = buf.get(8..total).ok_or_else(short)?;
         let env = decode_header(&body[..hlen as usize])?;
@@ -113,9 +137,18 @@ impl Frame {
 
     /// Reads one frame.
     pub async fn read_from<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, FrameError> {
+        Self::read_limited(r, FrameLimits::FULL).await
+    }
+
+    /// Reads one frame no larger than `limits`; lengths are checked before
+    /// anything is allocated for them.
+    pub async fn read_limited<R: AsyncRead + Unpin>(
+        r: &mut R,
+        limits: FrameLimits,
+    ) -> Result<Frame, FrameError> {
         let mut prefix = [0u8; 8];
         r.read_exact(&mut prefix).await?;
-        let (hlen, plen) = check_lengths(prefix)?;
+        let (hlen, plen) = check_lengths(prefix, limits)?;
         let mut header = vec![0u8; hlen as usize];
         r.read_exact(&mut header).await?;
         let env = decode_header(&header)?;
@@ -155,21 +188,21 @@ async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> io::Result
     Ok(payload)
 }
 
-fn check_lengths(prefix: [u8; 8]) -> Result<(u32, u32), FrameError> {
+fn check_lengths(prefix: [u8; 8], limits: FrameLimits) -> Result<(u32, u32), FrameError> {
     let hlen = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
     let plen = u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-    if hlen == 0 || hlen > MAX_HEADER_LEN {
+    if hlen == 0 || hlen > limits.header {
         return Err(FrameError::TooLarge {
             what: "header",
             len: hlen,
-            limit: MAX_HEADER_LEN,
+            limit: limits.header,
         });
     }
-    if plen > MAX_PAYLOAD_LEN {
+    if plen > limits.payload {
         return Err(FrameError::TooLarge {
             what: "payload",
             len: plen,
-            limit: MAX_PAYLOAD_LEN,
+            limit: limits.payload,
         });
     }
     Ok((hlen, plen))

@@ -5,7 +5,7 @@
 pub mod frame;
 pub mod msg;
 
-pub use frame::{Frame, FrameError, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
 
 /// The oldest protocol version this build speaks.

@@ -1,12 +1,14 @@
 //! Hello (version and features) and Login. Before login nothing else but Ping
 //! is answered; the session's deadline (`HANDSHAKE_TIMEOUT`) runs meanwhile.
 
+use tern_core::names::UserName;
 use tern_core::wire::{self, ErrorKind, Msg};
 
 use super::{refuse, Answer, Refusal};
 use crate::handler::{Phase, SessionHandler};
+use crate::store::StoreError;
 
-pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
+pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
     match (&h.phase, msg) {
         (
             Phase::AwaitHello,
@@ -18,20 +20,47 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             },
         ) => hello(h, min_version, max_version, &features),
         (Phase::AwaitHello, _) => refuse(ErrorKind::Protocol, "the first frame must be Hello"),
-        (_, Msg::Login { user, password }) => {
-            let u = tokio::task::block_in_place(|| h.store.authenticate(&user, &password))
-                .map_err(|_| {
-                    Refusal(
-                        ErrorKind::Auth,
-                        format!("wrong password or unknown user {user}"),
-                    )
-                })?;
-            let admin = u.admin;
-            h.phase = Phase::Ready(u);
-            Ok(Some(Msg::LoggedIn { admin }))
-        }
+        (_, Msg::Login { user, password }) => login(h, user, password).await,
         (_, Msg::Ping) => Ok(Some(Msg::Pong)),
         _ => refuse(ErrorKind::Protocol, "log in first"),
+    }
+}
+
+/// Checks a password: after the delay the peer's address has earned, with a
+/// bounded number of verifications at once; every failure is logged (user
+/// and address, never the password).
+async fn login(h: &mut SessionHandler, user: UserName, password: String) -> Answer {
+    let guard = h.logins.clone();
+    let ip = h.peer.ip();
+    let delay = guard.delay(ip);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let store = h.store.clone();
+    let name = user.clone();
+    let checked = guard.verify(move || store.authenticate(&name, &password));
+    let Some(outcome) = checked.await else {
+        return Err(Refusal(
+            ErrorKind::Internal,
+            "no password-checking thread is running".into(),
+        ));
+    };
+    match outcome {
+        Ok(u) => {
+            guard.succeeded(ip);
+            h.logged_in_as(u.clone());
+            Ok(Some(Msg::LoggedIn { admin: u.admin }))
+        }
+        Err(StoreError::Denied(_)) => {
+            guard.failed(ip);
+            h.failed_logins += 1;
+            tracing::warn!(user = %user, peer = %h.peer, failures = h.failed_logins, "failed login");
+            Err(Refusal(
+                ErrorKind::Auth,
+                format!("wrong password or unknown user {user}"),
+            ))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -41,11 +41,11 @@ fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Refusal> 
 /// request answered itself (chunk streams) or has no answer (chunk data).
 pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
     if !matches!(h.phase, Phase::Ready(_)) {
-        return handshake::handle(h, msg);
+        return handshake::handle(h, msg).await;
     }
     match msg {
         Msg::Ping => Ok(Some(Msg::Pong)),
-        Msg::Login { .. } => handshake::handle(h, msg),
+        Msg::Login { .. } => handshake::handle(h, msg).await,
         m @ (Msg::ContainerCreate { .. }
         | Msg::ContainerList
         | Msg::ContainerRemove { .. }
