@@ -40,6 +40,13 @@ session_cache_bytes = 67108864
 # wait when both are full. 0 turns spilling off.
 session_spill_bytes = 1073741824
 session_spill_dir = "spill"
+
+# Connections open at once, in all and from one address. Past them a new
+# connection is closed at once. ternd raises its file-descriptor limit as far
+# as the system allows and keeps 64 of them in reserve (the control socket,
+# pack files, the catalog), so the total may end up lower than set here.
+max_connections = 1024
+max_connections_per_address = 64
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +62,8 @@ pub struct Config {
     pub session_cache_bytes: usize,
     pub session_spill_bytes: u64,
     pub session_spill_dir: PathBuf,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Config {
@@ -70,6 +79,8 @@ impl Default for Config {
             session_cache_bytes: defaults::SESSION_CACHE_MEMORY,
             session_spill_bytes: defaults::SESSION_CACHE_DISK,
             session_spill_dir: "spill".into(),
+            max_connections: 1024,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -89,6 +100,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 || self.max_connections_per_address == 0 {
+            bail!("max_connections and max_connections_per_address must be at least 1");
+        }
         if let Some(p) = self.plain_listen {
             if !p.ip().is_loopback() {
                 bail!("plain_listen {p} is not a loopback address; plaintext is allowed on loopback only");
@@ -113,6 +127,11 @@ mod tests {
         assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
         assert_eq!(cfg.session_spill_bytes, def.session_spill_bytes);
         assert_eq!(cfg.session_spill_dir, def.session_spill_dir);
+        assert_eq!(cfg.max_connections, def.max_connections);
+        assert_eq!(
+            cfg.max_connections_per_address,
+            def.max_connections_per_address
+        );
     }
 
     #[test]
@@ -124,7 +143,8 @@ mod tests {
             "listen = \"127.0.0.1:7443\"\nplain_listen = \"127.0.0.1:7080\"\n\
              cert = \"a.crt\"\nkey = \"a.key\"\nallow_tls12 = true\nlog = \"debug\"\n\
              grace_period_secs = 17\nsession_cache_bytes = 1000\n\
-             session_spill_bytes = 2000\nsession_spill_dir = \"/var/tmp/x\"\n",
+             session_spill_bytes = 2000\nsession_spill_dir = \"/var/tmp/x\"\n\
+             max_connections = 10\nmax_connections_per_address = 3\n",
         )
         .unwrap();
         let cfg = Config::load(&path).unwrap();
@@ -144,6 +164,10 @@ mod tests {
             (1000, 2000)
         );
         assert_eq!(cfg.session_spill_dir, Path::new("/var/tmp/x"));
+        assert_eq!(
+            (cfg.max_connections, cfg.max_connections_per_address),
+            (10, 3)
+        );
         std::fs::write(&path, "grace_perod_secs = 1\n").unwrap();
         assert!(
             Config::load(&path).is_err(),

@@ -1,7 +1,9 @@
-//! Listeners: one accept loop serves the TLS port and the loopback plaintext port.
+//! Listeners: one accept loop serves the TLS port and the loopback plaintext
+//! port, admitting connections within limits in total and per address.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,6 +13,67 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::handler::{serve_connection, Sessions, HANDSHAKE_TIMEOUT};
+
+/// A connection that has not finished its TLS handshake by then is closed:
+/// idle sockets must not hold file descriptors that real clients need.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections may be open at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// In all.
+    pub total: usize,
+    /// From one address (room for a few MultiConnect sessions).
+    pub per_address: usize,
+}
+
+/// The connections open now, by address.
+struct Admissions {
+    limits: ConnectionLimits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; it leaves the count when dropped.
+struct Admitted {
+    admissions: Arc<Admissions>,
+    ip: IpAddr,
+}
+
+impl Admissions {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.limits.total {
+            return Err("the server's connection limit");
+        }
+        let from_ip = open.1.entry(ip).or_insert(0);
+        if *from_ip >= self.limits.per_address {
+            return Err("the per-address connection limit");
+        }
+        *from_ip += 1;
+        open.0 += 1;
+        Ok(Admitted {
+            admissions: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self
+            .admissions
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The bound listeners of a server, before it serves.
 pub struct Listeners {
@@ -57,15 +120,26 @@ impl Listeners {
         self,
         sessions: Arc<Sessions>,
         tls: Arc<rustls::ServerConfig>,
+        limits: ConnectionLimits,
     ) -> Result<()> {
+        let admissions = Arc::new(Admissions {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        });
         let acceptor = Transport::Tls(TlsAcceptor::from(tls));
         let mut tasks = vec![tokio::spawn(accept_loop(
             self.tls,
             acceptor,
             sessions.clone(),
+            admissions.clone(),
         ))];
         if let Some(l) = self.plain {
-            tasks.push(tokio::spawn(accept_loop(l, Transport::Plain, sessions)));
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                Transport::Plain,
+                sessions,
+                admissions,
+            )));
         }
         for t in tasks {
             t.await.context("listener task")?;
@@ -75,7 +149,12 @@ impl Listeners {
 }
 
 /// Accepts connections forever; each gets its own task.
-async fn accept_loop(listener: TcpListener, transport: Transport, sessions: Arc<Sessions>) {
+async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    sessions: Arc<Sessions>,
+    admissions: Arc<Admissions>,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -85,15 +164,22 @@ async fn accept_loop(listener: TcpListener, transport: Transport, sessions: Arc<
                 continue;
             }
         };
+        let admitted = match admissions.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(limit) => {
+                // Closed at once (dropped): refusing costs no task and no buffer.
+                tracing::debug!(%peer, "connection refused: {limit}");
+                continue;
+            }
+        };
         // One deadline for TLS, Hello and Login together, from the accept on.
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        tokio::spawn(connection(
-            tcp,
-            peer,
-            transport.clone(),
-            deadline,
-            sessions.clone(),
-        ));
+        let sessions = sessions.clone();
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            connection(tcp, peer, transport, deadline, sessions).await;
+            drop(admitted);
+        });
     }
 }
 
@@ -109,7 +195,8 @@ async fn connection(
         Transport::Plain => return serve_connection(tcp, peer, None, deadline, sessions).await,
         Transport::Tls(acceptor) => acceptor,
     };
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let tls_deadline = deadline.min(Instant::now() + TLS_HANDSHAKE_TIMEOUT);
+    let tls = match tokio::time::timeout_at(tls_deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%peer, "TLS handshake failed: {e}");

@@ -336,3 +336,94 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
         .map(|o| o.expect("every future finished"))
         .collect()
 }
+
+/// A TCP connection to the TLS port from `from`, saying nothing.
+fn idle_tls_connection(server: &TestServer, from: IpAddr) -> std::net::TcpStream {
+    let sock = connect_std_from(from, server.port);
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    sock
+}
+
+/// Connects from a chosen loopback address with the standard library alone.
+fn connect_std_from(from: IpAddr, port: u16) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        sock.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    });
+    s.into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        .unwrap()
+}
+
+/// How long until the server closes `s` (at most `limit`; `None` if it stays open).
+fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Some(start.elapsed()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(start.elapsed()),
+        Ok(n) => panic!("the server sent {n} bytes to a silent TLS client"),
+    }
+}
+
+#[test]
+fn connections_are_limited_per_address_and_silent_ones_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ternd.toml"),
+        "max_connections_per_address = 4\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(dir, &[]);
+    let crowd = IpAddr::from([127, 0, 2, 1]);
+    let opened = Instant::now();
+    let mut idle: Vec<_> = (0..4)
+        .map(|_| idle_tls_connection(&server, crowd))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The fifth from the same address is closed at once...
+    let mut fifth = idle_tls_connection(&server, crowd);
+    let refused = closed_within(&mut fifth, Duration::from_secs(3));
+    assert!(
+        refused.is_some(),
+        "a fifth connection from one address was kept"
+    );
+    // ... while other addresses are served.
+    server.client().container_list().unwrap();
+    // Silent connections are closed once the TLS handshake time is up.
+    for s in &mut idle {
+        let left = Duration::from_secs(20).saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(s, left).is_some(),
+            "a silent connection stayed open 20 s"
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(8),
+        "closed too early: {:?}",
+        opened.elapsed()
+    );
+    // Their places are free again.
+    let mut again = idle_tls_connection(&server, crowd);
+    assert_eq!(
+        closed_within(&mut again, Duration::from_secs(1)),
+        None,
+        "not admitted again"
+    );
+}

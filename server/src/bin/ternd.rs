@@ -345,6 +345,39 @@ fn tune_malloc() {
     }
 }
 
+/// File descriptors kept for everything but client connections: the control
+/// socket, packs, the catalog, spill files, the log.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft file-descriptor limit to the hard one and returns how many
+/// connections fit under it beside the reserve.
+fn usable_descriptors() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write only `lim`.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                if lim.rlim_cur < lim.rlim_max {
+                    let raised = libc::rlimit {
+                        rlim_cur: lim.rlim_max,
+                        rlim_max: lim.rlim_max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        lim = raised;
+                    }
+                }
+                let usable = lim.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS);
+                return usize::try_from(usable).unwrap_or(usize::MAX).max(1);
+            }
+        }
+    }
+    usize::MAX
+}
+
 /// The config file, written with every default on first start.
 fn load_config(data: &Path, config: Option<PathBuf>) -> Result<Config> {
     let config_path = config.unwrap_or_else(|| data.join("ternd.toml"));
@@ -397,6 +430,10 @@ fn run_server(
         spill_dir: data.join(&cfg.session_spill_dir),
     };
     let grace = std::time::Duration::from_secs(cfg.grace_period_secs);
+    let limits = listen::ConnectionLimits {
+        total: cfg.max_connections.min(usable_descriptors()),
+        per_address: cfg.max_connections_per_address,
+    };
     rt.block_on(async move {
         let listeners = listen::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
         // Printed once bound, so a script (or a test asking for port 0)
@@ -413,7 +450,7 @@ fn run_server(
             }
         });
         tokio::select! {
-            r = listeners.serve(handler::Sessions::new(store, grace, cache), tls) => r,
+            r = listeners.serve(handler::Sessions::new(store, grace, cache), tls, limits) => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("stopping on interrupt");
                 Ok(())
