@@ -62,6 +62,33 @@ pub enum CodecError {
     /// The plaintext does not hash to the chunk's id.
     #[error("chunk content does not match its id {0}")]
     HashMismatch(ChunkId),
+    /// A zstd encoding that tern's compressor would not produce: no smaller
+    /// than the plaintext, or not exactly one standard zstd frame (padding
+    /// such as skippable frames would let the first writer of a chunk
+    /// decide how much space it takes for everyone).
+    #[error("a {stored}-byte zstd encoding of {raw_len} bytes is not one compact zstd frame")]
+    Inflated {
+        /// Bytes of the encoding.
+        stored: usize,
+        /// Bytes of the plaintext.
+        raw_len: u32,
+    },
+}
+
+/// The magic number that starts every standard zstd frame (little-endian).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Refuses a zstd encoding larger than its plaintext or other than one frame.
+fn check_compact(raw_len: u32, bytes: &[u8]) -> Result<(), CodecError> {
+    let one_frame = bytes.starts_with(&ZSTD_MAGIC)
+        && zstd::zstd_safe::find_frame_compressed_size(bytes).ok() == Some(bytes.len());
+    if bytes.len() >= raw_len as usize || !one_frame {
+        return Err(CodecError::Inflated {
+            stored: bytes.len(),
+            raw_len,
+        });
+    }
+    Ok(())
 }
 
 /// Compresses one chunk's worth of bytes with a reusable zstd context.
@@ -213,7 +240,9 @@ impl Decoder {
     }
 
     /// Checks that a chunk decodes to `raw_len` bytes that hash to `id`,
-    /// without keeping the plaintext.
+    /// without keeping the plaintext, and that a zstd encoding is one compact
+    /// frame (see [`CodecError::Inflated`]): what a server asks of every
+    /// chunk it receives.
     pub fn verify(
         &mut self,
         id: &ChunkId,
@@ -224,6 +253,7 @@ impl Decoder {
         match codec {
             Codec::Raw => check(id, raw_len, bytes),
             Codec::Zstd => {
+                check_compact(raw_len, bytes)?;
                 let mut plain = std::mem::take(&mut self.scratch);
                 let checked = self
                     .decompress(bytes, raw_len, &mut plain)
@@ -425,5 +455,62 @@ mod tests {
             decoder.verify(&id, Codec::Raw, 70001, &raw),
             Err(CodecError::Length { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    /// Text that zstd shrinks a lot.
+    fn text() -> Vec<u8> {
+        (0..60_000u32)
+            .map(|i| b"tern chunk "[(i % 11) as usize])
+            .collect()
+    }
+
+    #[test]
+    fn padded_or_oversized_zstd_encodings_are_refused() {
+        let data = text();
+        let id = ChunkId::of(&data);
+        let enc = Compressor::new(1).unwrap().encode(&data);
+        assert_eq!(enc.codec, Codec::Zstd);
+        let mut d = Decoder::new();
+        d.verify(&id, enc.codec, enc.raw_len, &enc.bytes).unwrap();
+
+        // A skippable frame in front: decodes to the same bytes, takes more room.
+        let mut padded = vec![0x50, 0x2a, 0x4d, 0x18];
+        padded.extend_from_slice(&20_000u32.to_le_bytes());
+        padded.extend(std::iter::repeat_n(0u8, 20_000));
+        padded.extend_from_slice(&enc.bytes);
+        let err = d
+            .verify(&id, Codec::Zstd, enc.raw_len, &padded)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Inflated { .. }), "{err}");
+
+        // Skippable padding after the frame.
+        let mut trailing = enc.bytes.clone();
+        trailing.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4]);
+        let err = d
+            .verify(&id, Codec::Zstd, enc.raw_len, &trailing)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Inflated { .. }), "{err}");
+
+        // A zstd encoding no smaller than the plaintext (level 1 of random bytes).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let big = zstd::bulk::compress(&noise, 1).unwrap();
+        assert!(big.len() >= noise.len(), "{} of {}", big.len(), noise.len());
+        let err = d
+            .verify(&ChunkId::of(&noise), Codec::Zstd, noise.len() as u32, &big)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Inflated { .. }), "{err}");
     }
 }

@@ -57,6 +57,10 @@ impl CacheLimits {
 /// its payload.
 const FRAME_OVERHEAD: usize = 256;
 
+/// Memory the bookkeeping of spilled frames may take at least, however
+/// small the memory limit: 4096 frames.
+const SPILL_BOOKKEEPING_MIN: usize = 1 << 20;
+
 /// Most frames an untrusted peer may send ahead of the next in order: with
 /// [`FrameLimits::BEFORE_LOGIN`] at most a few hundred KiB, decoded.
 pub const UNTRUSTED_REORDER: usize = 8;
@@ -232,8 +236,10 @@ impl Session {
                     return Ok(());
                 }
                 // A spilled frame still costs FRAME_OVERHEAD of memory: past a
-                // quarter more than the limit, even empty frames wait.
-                let bookkeeping = self.limits.memory.saturating_add(self.limits.memory / 4);
+                // quarter more than the limit (at least 1 MiB more), even
+                // empty frames wait.
+                let slack = (self.limits.memory / 4).max(SPILL_BOOKKEEPING_MIN);
+                let bookkeeping = self.limits.memory.saturating_add(slack);
                 if st.cache_bytes >= bookkeeping {
                     None
                 } else {
