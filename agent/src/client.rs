@@ -151,6 +151,9 @@ impl Client {
     pub fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
         opts.validate()?;
         let address = opts.address();
+        if opts.plain {
+            refuse_plain_off_loopback(&address)?;
+        }
         let user = UserName::new(opts.user.clone())?;
         let remembered = if opts.plain || opts.fingerprint.is_some() {
             None
@@ -403,6 +406,25 @@ impl Client {
     }
 }
 
+/// Plain mode sends the password unencrypted: only to this machine, as the
+/// server allows its plaintext listener only on loopback.
+fn refuse_plain_off_loopback(address: &str) -> Result<(), ClientError> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Connect {
+            server: address.to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(ClientError::Invalid(format!(
+            "plaintext sends the password unencrypted and is allowed only to a loopback address; {address} is not one"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses image properties the server would refuse, before anything is sent.
 pub(crate) fn check_props(props: &[u8]) -> Result<(), ClientError> {
     if props.len() > tern_core::wire::MAX_PROPS_LEN {
@@ -446,6 +468,19 @@ mod tests {
         assert!(matches!(Client::connect(&o), Err(ClientError::Invalid(_))));
         o.secure_connect = false;
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_before_anything_is_sent() {
+        let mut o = ClientOptions::new("192.0.2.1:9080", "u", "p");
+        o.plain = true;
+        let err = Client::connect(&o).err().unwrap();
+        assert!(matches!(err, ClientError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        // Loopback passes the check (and then finds no server on port 1).
+        o.server = "127.0.0.1:1".into();
+        let err = Client::connect(&o).err().unwrap();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err}");
     }
 
     #[test]

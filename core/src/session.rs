@@ -589,8 +589,8 @@ impl Session {
                     self.on_frame(f).await?;
                 }
                 loop {
-                    let limits = self.frame_limits();
-                    let f = tokio::time::timeout(DEAD_AFTER, Frame::read_limited(&mut rd, limits))
+                    let next = Frame::read_checked(&mut rd, || self.frame_limits());
+                    let f = tokio::time::timeout(DEAD_AFTER, next)
                         .await
                         .map_err(|_| {
                             SessionError::Closed(format!(

@@ -146,9 +146,19 @@ impl Frame {
         r: &mut R,
         limits: FrameLimits,
     ) -> Result<Frame, FrameError> {
+        Self::read_checked(r, || limits).await
+    }
+
+    /// Reads one frame, checking its lengths against the limits that
+    /// `limits` gives once the frame has begun to arrive (a connection may
+    /// wait for its next frame while the peer logs in on another).
+    pub async fn read_checked<R: AsyncRead + Unpin>(
+        r: &mut R,
+        limits: impl FnOnce() -> FrameLimits,
+    ) -> Result<Frame, FrameError> {
         let mut prefix = [0u8; 8];
         r.read_exact(&mut prefix).await?;
-        let (hlen, plen) = check_lengths(prefix, limits)?;
+        let (hlen, plen) = check_lengths(prefix, limits())?;
         let mut header = vec![0u8; hlen as usize];
         r.read_exact(&mut header).await?;
         let env = decode_header(&header)?;
