@@ -3,22 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use tern_core::wire::{Envelope, ErrorKind, Frame, Msg, PROTOCOL_MAX};
+use tern_core::wire::{ErrorKind, Frame, Msg, PROTOCOL_MAX};
 use tern_test_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn frame(seq: u64, msg: Msg) -> Frame {
-    Frame::new(
-        Envelope {
-            seq,
-            ack: 0,
-            req: seq,
-            msg,
-        },
-        Vec::new(),
-    )
-}
 
 fn hello(min_version: u16, max_version: u16) -> Msg {
     Msg::Hello {

@@ -5,22 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tern_core::names::UserName;
-use tern_core::wire::{Envelope, ErrorKind, Frame, Msg, PROTOCOL_MAX};
+use tern_core::wire::{ErrorKind, Frame, Msg, PROTOCOL_MAX};
 use tern_test_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
-
-fn frame(seq: u64, msg: Msg) -> Frame {
-    Frame::new(
-        Envelope {
-            seq,
-            ack: 0,
-            req: seq,
-            msg,
-        },
-        Vec::new(),
-    )
-}
 
 fn hello() -> Msg {
     Msg::Hello {

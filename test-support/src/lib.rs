@@ -281,6 +281,18 @@ impl Drop for TestServer {
     }
 }
 
+/// A frame as a raw peer sends it: sequence and request `seq`, nothing
+/// acknowledged, no payload.
+pub fn frame(seq: u64, msg: tern_core::wire::Msg) -> tern_core::wire::Frame {
+    let env = tern_core::wire::Envelope {
+        seq,
+        ack: 0,
+        req: seq,
+        msg,
+    };
+    tern_core::wire::Frame::new(env, Vec::new())
+}
+
 /// Deterministic data that compresses about 2:1 and dedups only where repeated.
 pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
