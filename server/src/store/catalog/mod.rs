@@ -1,12 +1,12 @@
 //! The catalog: the redb tables and every query on them.
 //!
-//! Nothing outside this file opens a table (the definitions are public for
-//! tests that damage a catalog on purpose); the rest of the store asks the
+//! Nothing outside this module opens a table (the definitions are public for
+//! tests that damage a catalog on purpose); `maintenance.rs` holds the
+//! whole-table passes of GC and fsck; the rest of the store asks the
 //! catalog questions in its own terms (a container, an image's recipe, a
 //! chunk's location). Every method is one transaction, so what it returns is
 //! consistent with itself. `docs/store-format.md` describes every table.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -34,6 +34,8 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 const FORMAT_VERSION: u64 = 1;
+
+mod maintenance;
 
 /// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
 /// the chunk index; past this size index pages are read from the file (the
@@ -344,64 +346,6 @@ impl Catalog {
         Ok(rec)
     }
 
-    /// image id -> storage group id, for every committed image.
-    pub fn image_groups(&self) -> Result<HashMap<u64, u32>> {
-        let tx = self.db.begin_read()?;
-        let groups = tx.open_table(GROUPS)?;
-        let mut container_group = HashMap::new();
-        for row in tx.open_table(CONTAINERS)?.iter()? {
-            let (_, v) = row?;
-            let c: ContainerRecord = decode("container", v.value())?;
-            let g = groups.get(c.group.as_str())?.ok_or_else(|| {
-                StoreError::Corrupt(format!("storage group {} is missing", c.group))
-            })?;
-            container_group.insert(c.id, decode::<GroupRecord>("group", g.value())?.id);
-        }
-        let mut out = HashMap::new();
-        for row in tx.open_table(IMAGES)?.iter()? {
-            let (k, v) = row?;
-            let rec: ImageRecord = decode("image", v.value())?;
-            let container = k.value().0;
-            let g = container_group
-                .get(&container)
-                .ok_or_else(|| StoreError::Corrupt(format!("image {} has no container", rec.id)))?;
-            out.insert(rec.id, *g);
-        }
-        Ok(out)
-    }
-
-    /// image id -> its recorded size, for every committed image.
-    pub fn image_sizes(&self) -> Result<Vec<(u64, u64)>> {
-        let t = self.db.begin_read()?.open_table(IMAGES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            let rec: ImageRecord = decode("image", v.value())?;
-            out.push((rec.id, rec.size));
-        }
-        Ok(out)
-    }
-
-    /// image id -> "container/image", for reports.
-    pub fn image_names(&self) -> Result<HashMap<u64, String>> {
-        let tx = self.db.begin_read()?;
-        let mut containers = HashMap::new();
-        for row in tx.open_table(CONTAINERS)?.iter()? {
-            let (k, v) = row?;
-            let c: ContainerRecord = decode("container", v.value())?;
-            containers.insert(c.id, k.value().to_string());
-        }
-        let mut out = HashMap::new();
-        for row in tx.open_table(IMAGES)?.iter()? {
-            let (k, v) = row?;
-            let (cid, name) = k.value();
-            let rec: ImageRecord = decode("image", v.value())?;
-            let c = containers.get(&cid).cloned().unwrap_or_default();
-            out.insert(rec.id, format!("{c}/{name}"));
-        }
-        Ok(out)
-    }
-
     // ---- recipes ---------------------------------------------------------------
 
     /// Recipe entries from the one holding `offset`, at most `max`.
@@ -422,21 +366,6 @@ impl Catalog {
             });
         }
         Ok(out)
-    }
-
-    /// Calls `each(image id, offset, chunk id, length)` for every recipe row, in key order.
-    pub fn for_each_recipe_row(
-        &self,
-        mut each: impl FnMut(u64, u64, ChunkId, u32) -> Result<()>,
-    ) -> Result<()> {
-        let t = self.db.begin_read()?.open_table(RECIPES)?;
-        for row in t.iter()? {
-            let (k, v) = row?;
-            let (image, offset) = k.value();
-            let (id, len) = split_recipe_value(v.value())?;
-            each(image, offset, id, len)?;
-        }
-        Ok(())
     }
 
     /// The chunk that starts at `offset` of an image, and where it is stored.
@@ -475,66 +404,6 @@ impl Catalog {
 
     pub fn has_chunk(&self, key: &ChunkKey) -> Result<bool> {
         self.index_snapshot()?.contains(key)
-    }
-
-    /// Calls `each(key bytes, encoded location)` for every index entry, in key order.
-    pub fn for_each_index_entry(
-        &self,
-        mut each: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        let t = self.db.begin_read()?.open_table(CHUNKS)?;
-        for row in t.iter()? {
-            let (k, v) = row?;
-            each(k.value(), v.value())?;
-        }
-        Ok(())
-    }
-
-    /// Removes every index entry `live` rejects, in one transaction; returns
-    /// the entries kept, with their locations.
-    pub fn sweep_index(
-        &self,
-        live: impl Fn(&ChunkKey) -> bool,
-    ) -> Result<(u64, Vec<(ChunkKey, Location)>)> {
-        let tx = self.db.begin_write()?;
-        let mut kept = Vec::new();
-        let removed = {
-            let mut chunks = tx.open_table(CHUNKS)?;
-            let mut dead = Vec::new();
-            for row in chunks.iter()? {
-                let (k, v) = row?;
-                let key: ChunkKey = k
-                    .value()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("index key of the wrong size".into()))?;
-                if live(&key) {
-                    let loc = Location::decode(v.value())
-                        .ok_or_else(|| StoreError::Corrupt("undecodable index entry".into()))?;
-                    kept.push((key, loc));
-                } else {
-                    dead.push(key);
-                }
-            }
-            for key in &dead {
-                chunks.remove(key.as_slice())?;
-            }
-            dead.len() as u64
-        };
-        tx.commit()?;
-        Ok((removed, kept))
-    }
-
-    /// Points index entries at new locations (after their chunks moved).
-    pub fn relocate(&self, moved: &[(ChunkKey, Location)]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut chunks = tx.open_table(CHUNKS)?;
-            for (key, loc) in moved {
-                chunks.insert(key.as_slice(), loc.encode().as_slice())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 }
 
