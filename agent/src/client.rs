@@ -2,7 +2,9 @@
 
 use tern_core::names::{GroupName, UserName};
 use tern_core::tls::Fingerprint;
-use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, Msg, StoreStats, WriteMode};
+use tern_core::wire::{
+    ContainerInfo, ContainerSettings, ImageInfo, Msg, Password, StoreStats, WriteMode,
+};
 use tern_core::{ContainerName, ImageName};
 
 use crate::conn::Conn;
@@ -201,7 +203,7 @@ impl Client {
         let answer = conn.call(
             Msg::Login {
                 user,
-                password: opts.password.clone(),
+                password: Password::new(opts.password.clone()),
             },
             Vec::new(),
         )?;
@@ -304,7 +306,7 @@ impl Client {
         }
         self.expect_ok(Msg::UserAdd {
             name,
-            password: password.to_string(),
+            password: Password::new(password),
             admin,
         })
     }
@@ -317,7 +319,7 @@ impl Client {
         }
         self.expect_ok(Msg::UserPasswd {
             name,
-            password: password.to_string(),
+            password: Password::new(password),
         })
     }
 

@@ -159,7 +159,7 @@ async fn raw_login(
     assert!(matches!(next(&mut s).await, Some(Msg::Welcome { .. })));
     let login = Msg::Login {
         user: UserName::new(user).unwrap(),
-        password: password.into(),
+        password: tern_core::wire::Password::new(password),
     };
     let start = Instant::now();
     frame(2, login).write_to(&mut s).await.unwrap();
@@ -188,7 +188,7 @@ fn three_failed_logins_end_the_session() {
         for seq in 2..5 {
             let login = Msg::Login {
                 user: UserName::new("admin").unwrap(),
-                password: format!("guess-{seq}"),
+                password: tern_core::wire::Password::new(format!("guess-{seq}")),
             };
             frame(seq, login).write_to(&mut s).await.unwrap();
             let answer = next(&mut s).await;

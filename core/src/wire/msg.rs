@@ -24,6 +24,30 @@ pub struct Envelope {
     pub msg: Msg,
 }
 
+/// A password on the wire: the same bytes as a string, but its `Debug`
+/// shows `<hidden>`, so a logged message never shows one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, for checking or hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
 /// Handle of an open image within one session.
 pub type Handle = u32;
 
@@ -80,7 +104,7 @@ pub enum Msg {
         /// Who logs in.
         user: UserName,
         /// The password.
-        password: String,
+        password: Password,
     },
     /// The session is logged in.
     LoggedIn {
@@ -126,7 +150,7 @@ pub enum Msg {
         /// The new user's name.
         name: UserName,
         /// Their password.
-        password: String,
+        password: Password,
         /// Whether they may administer the server.
         admin: bool,
     },
@@ -135,7 +159,7 @@ pub enum Msg {
         /// Whose password.
         name: UserName,
         /// The new password.
-        password: String,
+        password: Password,
     },
     /// Changes a user's storage groups and admin right (admins only; each
     /// only if given); answered by `Ok`.
@@ -431,4 +455,39 @@ pub struct StoreStats {
     pub stored_bytes: u64,
     /// Bytes of pack files on disk, including space GC has yet to reclaim.
     pub pack_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let msgs = [
+            Msg::Login {
+                user: UserName::new("u").unwrap(),
+                password: Password::new("s3cret-pw"),
+            },
+            Msg::UserAdd {
+                name: UserName::new("u").unwrap(),
+                password: Password::new("s3cret-pw"),
+                admin: false,
+            },
+            Msg::UserPasswd {
+                name: UserName::new("u").unwrap(),
+                password: Password::new("s3cret-pw"),
+            },
+        ];
+        for m in msgs {
+            let shown = format!("{m:?}");
+            assert!(
+                !shown.contains("s3cret") && shown.contains("<hidden>"),
+                "{shown}"
+            );
+            // The wire form is the plain string, as before.
+            let bytes = rmp_serde::to_vec_named(&m).unwrap();
+            assert!(bytes.windows(9).any(|w| w == b"s3cret-pw"));
+            assert_eq!(rmp_serde::from_slice::<Msg>(&bytes).unwrap(), m);
+        }
+    }
 }

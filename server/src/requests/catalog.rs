@@ -39,7 +39,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             }
             let groups =
                 vec![GroupName::new(DEFAULT_GROUP).expect("the default group's name is valid")];
-            blocking(|| store.user_add(&name, &password, admin, groups))?;
+            blocking(|| store.user_add(&name, password.expose(), admin, groups))?;
             Msg::Ok
         }
         Msg::UserPasswd { name, password } => {
@@ -49,7 +49,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     "only an admin may set another user's password",
                 );
             }
-            blocking(|| store.user_passwd(&name, &password))?;
+            blocking(|| store.user_passwd(&name, password.expose()))?;
             Msg::Ok
         }
         Msg::UserSet {

@@ -2,7 +2,7 @@
 //! is answered; the session's deadline (`HANDSHAKE_TIMEOUT`) runs meanwhile.
 
 use tern_core::names::UserName;
-use tern_core::wire::{self, ErrorKind, Msg};
+use tern_core::wire::{self, ErrorKind, Msg, Password};
 
 use super::{refuse, Answer, Refusal};
 use crate::handler::{Phase, SessionHandler};
@@ -29,7 +29,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
 /// Checks a password: after the delay the peer's address has earned, with a
 /// bounded number of verifications at once; every failure is logged (user
 /// and address, never the password).
-async fn login(h: &mut SessionHandler, user: UserName, password: String) -> Answer {
+async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> Answer {
     let guard = h.logins.clone();
     let ip = h.peer.ip();
     let delay = guard.delay(ip);
@@ -38,7 +38,7 @@ async fn login(h: &mut SessionHandler, user: UserName, password: String) -> Answ
     }
     let store = h.store.clone();
     let name = user.clone();
-    let checked = guard.verify(move || store.authenticate(&name, &password));
+    let checked = guard.verify(move || store.authenticate(&name, password.expose()));
     let Some(outcome) = checked.await else {
         return Err(Refusal(
             ErrorKind::Internal,
