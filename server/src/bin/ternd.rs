@@ -298,7 +298,7 @@ fn serve(
     grace_period: Option<u64>,
 ) -> Result<()> {
     tune_malloc();
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    private_data_dir(data)?;
     let mut cfg = load_config(data, config)?;
     if let Some(l) = listen {
         cfg.listen = l;
@@ -376,6 +376,36 @@ fn usable_descriptors() -> usize {
         }
     }
     usize::MAX
+}
+
+/// Creates the data directory 0700, or makes an existing one 0700 after
+/// checking that nobody else could have written to it.
+fn private_data_dir(data: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(data) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode();
+            if mode & 0o022 != 0 {
+                bail!(
+                    "{} is writable by other users (mode {:o}); check what is in it, then `chmod 700 {}`",
+                    data.display(),
+                    mode & 0o777,
+                    data.display()
+                );
+            }
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", data.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data)
+                .with_context(|| format!("creating {}", data.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", data.display())),
+    }
+    Ok(())
 }
 
 /// The config file, written with every default on first start.

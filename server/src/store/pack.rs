@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tern_core::chunker::MAX_CHUNK_LIMIT;
@@ -100,9 +100,11 @@ pub struct PackWriter {
 impl PackWriter {
     pub fn create(dir: &Path, number: u64) -> io::Result<Self> {
         let path = pack_path(dir, number);
+        // Only ternd reads packs: 0600 whatever the umask.
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(MAGIC);

@@ -65,6 +65,8 @@ impl Catalog {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
+        // It holds the users' password hashes: 0600 whatever the umask.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let catalog = Self { db };
         catalog.init()?;
         Ok(catalog)
