@@ -19,28 +19,51 @@ struct Opts {
     _strings: Vec<CString>,
 }
 
-fn options(server: &TestServer) -> Opts {
-    let strings = vec![
-        CString::new(server.address()).unwrap(),
-        CString::new("admin").unwrap(),
-        CString::new(PASSWORD).unwrap(),
-        CString::new(server.fingerprint().to_string()).unwrap(),
-        CString::new(server.client_identity().0.into_os_string().into_vec()).unwrap(),
-        CString::new(server.client_identity().1.into_os_string().into_vec()).unwrap(),
-    ];
-    let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
-    unsafe { tern_client_options_init(&mut raw) };
-    raw.server = strings[0].as_ptr();
-    raw.user = strings[1].as_ptr();
-    raw.password = strings[2].as_ptr();
-    raw.fingerprint = strings[3].as_ptr();
-    raw.remember_server = 0;
-    raw.client_cert = strings[4].as_ptr();
-    raw.client_key = strings[5].as_ptr();
-    Opts {
-        raw,
-        _strings: strings,
+/// What a C caller puts in the options: owned, so it can move to another thread.
+struct Settings {
+    address: String,
+    password: String,
+    fingerprint: String,
+    identity: (std::path::PathBuf, std::path::PathBuf),
+}
+
+impl Settings {
+    fn of(server: &TestServer) -> Self {
+        Self {
+            address: server.address(),
+            password: PASSWORD.into(),
+            fingerprint: server.fingerprint().to_string(),
+            identity: server.client_identity(),
+        }
     }
+
+    fn options(self) -> Opts {
+        let strings = vec![
+            CString::new(self.address).unwrap(),
+            CString::new("admin").unwrap(),
+            CString::new(self.password).unwrap(),
+            CString::new(self.fingerprint).unwrap(),
+            CString::new(self.identity.0.into_os_string().into_vec()).unwrap(),
+            CString::new(self.identity.1.into_os_string().into_vec()).unwrap(),
+        ];
+        let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
+        unsafe { tern_client_options_init(&mut raw) };
+        raw.server = strings[0].as_ptr();
+        raw.user = strings[1].as_ptr();
+        raw.password = strings[2].as_ptr();
+        raw.fingerprint = strings[3].as_ptr();
+        raw.remember_server = 0;
+        raw.client_cert = strings[4].as_ptr();
+        raw.client_key = strings[5].as_ptr();
+        Opts {
+            raw,
+            _strings: strings,
+        }
+    }
+}
+
+fn options(server: &TestServer) -> Opts {
+    Settings::of(server).options()
 }
 
 fn open(server: &TestServer) -> *mut tern_client {
@@ -368,30 +391,16 @@ fn open_status(
     plain: bool,
     password: &str,
 ) -> impl FnOnce() -> (tern_status, String) + Send + 'static {
-    let fingerprint = server.fingerprint().to_string();
-    let (cert, key) = server.client_identity();
-    let password = password.to_string();
+    let settings = Settings {
+        address,
+        password: password.into(),
+        ..Settings::of(server)
+    };
     move || {
-        let strings = [
-            CString::new(address).unwrap(),
-            CString::new("admin").unwrap(),
-            CString::new(password).unwrap(),
-            CString::new(fingerprint).unwrap(),
-            CString::new(cert.into_os_string().into_vec()).unwrap(),
-            CString::new(key.into_os_string().into_vec()).unwrap(),
-        ];
-        let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
-        unsafe { tern_client_options_init(&mut raw) };
-        raw.server = strings[0].as_ptr();
-        raw.user = strings[1].as_ptr();
-        raw.password = strings[2].as_ptr();
-        raw.fingerprint = strings[3].as_ptr();
-        raw.remember_server = 0;
-        raw.plain = plain.into();
-        raw.client_cert = strings[4].as_ptr();
-        raw.client_key = strings[5].as_ptr();
+        let mut o = settings.options();
+        o.raw.plain = plain.into();
         let mut c = null_mut();
-        let st = unsafe { tern_client_open(&raw, &mut c) };
+        let st = unsafe { tern_client_open(&o.raw, &mut c) };
         let msg = last_error();
         if !c.is_null() {
             unsafe { tern_client_free(c) };
