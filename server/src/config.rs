@@ -47,6 +47,11 @@ session_spill_dir = "spill"
 # pack files, the catalog), so the total may end up lower than set here.
 max_connections = 1024
 max_connections_per_address = 64
+
+# New data may not take the last bytes of the filesystem: they stay free so
+# that images can be deleted and gc can run on a full store. Capped at 5% of
+# the filesystem's size.
+reserved_space_bytes = 268435456
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +69,7 @@ pub struct Config {
     pub session_spill_dir: PathBuf,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    pub reserved_space_bytes: u64,
 }
 
 impl Default for Config {
@@ -81,6 +87,7 @@ impl Default for Config {
             session_spill_dir: "spill".into(),
             max_connections: 1024,
             max_connections_per_address: 64,
+            reserved_space_bytes: crate::store::DEFAULT_RESERVE,
         }
     }
 }

@@ -134,3 +134,116 @@ fn fsck_names_a_recipe_that_lost_its_last_chunk() {
     remove_first_row(&server, RECIPES, |t| t.last().unwrap().unwrap().0.value());
     assert_fsck_finds(&server, "recipe ends at offset");
 }
+
+/// Every file of the data directory (path -> contents), to prove nothing changed.
+fn snapshot(server: &TestServer) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.is_file() {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = Default::default();
+    walk(server.data(), &mut out);
+    out
+}
+
+/// Breaks the header of the entry in the middle of the pack a kill -9 left
+/// open (an invalid codec): the entries after it hold committed chunks.
+fn break_a_middle_entry_header(pack: &std::path::Path) {
+    let bytes = std::fs::read(pack).unwrap();
+    let mut starts = Vec::new();
+    let mut pos = 16usize;
+    while pos + 44 <= bytes.len() {
+        starts.push(pos);
+        let stored = u32::from_le_bytes(bytes[pos + 40..pos + 44].try_into().unwrap());
+        pos += 44 + stored as usize;
+    }
+    assert!(
+        starts.len() > 10,
+        "expected many entries, got {}",
+        starts.len()
+    );
+    let f = std::fs::OpenOptions::new().write(true).open(pack).unwrap();
+    f.write_all_at(&[0x7f], (starts[starts.len() / 2] + 32) as u64)
+        .unwrap();
+}
+
+#[test]
+fn fsck_changes_nothing_even_in_a_damaged_store_left_by_a_crash() {
+    let server = stopped_store_with_an_image();
+    let pack = packs(&server).last().unwrap().clone();
+    break_a_middle_entry_header(&pack);
+    let before = snapshot(&server);
+    assert_fsck_finds(&server, "points to no intact pack entry");
+    assert_unchanged(&before, &snapshot(&server), "fsck", |_| true);
+}
+
+/// Asserts that every file `which` accepts is as it was, naming the first that is not.
+fn assert_unchanged(
+    before: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    after: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    who: &str,
+    which: impl Fn(&std::path::Path) -> bool,
+) {
+    for path in before.keys().chain(after.keys()).filter(|p| which(p)) {
+        assert!(
+            before.get(path) == after.get(path),
+            "{who} changed, added or removed {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn start_up_refuses_to_cut_committed_data_and_repair_keeps_every_intact_chunk() {
+    let mut server = stopped_store_with_an_image();
+    let pack = packs(&server).last().unwrap().clone();
+    break_a_middle_entry_header(&pack);
+    let before = snapshot(&server);
+
+    // Recovery would cut half the pack: start-up stops and says what to do.
+    let out = std::process::Command::new(ternd_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(server.data())
+        .env("TERN_PASSWORD", "unused")
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert!(!out.status.success(), "ternd started: {shown}");
+    assert!(shown.contains("fsck --repair"), "{shown}");
+    assert!(shown.contains(&pack.display().to_string()), "{shown}");
+    // (redb may rebuild its allocator state in the catalog; the packs must stay.)
+    let is_pack = |p: &std::path::Path| p.extension().is_some_and(|e| e == "pack");
+    assert_unchanged(&before, &snapshot(&server), "a refused start", is_pack);
+
+    let out = server.ternd(&["fsck", "--repair", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Exactly the chunk whose header broke is lost; everything after it stays.
+    assert_eq!(report["repair"]["chunks_lost"], 1, "{report}");
+    assert_eq!(report["repair"]["packs_rewritten"], 1, "{report}");
+    let still = report["after"]["damage"].to_string();
+    assert!(still.contains("image c/img"), "{still}");
+    assert_eq!(report["after"]["damage"].as_array().unwrap().len(), 1);
+
+    // The server starts; the same data backed up again stores the lost chunk
+    // again, which heals the damaged image.
+    server.spawn();
+    let client = server.client();
+    let data = test_data(4 << 20, 7);
+    let mut w = client.create_image("c", "again", b"").unwrap();
+    w.write_all(&data).unwrap();
+    w.commit().unwrap();
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut client.open_image("c", "img").unwrap(), &mut back).unwrap();
+    assert!(back == data, "the healed image reads back different data");
+    drop(client);
+    server.kill();
+    let clean = server.ternd(&["fsck"]);
+    assert!(clean.status.success(), "{}", text(&clean));
+}

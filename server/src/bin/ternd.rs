@@ -56,12 +56,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Verify every pack, index entry and recipe; exits 1 on damage.
+    /// Verify every pack, index entry and recipe, changing nothing; exits 1 on damage.
     Fsck {
         #[command(flatten)]
         data: DataArg,
         #[arg(long)]
         json: bool,
+        /// Repair a stopped store: keep every intact chunk, drop damaged ones,
+        /// and list each change.
+        #[arg(long)]
+        repair: bool,
     },
     /// Manage users (on a stopped server).
     User {
@@ -137,7 +141,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Gc { data, json } => gc(&data.data, json),
-        Cmd::Fsck { data, json } => fsck(&data.data, json),
+        Cmd::Fsck {
+            data,
+            json,
+            repair: false,
+        } => fsck(&data.data, json),
+        Cmd::Fsck {
+            data,
+            json,
+            repair: true,
+        } => fsck_repair(&data.data, json),
         Cmd::User { cmd } => user(cmd),
     }
 }
@@ -163,35 +176,99 @@ fn gc(data: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `ternd fsck`: exits 1 when anything is damaged.
+/// `ternd fsck`: exits 1 when anything is damaged. A stopped store is opened
+/// read-only: not a byte of it changes.
 fn fsck(data: &Path, json: bool) -> Result<()> {
     let report = match control::request(data, "fsck")? {
         Some(v) => v,
-        None => serde_json::to_value(open_store(data)?.fsck()?)?,
+        None => {
+            require_data_dir(data)?;
+            let store = Store::open_read_only(data, "opened by fsck").map_err(in_use)?;
+            serde_json::to_value(store.fsck()?)?
+        }
     };
-    let damage = report["damage"].as_array().cloned().unwrap_or_default();
     if json {
         println!("{report}");
     } else {
-        for d in &damage {
-            println!("damaged: {}", d.as_str().unwrap_or_default());
-        }
-        println!(
-            "checked {} packs, {} chunks, {} images: {}",
-            report["packs"],
-            report["chunks_checked"],
-            report["images_checked"],
-            if damage.is_empty() {
-                "clean".to_string()
-            } else {
-                format!("{} problems", damage.len())
-            }
-        );
+        print_fsck(&report, "damaged");
     }
-    if !damage.is_empty() {
+    if !strings(&report["damage"]).is_empty() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `ternd fsck --repair` on a stopped server: checks, says what it will do,
+/// repairs, checks again; exits 1 if damage remains (images that lost chunks).
+fn fsck_repair(data: &Path, json: bool) -> Result<()> {
+    require_data_dir(data)?;
+    let store = Store::open_for_repair(data).map_err(in_use)?;
+    let before = serde_json::to_value(store.fsck()?)?;
+    if !json {
+        print_fsck(&before, "damaged");
+    }
+    let repair = if strings(&before["damage"]).is_empty() {
+        serde_json::Value::Null
+    } else {
+        if !json {
+            println!(
+                "repairing: every pack with damage is rewritten to list only its intact \
+                 entries (found by scanning past the damage), then the index is pointed at \
+                 intact copies, and chunks with none are removed from it; images are kept"
+            );
+        }
+        let report = store.repair()?;
+        if !json {
+            for c in &report.changes {
+                println!("repaired: {c}");
+            }
+        }
+        serde_json::to_value(report)?
+    };
+    let after = serde_json::to_value(store.fsck()?)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"before": before, "repair": repair, "after": after})
+        );
+    } else if !repair.is_null() {
+        print_fsck(&after, "still damaged");
+    }
+    if !strings(&after["damage"]).is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_fsck(report: &serde_json::Value, label: &str) {
+    for n in strings(&report["notes"]) {
+        println!("note: {n}");
+    }
+    let damage = strings(&report["damage"]);
+    for d in &damage {
+        println!("{label}: {d}");
+    }
+    println!(
+        "checked {} packs, {} chunks, {} images: {}",
+        report["packs"],
+        report["chunks_checked"],
+        report["images_checked"],
+        if damage.is_empty() {
+            "clean".to_string()
+        } else {
+            format!("{} problems", damage.len())
+        }
+    );
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `ternd user ...` on a stopped server.
@@ -252,19 +329,28 @@ fn group_names(groups: Vec<String>) -> Result<Vec<GroupName>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-fn open_store(data: &Path) -> Result<Store> {
+fn require_data_dir(data: &Path) -> Result<()> {
     if !data.join("catalog.redb").exists() {
         bail!(
             "{} is not a ternd data directory (no catalog.redb)",
             data.display()
         );
     }
-    Store::open(data).map_err(|e| match e {
+    Ok(())
+}
+
+fn in_use(e: StoreError) -> anyhow::Error {
+    match e {
         StoreError::InUse => {
             anyhow::anyhow!("the data directory is in use by a running ternd; stop it first")
         }
         e => anyhow::Error::from(e),
-    })
+    }
+}
+
+fn open_store(data: &Path) -> Result<Store> {
+    require_data_dir(data)?;
+    Store::open(data).map_err(in_use)
 }
 
 fn read_password() -> Result<String> {
@@ -325,7 +411,7 @@ fn serve(
         );
     }
     let tls = certs::server_config(&paths, cfg.allow_tls12)?;
-    let store = Arc::new(open_store_for_serve(data)?);
+    let store = Arc::new(open_store_for_serve(data, cfg.reserved_space_bytes)?);
     ensure_admin(&store)?;
     println!("fingerprint: {}", certs::fingerprint(&paths)?);
     run_server(data, &cfg, store, tls)
@@ -489,9 +575,26 @@ fn run_server(
     })
 }
 
-fn open_store_for_serve(data: &Path) -> Result<Store> {
-    Store::open(data).map_err(|e| match e {
-        StoreError::InUse => anyhow::anyhow!("{} is in use by another ternd", data.display()),
-        e => anyhow::Error::from(e),
-    })
+/// The store to serve. On a disk too full to open it for writing (finishing
+/// a pack, redb's repair after a crash), it is served read-only, so that
+/// images can still be read and the operator sees why.
+fn open_store_for_serve(data: &Path, reserve: u64) -> Result<Store> {
+    match Store::open(data) {
+        Ok(store) => {
+            store.set_reserved_space(reserve)?;
+            Ok(store)
+        }
+        Err(StoreError::InUse) => bail!("{} is in use by another ternd", data.display()),
+        Err(e) if e.is_no_space() => {
+            tracing::error!(
+                "the disk is full ({e}): serving read-only, so images can be read; free space \
+                 on the filesystem (outside ternd) and restart ternd to write and delete again"
+            );
+            Ok(Store::open_read_only(data, READ_ONLY_FULL)?)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
+
+const READ_ONLY_FULL: &str = "the disk was full when ternd started; free space on the \
+                              filesystem and restart ternd";

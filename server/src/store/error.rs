@@ -35,6 +35,19 @@ pub enum StoreError {
     /// until ternd restarts and recovery has looked at the pack.
     #[error("{0}")]
     NotDurable(String),
+    /// The store was opened read-only (by fsck, or on a disk too full to start
+    /// otherwise): nothing may change.
+    #[error("the store is read-only: {0}")]
+    ReadOnly(&'static str),
+    /// Free space fell below the reserve kept for deleting images and GC.
+    #[error(
+        "the store is full: {free} bytes free, below the {reserve} bytes kept free so that \
+         images can be deleted and gc can run (delete images with `tern rm`, then run `ternd gc`)"
+    )]
+    Full { free: u64, reserve: u64 },
+    /// Start-up recovery found damage it may not cut away.
+    #[error("{0}")]
+    NeedsRepair(String),
     /// The data directory's catalog is open in another process.
     #[error("the data directory is in use by a running ternd")]
     InUse,
@@ -58,7 +71,8 @@ impl StoreError {
             StoreError::Denied(_) => ErrorKind::Denied,
             StoreError::Invalid(_) => ErrorKind::Invalid,
             StoreError::Busy(_) | StoreError::InUse => ErrorKind::Busy,
-            StoreError::Corrupt(_) => ErrorKind::Corrupt,
+            StoreError::Corrupt(_) | StoreError::NeedsRepair(_) => ErrorKind::Corrupt,
+            StoreError::ReadOnly(_) | StoreError::Full { .. } => ErrorKind::NoSpace,
             _ if self.is_no_space() => ErrorKind::NoSpace,
             StoreError::NotDurable(_) | StoreError::Io(_) | StoreError::Catalog(_) => {
                 ErrorKind::Internal
@@ -71,6 +85,7 @@ impl StoreError {
         match self {
             StoreError::Io(e) => io_is_no_space(e),
             StoreError::Catalog(redb::Error::Io(e)) => io_is_no_space(e),
+            StoreError::Full { .. } => true,
             _ => false,
         }
     }

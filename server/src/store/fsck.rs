@@ -19,6 +19,8 @@ pub struct FsckReport {
     pub images_checked: u64,
     /// One line per problem found.
     pub damage: Vec<String>,
+    /// What is not damage but worth knowing (a pack an unclean stop left open).
+    pub notes: Vec<String>,
 }
 
 impl FsckReport {
@@ -28,7 +30,9 @@ impl FsckReport {
 }
 
 impl Store {
-    /// Reads every pack entry and checks its hash, every index entry and every recipe.
+    /// Reads every pack entry and checks its hash, every index entry and every
+    /// recipe. Changes nothing: a stopped store is checked through
+    /// [`Store::open_read_only`].
     pub fn fsck(&self) -> Result<FsckReport> {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         // Packs still being finished would look unfinished.
@@ -56,9 +60,21 @@ impl Store {
                 }
             };
             if !contents.finished && !writing.contains(&p.number) {
-                report
-                    .damage
-                    .push(format!("pack {shown}: has no valid table"));
+                if self.read_only.is_some() {
+                    // A stopped store: a crash leaves the pack it was writing
+                    // like this, and the next start finishes it (if it may:
+                    // damage before committed data shows up in the index check).
+                    report.notes.push(format!(
+                        "pack {shown}: left open by an unclean stop ({} entries readable, \
+                         {} bytes after them); the next start finishes it",
+                        contents.entries.len(),
+                        contents.file_len - contents.data_end
+                    ));
+                } else {
+                    report
+                        .damage
+                        .push(format!("pack {shown}: has no valid table"));
+                }
             }
             let file = File::open(&p.path)?;
             for e in contents.entries {
@@ -96,12 +112,17 @@ impl Store {
                 report.damage.push("index: key of the wrong size".into());
                 return Ok(());
             };
-            let good = Location::decode(v)
-                .is_some_and(|loc| intact.get(k).is_some_and(|locs| locs.contains(&loc)));
-            if !good {
+            let Some(loc) = Location::decode(v) else {
                 report
                     .damage
-                    .push(format!("index: chunk {id} points to no intact pack entry"));
+                    .push(format!("index: chunk {id} has an undecodable location"));
+                return Ok(());
+            };
+            if !intact.get(k).is_some_and(|locs| locs.contains(&loc)) {
+                report.damage.push(format!(
+                    "index: chunk {id} points to no intact pack entry (pack {} offset {})",
+                    loc.pack, loc.offset
+                ));
             }
             Ok(())
         })

@@ -24,6 +24,9 @@ pub struct GcReport {
     pub packs_rewritten: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Why compaction stopped before the end (too little space to move a
+    /// pack's live chunks); the packs left are compacted by a later run.
+    pub stopped: Option<String>,
 }
 
 impl Store {
@@ -50,14 +53,34 @@ impl Store {
         for (key, loc) in kept {
             live_by_pack.entry(loc.pack).or_default().push((key, loc));
         }
+        // Packs with nothing live go first: deleting them frees space without
+        // needing any, which is what a full disk needs.
+        let mut sparse = Vec::new();
         for p in packs.iter().filter(|p| !busy_packs.contains(&p.number)) {
             let entries = live_by_pack.remove(&p.number).unwrap_or_default();
             if entries.is_empty() {
                 self.packs.remove(p)?;
                 report.packs_deleted += 1;
-            } else if self.compact(p, entries)? {
-                report.packs_rewritten += 1;
+            } else if let Some(c) = Compaction::worth_it(p, entries) {
+                sparse.push(c);
             }
+        }
+        // Then the sparsest packs, each only if its live chunks fit in the
+        // space free now (GC may use the reserve; it gives back more than it takes).
+        sparse.sort_by(|a, b| b.dead_share().total_cmp(&a.dead_share()));
+        for c in sparse {
+            let free = self.packs.space.free()?;
+            let needed = c.live_bytes + COMPACT_MARGIN;
+            if free < needed {
+                report.stopped = Some(format!(
+                    "short of space: {free} bytes free, and moving the live chunks out of pack \
+                     {} needs {needed}; delete more images, or free space, and run gc again",
+                    c.pack.path.display()
+                ));
+                break;
+            }
+            self.compact(c)?;
+            report.packs_rewritten += 1;
         }
         report.bytes_after = PackSet::bytes(&self.packs.files()?);
         Ok(report)
@@ -85,30 +108,63 @@ impl Store {
     }
 
     /// Copies the live entries of a sparse pack to the group's open pack and
-    /// deletes it; true if it was rewritten, false if it was dense enough to keep.
-    fn compact(&self, p: &PackFile, entries: Vec<(ChunkKey, Location)>) -> Result<bool> {
-        let size = std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0);
-        let live_bytes: u64 = entries
-            .iter()
-            .map(|(_, l)| u64::from(l.stored_len) + ENTRY_HEADER_LEN)
-            .sum();
-        if (live_bytes as f64) > (1.0 - REWRITE_DEAD_SHARE) * size as f64 {
-            return Ok(false);
-        }
+    /// deletes it.
+    fn compact(&self, c: Compaction<'_>) -> Result<()> {
+        let p = c.pack;
         let src = File::open(&p.path)?;
-        let mut moved = Vec::with_capacity(entries.len());
+        let mut moved = Vec::with_capacity(c.entries.len());
         let mut appender = self.packs.appender();
-        for (key, loc) in entries {
+        for (key, loc) in c.entries {
             let bytes = pack::read_stored(&src, &loc)?;
             let mut id = [0u8; 32];
             id.copy_from_slice(&key[4..]);
-            let new_loc = appender.append(p.group, &ChunkId(id), loc.codec, loc.raw_len, &bytes)?;
+            let new_loc = appender.append_within_reserve(
+                p.group,
+                &ChunkId(id),
+                loc.codec,
+                loc.raw_len,
+                &bytes,
+            )?;
             moved.push((key, new_loc));
         }
         appender.sync_all()?;
         drop(appender);
         self.catalog.relocate(&moved)?;
         self.packs.remove(p)?;
-        Ok(true)
+        Ok(())
+    }
+}
+
+/// Room kept beyond a pack's live bytes when compacting it: the new pack's
+/// table and the catalog transaction that re-points the index.
+const COMPACT_MARGIN: u64 = 1 << 20;
+
+/// A pack with enough dead chunks to be rewritten.
+struct Compaction<'a> {
+    pack: &'a PackFile,
+    size: u64,
+    live_bytes: u64,
+    entries: Vec<(ChunkKey, Location)>,
+}
+
+impl<'a> Compaction<'a> {
+    /// A compaction of `pack`, if at least [`REWRITE_DEAD_SHARE`] of it is dead.
+    fn worth_it(pack: &'a PackFile, entries: Vec<(ChunkKey, Location)>) -> Option<Self> {
+        let size = std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
+        let live_bytes: u64 = entries
+            .iter()
+            .map(|(_, l)| u64::from(l.stored_len) + ENTRY_HEADER_LEN)
+            .sum();
+        let c = Self {
+            pack,
+            size,
+            live_bytes,
+            entries,
+        };
+        (c.dead_share() >= REWRITE_DEAD_SHARE).then_some(c)
+    }
+
+    fn dead_share(&self) -> f64 {
+        1.0 - self.live_bytes as f64 / self.size.max(1) as f64
     }
 }

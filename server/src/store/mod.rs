@@ -29,6 +29,9 @@ pub mod pack;
 pub mod packs;
 mod read;
 pub mod records;
+mod recovery;
+mod repair;
+mod space;
 mod users;
 mod write;
 
@@ -47,6 +50,8 @@ use pack::Location;
 use packs::PackSet;
 pub use read::ReadableImage;
 use records::ChunkKey;
+pub use repair::RepairReport;
+pub use space::DEFAULT_RESERVE;
 pub use users::{generate_password, User};
 pub use write::WriterId;
 
@@ -65,6 +70,8 @@ pub struct Store {
     pending: Mutex<HashMap<ChunkKey, Location>>,
     open: Mutex<HashMap<WriterId, write::OpenEntry>>,
     next_writer: AtomicU64,
+    /// Why nothing may change, when opened read-only.
+    read_only: Option<&'static str>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,22 +81,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `root`, finishing any pack
-    /// a crash left open.
+    /// Opens (creating if needed) the store under `root` to serve it: packs a
+    /// crash left open are finished, as far as start-up recovery may go (see
+    /// `recovery.rs`); damage past that is [`StoreError::NeedsRepair`].
     pub fn open(root: &Path) -> Result<Self> {
+        let store = Self::open_writable(root)?;
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Opens the store without changing a byte of it: no recovery, and every
+    /// write refused with [`StoreError::ReadOnly`] giving `why`.
+    pub fn open_read_only(root: &Path, why: &'static str) -> Result<Self> {
+        let catalog = Catalog::open_read_only(&root.join("catalog.redb"), why)?;
+        let packs = PackSet::open(root, &catalog.groups()?, Some(why))?;
+        let store = Self::assemble(catalog, packs, Some(why));
+        store.number_packs()?;
+        Ok(store)
+    }
+
+    /// Opens the store for `fsck --repair`: writable, but without start-up
+    /// recovery (the repair salvages what recovery would refuse to touch).
+    pub fn open_for_repair(root: &Path) -> Result<Self> {
+        let store = Self::open_writable(root)?;
+        store.number_packs()?;
+        Ok(store)
+    }
+
+    fn open_writable(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)?;
         let catalog = Catalog::open(&root.join("catalog.redb"))?;
-        catalog.insert_group(&containers::default_group())?;
-        let packs = PackSet::open(root, &catalog.groups()?)?;
-        packs.recover()?;
-        Ok(Self {
+        let default = containers::default_group();
+        if catalog.group_id(&default)?.is_none() {
+            catalog.insert_group(&default)?;
+        }
+        let packs = PackSet::open(root, &catalog.groups()?, None)?;
+        Ok(Self::assemble(catalog, packs, None))
+    }
+
+    fn assemble(catalog: Catalog, packs: PackSet, read_only: Option<&'static str>) -> Self {
+        Self {
             catalog,
             packs,
             gate: RwLock::new(()),
             pending: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             next_writer: AtomicU64::new(1),
-        })
+            read_only,
+        }
+    }
+
+    /// Why the store is read-only, if it is.
+    pub fn read_only(&self) -> Option<&'static str> {
+        self.read_only
+    }
+
+    /// Keeps `bytes` of the filesystem free of new data (capped at 5% of it).
+    pub fn set_reserved_space(&self, bytes: u64) -> Result<()> {
+        self.packs.space.set_reserve(bytes)
     }
 
     /// Creates a storage group if it does not exist; returns its id.

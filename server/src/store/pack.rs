@@ -332,6 +332,73 @@ pub fn repair(path: &Path, contents: &PackContents) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Every entry of a pack whose stored bytes `intact` accepts, found by
+/// scanning the whole file past damage: where no intact entry starts, the scan
+/// moves on by one byte. `fsck --repair` uses it; the table is not trusted.
+pub fn salvage(
+    path: &Path,
+    number: u64,
+    mut intact: impl FnMut(&PackEntry, &[u8]) -> bool,
+) -> io::Result<Vec<PackEntry>> {
+    // Packs are a few MiB: reading one whole beats a read per candidate offset.
+    let bytes = std::fs::read(path)?;
+    let mut entries = Vec::new();
+    let mut pos = HEADER_LEN as usize;
+    let head_len = ENTRY_HEADER_LEN as usize;
+    while pos + head_len <= bytes.len() {
+        let h = &bytes[pos..pos + head_len];
+        let raw_len = u32::from_le_bytes([h[36], h[37], h[38], h[39]]);
+        let stored_len = u32::from_le_bytes([h[40], h[41], h[42], h[43]]);
+        let end = pos + head_len + stored_len as usize;
+        let plausible = h[33..36] == [0, 0, 0]
+            && raw_len <= MAX_CHUNK_LIMIT
+            && stored_len <= MAX_CHUNK_LIMIT
+            && end <= bytes.len();
+        let found = match Codec::from_u8(h[32]) {
+            Some(codec) if plausible => {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&h[..32]);
+                let entry = PackEntry {
+                    id: ChunkId(id),
+                    loc: Location {
+                        pack: number,
+                        offset: (pos + head_len) as u64,
+                        stored_len,
+                        raw_len,
+                        codec,
+                    },
+                };
+                intact(&entry, &bytes[pos + head_len..end]).then_some(entry)
+            }
+            _ => None,
+        };
+        match found {
+            Some(entry) => {
+                entries.push(entry);
+                pos = end;
+            }
+            None => pos += 1,
+        }
+    }
+    Ok(entries)
+}
+
+/// Rewrites a pack to hold exactly `entries` (intact ones, in file order):
+/// a fresh header, the data up to the last of them, a new table.
+pub fn rewrite_table(path: &Path, entries: &[PackEntry]) -> io::Result<()> {
+    let data_end = entries
+        .last()
+        .map_or(HEADER_LEN, |e| e.loc.offset + u64::from(e.loc.stored_len));
+    let file = OpenOptions::new().write(true).open(path)?;
+    let mut header = Vec::with_capacity(HEADER_LEN as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    write_footer(&file, data_end, entries)?;
+    file.sync_all()
+}
+
 /// Reads a chunk's stored bytes.
 pub fn read_stored(file: &File, loc: &Location) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.stored_len as usize];
@@ -439,6 +506,39 @@ mod tests {
             }
             check(&bytes);
         }
+    }
+
+    #[test]
+    fn salvage_finds_every_intact_entry_past_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path(), 4).unwrap();
+        let chunks: Vec<Vec<u8>> = (1..=6u8).map(|n| vec![n; 300 + usize::from(n)]).collect();
+        let locs: Vec<Location> = chunks
+            .iter()
+            .map(|c| {
+                w.append(&ChunkId::of(c), Codec::Raw, c.len() as u32, c)
+                    .unwrap()
+            })
+            .collect();
+        let path = w.finish().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Break the second entry's header and the fourth entry's data.
+        bytes[(locs[1].offset - ENTRY_HEADER_LEN + 40) as usize] ^= 0xff;
+        bytes[locs[3].offset as usize + 5] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut verifier = tern_core::codec::Decoder::new();
+        let found = salvage(&path, 4, |e, b| {
+            verifier
+                .verify(&e.id, e.loc.codec, e.loc.raw_len, b)
+                .is_ok()
+        })
+        .unwrap();
+        let kept: Vec<Location> = found.iter().map(|e| e.loc).collect();
+        assert_eq!(kept, vec![locs[0], locs[2], locs[4], locs[5]]);
+        rewrite_table(&path, &found).unwrap();
+        let c = read_contents(&path, 4).unwrap();
+        assert!(c.finished);
+        assert_eq!(c.entries, found);
     }
 
     #[test]

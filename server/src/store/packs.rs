@@ -12,6 +12,7 @@ use tern_core::{ChunkId, Codec};
 
 use super::finisher::PackFinisher;
 use super::pack::{self, Location, PackWriter};
+use super::space::FreeSpace;
 use super::{lock, Result, StoreError};
 
 /// A pack is finished once it grows past this size.
@@ -33,6 +34,10 @@ pub struct PackSet {
     /// Groups whose pack directory gained a file since it was last synced
     /// (changed only while the appender is held).
     unsynced_dirs: Mutex<Vec<u32>>,
+    /// Why nothing may be appended, when the store is read-only.
+    read_only: Option<&'static str>,
+    /// Keeps new data from taking the space reserved for deletes and GC.
+    pub space: FreeSpace,
 }
 
 /// A pack file found on disk.
@@ -43,11 +48,20 @@ pub struct PackFile {
 }
 
 impl PackSet {
-    /// The packs under `root/groups`; `groups` names the storage groups (name, id).
-    pub fn open(root: &Path, groups: &[(String, u32)]) -> Result<Self> {
+    /// The packs under `root/groups`; `groups` names the storage groups (name,
+    /// id). A read-only set creates no directory and appends nothing.
+    pub fn open(
+        root: &Path,
+        groups: &[(String, u32)],
+        read_only: Option<&'static str>,
+    ) -> Result<Self> {
         let groups_root = root.join("groups");
-        std::fs::create_dir_all(&groups_root)?;
+        if read_only.is_none() {
+            std::fs::create_dir_all(&groups_root)?;
+        }
         let set = Self {
+            read_only,
+            space: FreeSpace::new(root),
             groups_root,
             dirs: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
@@ -65,7 +79,9 @@ impl PackSet {
     /// Makes the pack directory of a storage group (if needed) and knows it.
     pub fn add_group(&self, name: &str, id: u32) -> Result<()> {
         let dir = self.groups_root.join(name).join("packs");
-        std::fs::create_dir_all(&dir)?;
+        if self.read_only.is_none() {
+            std::fs::create_dir_all(&dir)?;
+        }
         lock(&self.dirs).insert(id, dir);
         Ok(())
     }
@@ -109,24 +125,9 @@ impl PackSet {
         Ok(out)
     }
 
-    /// Finishes every pack a crash left open, and continues numbering after the last.
-    pub fn recover(&self) -> Result<()> {
-        let mut max = 0;
-        for p in self.files()? {
-            max = max.max(p.number);
-            let contents = pack::read_contents(&p.path, p.number)?;
-            if !contents.finished {
-                tracing::warn!(
-                    pack = %p.path.display(),
-                    entries = contents.entries.len(),
-                    torn_bytes = contents.file_len - contents.data_end,
-                    "finishing a pack left open by an unclean stop"
-                );
-                pack::repair(&p.path, &contents)?;
-            }
-        }
-        self.next_pack.store(max + 1, Ordering::SeqCst);
-        Ok(())
+    /// Continues numbering after `last`, the highest pack number on disk.
+    pub fn number_after(&self, last: u64) {
+        self.next_pack.store(last + 1, Ordering::SeqCst);
     }
 
     /// Exclusive use of the packs being appended to.
@@ -182,7 +183,8 @@ pub struct Appender<'a> {
 }
 
 impl Appender<'_> {
-    /// Appends a chunk to its group's pack; a pack that grows past
+    /// Appends a new chunk to its group's pack, unless that would take the
+    /// space kept free for deletes and GC; a pack that grows past
     /// [`PACK_TARGET`] goes to the finisher.
     pub fn append(
         &mut self,
@@ -192,6 +194,23 @@ impl Appender<'_> {
         raw_len: u32,
         bytes: &[u8],
     ) -> Result<Location> {
+        self.set.space.check(bytes.len() as u64)?;
+        self.append_within_reserve(group, id, codec, raw_len, bytes)
+    }
+
+    /// Appends a chunk that may use the reserve: GC moving live chunks out of
+    /// a pack it is about to delete (it checks the space first).
+    pub fn append_within_reserve(
+        &mut self,
+        group: u32,
+        id: &ChunkId,
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<Location> {
+        if let Some(why) = self.set.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
         self.set.finisher.check().map_err(StoreError::NotDurable)?;
         let writer = match self.writers.entry(group) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),

@@ -103,7 +103,7 @@ impl Catalog {
         &self,
         live: impl Fn(&ChunkKey) -> bool,
     ) -> Result<(u64, Vec<(ChunkKey, Location)>)> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let mut kept = Vec::new();
         let removed = {
             let mut chunks = tx.open_table(CHUNKS)?;
@@ -133,11 +133,27 @@ impl Catalog {
 
     /// Points index entries at new locations (after their chunks moved).
     pub fn relocate(&self, moved: &[(ChunkKey, Location)]) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let mut chunks = tx.open_table(CHUNKS)?;
             for (key, loc) in moved {
                 chunks.insert(key.as_slice(), loc.encode().as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) index entries, in one transaction.
+    pub fn set_index_entries(&self, changes: &[(ChunkKey, Option<Location>)]) -> Result<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            for (key, loc) in changes {
+                match loc {
+                    Some(loc) => chunks.insert(key.as_slice(), loc.encode().as_slice())?,
+                    None => chunks.remove(key.as_slice())?,
+                };
             }
         }
         tx.commit()?;

@@ -36,6 +36,7 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const FORMAT_VERSION: u64 = 1;
 
 mod maintenance;
+mod overlay;
 
 /// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
 /// the chunk index; past this size index pages are read from the file (the
@@ -57,6 +58,8 @@ pub struct NewImage<'a> {
 /// The redb database of one data directory.
 pub struct Catalog {
     db: Database,
+    /// Opened through [`overlay::CopyOnWrite`]: every write is refused.
+    read_only: Option<&'static str>,
 }
 
 impl Catalog {
@@ -67,13 +70,66 @@ impl Catalog {
             .create(path)?;
         // It holds the users' password hashes: 0600 whatever the umask.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        let catalog = Self { db };
+        let catalog = Self {
+            db,
+            read_only: None,
+        };
         catalog.init()?;
         Ok(catalog)
     }
 
+    /// Opens `path` without ever writing it: redb's own writes (the allocator
+    /// repair after an unclean stop) stay in memory, and every write
+    /// transaction of the store is refused, giving `why` as the reason.
+    pub fn open_read_only(path: &Path, why: &'static str) -> Result<Self> {
+        // Read and write access for the byte-range locks a running ternd
+        // would conflict with; the file is only read.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(overlay::CopyOnWrite::new(file)?)?;
+        let catalog = Self {
+            db,
+            read_only: Some(why),
+        };
+        catalog.check_format()?;
+        Ok(catalog)
+    }
+
+    /// A write transaction, unless the catalog is read-only.
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        if let Some(why) = self.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
+        Ok(self.db.begin_write()?)
+    }
+
+    fn check_format(&self) -> Result<()> {
+        let tx = self.db.begin_read()?;
+        let format = match tx.open_table(META) {
+            Ok(meta) => meta.get("format")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match format {
+            Some(FORMAT_VERSION) => Ok(()),
+            None => Err(StoreError::Corrupt(
+                "the catalog has no format version".into(),
+            )),
+            Some(other) => Err(unsupported_format(other)),
+        }
+    }
+
     fn init(&self) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        // An existing catalog is only read: a start on a full disk must not
+        // need to write (the tables come with the format version).
+        if self.check_format().is_ok() {
+            return Ok(());
+        }
+        let tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
             let format = meta.get("format")?.map(|v| v.value());
@@ -82,11 +138,7 @@ impl Catalog {
                     meta.insert("format", FORMAT_VERSION)?;
                 }
                 Some(FORMAT_VERSION) => {}
-                Some(other) => {
-                    return Err(StoreError::Invalid(format!(
-                        "catalog format {other} is not supported by this ternd (it reads format {FORMAT_VERSION})"
-                    )))
-                }
+                Some(other) => return Err(unsupported_format(other)),
             }
             for t in [CONTAINERS, USERS, GROUPS] {
                 tx.open_table(t)?;
@@ -123,7 +175,7 @@ impl Catalog {
 
     /// The id of group `name`, recorded with a new id if it is not there yet.
     pub fn insert_group(&self, name: &GroupName) -> Result<u32> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let id = {
             let mut groups = tx.open_table(GROUPS)?;
             let existing = groups
@@ -155,7 +207,7 @@ impl Catalog {
 
     /// Records a new user; `AlreadyExists` if the name is taken.
     pub fn insert_user(&self, name: &str, rec: &UserRecord) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let mut users = tx.open_table(USERS)?;
             if users.get(name)?.is_some() {
@@ -176,7 +228,7 @@ impl Catalog {
         name: &str,
         change: impl FnOnce(&mut UserRecord, &[UserRecord]) -> Result<()>,
     ) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let mut users = tx.open_table(USERS)?;
             let mut all = Vec::new();
@@ -233,7 +285,7 @@ impl Catalog {
         name: &ContainerName,
         make: impl FnOnce(u64) -> ContainerRecord,
     ) -> Result<ContainerRecord> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let rec = {
             let mut t = tx.open_table(CONTAINERS)?;
             if t.get(name.as_str())?.is_some() {
@@ -251,7 +303,7 @@ impl Catalog {
 
     /// Removes a container that holds no image.
     pub fn remove_empty_container(&self, name: &ContainerName, id: u64) -> Result<()> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let images = tx.open_table(IMAGES)?;
             let n = images.range((id, "")..(id + 1, ""))?.count();
@@ -292,7 +344,7 @@ impl Catalog {
 
     /// Removes an image and its recipe; false if there was none.
     pub fn remove_image(&self, container_id: u64, name: &ImageName) -> Result<bool> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         {
             let mut images = tx.open_table(IMAGES)?;
             let rec: ImageRecord = match images.remove((container_id, name.as_str()))? {
@@ -314,7 +366,7 @@ impl Catalog {
         img: &NewImage<'_>,
         durable: &[(ChunkKey, Location)],
     ) -> Result<ImageRecord> {
-        let tx = self.db.begin_write()?;
+        let tx = self.begin_write()?;
         let rec = {
             let mut chunks = tx.open_table(CHUNKS)?;
             for (k, loc) in durable {
@@ -423,4 +475,10 @@ fn next_counter(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
     let next = meta.get(name)?.map(|v| v.value()).unwrap_or(1);
     meta.insert(name, next + 1)?;
     Ok(next)
+}
+
+fn unsupported_format(found: u64) -> StoreError {
+    StoreError::Invalid(format!(
+        "catalog format {found} is not supported by this ternd (it reads format {FORMAT_VERSION})"
+    ))
 }
