@@ -1,6 +1,6 @@
 //! `ternd`: run and administer a tern server.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,7 +121,8 @@ struct DataArg {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("ternd: error: {e:#}");
+        // Not eprintln: on a full disk stderr may be a file that cannot grow.
+        let _ = writeln!(std::io::stderr(), "ternd: error: {e:#}");
         std::process::exit(2);
     }
 }
@@ -399,7 +400,7 @@ fn serve(
     let filter = std::env::var("TERN_LOG").unwrap_or_else(|_| cfg.log.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
@@ -415,6 +416,23 @@ fn serve(
     ensure_admin(&store)?;
     println!("fingerprint: {}", certs::fingerprint(&paths)?);
     run_server(data, &cfg, store, tls)
+}
+
+/// stderr for the log, where a failed write is dropped: tracing's own
+/// fallback (eprintln) panics when stderr is a file on a full disk, and a full
+/// disk is exactly when ternd must keep running.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Large allocations (argon2's ~19 MiB per password check) get their own

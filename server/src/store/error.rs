@@ -41,7 +41,7 @@ pub enum StoreError {
     ReadOnly(&'static str),
     /// Free space fell below the reserve kept for deleting images and GC.
     #[error(
-        "the store is full: {free} bytes free, below the {reserve} bytes kept free so that \
+        "the store is full: {free} bytes are free and the last {reserve} stay free so that \
          images can be deleted and gc can run (delete images with `tern rm`, then run `ternd gc`)"
     )]
     Full { free: u64, reserve: u64 },
