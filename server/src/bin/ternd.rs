@@ -173,6 +173,9 @@ fn gc(data: &Path, json: bool) -> Result<()> {
             report["bytes_before"],
             report["bytes_after"]
         );
+        if let Some(why) = report["stopped"].as_str() {
+            println!("gc stopped early: {why}");
+        }
     }
     Ok(())
 }
