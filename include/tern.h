@@ -452,7 +452,11 @@ tern_status tern_client_stats(const tern_client *client, tern_client_statistics 
 tern_status tern_container_list(const tern_client *client, tern_container_cb cb, void *ctx);
 
 /**
- * Creates a container with the server's default settings.
+ * Creates a container with the server's default settings, in the default
+ * storage group, or in GROUP when `name` is `GROUP/NAME`. Container names are
+ * per storage group; wherever a function takes a container, `GROUP/NAME`
+ * names the one in GROUP, and a bare name the only one the user can see
+ * (TERN_INVALID_ARGUMENT when the user sees several).
  * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_ALREADY_EXISTS, TERN_DENIED, TERN_CLOSED, TERN_CONNECT.
  *
  * # Safety

@@ -81,8 +81,22 @@ fn check(kind: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A container name may name its storage group first: `GROUP/NAME`.
+fn check_container(kind: &'static str, name: &str) -> Result<(), NameError> {
+    match name.split_once('/') {
+        Some((group, bare)) => {
+            check("storage group", group)?;
+            check(kind, bare)
+        }
+        None => check(kind, name),
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        name_type!($(#[$doc])* $ty, $kind, check);
+    };
+    ($(#[$doc:meta])* $ty:ident, $kind:literal, $check:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -92,7 +106,7 @@ macro_rules! name_type {
             /// The name, if it is allowed.
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
-                check($kind, &name)?;
+                $check($kind, &name)?;
                 Ok(Self(name))
             }
 
@@ -130,10 +144,26 @@ macro_rules! name_type {
 }
 
 name_type!(
-    /// A container name: 1..=255 bytes, no `/`, `\`, `..`, NUL or control characters.
+    /// A container name: 1..=255 bytes, no `/`, `\`, `..`, NUL or control
+    /// characters. Names are per storage group; `GROUP/NAME` says which
+    /// group's container is meant, for a user who sees several.
     ContainerName,
-    "container"
+    "container",
+    check_container
 );
+
+impl ContainerName {
+    /// The storage group named before a `/`, if any, and the container's own name.
+    pub fn split(&self) -> (Option<GroupName>, ContainerName) {
+        match self.0.split_once('/') {
+            Some((group, bare)) => (
+                Some(GroupName(group.to_string())),
+                ContainerName(bare.to_string()),
+            ),
+            None => (None, self.clone()),
+        }
+    }
+}
 name_type!(
     /// An image name: the same rules as [`ContainerName`].
     ImageName,
@@ -169,6 +199,18 @@ mod tests {
         }
         assert!(ImageName::new("nightly-2026.11.22").is_ok());
         assert!(ImageName::new("x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn a_container_name_may_name_its_group() {
+        let n = ContainerName::new("acme/nightly").unwrap();
+        let (group, bare) = n.split();
+        assert_eq!(group.unwrap().as_str(), "acme");
+        assert_eq!(bare.as_str(), "nightly");
+        assert_eq!(ContainerName::new("nightly").unwrap().split().0, None);
+        for bad in ["a/b/c", "/x", "x/", "../x", "a/.."] {
+            assert!(ContainerName::new(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -403,7 +403,11 @@ pub unsafe extern "C" fn tern_container_list(
     })
 }
 
-/// Creates a container with the server's default settings.
+/// Creates a container with the server's default settings, in the default
+/// storage group, or in GROUP when `name` is `GROUP/NAME`. Container names are
+/// per storage group; wherever a function takes a container, `GROUP/NAME`
+/// names the one in GROUP, and a bare name the only one the user can see
+/// (TERN_INVALID_ARGUMENT when the user sees several).
 /// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_ALREADY_EXISTS, TERN_DENIED, TERN_CLOSED, TERN_CONNECT.
 ///
 /// # Safety

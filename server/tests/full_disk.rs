@@ -1,5 +1,6 @@
 //! A full disk is recoverable: ternd on a small tmpfs is filled by backups
-//! (refused with a clear message while a reserve stays free), then by another
+//! (the one that does not fit is refused with a clear message and leaves no
+//! trace, earlier ones stay, and a reserve stays free), then by another
 //! program to the last byte; it still starts and serves reads, and once images
 //! are deleted, gc frees space even with almost nothing free (dead packs
 //! first), and backups work again.
@@ -127,6 +128,9 @@ fn a_full_disk_can_be_read_emptied_and_written_again() {
             "a 64 MiB filesystem took {stored} images of 6 MiB"
         );
     };
+    // The refused image is not there; the others are.
+    let names = client.image_list("c", "").unwrap();
+    assert_eq!(names.len() as u64, stored, "{names:?}");
     drop(client);
     assert!(stored >= 7, "only {stored} images fit");
     assert!(refusal.contains("store is full"), "{refusal}");

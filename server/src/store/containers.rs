@@ -14,7 +14,16 @@ impl Store {
         name: &ContainerName,
         s: &ContainerSettings,
     ) -> Result<ContainerInfo> {
-        let group = s.group.clone().unwrap_or_else(default_group);
+        let (named_group, name) = name.split();
+        let group = match (named_group.as_ref(), s.group.as_ref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(StoreError::Invalid(format!(
+                    "the container is named in storage group {a} but created in {b}"
+                )))
+            }
+            (Some(g), _) | (None, Some(g)) => g.clone(),
+            (None, None) => default_group(),
+        };
         if !user.may_use(&group) {
             return Err(StoreError::Denied(format!(
                 "user {} may not use storage group {group}",
@@ -35,25 +44,47 @@ impl Store {
             )));
         }
         self.ensure_group(&group)?;
-        let rec = self.catalog.insert_container(name, |id| ContainerRecord {
-            id,
-            group,
-            chunking,
-            zstd_level,
-            stream_limit: s.stream_limit.unwrap_or(0),
-            created: now_unix(),
-        })?;
-        Ok(container_info(name.clone(), &rec, 0, 0))
+        let rec = self
+            .catalog
+            .insert_container(&group, &name, |id| ContainerRecord {
+                id,
+                group: group.clone(),
+                chunking,
+                zstd_level,
+                stream_limit: s.stream_limit.unwrap_or(0),
+                created: now_unix(),
+            })?;
+        Ok(container_info(name, &rec, 0, 0))
     }
 
-    /// The container `name`, if `user` may see it.
+    /// The container `name` (`GROUP/NAME`, or a name that only one of the
+    /// user's groups has), if `user` may see it. A container in a group the
+    /// user cannot see is indistinguishable from none.
     pub(super) fn container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
-        match self.catalog.container(name)? {
-            Some(rec) if user.may_use(&rec.group) => Ok(rec),
-            // Indistinguishable from absence: names of other tenants' containers stay private.
-            _ => Err(StoreError::NotFound(format!(
-                "container {name} does not exist"
-            ))),
+        let missing = || StoreError::NotFound(format!("container {name} does not exist"));
+        let (group, bare) = name.split();
+        if let Some(group) = group {
+            return match self.catalog.container(&group, &bare)? {
+                Some(rec) if user.may_use(&rec.group) => Ok(rec),
+                _ => Err(missing()),
+            };
+        }
+        let mut visible: Vec<ContainerRecord> = self
+            .catalog
+            .containers_named(&bare)?
+            .into_iter()
+            .filter(|rec| user.may_use(&rec.group))
+            .collect();
+        match visible.len() {
+            0 => Err(missing()),
+            1 => Ok(visible.remove(0)),
+            _ => {
+                let groups: Vec<String> = visible.iter().map(|r| r.group.to_string()).collect();
+                Err(StoreError::Invalid(format!(
+                    "container {bare} exists in storage groups {}: say which, as GROUP/{bare}",
+                    groups.join(", ")
+                )))
+            }
         }
     }
 
@@ -82,7 +113,8 @@ impl Store {
                 "container {name} has images being written"
             )));
         }
-        self.catalog.remove_empty_container(name, rec.id)
+        self.catalog
+            .remove_empty_container(&rec.group, &name.split().1, rec.id)
     }
 
     pub fn image_list(

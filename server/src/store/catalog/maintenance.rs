@@ -49,14 +49,21 @@ impl Catalog {
         Ok(out)
     }
 
-    /// image id -> "container/image", for reports.
+    /// image id -> "container/image" ("group/container/image" outside the
+    /// default group), for reports.
     pub fn image_names(&self) -> Result<HashMap<u64, String>> {
         let tx = self.db.begin_read()?;
         let mut containers = HashMap::new();
         for row in tx.open_table(CONTAINERS)?.iter()? {
             let (k, v) = row?;
             let c: ContainerRecord = decode("container", v.value())?;
-            containers.insert(c.id, k.value().to_string());
+            let (group, name) = k.value();
+            let shown = if group == crate::store::DEFAULT_GROUP {
+                name.to_string()
+            } else {
+                format!("{group}/{name}")
+            };
+            containers.insert(c.id, shown);
         }
         let mut out = HashMap::new();
         for row in tx.open_table(IMAGES)?.iter()? {

@@ -22,8 +22,12 @@ use super::{Result, StoreError};
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Storage group name -> [`GroupRecord`].
 pub const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
-/// Container name -> [`ContainerRecord`].
-pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// (storage group name, container name) -> [`ContainerRecord`]: names are
+/// per group, so two tenants may both have `nightly`.
+pub const CONTAINERS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("group_containers");
+/// Format 1's container table (container name -> record), migrated at open.
+const CONTAINERS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 /// (container id, image name) -> [`ImageRecord`].
 pub const IMAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("images");
 /// (image id, offset of the chunk in the image) -> chunk id (32) | u32 LE length.
@@ -33,7 +37,8 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 /// User name -> [`UserRecord`].
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
-const FORMAT_VERSION: u64 = 1;
+/// 2: container names per storage group (format 1 had one namespace).
+const FORMAT_VERSION: u64 = 2;
 
 mod maintenance;
 mod overlay;
@@ -95,6 +100,10 @@ impl Catalog {
             db,
             read_only: Some(why),
         };
+        // An older format is migrated in the overlay: in memory only.
+        if catalog.format()? == Some(1) {
+            catalog.migrate_from_1(catalog.db.begin_write()?)?;
+        }
         catalog.check_format()?;
         Ok(catalog)
     }
@@ -107,14 +116,17 @@ impl Catalog {
         Ok(self.db.begin_write()?)
     }
 
-    fn check_format(&self) -> Result<()> {
+    fn format(&self) -> Result<Option<u64>> {
         let tx = self.db.begin_read()?;
-        let format = match tx.open_table(META) {
-            Ok(meta) => meta.get("format")?.map(|v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match format {
+        match tx.open_table(META) {
+            Ok(meta) => Ok(meta.get("format")?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_format(&self) -> Result<()> {
+        match self.format()? {
             Some(FORMAT_VERSION) => Ok(()),
             None => Err(StoreError::Corrupt(
                 "the catalog has no format version".into(),
@@ -126,8 +138,10 @@ impl Catalog {
     fn init(&self) -> Result<()> {
         // An existing catalog is only read: a start on a full disk must not
         // need to write (the tables come with the format version).
-        if self.check_format().is_ok() {
-            return Ok(());
+        match self.format()? {
+            Some(FORMAT_VERSION) => return Ok(()),
+            Some(1) => return self.migrate_from_1(self.begin_write()?),
+            _ => {}
         }
         let tx = self.begin_write()?;
         {
@@ -140,7 +154,8 @@ impl Catalog {
                 Some(FORMAT_VERSION) => {}
                 Some(other) => return Err(unsupported_format(other)),
             }
-            for t in [CONTAINERS, USERS, GROUPS] {
+            tx.open_table(CONTAINERS)?;
+            for t in [USERS, GROUPS] {
                 tx.open_table(t)?;
             }
             tx.open_table(IMAGES)?;
@@ -148,6 +163,27 @@ impl Catalog {
             tx.open_table(CHUNKS)?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Format 1 -> 2: container names move under their storage group, in
+    /// one transaction (a crash leaves format 1, migrated again next time).
+    fn migrate_from_1(&self, tx: redb::WriteTransaction) -> Result<()> {
+        {
+            let old = tx.open_table(CONTAINERS_V1)?;
+            let mut new = tx.open_table(CONTAINERS)?;
+            for row in old.iter()? {
+                let (name, v) = row?;
+                let rec: ContainerRecord = decode("container", v.value())?;
+                new.insert((rec.group.as_str(), name.value()), v.value())?;
+            }
+        }
+        tx.delete_table(CONTAINERS_V1)?;
+        tx.open_table(META)?.insert("format", FORMAT_VERSION)?;
+        tx.commit()?;
+        tracing::info!(
+            "catalog migrated to format {FORMAT_VERSION}: container names per storage group"
+        );
         Ok(())
     }
 
@@ -251,10 +287,29 @@ impl Catalog {
 
     // ---- containers ----------------------------------------------------------
 
-    pub fn container(&self, name: &ContainerName) -> Result<Option<ContainerRecord>> {
+    /// The container `name` of storage group `group`.
+    pub fn container(
+        &self,
+        group: &GroupName,
+        name: &ContainerName,
+    ) -> Result<Option<ContainerRecord>> {
         let t = self.db.begin_read()?.open_table(CONTAINERS)?;
-        let found = t.get(name.as_str())?;
+        let found = t.get((group.as_str(), name.as_str()))?;
         found.map(|v| decode("container", v.value())).transpose()
+    }
+
+    /// Every container called `name`, in whichever storage group.
+    pub fn containers_named(&self, name: &ContainerName) -> Result<Vec<ContainerRecord>> {
+        let tx = self.db.begin_read()?;
+        let containers = tx.open_table(CONTAINERS)?;
+        let mut out = Vec::new();
+        for row in tx.open_table(GROUPS)?.iter()? {
+            let (group, _) = row?;
+            if let Some(v) = containers.get((group.value(), name.as_str()))? {
+                out.push(decode("container", v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Every container with its record, its image count and logical bytes.
@@ -264,7 +319,8 @@ impl Catalog {
         let images = tx.open_table(IMAGES)?;
         let mut out = Vec::new();
         for row in containers.iter()? {
-            let (name, v) = row?;
+            let (key, v) = row?;
+            let name = key.value().1;
             let rec: ContainerRecord = decode("container", v.value())?;
             let (mut count, mut bytes) = (0, 0);
             for img in images.range((rec.id, "")..(rec.id + 1, ""))? {
@@ -272,29 +328,30 @@ impl Catalog {
                 count += 1;
                 bytes += decode::<ImageRecord>("image", v.value())?.size;
             }
-            let name =
-                ContainerName::new(name.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let name = ContainerName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push((name, rec, count, bytes));
         }
         Ok(out)
     }
 
-    /// Records a new container; `make` builds its record from the new id.
+    /// Records a new container in `group`; `make` builds its record from the new id.
     pub fn insert_container(
         &self,
+        group: &GroupName,
         name: &ContainerName,
         make: impl FnOnce(u64) -> ContainerRecord,
     ) -> Result<ContainerRecord> {
         let tx = self.begin_write()?;
         let rec = {
             let mut t = tx.open_table(CONTAINERS)?;
-            if t.get(name.as_str())?.is_some() {
+            let key = (group.as_str(), name.as_str());
+            if t.get(key)?.is_some() {
                 return Err(StoreError::AlreadyExists(format!(
-                    "container {name} already exists"
+                    "container {name} already exists in storage group {group}"
                 )));
             }
             let rec = make(next_counter(&tx, "next_container")?);
-            t.insert(name.as_str(), encode(&rec)?.as_slice())?;
+            t.insert(key, encode(&rec)?.as_slice())?;
             rec
         };
         tx.commit()?;
@@ -302,7 +359,12 @@ impl Catalog {
     }
 
     /// Removes a container that holds no image.
-    pub fn remove_empty_container(&self, name: &ContainerName, id: u64) -> Result<()> {
+    pub fn remove_empty_container(
+        &self,
+        group: &GroupName,
+        name: &ContainerName,
+        id: u64,
+    ) -> Result<()> {
         let tx = self.begin_write()?;
         {
             let images = tx.open_table(IMAGES)?;
@@ -312,7 +374,8 @@ impl Catalog {
                     "container {name} still holds {n} images; delete them first"
                 )));
             }
-            tx.open_table(CONTAINERS)?.remove(name.as_str())?;
+            tx.open_table(CONTAINERS)?
+                .remove((group.as_str(), name.as_str()))?;
         }
         tx.commit()?;
         Ok(())
@@ -481,4 +544,68 @@ fn unsupported_format(found: u64) -> StoreError {
     StoreError::Invalid(format!(
         "catalog format {found} is not supported by this ternd (it reads format {FORMAT_VERSION})"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A format-1 catalog: one container namespace.
+    fn format_1_catalog(path: &Path) {
+        let db = Database::create(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            tx.open_table(META).unwrap().insert("format", 1).unwrap();
+            let rec = ContainerRecord {
+                id: 7,
+                group: GroupName::new("acme").unwrap(),
+                chunking: Default::default(),
+                zstd_level: 1,
+                stream_limit: 0,
+                created: 1,
+            };
+            tx.open_table(CONTAINERS_V1)
+                .unwrap()
+                .insert("nightly", encode(&rec).unwrap().as_slice())
+                .unwrap();
+            let group = encode(&GroupRecord { id: 2 }).unwrap();
+            tx.open_table(GROUPS)
+                .unwrap()
+                .insert("acme", group.as_slice())
+                .unwrap();
+            for t in [USERS] {
+                tx.open_table(t).unwrap();
+            }
+            tx.open_table(IMAGES).unwrap();
+            tx.open_table(RECIPES).unwrap();
+            tx.open_table(CHUNKS).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn format_1_containers_move_under_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        format_1_catalog(&path);
+        let nightly = ContainerName::new("nightly").unwrap();
+        let acme = GroupName::new("acme").unwrap();
+
+        // Read-only: migrated in memory, the file untouched.
+        let before = std::fs::read(&path).unwrap();
+        let ro = Catalog::open_read_only(&path, "test").unwrap();
+        assert_eq!(ro.container(&acme, &nightly).unwrap().unwrap().id, 7);
+        drop(ro);
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "a read-only open wrote"
+        );
+
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.format().unwrap(), Some(FORMAT_VERSION));
+        assert_eq!(c.container(&acme, &nightly).unwrap().unwrap().id, 7);
+        assert_eq!(c.containers_named(&nightly).unwrap().len(), 1);
+        let other = GroupName::new("globex").unwrap();
+        assert!(c.container(&other, &nightly).unwrap().is_none());
+    }
 }
