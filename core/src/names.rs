@@ -131,7 +131,8 @@ macro_rules! name_type {
 
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // pad, not write_str: a table row may ask for a width.
+                f.pad(&self.0)
             }
         }
 
@@ -199,6 +200,11 @@ mod tests {
         }
         assert!(ImageName::new("nightly-2026.11.22").is_ok());
         assert!(ImageName::new("x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn names_honour_a_width() {
+        assert_eq!(format!("{:<6}|", ImageName::new("ab").unwrap()), "ab    |");
     }
 
     #[test]

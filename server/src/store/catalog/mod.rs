@@ -573,9 +573,7 @@ mod tests {
                 .unwrap()
                 .insert("acme", group.as_slice())
                 .unwrap();
-            for t in [USERS] {
-                tx.open_table(t).unwrap();
-            }
+            tx.open_table(USERS).unwrap();
             tx.open_table(IMAGES).unwrap();
             tx.open_table(RECIPES).unwrap();
             tx.open_table(CHUNKS).unwrap();
