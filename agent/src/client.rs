@@ -189,6 +189,7 @@ impl Client {
                 memory: opts.cache_memory,
                 disk: opts.cache_disk,
                 spill_dir: opts.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+                budget: None,
             },
         };
         let (conn, seen) = Conn::open(&address, &session)?;

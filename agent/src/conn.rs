@@ -436,8 +436,40 @@ impl Conn {
     }
 }
 
+/// How long closing a client waits for the server to take its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+
+impl Conn {
+    /// Tells the server the session is over, so that it frees the session's
+    /// caches and stream slots at once rather than after the grace period.
+    /// Waits at most [`GOODBYE_WAIT`], and not at all without a connection
+    /// (an outage is no time to wait: the grace period ends the session).
+    fn goodbye(&self) {
+        if self.session.live_connections() == 0 || lock(&self.closed).is_some() {
+            return;
+        }
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (stx, mut srx) = mpsc::unbounded_channel();
+        lock(&self.routes).insert(req, stx);
+        // Not blocking_send: a client may be dropped inside an async runtime.
+        if self.tx.try_send((req, Msg::Goodbye, Vec::new())).is_ok() {
+            let deadline = Instant::now() + GOODBYE_WAIT;
+            while Instant::now() < deadline {
+                match srx.try_recv() {
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => break,
+                }
+            }
+        }
+        lock(&self.routes).remove(&req);
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.goodbye();
         self.session.close("the client closed the session");
     }
 }

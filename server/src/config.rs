@@ -41,6 +41,11 @@ session_cache_bytes = 67108864
 session_spill_bytes = 1073741824
 session_spill_dir = "spill"
 
+# Spill files of all sessions together, and of one user's sessions: a client
+# that never acknowledges what it asked for cannot fill the disk.
+spill_bytes_total = 8589934592
+spill_bytes_per_user = 2147483648
+
 # Connections open at once, in all and from one address. Past them a new
 # connection is closed at once. ternd raises its file-descriptor limit as far
 # as the system allows and keeps 64 of them in reserve (the control socket,
@@ -67,6 +72,8 @@ pub struct Config {
     pub session_cache_bytes: usize,
     pub session_spill_bytes: u64,
     pub session_spill_dir: PathBuf,
+    pub spill_bytes_total: u64,
+    pub spill_bytes_per_user: u64,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
     pub reserved_space_bytes: u64,
@@ -85,6 +92,8 @@ impl Default for Config {
             session_cache_bytes: defaults::SESSION_CACHE_MEMORY,
             session_spill_bytes: defaults::SESSION_CACHE_DISK,
             session_spill_dir: "spill".into(),
+            spill_bytes_total: 8 << 30,
+            spill_bytes_per_user: 2 << 30,
             max_connections: 1024,
             max_connections_per_address: 64,
             reserved_space_bytes: crate::store::DEFAULT_RESERVE,

@@ -57,6 +57,11 @@ impl Sessions {
         })
     }
 
+    /// Sessions alive now (logged in or not).
+    pub fn count(&self) -> usize {
+        self.live().len()
+    }
+
     fn live(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Registered>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,6 +184,7 @@ async fn start<S>(
         writers: HashMap::new(),
         readers: HashMap::new(),
         next_handle: 1,
+        sessions: sessions.clone(),
     };
     tokio::spawn(run_session(handler, rx, deadline, sessions, peer));
     let why = s.run_connection(stream, Some(hello), None).await;
@@ -283,6 +289,8 @@ pub struct SessionHandler {
     pub writers: HashMap<Handle, WriterId>,
     pub readers: HashMap<Handle, ReadableImage>,
     next_handle: Handle,
+    /// Every session of the server, for the statistics.
+    pub sessions: Arc<Sessions>,
 }
 
 impl SessionHandler {
@@ -301,6 +309,13 @@ impl SessionHandler {
     /// Handles one frame and answers it; a protocol error ends the session.
     async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
         let req = frame.env.req;
+        if matches!(frame.env.msg, Msg::Goodbye) {
+            // Its images go before the answer: once the client has it, the
+            // stream slots are free.
+            self.abort_all();
+            self.send(req, Msg::Ok, Vec::new()).await?;
+            return Err(Fatal("the client said goodbye".into()));
+        }
         let outcome = requests::dispatch(self, req, frame.env.msg, frame.payload).await;
         match outcome {
             Ok(Some(reply)) => self.send(req, reply, Vec::new()).await,
@@ -328,6 +343,7 @@ impl SessionHandler {
     /// The handshake is over: the peer may send full-size frames.
     pub fn logged_in_as(&mut self, user: User) {
         self.session.trust();
+        self.session.spill_as(user.name.as_str());
         self.phase = Phase::Ready(user);
     }
 

@@ -369,20 +369,24 @@ fn stats(cli: &Cli) -> Result<()> {
             "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
             "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
             "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
+            "spill_bytes": s.spill_bytes, "sessions": s.sessions,
             "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
         }),
         &format!(
             "containers          {}\nimages              {}\nlogical             {}\n\
              unique chunks       {}\nunique (deduped)    {}\nstored (compressed) {}\n\
              pack files          {}\ndedup ratio         {dedup:.2}\n\
-             compression ratio   {compression:.2}\ntotal reduction     {reduction:.2}",
+             compression ratio   {compression:.2}\ntotal reduction     {reduction:.2}\n\
+             session spill files {}\nsessions            {}",
             s.containers,
             s.images,
             human_bytes(s.logical_bytes),
             s.unique_chunks,
             human_bytes(s.unique_bytes),
             human_bytes(s.stored_bytes),
-            human_bytes(s.pack_bytes)
+            human_bytes(s.pack_bytes),
+            human_bytes(s.spill_bytes),
+            s.sessions
         ),
     );
     Ok(())

@@ -113,6 +113,10 @@ pub enum Msg {
     },
     /// Asks for a `Pong` (a round trip; its payload is ignored).
     Ping,
+    /// The client is done: the server answers `Ok` and ends the session at
+    /// once (aborting its unfinished images, freeing its caches and stream
+    /// slots) instead of keeping it for the grace period.
+    Goodbye,
     /// The answer to `Ping`.
     Pong,
     /// Success with nothing to report.
@@ -455,6 +459,15 @@ pub struct StoreStats {
     pub stored_bytes: u64,
     /// Bytes of pack files on disk, including space GC has yet to reclaim.
     pub pack_bytes: u64,
+    /// Bytes in session spill files (unacknowledged frames past the memory
+    /// cache): every session's for an admin, the user's own otherwise.
+    #[serde(default)]
+    pub spill_bytes: u64,
+    /// Sessions alive on the server (for an admin; 0 for other users). A
+    /// client that closes says goodbye and its session ends at once; one that
+    /// vanishes counts until its grace period ends.
+    #[serde(default)]
+    pub sessions: u64,
 }
 
 #[cfg(test)]

@@ -565,6 +565,10 @@ fn run_server(
         memory: cfg.session_cache_bytes,
         disk: cfg.session_spill_bytes,
         spill_dir: data.join(&cfg.session_spill_dir),
+        budget: Some(tern_core::session::SpillBudget::new(
+            cfg.spill_bytes_total,
+            cfg.spill_bytes_per_user,
+        )),
     };
     let grace = std::time::Duration::from_secs(cfg.grace_period_secs);
     let limits = listen::ConnectionLimits {

@@ -66,9 +66,22 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| store.user_update(&name, groups, admin))?;
             Msg::Ok
         }
-        Msg::StatsGet => Msg::Stats {
-            stats: blocking(|| store.stats(&user))?,
-        },
+        Msg::StatsGet => {
+            let mut stats = blocking(|| store.stats(&user))?;
+            if user.admin {
+                stats.sessions = h.sessions.count() as u64;
+            }
+            if let Some(budget) = &h.sessions.cache.budget {
+                let (total, by_user) = budget.usage();
+                stats.spill_bytes = if user.admin {
+                    total
+                } else {
+                    let mine = by_user.iter().find(|(u, _)| *u == user.name.as_str());
+                    mine.map_or(0, |(_, n)| *n)
+                };
+            }
+            Msg::Stats { stats }
+        }
         other => {
             return refuse(
                 ErrorKind::Protocol,

@@ -23,6 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod spill;
+
+pub use spill::SpillBudget;
+use spill::{Payer, Spill};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
@@ -40,6 +44,9 @@ pub struct CacheLimits {
     /// Where the spill file goes. It is unlinked as soon as it is created, so
     /// nothing is left behind by a crash.
     pub spill_dir: PathBuf,
+    /// Spill space shared with other sessions (a server's), charged to the
+    /// user the session is trusted as; without a user, nothing is spilled.
+    pub budget: Option<Arc<SpillBudget>>,
 }
 
 impl CacheLimits {
@@ -49,6 +56,7 @@ impl CacheLimits {
             memory,
             disk: 0,
             spill_dir: PathBuf::new(),
+            budget: None,
         }
     }
 }
@@ -64,17 +72,6 @@ const SPILL_BOOKKEEPING_MIN: usize = 1 << 20;
 /// Most frames an untrusted peer may send ahead of the next in order: with
 /// [`FrameLimits::BEFORE_LOGIN`] at most a few hundred KiB, decoded.
 pub const UNTRUSTED_REORDER: usize = 8;
-
-/// Forgets `n` spilled frames (acknowledged, or a reservation that failed).
-fn release_spill(st: &mut State, n: usize) {
-    if let Some(spill) = st.spill.as_mut() {
-        spill.live -= n;
-        if n > 0 && spill.live == 0 {
-            // Nothing spilled is waiting any more: start the file over.
-            spill.end = 0;
-        }
-    }
-}
 
 /// Where a cached frame's payload is.
 #[derive(Debug)]
@@ -105,16 +102,6 @@ impl Outgoing {
             Payload::Spilled { .. } => FRAME_OVERHEAD,
         }
     }
-}
-
-/// The spill file of one session: appended to while frames are spilled, and
-/// written from the start again whenever no spilled frame is left
-/// unacknowledged (it is not truncated: it stays at its high-water mark, at
-/// most the disk limit, until the session ends and the unlinked file goes).
-struct Spill {
-    file: Arc<File>,
-    end: u64,
-    live: usize,
 }
 
 /// Why a session or connection ended.
@@ -148,6 +135,8 @@ struct State {
     /// Set when the spill file could not be created or written: the session
     /// goes on with its memory cache only.
     spill_broken: bool,
+    /// The user charged for the spill file (see [`CacheLimits::budget`]).
+    spill_user: Option<Arc<str>>,
     received: u64,
     reorder: BTreeMap<u64, Frame>,
     reorder_bytes: usize,
@@ -197,6 +186,7 @@ impl Session {
                 cache_bytes: 0,
                 spill: None,
                 spill_broken: false,
+                spill_user: None,
                 received: 0,
                 reorder: BTreeMap::new(),
                 reorder_bytes: 0,
@@ -225,6 +215,12 @@ impl Session {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
+            // Spill space another session gives back also lets this one on.
+            let freed = self.limits.budget.as_ref().map(|b| b.freed.notified());
+            tokio::pin!(freed);
+            if let Some(f) = freed.as_mut().as_pin_mut() {
+                f.enable();
+            }
             let reserved = {
                 let mut st = lock(&self.state);
                 if let Some(why) = &st.closed {
@@ -248,7 +244,15 @@ impl Session {
             };
             let Some((file, offset)) = reserved else {
                 // Memory and spill file are full: wait for acknowledgements.
-                space.await;
+                match freed.as_mut().as_pin_mut() {
+                    Some(freed) => {
+                        tokio::select! {
+                            _ = space => {}
+                            _ = freed => {}
+                        }
+                    }
+                    None => space.await,
+                }
                 continue;
             };
             // The write runs off the async workers and outside the state
@@ -276,7 +280,9 @@ impl Session {
                         self.limits.spill_dir.display()
                     );
                     st.spill_broken = true;
-                    release_spill(&mut st, 1);
+                    if let Some(spill) = st.spill.as_mut() {
+                        spill.release(1);
+                    }
                 }
             }
         }
@@ -310,19 +316,16 @@ impl Session {
         if self.limits.disk == 0 || st.spill_broken {
             return None;
         }
-        let used = st.spill.as_ref().map_or(0, |s| s.end);
-        if used + len as u64 > self.limits.disk {
-            return None;
-        }
         if st.spill.is_none() {
-            match create_spill_file(&self.limits.spill_dir) {
-                Ok(file) => {
-                    st.spill = Some(Spill {
-                        file: Arc::new(file),
-                        end: 0,
-                        live: 0,
-                    })
-                }
+            let payer = match &self.limits.budget {
+                Some(budget) => Some(Payer {
+                    budget: budget.clone(),
+                    user: st.spill_user.clone()?,
+                }),
+                None => None,
+            };
+            match Spill::create(&self.limits.spill_dir, payer) {
+                Ok(spill) => st.spill = Some(spill),
                 Err(e) => {
                     tracing::warn!(
                         "cannot create a session spill file in {}: {e}; unacknowledged frames stay in memory",
@@ -333,25 +336,15 @@ impl Session {
                 }
             }
         }
-        let spill = st.spill.as_mut()?;
-        let offset = spill.end;
-        spill.end += len as u64;
-        // Counted from the reservation on, so the file is not started over
-        // under a write in progress.
-        spill.live += 1;
-        Some((spill.file.clone(), offset))
+        st.spill.as_mut()?.reserve(len, self.limits.disk)
     }
 
     /// Reads a spilled payload back for (re)sending.
     fn read_spilled(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let file = lock(&self.state)
-            .spill
-            .as_ref()
-            .map(|s| s.file.clone())
-            .ok_or_else(|| std::io::Error::other("the spill file is gone"))?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+        match lock(&self.state).spill.as_ref() {
+            Some(spill) => spill.read(offset, len),
+            None => Err(std::io::Error::other("the spill file is gone")),
+        }
     }
 
     /// Starts the session untrusted: frames of at most
@@ -364,6 +357,11 @@ impl Session {
     /// Lifts the limits of [`distrust`](Self::distrust).
     pub fn trust(&self) {
         self.trusted.store(true, Ordering::SeqCst);
+    }
+
+    /// Charges what this session spills to `user`'s share of the budget.
+    pub fn spill_as(&self, user: &str) {
+        lock(&self.state).spill_user = Some(user.into());
     }
 
     fn frame_limits(&self) -> FrameLimits {
@@ -451,7 +449,9 @@ impl Session {
             .values()
             .filter(|o| matches!(o.payload, Payload::Spilled { .. }))
             .count();
-        release_spill(&mut st, unspilled);
+        if let Some(spill) = st.spill.as_mut() {
+            spill.release(unspilled);
+        }
         drop(st);
         self.space.notify_waiters();
     }
@@ -731,30 +731,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<'_, R> {
     }
 }
 
-/// Creates a spill file in `dir` and unlinks it at once: only this process
-/// can reach it, and the kernel frees it when the session ends or the process dies.
-fn create_spill_file(dir: &std::path::Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let path = dir.join(format!(
-        ".tern-spill-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
-}
-
 async fn write_frame<W: AsyncWrite + Unpin>(
     wr: &mut W,
     env: Envelope,
@@ -934,6 +910,7 @@ mod tests {
             memory: 10_000,
             disk: 200_000,
             spill_dir: dir.path().to_path_buf(),
+            budget: None,
         };
         let (a_in, _a_rx) = mpsc::channel(1024);
         let (b_in, mut b_rx) = mpsc::channel(1024);
