@@ -1,0 +1,123 @@
+//! The fuzz corpus (`fuzz/corpus/<target>/`) starts from real inputs, so the
+//! fuzzers begin past the first bytes of each format. This test checks that the
+//! committed seeds are still what they are meant to be (a format change that
+//! leaves them stale fails here); `TERN_WRITE_FUZZ_SEEDS=1` writes them anew.
+
+use std::path::PathBuf;
+
+use tern_core::names::UserName;
+use tern_core::wire::{Envelope, Frame, Msg, Password, PROTOCOL_MAX};
+use tern_core::{ChunkId, Codec};
+
+fn corpus(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn bytes(seq: u64, ack: u64, msg: Msg, payload: &[u8]) -> Vec<u8> {
+    let env = Envelope {
+        seq,
+        ack,
+        req: seq,
+        msg,
+    };
+    let mut out = Frame::new(env, payload.to_vec()).encode_head().unwrap();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn hello() -> Vec<u8> {
+    let msg = Msg::Hello {
+        min_version: 1,
+        max_version: PROTOCOL_MAX,
+        features: vec!["multiconnect".into()],
+        agent: "seed".into(),
+    };
+    bytes(1, 0, msg, b"")
+}
+
+fn login() -> Vec<u8> {
+    let msg = Msg::Login {
+        user: UserName::new("admin").unwrap(),
+        password: Password::new("not-the-password"),
+    };
+    bytes(2, 0, msg, b"")
+}
+
+fn join() -> Vec<u8> {
+    let msg = Msg::Join {
+        session: vec![7; 32],
+        received: 3,
+    };
+    bytes(0, 0, msg, b"")
+}
+
+/// Every seed: (target, file name, contents).
+fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let ping = |seq, ack| bytes(seq, ack, Msg::Ping, b"payload");
+    let ack = |n| bytes(0, n, Msg::Ack, b"");
+    let chunk = b"a chunk of plain text, a chunk of plain text".to_vec();
+    let zstd = zstd::bulk::compress(&chunk, 1).unwrap();
+    let mut codec_raw = (chunk.len() as u32).to_le_bytes().to_vec();
+    codec_raw.push(0);
+    codec_raw.extend_from_slice(&chunk);
+    let mut codec_zstd = (chunk.len() as u32).to_le_bytes().to_vec();
+    codec_zstd.push(1);
+    codec_zstd.extend_from_slice(&zstd);
+    vec![
+        ("frame", "hello", hello()),
+        ("frame", "login", login()),
+        ("frame", "join", join()),
+        ("frame", "pings", [ping(1, 0), ping(2, 1)].concat()),
+        ("handshake", "hello-login", [hello(), login()].concat()),
+        ("handshake", "join", join()),
+        ("handshake", "hello-ping-early", [hello(), ping(3, 0), ping(2, 0)].concat()),
+        ("session", "trusted-in-order", [vec![1], ping(1, 0), ack(0), ping(2, 0)].concat()),
+        ("session", "untrusted-reordered", [vec![0], ping(3, 0), ping(1, 0), ping(2, 0)].concat()),
+        ("session", "join-ack", [vec![1], join(), ack(5)].concat()),
+        ("codec", "raw", codec_raw),
+        ("codec", "zstd", codec_zstd),
+        ("pack", "two-chunks", pack_with(&[b"first chunk", b"second"])),
+    ]
+}
+
+/// A finished pack of these chunks, as ternd writes it.
+fn pack_with(chunks: &[&[u8]]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = tern_server::store::pack::PackWriter::create(dir.path(), 1).unwrap();
+    for c in chunks {
+        w.append(&ChunkId::of(c), Codec::Raw, c.len() as u32, c)
+            .unwrap();
+    }
+    std::fs::read(w.finish().unwrap()).unwrap()
+}
+
+#[test]
+fn the_fuzz_seeds_are_current() {
+    let write = std::env::var_os("TERN_WRITE_FUZZ_SEEDS").is_some();
+    for (target, name, contents) in seeds() {
+        let path = corpus(target).join(name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &contents).unwrap();
+            continue;
+        }
+        let committed = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (TERN_WRITE_FUZZ_SEEDS=1 writes it)", path.display()));
+        assert!(
+            committed == contents,
+            "{} is stale: the format changed; TERN_WRITE_FUZZ_SEEDS=1 cargo test -p tern-tests \
+             --test fuzz_seeds rewrites it",
+            path.display()
+        );
+    }
+    // What the frame seeds hold decodes, frame by frame, to the end.
+    for (_, _, contents) in seeds().into_iter().filter(|s| s.0 == "frame") {
+        let mut rest = contents.as_slice();
+        while !rest.is_empty() {
+            let (_, used) = Frame::decode(rest).unwrap();
+            rest = &rest[used..];
+        }
+    }
+}
