@@ -14,10 +14,17 @@
  *
  * Threads
  * - A tern_client may be shared by any number of threads; every function
- *   taking a tern_client* is safe to call concurrently. A DMA writes several
- *   images at once by creating one tern_image per stream, on its own thread.
+ *   taking a tern_client* is safe to call concurrently, except
+ *   tern_client_free: free a client only once no other thread uses it or
+ *   will (freeing a handle another thread is using is undefined behaviour).
+ *   Its images may outlive it; the session ends (the server is told goodbye
+ *   and frees it at once) when the client and all its images are freed.
+ *   A DMA writes several images at once by
+ *   creating one tern_image per stream, on its own thread.
  * - A tern_image belongs to one thread at a time. Concurrent calls on the same
- *   image are serialized (never undefined behaviour) but their order is not.
+ *   image are serialized (never undefined behaviour) but their order is not;
+ *   tern_image_free is the exception, as for clients: no other thread may
+ *   use the image during or after it.
  * - tern_last_error() is per thread.
  */
 
