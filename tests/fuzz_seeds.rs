@@ -72,13 +72,29 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("frame", "pings", [ping(1, 0), ping(2, 1)].concat()),
         ("handshake", "hello-login", [hello(), login()].concat()),
         ("handshake", "join", join()),
-        ("handshake", "hello-ping-early", [hello(), ping(3, 0), ping(2, 0)].concat()),
-        ("session", "trusted-in-order", [vec![1], ping(1, 0), ack(0), ping(2, 0)].concat()),
-        ("session", "untrusted-reordered", [vec![0], ping(3, 0), ping(1, 0), ping(2, 0)].concat()),
+        (
+            "handshake",
+            "hello-ping-early",
+            [hello(), ping(3, 0), ping(2, 0)].concat(),
+        ),
+        (
+            "session",
+            "trusted-in-order",
+            [vec![1], ping(1, 0), ack(0), ping(2, 0)].concat(),
+        ),
+        (
+            "session",
+            "untrusted-reordered",
+            [vec![0], ping(3, 0), ping(1, 0), ping(2, 0)].concat(),
+        ),
         ("session", "join-ack", [vec![1], join(), ack(5)].concat()),
         ("codec", "raw", codec_raw),
         ("codec", "zstd", codec_zstd),
-        ("pack", "two-chunks", pack_with(&[b"first chunk", b"second"])),
+        (
+            "pack",
+            "two-chunks",
+            pack_with(&[b"first chunk", b"second"]),
+        ),
     ]
 }
 
@@ -103,8 +119,12 @@ fn the_fuzz_seeds_are_current() {
             std::fs::write(&path, &contents).unwrap();
             continue;
         }
-        let committed = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (TERN_WRITE_FUZZ_SEEDS=1 writes it)", path.display()));
+        let committed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (TERN_WRITE_FUZZ_SEEDS=1 writes it)",
+                path.display()
+            )
+        });
         assert!(
             committed == contents,
             "{} is stale: the format changed; TERN_WRITE_FUZZ_SEEDS=1 cargo test -p tern-tests \

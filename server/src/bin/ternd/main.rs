@@ -1,0 +1,165 @@
+//! `ternd`: run and administer a tern server.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tern_server::certs::{self, CertPaths};
+use tern_server::config::Config;
+
+mod offline;
+mod serve;
+
+use offline::{fsck, fsck_repair, gc, user};
+use serve::serve;
+
+#[derive(Parser)]
+#[command(
+    name = "ternd",
+    version,
+    about = "The tern deduplicating backup target"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (initializing the data directory on first start).
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// TLS listen address (default from the config: 0.0.0.0:9443).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Plaintext listen address; loopback only.
+        #[arg(long)]
+        plain_listen: Option<SocketAddr>,
+        /// Configuration file (default: DATA/ternd.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Secure Connect grace period in seconds (overrides the config).
+        #[arg(long)]
+        grace_period: Option<u64>,
+    },
+    /// Print the server certificate's fingerprint.
+    Fingerprint {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Reclaim space of deleted images (through the running server if there is one).
+    Gc {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify every pack, index entry and recipe, changing nothing; exits 1 on damage.
+    Fsck {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        json: bool,
+        /// Repair a stopped store: keep every intact chunk, drop damaged ones,
+        /// and list each change.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Manage users (on a stopped server).
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UserCmd {
+    /// Add a user (an existing one is an error); the password comes from
+    /// TERN_PASSWORD or stdin.
+    Add {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        /// Storage groups the user may use (default: "default").
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Set a user's password, from TERN_PASSWORD or stdin; groups and rights stay.
+    Passwd {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+    },
+    /// Change a user's storage groups and admin right.
+    Set {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+        /// The storage groups the user may use (replaces the list).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Make the user an admin.
+        #[arg(long, conflicts_with = "no_admin")]
+        admin: bool,
+        /// Take the admin right away.
+        #[arg(long)]
+        no_admin: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataArg {
+    /// Data directory.
+    #[arg(long, env = "TERND_DATA", default_value = "ternd-data")]
+    data: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // Not eprintln: on a full disk stderr may be a file that cannot grow.
+        let _ = writeln!(std::io::stderr(), "ternd: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            data,
+            listen,
+            plain_listen,
+            config,
+            grace_period,
+        } => serve(&data.data, listen, plain_listen, config, grace_period),
+        Cmd::Fingerprint { data } => {
+            let cfg = Config::load(&data.data.join("ternd.toml"))?;
+            println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
+            Ok(())
+        }
+        Cmd::Gc { data, json } => gc(&data.data, json),
+        Cmd::Fsck {
+            data,
+            json,
+            repair: false,
+        } => fsck(&data.data, json),
+        Cmd::Fsck {
+            data,
+            json,
+            repair: true,
+        } => fsck_repair(&data.data, json),
+        Cmd::User { cmd } => user(cmd),
+    }
+}
+
+pub(crate) fn cert_paths(data: &Path, cfg: &Config) -> CertPaths {
+    CertPaths {
+        cert: data.join(&cfg.cert),
+        key: data.join(&cfg.key),
+    }
+}

@@ -1,0 +1,229 @@
+//! The commands that work on a data directory: gc, fsck (and --repair), user;
+//! through the running server where one is up, else on the stopped store.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use tern_core::names::{GroupName, UserName};
+use tern_server::control;
+use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
+
+use super::UserCmd;
+
+/// `ternd gc`: through the running server if there is one.
+pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
+    let report = match control::request(data, "gc")? {
+        Some(v) => v,
+        None => serde_json::to_value(open_store(data)?.gc()?)?,
+    };
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "removed {} chunks; {} packs deleted, {} rewritten; packs {} -> {} bytes",
+            report["chunks_removed"],
+            report["packs_deleted"],
+            report["packs_rewritten"],
+            report["bytes_before"],
+            report["bytes_after"]
+        );
+        if let Some(why) = report["stopped"].as_str() {
+            println!("gc stopped early: {why}");
+        }
+    }
+    Ok(())
+}
+
+/// `ternd fsck`: exits 1 when anything is damaged. A stopped store is opened
+/// read-only: not a byte of it changes.
+pub(crate) fn fsck(data: &Path, json: bool) -> Result<()> {
+    let report = match control::request(data, "fsck")? {
+        Some(v) => v,
+        None => {
+            require_data_dir(data)?;
+            let store = Store::open_read_only(data, "opened by fsck").map_err(in_use)?;
+            serde_json::to_value(store.fsck()?)?
+        }
+    };
+    if json {
+        println!("{report}");
+    } else {
+        print_fsck(&report, "damaged");
+    }
+    if !strings(&report["damage"]).is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `ternd fsck --repair` on a stopped server: checks, says what it will do,
+/// repairs, checks again; exits 1 if damage remains (images that lost chunks).
+pub(crate) fn fsck_repair(data: &Path, json: bool) -> Result<()> {
+    require_data_dir(data)?;
+    let store = Store::open_for_repair(data).map_err(in_use)?;
+    let before = serde_json::to_value(store.fsck()?)?;
+    if !json {
+        print_fsck(&before, "damaged");
+    }
+    let repair = if strings(&before["damage"]).is_empty() {
+        serde_json::Value::Null
+    } else {
+        if !json {
+            println!(
+                "repairing: every pack with damage is rewritten to list only its intact \
+                 entries (found by scanning past the damage), then the index is pointed at \
+                 intact copies, and chunks with none are removed from it; images are kept"
+            );
+        }
+        let report = store.repair()?;
+        if !json {
+            for c in &report.changes {
+                println!("repaired: {c}");
+            }
+        }
+        serde_json::to_value(report)?
+    };
+    let after = serde_json::to_value(store.fsck()?)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"before": before, "repair": repair, "after": after})
+        );
+    } else if !repair.is_null() {
+        print_fsck(&after, "still damaged");
+    }
+    if !strings(&after["damage"]).is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn print_fsck(report: &serde_json::Value, label: &str) {
+    for n in strings(&report["notes"]) {
+        println!("note: {n}");
+    }
+    let damage = strings(&report["damage"]);
+    for d in &damage {
+        println!("{label}: {d}");
+    }
+    println!(
+        "checked {} packs, {} chunks, {} images: {}",
+        report["packs"],
+        report["chunks_checked"],
+        report["images_checked"],
+        if damage.is_empty() {
+            "clean".to_string()
+        } else {
+            format!("{} problems", damage.len())
+        }
+    );
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `ternd user ...` on a stopped server.
+pub(crate) fn user(cmd: UserCmd) -> Result<()> {
+    match cmd {
+        UserCmd::Add {
+            data,
+            name,
+            admin,
+            groups,
+        } => {
+            let name = UserName::new(name)?;
+            let groups = if groups.is_empty() {
+                vec![DEFAULT_GROUP.to_string()]
+            } else {
+                groups
+            };
+            let password = read_password()?;
+            open_store(&data.data)?.user_add(&name, &password, admin, group_names(groups)?)?;
+            println!("user {name} added");
+        }
+        UserCmd::Passwd { data, name } => {
+            let name = UserName::new(name)?;
+            let password = read_password()?;
+            open_store(&data.data)?.user_passwd(&name, &password)?;
+            println!("password of {name} set");
+        }
+        UserCmd::Set {
+            data,
+            name,
+            groups,
+            admin,
+            no_admin,
+        } => {
+            let name = UserName::new(name)?;
+            let groups = (!groups.is_empty())
+                .then(|| group_names(groups))
+                .transpose()?;
+            let admin = match (admin, no_admin) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            if groups.is_none() && admin.is_none() {
+                bail!("nothing to change: give --group, --admin or --no-admin");
+            }
+            open_store(&data.data)?.user_update(&name, groups, admin)?;
+            println!("user {name} changed");
+        }
+    }
+    Ok(())
+}
+
+fn group_names(groups: Vec<String>) -> Result<Vec<GroupName>> {
+    Ok(groups
+        .into_iter()
+        .map(GroupName::new)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn require_data_dir(data: &Path) -> Result<()> {
+    if !data.join("catalog.redb").exists() {
+        bail!(
+            "{} is not a ternd data directory (no catalog.redb)",
+            data.display()
+        );
+    }
+    Ok(())
+}
+
+fn in_use(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::InUse => {
+            anyhow::anyhow!("the data directory is in use by a running ternd; stop it first")
+        }
+        e => anyhow::Error::from(e),
+    }
+}
+
+fn open_store(data: &Path) -> Result<Store> {
+    require_data_dir(data)?;
+    Store::open(data).map_err(in_use)
+}
+
+fn read_password() -> Result<String> {
+    if let Ok(p) = std::env::var("TERN_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut s = String::new();
+    std::io::stdin().take(4096).read_to_string(&mut s)?;
+    let p = s.lines().next().unwrap_or_default().to_string();
+    if p.is_empty() {
+        bail!("no password given: set TERN_PASSWORD or write it to stdin");
+    }
+    Ok(p)
+}
