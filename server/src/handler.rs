@@ -310,9 +310,10 @@ impl SessionHandler {
     async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
         let req = frame.env.req;
         if matches!(frame.env.msg, Msg::Goodbye) {
-            // Its images go before the answer: once the client has it, the
-            // stream slots are free.
+            // Its images and its registration go before the answer: once the
+            // client has it, the stream slots are free and the session gone.
             self.abort_all();
+            self.sessions.live().remove(&self.token);
             self.send(req, Msg::Ok, Vec::new()).await?;
             return Err(Fatal("the client said goodbye".into()));
         }
