@@ -137,6 +137,15 @@ typedef enum {
    * libtern panicked; the handle involved should be freed.
    */
   TERN_PANIC = 19,
+  /**
+   * The call was cancelled: tern_client_cancel(), or tern_image_abort()
+   * from another thread.
+   */
+  TERN_CANCELLED = 20,
+  /**
+   * The call took longer than the client's call_timeout_ms.
+   */
+  TERN_TIMEOUT = 21,
 } tern_status;
 
 /**
@@ -244,6 +253,15 @@ typedef struct {
    */
   const char *client_cert;
   const char *client_key;
+  /**
+   * The longest any one call may block, in milliseconds; 0 (the default)
+   * sets no limit of its own (a call then waits at most as long as the
+   * session lives through an outage: the grace period). Past it the call
+   * returns TERN_TIMEOUT: a call on an image loses the image (abort and
+   * free it), a call on the client leaves the client usable. Added in
+   * libtern 0.2; an older struct_size leaves it 0.
+   */
+  uint64_t call_timeout_ms;
 } tern_client_options;
 
 /**
@@ -433,6 +451,18 @@ tern_status tern_client_open(const tern_client_options *opts, tern_client **out_
 tern_status tern_client_close(tern_client *client);
 
 /**
+ * Cancels: every call in progress on the client and its images, on any
+ * thread, returns TERN_CANCELLED within a second, outage or not, and so does
+ * every later call but the _free functions. Images being written are lost.
+ * Meant for stopping a job: free the images and the client afterwards.
+ * Errors: TERN_NULL_POINTER, TERN_CLOSED.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; other threads may be in calls on it.
+ */
+tern_status tern_client_cancel(const tern_client *client);
+
+/**
  * Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
  *
  * # Safety
@@ -525,11 +555,17 @@ tern_status tern_image_write(tern_image *image, const uint8_t *buf, size_t len);
 tern_status tern_image_commit(tern_image *image, tern_image_statistics *stats);
 
 /**
- * Abandons an image being written; nothing of it becomes visible. The image
- * must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT.
+ * Abandons an image being written (nothing of it becomes visible), or stops
+ * reading one. Any thread may call it, at any time, outage or not: a call in
+ * progress on the image in another thread returns TERN_CANCELLED, and this
+ * call returns within a second, without waiting for the server (which drops
+ * the image when the notice reaches it, or when the session ends). The image
+ * must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED (committed or
+ * aborted before).
  *
  * # Safety
- * `image` is NULL or a live handle used by no other thread at the time.
+ * `image` is NULL or a live handle; another thread may be in a call on it,
+ * but none may free it during or before this call.
  */
 tern_status tern_image_abort(tern_image *image);
 

@@ -7,8 +7,13 @@ use tern_core::wire::{
 };
 use tern_core::{ContainerName, ImageName};
 
+use std::sync::Arc;
+
+use tern_core::wire::Frame;
+
 use crate::conn::Conn;
 use crate::reader::ImageReader;
+use crate::stop::{Deadline, Stop, Stops};
 use crate::writer::ImageWriter;
 use crate::{trust, ClientError};
 
@@ -51,6 +56,11 @@ pub struct ClientOptions {
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Accept a server that speaks only TLS 1.2 (TLS 1.3 otherwise).
     pub allow_tls12: bool,
+    /// The longest any one call may wait (`None`: no limit of its own; a call
+    /// then waits as long as the session lives, at most the grace period of
+    /// an outage). Past it the call fails with [`ClientError::TimedOut`]; a
+    /// call on an image loses the image, a call on the client does not.
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -72,6 +82,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("spill_dir", &self.spill_dir)
             .field("identity", &self.identity)
             .field("allow_tls12", &self.allow_tls12)
+            .field("call_timeout", &self.call_timeout)
             .finish()
     }
 }
@@ -96,6 +107,7 @@ impl ClientOptions {
             spill_dir: None,
             identity: None,
             allow_tls12: false,
+            call_timeout: None,
         }
     }
 
@@ -146,6 +158,9 @@ struct Inner {
     conn: Conn,
     admin: bool,
     mode: WriteMode,
+    /// Every live call's and image's stop, for [`Client::cancel`].
+    stops: Stops,
+    call_timeout: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -201,13 +216,14 @@ impl Client {
                 }
             }
         }
-        let answer = conn.call(
-            Msg::Login {
-                user,
-                password: Password::new(opts.password.clone()),
-            },
-            Vec::new(),
-        )?;
+        let stops = Stops::default();
+        let stop = stops.make();
+        let _limit = Deadline::arm(&conn.runtime(), &stop, opts.call_timeout);
+        let login = Msg::Login {
+            user,
+            password: Password::new(opts.password.clone()),
+        };
+        let answer = conn.call(login, Vec::new(), &stop)?;
         let admin = match answer.env.msg {
             Msg::LoggedIn { admin } => admin,
             other => return Err(unexpected(other)),
@@ -217,6 +233,8 @@ impl Client {
                 conn,
                 admin,
                 mode: opts.mode,
+                stops,
+                call_timeout: opts.call_timeout,
             }),
         })
     }
@@ -228,6 +246,30 @@ impl Client {
 
     pub(crate) fn conn(&self) -> &Conn {
         &self.inner.conn
+    }
+
+    /// A stop for one call or one image, reached by [`cancel`](Self::cancel).
+    pub(crate) fn stop(&self) -> Arc<Stop> {
+        self.inner.stops.make()
+    }
+
+    /// The client's time limit on `stop`'s call, until dropped.
+    pub(crate) fn limit(&self, stop: &Arc<Stop>) -> Deadline {
+        Deadline::arm(&self.conn().runtime(), stop, self.inner.call_timeout)
+    }
+
+    /// Sends a request and waits for its answer, within the call time limit.
+    pub(crate) fn ask(&self, msg: Msg) -> Result<Frame, ClientError> {
+        let stop = self.stop();
+        let _limit = self.limit(&stop);
+        self.conn().call(msg, Vec::new(), &stop)
+    }
+
+    /// Makes every call in progress on this client and its images, and every
+    /// later one, fail at once with [`ClientError::Cancelled`], from any
+    /// thread, outage or not. The client is done: drop it.
+    pub fn cancel(&self) {
+        self.inner.stops.cancel_all();
     }
 
     /// Bytes this client has written to the network.
@@ -243,7 +285,7 @@ impl Client {
     /// One round trip to the server.
     pub fn ping(&self) -> Result<std::time::Duration, ClientError> {
         let started = std::time::Instant::now();
-        match self.conn().call(Msg::Ping, Vec::new())?.env.msg {
+        match self.ask(Msg::Ping)?.env.msg {
             Msg::Pong => Ok(started.elapsed()),
             other => Err(unexpected(other)),
         }
@@ -256,10 +298,16 @@ impl Client {
         let payload = vec![0x5a; PIECE];
         let mut in_flight = std::collections::VecDeque::new();
         let mut sent = 0u64;
+        let stop = self.stop();
+        let _limit = self.limit(&stop);
         while sent < total || !in_flight.is_empty() {
             if sent < total && in_flight.len() < 16 {
                 let n = (total - sent).min(PIECE as u64) as usize;
-                in_flight.push_back(self.conn().request(Msg::Ping, payload[..n].to_vec())?);
+                in_flight.push_back(self.conn().request(
+                    Msg::Ping,
+                    payload[..n].to_vec(),
+                    &stop,
+                )?);
                 sent += n as u64;
             } else if let Some(mut answer) = in_flight.pop_front() {
                 answer.recv()?;
@@ -269,7 +317,7 @@ impl Client {
     }
 
     fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
-        match self.conn().call(msg, Vec::new())?.env.msg {
+        match self.ask(msg)?.env.msg {
             Msg::Ok => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -287,7 +335,7 @@ impl Client {
 
     /// The containers the user may see.
     pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
-        match self.conn().call(Msg::ContainerList, Vec::new())?.env.msg {
+        match self.ask(Msg::ContainerList)?.env.msg {
             Msg::Containers { list } => Ok(list),
             other => Err(unexpected(other)),
         }
@@ -376,18 +424,11 @@ impl Client {
     /// Lists a container's images whose names start with `prefix`.
     pub fn image_list(&self, container: &str, prefix: &str) -> Result<Vec<ImageInfo>, ClientError> {
         let container = ContainerName::new(container)?;
-        match self
-            .conn()
-            .call(
-                Msg::ImageList {
-                    container,
-                    prefix: prefix.to_string(),
-                },
-                Vec::new(),
-            )?
-            .env
-            .msg
-        {
+        let list = Msg::ImageList {
+            container,
+            prefix: prefix.to_string(),
+        };
+        match self.ask(list)?.env.msg {
             Msg::Images { list } => Ok(list),
             other => Err(unexpected(other)),
         }
@@ -402,7 +443,7 @@ impl Client {
 
     /// What the store holds, as far as the user may see.
     pub fn stats(&self) -> Result<StoreStats, ClientError> {
-        match self.conn().call(Msg::StatsGet, Vec::new())?.env.msg {
+        match self.ask(Msg::StatsGet)?.env.msg {
             Msg::Stats { stats } => Ok(stats),
             other => Err(unexpected(other)),
         }

@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::stop::Stop;
+
 use crate::identity::Identity;
 use crate::ClientError;
 
@@ -72,12 +74,32 @@ pub struct Answers {
     server: Arc<str>,
     req: u64,
     rx: mpsc::UnboundedReceiver<Frame>,
+    /// Ends the wait early (cancel, time limit).
+    stop: Arc<Stop>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Answers {
-    /// The next answer frame; an `Error` message becomes `Err`.
+    /// The next answer frame; an `Error` message becomes `Err`; a fired stop
+    /// ends the wait.
     pub fn recv(&mut self) -> Result<Frame, ClientError> {
-        match self.rx.blocking_recv() {
+        self.stop.check()?;
+        let next = match self.rx.try_recv() {
+            Ok(f) => Some(f),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let (rx, stop) = (&mut self.rx, &self.stop);
+                self.rt
+                    .block_on(async {
+                        tokio::select! {
+                            f = rx.recv() => Ok(f),
+                            _ = stop.fired() => Err(()),
+                        }
+                    })
+                    .map_err(|()| stop.check().err().unwrap_or(ClientError::Cancelled))?
+            }
+        };
+        match next {
             Some(Frame { env, payload }) => match env.msg {
                 Msg::Error { kind, message } => Err(ClientError::Server { kind, message }),
                 _ => Ok(Frame { env, payload }),
@@ -339,15 +361,14 @@ impl Conn {
             session,
             _rt: rt,
         };
-        let welcome = conn.call(
-            Msg::Hello {
-                min_version: wire::PROTOCOL_MIN,
-                max_version: wire::PROTOCOL_MAX,
-                features: wire::FEATURES.iter().map(|s| s.to_string()).collect(),
-                agent: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
-            },
-            Vec::new(),
-        )?;
+        let hello = Msg::Hello {
+            min_version: wire::PROTOCOL_MIN,
+            max_version: wire::PROTOCOL_MAX,
+            features: wire::FEATURES.iter().map(|s| s.to_string()).collect(),
+            agent: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
+        };
+        // The handshake has its own deadline on the server; nothing cancels it.
+        let welcome = conn.call(hello, Vec::new(), &Arc::new(Stop::default()))?;
         let Msg::Welcome {
             session: t,
             grace_secs,
@@ -373,8 +394,15 @@ impl Conn {
         lost(&self.server, &self.closed)
     }
 
-    /// Sends a request and returns a stream of its answers.
-    pub fn request(&self, msg: Msg, payload: Vec<u8>) -> Result<Answers, ClientError> {
+    /// Sends a request and returns a stream of its answers; `stop` ends
+    /// every wait of it early.
+    pub fn request(
+        &self,
+        msg: Msg,
+        payload: Vec<u8>,
+        stop: &Arc<Stop>,
+    ) -> Result<Answers, ClientError> {
+        stop.check()?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (stx, srx) = mpsc::unbounded_channel();
         lock(&self.routes).insert(req, stx);
@@ -384,36 +412,49 @@ impl Conn {
             server: self.server.clone(),
             req,
             rx: srx,
+            stop: stop.clone(),
+            rt: self.runtime(),
         };
         // The router clears the routes after it records why the session ended;
         // a route added after that would wait forever.
         if lock(&self.closed).is_some() {
             return Err(self.lost());
         }
-        self.tx
-            .blocking_send((req, msg, payload))
-            .map_err(|_| self.lost())?;
+        self.sender(stop).queue(req, msg, payload)?;
         Ok(answers)
     }
 
     /// Sends a request and waits for its single answer.
-    pub fn call(&self, msg: Msg, payload: Vec<u8>) -> Result<Frame, ClientError> {
-        self.request(msg, payload)?.recv()
+    pub fn call(&self, msg: Msg, payload: Vec<u8>, stop: &Arc<Stop>) -> Result<Frame, ClientError> {
+        self.request(msg, payload, stop)?.recv()
     }
 
-    /// Sends a frame that has no answer.
-    pub fn send(&self, msg: Msg, payload: Vec<u8>) -> Result<(), ClientError> {
-        self.tx
-            .blocking_send((0, msg, payload))
-            .map_err(|_| self.lost())
+    /// Queues a frame that has no answer, without waiting: a task sends it
+    /// once the queue has room (an abort during an outage must not block).
+    pub fn send_later(&self, msg: Msg) {
+        let tx = self.tx.clone();
+        if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send((0, msg, Vec::new())) {
+            self._rt.spawn(async move {
+                let _ = tx.send(frame).await;
+            });
+        }
     }
 
-    /// A handle for sending answerless frames from other threads.
-    pub fn sender(&self) -> Sender {
+    /// A handle for sending answerless frames from other threads; `stop`
+    /// ends its waits for room in the queue.
+    pub fn sender(&self, stop: &Arc<Stop>) -> Sender {
         Sender {
             tx: self.tx.clone(),
             closed: self.closed.clone(),
+            server: self.server.clone(),
+            stop: stop.clone(),
+            rt: self.runtime(),
         }
+    }
+
+    /// The runtime the connections run on.
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        self._rt.handle().clone()
     }
 
     /// Takes the errors the server reported for frames without answers.
@@ -479,16 +520,41 @@ impl Drop for Conn {
 pub struct Sender {
     tx: mpsc::Sender<Outgoing>,
     closed: Arc<Mutex<Option<String>>>,
+    server: Arc<str>,
+    stop: Arc<Stop>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Sender {
-    /// Queues a frame, waiting while the queue is full; fails once the session is gone.
-    pub fn send(&self, msg: Msg, payload: Vec<u8>) -> Result<(), String> {
-        self.tx.blocking_send((0, msg, payload)).map_err(|_| {
-            lock(&self.closed)
-                .clone()
-                .unwrap_or_else(|| "connection closed".into())
-        })
+    /// Queues a frame that has no answer, waiting while the queue is full;
+    /// fails once the session is gone or the stop fires.
+    pub fn send(&self, msg: Msg, payload: Vec<u8>) -> Result<(), ClientError> {
+        self.queue(0, msg, payload)
+    }
+
+    fn queue(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), ClientError> {
+        self.stop.check()?;
+        let frame = match self.tx.try_send((req, msg, payload)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.lost()),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        let (tx, stop) = (&self.tx, &self.stop);
+        let sent = self.rt.block_on(async {
+            tokio::select! {
+                r = tx.send(frame) => Ok(r.is_ok()),
+                _ = stop.fired() => Err(()),
+            }
+        });
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.lost()),
+            Err(()) => Err(stop.check().err().unwrap_or(ClientError::Cancelled)),
+        }
+    }
+
+    fn lost(&self) -> ClientError {
+        lost(&self.server, &self.closed)
     }
 }
 

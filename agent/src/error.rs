@@ -37,6 +37,13 @@ pub enum ClientError {
     /// Local I/O (reading a file to back up, writing a restore).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The call was cancelled ([`Client::cancel`](crate::Client::cancel), or
+    /// an abort of the image from another thread).
+    #[error("cancelled")]
+    Cancelled,
+    /// The call took longer than the client's call time limit.
+    #[error("the call took longer than its limit of {} s", .0.as_secs_f64())]
+    TimedOut(std::time::Duration),
 }
 
 impl ClientError {

@@ -27,6 +27,7 @@ mod conn;
 mod error;
 pub mod identity;
 mod reader;
+mod stop;
 mod trust;
 mod writer;
 
@@ -35,6 +36,7 @@ pub use bench::{local_stages, network_stages, sample_data, Stage};
 pub use client::{Client, ClientOptions};
 pub use error::ClientError;
 pub use reader::ImageReader;
+pub use stop::Stop;
 pub use tern_core::wire::{
     ContainerInfo, ContainerSettings, ImageInfo, StoreStats, WriteMode, WriteStats,
 };

@@ -13,7 +13,10 @@ use tern_core::wire::{Handle, ImageInfo, Msg, RecipeEntry};
 use tern_core::{ContainerName, ImageName};
 
 use crate::client::unexpected;
+use std::sync::Arc;
+
 use crate::conn::Answers;
+use crate::stop::Stop;
 use crate::{Client, ClientError};
 
 /// Recipe entries fetched at once.
@@ -37,6 +40,9 @@ pub struct ImageReader {
     /// The chunk holding the most recent read position.
     current: Option<(u64, Vec<u8>)>,
     decoder: Decoder,
+    /// Ends the reader's waits (cancel, abort, a call's time limit); once
+    /// fired, the reader is done.
+    stop: Arc<Stop>,
 }
 
 impl ImageReader {
@@ -45,9 +51,12 @@ impl ImageReader {
         container: ContainerName,
         name: ImageName,
     ) -> Result<Self, ClientError> {
-        let answer = client
-            .conn()
-            .call(Msg::ImageOpen { container, name }, Vec::new())?;
+        let stop = client.stop();
+        let answer = {
+            let _limit = client.limit(&stop);
+            let open = Msg::ImageOpen { container, name };
+            client.conn().call(open, Vec::new(), &stop)?
+        };
         let (handle, info) = match answer.env.msg {
             Msg::ImageOpened { handle, info } => (handle, info),
             other => return Err(unexpected(other)),
@@ -62,7 +71,14 @@ impl ImageReader {
             requests: VecDeque::new(),
             current: None,
             decoder: Decoder::new(),
+            stop,
         })
+    }
+
+    /// Cancels the reader's calls from any thread: the call in progress and
+    /// every later one fail with [`ClientError::Cancelled`].
+    pub fn canceller(&self) -> Arc<Stop> {
+        self.stop.clone()
     }
 
     /// The image.
@@ -82,9 +98,11 @@ impl ImageReader {
     }
 
     fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        self.stop.check()?;
         if buf.is_empty() || self.pos >= self.info.size {
             return Ok(0);
         }
+        let _limit = self.client.limit(&self.stop);
         loop {
             if let Some((start, data)) = &self.current {
                 let end = start + data.len() as u64;
@@ -173,14 +191,12 @@ impl ImageReader {
     fn fill(&mut self) -> Result<(), ClientError> {
         while self.requests.len() < READ_AHEAD {
             if self.plan.is_empty() && self.plan_next < self.info.size {
-                let answer = self.client.conn().call(
-                    Msg::RecipeGet {
-                        handle: self.handle,
-                        from_offset: self.plan_next,
-                        max: RECIPE_BATCH,
-                    },
-                    Vec::new(),
-                )?;
+                let get = Msg::RecipeGet {
+                    handle: self.handle,
+                    from_offset: self.plan_next,
+                    max: RECIPE_BATCH,
+                };
+                let answer = self.client.conn().call(get, Vec::new(), &self.stop)?;
                 let Msg::Recipe { entries } = answer.env.msg else {
                     return Err(unexpected(answer.env.msg));
                 };
@@ -203,13 +219,11 @@ impl ImageReader {
             let n = self.plan.len().min(GET_BATCH);
             let entries: VecDeque<RecipeEntry> = self.plan.drain(..n).collect();
             let offsets = entries.iter().map(|e| e.offset).collect();
-            let answers = self.client.conn().request(
-                Msg::ChunkGet {
-                    handle: self.handle,
-                    offsets,
-                },
-                Vec::new(),
-            )?;
+            let get = Msg::ChunkGet {
+                handle: self.handle,
+                offsets,
+            };
+            let answers = self.client.conn().request(get, Vec::new(), &self.stop)?;
             self.requests.push_back((entries, answers));
         }
         Ok(())
@@ -219,6 +233,8 @@ impl ImageReader {
     /// decompressed and verified on every core while this thread fetches the
     /// next ones and writes the finished ones in order.
     pub fn copy_to(&mut self, out: &mut dyn io::Write) -> Result<u64, ClientError> {
+        self.stop.check()?;
+        let _limit = self.client.limit(&self.stop);
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let limit = threads * DECODE_AHEAD;
         let (jobs, job_queue) = mpsc::sync_channel::<(u64, Encoded)>(limit);
@@ -333,12 +349,9 @@ impl Encoded {
 impl Drop for ImageReader {
     fn drop(&mut self) {
         self.requests.clear();
-        let _ = self.client.conn().send(
-            Msg::ImageRelease {
-                handle: self.handle,
-            },
-            Vec::new(),
-        );
+        self.client.conn().send_later(Msg::ImageRelease {
+            handle: self.handle,
+        });
     }
 }
 

@@ -8,7 +8,7 @@ use tern_agent::{Client, ClientOptions, WriteMode};
 use tern_core::tls::Fingerprint;
 
 use crate::error::{
-    c_str, check_struct_size, guard, opt_c_str, out, tern_status, Failure, FfiResult,
+    c_str, check_struct_size, guard, opt_c_str, out, read_prefix, tern_status, Failure, FfiResult,
 };
 
 /// How an image's data is sent.
@@ -68,6 +68,39 @@ pub struct tern_client_options {
     /// user's tern config directory, created on first use.
     pub client_cert: *const c_char,
     pub client_key: *const c_char,
+    /// The longest any one call may block, in milliseconds; 0 (the default)
+    /// sets no limit of its own (a call then waits at most as long as the
+    /// session lives through an outage: the grace period). Past it the call
+    /// returns TERN_TIMEOUT: a call on an image loses the image (abort and
+    /// free it), a call on the client leaves the client usable. Added in
+    /// libtern 0.2; an older struct_size leaves it 0.
+    pub call_timeout_ms: u64,
+}
+
+/// The size of the first tern_client_options (libtern 0.1): shorter ones are refused.
+const OPTIONS_V1_SIZE: usize = std::mem::offset_of!(tern_client_options, call_timeout_ms);
+
+fn default_options() -> tern_client_options {
+    tern_client_options {
+        struct_size: std::mem::size_of::<tern_client_options>(),
+        server: std::ptr::null(),
+        user: std::ptr::null(),
+        password: std::ptr::null(),
+        fingerprint: std::ptr::null(),
+        write_mode: tern_write_mode::TERN_WRITE_DEDUP as u32,
+        plain: 0,
+        remember_server: 1,
+        connections: 0,
+        secure_connect: 0,
+        grace_period_secs: 0,
+        allow_tls12: 0,
+        cache_memory_bytes: 0,
+        cache_disk_bytes: 0,
+        spill_dir: std::ptr::null(),
+        client_cert: std::ptr::null(),
+        client_key: std::ptr::null(),
+        call_timeout_ms: 0,
+    }
 }
 
 /// tern_client_options.cache_disk_bytes: keep unacknowledged data in memory only.
@@ -132,25 +165,7 @@ pub(crate) unsafe fn client_ref<'a>(c: *const tern_client) -> FfiResult<&'a tern
 pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options) {
     // SAFETY: tern.h: an options pointer is NULL (handled) or points to the caller's options struct.
     if let Some(o) = unsafe { opts.as_mut() } {
-        *o = tern_client_options {
-            struct_size: std::mem::size_of::<tern_client_options>(),
-            server: std::ptr::null(),
-            user: std::ptr::null(),
-            password: std::ptr::null(),
-            fingerprint: std::ptr::null(),
-            write_mode: tern_write_mode::TERN_WRITE_DEDUP as u32,
-            plain: 0,
-            remember_server: 1,
-            connections: 0,
-            secure_connect: 0,
-            grace_period_secs: 0,
-            allow_tls12: 0,
-            cache_memory_bytes: 0,
-            cache_disk_bytes: 0,
-            spill_dir: std::ptr::null(),
-            client_cert: std::ptr::null(),
-            client_key: std::ptr::null(),
-        };
+        *o = default_options();
     }
 }
 
@@ -178,10 +193,13 @@ pub unsafe extern "C" fn tern_client_open(
             check_struct_size(
                 opts.cast(),
                 o.struct_size,
+                OPTIONS_V1_SIZE,
                 std::mem::size_of::<tern_client_options>(),
                 "tern_client_options",
             )?
         };
+        // SAFETY: the struct_size was just checked; the fields are integers and pointers.
+        let o = unsafe { read_prefix(opts, o.struct_size, default_options()) };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let server = unsafe { c_str(o.server, "options.server")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
@@ -256,6 +274,9 @@ pub unsafe extern "C" fn tern_client_open(
                     "options.client_cert and options.client_key go together: set both or neither",
                 )),
             };
+        if o.call_timeout_ms > 0 {
+            options.call_timeout = Some(std::time::Duration::from_millis(o.call_timeout_ms));
+        }
         let client = Client::connect(&options)?;
         *out_client = Box::into_raw(Box::new(tern_client {
             client: RwLock::new(Some(client)),
@@ -283,6 +304,24 @@ pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_sta
                 "the client was already closed",
             )),
         }
+    })
+}
+
+/// Cancels: every call in progress on the client and its images, on any
+/// thread, returns TERN_CANCELLED within a second, outage or not, and so does
+/// every later call but the _free functions. Images being written are lost.
+/// Meant for stopping a job: free the images and the client afterwards.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED.
+///
+/// # Safety
+/// `client` is NULL or a live handle; other threads may be in calls on it.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_cancel(client: *const tern_client) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        c.get()?.cancel();
+        Ok(())
     })
 }
 

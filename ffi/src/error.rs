@@ -52,6 +52,11 @@ pub enum tern_status {
     TERN_INTERNAL = 18,
     /// libtern panicked; the handle involved should be freed.
     TERN_PANIC = 19,
+    /// The call was cancelled: tern_client_cancel(), or tern_image_abort()
+    /// from another thread.
+    TERN_CANCELLED = 20,
+    /// The call took longer than the client's call_timeout_ms.
+    TERN_TIMEOUT = 21,
 }
 
 /// An error on its way to the C caller.
@@ -74,6 +79,8 @@ impl From<ClientError> for Failure {
             ClientError::Invalid(_) => tern_status::TERN_INVALID_ARGUMENT,
             ClientError::Corrupt(_) => tern_status::TERN_CORRUPT,
             ClientError::Io(_) => tern_status::TERN_IO,
+            ClientError::Cancelled => tern_status::TERN_CANCELLED,
+            ClientError::TimedOut(_) => tern_status::TERN_TIMEOUT,
             ClientError::Server { kind, .. } => match kind {
                 ErrorKind::Auth => tern_status::TERN_AUTH,
                 ErrorKind::Denied => tern_status::TERN_DENIED,
@@ -138,6 +145,8 @@ fn status_name(status: c_int) -> &'static CStr {
         tern_status::TERN_WRONG_STATE,
         tern_status::TERN_INTERNAL,
         tern_status::TERN_PANIC,
+        tern_status::TERN_CANCELLED,
+        tern_status::TERN_TIMEOUT,
     ];
     // Compared as integers: turning an unknown int into the enum would be
     // undefined behaviour.
@@ -169,6 +178,8 @@ fn known_name(status: tern_status) -> &'static CStr {
         tern_status::TERN_WRONG_STATE => c"TERN_WRONG_STATE",
         tern_status::TERN_INTERNAL => c"TERN_INTERNAL",
         tern_status::TERN_PANIC => c"TERN_PANIC",
+        tern_status::TERN_CANCELLED => c"TERN_CANCELLED",
+        tern_status::TERN_TIMEOUT => c"TERN_TIMEOUT",
     }
 }
 
@@ -235,14 +246,15 @@ pub(crate) unsafe fn out<'a, T>(p: *mut T, what: &str) -> FfiResult<&'a mut T> {
 pub(crate) unsafe fn check_struct_size(
     p: *const u8,
     given: usize,
+    min: usize,
     ours: usize,
     what: &str,
 ) -> FfiResult {
-    if given < ours {
+    if given < min {
         return Err(Failure::new(
             tern_status::TERN_UNSUPPORTED_VERSION,
             format!(
-                "{what}.struct_size is {given}, smaller than the {ours} bytes this libtern knows"
+                "{what}.struct_size is {given}, smaller than the {min} bytes of its first version"
             ),
         ));
     }
@@ -257,4 +269,21 @@ pub(crate) unsafe fn check_struct_size(
         }
     }
     Ok(())
+}
+
+/// A struct of the caller's: `T`'s defaults, overwritten by the first
+/// `given` bytes at `p` (a caller built against an older header passes a
+/// prefix; the fields it does not know keep their defaults).
+///
+/// # Safety
+/// `p` has `given` readable bytes, which [`check_struct_size`] accepted, and
+/// `T` is a `repr(C)` struct whose fields are valid for any bytes a C caller
+/// can put there (integers and pointers).
+pub(crate) unsafe fn read_prefix<T>(p: *const T, given: usize, defaults: T) -> T {
+    let mut out = std::mem::MaybeUninit::new(defaults);
+    let n = given.min(std::mem::size_of::<T>());
+    // SAFETY: both regions have at least `n` bytes and do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), out.as_mut_ptr().cast::<u8>(), n) };
+    // SAFETY: initialized from `defaults`, then partly overwritten by field bytes.
+    unsafe { out.assume_init() }
 }

@@ -13,6 +13,9 @@ use crate::error::{c_str, guard, opt_c_str, out, tern_status, Failure, FfiResult
 /// One thread at a time; see the header's notes on threads.
 pub struct tern_image {
     state: Mutex<ImageState>,
+    /// Ends the call in progress on another thread (tern_image_abort): kept
+    /// outside the state's lock, which that call holds.
+    canceller: std::sync::Arc<tern_agent::Stop>,
     /// The client's counters, shared so a commit updates them after the client is closed.
     counters: std::sync::Arc<Counters>,
 }
@@ -145,6 +148,7 @@ pub unsafe extern "C" fn tern_image_create(
         let props = unsafe { bytes(props, props_len, "props")? };
         let writer = c.get()?.create_image(container, name, props)?;
         *out_image = Box::into_raw(Box::new(tern_image {
+            canceller: writer.canceller(),
             state: Mutex::new(ImageState::Writing {
                 writer: Box::new(writer),
                 written: 0,
@@ -243,24 +247,44 @@ pub unsafe extern "C" fn tern_image_commit(
     })
 }
 
-/// Abandons an image being written; nothing of it becomes visible. The image
-/// must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE, TERN_CONNECT.
+/// Abandons an image being written (nothing of it becomes visible), or stops
+/// reading one. Any thread may call it, at any time, outage or not: a call in
+/// progress on the image in another thread returns TERN_CANCELLED, and this
+/// call returns within a second, without waiting for the server (which drops
+/// the image when the notice reaches it, or when the session ends). The image
+/// must still be freed. Errors: TERN_NULL_POINTER, TERN_CLOSED (committed or
+/// aborted before).
 ///
 /// # Safety
-/// `image` is NULL or a live handle used by no other thread at the time.
+/// `image` is NULL or a live handle; another thread may be in a call on it,
+/// but none may free it during or before this call.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status {
     guard(|| {
         // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
-        let mut state = img.lock();
-        let ImageState::Writing { .. } = &*state else {
-            return Err(wrong_state(&state, "abort"));
+        // First end the call another thread may be in: it holds the lock.
+        let mut state = match img.state.try_lock() {
+            Ok(state) => state,
+            Err(_) => {
+                img.canceller.cancel();
+                img.lock()
+            }
         };
-        if let ImageState::Writing { writer, .. } =
-            std::mem::replace(&mut *state, ImageState::Aborted)
-        {
-            writer.abort()?;
+        match std::mem::replace(&mut *state, ImageState::Aborted) {
+            ImageState::Writing { writer, .. } => {
+                img.canceller.cancel();
+                writer.abort();
+            }
+            ImageState::Reading(reader) => {
+                img.canceller.cancel();
+                drop(reader);
+            }
+            other => {
+                let failure = wrong_state(&other, "abort");
+                *state = other;
+                return Err(failure);
+            }
         }
         Ok(())
     })
@@ -289,6 +313,7 @@ pub unsafe extern "C" fn tern_image_open(
         let name = unsafe { c_str(name, "name")? };
         let reader = c.get()?.open_image(container, name)?;
         *out_image = Box::into_raw(Box::new(tern_image {
+            canceller: reader.canceller(),
             state: Mutex::new(ImageState::Reading(Box::new(reader))),
             counters: c.counters.clone(),
         }));

@@ -124,6 +124,20 @@ fn options_of_another_size_are_handled() {
     assert!(last_error().contains("struct_size"));
     assert!(c.is_null(), "out written on failure");
 
+    // An older caller's shorter struct (the first version, before
+    // call_timeout_ms): accepted, the fields it lacks at their defaults.
+    let mut o = options(&server);
+    o.raw.struct_size = std::mem::offset_of!(tern_client_options, call_timeout_ms);
+    o.raw.call_timeout_ms = 1; // past the caller's struct: must be ignored
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    unsafe { tern_client_free(c) };
+    c = null_mut();
+
     // A newer caller's larger struct: accepted when the fields we do not know are zero.
     #[repr(C)]
     struct Newer {
@@ -363,7 +377,8 @@ fn status_names_cover_every_code_and_any_other_integer() {
     assert_eq!(name(tern_status::TERN_OK as _), "TERN_OK");
     assert_eq!(name(tern_status::TERN_NOT_FOUND as _), "TERN_NOT_FOUND");
     assert_eq!(name(tern_status::TERN_PANIC as _), "TERN_PANIC");
-    for unknown in [20, 99, -1, std::ffi::c_int::MAX, std::ffi::c_int::MIN] {
+    assert_eq!(name(tern_status::TERN_TIMEOUT as _), "TERN_TIMEOUT");
+    for unknown in [22, 99, -1, std::ffi::c_int::MAX, std::ffi::c_int::MIN] {
         assert_eq!(name(unknown), "TERN_UNKNOWN_STATUS", "{unknown}");
     }
 }
@@ -486,5 +501,172 @@ fn errors_that_are_not_outages_end_the_call_at_once() {
         last_error()
     );
     unsafe { tern_image_free(img) };
+    unsafe { tern_client_free(c) };
+}
+
+/// Freezes the server (SIGSTOP): connections stay open and nothing answers,
+/// the outage a call cannot tell from a slow link. Thawed on drop.
+struct Frozen(u32);
+
+impl Frozen {
+    fn server(server: &TestServer) -> Self {
+        let pid = server.child.as_ref().expect("running").id();
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Options whose sends block as soon as 1 MiB is unacknowledged.
+fn small_cache(server: &TestServer) -> Opts {
+    let mut o = options(server);
+    o.raw.cache_memory_bytes = 1 << 20;
+    o.raw.cache_disk_bytes = TERN_CACHE_DISK_OFF;
+    o
+}
+
+/// Writes until a call fails; returns that status.
+fn write_until_refused(img: usize) -> tern_status {
+    let data = vec![0x42u8; 1 << 20];
+    for i in 0..4096u32 {
+        // Unique data: every chunk has to cross.
+        let mut piece = data.clone();
+        piece[..4].copy_from_slice(&i.to_le_bytes());
+        for (n, b) in piece.iter_mut().enumerate().skip(4) {
+            *b = (n as u32).wrapping_mul(2654435761).wrapping_add(i) as u8;
+        }
+        let st = unsafe { tern_image_write(img as *mut tern_image, piece.as_ptr(), piece.len()) };
+        if st != tern_status::TERN_OK {
+            return st;
+        }
+    }
+    tern_status::TERN_OK
+}
+
+#[test]
+fn abort_and_cancel_end_calls_stuck_in_an_outage_within_a_second() {
+    let server = TestServer::start();
+    let o = small_cache(&server);
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK
+    );
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    let create = |image: &str| {
+        let image = CString::new(image).unwrap();
+        let mut img = null_mut();
+        let st =
+            unsafe { tern_image_create(c, name.as_ptr(), image.as_ptr(), null(), 0, &mut img) };
+        assert_eq!(st, tern_status::TERN_OK, "{}", last_error());
+        img as usize
+    };
+    let (stuck, other) = (create("stuck"), create("other"));
+
+    let frozen = Frozen::server(&server);
+    // One thread writes until its call blocks (the server answers nothing).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send((write_until_refused(stuck), last_error()));
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(3)).is_err(),
+        "the writer was not stuck"
+    );
+    // Another aborts the image: both return within a second.
+    let started = std::time::Instant::now();
+    let st = unsafe { tern_image_abort(stuck as *mut tern_image) };
+    assert_eq!(st, tern_status::TERN_OK, "{}", last_error());
+    let (written, msg) = rx
+        .recv_timeout(std::time::Duration::from_secs(1))
+        .expect("the stuck write did not return within 1 s of the abort");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(written, tern_status::TERN_CANCELLED, "{msg}");
+
+    // A client call stuck in the outage ends with tern_client_cancel, and so
+    // does a write on another image.
+    let c_addr = c as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lister = tx.clone();
+    std::thread::spawn(move || {
+        unsafe extern "C" fn each(_: *mut std::ffi::c_void, _: *const tern_container_info) -> i32 {
+            0
+        }
+        let st =
+            unsafe { tern_container_list(c_addr as *const tern_client, Some(each), null_mut()) };
+        let _ = lister.send(("list", st));
+    });
+    std::thread::spawn(move || {
+        let _ = tx.send(("write", write_until_refused(other)));
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)).is_err(),
+        "not stuck"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { tern_client_cancel(c) }, tern_status::TERN_OK);
+    for _ in 0..2 {
+        let (what, st) = rx
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .expect("a stuck call did not return within 1 s of the cancel");
+        assert_eq!(st, tern_status::TERN_CANCELLED, "{what}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    drop(frozen);
+    unsafe {
+        tern_image_free(stuck as *mut tern_image);
+        tern_image_free(other as *mut tern_image);
+        tern_client_free(c);
+    }
+}
+
+#[test]
+fn a_call_past_its_time_limit_returns_timeout_and_the_client_goes_on() {
+    let server = TestServer::start();
+    let mut o = options(&server);
+    o.raw.call_timeout_ms = 500;
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK
+    );
+    unsafe extern "C" fn each(_: *mut std::ffi::c_void, _: *const tern_container_info) -> i32 {
+        0
+    }
+    let frozen = Frozen::server(&server);
+    let started = std::time::Instant::now();
+    let st = unsafe { tern_container_list(c, Some(each), null_mut()) };
+    let took = started.elapsed();
+    assert_eq!(st, tern_status::TERN_TIMEOUT, "{}", last_error());
+    assert!(
+        took >= std::time::Duration::from_millis(450) && took < std::time::Duration::from_secs(3),
+        "the limit of 500 ms fired after {took:?}"
+    );
+    drop(frozen);
+    // The client is still usable once the server answers again.
+    assert_eq!(
+        unsafe { tern_container_list(c, Some(each), null_mut()) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
     unsafe { tern_client_free(c) };
 }

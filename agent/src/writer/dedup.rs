@@ -30,6 +30,7 @@ use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ChunkParams};
 use super::SentLog;
 use crate::client::unexpected;
 use crate::conn::Answers;
+use crate::stop::Stop;
 use crate::{Client, ClientError};
 
 /// Chunk bytes in one `ImageAppend`.
@@ -125,6 +126,7 @@ impl Pipeline {
         chunking: ChunkParams,
         level: i32,
         sent: &SentLog,
+        stop: &Arc<Stop>,
     ) -> Self {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -137,7 +139,7 @@ impl Pipeline {
                 let job_rx = job_rx.clone();
                 let sent = sent.clone();
                 let abandoned = abandoned.clone();
-                let queue = client.conn().sender();
+                let queue = client.conn().sender(stop);
                 std::thread::spawn(move || compress_worker(level, job_rx, queue, sent, abandoned))
             })
             .collect();
@@ -145,7 +147,8 @@ impl Pipeline {
         let announcer = {
             let client = client.clone();
             let abandoned = abandoned.clone();
-            std::thread::spawn(move || announce(client, handle, batch_rx, jobs, abandoned))
+            let stop = stop.clone();
+            std::thread::spawn(move || announce(client, handle, batch_rx, jobs, abandoned, stop))
         };
         let mut pool = Pool::new();
         let first = pool.get().unwrap_or_default();
@@ -337,6 +340,7 @@ fn announce(
     batches: std_mpsc::Receiver<Pooled>,
     jobs: std_mpsc::SyncSender<Job>,
     abandoned: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 ) -> Result<(), ClientError> {
     let conn = client.conn();
     let mut inflight: VecDeque<(Arc<Announced>, Answers)> = VecDeque::new();
@@ -354,7 +358,7 @@ fn announce(
                 len: c.len() as u32,
             })
             .collect();
-        let answers = conn.request(Msg::ImageAppend { handle, entries }, Vec::new())?;
+        let answers = conn.request(Msg::ImageAppend { handle, entries }, Vec::new(), &stop)?;
         inflight.push_back((Arc::new(Announced { pooled, ids }), answers));
         while inflight.len() > WINDOW {
             settle(handle, inflight.pop_front(), &jobs)?;

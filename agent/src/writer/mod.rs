@@ -13,6 +13,7 @@ use tern_core::{ContainerName, ImageName};
 
 use crate::client::unexpected;
 use crate::conn::Conn;
+use crate::stop::Stop;
 use crate::{Client, ClientError};
 use dedup::Pipeline;
 pub(crate) use dedup::BATCH_BYTES;
@@ -44,6 +45,9 @@ impl Committed {
 pub struct ImageWriter {
     client: Client,
     handle: Handle,
+    /// Ends every wait of the image's calls and threads (cancel, abort, a
+    /// call's time limit); once fired, the image is lost.
+    stop: Arc<Stop>,
     /// Where written bytes go; `None` once committed or aborted.
     sink: Option<Sink>,
     sent: SentLog,
@@ -66,15 +70,17 @@ impl ImageWriter {
         props: Vec<u8>,
         mode: WriteMode,
     ) -> Result<Self, ClientError> {
-        let answer = client.conn().call(
-            Msg::ImageCreate {
+        let stop = client.stop();
+        let answer = {
+            let _limit = client.limit(&stop);
+            let create = Msg::ImageCreate {
                 container,
                 name,
                 props,
                 mode,
-            },
-            Vec::new(),
-        )?;
+            };
+            client.conn().call(create, Vec::new(), &stop)?
+        };
         let (handle, chunking, level) = match answer.env.msg {
             Msg::ImageCreated {
                 handle,
@@ -88,16 +94,18 @@ impl ImageWriter {
             .map_err(|e| ClientError::Protocol(format!("server sent bad chunk parameters: {e}")))?;
         let sent: SentLog = Arc::new(Mutex::new((0, None)));
         let sink = match mode {
-            WriteMode::Dedup => {
-                Sink::Dedup(Pipeline::start(&client, handle, chunking, level, &sent))
-            }
+            WriteMode::Dedup => Sink::Dedup(Pipeline::start(
+                &client, handle, chunking, level, &sent, &stop,
+            )),
             WriteMode::Passthrough => {
-                Sink::Passthrough(Passthrough::new(client.clone(), handle, sent.clone()))
+                let sender = client.conn().sender(&stop);
+                Sink::Passthrough(Passthrough::new(sender, handle, sent.clone()))
             }
         };
         Ok(Self {
             client,
             handle,
+            stop,
             sink: Some(sink),
             sent,
             finished: false,
@@ -114,8 +122,16 @@ impl ImageWriter {
             .ok_or_else(|| ClientError::Invalid("the image is already committed or aborted".into()))
     }
 
+    /// Cancels the image's calls from any thread: the call in progress and
+    /// every later one fail with [`ClientError::Cancelled`]; the image is lost.
+    pub fn canceller(&self) -> Arc<Stop> {
+        self.stop.clone()
+    }
+
     /// Adds image bytes.
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.stop.check()?;
+        let _limit = self.client.limit(&self.stop);
         match self.sink()? {
             Sink::Dedup(p) => p.write(data),
             Sink::Passthrough(r) => r.write(data),
@@ -132,6 +148,8 @@ impl ImageWriter {
         source: impl Read + Send,
         progress: impl FnMut(u64),
     ) -> Result<u64, ClientError> {
+        self.stop.check()?;
+        let _limit = self.client.limit(&self.stop);
         match self.sink()? {
             Sink::Dedup(p) => p.copy_from(source, progress),
             Sink::Passthrough(r) => r.copy_from(source, progress),
@@ -140,12 +158,17 @@ impl ImageWriter {
 
     /// Finishes the image and waits until the server has committed it.
     pub fn commit(mut self) -> Result<Committed, ClientError> {
+        self.stop.check()?;
+        let _limit = self.client.limit(&self.stop);
         self.finished = true;
-        match self.sink.take() {
-            Some(Sink::Dedup(mut p)) => p.finish()?,
-            Some(Sink::Passthrough(mut r)) => r.finish()?,
-            None => {}
-        }
+        let finished = match self.sink.take() {
+            Some(Sink::Dedup(mut p)) => p.finish(),
+            Some(Sink::Passthrough(mut r)) => r.finish(),
+            None => Ok(()),
+        };
+        // A cancel or time limit says so, whatever it broke on the way.
+        self.stop.check()?;
+        finished?;
         let (sent_bytes, worker_error) =
             self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(e) = worker_error {
@@ -154,12 +177,10 @@ impl ImageWriter {
                 reason: e,
             });
         }
-        let answer = self.conn().call(
-            Msg::ImageClose {
-                handle: self.handle,
-            },
-            Vec::new(),
-        );
+        let close = Msg::ImageClose {
+            handle: self.handle,
+        };
+        let answer = self.conn().call(close, Vec::new(), &self.stop);
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -183,39 +204,26 @@ impl ImageWriter {
         }
     }
 
-    /// Abandons the image: nothing of it becomes visible.
-    pub fn abort(mut self) -> Result<(), ClientError> {
-        self.finished = true;
-        self.sink = None;
-        match self
-            .conn()
-            .call(
-                Msg::ImageAbort {
-                    handle: self.handle,
-                },
-                Vec::new(),
-            )?
-            .env
-            .msg
-        {
-            Msg::Ok => Ok(()),
-            other => Err(unexpected(other)),
-        }
+    /// Abandons the image: nothing of it becomes visible. Returns at once,
+    /// outage or not: the server drops the image when the notice reaches it,
+    /// or when the session ends.
+    pub fn abort(self) {
+        // Drop does it all.
     }
 }
 
 impl Drop for ImageWriter {
     fn drop(&mut self) {
-        // The pipeline's threads stop before the server hears of the abort.
-        self.sink = None;
-        if !self.finished {
-            let _ = self.conn().send(
-                Msg::ImageAbort {
-                    handle: self.handle,
-                },
-                Vec::new(),
-            );
+        if self.finished {
+            return;
         }
+        // The pipeline's threads stop (their waits end) before the server
+        // hears of the abort, which waits for nothing.
+        self.stop.cancel();
+        self.sink = None;
+        self.conn().send_later(Msg::ImageAbort {
+            handle: self.handle,
+        });
     }
 }
 

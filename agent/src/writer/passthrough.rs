@@ -7,13 +7,14 @@ use std::io::Read;
 use tern_core::wire::{Handle, Msg};
 
 use super::SentLog;
-use crate::{Client, ClientError};
+use crate::conn::Sender;
+use crate::ClientError;
 
 /// Largest raw write.
 const RAW_FRAME: usize = 1 << 20;
 
 pub(super) struct Passthrough {
-    client: Client,
+    sender: Sender,
     handle: Handle,
     sent: SentLog,
     /// Bytes not yet sent: less than one frame.
@@ -21,9 +22,9 @@ pub(super) struct Passthrough {
 }
 
 impl Passthrough {
-    pub(super) fn new(client: Client, handle: Handle, sent: SentLog) -> Self {
+    pub(super) fn new(sender: Sender, handle: Handle, sent: SentLog) -> Self {
         Self {
-            client,
+            sender,
             handle,
             sent,
             raw: Vec::new(),
@@ -75,7 +76,7 @@ impl Passthrough {
 
     fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         self.sent.lock().unwrap_or_else(|e| e.into_inner()).0 += frame.len() as u64;
-        self.client.conn().send(
+        self.sender.send(
             Msg::ImageWriteRaw {
                 handle: self.handle,
             },
