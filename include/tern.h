@@ -174,6 +174,44 @@ typedef struct tern_client tern_client;
 typedef struct tern_image tern_image;
 
 /**
+ * The storage the client's user can see, as the server reports it (the same
+ * figures as `tern stats`). Set struct_size before the call.
+ */
+typedef struct {
+  /**
+   * sizeof(tern_capacity), set by the caller.
+   */
+  size_t struct_size;
+  /**
+   * Size of the filesystem the server's store is on.
+   */
+  uint64_t total_bytes;
+  /**
+   * Bytes of pack files in the storage groups the user can see
+   * (including space the next GC reclaims).
+   */
+  uint64_t used_bytes;
+  /**
+   * Bytes new data may still take: the filesystem's free space less the
+   * server's reserve for deletes and GC. Shared by every storage group on
+   * that filesystem.
+   */
+  uint64_t free_bytes;
+  /**
+   * Sum of the sizes of the images the user can see.
+   */
+  uint64_t logical_bytes;
+  /**
+   * logical bytes / unique bytes (after dedup); 0 with nothing stored.
+   */
+  double dedup_ratio;
+  /**
+   * unique bytes / stored bytes (after compression); 0 with nothing stored.
+   */
+  double compression_ratio;
+} tern_capacity;
+
+/**
  * Options for tern_client_open(). Initialize with tern_client_options_init().
  */
 typedef struct {
@@ -293,7 +331,8 @@ typedef struct {
    */
   uint64_t wire_bytes;
   /**
-   * logical_bytes / new_bytes (0 when nothing was written).
+   * logical_bytes / new_bytes; 0 when the store grew by nothing (nothing
+   * new, or nothing written): the same convention as an image's.
    */
   double dedup_ratio;
 } tern_client_statistics;
@@ -345,7 +384,8 @@ typedef struct {
    */
   uint64_t sent_bytes;
   /**
-   * logical_bytes / new_bytes (logical_bytes when nothing was new).
+   * logical_bytes / new_bytes; 0 when the store grew by nothing (the same
+   * convention as tern_client_statistics).
    */
   double dedup_ratio;
 } tern_image_statistics;
@@ -419,6 +459,17 @@ extern "C" {
  * The library's version, e.g. "0.1.0". The string is static.
  */
 const char *tern_version(void);
+
+/**
+ * Asks the server how much the user's storage holds and has left, and fills
+ * *capacity. Set capacity->struct_size first; fields past it are not written.
+ * Errors: TERN_NULL_POINTER, TERN_UNSUPPORTED_VERSION (struct_size),
+ * TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `capacity` is NULL or points to at least `capacity->struct_size` writable bytes.
+ */
+tern_status tern_client_capacity(const tern_client *client, tern_capacity *capacity);
 
 /**
  * Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.

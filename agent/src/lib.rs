@@ -40,4 +40,4 @@ pub use stop::Stop;
 pub use tern_core::wire::{
     ContainerInfo, ContainerSettings, ImageInfo, StoreStats, WriteMode, WriteStats,
 };
-pub use writer::{Committed, ImageWriter};
+pub use writer::{dedup_ratio, Committed, ImageWriter};

@@ -122,7 +122,8 @@ pub struct tern_client_statistics {
     pub new_bytes: u64,
     /// All bytes written to the network, including protocol overhead.
     pub wire_bytes: u64,
-    /// logical_bytes / new_bytes (0 when nothing was written).
+    /// logical_bytes / new_bytes; 0 when the store grew by nothing (nothing
+    /// new, or nothing written): the same convention as an image's.
     pub dedup_ratio: f64,
 }
 
@@ -363,7 +364,7 @@ pub unsafe extern "C" fn tern_client_stats(
                 "stats.struct_size is too small",
             ));
         }
-        let wire = c.get().map(|cl| cl.bytes_sent()).unwrap_or(0);
+        let wire = c.get()?.bytes_sent();
         let k = &c.counters;
         let logical = k.logical.load(Ordering::Relaxed);
         let new = k.new.load(Ordering::Relaxed);
@@ -374,11 +375,7 @@ pub unsafe extern "C" fn tern_client_stats(
             sent_bytes: k.sent.load(Ordering::Relaxed),
             new_bytes: new,
             wire_bytes: wire,
-            dedup_ratio: if new == 0 {
-                0.0
-            } else {
-                logical as f64 / new as f64
-            },
+            dedup_ratio: tern_agent::dedup_ratio(logical, new),
         };
         // SAFETY: the caller's struct_size (checked above) says how many bytes `stats` has room for.
         unsafe { copy_prefix(&full, stats, size) };

@@ -46,7 +46,8 @@ pub struct tern_image_statistics {
     pub new_bytes: u64,
     /// Compressed chunk bytes sent.
     pub sent_bytes: u64,
-    /// logical_bytes / new_bytes (logical_bytes when nothing was new).
+    /// logical_bytes / new_bytes; 0 when the store grew by nothing (the same
+    /// convention as tern_client_statistics).
     pub dedup_ratio: f64,
 }
 

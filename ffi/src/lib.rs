@@ -7,11 +7,13 @@
 #![allow(non_camel_case_types)] // C names: tern_client, tern_status
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod capacity;
 mod client;
 mod error;
 mod image;
 mod plugin;
 
+pub use capacity::*;
 pub use client::*;
 pub use error::{tern_last_error, tern_status, tern_status_name};
 pub use image::*;

@@ -670,3 +670,80 @@ fn a_call_past_its_time_limit_returns_timeout_and_the_client_goes_on() {
     );
     unsafe { tern_client_free(c) };
 }
+
+#[test]
+fn capacity_matches_tern_stats_and_closed_clients_say_so() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    let image = CString::new("i").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe { tern_image_create(c, name.as_ptr(), image.as_ptr(), null(), 0, &mut img) },
+        tern_status::TERN_OK
+    );
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), data.len()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+
+    let mut cap: tern_capacity = unsafe { std::mem::zeroed() };
+    cap.struct_size = std::mem::size_of::<tern_capacity>();
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut cap) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    let out = server.tern(&["--json", "stats"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cap.total_bytes, stats["capacity_bytes"].as_u64().unwrap());
+    assert_eq!(cap.used_bytes, stats["pack_bytes"].as_u64().unwrap());
+    assert_eq!(cap.logical_bytes, stats["logical_bytes"].as_u64().unwrap());
+    assert_eq!(cap.logical_bytes, data.len() as u64);
+    assert!((cap.dedup_ratio - stats["dedup_ratio"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((cap.compression_ratio - stats["compression_ratio"].as_f64().unwrap()).abs() < 1e-9);
+    // Free space moves with the filesystem; it is below the total and not 0 here.
+    assert!(cap.free_bytes > 0 && cap.free_bytes < cap.total_bytes);
+
+    // An older caller's shorter struct gets only its fields.
+    let mut short: tern_capacity = unsafe { std::mem::zeroed() };
+    short.struct_size = std::mem::offset_of!(tern_capacity, free_bytes);
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut short) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(short.free_bytes, 0, "wrote past the caller's struct_size");
+    assert_eq!(short.used_bytes, cap.used_bytes);
+
+    // After close, every call says TERN_CLOSED, statistics included.
+    assert_eq!(unsafe { tern_client_close(c) }, tern_status::TERN_OK);
+    let mut st: tern_client_statistics = unsafe { std::mem::zeroed() };
+    st.struct_size = std::mem::size_of::<tern_client_statistics>();
+    assert_eq!(
+        unsafe { tern_client_stats(c, &mut st) },
+        tern_status::TERN_CLOSED
+    );
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut cap) },
+        tern_status::TERN_CLOSED
+    );
+    unsafe { tern_client_free(c) };
+}

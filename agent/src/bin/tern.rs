@@ -370,6 +370,7 @@ fn stats(cli: &Cli) -> Result<()> {
             "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
             "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
             "spill_bytes": s.spill_bytes, "sessions": s.sessions,
+            "capacity_bytes": s.capacity_bytes, "free_bytes": s.free_bytes,
             "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
         }),
         &format!(
@@ -377,7 +378,8 @@ fn stats(cli: &Cli) -> Result<()> {
              unique chunks       {}\nunique (deduped)    {}\nstored (compressed) {}\n\
              pack files          {}\ndedup ratio         {dedup:.2}\n\
              compression ratio   {compression:.2}\ntotal reduction     {reduction:.2}\n\
-             session spill files {}\nsessions            {}",
+             session spill files {}\nsessions            {}\n\
+             filesystem          {}\nfree for new data   {}",
             s.containers,
             s.images,
             human_bytes(s.logical_bytes),
@@ -386,7 +388,9 @@ fn stats(cli: &Cli) -> Result<()> {
             human_bytes(s.stored_bytes),
             human_bytes(s.pack_bytes),
             human_bytes(s.spill_bytes),
-            s.sessions
+            s.sessions,
+            human_bytes(s.capacity_bytes),
+            human_bytes(s.free_bytes)
         ),
     );
     Ok(())
@@ -573,11 +577,14 @@ fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path)
             "wire_bytes": client.bytes_sent(), "dedup_ratio": done.dedup_ratio(), "seconds": secs, "mb_per_s": mbps,
         }),
         &format!(
-            "backed up {container}/{name}: {} logical bytes, {} new bytes stored, {} bytes sent, dedup ratio {:.2}, {:.1} MB/s",
+            "backed up {container}/{name}: {} logical bytes, {} new bytes stored, {} bytes sent, {}, {:.1} MB/s",
             s.logical_bytes,
             s.new_stored_bytes,
             done.sent_bytes,
-            done.dedup_ratio(),
+            match done.dedup_ratio() {
+                r if r > 0.0 => format!("dedup ratio {r:.2}"),
+                _ => "nothing new to store".to_string(),
+            },
             mbps
         ),
     );

@@ -34,9 +34,20 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// Logical bytes per byte the store grew by.
+    /// See [`dedup_ratio`].
     pub fn dedup_ratio(&self) -> f64 {
-        self.stats.logical_bytes as f64 / self.stats.new_stored_bytes.max(1) as f64
+        dedup_ratio(self.stats.logical_bytes, self.stats.new_stored_bytes)
+    }
+}
+
+/// Logical bytes per byte the store grew by; 0 when the store grew by
+/// nothing (everything was there already, or nothing was written): one
+/// convention for images and clients, in Rust and C.
+pub fn dedup_ratio(logical_bytes: u64, new_bytes: u64) -> f64 {
+    if new_bytes == 0 {
+        0.0
+    } else {
+        logical_bytes as f64 / new_bytes as f64
     }
 }
 

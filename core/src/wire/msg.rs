@@ -468,6 +468,13 @@ pub struct StoreStats {
     /// vanishes counts until its grace period ends.
     #[serde(default)]
     pub sessions: u64,
+    /// Size of the filesystem the store is on.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Bytes new data may still take: what the filesystem has free, less the
+    /// reserve kept for deletes and GC (`reserved_space_bytes`).
+    #[serde(default)]
+    pub free_bytes: u64,
 }
 
 #[cfg(test)]

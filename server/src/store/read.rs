@@ -95,6 +95,9 @@ impl Store {
             .filter(|p| visible.contains(&p.group))
             .collect();
         s.pack_bytes = PackSet::bytes(&packs);
+        let (free, total) = self.packs.space.filesystem()?;
+        s.capacity_bytes = total;
+        s.free_bytes = free.saturating_sub(self.packs.space.reserve());
         Ok(s)
     }
 }

@@ -56,6 +56,11 @@ impl FreeSpace {
         Ok(statvfs(&self.root)?.0)
     }
 
+    /// (bytes free, total bytes) of the filesystem.
+    pub fn filesystem(&self) -> Result<(u64, u64)> {
+        Ok(statvfs(&self.root)?)
+    }
+
     /// Refuses `bytes` of new data when they would take reserved space.
     pub fn check(&self, bytes: u64) -> Result<()> {
         let mut budget = lock(&self.budget);
