@@ -2,14 +2,45 @@
  * tern.h: the C API of libtern, the tern deduplicating backup client.
  *
  * Conventions
- * - Every function that can fail returns a tern_status; TERN_OK is 0. On
- *   failure, tern_last_error() returns a message for the calling thread.
- * - Output parameters are written only on success.
+ * - Every function that can fail returns a tern_status; TERN_OK is 0.
+ *   tern_last_error() returns the message of the calling thread's most recent
+ *   call that returns a tern_status: the error's message, or "" after a
+ *   success (so read it right after the failed call).
+ * - Output parameters are written only on success, except the length the
+ *   buffer functions report with TERN_BUFFER_TOO_SMALL.
  * - Handles (tern_client, tern_image) are opaque, made by a _open or _create
  *   function and released by the matching _free function.
  * - Options and output structs begin with struct_size: set it to
  *   sizeof(struct) (the _init functions do), so that programs built against
- *   an older or newer header keep working.
+ *   an older or newer header keep working. An options struct shorter than
+ *   ours (an older header) is accepted, the fields it lacks at their
+ *   defaults, unless it is shorter than the struct's first version; a longer
+ *   one is accepted if every byte past ours is zero; else
+ *   TERN_UNSUPPORTED_VERSION. Output structs get only their first
+ *   struct_size bytes written.
+ * - Names (containers, images, users, storage groups): 1 to 255 bytes of
+ *   UTF-8 without '/', '\', NUL or control characters, not "." and
+ *   without ".." anywhere (so ".", ".." and "a..b" are refused); else
+ *   TERN_INVALID_ARGUMENT, before anything is sent. A container may be named
+ *   "GROUP/NAME" to say which storage group's container is meant.
+ *
+ * Images and errors
+ * - An image being written is lost by any error from the library, the
+ *   network or the server once its data was taken (TERN_CONNECT,
+ *   TERN_CANCELLED, TERN_TIMEOUT, TERN_NO_SPACE, TERN_PROTOCOL,
+ *   TERN_CORRUPT, TERN_INTERNAL, TERN_PANIC, a failed commit): later calls
+ *   say TERN_CLOSED; abort (optional) and free it. An error found in the
+ *   arguments before anything is taken (TERN_NULL_POINTER,
+ *   TERN_INVALID_ARGUMENT, TERN_WRONG_STATE) leaves the image as it was.
+ * - An image open for reading is lost by TERN_CANCELLED and TERN_TIMEOUT;
+ *   other read errors leave it usable (read again, or elsewhere).
+ *
+ * Permissions
+ * - A user works in the storage groups an admin gave it: it may create
+ *   containers there (a new storage group only an admin may create), write,
+ *   read, list and delete images in their containers, and delete empty
+ *   containers. Containers of other groups are invisible, as if absent.
+ *   Admins see every group and manage users.
  * - No function unwinds across the ABI: an internal panic becomes TERN_PANIC.
  *
  * Threads
@@ -271,7 +302,11 @@ typedef struct {
   uint32_t allow_tls12;
   /**
    * Bytes of sent, unacknowledged data kept in memory for resending after
-   * a reconnect; 0 means the default (64 MiB).
+   * a reconnect; 0 means the default (64 MiB). It bounds the session's
+   * resend cache, shared by every image of the client, not how far one
+   * writer runs ahead: each image being written also holds up to 12 batch
+   * buffers of 4 to 6 MiB (72 MiB at most) in its pipeline (chunking,
+   * hashing, compression).
    */
   uint64_t cache_memory_bytes;
   /**
@@ -640,9 +675,11 @@ tern_status tern_image_size(const tern_image *image, uint64_t *size);
 
 /**
  * Copies the image's DMA properties into buf (capacity `cap`) and sets *len to
- * their length. If cap is too small, nothing is copied, *len is still set and
- * TERN_BUFFER_TOO_SMALL is returned: call again with a larger buffer (buf may be
- * NULL when cap is 0). Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
+ * their length. `buf` NULL with `cap` 0 asks for the length alone (TERN_OK,
+ * or TERN_BUFFER_TOO_SMALL if there are properties); `buf` NULL with `cap`
+ * above 0 is TERN_NULL_POINTER. If cap is too small, nothing is copied, *len
+ * is still set and TERN_BUFFER_TOO_SMALL is returned: call again with a
+ * larger buffer. Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
  *
  * # Safety
  * `image` is NULL or a live handle; `buf` is NULL or valid for `cap` writable bytes; `len` is NULL or writable.

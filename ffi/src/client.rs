@@ -55,7 +55,11 @@ pub struct tern_client_options {
     /// Nonzero: also accept servers that speak only TLS 1.2 (TLS 1.3 otherwise).
     pub allow_tls12: u32,
     /// Bytes of sent, unacknowledged data kept in memory for resending after
-    /// a reconnect; 0 means the default (64 MiB).
+    /// a reconnect; 0 means the default (64 MiB). It bounds the session's
+    /// resend cache, shared by every image of the client, not how far one
+    /// writer runs ahead: each image being written also holds up to 12 batch
+    /// buffers of 4 to 6 MiB (72 MiB at most) in its pipeline (chunking,
+    /// hashing, compression).
     pub cache_memory_bytes: u64,
     /// Bytes more kept in a spill file once memory is full; 0 means the
     /// default (1 GiB), TERN_CACHE_DISK_OFF turns spilling off.

@@ -29,6 +29,9 @@ enum ImageState {
     Reading(Box<ImageReader>),
     Committed(Box<Committed>),
     Aborted,
+    /// Writing failed after the library or the server took the data: the
+    /// image is aborted; why.
+    Lost(String),
 }
 
 /// What writing an image cost, filled by tern_image_commit().
@@ -104,6 +107,10 @@ fn wrong_state(state: &ImageState, want: &str) -> Failure {
         ImageState::Aborted => Failure::new(
             tern_status::TERN_CLOSED,
             format!("the image was aborted; cannot {want}"),
+        ),
+        ImageState::Lost(why) => Failure::new(
+            tern_status::TERN_CLOSED,
+            format!("the image was lost by an earlier error ({why}); cannot {want}"),
         ),
         ImageState::Writing { .. } => Failure::new(
             tern_status::TERN_WRONG_STATE,
@@ -184,11 +191,19 @@ pub unsafe extern "C" fn tern_image_write(
         match &mut *state {
             ImageState::Writing {
                 writer, written, ..
-            } => {
-                writer.write_bytes(data)?;
-                *written += data.len() as u64;
-                Ok(())
-            }
+            } => match writer.write_bytes(data) {
+                Ok(()) => {
+                    *written += data.len() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Past the argument checks, a failure loses the image:
+                    // some of its data may be at the server, some not.
+                    let failure = Failure::from(e);
+                    *state = ImageState::Lost(failure.1.clone());
+                    Err(failure)
+                }
+            },
             other => Err(wrong_state(other, "write")),
         }
     })
@@ -273,6 +288,8 @@ pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status
             }
         };
         match std::mem::replace(&mut *state, ImageState::Aborted) {
+            // Lost already: the abort went out with the error.
+            ImageState::Lost(_) => {}
             ImageState::Writing { writer, .. } => {
                 img.canceller.cancel();
                 writer.abort();
@@ -338,21 +355,18 @@ pub unsafe extern "C" fn tern_image_size(image: *const tern_image, size: *mut u6
             ImageState::Writing { written, .. } => *written,
             ImageState::Reading(r) => r.size(),
             ImageState::Committed(c) => c.info.size,
-            ImageState::Aborted => {
-                return Err(Failure::new(
-                    tern_status::TERN_CLOSED,
-                    "the image was aborted",
-                ))
-            }
+            other => return Err(wrong_state(other, "tell its size")),
         };
         Ok(())
     })
 }
 
 /// Copies the image's DMA properties into buf (capacity `cap`) and sets *len to
-/// their length. If cap is too small, nothing is copied, *len is still set and
-/// TERN_BUFFER_TOO_SMALL is returned: call again with a larger buffer (buf may be
-/// NULL when cap is 0). Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
+/// their length. `buf` NULL with `cap` 0 asks for the length alone (TERN_OK,
+/// or TERN_BUFFER_TOO_SMALL if there are properties); `buf` NULL with `cap`
+/// above 0 is TERN_NULL_POINTER. If cap is too small, nothing is copied, *len
+/// is still set and TERN_BUFFER_TOO_SMALL is returned: call again with a
+/// larger buffer. Errors: TERN_NULL_POINTER, TERN_BUFFER_TOO_SMALL, TERN_CLOSED.
 ///
 /// # Safety
 /// `image` is NULL or a live handle; `buf` is NULL or valid for `cap` writable bytes; `len` is NULL or writable.
@@ -368,23 +382,24 @@ pub unsafe extern "C" fn tern_image_properties(
         let img = unsafe { image_ref(image)? };
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let len = unsafe { out(len, "len")? };
+        if buf.is_null() && cap > 0 {
+            return Err(Failure::new(
+                tern_status::TERN_NULL_POINTER,
+                format!("buf is NULL but cap is {cap}"),
+            ));
+        }
         let state = img.lock();
         let props: &[u8] = match &*state {
             ImageState::Writing { props, .. } => props,
             ImageState::Reading(r) => &r.info().props,
             ImageState::Committed(c) => &c.info.props,
-            ImageState::Aborted => {
-                return Err(Failure::new(
-                    tern_status::TERN_CLOSED,
-                    "the image was aborted",
-                ))
-            }
+            other => return Err(wrong_state(other, "read its properties")),
         };
         *len = props.len();
         if props.is_empty() {
             return Ok(());
         }
-        if cap < props.len() || buf.is_null() {
+        if cap < props.len() {
             return Err(Failure::new(
                 tern_status::TERN_BUFFER_TOO_SMALL,
                 format!(

@@ -747,3 +747,110 @@ fn capacity_matches_tern_stats_and_closed_clients_say_so() {
     );
     unsafe { tern_client_free(c) };
 }
+
+#[test]
+fn the_header_contract_holds() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    // tern_last_error is the most recent call's: "" after a success.
+    assert_eq!(
+        unsafe { tern_container_create(c, null()) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert!(!last_error().is_empty());
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(last_error(), "");
+    // Names as the header states them.
+    for bad in [".", "..", "a..b", "", "tab\there"] {
+        let bad = CString::new(bad).unwrap();
+        assert_eq!(
+            unsafe { tern_container_create(c, bad.as_ptr()) },
+            tern_status::TERN_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
+    }
+    let props = b"dma-props";
+    let image = CString::new("i").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                c,
+                name.as_ptr(),
+                image.as_ptr(),
+                props.as_ptr(),
+                props.len(),
+                &mut img,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    // Properties: NULL with 0 asks for the length; NULL with room is a NULL pointer.
+    let mut len = 0usize;
+    assert_eq!(
+        unsafe { tern_image_properties(img, null_mut(), 0, &mut len) },
+        tern_status::TERN_BUFFER_TOO_SMALL
+    );
+    assert_eq!(len, props.len());
+    assert_eq!(
+        unsafe { tern_image_properties(img, null_mut(), 64, &mut len) },
+        tern_status::TERN_NULL_POINTER
+    );
+    // A write refused for its arguments leaves the image committable.
+    assert_eq!(
+        unsafe { tern_image_write(img, null(), 5) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, b"hello".as_ptr(), 5) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+
+    // A write that fails past the checks loses the image: later calls say closed.
+    let o = {
+        let mut o = options(&server);
+        o.raw.call_timeout_ms = 300;
+        o.raw.cache_memory_bytes = 1 << 20;
+        o.raw.cache_disk_bytes = TERN_CACHE_DISK_OFF;
+        o
+    };
+    let mut c2 = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c2) },
+        tern_status::TERN_OK
+    );
+    let lost = CString::new("lost").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe { tern_image_create(c2, name.as_ptr(), lost.as_ptr(), null(), 0, &mut img) },
+        tern_status::TERN_OK
+    );
+    let frozen = Frozen::server(&server);
+    let st = write_until_refused(img as usize);
+    assert_eq!(st, tern_status::TERN_TIMEOUT, "{}", last_error());
+    drop(frozen);
+    assert_eq!(
+        unsafe { tern_image_write(img, b"more".as_ptr(), 4) },
+        tern_status::TERN_CLOSED
+    );
+    assert!(last_error().contains("lost"), "{}", last_error());
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_CLOSED
+    );
+    assert_eq!(unsafe { tern_image_abort(img) }, tern_status::TERN_OK);
+    unsafe {
+        tern_image_free(img);
+        tern_client_free(c2);
+        tern_client_free(c);
+    }
+}
