@@ -374,6 +374,8 @@ typedef struct {
 
 /**
  * One container, as passed to a tern_container_cb. Valid only during the callback.
+ * Fields may be added at the end in later versions (the library allocates
+ * it; a caller reads the fields its header knows).
  */
 typedef struct {
   const char *name;
@@ -386,6 +388,20 @@ typedef struct {
    * Sum of the sizes of its images.
    */
   uint64_t logical_bytes;
+  /**
+   * Its FastCDC chunk sizes: smallest, average aimed at, largest (bytes).
+   */
+  uint32_t chunk_min;
+  uint32_t chunk_avg;
+  uint32_t chunk_max;
+  /**
+   * Its zstd level.
+   */
+  int32_t zstd_level;
+  /**
+   * Images that may be written at once (0: no limit).
+   */
+  uint32_t stream_limit;
 } tern_container_info;
 
 /**
@@ -575,6 +591,17 @@ tern_status tern_client_stats(const tern_client *client, tern_client_statistics 
 tern_status tern_container_list(const tern_client *client, tern_container_cb cb, void *ctx);
 
 /**
+ * Deletes a container that holds no image (delete its images first).
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a bad name, or images
+ * left in it), TERN_NOT_FOUND, TERN_BUSY (images being written), TERN_CLOSED,
+ * TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `name` is NULL or NUL-terminated.
+ */
+tern_status tern_container_remove(const tern_client *client, const char *name);
+
+/**
  * Creates a container with the server's default settings, in the default
  * storage group, or in GROUP when `name` is `GROUP/NAME`. Container names are
  * per storage group; wherever a function takes a container, `GROUP/NAME`
@@ -725,6 +752,17 @@ tern_status tern_image_list(const tern_client *client, const char *container, co
  * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
  */
 tern_status tern_image_delete(const tern_client *client, const char *container, const char *name);
+
+/**
+ * Replaces a committed image's DMA properties (`props` may be NULL when
+ * `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
+ * before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
+ * TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
+ */
+tern_status tern_image_set_properties(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len);
 
 /**
  * Returns the function table of ABI version `abi_version`, or NULL (with

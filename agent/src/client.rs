@@ -434,6 +434,24 @@ impl Client {
         }
     }
 
+    /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`
+    /// bytes, refused before sending).
+    pub fn image_set_props(
+        &self,
+        container: &str,
+        name: &str,
+        props: &[u8],
+    ) -> Result<(), ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        check_props(props)?;
+        self.expect_ok(Msg::ImagePropsSet {
+            container,
+            name,
+            props: props.to_vec(),
+        })
+    }
+
     /// Deletes an image; its space returns at the server's next GC.
     pub fn image_remove(&self, container: &str, name: &str) -> Result<(), ClientError> {
         let container = ContainerName::new(container)?;

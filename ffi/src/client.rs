@@ -396,6 +396,8 @@ pub(crate) unsafe fn copy_prefix<T>(src: &T, dst: *mut T, size: usize) {
 
 /// One container, as passed to a tern_container_cb. Valid only during the callback.
 #[repr(C)]
+/// Fields may be added at the end in later versions (the library allocates
+/// it; a caller reads the fields its header knows).
 pub struct tern_container_info {
     pub name: *const c_char,
     /// The storage group it belongs to.
@@ -403,6 +405,14 @@ pub struct tern_container_info {
     pub images: u64,
     /// Sum of the sizes of its images.
     pub logical_bytes: u64,
+    /// Its FastCDC chunk sizes: smallest, average aimed at, largest (bytes).
+    pub chunk_min: u32,
+    pub chunk_avg: u32,
+    pub chunk_max: u32,
+    /// Its zstd level.
+    pub zstd_level: i32,
+    /// Images that may be written at once (0: no limit).
+    pub stream_limit: u32,
 }
 
 /// Called once per container; return 0 to go on, nonzero to stop.
@@ -433,12 +443,39 @@ pub unsafe extern "C" fn tern_container_list(
                 group: group.as_ptr(),
                 images: info.images,
                 logical_bytes: info.logical_bytes,
+                chunk_min: info.chunking.min,
+                chunk_avg: info.chunking.avg,
+                chunk_max: info.chunking.max,
+                zstd_level: info.zstd_level,
+                stream_limit: info.stream_limit,
             };
             // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ci) } != 0 {
                 break;
             }
         }
+        Ok(())
+    })
+}
+
+/// Deletes a container that holds no image (delete its images first).
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a bad name, or images
+/// left in it), TERN_NOT_FOUND, TERN_BUSY (images being written), TERN_CLOSED,
+/// TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `name` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tern_container_remove(
+    client: *const tern_client,
+    name: *const c_char,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        c.get()?.container_remove(name)?;
         Ok(())
     })
 }

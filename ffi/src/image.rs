@@ -544,3 +544,32 @@ pub unsafe extern "C" fn tern_image_delete(
         Ok(())
     })
 }
+
+/// Replaces a committed image's DMA properties (`props` may be NULL when
+/// `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
+/// before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
+/// TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_set_properties(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    props: *const u8,
+    props_len: usize,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
+        let props = unsafe { bytes(props, props_len, "props")? };
+        c.get()?.image_set_props(container, name, props)?;
+        Ok(())
+    })
+}

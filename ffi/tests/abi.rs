@@ -854,3 +854,105 @@ fn the_header_contract_holds() {
         tern_client_free(c);
     }
 }
+
+#[test]
+fn containers_tell_their_settings_and_go_and_properties_change() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    unsafe extern "C" fn keep(ctx: *mut std::ffi::c_void, info: *const tern_container_info) -> i32 {
+        let seen = unsafe { &mut *(ctx as *mut Vec<(u32, u32, u32, i32, u32)>) };
+        let i = unsafe { &*info };
+        seen.push((
+            i.chunk_min,
+            i.chunk_avg,
+            i.chunk_max,
+            i.zstd_level,
+            i.stream_limit,
+        ));
+        0
+    }
+    let mut seen: Vec<(u32, u32, u32, i32, u32)> = Vec::new();
+    let ctx = &mut seen as *mut _ as *mut std::ffi::c_void;
+    assert_eq!(
+        unsafe { tern_container_list(c, Some(keep), ctx) },
+        tern_status::TERN_OK
+    );
+    let info = server.client().container_list().unwrap();
+    let want = &info[0];
+    assert_eq!(
+        seen,
+        vec![(
+            want.chunking.min,
+            want.chunking.avg,
+            want.chunking.max,
+            want.zstd_level,
+            want.stream_limit
+        )]
+    );
+
+    // Properties of a committed image change through the C ABI.
+    let image = CString::new("i").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                c,
+                name.as_ptr(),
+                image.as_ptr(),
+                b"v1".as_ptr(),
+                2,
+                &mut img,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+    let set = |p: &[u8]| unsafe {
+        tern_image_set_properties(c, name.as_ptr(), image.as_ptr(), p.as_ptr(), p.len())
+    };
+    assert_eq!(
+        set(b"version two"),
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    let listed = server.client().image_list("c", "").unwrap();
+    assert_eq!(listed[0].props, b"version two");
+    assert_eq!(
+        set(&vec![0u8; TERN_MAX_PROPS_LEN + 1]),
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    let missing = CString::new("nope").unwrap();
+    assert_eq!(
+        unsafe { tern_image_set_properties(c, name.as_ptr(), missing.as_ptr(), null(), 0) },
+        tern_status::TERN_NOT_FOUND
+    );
+
+    // A container with images stays; an empty one goes.
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        unsafe { tern_image_delete(c, name.as_ptr(), image.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_NOT_FOUND
+    );
+    unsafe { tern_client_free(c) };
+}

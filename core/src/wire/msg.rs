@@ -311,6 +311,17 @@ pub enum Msg {
         /// The image's name.
         name: ImageName,
     },
+    /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`);
+    /// answered by `Ok`.
+    ImagePropsSet {
+        /// The container holding the image.
+        container: ContainerName,
+        /// The image's name.
+        name: ImageName,
+        /// The DMA's new properties.
+        #[serde(with = "serde_bytes")]
+        props: Vec<u8>,
+    },
     /// Asks what the store holds; answered by `Stats`.
     StatsGet,
     /// The answer to `StatsGet`.

@@ -29,6 +29,14 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| store.image_remove(&user, &container, &name))?;
             Msg::Ok
         }
+        Msg::ImagePropsSet {
+            container,
+            name,
+            props,
+        } => {
+            blocking(|| store.image_set_props(&user, &container, &name, props))?;
+            Msg::Ok
+        }
         Msg::UserAdd {
             name,
             password,

@@ -51,6 +51,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ContainerRemove { .. }
         | Msg::ImageList { .. }
         | Msg::ImageRemove { .. }
+        | Msg::ImagePropsSet { .. }
         | Msg::UserAdd { .. }
         | Msg::UserPasswd { .. }
         | Msg::UserSet { .. }

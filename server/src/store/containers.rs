@@ -132,6 +132,30 @@ impl Store {
             .collect())
     }
 
+    /// Replaces a committed image's properties.
+    pub fn image_set_props(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+        props: Vec<u8>,
+    ) -> Result<()> {
+        if props.len() > tern_core::wire::MAX_PROPS_LEN {
+            return Err(StoreError::Invalid(format!(
+                "image properties of {} bytes; the limit is {}",
+                props.len(),
+                tern_core::wire::MAX_PROPS_LEN
+            )));
+        }
+        let c = self.container(user, container)?;
+        if !self.catalog.set_image_props(c.id, name, props)? {
+            return Err(StoreError::NotFound(format!(
+                "image {name} does not exist in container {container}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Deletes an image; its chunks are reclaimed by the next GC.
     pub fn image_remove(
         &self,

@@ -406,6 +406,28 @@ impl Catalog {
     }
 
     /// Removes an image and its recipe; false if there was none.
+    /// Replaces an image's properties; false if there is no such image.
+    pub fn set_image_props(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+        props: Vec<u8>,
+    ) -> Result<bool> {
+        let tx = self.begin_write()?;
+        {
+            let mut images = tx.open_table(IMAGES)?;
+            let key = (container_id, name.as_str());
+            let mut rec: ImageRecord = match images.get(key)? {
+                Some(v) => decode("image", v.value())?,
+                None => return Ok(false),
+            };
+            rec.props = props;
+            images.insert(key, encode(&rec)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     pub fn remove_image(&self, container_id: u64, name: &ImageName) -> Result<bool> {
         let tx = self.begin_write()?;
         {
