@@ -469,6 +469,8 @@ typedef int (*tern_image_cb)(void *ctx, const tern_image_info *info);
  * Every libtern function, for a host that loads the library with dlopen() and
  * looks up only tern_plugin_entry. Later ABI versions append members; a host
  * checks struct_size before using a member it did not know when it was built.
+ * The first five members (abi_version to status_name) are the same in every
+ * ABI version.
  */
 typedef struct {
   /**
@@ -500,6 +502,10 @@ typedef struct {
   void (*image_free)(tern_image*);
   tern_status (*image_list)(const tern_client*, const char*, const char*, tern_image_cb, void*);
   tern_status (*image_delete)(const tern_client*, const char*, const char*);
+  tern_status (*client_cancel)(const tern_client*);
+  tern_status (*client_capacity)(const tern_client*, tern_capacity*);
+  tern_status (*container_remove)(const tern_client*, const char*);
+  tern_status (*image_set_properties)(const tern_client*, const char*, const char*, const uint8_t*, size_t);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -765,9 +771,13 @@ tern_status tern_image_delete(const tern_client *client, const char *container, 
 tern_status tern_image_set_properties(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len);
 
 /**
- * Returns the function table of ABI version `abi_version`, or NULL (with
- * tern_last_error() saying why) if this library does not implement it. The
- * table is static: never free it.
+ * Returns the function table of ABI version `abi_version`, or NULL if this
+ * library does not implement it. Why is then told by the table that
+ * tern_plugin_entry(0) always returns, without touching the thread's last
+ * error: its last_error() says why the previous call returned NULL, and its
+ * abi_version which version this library does implement (only the first
+ * five members of that table are to be used unless abi_version matches).
+ * The tables are static: never free them.
  */
 const tern_plugin_api *tern_plugin_entry(uint32_t abi_version);
 

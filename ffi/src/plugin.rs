@@ -10,6 +10,8 @@ use crate::TERN_ABI_VERSION;
 /// Every libtern function, for a host that loads the library with dlopen() and
 /// looks up only tern_plugin_entry. Later ABI versions append members; a host
 /// checks struct_size before using a member it did not know when it was built.
+/// The first five members (abi_version to status_name) are the same in every
+/// ABI version.
 #[repr(C)]
 pub struct tern_plugin_api {
     /// The ABI version of this table (TERN_ABI_VERSION).
@@ -62,6 +64,18 @@ pub struct tern_plugin_api {
     ) -> tern_status,
     pub image_delete:
         unsafe extern "C" fn(*const tern_client, *const c_char, *const c_char) -> tern_status,
+    // Appended in libtern 0.2 (check struct_size):
+    pub client_cancel: unsafe extern "C" fn(*const tern_client) -> tern_status,
+    pub client_capacity:
+        unsafe extern "C" fn(*const tern_client, *mut crate::tern_capacity) -> tern_status,
+    pub container_remove: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
+    pub image_set_properties: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        *const u8,
+        usize,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -88,13 +102,24 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     image_free: tern_image_free,
     image_list: tern_image_list,
     image_delete: tern_image_delete,
+    client_cancel: tern_client_cancel,
+    client_capacity: crate::tern_client_capacity,
+    container_remove: tern_container_remove,
+    image_set_properties: tern_image_set_properties,
 };
 
-/// Returns the function table of ABI version `abi_version`, or NULL (with
-/// tern_last_error() saying why) if this library does not implement it. The
-/// table is static: never free it.
+/// Returns the function table of ABI version `abi_version`, or NULL if this
+/// library does not implement it. Why is then told by the table that
+/// tern_plugin_entry(0) always returns, without touching the thread's last
+/// error: its last_error() says why the previous call returned NULL, and its
+/// abi_version which version this library does implement (only the first
+/// five members of that table are to be used unless abi_version matches).
+/// The tables are static: never free them.
 #[no_mangle]
 pub extern "C" fn tern_plugin_entry(abi_version: u32) -> *const tern_plugin_api {
+    if abi_version == 0 {
+        return &API_V1;
+    }
     let mut table = std::ptr::null();
     let _ = guard(|| {
         if abi_version != TERN_ABI_VERSION {

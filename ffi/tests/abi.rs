@@ -358,6 +358,13 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
 fn the_plugin_entry_refuses_unknown_abi_versions() {
     assert!(tern_plugin_entry(99).is_null());
     assert!(last_error().contains("ABI version"));
+    // A host that has only tern_plugin_entry learns why from table 0.
+    let why = unsafe { &*tern_plugin_entry(0) };
+    assert_eq!(why.abi_version, TERN_ABI_VERSION);
+    let said = unsafe { CStr::from_ptr((why.last_error)()) }
+        .to_string_lossy()
+        .into_owned();
+    assert!(said.contains("not 99"), "{said}");
     let api = tern_plugin_entry(TERN_ABI_VERSION);
     assert!(!api.is_null());
     let api = unsafe { &*api };
