@@ -1,5 +1,6 @@
 //! The store over a temporary directory, without a ternd process or a network.
 
+use tern_core::chunker::MAX_CHUNK_LIMIT;
 use tern_core::codec::{self, Compressor};
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{ChunkRef, ContainerSettings, ErrorKind};
@@ -221,4 +222,42 @@ fn passthrough_writers_of_different_images_do_not_wait_for_each_other() {
     drop(_held);
     store.image_commit(wb).unwrap();
     assert_eq!(read_image(&store, "b"), data);
+}
+
+/// Incompressible chunks of 64 KiB, distinct per salt.
+fn big_chunks(n: u32, salt: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut h = blake3::Hasher::new();
+            h.update(&salt.to_le_bytes());
+            h.update(&i.to_le_bytes());
+            let mut out = vec![0u8; 64 << 10];
+            h.finalize_xof().fill(&mut out);
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn gc_writes_packs_of_the_documented_size() {
+    let (dir, store) = store_with_container();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        write_image(&store, name, &big_chunks(200, i as u32)).unwrap();
+    }
+    for name in ["a", "c"] {
+        let (c, n) = names("c", name);
+        store.image_remove(&admin(), &c, &n).unwrap();
+    }
+    let report = store.gc().unwrap();
+    assert!(report.packs_rewritten > 0, "{report:?}");
+    store.packs.wait_finished().unwrap();
+    let limit = packs::PACK_TARGET + (MAX_CHUNK_LIMIT as u64) * 2;
+    for p in store.packs.files().unwrap() {
+        let len = std::fs::metadata(&p.path).unwrap().len();
+        assert!(len <= limit, "{} holds {len} bytes", p.path.display());
+    }
+    for name in ["b", "d"] {
+        assert_eq!(read_image(&store, name).len(), 200 << 16);
+    }
+    drop(dir);
 }
