@@ -466,6 +466,45 @@ typedef struct {
 typedef int (*tern_image_cb)(void *ctx, const tern_image_info *info);
 
 /**
+ * How far an image has come, as passed to a tern_progress_cb. Valid only
+ * during the callback; fields may be added at the end in later versions
+ * (check struct_size).
+ */
+typedef struct {
+  /**
+   * sizeof(tern_progress) in this library.
+   */
+  size_t struct_size;
+  /**
+   * Bytes given to tern_image_write so far.
+   */
+  uint64_t written_bytes;
+  /**
+   * Compressed chunk bytes sent to the server so far (dedup mode), or raw
+   * bytes sent (passthrough mode).
+   */
+  uint64_t sent_bytes;
+  /**
+   * Bytes the server's store grew by: known once the image is committed
+   * (0 before).
+   */
+  uint64_t stored_bytes;
+  /**
+   * Bytes returned by tern_image_read so far.
+   */
+  uint64_t read_bytes;
+  /**
+   * 1 on the last report of a commit, else 0.
+   */
+  uint32_t committed;
+} tern_progress;
+
+/**
+ * Called with an image's progress; see tern_image_set_progress().
+ */
+typedef void (*tern_progress_cb)(void *ctx, const tern_progress *progress);
+
+/**
  * Every libtern function, for a host that loads the library with dlopen() and
  * looks up only tern_plugin_entry. Later ABI versions append members; a host
  * checks struct_size before using a member it did not know when it was built.
@@ -506,6 +545,7 @@ typedef struct {
   tern_status (*client_capacity)(const tern_client*, tern_capacity*);
   tern_status (*container_remove)(const tern_client*, const char*);
   tern_status (*image_set_properties)(const tern_client*, const char*, const char*, const uint8_t*, size_t);
+  tern_status (*image_set_progress)(const tern_image*, tern_progress_cb, void*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -780,6 +820,21 @@ tern_status tern_image_set_properties(const tern_client *client, const char *con
  * The tables are static: never free them.
  */
 const tern_plugin_api *tern_plugin_entry(uint32_t abi_version);
+
+/**
+ * Sets (or, with a NULL cb, clears) the image's progress callback. It is
+ * called on the thread of the call that made progress (tern_image_write,
+ * tern_image_commit, tern_image_read), after that call's work and before
+ * it returns: at most once per MiB written or read, and once at the end of
+ * a successful commit. It is never re-entered: a call the callback makes on
+ * the same image reports nothing. It must not free the image.
+ * Errors: TERN_NULL_POINTER.
+ *
+ * # Safety
+ * `image` is NULL or a live handle; `cb` is NULL or a valid function; `ctx`
+ * is passed to it untouched and must stay valid while the callback is set.
+ */
+tern_status tern_image_set_progress(const tern_image *image, tern_progress_cb cb, void *ctx);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -8,6 +8,7 @@ use tern_agent::{Committed, ImageReader, ImageWriter};
 
 use crate::client::{client_ref, copy_prefix, cstring, tern_client, Counters};
 use crate::error::{c_str, guard, opt_c_str, out, tern_status, Failure, FfiResult};
+use crate::progress::{tern_progress, Progress};
 
 /// An image being written, or a committed image opened for reading.
 /// One thread at a time; see the header's notes on threads.
@@ -16,6 +17,8 @@ pub struct tern_image {
     /// Ends the call in progress on another thread (tern_image_abort): kept
     /// outside the state's lock, which that call holds.
     canceller: std::sync::Arc<tern_agent::Stop>,
+    /// The host's progress callback, if any.
+    pub(crate) progress: Progress,
     /// The client's counters, shared so a commit updates them after the client is closed.
     counters: std::sync::Arc<Counters>,
 }
@@ -72,7 +75,7 @@ pub struct tern_image_info {
 pub type tern_image_cb =
     Option<unsafe extern "C" fn(ctx: *mut c_void, info: *const tern_image_info) -> c_int>;
 
-unsafe fn image_ref<'a>(img: *const tern_image) -> FfiResult<&'a tern_image> {
+pub(crate) unsafe fn image_ref<'a>(img: *const tern_image) -> FfiResult<&'a tern_image> {
     // SAFETY: a non-NULL tern_image* came from tern_image_create/open and is not freed yet.
     unsafe { img.as_ref() }
         .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "image is NULL"))
@@ -157,6 +160,7 @@ pub unsafe extern "C" fn tern_image_create(
         let writer = c.get()?.create_image(container, name, props)?;
         *out_image = Box::into_raw(Box::new(tern_image {
             canceller: writer.canceller(),
+            progress: Progress::default(),
             state: Mutex::new(ImageState::Writing {
                 writer: Box::new(writer),
                 written: 0,
@@ -194,6 +198,13 @@ pub unsafe extern "C" fn tern_image_write(
             } => match writer.write_bytes(data) {
                 Ok(()) => {
                     *written += data.len() as u64;
+                    let now = tern_progress {
+                        written_bytes: *written,
+                        sent_bytes: writer.sent_bytes(),
+                        ..Default::default()
+                    };
+                    drop(state);
+                    img.progress.report(now, false);
                     Ok(())
                 }
                 Err(e) => {
@@ -258,7 +269,16 @@ pub unsafe extern "C" fn tern_image_commit(
             // SAFETY: the caller's struct_size (checked above) says how many bytes `stats` has room for.
             unsafe { copy_prefix(&full, stats, size) };
         }
+        let now = tern_progress {
+            written_bytes: done.stats.logical_bytes,
+            sent_bytes: done.sent_bytes,
+            stored_bytes: done.stats.new_stored_bytes,
+            committed: 1,
+            ..Default::default()
+        };
         *state = ImageState::Committed(Box::new(done));
+        drop(state);
+        img.progress.report(now, true);
         Ok(())
     })
 }
@@ -332,6 +352,7 @@ pub unsafe extern "C" fn tern_image_open(
         let reader = c.get()?.open_image(container, name)?;
         *out_image = Box::into_raw(Box::new(tern_image {
             canceller: reader.canceller(),
+            progress: Progress::default(),
             state: Mutex::new(ImageState::Reading(Box::new(reader))),
             counters: c.counters.clone(),
         }));
@@ -458,6 +479,13 @@ pub unsafe extern "C" fn tern_image_read(
             total += n;
         }
         *nread = total;
+        drop(state);
+        let read = img.progress.read.fetch_add(total as u64, Ordering::Relaxed) + total as u64;
+        let now = tern_progress {
+            read_bytes: read,
+            ..Default::default()
+        };
+        img.progress.report(now, false);
         Ok(())
     })
 }

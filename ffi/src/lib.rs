@@ -12,12 +12,14 @@ mod client;
 mod error;
 mod image;
 mod plugin;
+mod progress;
 
 pub use capacity::*;
 pub use client::*;
 pub use error::{tern_last_error, tern_status, tern_status_name};
 pub use image::*;
 pub use plugin::*;
+pub use progress::*;
 
 /// The ABI version this library implements; pass it to tern_plugin_entry().
 pub const TERN_ABI_VERSION: u32 = 1;

@@ -76,6 +76,11 @@ pub struct tern_plugin_api {
         *const u8,
         usize,
     ) -> tern_status,
+    pub image_set_progress: unsafe extern "C" fn(
+        *const tern_image,
+        crate::tern_progress_cb,
+        *mut c_void,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -106,6 +111,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     client_capacity: crate::tern_client_capacity,
     container_remove: tern_container_remove,
     image_set_properties: tern_image_set_properties,
+    image_set_progress: crate::tern_image_set_progress,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

@@ -963,3 +963,83 @@ fn containers_tell_their_settings_and_go_and_properties_change() {
     );
     unsafe { tern_client_free(c) };
 }
+
+/// What the progress callback saw: every report, and whether one came while
+/// another ran.
+#[derive(Default)]
+struct Seen {
+    reports: Vec<tern_progress>,
+    image: usize,
+    nested_calls: u32,
+}
+
+unsafe extern "C" fn on_progress(ctx: *mut std::ffi::c_void, p: *const tern_progress) {
+    let seen = unsafe { &mut *(ctx as *mut Seen) };
+    seen.reports.push(unsafe { *p });
+    // A call on the same image from the callback works and reports nothing.
+    let mut size = 0u64;
+    if unsafe { tern_image_size(seen.image as *const tern_image, &mut size) }
+        == tern_status::TERN_OK
+    {
+        seen.nested_calls += 1;
+    }
+}
+
+#[test]
+fn progress_is_reported_on_the_calling_thread_per_mib_and_at_commit() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    let image = CString::new("p").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe { tern_image_create(c, name.as_ptr(), image.as_ptr(), null(), 0, &mut img) },
+        tern_status::TERN_OK
+    );
+    let mut seen = Seen {
+        image: img as usize,
+        ..Default::default()
+    };
+    let ctx = &mut seen as *mut Seen as *mut std::ffi::c_void;
+    assert_eq!(
+        unsafe { tern_image_set_progress(img, Some(on_progress), ctx) },
+        tern_status::TERN_OK
+    );
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for piece in data.chunks(256 << 10) {
+        assert_eq!(
+            unsafe { tern_image_write(img, piece.as_ptr(), piece.len()) },
+            tern_status::TERN_OK
+        );
+    }
+    let mut stats: tern_image_statistics = unsafe { std::mem::zeroed() };
+    stats.struct_size = std::mem::size_of::<tern_image_statistics>();
+    assert_eq!(
+        unsafe { tern_image_commit(img, &mut stats) },
+        tern_status::TERN_OK
+    );
+    // About one report per MiB written, one at commit; never more than asked.
+    let writes = seen.reports.iter().filter(|r| r.committed == 0).count();
+    assert!((6..=9).contains(&writes), "{writes} reports for 8 MiB");
+    assert!(seen
+        .reports
+        .windows(2)
+        .all(|w| w[0].written_bytes <= w[1].written_bytes && w[0].sent_bytes <= w[1].sent_bytes));
+    let last = seen.reports.last().unwrap();
+    assert_eq!(last.committed, 1);
+    assert_eq!(last.written_bytes, data.len() as u64);
+    assert_eq!(last.stored_bytes, stats.new_bytes);
+    assert_eq!(last.sent_bytes, stats.sent_bytes);
+    assert_eq!(seen.nested_calls as usize, seen.reports.len());
+    assert_eq!(last.struct_size, std::mem::size_of::<tern_progress>());
+    unsafe {
+        tern_image_free(img);
+        tern_client_free(c);
+    }
+}

@@ -139,6 +139,11 @@ impl ImageWriter {
         self.stop.clone()
     }
 
+    /// Chunk bytes sent so far (compressed in dedup mode, raw in passthrough).
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     /// Adds image bytes.
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
         self.stop.check()?;
