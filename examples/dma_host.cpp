@@ -1,9 +1,12 @@
 // dma_host: loads libtern at run time, as backup software loads a storage
-// plugin, then writes four images from four threads over one client, reads
-// them back and checks every byte.
+// plugin, checks the disk pool's capacity, writes four images from four
+// threads over one client, reads them back and checks every byte, then
+// starts a fifth job and cancels it from another thread, as a DMA's "cancel
+// job" does.
 // usage: dma_host SERVER CONTAINER PATH/TO/libtern.so
 #include <dlfcn.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -110,6 +113,16 @@ int main(int argc, char **argv) {
 
   const int streams = 4;
   const size_t len = 6 << 20;
+  // The disk-pool view: is there room for the jobs?
+  tern_capacity cap{};
+  cap.struct_size = sizeof cap;
+  if (!check(api->client_capacity(client, &cap), "capacity")) return 1;
+  std::printf("pool: %llu bytes, %llu used, %llu free\n", static_cast<unsigned long long>(cap.total_bytes),
+              static_cast<unsigned long long>(cap.used_bytes), static_cast<unsigned long long>(cap.free_bytes));
+  if (cap.free_bytes < streams * len) {
+    std::fprintf(stderr, "not enough room for %d streams of %zu bytes\n", streams, len);
+    return 1;
+  }
   std::vector<std::vector<uint8_t>> data;
   for (int i = 0; i < streams; i++) data.push_back(stream_data(i, len));
   std::vector<int> ok(streams, 0);
@@ -126,10 +139,33 @@ int main(int argc, char **argv) {
   cs.struct_size = sizeof cs;
   check(api->client_stats(client, &cs), "stats");
   api->client_free(client);
+
+  // A job the operator cancels: its own client, a writer thread, and a
+  // cancel from this thread. The writer's call returns TERN_CANCELLED.
+  tern_client *job = nullptr;
+  if (!check(api->client_open(&opts, &job), "connect the job")) return 1;
+  tern_status job_status = TERN_OK;
+  std::thread writer([&] {
+    tern_image *image = nullptr;
+    job_status = api->image_create(job, argv[2], "cancelled-job", nullptr, 0, &image);
+    std::vector<uint8_t> piece = stream_data(9, 1 << 20);
+    for (int i = 0; job_status == TERN_OK && i < 4096; i++) {
+      piece[0] = static_cast<uint8_t>(i);
+      piece[1] = static_cast<uint8_t>(i >> 8);
+      job_status = api->image_write(image, piece.data(), piece.size());
+    }
+    api->image_free(image);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  check(api->client_cancel(job), "cancel");
+  writer.join();
+  api->client_free(job);
+  bool cancelled = job_status == TERN_CANCELLED;
+  std::printf("cancelled job: %s\n", api->status_name(job_status));
   int failed = 0;
   for (int i = 0; i < streams; i++) failed += !ok[i];
   std::printf("%d streams round-tripped, %d failed; %llu logical bytes, dedup ratio %.2f\n", streams - failed, failed,
               static_cast<unsigned long long>(cs.logical_bytes), cs.dedup_ratio);
   dlclose(lib);
-  return failed == 0 ? 0 : 1;
+  return failed == 0 && cancelled ? 0 : 1;
 }

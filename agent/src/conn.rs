@@ -232,36 +232,71 @@ impl Dialer {
         })
     }
 
+    /// The first connection of a session. A connection cut during its TLS
+    /// handshake (end of stream, reset) is tried again twice, a quarter
+    /// second apart, when Secure Connect is on: a WAN may drop it, and a
+    /// server that refuses the handshake still fails the call within a second.
+    async fn dial_first(&self, retry: bool) -> Result<Box<dyn Stream>, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match self.dial_once().await {
+                Ok(s) => return Ok(s),
+                Err((e, cut)) if cut && retry && attempt < 2 => {
+                    tracing::debug!("first connection cut during its handshake, again: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
     async fn dial(&self) -> Result<Box<dyn Stream>, ClientError> {
+        self.dial_once().await.map_err(|(e, _)| e)
+    }
+
+    /// One attempt; the error says whether the connection was cut (as
+    /// opposed to refused or failed).
+    async fn dial_once(&self) -> Result<Box<dyn Stream>, (ClientError, bool)> {
         let connect_err = |reason: String| ClientError::Connect {
             server: self.server.clone(),
             reason,
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.server))
             .await
-            .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|_| (connect_err("timed out".into()), false))?
+            .map_err(|e| (connect_err(e.to_string()), false))?;
         let _ = tcp.set_nodelay(true);
         let tcp = NoSigPipe(tcp);
         if self.plain {
             return Ok(Box::new(tcp));
         }
         let Some((connector, name, _)) = &self.tls else {
-            return Err(connect_err("no TLS configuration".into()));
+            return Err((connect_err("no TLS configuration".into()), false));
         };
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
             .await
-            .map_err(|_| connect_err("TLS handshake timed out".into()))?;
-        let tls = tls.map_err(
-            |e| match self.tls.as_ref().and_then(|(_, _, v)| v.mismatch()) {
-                Some(mismatch) => ClientError::Untrusted(format!(
-                    "{}: {mismatch}. If the server's certificate was replaced on purpose, \
-                 pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
-                    self.server
-                )),
-                None => connect_err(format!("TLS handshake failed: {e}")),
-            },
-        )?;
+            .map_err(|_| (connect_err("TLS handshake timed out".into()), false))?;
+        let tls = tls.map_err(|e| {
+            let cut = matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+            match self.tls.as_ref().and_then(|(_, _, v)| v.mismatch()) {
+                Some(mismatch) => (
+                    ClientError::Untrusted(format!(
+                        "{}: {mismatch}. If the server's certificate was replaced on purpose, \
+                         pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
+                        self.server
+                    )),
+                    false,
+                ),
+                None => (connect_err(format!("TLS handshake failed: {e}")), cut),
+            }
+        })?;
         Ok(Box::new(tls))
     }
 
@@ -321,7 +356,7 @@ impl Conn {
             .thread_name("tern-conn")
             .build()?;
         let dialer = Arc::new(Dialer::new(server, opts)?);
-        let first = rt.block_on(dialer.dial())?;
+        let first = rt.block_on(dialer.dial_first(opts.resume))?;
         let seen = dialer.seen();
 
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));

@@ -220,7 +220,9 @@ fn c_examples_see_no_error_through_a_link_cut_every_second() {
     let restore = cc("restore.c", build.path());
     let faults = Faults {
         cut_every: Some(std::time::Duration::from_secs(1)),
-        per_connection_rate: Some(16 << 20),
+        // Slow enough that each direction takes seconds (4 connections at
+        // 4 MiB/s): a faster link could finish between two cuts.
+        per_connection_rate: Some(4 << 20),
         ..Faults::default()
     };
     let proxy =
