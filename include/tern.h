@@ -49,7 +49,10 @@
  *   tern_client_free: free a client only once no other thread uses it or
  *   will (freeing a handle another thread is using is undefined behaviour).
  *   Its images may outlive it; the session ends (the server is told goodbye
- *   and frees it at once) when the client and all its images are freed.
+ *   and frees it at once) when the client and all its images are freed. A
+ *   process that dies without freeing them cannot say goodbye: the server
+ *   cannot tell that from an outage, so the session's stream slots come
+ *   back when its grace period ends (ternd's grace_period_secs).
  *   A DMA writes several images at once by
  *   creating one tern_image per stream, on its own thread.
  * - A tern_image belongs to one thread at a time. Concurrent calls on the same
@@ -354,7 +357,8 @@ typedef struct {
    */
   uint64_t logical_bytes;
   /**
-   * Compressed bytes of the chunks the server lacked (what crossed the network for them).
+   * Chunk bytes sent for those images (as tern_image_statistics.sent_bytes:
+   * compressed chunks in dedup mode, raw bytes in passthrough mode).
    */
   uint64_t sent_bytes;
   /**
@@ -431,7 +435,8 @@ typedef struct {
    */
   uint64_t new_bytes;
   /**
-   * Compressed chunk bytes sent.
+   * Chunk bytes sent: in dedup mode the compressed chunks the server
+   * lacked, in passthrough mode every raw byte of the image.
    */
   uint64_t sent_bytes;
   /**

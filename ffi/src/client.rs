@@ -120,7 +120,8 @@ pub struct tern_client_statistics {
     pub images_committed: u64,
     /// Bytes of those images.
     pub logical_bytes: u64,
-    /// Compressed bytes of the chunks the server lacked (what crossed the network for them).
+    /// Chunk bytes sent for those images (as tern_image_statistics.sent_bytes:
+    /// compressed chunks in dedup mode, raw bytes in passthrough mode).
     pub sent_bytes: u64,
     /// Bytes the server's store grew by for those images.
     pub new_bytes: u64,

@@ -50,7 +50,8 @@ pub struct tern_image_statistics {
     pub new_chunks: u64,
     /// Bytes the server's store grew by.
     pub new_bytes: u64,
-    /// Compressed chunk bytes sent.
+    /// Chunk bytes sent: in dedup mode the compressed chunks the server
+    /// lacked, in passthrough mode every raw byte of the image.
     pub sent_bytes: u64,
     /// logical_bytes / new_bytes; 0 when the store grew by nothing (the same
     /// convention as tern_client_statistics).

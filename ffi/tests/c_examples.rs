@@ -240,3 +240,74 @@ fn c_examples_see_no_error_through_a_link_cut_every_second() {
         proxy.cuts()
     );
 }
+
+/// A DMA that crashes mid-backup cannot say goodbye: its stream slot comes
+/// back when its session's grace period ends on the server (as tern.h says),
+/// and a clean exit gives it back at once.
+#[test]
+fn a_crashed_writers_stream_slot_comes_back_when_its_grace_period_ends() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), &["--grace-period", "3"]);
+    let admin = server.client();
+    let one_stream = tern_agent::ContainerSettings {
+        stream_limit: Some(1),
+        ..Default::default()
+    };
+    admin.container_create("c", one_stream).unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let backup = cc("backup.c", build.path());
+    let mut crashing = Command::new(&backup)
+        .args([&server.address(), "c", "crashed"])
+        .env("TERN_PASSWORD", PASSWORD)
+        .env("TERN_FINGERPRINT", server.fingerprint().to_string())
+        .env("TERN_CONFIG_DIR", server.data().join("client-config"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    crashing
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&test_data(1 << 20, 3))
+        .unwrap();
+    // The slot is taken once the image exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match admin.create_image("c", "probe", b"") {
+            Err(e) if e.kind() == Some(tern_core::wire::ErrorKind::Busy) => break,
+            Ok(w) => drop(w),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the C writer never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    crashing.kill().unwrap();
+    crashing.wait().unwrap();
+    let killed = std::time::Instant::now();
+    // Still taken right after the crash: the server cannot tell a crash from an outage.
+    let busy = admin.create_image("c", "too-early", b"");
+    assert_eq!(
+        busy.err().and_then(|e| e.kind()),
+        Some(tern_core::wire::ErrorKind::Busy)
+    );
+    // Free once the 3 s grace period is over (with a little slack, never 600 s).
+    let w = loop {
+        match admin.create_image("c", "after", b"") {
+            Ok(w) => break w,
+            Err(e) if e.kind() == Some(tern_core::wire::ErrorKind::Busy) => {
+                assert!(
+                    killed.elapsed() < std::time::Duration::from_secs(10),
+                    "the slot was still taken {:?} after the crash",
+                    killed.elapsed()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(killed.elapsed() >= std::time::Duration::from_secs(2));
+    w.commit().unwrap();
+}
