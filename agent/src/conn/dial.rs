@@ -1,0 +1,229 @@
+//! Opening connections: TCP (never writev, so no SIGPIPE), TLS against the
+//! pinned certificate, and joining an existing session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tern_core::session;
+use tern_core::tls::{Fingerprint, PinnedServer};
+use tern_core::wire::{Frame, Msg};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::{SessionOptions, CONNECT_TIMEOUT};
+use crate::ClientError;
+
+/// A TCP stream that never uses writev(2). Plain writes go through send(2)
+/// with MSG_NOSIGNAL, so a connection cut by the network cannot raise SIGPIPE
+/// and kill a C host program that has not ignored it; writev offers no such flag.
+struct NoSigPipe(TcpStream);
+
+impl AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoSigPipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let buf = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Opens connections to one server, each verified against the same pin.
+pub(super) struct Dialer {
+    pub(super) server: String,
+    plain: bool,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        ServerName<'static>,
+        Arc<PinnedServer>,
+    )>,
+}
+
+impl Dialer {
+    pub(super) fn new(server: &str, opts: &SessionOptions) -> Result<Self, ClientError> {
+        let plain = opts.plain;
+        let connect_err = |reason: String| ClientError::Connect {
+            server: server.to_string(),
+            reason,
+        };
+        if plain {
+            return Ok(Self {
+                server: server.into(),
+                plain,
+                tls: None,
+            });
+        }
+        let verifier = PinnedServer::new(opts.pin);
+        let Some(identity) = opts.identity.clone() else {
+            return Err(ClientError::Invalid(
+                "a TLS session needs a client identity".into(),
+            ));
+        };
+        let config = tern_core::tls::client_config(verifier.clone(), identity, opts.allow_tls12)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let host = server.rsplit_once(':').map(|(h, _)| h).unwrap_or(server);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| connect_err(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        Ok(Self {
+            server: server.into(),
+            plain,
+            tls: Some((connector, name, verifier)),
+        })
+    }
+
+    /// The first connection of a session. A connection cut during its TLS
+    /// handshake (end of stream, reset) is tried again twice, a quarter
+    /// second apart, when Secure Connect is on: a WAN may drop it, and a
+    /// server that refuses the handshake still fails the call within a second.
+    pub(super) async fn dial_first(&self, retry: bool) -> Result<Box<dyn Stream>, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match self.dial_once().await {
+                Ok(s) => return Ok(s),
+                Err((e, cut)) if cut && retry && attempt < 2 => {
+                    tracing::debug!("first connection cut during its handshake, again: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Box<dyn Stream>, ClientError> {
+        self.dial_once().await.map_err(|(e, _)| e)
+    }
+
+    /// One attempt; the error says whether the connection was cut (as
+    /// opposed to refused or failed).
+    async fn dial_once(&self) -> Result<Box<dyn Stream>, (ClientError, bool)> {
+        let connect_err = |reason: String| ClientError::Connect {
+            server: self.server.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.server))
+            .await
+            .map_err(|_| (connect_err("timed out".into()), false))?
+            .map_err(|e| (connect_err(e.to_string()), false))?;
+        let _ = tcp.set_nodelay(true);
+        let tcp = NoSigPipe(tcp);
+        if self.plain {
+            return Ok(Box::new(tcp));
+        }
+        let Some((connector, name, _)) = &self.tls else {
+            return Err((connect_err("no TLS configuration".into()), false));
+        };
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| (connect_err("TLS handshake timed out".into()), false))?;
+        let tls = tls.map_err(|e| {
+            let cut = matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+            match self.tls.as_ref().and_then(|(_, _, v)| v.mismatch()) {
+                Some(mismatch) => (
+                    ClientError::Untrusted(format!(
+                        "{}: {mismatch}. If the server's certificate was replaced on purpose, \
+                         pass the new fingerprint with --fingerprint (ternd fingerprint prints it)",
+                        self.server
+                    )),
+                    false,
+                ),
+                None => (connect_err(format!("TLS handshake failed: {e}")), cut),
+            }
+        })?;
+        Ok(Box::new(tls))
+    }
+
+    pub(super) fn seen(&self) -> Option<Fingerprint> {
+        self.tls.as_ref().and_then(|(_, _, v)| v.seen())
+    }
+
+    /// Dials and joins an existing session; returns the stream and how far the server got.
+    pub(super) async fn join(
+        &self,
+        token: &[u8],
+        received: u64,
+    ) -> Result<(Box<dyn Stream>, u64), ClientError> {
+        let mut s = self.dial().await?;
+        session::write_control(
+            &mut s,
+            Msg::Join {
+                session: token.to_vec(),
+                received,
+            },
+        )
+        .await
+        .map_err(|e| ClientError::Connect {
+            server: self.server.clone(),
+            reason: e.to_string(),
+        })?;
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, Frame::read_from(&mut s))
+            .await
+            .map_err(|_| ClientError::Connect {
+                server: self.server.clone(),
+                reason: "no answer to Join".into(),
+            })?
+            .map_err(|e| ClientError::Connect {
+                server: self.server.clone(),
+                reason: e.to_string(),
+            })?;
+        match answer.env.msg {
+            Msg::Joined { received } => Ok((s, received)),
+            Msg::Error { kind, message } => Err(ClientError::Server { kind, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Joined, got {other:?}"
+            ))),
+        }
+    }
+}
