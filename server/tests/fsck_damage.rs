@@ -207,12 +207,24 @@ fn start_up_refuses_to_cut_committed_data_and_repair_keeps_every_intact_chunk() 
     let before = snapshot(&server);
 
     // Recovery would cut half the pack: start-up stops and says what to do.
-    let out = std::process::Command::new(ternd_bin())
+    let mut serve = std::process::Command::new(ternd_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(server.data())
         .env("TERN_PASSWORD", "unused")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A ternd that starts serving has failed this test: stop it, do not hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serve.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            serve.kill().unwrap();
+            panic!("ternd started on a pack it must not cut");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = serve.wait_with_output().unwrap();
     let shown = text(&out);
     assert!(!out.status.success(), "ternd started: {shown}");
     assert!(shown.contains("fsck --repair"), "{shown}");
