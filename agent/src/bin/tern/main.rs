@@ -1,17 +1,19 @@
 //! `tern`: back up to and restore from a tern server.
 
-use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::io::{self, Read};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tern_agent::config::ClientConfig;
-use tern_agent::{Client, ClientError, ContainerSettings, WriteMode};
+use tern_agent::{Client, ContainerSettings, WriteMode};
 use tern_core::tls::Fingerprint;
 use tern_core::ChunkParams;
+
+mod transfer;
+
+use transfer::{backup, bench, restore};
 
 #[derive(Parser)]
 #[command(
@@ -515,188 +517,6 @@ fn parse_chunking(s: &str) -> Result<ChunkParams> {
     let p = ChunkParams { min, avg, max };
     p.validate().map_err(anyhow::Error::msg)?;
     Ok(p)
-}
-
-fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
-    if !io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = match total {
-        Some(n) => indicatif::ProgressBar::new(n),
-        None => indicatif::ProgressBar::no_length(),
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(bar)
-}
-
-fn backup(cli: &Cli, container: &str, name: &str, mode: WriteMode, input: &Path) -> Result<()> {
-    let (source, total): (Box<dyn Read + Send>, Option<u64>) = if input.as_os_str() == "-" {
-        (Box::new(io::stdin()), None)
-    } else {
-        let f = File::open(input).with_context(|| format!("opening {}", input.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), len)
-    };
-    let client = connect(cli, mode)?;
-    let started = Instant::now();
-    let mut writer = client
-        .create_image(container, name, &[])
-        .with_context(|| format!("creating image {container}/{name}"))?;
-    let bar = progress(total);
-    let copied = writer.copy_from(source, |n| {
-        if let Some(b) = &bar {
-            b.inc(n);
-        }
-    });
-    match copied {
-        Ok(_) => {}
-        Err(ClientError::Io(e)) => {
-            return Err(e).with_context(|| format!("reading {}", input.display()))
-        }
-        Err(e) => return Err(e).with_context(|| format!("backing up to {container}/{name}")),
-    }
-    let done = writer
-        .commit()
-        .with_context(|| format!("committing {container}/{name}"))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let s = done.stats;
-    let mbps = s.logical_bytes as f64 / secs.max(1e-9) / 1e6;
-    report(
-        cli,
-        json!({
-            "container": container, "name": name, "logical_bytes": s.logical_bytes, "chunks": s.chunks,
-            "new_chunks": s.new_chunks, "new_bytes": s.new_stored_bytes, "sent_bytes": done.sent_bytes,
-            "wire_bytes": client.bytes_sent(), "dedup_ratio": done.dedup_ratio(), "seconds": secs, "mb_per_s": mbps,
-        }),
-        &format!(
-            "backed up {container}/{name}: {} logical bytes, {} new bytes stored, {} bytes sent, {}, {:.1} MB/s",
-            s.logical_bytes,
-            s.new_stored_bytes,
-            done.sent_bytes,
-            match done.dedup_ratio() {
-                r if r > 0.0 => format!("dedup ratio {r:.2}"),
-                _ => "nothing new to store".to_string(),
-            },
-            mbps
-        ),
-    );
-    Ok(())
-}
-
-fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> Result<()> {
-    let client = connect(cli, WriteMode::Dedup)?;
-    let started = Instant::now();
-    let mut reader = client
-        .open_image(container, name)
-        .with_context(|| format!("opening {container}/{name}"))?;
-    let to_stdout = output.as_os_str() == "-";
-    let bar = if to_stdout {
-        None
-    } else {
-        progress(Some(reader.size()))
-    };
-    let mut sink: Box<dyn Write> = if to_stdout {
-        Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock()))
-    } else {
-        // Write beside the target and rename, so a failed restore leaves no
-        // partial file. Unbuffered: whole chunks arrive, and a buffer would
-        // add a copy of every byte (it cost 10% of restore speed).
-        Box::new(
-            File::create(partial(output))
-                .with_context(|| format!("creating {}", output.display()))?,
-        )
-    };
-    let n = match &bar {
-        Some(b) => reader.copy_to(&mut b.wrap_write(&mut sink)),
-        None => reader.copy_to(&mut sink),
-    };
-    let n = match n {
-        Ok(n) => n,
-        Err(e) => {
-            drop(sink);
-            if !to_stdout {
-                let _ = std::fs::remove_file(partial(output));
-            }
-            return Err(e).with_context(|| format!("restoring {container}/{name}"));
-        }
-    };
-    sink.flush()?;
-    drop(sink);
-    if !to_stdout {
-        std::fs::rename(partial(output), output)
-            .with_context(|| format!("writing {}", output.display()))?;
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let mbps = n as f64 / secs.max(1e-9) / 1e6;
-    let v = json!({"container": container, "name": name, "bytes": n, "seconds": secs, "mb_per_s": mbps,
-        "wire_bytes_received": client.bytes_received()});
-    if cli.json && to_stdout {
-        eprintln!("{v}");
-    } else if cli.json {
-        println!("{v}");
-    } else if !to_stdout {
-        println!("restored {container}/{name}: {n} bytes, {mbps:.1} MB/s");
-    }
-    Ok(())
-}
-
-fn bench(cli: &Cli, local: bool, level: i32, input: Option<&Path>, upload_mib: u64) -> Result<()> {
-    if !(1..=19).contains(&level) {
-        bail!("--zstd-level {level} is not in 1..=19");
-    }
-    let data = match input {
-        Some(p) => {
-            let mut d = Vec::new();
-            File::open(p)
-                .and_then(|f| f.take(256 << 20).read_to_end(&mut d))
-                .with_context(|| format!("reading {}", p.display()))?;
-            if d.is_empty() {
-                bail!("{} is empty", p.display());
-            }
-            d
-        }
-        None => tern_agent::sample_data(64 << 20),
-    };
-    let mut stages = tern_agent::local_stages(&data, ChunkParams::default(), level)?;
-    if !local {
-        let client = connect(cli, WriteMode::Dedup)?;
-        stages.extend(tern_agent::network_stages(&client, upload_mib << 20)?);
-    }
-    if cli.json {
-        println!("{}", serde_json::to_string(&stages)?);
-        return Ok(());
-    }
-    println!(
-        "{:<36} {:>12} {:>10}",
-        "stage (one core each)", "MB/s", "ratio"
-    );
-    for s in &stages {
-        let speed = if s.bytes == 0 {
-            format!("{:.3} ms", s.seconds * 1e3)
-        } else {
-            format!("{:.1}", s.mb_per_s)
-        };
-        let ratio = s.ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
-        println!("{:<36} {:>12} {:>10}", s.stage, speed, ratio);
-    }
-    Ok(())
-}
-
-fn partial(output: &Path) -> PathBuf {
-    let mut p = output.as_os_str().to_os_string();
-    p.push(".tern-partial");
-    PathBuf::from(p)
 }
 
 #[cfg(test)]
