@@ -246,6 +246,30 @@ typedef struct {
 } tern_capacity;
 
 /**
+ * One image, as passed to a tern_image_cb. Valid only during the callback.
+ */
+typedef struct {
+  const char *container;
+  const char *name;
+  uint64_t size;
+  uint64_t chunks;
+  /**
+   * Seconds since the Unix epoch when it was committed.
+   */
+  uint64_t created;
+  /**
+   * The DMA's properties, as given to tern_image_create().
+   */
+  const uint8_t *props;
+  size_t props_len;
+} tern_image_info;
+
+/**
+ * Called once per image; return 0 to go on, nonzero to stop.
+ */
+typedef int (*tern_image_cb)(void *ctx, const tern_image_info *info);
+
+/**
  * Options for tern_client_open(). Initialize with tern_client_options_init().
  */
 typedef struct {
@@ -447,30 +471,6 @@ typedef struct {
 } tern_image_statistics;
 
 /**
- * One image, as passed to a tern_image_cb. Valid only during the callback.
- */
-typedef struct {
-  const char *container;
-  const char *name;
-  uint64_t size;
-  uint64_t chunks;
-  /**
-   * Seconds since the Unix epoch when it was committed.
-   */
-  uint64_t created;
-  /**
-   * The DMA's properties, as given to tern_image_create().
-   */
-  const uint8_t *props;
-  size_t props_len;
-} tern_image_info;
-
-/**
- * Called once per image; return 0 to go on, nonzero to stop.
- */
-typedef int (*tern_image_cb)(void *ctx, const tern_image_info *info);
-
-/**
  * How far an image has come, as passed to a tern_progress_cb. Valid only
  * during the callback; fields may be added at the end in later versions
  * (check struct_size).
@@ -572,6 +572,36 @@ const char *tern_version(void);
  * `client` is NULL or a live handle; `capacity` is NULL or points to at least `capacity->struct_size` writable bytes.
  */
 tern_status tern_client_capacity(const tern_client *client, tern_capacity *capacity);
+
+/**
+ * Calls `cb` for each image in `container` whose name starts with `prefix`
+ * (NULL or "" for all), in name order.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
+ */
+tern_status tern_image_list(const tern_client *client, const char *container, const char *prefix, tern_image_cb cb, void *ctx);
+
+/**
+ * Deletes a committed image; its space returns at the server's next GC.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
+ */
+tern_status tern_image_delete(const tern_client *client, const char *container, const char *name);
+
+/**
+ * Replaces a committed image's DMA properties (`props` may be NULL when
+ * `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
+ * before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
+ * TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
+ */
+tern_status tern_image_set_properties(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len);
 
 /**
  * Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
@@ -784,36 +814,6 @@ tern_status tern_image_read(tern_image *image, uint64_t offset, uint8_t *buf, si
  * `image` is NULL or a handle not yet freed, and no other thread uses it during or after this call.
  */
 void tern_image_free(tern_image *image);
-
-/**
- * Calls `cb` for each image in `container` whose name starts with `prefix`
- * (NULL or "" for all), in name order.
- * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
- *
- * # Safety
- * `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
- */
-tern_status tern_image_list(const tern_client *client, const char *container, const char *prefix, tern_image_cb cb, void *ctx);
-
-/**
- * Deletes a committed image; its space returns at the server's next GC.
- * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
- *
- * # Safety
- * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
- */
-tern_status tern_image_delete(const tern_client *client, const char *container, const char *name);
-
-/**
- * Replaces a committed image's DMA properties (`props` may be NULL when
- * `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
- * before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
- * TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
- *
- * # Safety
- * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
- */
-tern_status tern_image_set_properties(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len);
 
 /**
  * Returns the function table of ABI version `abi_version`, or NULL if this

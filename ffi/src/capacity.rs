@@ -2,7 +2,7 @@
 //! for a host's disk-pool view.
 
 use crate::client::{client_ref, copy_prefix, tern_client};
-use crate::error::{guard, tern_status, Failure};
+use crate::error::{guard, out_struct_size, tern_status};
 
 /// The storage the client's user can see, as the server reports it (the same
 /// figures as `tern stats`). Set struct_size before the call.
@@ -43,22 +43,8 @@ pub unsafe extern "C" fn tern_client_capacity(
     guard(|| {
         // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
-        if capacity.is_null() {
-            return Err(Failure::new(
-                tern_status::TERN_NULL_POINTER,
-                "capacity is NULL",
-            ));
-        }
-        // SAFETY: tern.h: `capacity` points to at least its struct_size bytes,
-        // and struct_size comes first; read alone, since an older caller's
-        // struct may be shorter than ours.
-        let size = unsafe { capacity.cast::<usize>().read_unaligned() };
-        if size < std::mem::size_of::<usize>() {
-            return Err(Failure::new(
-                tern_status::TERN_UNSUPPORTED_VERSION,
-                "capacity.struct_size is too small",
-            ));
-        }
+        // SAFETY: tern.h: `capacity` is NULL or points to the caller's struct.
+        let size = unsafe { out_struct_size(capacity, "capacity")? };
         let s = c.get()?.stats()?;
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let full = tern_capacity {

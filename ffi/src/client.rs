@@ -8,7 +8,8 @@ use tern_agent::{Client, ClientOptions, WriteMode};
 use tern_core::tls::Fingerprint;
 
 use crate::error::{
-    c_str, check_struct_size, guard, opt_c_str, out, read_prefix, tern_status, Failure, FfiResult,
+    c_str, check_struct_size, guard, opt_c_str, out, out_struct_size, read_prefix, tern_status,
+    Failure, FfiResult,
 };
 
 /// How an image's data is sent.
@@ -360,15 +361,8 @@ pub unsafe extern "C" fn tern_client_stats(
     guard(|| {
         // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
         let c = unsafe { client_ref(client)? };
-        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
-        let out_stats = unsafe { out(stats, "stats")? };
-        let size = out_stats.struct_size;
-        if size < std::mem::size_of::<usize>() {
-            return Err(Failure::new(
-                tern_status::TERN_UNSUPPORTED_VERSION,
-                "stats.struct_size is too small",
-            ));
-        }
+        // SAFETY: tern.h: `stats` is NULL or points to the caller's struct.
+        let size = unsafe { out_struct_size(stats, "stats")? };
         let wire = c.get()?.bytes_sent();
         let k = &c.counters;
         let logical = k.logical.load(Ordering::Relaxed);

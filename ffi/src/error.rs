@@ -287,3 +287,27 @@ pub(crate) unsafe fn read_prefix<T>(p: *const T, given: usize, defaults: T) -> T
     // SAFETY: initialized from `defaults`, then partly overwritten by field bytes.
     unsafe { out.assume_init() }
 }
+
+/// The struct_size a caller set at the start of its output struct `p`, read
+/// alone (an older caller's struct may be shorter than ours); NULL and sizes
+/// too small to hold struct_size itself are refused.
+///
+/// # Safety
+/// `p` is NULL or points to a caller's struct that begins with a `usize` struct_size.
+pub(crate) unsafe fn out_struct_size<T>(p: *mut T, what: &str) -> FfiResult<usize> {
+    if p.is_null() {
+        return Err(Failure::new(
+            tern_status::TERN_NULL_POINTER,
+            format!("{what} is NULL"),
+        ));
+    }
+    // SAFETY: by contract `p` points to at least a struct_size.
+    let size = unsafe { p.cast::<usize>().read_unaligned() };
+    if size < std::mem::size_of::<usize>() {
+        return Err(Failure::new(
+            tern_status::TERN_UNSUPPORTED_VERSION,
+            format!("{what}.struct_size is too small"),
+        ));
+    }
+    Ok(size)
+}

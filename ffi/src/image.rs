@@ -1,13 +1,13 @@
 //! tern_image: writing, committing, reading, listing and deleting images.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::c_char;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use tern_agent::{Committed, ImageReader, ImageWriter};
 
-use crate::client::{client_ref, copy_prefix, cstring, tern_client, Counters};
-use crate::error::{c_str, guard, opt_c_str, out, tern_status, Failure, FfiResult};
+use crate::client::{client_ref, copy_prefix, tern_client, Counters};
+use crate::error::{c_str, guard, out, out_struct_size, tern_status, Failure, FfiResult};
 use crate::progress::{tern_progress, Progress};
 
 /// An image being written, or a committed image opened for reading.
@@ -58,31 +58,13 @@ pub struct tern_image_statistics {
     pub dedup_ratio: f64,
 }
 
-/// One image, as passed to a tern_image_cb. Valid only during the callback.
-#[repr(C)]
-pub struct tern_image_info {
-    pub container: *const c_char,
-    pub name: *const c_char,
-    pub size: u64,
-    pub chunks: u64,
-    /// Seconds since the Unix epoch when it was committed.
-    pub created: u64,
-    /// The DMA's properties, as given to tern_image_create().
-    pub props: *const u8,
-    pub props_len: usize,
-}
-
-/// Called once per image; return 0 to go on, nonzero to stop.
-pub type tern_image_cb =
-    Option<unsafe extern "C" fn(ctx: *mut c_void, info: *const tern_image_info) -> c_int>;
-
 pub(crate) unsafe fn image_ref<'a>(img: *const tern_image) -> FfiResult<&'a tern_image> {
     // SAFETY: a non-NULL tern_image* came from tern_image_create/open and is not freed yet.
     unsafe { img.as_ref() }
         .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "image is NULL"))
 }
 
-unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> FfiResult<&'a [u8]> {
+pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> FfiResult<&'a [u8]> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -238,6 +220,12 @@ pub unsafe extern "C" fn tern_image_commit(
     guard(|| {
         // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
         let img = unsafe { image_ref(image)? };
+        // Checked before the commit: once it is done, only success may be reported.
+        let stats_size = match stats.is_null() {
+            true => None,
+            // SAFETY: tern.h: `stats` is NULL (no statistics wanted) or points to the caller's struct.
+            false => Some(unsafe { out_struct_size(stats, "stats")? }),
+        };
         let mut state = img.lock();
         let ImageState::Writing { .. } = &*state else {
             return Err(wrong_state(&state, "commit"));
@@ -255,9 +243,7 @@ pub unsafe extern "C" fn tern_image_commit(
         k.sent.fetch_add(done.sent_bytes, Ordering::Relaxed);
         k.new
             .fetch_add(done.stats.new_stored_bytes, Ordering::Relaxed);
-        // SAFETY: tern.h: a statistics pointer is NULL (refused) or points to the caller's struct.
-        if let Some(s) = unsafe { stats.as_mut() } {
-            let size = s.struct_size;
+        if let Some(size) = stats_size {
             let full = tern_image_statistics {
                 struct_size: size.min(std::mem::size_of::<tern_image_statistics>()),
                 logical_bytes: done.stats.logical_bytes,
@@ -505,100 +491,4 @@ pub unsafe extern "C" fn tern_image_free(image: *mut tern_image) {
         drop(unsafe { Box::from_raw(image) });
         Ok(())
     });
-}
-
-/// Calls `cb` for each image in `container` whose name starts with `prefix`
-/// (NULL or "" for all), in name order.
-/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
-///
-/// # Safety
-/// `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
-#[no_mangle]
-pub unsafe extern "C" fn tern_image_list(
-    client: *const tern_client,
-    container: *const c_char,
-    prefix: *const c_char,
-    cb: tern_image_cb,
-    ctx: *mut c_void,
-) -> tern_status {
-    guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let container = unsafe { c_str(container, "container")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let prefix = unsafe { opt_c_str(prefix, "prefix")? }.unwrap_or("");
-        let cb =
-            cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
-        for info in c.get()?.image_list(container, prefix)? {
-            let cont = cstring(info.container.as_str());
-            let name = cstring(info.name.as_str());
-            let ii = tern_image_info {
-                container: cont.as_ptr(),
-                name: name.as_ptr(),
-                size: info.size,
-                chunks: info.chunks,
-                created: info.created,
-                props: info.props.as_ptr(),
-                props_len: info.props.len(),
-            };
-            // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
-            if unsafe { cb(ctx, &ii) } != 0 {
-                break;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Deletes a committed image; its space returns at the server's next GC.
-/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
-///
-/// # Safety
-/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
-#[no_mangle]
-pub unsafe extern "C" fn tern_image_delete(
-    client: *const tern_client,
-    container: *const c_char,
-    name: *const c_char,
-) -> tern_status {
-    guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let container = unsafe { c_str(container, "container")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let name = unsafe { c_str(name, "name")? };
-        c.get()?.image_remove(container, name)?;
-        Ok(())
-    })
-}
-
-/// Replaces a committed image's DMA properties (`props` may be NULL when
-/// `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
-/// before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
-/// TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
-///
-/// # Safety
-/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
-#[no_mangle]
-pub unsafe extern "C" fn tern_image_set_properties(
-    client: *const tern_client,
-    container: *const c_char,
-    name: *const c_char,
-    props: *const u8,
-    props_len: usize,
-) -> tern_status {
-    guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let container = unsafe { c_str(container, "container")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let name = unsafe { c_str(name, "name")? };
-        // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
-        let props = unsafe { bytes(props, props_len, "props")? };
-        c.get()?.image_set_props(container, name, props)?;
-        Ok(())
-    })
 }

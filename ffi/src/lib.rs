@@ -8,6 +8,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod capacity;
+mod catalog;
 mod client;
 mod error;
 mod image;
@@ -15,6 +16,7 @@ mod plugin;
 mod progress;
 
 pub use capacity::*;
+pub use catalog::*;
 pub use client::*;
 pub use error::{tern_last_error, tern_status, tern_status_name};
 pub use image::*;

@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use crate::catalog::*;
 use crate::client::*;
 use crate::error::*;
 use crate::image::*;

@@ -1,0 +1,122 @@
+//! Calls on the client about committed images, by name: list them, delete
+//! one, replace its properties.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use crate::client::{client_ref, cstring, tern_client};
+use crate::error::{c_str, guard, opt_c_str, tern_status, Failure};
+use crate::image::bytes;
+
+/// One image, as passed to a tern_image_cb. Valid only during the callback.
+#[repr(C)]
+pub struct tern_image_info {
+    pub container: *const c_char,
+    pub name: *const c_char,
+    pub size: u64,
+    pub chunks: u64,
+    /// Seconds since the Unix epoch when it was committed.
+    pub created: u64,
+    /// The DMA's properties, as given to tern_image_create().
+    pub props: *const u8,
+    pub props_len: usize,
+}
+
+/// Called once per image; return 0 to go on, nonzero to stop.
+pub type tern_image_cb =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, info: *const tern_image_info) -> c_int>;
+
+/// Calls `cb` for each image in `container` whose name starts with `prefix`
+/// (NULL or "" for all), in name order.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `prefix` are NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_list(
+    client: *const tern_client,
+    container: *const c_char,
+    prefix: *const c_char,
+    cb: tern_image_cb,
+    ctx: *mut c_void,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let prefix = unsafe { opt_c_str(prefix, "prefix")? }.unwrap_or("");
+        let cb =
+            cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
+        for info in c.get()?.image_list(container, prefix)? {
+            let cont = cstring(info.container.as_str());
+            let name = cstring(info.name.as_str());
+            let ii = tern_image_info {
+                container: cont.as_ptr(),
+                name: name.as_ptr(),
+                size: info.size,
+                chunks: info.chunks,
+                created: info.created,
+                props: info.props.as_ptr(),
+                props_len: info.props.len(),
+            };
+            // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
+            if unsafe { cb(ctx, &ii) } != 0 {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Deletes a committed image; its space returns at the server's next GC.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_delete(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        c.get()?.image_remove(container, name)?;
+        Ok(())
+    })
+}
+
+/// Replaces a committed image's DMA properties (`props` may be NULL when
+/// `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
+/// before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
+/// TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_set_properties(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    props: *const u8,
+    props_len: usize,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
+        let props = unsafe { bytes(props, props_len, "props")? };
+        c.get()?.image_set_props(container, name, props)?;
+        Ok(())
+    })
+}
