@@ -1,0 +1,517 @@
+//! The calls a backup application's plugin relies on, through the C ABI:
+//! cancel and abort during an outage, per-call time limits, capacity, the
+//! header's promises on errors and buffers, containers, progress.
+
+mod common;
+
+use std::ffi::CString;
+use std::ptr::{null, null_mut};
+
+use common::*;
+use tern::*;
+use tern_test_support::*;
+
+/// Freezes the server (SIGSTOP): connections stay open and nothing answers,
+/// the outage a call cannot tell from a slow link. Thawed on drop.
+struct Frozen(u32);
+
+impl Frozen {
+    fn server(server: &TestServer) -> Self {
+        let pid = server.child.as_ref().expect("running").id();
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Options whose sends block as soon as 1 MiB is unacknowledged.
+fn small_cache(server: &TestServer) -> Opts {
+    let mut o = options(server);
+    o.raw.cache_memory_bytes = 1 << 20;
+    o.raw.cache_disk_bytes = TERN_CACHE_DISK_OFF;
+    o
+}
+
+/// Writes until a call fails; returns that status.
+fn write_until_refused(img: usize) -> tern_status {
+    let data = vec![0x42u8; 1 << 20];
+    for i in 0..4096u32 {
+        // Unique data: every chunk has to cross.
+        let mut piece = data.clone();
+        piece[..4].copy_from_slice(&i.to_le_bytes());
+        for (n, b) in piece.iter_mut().enumerate().skip(4) {
+            *b = (n as u32).wrapping_mul(2654435761).wrapping_add(i) as u8;
+        }
+        let st = unsafe { tern_image_write(img as *mut tern_image, piece.as_ptr(), piece.len()) };
+        if st != tern_status::TERN_OK {
+            return st;
+        }
+    }
+    tern_status::TERN_OK
+}
+
+#[test]
+fn abort_and_cancel_end_calls_stuck_in_an_outage_within_a_second() {
+    let server = TestServer::start();
+    let o = small_cache(&server);
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK
+    );
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    let create = |image: &str| {
+        let image = CString::new(image).unwrap();
+        let mut img = null_mut();
+        let st =
+            unsafe { tern_image_create(c, name.as_ptr(), image.as_ptr(), null(), 0, &mut img) };
+        assert_eq!(st, tern_status::TERN_OK, "{}", last_error());
+        img as usize
+    };
+    let (stuck, other) = (create("stuck"), create("other"));
+
+    let frozen = Frozen::server(&server);
+    // One thread writes until its call blocks (the server answers nothing).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send((write_until_refused(stuck), last_error()));
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(3)).is_err(),
+        "the writer was not stuck"
+    );
+    // Another aborts the image: both return within a second.
+    let started = std::time::Instant::now();
+    let st = unsafe { tern_image_abort(stuck as *mut tern_image) };
+    assert_eq!(st, tern_status::TERN_OK, "{}", last_error());
+    let (written, msg) = rx
+        .recv_timeout(std::time::Duration::from_secs(1))
+        .expect("the stuck write did not return within 1 s of the abort");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(written, tern_status::TERN_CANCELLED, "{msg}");
+
+    // A client call stuck in the outage ends with tern_client_cancel, and so
+    // does a write on another image.
+    let c_addr = c as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lister = tx.clone();
+    std::thread::spawn(move || {
+        unsafe extern "C" fn each(_: *mut std::ffi::c_void, _: *const tern_container_info) -> i32 {
+            0
+        }
+        let st =
+            unsafe { tern_container_list(c_addr as *const tern_client, Some(each), null_mut()) };
+        let _ = lister.send(("list", st));
+    });
+    std::thread::spawn(move || {
+        let _ = tx.send(("write", write_until_refused(other)));
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)).is_err(),
+        "not stuck"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { tern_client_cancel(c) }, tern_status::TERN_OK);
+    for _ in 0..2 {
+        let (what, st) = rx
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .expect("a stuck call did not return within 1 s of the cancel");
+        assert_eq!(st, tern_status::TERN_CANCELLED, "{what}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    drop(frozen);
+    unsafe {
+        tern_image_free(stuck as *mut tern_image);
+        tern_image_free(other as *mut tern_image);
+        tern_client_free(c);
+    }
+}
+
+#[test]
+fn a_call_past_its_time_limit_returns_timeout_and_the_client_goes_on() {
+    let server = TestServer::start();
+    let mut o = options(&server);
+    o.raw.call_timeout_ms = 500;
+    let mut c = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c) },
+        tern_status::TERN_OK
+    );
+    unsafe extern "C" fn each(_: *mut std::ffi::c_void, _: *const tern_container_info) -> i32 {
+        0
+    }
+    let frozen = Frozen::server(&server);
+    let started = std::time::Instant::now();
+    let st = unsafe { tern_container_list(c, Some(each), null_mut()) };
+    let took = started.elapsed();
+    assert_eq!(st, tern_status::TERN_TIMEOUT, "{}", last_error());
+    assert!(
+        took >= std::time::Duration::from_millis(450) && took < std::time::Duration::from_secs(3),
+        "the limit of 500 ms fired after {took:?}"
+    );
+    drop(frozen);
+    // The client is still usable once the server answers again.
+    assert_eq!(
+        unsafe { tern_container_list(c, Some(each), null_mut()) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    unsafe { tern_client_free(c) };
+}
+
+#[test]
+fn capacity_matches_tern_stats_and_closed_clients_say_so() {
+    let server = TestServer::start();
+    let (c, img) = client_and_image(&server, "i");
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), data.len()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+
+    let mut cap: tern_capacity = unsafe { std::mem::zeroed() };
+    cap.struct_size = std::mem::size_of::<tern_capacity>();
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut cap) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    let out = server.tern(&["--json", "stats"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cap.total_bytes, stats["capacity_bytes"].as_u64().unwrap());
+    assert_eq!(cap.used_bytes, stats["pack_bytes"].as_u64().unwrap());
+    assert_eq!(cap.logical_bytes, stats["logical_bytes"].as_u64().unwrap());
+    assert_eq!(cap.logical_bytes, data.len() as u64);
+    assert!((cap.dedup_ratio - stats["dedup_ratio"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((cap.compression_ratio - stats["compression_ratio"].as_f64().unwrap()).abs() < 1e-9);
+    // Free space moves with the filesystem; it is below the total and not 0 here.
+    assert!(cap.free_bytes > 0 && cap.free_bytes < cap.total_bytes);
+
+    // An older caller's shorter struct gets only its fields.
+    let mut short: tern_capacity = unsafe { std::mem::zeroed() };
+    short.struct_size = std::mem::offset_of!(tern_capacity, free_bytes);
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut short) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(short.free_bytes, 0, "wrote past the caller's struct_size");
+    assert_eq!(short.used_bytes, cap.used_bytes);
+
+    // After close, capacity says TERN_CLOSED like every other call.
+    assert_eq!(unsafe { tern_client_close(c) }, tern_status::TERN_OK);
+    assert_eq!(
+        unsafe { tern_client_capacity(c, &mut cap) },
+        tern_status::TERN_CLOSED
+    );
+    unsafe { tern_client_free(c) };
+}
+
+#[test]
+fn the_header_contract_holds() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    // tern_last_error is the most recent call's: "" after a success.
+    assert_eq!(
+        unsafe { tern_container_create(c, null()) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert!(!last_error().is_empty());
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(last_error(), "");
+    // Names as the header states them.
+    for bad in [".", "..", "a..b", "", "tab\there"] {
+        let bad = CString::new(bad).unwrap();
+        assert_eq!(
+            unsafe { tern_container_create(c, bad.as_ptr()) },
+            tern_status::TERN_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
+    }
+    let props = b"dma-props";
+    let image = CString::new("i").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                c,
+                name.as_ptr(),
+                image.as_ptr(),
+                props.as_ptr(),
+                props.len(),
+                &mut img,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    // Properties: NULL with 0 asks for the length; NULL with room is a NULL pointer.
+    let mut len = 0usize;
+    assert_eq!(
+        unsafe { tern_image_properties(img, null_mut(), 0, &mut len) },
+        tern_status::TERN_BUFFER_TOO_SMALL
+    );
+    assert_eq!(len, props.len());
+    assert_eq!(
+        unsafe { tern_image_properties(img, null_mut(), 64, &mut len) },
+        tern_status::TERN_NULL_POINTER
+    );
+    // A write refused for its arguments leaves the image committable.
+    assert_eq!(
+        unsafe { tern_image_write(img, null(), 5) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, b"hello".as_ptr(), 5) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+
+    // A write that fails past the checks loses the image: later calls say closed.
+    let o = {
+        let mut o = options(&server);
+        o.raw.call_timeout_ms = 300;
+        o.raw.cache_memory_bytes = 1 << 20;
+        o.raw.cache_disk_bytes = TERN_CACHE_DISK_OFF;
+        o
+    };
+    let mut c2 = null_mut();
+    assert_eq!(
+        unsafe { tern_client_open(&o.raw, &mut c2) },
+        tern_status::TERN_OK
+    );
+    let lost = CString::new("lost").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe { tern_image_create(c2, name.as_ptr(), lost.as_ptr(), null(), 0, &mut img) },
+        tern_status::TERN_OK
+    );
+    let frozen = Frozen::server(&server);
+    let st = write_until_refused(img as usize);
+    assert_eq!(st, tern_status::TERN_TIMEOUT, "{}", last_error());
+    drop(frozen);
+    assert_eq!(
+        unsafe { tern_image_write(img, b"more".as_ptr(), 4) },
+        tern_status::TERN_CLOSED
+    );
+    assert!(last_error().contains("lost"), "{}", last_error());
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_CLOSED
+    );
+    assert_eq!(unsafe { tern_image_abort(img) }, tern_status::TERN_OK);
+    unsafe {
+        tern_image_free(img);
+        tern_client_free(c2);
+        tern_client_free(c);
+    }
+}
+
+#[test]
+fn containers_tell_their_settings_and_go_and_properties_change() {
+    let server = TestServer::start();
+    let c = open(&server);
+    let name = CString::new("c").unwrap();
+    assert_eq!(
+        unsafe { tern_container_create(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    unsafe extern "C" fn keep(ctx: *mut std::ffi::c_void, info: *const tern_container_info) -> i32 {
+        let seen = unsafe { &mut *(ctx as *mut Vec<(u32, u32, u32, i32, u32)>) };
+        let i = unsafe { &*info };
+        seen.push((
+            i.chunk_min,
+            i.chunk_avg,
+            i.chunk_max,
+            i.zstd_level,
+            i.stream_limit,
+        ));
+        0
+    }
+    let mut seen: Vec<(u32, u32, u32, i32, u32)> = Vec::new();
+    let ctx = &mut seen as *mut _ as *mut std::ffi::c_void;
+    assert_eq!(
+        unsafe { tern_container_list(c, Some(keep), ctx) },
+        tern_status::TERN_OK
+    );
+    let info = server.client().container_list().unwrap();
+    let want = &info[0];
+    assert_eq!(
+        seen,
+        vec![(
+            want.chunking.min,
+            want.chunking.avg,
+            want.chunking.max,
+            want.zstd_level,
+            want.stream_limit
+        )]
+    );
+
+    // Properties of a committed image change through the C ABI.
+    let image = CString::new("i").unwrap();
+    let mut img = null_mut();
+    assert_eq!(
+        unsafe {
+            tern_image_create(
+                c,
+                name.as_ptr(),
+                image.as_ptr(),
+                b"v1".as_ptr(),
+                2,
+                &mut img,
+            )
+        },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(img, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(img) };
+    let set = |p: &[u8]| unsafe {
+        tern_image_set_properties(c, name.as_ptr(), image.as_ptr(), p.as_ptr(), p.len())
+    };
+    assert_eq!(
+        set(b"version two"),
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    let listed = server.client().image_list("c", "").unwrap();
+    assert_eq!(listed[0].props, b"version two");
+    assert_eq!(
+        set(&vec![0u8; TERN_MAX_PROPS_LEN + 1]),
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    let missing = CString::new("nope").unwrap();
+    assert_eq!(
+        unsafe { tern_image_set_properties(c, name.as_ptr(), missing.as_ptr(), null(), 0) },
+        tern_status::TERN_NOT_FOUND
+    );
+
+    // A container with images stays; an empty one goes.
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        unsafe { tern_image_delete(c, name.as_ptr(), image.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_container_remove(c, name.as_ptr()) },
+        tern_status::TERN_NOT_FOUND
+    );
+    unsafe { tern_client_free(c) };
+}
+
+/// What the progress callback saw: every report, and whether one came while
+/// another ran.
+#[derive(Default)]
+struct Seen {
+    reports: Vec<tern_progress>,
+    image: usize,
+    nested_calls: u32,
+}
+
+unsafe extern "C" fn on_progress(ctx: *mut std::ffi::c_void, p: *const tern_progress) {
+    let seen = unsafe { &mut *(ctx as *mut Seen) };
+    seen.reports.push(unsafe { *p });
+    // A call on the same image from the callback works and reports nothing.
+    let mut size = 0u64;
+    if unsafe { tern_image_size(seen.image as *const tern_image, &mut size) }
+        == tern_status::TERN_OK
+    {
+        seen.nested_calls += 1;
+    }
+}
+
+#[test]
+fn progress_is_reported_on_the_calling_thread_per_mib_and_at_commit() {
+    let server = TestServer::start();
+    let (c, img) = client_and_image(&server, "p");
+    let mut seen = Seen {
+        image: img as usize,
+        ..Default::default()
+    };
+    let ctx = &mut seen as *mut Seen as *mut std::ffi::c_void;
+    assert_eq!(
+        unsafe { tern_image_set_progress(img, Some(on_progress), ctx) },
+        tern_status::TERN_OK
+    );
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    for piece in data.chunks(256 << 10) {
+        assert_eq!(
+            unsafe { tern_image_write(img, piece.as_ptr(), piece.len()) },
+            tern_status::TERN_OK
+        );
+    }
+    let mut stats: tern_image_statistics = unsafe { std::mem::zeroed() };
+    stats.struct_size = std::mem::size_of::<tern_image_statistics>();
+    assert_eq!(
+        unsafe { tern_image_commit(img, &mut stats) },
+        tern_status::TERN_OK
+    );
+    // About one report per MiB written, one at commit; never more than asked.
+    let writes = seen.reports.iter().filter(|r| r.committed == 0).count();
+    assert!((6..=9).contains(&writes), "{writes} reports for 8 MiB");
+    assert!(seen
+        .reports
+        .windows(2)
+        .all(|w| w[0].written_bytes <= w[1].written_bytes && w[0].sent_bytes <= w[1].sent_bytes));
+    let last = seen.reports.last().unwrap();
+    assert_eq!(last.committed, 1);
+    assert_eq!(last.written_bytes, data.len() as u64);
+    assert_eq!(last.stored_bytes, stats.new_bytes);
+    assert_eq!(last.sent_bytes, stats.sent_bytes);
+    assert_eq!(seen.nested_calls as usize, seen.reports.len());
+    assert_eq!(last.struct_size, std::mem::size_of::<tern_progress>());
+    unsafe {
+        tern_image_free(img);
+        tern_client_free(c);
+    }
+}
