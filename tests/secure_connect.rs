@@ -279,3 +279,60 @@ fn a_session_token_is_refused_on_a_connection_with_another_client_identity() {
         ));
     });
 }
+
+/// The proxy cuts the first `cuts` connections when the server first answers:
+/// over TLS that is the ServerHello, over plaintext the Welcome after Hello.
+fn connect_through_first_answer_cuts(
+    plain: bool,
+    secure_connect: bool,
+    cuts: u32,
+) -> (Result<Client, String>, u64) {
+    let server = TestServer::start();
+    let target = if plain {
+        format!("127.0.0.1:{}", server.plain_port)
+    } else {
+        server.address()
+    };
+    let p = FaultProxy::start(
+        "127.0.0.1:0",
+        target.parse().unwrap(),
+        Faults {
+            cut_at_first_answer: cuts,
+            ..Faults::default()
+        },
+    )
+    .unwrap();
+    let mut opts = via(&server, &p);
+    opts.plain = plain;
+    opts.secure_connect = secure_connect;
+    let client = Client::connect(&opts).map_err(|e| e.to_string());
+    if let Ok(c) = &client {
+        c.stats().expect("the session works once connected");
+    }
+    (client, p.cuts())
+}
+
+#[test]
+fn a_first_connection_cut_during_the_tls_handshake_is_dialed_again() {
+    let (client, cuts) = connect_through_first_answer_cuts(false, true, 2);
+    assert!(client.is_ok(), "{:?}", client.err());
+    assert_eq!(cuts, 2);
+}
+
+#[test]
+fn a_first_connection_cut_before_welcome_is_dialed_again() {
+    let (client, cuts) = connect_through_first_answer_cuts(true, true, 2);
+    assert!(client.is_ok(), "{:?}", client.err());
+    assert_eq!(cuts, 2);
+}
+
+#[test]
+fn without_secure_connect_or_after_three_cuts_connecting_fails_clearly() {
+    for (secure_connect, cuts) in [(false, 1), (true, 3)] {
+        let (client, _) = connect_through_first_answer_cuts(true, secure_connect, cuts);
+        let err = client
+            .err()
+            .expect("connected through a cut first connection");
+        assert!(err.contains("before the session was set up"), "{err}");
+    }
+}

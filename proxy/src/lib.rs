@@ -29,6 +29,10 @@ pub struct Faults {
     pub cut_every: Option<Duration>,
     /// Close new connections at once, as an unreachable server would.
     pub refuse_new: bool,
+    /// Cut this many of the next connections the moment the server first
+    /// answers, before any of the answer passes: a link lost in the middle of
+    /// a handshake. Counts down as connections are cut.
+    pub cut_at_first_answer: u32,
 }
 
 /// A running proxy. Dropping it stops accepting and cuts every connection.
@@ -219,20 +223,28 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if let Ok(c) = client.try_clone() {
             lock(&shared.conns).insert(id, c);
         }
-        for (from, to) in [(&client, &server), (&server, &client)] {
+        for (from, to, answers) in [(&client, &server, false), (&server, &client, true)] {
             let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                 continue;
             };
             let s = shared.clone();
-            thread::spawn(move || pump(from, to, s, id));
+            let cut_first = answers && {
+                let mut f = lock(&shared.faults);
+                let cut = f.cut_at_first_answer > 0;
+                f.cut_at_first_answer = f.cut_at_first_answer.saturating_sub(1);
+                cut
+            };
+            thread::spawn(move || pump(from, to, s, id, cut_first));
         }
     }
 }
 
-/// Moves one direction of one connection, applying the faults.
-fn pump(mut from: TcpStream, to: TcpStream, shared: Arc<Shared>, id: u64) {
+/// Moves one direction of one connection, applying the faults; `cut_first`
+/// cuts the connection instead of passing the first data read.
+fn pump(mut from: TcpStream, to: TcpStream, shared: Arc<Shared>, id: u64, cut_first: bool) {
     let (tx, rx) = sync_channel::<(Instant, Vec<u8>)>(8);
     let s = shared.clone();
+    let peer = to.try_clone().ok();
     let writer = thread::spawn(move || deliver(rx, to, s));
     let mut buf = vec![0u8; PIECE];
     loop {
@@ -240,6 +252,14 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: Arc<Shared>, id: u64) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if cut_first {
+            if let Some(peer) = &peer {
+                let _ = peer.shutdown(Shutdown::Both);
+            }
+            let _ = from.shutdown(Shutdown::Both);
+            shared.cuts.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
         let due = Instant::now() + lock(&shared.faults).latency;
         if tx.send((due, buf[..n].to_vec())).is_err() {
             break;

@@ -2,7 +2,6 @@
 //! pinned certificate, and joining an existing session.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tern_core::session;
@@ -117,32 +116,13 @@ impl Dialer {
         })
     }
 
-    /// The first connection of a session. A connection cut during its TLS
-    /// handshake (end of stream, reset) is tried again twice, a quarter
-    /// second apart, when Secure Connect is on: a WAN may drop it, and a
-    /// server that refuses the handshake still fails the call within a second.
-    pub(super) async fn dial_first(&self, retry: bool) -> Result<Box<dyn Stream>, ClientError> {
-        let mut attempt = 0;
-        loop {
-            match self.dial_once().await {
-                Ok(s) => return Ok(s),
-                Err((e, cut)) if cut && retry && attempt < 2 => {
-                    tracing::debug!("first connection cut during its handshake, again: {e}");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
-    }
-
     async fn dial(&self) -> Result<Box<dyn Stream>, ClientError> {
         self.dial_once().await.map_err(|(e, _)| e)
     }
 
     /// One attempt; the error says whether the connection was cut (as
     /// opposed to refused or failed).
-    async fn dial_once(&self) -> Result<Box<dyn Stream>, (ClientError, bool)> {
+    pub(super) async fn dial_once(&self) -> Result<Box<dyn Stream>, (ClientError, bool)> {
         let connect_err = |reason: String| ClientError::Connect {
             server: self.server.clone(),
             reason,

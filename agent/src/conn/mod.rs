@@ -131,17 +131,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Conn {
     /// Connects, handshakes TLS (unless `plain`), says hello and brings up the
     /// other connections. Returns the session and the fingerprint the server presented.
+    ///
+    /// With Secure Connect on, a first connection cut before the server said
+    /// Welcome (end of stream or reset during the TLS handshake or the Hello)
+    /// is tried twice more, a quarter second apart: a WAN may drop it, and a
+    /// server that will not talk to us still fails the call within a second.
     pub fn open(
         server: &str,
         opts: &SessionOptions,
     ) -> Result<(Self, Option<Fingerprint>), ClientError> {
+        let mut attempt = 0;
+        loop {
+            match Self::open_once(server, opts) {
+                Ok(open) => return Ok(open),
+                Err((e, cut)) if cut && opts.resume && attempt < 2 => {
+                    tracing::debug!("first connection cut before the session was set up: {e}");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt at [`Conn::open`]; the error says whether the connection
+    /// was cut before Welcome (as opposed to refused or answered with an error).
+    fn open_once(
+        server: &str,
+        opts: &SessionOptions,
+    ) -> Result<(Self, Option<Fingerprint>), (ClientError, bool)> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("tern-conn")
-            .build()?;
-        let dialer = Arc::new(Dialer::new(server, opts)?);
-        let first = rt.block_on(dialer.dial_first(opts.resume))?;
+            .build()
+            .map_err(|e| (e.into(), false))?;
+        let dialer = Arc::new(Dialer::new(server, opts).map_err(|e| (e, false))?);
+        let first = rt.block_on(dialer.dial_once())?;
         let seen = dialer.seen();
 
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
@@ -188,17 +214,22 @@ impl Conn {
             agent: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
         };
         // The handshake has its own deadline on the server; nothing cancels it.
-        let welcome = conn.call(hello, Vec::new(), &Arc::new(Stop::default()))?;
+        let welcome = match conn.call(hello, Vec::new(), &Arc::new(Stop::default())) {
+            Ok(w) => w,
+            // Lost before Welcome: the slot closed the session.
+            Err(e @ ClientError::Connect { .. }) => return Err((e, true)),
+            Err(e) => return Err((e, false)),
+        };
         let Msg::Welcome {
             session: t,
             grace_secs,
             ..
         } = welcome.env.msg
         else {
-            return Err(ClientError::Protocol(format!(
-                "expected Welcome, got {:?}",
-                welcome.env.msg
-            )));
+            return Err((
+                ClientError::Protocol(format!("expected Welcome, got {:?}", welcome.env.msg)),
+                false,
+            ));
         };
         if !t.is_empty() {
             *lock(&token) = Some(t);
