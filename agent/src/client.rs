@@ -392,6 +392,23 @@ impl Client {
             name,
             groups,
             admin,
+            replicate_into: None,
+        })
+    }
+
+    /// Sets the storage groups whose replica containers a user may
+    /// replicate into (replacing the list; admins only). A source server
+    /// logs in as such a user to copy images here.
+    pub fn user_set_replicate_into(&self, name: &str, groups: &[&str]) -> Result<(), ClientError> {
+        let groups = groups
+            .iter()
+            .map(|g| GroupName::new(*g))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.expect_ok(Msg::UserSet {
+            name: UserName::new(name)?,
+            groups: None,
+            admin: None,
+            replicate_into: Some(groups),
         })
     }
 

@@ -27,6 +27,7 @@ mod conn;
 mod error;
 pub mod identity;
 mod reader;
+mod replication;
 mod stop;
 mod trust;
 mod writer;
@@ -36,8 +37,10 @@ pub use bench::{local_stages, network_stages, sample_data, Stage};
 pub use client::{Client, ClientOptions};
 pub use error::ClientError;
 pub use reader::ImageReader;
+pub use replication::{CopyTarget, PendingNeed, ReplicaSpec, ReplicaStart, ReplicaWriter};
 pub use stop::Stop;
 pub use tern_core::wire::{
-    ContainerInfo, ContainerSettings, ImageInfo, StoreStats, WriteMode, WriteStats,
+    ContainerInfo, ContainerSettings, CopyId, CopyInfo, CopyState, ImageInfo, ImportEvent,
+    PartnerInfo, StoreStats, TrailEntry, WriteMode, WriteStats,
 };
 pub use writer::{dedup_ratio, Committed, ImageWriter};

@@ -57,6 +57,9 @@ max_connections_per_address = 64
 # that images can be deleted and gc can run on a full store. Capped at 5% of
 # the filesystem's size.
 reserved_space_bytes = 268435456
+
+# Copies to one replication partner that run at once; the others wait, queued.
+max_copies_per_partner = 4
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_connections_per_address: usize,
     pub reserved_space_bytes: u64,
+    pub max_copies_per_partner: usize,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             max_connections: 1024,
             max_connections_per_address: 64,
             reserved_space_bytes: crate::store::DEFAULT_RESERVE,
+            max_copies_per_partner: 4,
         }
     }
 }
@@ -116,6 +121,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.max_copies_per_partner == 0 {
+            bail!("max_copies_per_partner must be at least 1");
+        }
         if self.max_connections == 0 || self.max_connections_per_address == 0 {
             bail!("max_connections and max_connections_per_address must be at least 1");
         }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::logins::{LoginGuard, FAILURES_PER_SESSION};
+use crate::replication::Replicator;
 use crate::requests::{self, Refusal};
 use crate::store::{ReadableImage, Store, User, WriterId};
 
@@ -38,6 +39,11 @@ pub struct Sessions {
     pub cache: CacheLimits,
     live: Mutex<HashMap<Vec<u8>, Registered>>,
     logins: Arc<LoginGuard>,
+    /// Copies to partners (this server as a replication source).
+    pub replicator: Arc<Replicator>,
+    /// The newest protocol version this server offers (lower only to test
+    /// how partners handle an old server).
+    pub protocol_max: u16,
 }
 
 /// A live session and the client identity it was started with.
@@ -47,13 +53,21 @@ struct Registered {
 }
 
 impl Sessions {
-    pub fn new(store: Arc<Store>, grace: Duration, cache: CacheLimits) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        grace: Duration,
+        cache: CacheLimits,
+        replicator: Arc<Replicator>,
+        protocol_max: u16,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             grace,
             cache,
             live: Mutex::new(HashMap::new()),
             logins: Arc::new(LoginGuard::new()),
+            replicator,
+            protocol_max,
         })
     }
 
@@ -185,6 +199,7 @@ async fn start<S>(
         readers: HashMap::new(),
         next_handle: 1,
         sessions: sessions.clone(),
+        version: 0,
     };
     tokio::spawn(run_session(handler, rx, deadline, sessions, peer));
     let why = s.run_connection(stream, Some(hello), None).await;
@@ -291,6 +306,8 @@ pub struct SessionHandler {
     next_handle: Handle,
     /// Every session of the server, for the statistics.
     pub sessions: Arc<Sessions>,
+    /// The protocol version Hello and Welcome agreed on.
+    pub version: u16,
 }
 
 impl SessionHandler {

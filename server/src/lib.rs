@@ -4,6 +4,8 @@
 //! - [`listen`]: the accept loop; [`handler`]: sessions and their handler;
 //!   `requests`: what each request does.
 //! - [`control`]: the local control socket used by `ternd gc|fsck` on a running server.
+//! - [`replication`]: partners and copy jobs (the source side; the target
+//!   side is the store's `replica` module).
 //! - [`config`], [`certs`]: configuration, TLS identity.
 
 pub mod certs;
@@ -12,5 +14,6 @@ pub mod control;
 pub mod handler;
 pub mod listen;
 mod logins;
+pub mod replication;
 mod requests;
 pub mod store;

@@ -62,6 +62,8 @@ pub struct Conn {
     unsolicited: Arc<Mutex<Vec<String>>>,
     server: Arc<str>,
     session: Arc<Session>,
+    /// The protocol version Welcome named.
+    version: u16,
     /// Last, so the queue closes before the tasks are stopped.
     _rt: tokio::runtime::Runtime,
 }
@@ -197,7 +199,7 @@ impl Conn {
         };
         rt.spawn(slot.clone().run(Some(first)));
 
-        let conn = Conn {
+        let mut conn = Conn {
             tx,
             routes,
             next_req: AtomicU64::new(1),
@@ -205,6 +207,7 @@ impl Conn {
             unsolicited,
             server: server.into(),
             session,
+            version: 0,
             _rt: rt,
         };
         let hello = Msg::Hello {
@@ -223,6 +226,7 @@ impl Conn {
         let Msg::Welcome {
             session: t,
             grace_secs,
+            version,
             ..
         } = welcome.env.msg
         else {
@@ -231,6 +235,7 @@ impl Conn {
                 false,
             ));
         };
+        conn.version = version;
         if !t.is_empty() {
             *lock(&token) = Some(t);
             *lock(&slot.grace) = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
@@ -325,6 +330,11 @@ impl Conn {
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The protocol version of the session.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 }
 

@@ -4,14 +4,19 @@
 
 pub mod frame;
 pub mod msg;
+pub mod replication;
 
 pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
+pub use replication::*;
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 adds the
+/// replication messages; a server-to-server copy needs it.
+pub const PROTOCOL_MAX: u16 = 2;
+/// The oldest protocol version a replication partner must speak.
+pub const REPLICATION_MIN: u16 = 2;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
+use super::replication::*;
 use crate::names::{ContainerName, GroupName, ImageName, UserName};
 use crate::ChunkId;
 
@@ -174,6 +175,10 @@ pub enum Msg {
         groups: Option<Vec<GroupName>>,
         /// Whether the user may administer the server.
         admin: Option<bool>,
+        /// The storage groups whose replica containers the user may
+        /// replicate into, replacing the old list.
+        #[serde(default)]
+        replicate_into: Option<Vec<GroupName>>,
     },
 
     /// Opens a new image for writing.
@@ -329,6 +334,143 @@ pub enum Msg {
         /// What the store holds, as far as the user may see.
         stats: StoreStats,
     },
+
+    // ---- replication (protocol version 2; see replication.rs) ----
+    /// Makes a replica container an ordinary one (admins only); answered by `Ok`.
+    ContainerPromote {
+        /// The replica container.
+        name: ContainerName,
+    },
+    /// Sets or ends a container's replication policy (admins only): every
+    /// image committed to it afterwards is copied; answered by `Ok`.
+    ContainerReplicate {
+        /// The source container.
+        name: ContainerName,
+        /// The partner and its container, or `None` to end the policy.
+        to: Option<(String, ContainerName)>,
+    },
+    /// Adds a replication partner after checking it (admins only); answered by `Ok`.
+    PartnerAdd {
+        /// Its name on this server.
+        name: String,
+        /// `host:port` addresses, tried in order.
+        addresses: Vec<String>,
+        /// The fingerprint its certificate must have (`sha256:...`).
+        fingerprint: String,
+        /// The user to log in as there.
+        user: UserName,
+        /// Their password.
+        password: Password,
+    },
+    /// Lists the partners; answered by `Partners`.
+    PartnerList,
+    /// The answer to `PartnerList`.
+    Partners {
+        /// The partners, by name.
+        list: Vec<PartnerInfo>,
+    },
+    /// Removes a partner (admins only); answered by `Ok`.
+    PartnerRemove {
+        /// The partner.
+        name: String,
+    },
+    /// Starts (or finds) the copy of an image to a partner; answered by `CopyStarted`.
+    CopyStart {
+        /// The source container.
+        container: ContainerName,
+        /// The source image.
+        name: ImageName,
+        /// The partner to copy to.
+        partner: String,
+        /// The replica container there.
+        to_container: ContainerName,
+        /// The replica's name there (default: the image's name).
+        to_name: Option<ImageName>,
+    },
+    /// The copy's id: a new job, or the live job of the same image, partner,
+    /// container and name.
+    CopyStarted {
+        /// The copy.
+        id: CopyId,
+    },
+    /// Asks for one copy's status; answered by `Copies` with one entry.
+    CopyStatusGet {
+        /// The copy.
+        id: CopyId,
+    },
+    /// Lists copies, newest first; answered by `Copies`.
+    CopyList,
+    /// The answer to `CopyStatusGet` and `CopyList`.
+    Copies {
+        /// The copies.
+        list: Vec<CopyInfo>,
+    },
+    /// Cancels a copy that has not ended; answered by `Ok`.
+    CopyCancel {
+        /// The copy.
+        id: CopyId,
+    },
+    /// Asks for the replication trail, newest first; answered by `Trail`.
+    TrailGet {
+        /// Most entries wanted.
+        max: u32,
+    },
+    /// The answer to `TrailGet`.
+    Trail {
+        /// The attempts, newest first.
+        list: Vec<TrailEntry>,
+    },
+    /// From a source server: opens a replica for writing in a replica
+    /// container; answered by `ImageCreated` (then written like a dedup
+    /// image: `ImageAppend`, `ChunkData` as stored, `ImageClose`), or by
+    /// `ImageCommitted` if this copy already committed it.
+    ReplicaCreate {
+        /// The replica container.
+        container: ContainerName,
+        /// The replica's name.
+        name: ImageName,
+        /// The source image's DMA properties.
+        #[serde(with = "serde_bytes")]
+        props: Vec<u8>,
+        /// Where it comes from.
+        origin: ReplicaOrigin,
+        /// The source container's chunking, which the replica container must have.
+        chunking: ChunkParams,
+        /// The source container's zstd level, inherited with the chunking.
+        zstd_level: i32,
+    },
+    /// From a source server: which of these copies' import events the
+    /// target's DMA has acknowledged; answered by `ImportStates`.
+    ImportStatesGet {
+        /// The copies.
+        copies: Vec<CopyId>,
+    },
+    /// The answer to `ImportStatesGet`, one per copy asked about.
+    ImportStates {
+        /// In the order asked.
+        states: Vec<ImportState>,
+    },
+    /// Unacknowledged import events of a container, oldest first (at most
+    /// `MAX_EVENTS_PER_POLL`); answered by `Events`.
+    EventsGet {
+        /// The import container.
+        container: ContainerName,
+        /// Most events wanted (capped at `MAX_EVENTS_PER_POLL`).
+        max: u32,
+    },
+    /// The answer to `EventsGet`.
+    Events {
+        /// The events, oldest first.
+        list: Vec<ImportEvent>,
+    },
+    /// Acknowledges import events; acknowledging one twice is fine, an
+    /// unknown id is `NotFound`; answered by `Ok`.
+    EventsAck {
+        /// The import container.
+        container: ContainerName,
+        /// The events.
+        ids: Vec<u64>,
+    },
 }
 
 /// The class of a failure, so callers can react without parsing text.
@@ -401,6 +543,13 @@ pub struct ContainerSettings {
     pub zstd_level: Option<i32>,
     /// How many images may be written at once (0: no limit).
     pub stream_limit: Option<u32>,
+    /// A replica container: only replication writes images into it; its
+    /// chunking comes from the first copy's source.
+    #[serde(default)]
+    pub replica: bool,
+    /// Replicas arriving raise import events (needs `replica`).
+    #[serde(default)]
+    pub import: bool,
 }
 
 /// A container as listed.
@@ -420,6 +569,15 @@ pub struct ContainerInfo {
     pub images: u64,
     /// Sum of their sizes.
     pub logical_bytes: u64,
+    /// Only replication writes images into it.
+    #[serde(default)]
+    pub replica: bool,
+    /// Arriving replicas raise import events.
+    #[serde(default)]
+    pub import: bool,
+    /// Where its new images are copied automatically: (partner, container).
+    #[serde(default)]
+    pub replicate_to: Option<(String, ContainerName)>,
 }
 
 /// A committed image.

@@ -64,6 +64,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             name,
             groups,
             admin,
+            replicate_into,
         } => {
             if !user.admin {
                 return refuse(
@@ -71,7 +72,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     "only an admin may change a user's rights",
                 );
             }
-            blocking(|| store.user_update(&name, groups, admin))?;
+            blocking(|| store.user_update(&name, groups, admin, replicate_into))?;
             Msg::Ok
         }
         Msg::StatsGet => {

@@ -70,16 +70,17 @@ fn hello(
     max_version: u16,
     features: &[String],
 ) -> Answer {
-    let Some(version) = wire::negotiate_version(min_version, max_version) else {
+    let ours = h.sessions.protocol_max;
+    let Some(version) = wire::negotiate_version(min_version, max_version.min(ours)) else {
         return refuse(
             ErrorKind::Incompatible,
             format!(
-                "incompatible protocol: client speaks {min_version}..={max_version}, this server {}..={}",
+                "incompatible protocol: client speaks {min_version}..={max_version}, this server {}..={ours}",
                 wire::PROTOCOL_MIN,
-                wire::PROTOCOL_MAX
             ),
         );
     };
+    h.version = version;
     h.phase = Phase::AwaitLogin;
     let features = wire::FEATURES
         .iter()

@@ -5,10 +5,12 @@
 //! - `catalog`: containers, image names, users, statistics.
 //! - `write`: writing an image (dedup and passthrough).
 //! - `read`: reading an image.
+//! - `replication`: partners, copies, replicas and import events.
 
 mod catalog;
 mod handshake;
 mod read;
+mod replication;
 mod write;
 
 use tern_core::wire::{ErrorKind, Msg};
@@ -62,6 +64,33 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ImageWriteRaw { .. }
         | Msg::ImageClose { .. }
         | Msg::ImageAbort { .. }) => write::handle(h, m, &payload),
+        m @ (Msg::ContainerPromote { .. }
+        | Msg::ContainerReplicate { .. }
+        | Msg::PartnerAdd { .. }
+        | Msg::PartnerList
+        | Msg::PartnerRemove { .. }
+        | Msg::CopyStart { .. }
+        | Msg::CopyStatusGet { .. }
+        | Msg::CopyList
+        | Msg::CopyCancel { .. }
+        | Msg::TrailGet { .. }
+        | Msg::ReplicaCreate { .. }
+        | Msg::ImportStatesGet { .. }
+        | Msg::EventsGet { .. }
+        | Msg::EventsAck { .. }) => {
+            if h.version < tern_core::wire::REPLICATION_MIN {
+                return refuse(
+                    ErrorKind::Incompatible,
+                    format!(
+                        "{} needs protocol version {}; this session speaks {}",
+                        msg_name(&m),
+                        tern_core::wire::REPLICATION_MIN,
+                        h.version
+                    ),
+                );
+            }
+            replication::handle(h, m).await
+        }
         m @ (Msg::ImageOpen { .. }
         | Msg::RecipeGet { .. }
         | Msg::ChunkGet { .. }

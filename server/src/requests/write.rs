@@ -63,6 +63,13 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             let w = writer(h, handle)?;
             h.writers.remove(&handle);
             let (info, stats) = blocking(|| h.store.image_commit(w))?;
+            if let Ok(user) = h.user() {
+                let (user, repl) = (user.clone(), h.sessions.replicator.clone());
+                blocking(|| {
+                    repl.after_commit(&user, &info);
+                    Ok(())
+                })?;
+            }
             Ok(Some(Msg::ImageCommitted { info, stats }))
         }
         Msg::ImageAbort { handle } => {

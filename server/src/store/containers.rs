@@ -35,6 +35,11 @@ impl Store {
                 "storage group {group} does not exist, and only an admin may create it"
             )));
         }
+        if s.import && !s.replica {
+            return Err(StoreError::Invalid(
+                "--import needs --replica: import events come from replicas".into(),
+            ));
+        }
         let chunking = s.chunking.unwrap_or_default();
         chunking.validate().map_err(StoreError::Invalid)?;
         let zstd_level = s.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
@@ -53,6 +58,11 @@ impl Store {
                 zstd_level,
                 stream_limit: s.stream_limit.unwrap_or(0),
                 created: now_unix(),
+                replica: s.replica,
+                import: s.import,
+                // Chunking given by the creator stays; else the first copy sets it.
+                inherited: s.chunking.is_some(),
+                replicate_to: None,
             })?;
         Ok(container_info(name, &rec, 0, 0))
     }
@@ -61,11 +71,20 @@ impl Store {
     /// user's groups has), if `user` may see it. A container in a group the
     /// user cannot see is indistinguishable from none.
     pub(super) fn container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
+        self.container_where(name, |g| user.may_use(g))
+    }
+
+    /// [`Store::container`] among the groups for which `visible` is true.
+    pub(super) fn container_where(
+        &self,
+        name: &ContainerName,
+        visible: impl Fn(&GroupName) -> bool,
+    ) -> Result<ContainerRecord> {
         let missing = || StoreError::NotFound(format!("container {name} does not exist"));
         let (group, bare) = name.split();
         if let Some(group) = group {
             return match self.catalog.container(&group, &bare)? {
-                Some(rec) if user.may_use(&rec.group) => Ok(rec),
+                Some(rec) if visible(&rec.group) => Ok(rec),
                 _ => Err(missing()),
             };
         }
@@ -73,7 +92,7 @@ impl Store {
             .catalog
             .containers_named(&bare)?
             .into_iter()
-            .filter(|rec| user.may_use(&rec.group))
+            .filter(|rec| visible(&rec.group))
             .collect();
         match visible.len() {
             0 => Err(missing()),
@@ -86,6 +105,56 @@ impl Store {
                 )))
             }
         }
+    }
+
+    /// Turns a replica container into an ordinary one (admins only), for
+    /// failover: clients may then write into it.
+    pub fn container_promote(&self, user: &User, name: &ContainerName) -> Result<()> {
+        if !user.admin {
+            return Err(StoreError::Denied(
+                "only an admin may promote a replica container".into(),
+            ));
+        }
+        let rec = self.container(user, name)?;
+        self.catalog
+            .update_container(&rec, &name.split().1, |c, _| {
+                if !c.replica {
+                    return Err(StoreError::Invalid(format!(
+                        "container {name} is not a replica container"
+                    )));
+                }
+                c.replica = false;
+                c.import = false;
+                Ok(())
+            })?;
+        tracing::warn!(container = %name, by = %user.name, "replica container promoted: clients may now write into it");
+        Ok(())
+    }
+
+    /// Sets or ends a container's replication policy (admins only; the
+    /// partner must exist).
+    pub fn container_replicate(
+        &self,
+        user: &User,
+        name: &ContainerName,
+        to: Option<(String, ContainerName)>,
+    ) -> Result<()> {
+        if !user.admin {
+            return Err(StoreError::Denied(
+                "only an admin may set a replication policy".into(),
+            ));
+        }
+        if let Some((partner, _)) = &to {
+            if self.catalog.partner(partner)?.is_none() {
+                return Err(StoreError::NotFound(format!("no partner {partner}")));
+            }
+        }
+        let rec = self.container(user, name)?;
+        self.catalog.update_container(&rec, &name.split().1, |c, _| {
+            c.replicate_to = to;
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// The id of a container's storage group.
@@ -191,6 +260,9 @@ fn container_info(
         stream_limit: rec.stream_limit,
         images,
         logical_bytes,
+        replica: rec.replica,
+        import: rec.import,
+        replicate_to: rec.replicate_to.clone(),
     }
 }
 

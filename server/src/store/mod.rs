@@ -31,6 +31,7 @@ mod read;
 pub mod records;
 mod recovery;
 mod repair;
+mod replica;
 mod space;
 mod users;
 mod write;
@@ -51,6 +52,7 @@ use packs::PackSet;
 pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
+pub use replica::ReplicaStart;
 pub use space::DEFAULT_RESERVE;
 pub use users::{generate_password, User};
 pub use write::WriterId;
@@ -129,6 +131,12 @@ impl Store {
             next_writer: AtomicU64::new(1),
             read_only,
         }
+    }
+
+    /// The catalog, for the replication engine's own tables (partners,
+    /// copies, the trail).
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// Why the store is read-only, if it is.

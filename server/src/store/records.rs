@@ -5,7 +5,8 @@
 //! describes every table.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use tern_core::names::GroupName;
+use tern_core::names::{ContainerName, GroupName, ImageName, UserName};
+use tern_core::wire::{CopyState, ReplicaOrigin};
 use tern_core::{ChunkId, ChunkParams};
 
 use super::StoreError;
@@ -23,6 +24,19 @@ pub struct ContainerRecord {
     pub zstd_level: i32,
     pub stream_limit: u32,
     pub created: u64,
+    /// Only replication writes images into it.
+    #[serde(default)]
+    pub replica: bool,
+    /// Arriving replicas raise import events.
+    #[serde(default)]
+    pub import: bool,
+    /// A replica container's chunking came from a copy's source (until
+    /// then the first copy sets it).
+    #[serde(default)]
+    pub inherited: bool,
+    /// Its new images are copied to (partner, container).
+    #[serde(default)]
+    pub replicate_to: Option<(String, ContainerName)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +47,9 @@ pub struct ImageRecord {
     #[serde(with = "serde_bytes")]
     pub props: Vec<u8>,
     pub created: u64,
+    /// Where a replica came from.
+    #[serde(default)]
+    pub origin: Option<ReplicaOrigin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +59,60 @@ pub struct UserRecord {
     pub admin: bool,
     /// Storage groups the user may use; admins may use all.
     pub groups: Vec<GroupName>,
+    /// Storage groups whose replica containers the user may replicate into.
+    #[serde(default)]
+    pub replicate_into: Vec<GroupName>,
+}
+
+/// A replication partner: where it is and how this server logs in there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartnerRecord {
+    pub addresses: Vec<String>,
+    /// `sha256:...` of its certificate.
+    pub fingerprint: String,
+    pub user: UserName,
+    /// Kept as given: this server must present it at every copy. The
+    /// catalog file is 0600.
+    pub password: String,
+    /// The protocol version it spoke when added.
+    pub version: u16,
+    pub added: u64,
+}
+
+/// A copy job on the source server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub state: CopyState,
+    pub reason: String,
+    /// The source container's group and name, and the image.
+    pub group: GroupName,
+    pub container: ContainerName,
+    pub image: ImageName,
+    pub partner: String,
+    pub to_container: ContainerName,
+    pub to_name: ImageName,
+    pub logical_bytes: u64,
+    pub done_bytes: u64,
+    pub sent_bytes: u64,
+    pub sent_chunks: u64,
+    pub attempts: u32,
+    pub created: u64,
+    pub updated: u64,
+    /// Done, and the target may still report the import acknowledged.
+    #[serde(default)]
+    pub awaiting_import: bool,
+}
+
+/// An import event on the target server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub time: u64,
+    pub image: ImageName,
+    pub size: u64,
+    #[serde(with = "serde_bytes")]
+    pub props: Vec<u8>,
+    pub origin: ReplicaOrigin,
+    pub acked: bool,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {

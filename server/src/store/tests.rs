@@ -13,6 +13,7 @@ fn admin() -> User {
         name: UserName::new("admin").unwrap(),
         admin: true,
         groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
+        replicate_into: Vec::new(),
     }
 }
 

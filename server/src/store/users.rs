@@ -16,12 +16,19 @@ pub struct User {
     pub name: UserName,
     pub admin: bool,
     pub groups: Vec<GroupName>,
+    /// Groups whose replica containers the user may replicate into.
+    pub replicate_into: Vec<GroupName>,
 }
 
 impl User {
     /// True if the user may see and use storage group `group`.
     pub fn may_use(&self, group: &GroupName) -> bool {
         self.admin || self.groups.contains(group)
+    }
+
+    /// True if the user may write replicas into `group`'s replica containers.
+    pub fn may_replicate_into(&self, group: &GroupName) -> bool {
+        self.admin || self.replicate_into.contains(group)
     }
 }
 
@@ -42,6 +49,7 @@ impl Store {
             password_hash: hash_password(checked(password)?)?,
             admin,
             groups,
+            replicate_into: Vec::new(),
         };
         self.catalog.insert_user(name.as_str(), &rec)
     }
@@ -55,18 +63,18 @@ impl Store {
         })
     }
 
-    /// Changes a user's storage groups and admin right (each if given). The
-    /// last admin cannot be demoted: the server would have no one to run it.
+    /// Changes a user's storage groups, admin right and the groups they
+    /// may replicate into (each if given). The last admin cannot be
+    /// demoted: the server would have no one to run it.
     pub fn user_update(
         &self,
         name: &UserName,
         groups: Option<Vec<GroupName>>,
         admin: Option<bool>,
+        replicate_into: Option<Vec<GroupName>>,
     ) -> Result<()> {
-        if let Some(groups) = &groups {
-            for g in groups {
-                self.ensure_group(g)?;
-            }
+        for g in groups.iter().chain(replicate_into.iter()).flatten() {
+            self.ensure_group(g)?;
         }
         self.catalog.update_user(name.as_str(), |rec, others| {
             if admin == Some(false) && rec.admin && !others.iter().any(|o| o.admin) {
@@ -79,6 +87,9 @@ impl Store {
             }
             if let Some(admin) = admin {
                 rec.admin = admin;
+            }
+            if let Some(into) = replicate_into {
+                rec.replicate_into = into;
             }
             Ok(())
         })
@@ -103,6 +114,7 @@ impl Store {
             name: name.clone(),
             admin: rec.admin,
             groups: rec.groups,
+            replicate_into: rec.replicate_into,
         })
     }
 }

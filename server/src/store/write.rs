@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tern_core::codec::{Compressor, Decoder};
-use tern_core::wire::{ChunkRef, ImageInfo, WriteStats};
+use tern_core::wire::{ChunkRef, CopyId, ImageInfo, ReplicaOrigin, TrailEntry, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
 use super::catalog::NewImage;
@@ -42,6 +42,16 @@ pub(super) struct OpenImage {
     stats: WriteStats,
     max_chunk: u32,
     passthrough: Option<Passthrough>,
+    /// A replica being written by a source server.
+    pub(super) replica: Option<ReplicaWrite>,
+}
+
+/// What the store keeps of a replica being written, for its commit.
+pub(super) struct ReplicaWrite {
+    pub(super) origin: ReplicaOrigin,
+    /// The container raises import events.
+    pub(super) import: bool,
+    pub(super) started: u64,
 }
 
 /// The server's half of a passthrough image: it chunks and compresses.
@@ -55,6 +65,8 @@ struct Passthrough {
 pub(super) struct OpenEntry {
     pub(super) container_id: u64,
     name: ImageName,
+    /// The copy writing it, for a replica: a retry of the copy replaces it.
+    copy: Option<CopyId>,
     pub(super) image: Arc<Mutex<OpenImage>>,
 }
 
@@ -80,7 +92,30 @@ impl Store {
             )));
         }
         let rec = self.container(user, container)?;
-        let group = self.group_of(&rec)?;
+        if rec.replica {
+            return Err(StoreError::Denied(format!(
+                "container {container} is a replica container: only replication writes into it \
+                 (promote it to write into it)"
+            )));
+        }
+        let id = self.open_writer(&rec, container, name, props, passthrough, None)?;
+        Ok((id, rec))
+    }
+
+    /// Adds an image to the open set, after checking that the name is free
+    /// and the container's stream limit; a replica of the same copy being
+    /// written (a retry after an outage or a restart of the source) is
+    /// dropped for this one.
+    pub(super) fn open_writer(
+        &self,
+        rec: &ContainerRecord,
+        container: &ContainerName,
+        name: &ImageName,
+        props: Vec<u8>,
+        passthrough: bool,
+        replica: Option<ReplicaWrite>,
+    ) -> Result<WriterId> {
+        let group = self.group_of(rec)?;
         if self.catalog.image(rec.id, name)?.is_some() {
             return Err(StoreError::AlreadyExists(format!(
                 "image {name} already exists in container {container}"
@@ -106,8 +141,13 @@ impl Store {
             stats: WriteStats::default(),
             max_chunk: rec.chunking.max,
             passthrough,
+            replica,
         };
+        let copy = image.replica.as_ref().map(|r| r.origin.copy);
         let mut open = lock(&self.open);
+        if copy.is_some() {
+            open.retain(|_, o| !(o.container_id == rec.id && o.name == *name && o.copy == copy));
+        }
         let mut streams = 0;
         for other in open.values() {
             if other.container_id != rec.id {
@@ -132,10 +172,11 @@ impl Store {
             OpenEntry {
                 container_id: rec.id,
                 name: name.clone(),
+                copy,
                 image: Arc::new(Mutex::new(image)),
             },
         );
-        Ok((id, rec))
+        Ok(id)
     }
 
     fn open_image(&self, w: WriterId) -> Result<Arc<Mutex<OpenImage>>> {
@@ -320,6 +361,14 @@ impl Store {
             lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect()
         };
         let created = now_unix();
+        let trail = img.replica.as_ref().map(|r| {
+            let mut t = target_trail(r, &img.container, &img.name, "ok", String::new());
+            t.ended = created;
+            t.logical_bytes = img.size;
+            t.sent_bytes = img.stats.new_stored_bytes;
+            t.sent_chunks = img.stats.new_chunks;
+            t
+        });
         self.catalog.commit_image(
             &NewImage {
                 container_id: img.container_id,
@@ -329,6 +378,8 @@ impl Store {
                 props: &img.props,
                 created,
                 recipe: &img.recipe,
+                replica: img.replica.as_ref().map(|r| &r.origin).zip(trail.as_ref()),
+                import: img.replica.as_ref().is_some_and(|r| r.import),
             },
             &durable,
         )?;
@@ -353,8 +404,42 @@ impl Store {
         Ok((info, stats))
     }
 
-    /// Drops an image being written; chunks it stored are left for GC.
+    /// Drops an image being written; chunks it stored are left for GC. A
+    /// replica's end goes into the trail.
     pub fn image_abort(&self, w: WriterId) {
-        lock(&self.open).remove(&w);
+        let Some(entry) = lock(&self.open).remove(&w) else {
+            return;
+        };
+        let img = lock(&entry.image);
+        if let Some(r) = &img.replica {
+            let reason = "the source ended the copy, or its session ended, before the commit";
+            let t = target_trail(r, &img.container, &img.name, "failed", reason.into());
+            if let Err(e) = self.catalog.push_trail(&t) {
+                tracing::warn!("recording an aborted replica in the trail: {e}");
+            }
+        }
+    }
+}
+
+/// The target side's trail entry of a replica.
+fn target_trail(
+    r: &ReplicaWrite,
+    container: &ContainerName,
+    name: &ImageName,
+    result: &str,
+    reason: String,
+) -> TrailEntry {
+    TrailEntry {
+        copy: r.origin.copy,
+        side: "target".into(),
+        peer: r.origin.server.clone(),
+        image: format!("{container}/{name}"),
+        started: r.started,
+        ended: now_unix(),
+        logical_bytes: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        result: result.into(),
+        reason,
     }
 }

@@ -145,8 +145,30 @@ enum ContainerCmd {
         /// Images that may be written at once (0: unlimited).
         #[arg(long)]
         stream_limit: Option<u32>,
+        /// A replica container: only copies from replication partners
+        /// write into it (its chunking comes from the first copy's source).
+        #[arg(long)]
+        replica: bool,
+        /// Replicas arriving raise import events for this side's DMA (needs --replica).
+        #[arg(long, requires = "replica")]
+        import: bool,
     },
     Ls,
+    /// Turn a replica container into an ordinary one (for failover; admin only).
+    Promote { name: String },
+    /// Copy every image committed to a container from now on (admin only).
+    Replicate {
+        name: String,
+        /// The partner to copy to.
+        #[arg(long, required_unless_present = "off", requires = "to_container")]
+        to: Option<String>,
+        /// The replica container on the partner.
+        #[arg(long)]
+        to_container: Option<String>,
+        /// End the container's replication.
+        #[arg(long, conflicts_with_all = ["to", "to_container"])]
+        off: bool,
+    },
     Rm {
         name: String,
     },
@@ -452,6 +474,8 @@ fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
             zstd_level,
             chunking,
             stream_limit,
+            replica,
+            import,
         } => {
             let chunking = chunking.as_deref().map(parse_chunking).transpose()?;
             let settings = ContainerSettings {
@@ -462,6 +486,8 @@ fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
                 chunking,
                 zstd_level: *zstd_level,
                 stream_limit: *stream_limit,
+                replica: *replica,
+                import: *import,
             };
             client
                 .container_create(name, settings)
@@ -479,17 +505,59 @@ fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
                     .iter()
                     .map(|c| json!({"name": c.name.as_str(), "group": c.group.as_str(), "images": c.images,
                         "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
-                        "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit}))
+                        "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit,
+                        "replica": c.replica, "import": c.import,
+                        "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()}))}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 for c in &list {
+                    let kind = match (c.replica, c.import) {
+                        (true, true) => " replica, import",
+                        (true, false) => " replica",
+                        _ => "",
+                    };
+                    let policy = c
+                        .replicate_to
+                        .as_ref()
+                        .map(|(p, to)| format!(" -> {p}:{to}"))
+                        .unwrap_or_default();
                     println!(
-                        "{:<30} group {:<12} {:>6} images {:>16} bytes",
+                        "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}",
                         c.name, c.group, c.images, c.logical_bytes
                     );
                 }
             }
+        }
+        ContainerCmd::Promote { name } => {
+            client
+                .container_promote(name)
+                .with_context(|| format!("promoting container {name}"))?;
+            report(
+                cli,
+                json!({"promoted": name}),
+                &format!("container {name} is no longer a replica: clients may write into it"),
+            );
+        }
+        ContainerCmd::Replicate {
+            name,
+            to,
+            to_container,
+            off: _,
+        } => {
+            let to = to.as_deref().zip(to_container.as_deref());
+            client
+                .container_replicate(name, to)
+                .with_context(|| format!("setting the replication of container {name}"))?;
+            let text = match to {
+                Some((p, c)) => format!("new images of {name} are copied to {p}:{c}"),
+                None => format!("container {name} is no longer replicated"),
+            };
+            report(
+                cli,
+                json!({"container": name, "replicate_to": to.map(|(p, c)| json!({"partner": p, "container": c}))}),
+                &text,
+            );
         }
         ContainerCmd::Rm { name } => {
             client

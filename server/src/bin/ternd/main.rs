@@ -44,6 +44,10 @@ enum Cmd {
         /// Secure Connect grace period in seconds (overrides the config).
         #[arg(long)]
         grace_period: Option<u64>,
+        /// Offer clients no protocol version newer than this (to test how
+        /// partners meet an older server).
+        #[arg(long, hide = true, default_value_t = tern_core::wire::PROTOCOL_MAX)]
+        protocol_max: u16,
     },
     /// Print the server certificate's fingerprint.
     Fingerprint {
@@ -136,7 +140,15 @@ fn run(cli: Cli) -> Result<()> {
             plain_listen,
             config,
             grace_period,
-        } => serve(&data.data, listen, plain_listen, config, grace_period),
+            protocol_max,
+        } => serve(
+            &data.data,
+            listen,
+            plain_listen,
+            config,
+            grace_period,
+            protocol_max,
+        ),
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);

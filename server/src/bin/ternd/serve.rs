@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use tern_core::names::{GroupName, UserName};
 use tern_core::session::CacheLimits;
 use tern_server::certs::{self};
+use tern_server::replication::{LocalIdentity, Replicator};
 use tern_server::config::{Config, DEFAULT_CONFIG};
 use tern_server::store::{self, Store, StoreError, DEFAULT_GROUP};
 use tern_server::{control, handler, listen};
@@ -22,6 +23,7 @@ pub(crate) fn serve(
     plain: Option<SocketAddr>,
     config: Option<PathBuf>,
     grace_period: Option<u64>,
+    protocol_max: u16,
 ) -> Result<()> {
     tune_malloc();
     private_data_dir(data)?;
@@ -53,8 +55,16 @@ pub(crate) fn serve(
     let tls = certs::server_config(&paths, cfg.allow_tls12)?;
     let store = Arc::new(open_store_for_serve(data, cfg.reserved_space_bytes)?);
     ensure_admin(&store)?;
-    println!("fingerprint: {}", certs::fingerprint(&paths)?);
-    run_server(data, &cfg, store, tls)
+    let fingerprint = certs::fingerprint(&paths)?;
+    println!("fingerprint: {fingerprint}");
+    let me = LocalIdentity {
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+        server_id: fingerprint.to_string(),
+    };
+    let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner)
+        .context("starting the replication scheduler")?;
+    run_server(data, &cfg, store, tls, (replicator, protocol_max))
 }
 
 /// stderr for the log, where a failed write is dropped: tracing's own
@@ -192,6 +202,7 @@ fn run_server(
     cfg: &Config,
     store: Arc<Store>,
     tls: Arc<rustls::ServerConfig>,
+    (replicator, protocol_max): (Arc<Replicator>, u16),
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,7 +238,7 @@ fn run_server(
             }
         });
         tokio::select! {
-            r = listeners.serve(handler::Sessions::new(store, grace, cache), tls, limits) => r,
+            r = listeners.serve(handler::Sessions::new(store, grace, cache, replicator, protocol_max), tls, limits) => r,
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("stopping on interrupt");
                 Ok(())

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::names::GroupName;
-use tern_core::wire::RecipeEntry;
+use tern_core::wire::{RecipeEntry, ReplicaOrigin, TrailEntry};
 use tern_core::{ChunkId, ContainerName, ImageName};
 
 use super::pack::Location;
@@ -38,10 +38,12 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// 2: container names per storage group (format 1 had one namespace).
-const FORMAT_VERSION: u64 = 2;
+/// 3: the replication tables (partners, copies, trail, import events).
+const FORMAT_VERSION: u64 = 3;
 
 mod maintenance;
 mod overlay;
+pub mod replication;
 
 /// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
 /// the chunk index; past this size index pages are read from the file (the
@@ -58,6 +60,10 @@ pub struct NewImage<'a> {
     pub created: u64,
     /// (offset, chunk id, length), in image order.
     pub recipe: &'a [(u64, ChunkId, u32)],
+    /// A replica's origin, and its trail entry (target side).
+    pub replica: Option<(&'a ReplicaOrigin, &'a TrailEntry)>,
+    /// The container raises import events.
+    pub import: bool,
 }
 
 /// The redb database of one data directory.
@@ -101,9 +107,7 @@ impl Catalog {
             read_only: Some(why),
         };
         // An older format is migrated in the overlay: in memory only.
-        if catalog.format()? == Some(1) {
-            catalog.migrate_from_1(catalog.db.begin_write()?)?;
-        }
+        catalog.migrate(|| Ok(catalog.db.begin_write()?))?;
         catalog.check_format()?;
         Ok(catalog)
     }
@@ -140,7 +144,7 @@ impl Catalog {
         // need to write (the tables come with the format version).
         match self.format()? {
             Some(FORMAT_VERSION) => return Ok(()),
-            Some(1) => return self.migrate_from_1(self.begin_write()?),
+            Some(1 | 2) => return self.migrate(|| self.begin_write()),
             _ => {}
         }
         let tx = self.begin_write()?;
@@ -161,8 +165,25 @@ impl Catalog {
             tx.open_table(IMAGES)?;
             tx.open_table(RECIPES)?;
             tx.open_table(CHUNKS)?;
+            replication::create_tables(&tx)?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Brings an older format up to date, one step per transaction (a
+    /// crash between steps leaves a format the next start migrates on from).
+    fn migrate(&self, begin: impl Fn() -> Result<redb::WriteTransaction>) -> Result<()> {
+        if self.format()? == Some(1) {
+            self.migrate_from_1(begin()?)?;
+        }
+        if self.format()? == Some(2) {
+            let tx = begin()?;
+            replication::create_tables(&tx)?;
+            tx.open_table(META)?.insert("format", 3)?;
+            tx.commit()?;
+            tracing::info!("catalog migrated to format 3: replication tables");
+        }
         Ok(())
     }
 
@@ -179,11 +200,9 @@ impl Catalog {
             }
         }
         tx.delete_table(CONTAINERS_V1)?;
-        tx.open_table(META)?.insert("format", FORMAT_VERSION)?;
+        tx.open_table(META)?.insert("format", 2)?;
         tx.commit()?;
-        tracing::info!(
-            "catalog migrated to format {FORMAT_VERSION}: container names per storage group"
-        );
+        tracing::info!("catalog migrated to format 2: container names per storage group");
         Ok(())
     }
 
@@ -358,6 +377,39 @@ impl Catalog {
         Ok(rec)
     }
 
+    /// Changes a container's record in one transaction; `change` also
+    /// learns whether the container holds images.
+    pub fn update_container(
+        &self,
+        rec: &ContainerRecord,
+        name: &ContainerName,
+        change: impl FnOnce(&mut ContainerRecord, bool) -> Result<()>,
+    ) -> Result<ContainerRecord> {
+        let tx = self.begin_write()?;
+        let updated = {
+            let mut t = tx.open_table(CONTAINERS)?;
+            let key = (rec.group.as_str(), name.as_str());
+            let mut current: ContainerRecord = match t.get(key)? {
+                Some(v) => decode("container", v.value())?,
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "container {name} does not exist"
+                    )))
+                }
+            };
+            let has_images = tx
+                .open_table(IMAGES)?
+                .range((current.id, "")..(current.id + 1, ""))?
+                .next()
+                .is_some();
+            change(&mut current, has_images)?;
+            t.insert(key, encode(&current)?.as_slice())?;
+            current
+        };
+        tx.commit()?;
+        Ok(updated)
+    }
+
     /// Removes a container that holds no image.
     pub fn remove_empty_container(
         &self,
@@ -470,6 +522,7 @@ impl Catalog {
                 chunks: img.recipe.len() as u64,
                 props: img.props.to_vec(),
                 created: img.created,
+                origin: img.replica.map(|(o, _)| o.clone()),
             };
             images.insert(
                 (img.container_id, img.name.as_str()),
@@ -478,6 +531,20 @@ impl Catalog {
             let mut recipes = tx.open_table(RECIPES)?;
             for (offset, cid, len) in img.recipe {
                 recipes.insert((rec.id, *offset), recipe_value(cid, *len).as_slice())?;
+            }
+            if let Some((origin, trail)) = img.replica {
+                if img.import {
+                    let event = EventRecord {
+                        time: img.created,
+                        image: img.name.clone(),
+                        size: img.size,
+                        props: img.props.to_vec(),
+                        origin: origin.clone(),
+                        acked: false,
+                    };
+                    replication::insert_event(&tx, img.container_id, &event)?;
+                }
+                replication::push_trail(&tx, trail)?;
             }
             rec
         };

@@ -1,0 +1,633 @@
+//! DMA-managed replication on the source side: partners, and copies as
+//! durable jobs.
+//!
+//! A copy is a record in the catalog (`copies`) from the moment it is asked
+//! for; a scheduler thread runs queued copies, at most
+//! `max_copies_per_partner` at once per partner, each attempt on a thread of
+//! its own (`copy.rs`) as a client of the partner (`partner.rs`). A failed
+//! attempt that may succeed later (the link, a restart of the target) goes
+//! back to the queue with a growing delay; a restart of this server finds
+//! the copies that were queued or running in the catalog and runs them
+//! again. Every attempt goes into the replication trail. Done copies into
+//! import containers are asked about until the target's DMA has
+//! acknowledged the import event (`imported`).
+
+mod copy;
+mod partner;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tern_agent::{Client, ClientError};
+use tern_core::names::UserName;
+use tern_core::wire::{
+    CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, ImportState, PartnerInfo, TrailEntry,
+};
+use tern_core::{ContainerName, ImageName};
+
+pub use partner::LocalIdentity;
+
+use crate::store::records::{now_unix, CopyRecord, PartnerRecord};
+use crate::store::{Store, StoreError, User};
+
+/// Attempts of one copy before it fails for good (the delays between them
+/// grow to [`MAX_RETRY_DELAY`]: about an hour and a half in all).
+const MAX_ATTEMPTS: u32 = 100;
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How often done copies are asked about their import events.
+const IMPORT_POLL: Duration = Duration::from_secs(3);
+/// Copies listed at most.
+const LIST_MAX: usize = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a replication request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// On this server.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The partner could not be reached or refused (its kind as it said it).
+    #[error("{message}")]
+    Partner { kind: ErrorKind, message: String },
+}
+
+impl ReplicationError {
+    /// What the client is told.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReplicationError::Store(e) => e.kind(),
+            ReplicationError::Partner { kind, .. } => *kind,
+        }
+    }
+}
+
+/// A running attempt's counters, read by status requests as they change.
+#[derive(Default)]
+pub struct Live {
+    partner: String,
+    /// Logical bytes the target has (announced and settled).
+    done: AtomicU64,
+    sent_bytes: AtomicU64,
+    sent_chunks: AtomicU64,
+    cancelled: AtomicBool,
+    /// The client of the attempt, for cancelling its calls.
+    client: Mutex<Option<Client>>,
+}
+
+/// The source side of replication.
+pub struct Replicator {
+    store: Arc<Store>,
+    me: LocalIdentity,
+    max_per_partner: usize,
+    live: Mutex<HashMap<CopyId, Arc<Live>>>,
+    /// Copies waiting to run, with the earliest time they may.
+    queue: Mutex<Vec<(CopyId, Instant)>>,
+    /// Done copies whose import the target has yet to report.
+    awaiting_import: Mutex<HashSet<CopyId>>,
+    wake: Condvar,
+    woken: Mutex<bool>,
+}
+
+impl Replicator {
+    /// Loads the copies a stop interrupted and starts the scheduler thread.
+    pub fn start(
+        store: Arc<Store>,
+        me: LocalIdentity,
+        max_per_partner: usize,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut queue = Vec::new();
+        let mut awaiting = HashSet::new();
+        let now = Instant::now();
+        for (id, rec) in store.catalog().copies()? {
+            match rec.state {
+                CopyState::Queued | CopyState::Running => queue.push((id, now)),
+                CopyState::Done if rec.awaiting_import => {
+                    awaiting.insert(id);
+                }
+                _ => {}
+            }
+        }
+        if !queue.is_empty() {
+            tracing::info!("{} copies to resume", queue.len());
+        }
+        let r = Arc::new(Self {
+            store,
+            me,
+            max_per_partner: max_per_partner.max(1),
+            live: Mutex::new(HashMap::new()),
+            queue: Mutex::new(queue),
+            awaiting_import: Mutex::new(awaiting),
+            wake: Condvar::new(),
+            woken: Mutex::new(false),
+        });
+        let sched = r.clone();
+        std::thread::Builder::new()
+            .name("ternd-copies".into())
+            .spawn(move || sched.schedule_forever())
+            .map_err(StoreError::Io)?;
+        Ok(r)
+    }
+
+    fn wake(&self) {
+        *lock(&self.woken) = true;
+        self.wake.notify_all();
+    }
+
+    // ---- partners --------------------------------------------------------------
+
+    /// Adds a partner after connecting to it; a refusal is an error and a
+    /// trail entry. Blocks for as long as the check takes (call it off the
+    /// async workers).
+    pub fn partner_add(
+        &self,
+        name: &str,
+        addresses: Vec<String>,
+        fingerprint: String,
+        user: UserName,
+        password: String,
+    ) -> Result<(), ReplicationError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(StoreError::Invalid(format!(
+                "partner name {name:?}: 1 to 64 printable characters"
+            ))
+            .into());
+        }
+        if addresses.is_empty() {
+            return Err(StoreError::Invalid("give the partner's address".into()).into());
+        }
+        if self.store.catalog().partner(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("partner {name} already exists")).into());
+        }
+        let mut rec = PartnerRecord {
+            addresses,
+            fingerprint,
+            user,
+            password,
+            version: 0,
+            added: now_unix(),
+        };
+        let started = now_unix();
+        match partner::connect(&rec, &self.me) {
+            Ok(client) => rec.version = client.protocol_version(),
+            Err(e) => {
+                let reason = format!("partner {name} refused: {e}");
+                self.trail_check(name, started, &reason);
+                let kind = match &e {
+                    ClientError::Server { kind, .. } => *kind,
+                    ClientError::Untrusted(_) => ErrorKind::Denied,
+                    ClientError::Invalid(_) => ErrorKind::Invalid,
+                    _ => ErrorKind::Internal,
+                };
+                return Err(ReplicationError::Partner {
+                    kind,
+                    message: reason,
+                });
+            }
+        }
+        self.store.catalog().insert_partner(name, &rec)?;
+        tracing::info!(partner = name, "replication partner added");
+        Ok(())
+    }
+
+    fn trail_check(&self, partner: &str, started: u64, reason: &str) {
+        let entry = TrailEntry {
+            copy: CopyId([0; 16]),
+            side: "source".into(),
+            peer: partner.into(),
+            image: String::new(),
+            started,
+            ended: now_unix(),
+            logical_bytes: 0,
+            sent_bytes: 0,
+            sent_chunks: 0,
+            result: "failed".into(),
+            reason: reason.into(),
+        };
+        if let Err(e) = self.store.catalog().push_trail(&entry) {
+            tracing::warn!("recording a refused partner in the trail: {e}");
+        }
+    }
+
+    pub fn partners(&self) -> Result<Vec<PartnerInfo>, StoreError> {
+        Ok(self
+            .store
+            .catalog()
+            .partners()?
+            .into_iter()
+            .map(|(name, p)| PartnerInfo {
+                name,
+                addresses: p.addresses,
+                fingerprint: p.fingerprint,
+                user: p.user,
+                version: p.version,
+                added: p.added,
+            })
+            .collect())
+    }
+
+    pub fn partner_remove(&self, name: &str) -> Result<(), StoreError> {
+        if !self.store.catalog().remove_partner(name)? {
+            return Err(StoreError::NotFound(format!("no partner {name}")));
+        }
+        Ok(())
+    }
+
+    // ---- copies ------------------------------------------------------------------
+
+    /// Records a copy (or finds the live one of the same image to the same
+    /// place) and queues it; returns at once.
+    pub fn copy_start(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        image: &ImageName,
+        partner: &str,
+        to_container: ContainerName,
+        to_name: Option<ImageName>,
+    ) -> Result<CopyId, StoreError> {
+        if self.store.catalog().partner(partner)?.is_none() {
+            return Err(StoreError::NotFound(format!("no partner {partner}")));
+        }
+        let c = self.store.copy_container(user, container)?;
+        let (img, _) = self.store.copy_source(&c.group, container, image)?;
+        self.enqueue(c.group, container, &img.info, partner, to_container, to_name)
+    }
+
+    /// Queues the copy of a committed image (a request, or a container's policy).
+    fn enqueue(
+        &self,
+        group: tern_core::names::GroupName,
+        container: &ContainerName,
+        image: &ImageInfo,
+        partner: &str,
+        to_container: ContainerName,
+        to_name: Option<ImageName>,
+    ) -> Result<CopyId, StoreError> {
+        let now = now_unix();
+        let rec = CopyRecord {
+            state: CopyState::Queued,
+            reason: String::new(),
+            group,
+            container: container.split().1,
+            image: image.name.clone(),
+            partner: partner.into(),
+            to_container,
+            to_name: to_name.unwrap_or_else(|| image.name.clone()),
+            logical_bytes: image.size,
+            done_bytes: 0,
+            sent_bytes: 0,
+            sent_chunks: 0,
+            attempts: 0,
+            created: now,
+            updated: now,
+            awaiting_import: false,
+        };
+        let (id, new) = self.store.catalog().find_or_insert_copy(rec, fresh_id()?)?;
+        if new {
+            lock(&self.queue).push((id, Instant::now()));
+            self.wake();
+        }
+        Ok(id)
+    }
+
+    /// After a commit: the copy a container's replication policy asks for.
+    pub fn after_commit(&self, user: &User, info: &ImageInfo) {
+        let outcome = (|| {
+            let c = self.store.copy_container(user, &info.container)?;
+            let Some((partner, to)) = c.replicate_to.clone() else {
+                return Ok(None);
+            };
+            self.enqueue(c.group, &info.container, info, &partner, to, None)
+                .map(Some)
+        })();
+        match outcome {
+            Ok(Some(id)) => tracing::info!(copy = %id, image = %info.name, "copy queued by the container's policy"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(image = %info.name, "queueing the policy's copy: {e}"),
+        }
+    }
+
+    /// A copy's status: the catalog's record with the running attempt's counters.
+    pub fn status(&self, id: CopyId) -> Result<CopyInfo, StoreError> {
+        let rec = self
+            .store
+            .catalog()
+            .copy(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no copy {id}")))?;
+        Ok(self.info(id, rec))
+    }
+
+    /// Every copy, newest first.
+    pub fn list(&self) -> Result<Vec<CopyInfo>, StoreError> {
+        let mut all = self.store.catalog().copies()?;
+        all.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(b.0.cmp(&a.0)));
+        all.truncate(LIST_MAX);
+        Ok(all.into_iter().map(|(id, rec)| self.info(id, rec)).collect())
+    }
+
+    fn info(&self, id: CopyId, rec: CopyRecord) -> CopyInfo {
+        let live = lock(&self.live).get(&id).cloned();
+        let (mut done, mut sent, mut chunks) = (rec.done_bytes, rec.sent_bytes, rec.sent_chunks);
+        if let Some(l) = live {
+            // Counters never go backwards: a new attempt starts from what
+            // the earlier ones recorded.
+            done = done.max(l.done.load(Ordering::Relaxed));
+            sent += l.sent_bytes.load(Ordering::Relaxed);
+            chunks += l.sent_chunks.load(Ordering::Relaxed);
+        }
+        CopyInfo {
+            id,
+            state: rec.state,
+            reason: rec.reason,
+            container: rec.container,
+            image: rec.image,
+            partner: rec.partner,
+            to_container: rec.to_container,
+            to_name: rec.to_name,
+            logical_bytes: rec.logical_bytes,
+            done_bytes: done.min(rec.logical_bytes),
+            sent_bytes: sent,
+            sent_chunks: chunks,
+            attempts: rec.attempts,
+            created: rec.created,
+            updated: rec.updated,
+        }
+    }
+
+    /// Cancels a copy: a queued one at once, a running one as soon as its
+    /// calls return (at once: they are cancelled too).
+    pub fn cancel(&self, id: CopyId) -> Result<(), StoreError> {
+        let rec = self
+            .store
+            .catalog()
+            .copy(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no copy {id}")))?;
+        if rec.state.is_final() {
+            return Err(StoreError::Invalid(format!(
+                "copy {id} has ended ({})",
+                rec.state.as_str()
+            )));
+        }
+        if let Some(l) = lock(&self.live).get(&id).cloned() {
+            l.cancelled.store(true, Ordering::SeqCst);
+            if let Some(c) = lock(&l.client).as_ref() {
+                c.cancel();
+            }
+            return Ok(());
+        }
+        lock(&self.queue).retain(|(q, _)| *q != id);
+        let entry = self.trail(id, &rec, now_unix(), "cancelled", "cancelled before it ran");
+        self.store.catalog().update_copy(
+            id,
+            |r| {
+                r.state = CopyState::Cancelled;
+                r.reason = "cancelled".into();
+                r.updated = now_unix();
+            },
+            Some(&entry),
+        )?;
+        Ok(())
+    }
+
+    fn trail(&self, id: CopyId, rec: &CopyRecord, started: u64, result: &str, reason: &str) -> TrailEntry {
+        TrailEntry {
+            copy: id,
+            side: "source".into(),
+            peer: rec.partner.clone(),
+            image: format!("{}/{}", rec.container, rec.image),
+            started,
+            ended: now_unix(),
+            logical_bytes: rec.logical_bytes,
+            sent_bytes: 0,
+            sent_chunks: 0,
+            result: result.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn history(&self, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
+        self.store.catalog().trail(max.clamp(1, 100_000) as usize)
+    }
+
+    // ---- the scheduler -------------------------------------------------------------
+
+    fn schedule_forever(self: Arc<Self>) {
+        let mut last_poll = Instant::now();
+        loop {
+            self.start_due();
+            if last_poll.elapsed() >= IMPORT_POLL {
+                self.poll_imports();
+                last_poll = Instant::now();
+            }
+            let mut woken = lock(&self.woken);
+            if !*woken {
+                woken = self
+                    .wake
+                    .wait_timeout(woken, Duration::from_millis(500))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *woken = false;
+        }
+    }
+
+    /// Starts the queued copies that are due, within each partner's limit.
+    fn start_due(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<CopyId> = lock(&self.queue)
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let rec = match self.store.catalog().copy(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    lock(&self.queue).retain(|(q, _)| *q != id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(copy = %id, "reading the copy: {e}");
+                    continue;
+                }
+            };
+            let running = {
+                let live = lock(&self.live);
+                live.values().filter(|l| l.partner == rec.partner).count()
+            };
+            if running >= self.max_per_partner {
+                continue;
+            }
+            lock(&self.queue).retain(|(q, _)| *q != id);
+            let live = Arc::new(Live {
+                partner: rec.partner.clone(),
+                ..Live::default()
+            });
+            lock(&self.live).insert(id, live.clone());
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ternd-copy".into())
+                .spawn(move || me.run(id, live));
+            if let Err(e) = spawned {
+                tracing::error!(copy = %id, "starting the copy's thread: {e}");
+                lock(&self.live).remove(&id);
+                lock(&self.queue).push((id, now + Duration::from_secs(5)));
+            }
+        }
+    }
+
+    /// Runs one attempt of a copy and records how it ended.
+    fn run(self: Arc<Self>, id: CopyId, live: Arc<Live>) {
+        let started = now_unix();
+        let marked = self.store.catalog().update_copy(
+            id,
+            |r| {
+                r.state = CopyState::Running;
+                r.attempts += 1;
+                r.updated = started;
+            },
+            None,
+        );
+        let outcome = match &marked {
+            Ok(rec) => copy::attempt(&self, id, rec, &live),
+            Err(e) => Err(copy::Failure::Transient(format!("recording the start: {e}"))),
+        };
+        if let Some(c) = lock(&live.client).take() {
+            drop(c);
+        }
+        let attempts = marked.as_ref().map_or(1, |r| r.attempts);
+        let (state, result, reason) = match outcome {
+            Ok(()) => (CopyState::Done, "ok", String::new()),
+            Err(copy::Failure::Cancelled) => (CopyState::Cancelled, "cancelled", "cancelled".into()),
+            Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
+                (CopyState::Queued, "retrying", r)
+            }
+            Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
+                (CopyState::Failed, "failed", r)
+            }
+        };
+        let sent = live.sent_bytes.load(Ordering::Relaxed);
+        let chunks = live.sent_chunks.load(Ordering::Relaxed);
+        let done = live.done.load(Ordering::Relaxed);
+        let mut entry = match &marked {
+            Ok(rec) => self.trail(id, rec, started, result, &reason),
+            Err(_) => TrailEntry {
+                copy: id,
+                side: "source".into(),
+                peer: live.partner.clone(),
+                image: String::new(),
+                started,
+                ended: now_unix(),
+                logical_bytes: 0,
+                sent_bytes: 0,
+                sent_chunks: 0,
+                result: result.into(),
+                reason: reason.clone(),
+            },
+        };
+        entry.sent_bytes = sent;
+        entry.sent_chunks = chunks;
+        let recorded = self.store.catalog().update_copy(
+            id,
+            |r| {
+                r.state = state;
+                r.reason = reason.clone();
+                r.sent_bytes += sent;
+                r.sent_chunks += chunks;
+                r.done_bytes = r.done_bytes.max(done);
+                if state == CopyState::Done {
+                    r.done_bytes = r.logical_bytes;
+                    r.awaiting_import = true;
+                }
+                r.updated = now_unix();
+            },
+            Some(&entry),
+        );
+        lock(&self.live).remove(&id);
+        match recorded {
+            Err(e) => {
+                tracing::error!(copy = %id, "recording the end of an attempt: {e}");
+                // Run it again: the catalog may take it later.
+                lock(&self.queue).push((id, Instant::now() + MAX_RETRY_DELAY));
+            }
+            Ok(_) if state == CopyState::Queued => {
+                let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
+                tracing::warn!(copy = %id, attempts, "copy attempt failed, again in {} s: {reason}", delay.as_secs());
+                lock(&self.queue).push((id, Instant::now() + delay));
+            }
+            Ok(_) if state == CopyState::Done => {
+                tracing::info!(copy = %id, sent_bytes = sent, "copy done");
+                lock(&self.awaiting_import).insert(id);
+            }
+            Ok(_) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
+        }
+        self.wake();
+    }
+
+    /// Asks each partner whether the import events of done copies were
+    /// acknowledged; records `imported` (or stops asking when there is no event).
+    fn poll_imports(&self) {
+        let ids: Vec<CopyId> = lock(&self.awaiting_import).iter().copied().collect();
+        let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
+        for id in ids {
+            match self.store.catalog().copy(id) {
+                Ok(Some(rec)) => by_partner.entry(rec.partner).or_default().push(id),
+                _ => {
+                    lock(&self.awaiting_import).remove(&id);
+                }
+            }
+        }
+        for (name, ids) in by_partner {
+            let Ok(Some(p)) = self.store.catalog().partner(&name) else {
+                continue;
+            };
+            let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
+            let states = match states {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(partner = name, "asking about imports: {e}");
+                    continue;
+                }
+            };
+            for (id, state) in ids.into_iter().zip(states) {
+                let change = match state {
+                    ImportState::Pending => continue,
+                    ImportState::Imported => Some(CopyState::Imported),
+                    ImportState::NoEvent => None,
+                };
+                let updated = self.store.catalog().update_copy(
+                    id,
+                    |r| {
+                        r.awaiting_import = false;
+                        if let Some(s) = change {
+                            r.state = s;
+                            r.updated = now_unix();
+                        }
+                    },
+                    None,
+                );
+                match updated {
+                    Ok(_) => {
+                        lock(&self.awaiting_import).remove(&id);
+                    }
+                    Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// A new copy id: 128 bits from the system's random source.
+fn fresh_id() -> Result<CopyId, StoreError> {
+    let mut id = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| StoreError::Io(std::io::Error::other("the system random source failed")))?;
+    Ok(CopyId(id))
+}

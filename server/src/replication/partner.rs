@@ -1,0 +1,83 @@
+//! Reaching a partner: a `tern_agent` client that presents this server's
+//! certificate, pins the partner's, logs in as the partner user and checks
+//! that the partner speaks a protocol version with replication.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tern_agent::{Client, ClientError, ClientOptions};
+use tern_core::tls::Fingerprint;
+use tern_core::wire::{ErrorKind, PROTOCOL_MAX, PROTOCOL_MIN, REPLICATION_MIN};
+
+use crate::store::records::PartnerRecord;
+
+/// How long a copy's session rides out an outage before the attempt fails
+/// (and the job retries with a new session).
+const SESSION_GRACE: Duration = Duration::from_secs(60);
+/// The longest one call to a partner may take.
+const CALL_LIMIT: Duration = Duration::from_secs(300);
+
+/// What this server presents to partners.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// This server's id: its certificate's fingerprint.
+    pub server_id: String,
+}
+
+/// Connects to the first address of `partner` that answers; the error of
+/// the last one if none does.
+pub fn connect(partner: &PartnerRecord, me: &LocalIdentity) -> Result<Client, ClientError> {
+    let pin = Fingerprint::parse(&partner.fingerprint).ok_or_else(|| {
+        ClientError::Invalid(format!(
+            "{:?} is not a certificate fingerprint",
+            partner.fingerprint
+        ))
+    })?;
+    let mut last = ClientError::Invalid("the partner has no address".into());
+    for address in &partner.addresses {
+        let mut opts = ClientOptions::new(address, partner.user.as_str(), &partner.password);
+        opts.fingerprint = Some(pin);
+        opts.remember_servers = false;
+        opts.identity = Some((me.cert.clone(), me.key.clone()));
+        opts.grace_period = SESSION_GRACE;
+        opts.call_timeout = Some(CALL_LIMIT);
+        match Client::connect(&opts) {
+            Ok(client) => {
+                check_version(&client)?;
+                return Ok(client);
+            }
+            // Another address may be reachable; a refusal is the same everywhere.
+            Err(e @ (ClientError::Connect { .. } | ClientError::Io(_))) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+fn check_version(client: &Client) -> Result<(), ClientError> {
+    let theirs = client.protocol_version();
+    if theirs < REPLICATION_MIN {
+        return Err(ClientError::Server {
+            kind: ErrorKind::Incompatible,
+            message: format!(
+                "the partner speaks protocol version {theirs} at most with us; replication \
+                 needs version {REPLICATION_MIN} (this server speaks {PROTOCOL_MIN}..={PROTOCOL_MAX})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// True if an attempt that failed this way may succeed later.
+pub fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::Io(_) | ClientError::TimedOut(_) => true,
+        ClientError::Server { kind, .. } => matches!(
+            kind,
+            ErrorKind::SessionExpired | ErrorKind::Busy | ErrorKind::Internal | ErrorKind::NoSpace
+        ),
+        _ => false,
+    }
+}

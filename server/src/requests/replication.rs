@@ -1,0 +1,145 @@
+//! Replication: partners and copies (this server as the source), replicas
+//! and import events (this server as the target).
+
+use tern_core::wire::{ErrorKind, Msg};
+
+use super::{blocking, msg_name, refuse, Answer, Refusal};
+use crate::handler::SessionHandler;
+use crate::replication::ReplicationError;
+use crate::store::ReplicaStart;
+
+impl From<ReplicationError> for Refusal {
+    fn from(e: ReplicationError) -> Self {
+        Refusal(e.kind(), e.to_string())
+    }
+}
+
+pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
+    let user = h.user()?.clone();
+    let store = h.store.clone();
+    let repl = h.sessions.replicator.clone();
+    let admin_only = |what: &str| {
+        if user.admin {
+            Ok(())
+        } else {
+            refuse(ErrorKind::Denied, format!("only an admin may {what}"))
+        }
+    };
+    let reply = match msg {
+        Msg::ContainerPromote { name } => {
+            blocking(|| store.container_promote(&user, &name))?;
+            Msg::Ok
+        }
+        Msg::ContainerReplicate { name, to } => {
+            blocking(|| store.container_replicate(&user, &name, to))?;
+            Msg::Ok
+        }
+        Msg::PartnerAdd {
+            name,
+            addresses,
+            fingerprint,
+            user: partner_user,
+            password,
+        } => {
+            admin_only("add replication partners")?;
+            // The check connects out through a client with its own runtime:
+            // on a thread of its own, never on this session's workers.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let outcome = repl.partner_add(
+                    &name,
+                    addresses,
+                    fingerprint,
+                    partner_user,
+                    password.expose().to_string(),
+                );
+                let _ = tx.send(outcome);
+            });
+            match rx.await {
+                Ok(outcome) => outcome?,
+                Err(_) => return refuse(ErrorKind::Internal, "the partner check stopped"),
+            }
+            Msg::Ok
+        }
+        Msg::PartnerList => {
+            admin_only("list replication partners")?;
+            Msg::Partners {
+                list: blocking(|| repl.partners())?,
+            }
+        }
+        Msg::PartnerRemove { name } => {
+            admin_only("remove replication partners")?;
+            blocking(|| repl.partner_remove(&name))?;
+            Msg::Ok
+        }
+        Msg::CopyStart {
+            container,
+            name,
+            partner,
+            to_container,
+            to_name,
+        } => Msg::CopyStarted {
+            id: blocking(|| {
+                repl.copy_start(&user, &container, &name, &partner, to_container, to_name)
+            })?,
+        },
+        Msg::CopyStatusGet { id } => Msg::Copies {
+            list: vec![blocking(|| repl.status(id))?],
+        },
+        Msg::CopyList => Msg::Copies {
+            list: blocking(|| repl.list())?,
+        },
+        Msg::CopyCancel { id } => {
+            blocking(|| repl.cancel(id))?;
+            Msg::Ok
+        }
+        Msg::TrailGet { max } => Msg::Trail {
+            list: blocking(|| repl.history(max))?,
+        },
+        Msg::ReplicaCreate {
+            container,
+            name,
+            props,
+            origin,
+            chunking,
+            zstd_level,
+        } => {
+            let start = blocking(|| {
+                store.replica_begin(&user, &container, &name, props, origin, chunking, zstd_level)
+            })?;
+            match start {
+                ReplicaStart::Committed(info) => Msg::ImageCommitted {
+                    info,
+                    stats: Default::default(),
+                },
+                ReplicaStart::Write(w) => {
+                    // The replica container's chunking is the source's (checked).
+                    let handle = h.new_handle();
+                    h.writers.insert(handle, w);
+                    Msg::ImageCreated {
+                        handle,
+                        chunking,
+                        zstd_level,
+                    }
+                }
+            }
+        }
+        Msg::ImportStatesGet { copies } => Msg::ImportStates {
+            states: blocking(|| store.import_states(&user, &copies))?,
+        },
+        Msg::EventsGet { container, max } => Msg::Events {
+            list: blocking(|| store.events(&user, &container, max))?,
+        },
+        Msg::EventsAck { container, ids } => {
+            blocking(|| store.events_ack(&user, &container, &ids))?;
+            Msg::Ok
+        }
+        other => {
+            return refuse(
+                ErrorKind::Protocol,
+                format!("not a replication request: {}", msg_name(&other)),
+            )
+        }
+    };
+    Ok(Some(reply))
+}

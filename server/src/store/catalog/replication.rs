@@ -1,0 +1,301 @@
+//! The replication tables: partners, copy jobs, the trail and import events
+//! (format 3). `docs/store-format.md` describes them.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use tern_core::wire::{CopyId, ImportEvent, ImportState, TrailEntry};
+use tern_core::ContainerName;
+
+use super::{decode, encode, next_counter, Catalog};
+use crate::store::records::{CopyRecord, EventRecord, PartnerRecord};
+use crate::store::{Result, StoreError};
+
+/// Partner name -> [`PartnerRecord`].
+pub const PARTNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("partners");
+/// Copy id (u128 of its bytes, big-endian) -> [`CopyRecord`].
+pub const COPIES: TableDefinition<u128, &[u8]> = TableDefinition::new("copies");
+/// What a live copy copies (see [`copy_key`]) -> its id: asking again finds it.
+pub const LIVE_COPIES: TableDefinition<&str, u128> = TableDefinition::new("live_copies");
+/// Attempt number -> [`TrailEntry`], oldest first; trimmed to [`TRAIL_KEEP`].
+pub const TRAIL: TableDefinition<u64, &[u8]> = TableDefinition::new("trail");
+/// (container id, event id) -> [`EventRecord`].
+pub const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+/// Copy id -> (container id, event id) of the event its replica raised.
+pub const EVENT_OF_COPY: TableDefinition<u128, (u64, u64)> = TableDefinition::new("event_of_copy");
+
+/// Trail entries kept: at least 10,000, trimmed in steps so that not every
+/// attempt deletes one.
+pub const TRAIL_KEEP: u64 = 10_000;
+const TRAIL_SLACK: u64 = 1_000;
+
+/// Creates the tables in a write transaction (a new catalog or format 2 -> 3).
+pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
+    tx.open_table(PARTNERS)?;
+    tx.open_table(COPIES)?;
+    tx.open_table(LIVE_COPIES)?;
+    tx.open_table(TRAIL)?;
+    tx.open_table(EVENTS)?;
+    tx.open_table(EVENT_OF_COPY)?;
+    Ok(())
+}
+
+fn key(id: CopyId) -> u128 {
+    u128::from_be_bytes(id.0)
+}
+
+/// The key of [`LIVE_COPIES`]: the source image and where it goes.
+pub fn copy_key(rec: &CopyRecord) -> String {
+    format!(
+        "{}/{}/{}\n{}\n{}\n{}",
+        rec.group, rec.container, rec.image, rec.partner, rec.to_container, rec.to_name
+    )
+}
+
+/// Appends a trail entry inside `tx`, trimming the oldest past the limit.
+pub(super) fn push_trail(tx: &redb::WriteTransaction, entry: &TrailEntry) -> Result<()> {
+    let n = next_counter(tx, "next_trail")?;
+    let mut t = tx.open_table(TRAIL)?;
+    t.insert(n, encode(entry)?.as_slice())?;
+    if n > TRAIL_KEEP + TRAIL_SLACK {
+        let below = n - TRAIL_KEEP;
+        t.retain_in(0..below, |_, _| false)?;
+    }
+    Ok(())
+}
+
+impl Catalog {
+    // ---- partners ------------------------------------------------------------
+
+    pub fn partner(&self, name: &str) -> Result<Option<PartnerRecord>> {
+        let t = self.db.begin_read()?.open_table(PARTNERS)?;
+        let found = t.get(name)?;
+        found.map(|v| decode("partner", v.value())).transpose()
+    }
+
+    pub fn partners(&self) -> Result<Vec<(String, PartnerRecord)>> {
+        let t = self.db.begin_read()?.open_table(PARTNERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), decode("partner", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Records a partner; `AlreadyExists` if the name is taken.
+    pub fn insert_partner(&self, name: &str, rec: &PartnerRecord) -> Result<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(PARTNERS)?;
+            if t.get(name)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "partner {name} already exists"
+                )));
+            }
+            t.insert(name, encode(rec)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a partner; false if there was none.
+    pub fn remove_partner(&self, name: &str) -> Result<bool> {
+        let tx = self.begin_write()?;
+        let found = tx.open_table(PARTNERS)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(found)
+    }
+
+    // ---- copies --------------------------------------------------------------
+
+    /// The live copy of the same image to the same place, or a new one made
+    /// by `make` under `fresh`; true if it is new.
+    pub fn find_or_insert_copy(&self, rec: CopyRecord, fresh: CopyId) -> Result<(CopyId, bool)> {
+        let tx = self.begin_write()?;
+        let found = {
+            let mut live = tx.open_table(LIVE_COPIES)?;
+            let k = copy_key(&rec);
+            let existing = live.get(k.as_str())?.map(|v| v.value());
+            match existing {
+                Some(id) => Some(CopyId(id.to_be_bytes())),
+                None => {
+                    live.insert(k.as_str(), key(fresh))?;
+                    tx.open_table(COPIES)?
+                        .insert(key(fresh), encode(&rec)?.as_slice())?;
+                    None
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(match found {
+            Some(id) => (id, false),
+            None => (fresh, true),
+        })
+    }
+
+    pub fn copy(&self, id: CopyId) -> Result<Option<CopyRecord>> {
+        let t = self.db.begin_read()?.open_table(COPIES)?;
+        let found = t.get(key(id))?;
+        found.map(|v| decode("copy", v.value())).transpose()
+    }
+
+    pub fn copies(&self) -> Result<Vec<(CopyId, CopyRecord)>> {
+        let t = self.db.begin_read()?.open_table(COPIES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((CopyId(k.value().to_be_bytes()), decode("copy", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Changes a copy's record; a final state frees its key (a later request
+    /// for the same copy makes a new job), and `trail` is appended in the
+    /// same transaction. Returns the record as changed.
+    pub fn update_copy(
+        &self,
+        id: CopyId,
+        change: impl FnOnce(&mut CopyRecord),
+        trail: Option<&TrailEntry>,
+    ) -> Result<CopyRecord> {
+        let tx = self.begin_write()?;
+        let rec = {
+            let mut t = tx.open_table(COPIES)?;
+            let mut rec: CopyRecord = match t.get(key(id))? {
+                Some(v) => decode("copy", v.value())?,
+                None => return Err(StoreError::NotFound(format!("no copy {id}"))),
+            };
+            change(&mut rec);
+            t.insert(key(id), encode(&rec)?.as_slice())?;
+            if rec.state.is_final() {
+                let mut live = tx.open_table(LIVE_COPIES)?;
+                let k = copy_key(&rec);
+                if live.get(k.as_str())?.map(|v| v.value()) == Some(key(id)) {
+                    live.remove(k.as_str())?;
+                }
+            }
+            rec
+        };
+        if let Some(entry) = trail {
+            push_trail(&tx, entry)?;
+        }
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    // ---- the trail -----------------------------------------------------------
+
+    pub fn push_trail(&self, entry: &TrailEntry) -> Result<()> {
+        let tx = self.begin_write()?;
+        push_trail(&tx, entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest `max` entries, newest first.
+    pub fn trail(&self, max: usize) -> Result<Vec<TrailEntry>> {
+        let t = self.db.begin_read()?.open_table(TRAIL)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev().take(max) {
+            out.push(decode("trail", row?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    // ---- import events -------------------------------------------------------
+
+    /// Unacknowledged events of a container, oldest first, at most `max`.
+    pub fn events(
+        &self,
+        container_id: u64,
+        container: &ContainerName,
+        max: usize,
+    ) -> Result<Vec<ImportEvent>> {
+        let t = self.db.begin_read()?.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for row in t.range((container_id, 0)..=(container_id, u64::MAX))? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = row?;
+            let rec: EventRecord = decode("event", v.value())?;
+            if rec.acked {
+                continue;
+            }
+            out.push(ImportEvent {
+                id: k.value().1,
+                time: rec.time,
+                container: container.clone(),
+                image: rec.image,
+                size: rec.size,
+                props: rec.props,
+                origin: rec.origin,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges events of a container; `NotFound` names the first
+    /// unknown id, and then none is acknowledged.
+    pub fn ack_events(&self, container_id: u64, ids: &[u64]) -> Result<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(EVENTS)?;
+            for &id in ids {
+                let mut rec: EventRecord = match t.get((container_id, id))? {
+                    Some(v) => decode("event", v.value())?,
+                    None => {
+                        return Err(StoreError::NotFound(format!(
+                            "no import event {id} in this container"
+                        )))
+                    }
+                };
+                if !rec.acked {
+                    rec.acked = true;
+                    t.insert((container_id, id), encode(&rec)?.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether each copy's import event was acknowledged.
+    pub fn import_states(&self, copies: &[CopyId]) -> Result<Vec<ImportState>> {
+        let tx = self.db.begin_read()?;
+        let of_copy = tx.open_table(EVENT_OF_COPY)?;
+        let events = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for &c in copies {
+            let at = of_copy.get(key(c))?.map(|v| v.value());
+            let state = match at {
+                None => ImportState::NoEvent,
+                Some(at) => match events.get(at)? {
+                    None => ImportState::NoEvent,
+                    Some(v) => {
+                        if decode::<EventRecord>("event", v.value())?.acked {
+                            ImportState::Imported
+                        } else {
+                            ImportState::Pending
+                        }
+                    }
+                },
+            };
+            out.push(state);
+        }
+        Ok(out)
+    }
+}
+
+/// Records the import event of a replica inside its commit transaction.
+pub(super) fn insert_event(
+    tx: &redb::WriteTransaction,
+    container_id: u64,
+    rec: &EventRecord,
+) -> Result<u64> {
+    let id = next_counter(tx, "next_event")?;
+    tx.open_table(EVENTS)?
+        .insert((container_id, id), encode(rec)?.as_slice())?;
+    tx.open_table(EVENT_OF_COPY)?
+        .insert(key(rec.origin.copy), (container_id, id))?;
+    Ok(id)
+}

@@ -1,0 +1,172 @@
+//! Replication in the store: the target's side (replicas written into
+//! replica containers, import events) and what the source's copy jobs read.
+
+use tern_core::names::GroupName;
+use tern_core::wire::{
+    CopyId, ImageInfo, ImportEvent, ImportState, ReplicaOrigin, MAX_EVENTS_PER_POLL,
+};
+use tern_core::{ChunkParams, ContainerName, ImageName};
+
+use super::containers::image_info;
+use super::records::{now_unix, ContainerRecord};
+use super::write::ReplicaWrite;
+use super::{ReadableImage, Result, Store, StoreError, User, WriterId};
+
+/// The answer to a replica's creation.
+pub enum ReplicaStart {
+    /// Write it under this writer.
+    Write(WriterId),
+    /// This copy already committed it (the source did not hear of it).
+    Committed(ImageInfo),
+}
+
+impl Store {
+    /// Opens a replica for writing, for a source server's copy. The user
+    /// must be allowed to replicate into the container's group; the
+    /// container must be a replica container whose chunking matches the
+    /// source's (its first copy sets it).
+    pub fn replica_begin(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+        props: Vec<u8>,
+        origin: ReplicaOrigin,
+        chunking: ChunkParams,
+        zstd_level: i32,
+    ) -> Result<ReplicaStart> {
+        if props.len() > tern_core::wire::MAX_PROPS_LEN {
+            return Err(StoreError::Invalid(format!(
+                "image properties of {} bytes; the limit is {}",
+                props.len(),
+                tern_core::wire::MAX_PROPS_LEN
+            )));
+        }
+        chunking.validate().map_err(StoreError::Invalid)?;
+        let mut rec = self.container_where(container, |g| {
+            user.may_use(g) || user.may_replicate_into(g)
+        })?;
+        if !rec.replica {
+            return Err(StoreError::Invalid(format!(
+                "container {container} is not a replica container (create it with --replica)"
+            )));
+        }
+        if !user.may_replicate_into(&rec.group) {
+            return Err(StoreError::Denied(format!(
+                "user {} may not replicate into storage group {} \
+                 (tern user set {} --replicate-into {})",
+                user.name, rec.group, user.name, rec.group
+            )));
+        }
+        if !rec.inherited {
+            rec = self
+                .catalog
+                .update_container(&rec, &container.split().1, |c, has_images| {
+                    if !c.inherited && !has_images {
+                        c.chunking = chunking;
+                        c.zstd_level = zstd_level;
+                        c.inherited = true;
+                    }
+                    Ok(())
+                })?;
+        }
+        if rec.chunking != chunking {
+            return Err(StoreError::Invalid(format!(
+                "chunking differs: the source container chunks {}, replica container {container} \
+                 chunks {}; dedup between them would be lost",
+                show(&chunking),
+                show(&rec.chunking)
+            )));
+        }
+        if let Some(existing) = self.catalog.image(rec.id, name)? {
+            if existing.origin.as_ref().map(|o| o.copy) == Some(origin.copy) {
+                return Ok(ReplicaStart::Committed(image_info(
+                    container.clone(),
+                    name.clone(),
+                    existing,
+                )));
+            }
+        }
+        let replica = ReplicaWrite {
+            origin,
+            import: rec.import,
+            started: now_unix(),
+        };
+        let w = self.open_writer(&rec, container, name, props, false, Some(replica))?;
+        Ok(ReplicaStart::Write(w))
+    }
+
+    /// Unacknowledged import events of a container the user may see.
+    pub fn events(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        max: u32,
+    ) -> Result<Vec<ImportEvent>> {
+        let rec = self.import_container(user, container)?;
+        let max = max.clamp(1, MAX_EVENTS_PER_POLL) as usize;
+        self.catalog.events(rec.id, container, max)
+    }
+
+    /// Acknowledges import events of a container the user may see.
+    pub fn events_ack(&self, user: &User, container: &ContainerName, ids: &[u64]) -> Result<()> {
+        let rec = self.import_container(user, container)?;
+        self.catalog.ack_events(rec.id, ids)
+    }
+
+    fn import_container(&self, user: &User, container: &ContainerName) -> Result<ContainerRecord> {
+        let rec = self.container(user, container)?;
+        if !rec.import {
+            return Err(StoreError::Invalid(format!(
+                "container {container} raises no import events (it was not created with --import)"
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Whether the import events of these copies were acknowledged (a
+    /// source server asks, as a user allowed to replicate here).
+    pub fn import_states(&self, user: &User, copies: &[CopyId]) -> Result<Vec<ImportState>> {
+        if !user.admin && user.replicate_into.is_empty() {
+            return Err(StoreError::Denied(format!(
+                "user {} replicates into no storage group",
+                user.name
+            )));
+        }
+        self.catalog.import_states(copies)
+    }
+
+    /// A committed image for a copy job (the server's own access, no user).
+    pub fn copy_source(
+        &self,
+        group: &GroupName,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<(ReadableImage, ContainerRecord)> {
+        let bare = container.split().1;
+        let rec = self
+            .catalog
+            .container(group, &bare)?
+            .ok_or_else(|| StoreError::NotFound(format!("container {container} is gone")))?;
+        let img = self.catalog.image(rec.id, name)?.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "image {name} is not (or no longer) in container {container}"
+            ))
+        })?;
+        let readable = ReadableImage {
+            image_id: img.id,
+            group: self.group_of(&rec)?,
+            info: image_info(container.clone(), name.clone(), img),
+        };
+        Ok((readable, rec))
+    }
+
+    /// The container a user names, and its storage group, for a copy.
+    pub fn copy_container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
+        self.container(user, name)
+    }
+}
+
+fn show(c: &ChunkParams) -> String {
+    format!("min {} / avg {} / max {} bytes", c.min, c.avg, c.max)
+}
