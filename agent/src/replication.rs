@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tern_core::names::UserName;
 use tern_core::wire::{
-    ChunkRef, CopyId, CopyInfo, Handle, ImageInfo, ImportEvent, ImportState, Msg, Password,
-    PartnerInfo, ReplicaOrigin, TrailEntry, WriteStats, MAX_EVENTS_PER_POLL,
+    ChunkRef, CopyId, CopyInfo, Handle, ImageInfo, ImportEvent, ImportState, Msg, PartnerInfo,
+    Password, ReplicaOrigin, TrailEntry, WriteStats, MAX_EVENTS_PER_POLL,
 };
 use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName};
 

@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::replication::*;
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
-use super::replication::*;
 use crate::names::{ContainerName, GroupName, ImageName, UserName};
 use crate::ChunkId;
 

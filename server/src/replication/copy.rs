@@ -46,18 +46,15 @@ fn from_client(e: ClientError, live: &Live) -> Failure {
 }
 
 /// Copies the image of `rec`; Ok once the target has committed it.
-pub fn attempt(
-    r: &Replicator,
-    id: CopyId,
-    rec: &CopyRecord,
-    live: &Live,
-) -> Result<(), Failure> {
+pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Result<(), Failure> {
     let (img, container) = r
         .store
         .copy_source(&rec.group, &rec.container, &rec.image)?;
-    let partner = r.store.catalog().partner(&rec.partner)?.ok_or_else(|| {
-        Failure::Permanent(format!("partner {} was removed", rec.partner))
-    })?;
+    let partner = r
+        .store
+        .catalog()
+        .partner(&rec.partner)?
+        .ok_or_else(|| Failure::Permanent(format!("partner {} was removed", rec.partner)))?;
     let client = partner::connect(&partner, &r.me).map_err(|e| from_client(e, live))?;
     *super::lock(&live.client) = Some(client.clone());
     if live.cancelled.load(Ordering::SeqCst) {
@@ -76,7 +73,10 @@ pub fn attempt(
         chunking: container.chunking,
         zstd_level: container.zstd_level,
     };
-    let writer = match client.replica_create(spec).map_err(|e| from_client(e, live))? {
+    let writer = match client
+        .replica_create(spec)
+        .map_err(|e| from_client(e, live))?
+    {
         ReplicaStart::Committed(_) => {
             live.done.fetch_max(img.info.size, Ordering::Relaxed);
             return Ok(());
@@ -97,7 +97,7 @@ fn send_recipe(
 ) -> Result<(), Failure> {
     let mut window: VecDeque<(PendingNeed, Vec<RecipeEntry>)> = VecDeque::new();
     let mut offset = 0u64;
-    loop {
+    while offset < img.info.size {
         let entries = r.store.recipe_from(img.image_id, offset, BATCH)?;
         let Some(last) = entries.last() else { break };
         if entries[0].offset != offset {
@@ -109,7 +109,10 @@ fn send_recipe(
         offset = last.offset + u64::from(last.len);
         let refs = entries
             .iter()
-            .map(|e| ChunkRef { id: e.id, len: e.len })
+            .map(|e| ChunkRef {
+                id: e.id,
+                len: e.len,
+            })
             .collect();
         let pending = w.announce(refs).map_err(|e| from_client(e, live))?;
         window.push_back((pending, entries));

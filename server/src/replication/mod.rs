@@ -256,7 +256,14 @@ impl Replicator {
         }
         let c = self.store.copy_container(user, container)?;
         let (img, _) = self.store.copy_source(&c.group, container, image)?;
-        self.enqueue(c.group, container, &img.info, partner, to_container, to_name)
+        self.enqueue(
+            c.group,
+            container,
+            &img.info,
+            partner,
+            to_container,
+            to_name,
+        )
     }
 
     /// Queues the copy of a committed image (a request, or a container's policy).
@@ -307,7 +314,9 @@ impl Replicator {
                 .map(Some)
         })();
         match outcome {
-            Ok(Some(id)) => tracing::info!(copy = %id, image = %info.name, "copy queued by the container's policy"),
+            Ok(Some(id)) => {
+                tracing::info!(copy = %id, image = %info.name, "copy queued by the container's policy")
+            }
             Ok(None) => {}
             Err(e) => tracing::error!(image = %info.name, "queueing the policy's copy: {e}"),
         }
@@ -328,7 +337,10 @@ impl Replicator {
         let mut all = self.store.catalog().copies()?;
         all.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(b.0.cmp(&a.0)));
         all.truncate(LIST_MAX);
-        Ok(all.into_iter().map(|(id, rec)| self.info(id, rec)).collect())
+        Ok(all
+            .into_iter()
+            .map(|(id, rec)| self.info(id, rec))
+            .collect())
     }
 
     fn info(&self, id: CopyId, rec: CopyRecord) -> CopyInfo {
@@ -395,7 +407,14 @@ impl Replicator {
         Ok(())
     }
 
-    fn trail(&self, id: CopyId, rec: &CopyRecord, started: u64, result: &str, reason: &str) -> TrailEntry {
+    fn trail(
+        &self,
+        id: CopyId,
+        rec: &CopyRecord,
+        started: u64,
+        result: &str,
+        reason: &str,
+    ) -> TrailEntry {
         TrailEntry {
             copy: id,
             side: "source".into(),
@@ -496,7 +515,9 @@ impl Replicator {
         );
         let outcome = match &marked {
             Ok(rec) => copy::attempt(&self, id, rec, &live),
-            Err(e) => Err(copy::Failure::Transient(format!("recording the start: {e}"))),
+            Err(e) => Err(copy::Failure::Transient(format!(
+                "recording the start: {e}"
+            ))),
         };
         if let Some(c) = lock(&live.client).take() {
             drop(c);
@@ -504,7 +525,9 @@ impl Replicator {
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
         let (state, result, reason) = match outcome {
             Ok(()) => (CopyState::Done, "ok", String::new()),
-            Err(copy::Failure::Cancelled) => (CopyState::Cancelled, "cancelled", "cancelled".into()),
+            Err(copy::Failure::Cancelled) => {
+                (CopyState::Cancelled, "cancelled", "cancelled".into())
+            }
             Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
                 (CopyState::Queued, "retrying", r)
             }

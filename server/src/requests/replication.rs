@@ -105,7 +105,9 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             zstd_level,
         } => {
             let start = blocking(|| {
-                store.replica_begin(&user, &container, &name, props, origin, chunking, zstd_level)
+                store.replica_begin(
+                    &user, &container, &name, props, origin, chunking, zstd_level,
+                )
             })?;
             match start {
                 ReplicaStart::Committed(info) => Msg::ImageCommitted {

@@ -150,10 +150,11 @@ impl Store {
             }
         }
         let rec = self.container(user, name)?;
-        self.catalog.update_container(&rec, &name.split().1, |c, _| {
-            c.replicate_to = to;
-            Ok(())
-        })?;
+        self.catalog
+            .update_container(&rec, &name.split().1, |c, _| {
+                c.replicate_to = to;
+                Ok(())
+            })?;
         Ok(())
     }
 

@@ -43,9 +43,8 @@ impl Store {
             )));
         }
         chunking.validate().map_err(StoreError::Invalid)?;
-        let mut rec = self.container_where(container, |g| {
-            user.may_use(g) || user.may_replicate_into(g)
-        })?;
+        let mut rec =
+            self.container_where(container, |g| user.may_use(g) || user.may_replicate_into(g))?;
         if !rec.replica {
             return Err(StoreError::Invalid(format!(
                 "container {container} is not a replica container (create it with --replica)"

@@ -11,8 +11,10 @@ use tern_agent::{Client, ContainerSettings, WriteMode};
 use tern_core::tls::Fingerprint;
 use tern_core::ChunkParams;
 
+mod replication;
 mod transfer;
 
+use replication::{CopyArgs, EventsArgs, PartnerCmd, ReplicationCmd};
 use transfer::{backup, bench, restore};
 
 #[derive(Parser)]
@@ -105,6 +107,20 @@ enum Cmd {
     },
     /// Show what the store holds and how well it dedups.
     Stats,
+    /// Replication partners of the server (admin only).
+    Partner {
+        #[command(subcommand)]
+        cmd: PartnerCmd,
+    },
+    /// Copy an image to a partner (prints the copy id), or see and cancel copies.
+    Copy(CopyArgs),
+    /// Import events of an import container: replicas that arrived.
+    Events(EventsArgs),
+    /// The replication trail.
+    Replication {
+        #[command(subcommand)]
+        cmd: ReplicationCmd,
+    },
     /// Measure this machine's speed at each stage of the data path, and the
     /// link to the server (unless --local).
     Bench {
@@ -155,7 +171,9 @@ enum ContainerCmd {
     },
     Ls,
     /// Turn a replica container into an ordinary one (for failover; admin only).
-    Promote { name: String },
+    Promote {
+        name: String,
+    },
     /// Copy every image committed to a container from now on (admin only).
     Replicate {
         name: String,
@@ -198,6 +216,10 @@ enum UserCmd {
         /// Take the admin right away.
         #[arg(long)]
         no_admin: bool,
+        /// Storage groups whose replica containers the user may replicate
+        /// into (replaces the list): for the user a partner logs in as.
+        #[arg(long = "replicate-into")]
+        replicate_into: Vec<String>,
     },
 }
 
@@ -282,6 +304,10 @@ fn run(cli: Cli) -> Result<()> {
             upload_mib,
         } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
         Cmd::Stats => stats(&cli),
+        Cmd::Partner { cmd } => replication::partner(&cli, cmd),
+        Cmd::Copy(args) => replication::copy(&cli, args),
+        Cmd::Events(args) => replication::events(&cli, args),
+        Cmd::Replication { cmd } => replication::replication(&cli, cmd),
     }
 }
 
@@ -314,7 +340,22 @@ fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
             groups,
             admin,
             no_admin,
+            replicate_into,
         } => {
+            if !replicate_into.is_empty() {
+                let into: Vec<&str> = replicate_into.iter().map(String::as_str).collect();
+                client
+                    .user_set_replicate_into(name, &into)
+                    .with_context(|| format!("changing user {name}"))?;
+                if groups.is_empty() && !admin && !no_admin {
+                    report(
+                        cli,
+                        json!({"user": name, "replicate_into": into}),
+                        &format!("user {name} may replicate into {}", into.join(", ")),
+                    );
+                    return Ok(());
+                }
+            }
             let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
             let groups = (!groups.is_empty()).then_some(groups.as_slice());
             let admin = match (admin, no_admin) {
@@ -323,7 +364,9 @@ fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
                 _ => None,
             };
             if groups.is_none() && admin.is_none() {
-                anyhow::bail!("nothing to change: give --group, --admin or --no-admin");
+                anyhow::bail!(
+                    "nothing to change: give --group, --admin, --no-admin or --replicate-into"
+                );
             }
             client
                 .user_set(name, groups, admin)

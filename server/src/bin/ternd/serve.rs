@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use tern_core::names::{GroupName, UserName};
 use tern_core::session::CacheLimits;
 use tern_server::certs::{self};
-use tern_server::replication::{LocalIdentity, Replicator};
 use tern_server::config::{Config, DEFAULT_CONFIG};
+use tern_server::replication::{LocalIdentity, Replicator};
 use tern_server::store::{self, Store, StoreError, DEFAULT_GROUP};
 use tern_server::{control, handler, listen};
 

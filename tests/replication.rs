@@ -1,0 +1,312 @@
+//! DMA-managed replication between two real ternd processes: a source that
+//! copies images as a client of a target, replica containers, import events.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use tern_agent::{Client, ContainerSettings, CopyId, CopyInfo, CopyState, CopyTarget};
+use tern_test_support::*;
+
+const PARTNER_PASSWORD: &str = "partner-secret-1";
+
+/// A source and a target: on the target a partner user allowed to
+/// replicate into `default`, an import replica container `dr`; on the
+/// source a container `c` and the target paired as `site-b`.
+struct Pair {
+    source: TestServer,
+    target: TestServer,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Self::with_target_args(&[])
+    }
+
+    fn with_target_args(args: &[&str]) -> Self {
+        let target = TestServer::start_with(tempfile::tempdir().unwrap(), args);
+        let source = TestServer::start();
+        let t = target.client();
+        t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
+        t.user_set_replicate_into("partner", &["default"]).unwrap();
+        let replica = ContainerSettings {
+            replica: true,
+            import: true,
+            ..Default::default()
+        };
+        t.container_create("dr", replica).unwrap();
+        source
+            .client()
+            .container_create("c", ContainerSettings::default())
+            .unwrap();
+        Pair { source, target }
+    }
+
+    fn pair(&self) -> Result<(), tern_agent::ClientError> {
+        self.source.client().partner_add(
+            "site-b",
+            &[&self.target.address()],
+            &self.target.fingerprint().to_string(),
+            "partner",
+            PARTNER_PASSWORD,
+        )
+    }
+}
+
+fn backup(client: &Client, container: &str, name: &str, props: &[u8], data: &[u8]) {
+    let mut w = client.create_image(container, name, props).unwrap();
+    w.write_all(data).unwrap();
+    w.commit().unwrap();
+}
+
+fn restore(client: &Client, container: &str, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    client
+        .open_image(container, name)
+        .unwrap()
+        .copy_to(&mut out)
+        .unwrap();
+    out
+}
+
+fn to_dr() -> CopyTarget<'static> {
+    CopyTarget {
+        partner: "site-b",
+        container: "dr",
+        name: None,
+    }
+}
+
+/// Polls a copy until `done` says so; panics after `limit`.
+fn wait_for(
+    client: &Client,
+    id: CopyId,
+    limit: Duration,
+    done: impl Fn(&CopyInfo) -> bool,
+) -> CopyInfo {
+    let start = Instant::now();
+    loop {
+        let info = client.copy_status(id).unwrap();
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "copy still {:?} after {limit:?}: {info:?}",
+            info.state
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_final(client: &Client, id: CopyId) -> CopyInfo {
+    wait_for(client, id, Duration::from_secs(120), |i| i.state.is_final())
+}
+
+#[test]
+fn a_copy_lands_whole_in_the_replica_container_and_raises_one_import_event() {
+    let pair = Pair::new();
+    pair.pair().unwrap();
+    let src = pair.source.client();
+    let data = test_data(24 << 20, 71);
+    backup(&src, "c", "v1", b"dma-props\0\x01", &data);
+
+    let id = src.copy_start("c", "v1", &to_dr()).unwrap();
+    // Asking again while it runs (or is queued) finds the same copy.
+    let again = src.copy_start("c", "v1", &to_dr()).unwrap();
+    let info = wait_final(&src, id);
+    assert_eq!(info.state, CopyState::Done, "{info:?}");
+    assert_eq!(info.done_bytes, data.len() as u64);
+    if again != id {
+        // The first one may have ended before the second ask.
+        wait_final(&src, again);
+    }
+
+    let dst = pair.target.client();
+    assert!(restore(&dst, "dr", "v1") == data, "the replica differs");
+    let listed = dst.image_list("dr", "").unwrap();
+    assert_eq!(listed[0].props, b"dma-props\0\x01");
+
+    let events = dst.events("dr", 1000).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.image.as_str(), "v1");
+    assert_eq!(e.size, data.len() as u64);
+    assert_eq!(e.props, b"dma-props\0\x01");
+    assert_eq!(e.origin.copy, id);
+    assert_eq!(e.origin.image.as_str(), "v1");
+    // Unacknowledged events come back on every poll.
+    assert_eq!(dst.events("dr", 1000).unwrap(), events);
+
+    dst.events_ack("dr", &[e.id]).unwrap();
+    dst.events_ack("dr", &[e.id]).unwrap();
+    assert!(dst.events("dr", 1000).unwrap().is_empty());
+    let unknown = dst.events_ack("dr", &[e.id + 1000]).unwrap_err();
+    assert_eq!(unknown.kind(), Some(tern_core::wire::ErrorKind::NotFound));
+
+    // The acknowledgement reaches the source.
+    let imported = wait_for(&src, id, Duration::from_secs(30), |i| {
+        i.state == CopyState::Imported
+    });
+    assert_eq!(imported.done_bytes, data.len() as u64);
+
+    // Both sides keep the attempt in their trail.
+    let src_trail = src.replication_history(10).unwrap();
+    assert!(src_trail
+        .iter()
+        .any(|t| t.copy == id && t.result == "ok" && t.side == "source"));
+    let dst_trail = dst.replication_history(10).unwrap();
+    assert!(dst_trail
+        .iter()
+        .any(|t| t.copy == id && t.result == "ok" && t.side == "target"));
+}
+
+#[test]
+fn a_second_version_sends_only_what_the_target_lacks() {
+    let pair = Pair::new();
+    pair.pair().unwrap();
+    let src = pair.source.client();
+    let v1 = test_data(16 << 20, 72);
+    let mut v2 = v1.clone();
+    v2[8 << 20..(8 << 20) + 65536].copy_from_slice(&test_data(65536, 73));
+    backup(&src, "c", "v1", b"", &v1);
+    backup(&src, "c", "v2", b"", &v2);
+    let first = wait_final(&src, src.copy_start("c", "v1", &to_dr()).unwrap());
+    assert_eq!(first.state, CopyState::Done);
+    let second = wait_final(&src, src.copy_start("c", "v2", &to_dr()).unwrap());
+    assert_eq!(second.state, CopyState::Done);
+    assert!(
+        second.sent_bytes * 20 < first.sent_bytes,
+        "v2 sent {} bytes, v1 {}",
+        second.sent_bytes,
+        first.sent_bytes
+    );
+    assert!(restore(&pair.target.client(), "dr", "v2") == v2);
+}
+
+#[test]
+fn clients_cannot_write_into_a_replica_container_not_even_an_admin() {
+    let pair = Pair::new();
+    let dst = pair.target.client();
+    let err = dst
+        .create_image("dr", "sneaky", b"")
+        .err()
+        .expect("an admin wrote into a replica container");
+    assert_eq!(
+        err.kind(),
+        Some(tern_core::wire::ErrorKind::Denied),
+        "{err}"
+    );
+    // Promoted, it is an ordinary container.
+    dst.container_promote("dr").unwrap();
+    backup(&dst, "dr", "now-ok", b"", b"data");
+}
+
+#[test]
+fn bad_partners_and_bad_copies_fail_clearly_and_enter_the_trail() {
+    let pair = Pair::new();
+    let src = pair.source.client();
+    let fp = pair.target.fingerprint().to_string();
+    let addr = pair.target.address();
+
+    let err = src
+        .partner_add("x", &[&addr], &fp, "partner", "wrong-password")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong password"), "{err}");
+    let other = TestServer::start().fingerprint().to_string();
+    let err = src
+        .partner_add("x", &[&addr], &other, "partner", PARTNER_PASSWORD)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fingerprint") || err.contains("certificate"),
+        "{err}"
+    );
+    let trail = src.replication_history(10).unwrap();
+    assert!(
+        trail.len() >= 2 && trail.iter().all(|t| t.result == "failed"),
+        "{trail:?}"
+    );
+
+    pair.pair().unwrap();
+    let data = test_data(1 << 20, 74);
+    backup(&src, "c", "img", b"", &data);
+    // Unknown partner, container or image: refused at once.
+    let unknown = |to: CopyTarget<'_>, c: &str, n: &str| src.copy_start(c, n, &to).unwrap_err();
+    let e = unknown(
+        CopyTarget {
+            partner: "nope",
+            ..to_dr()
+        },
+        "c",
+        "img",
+    );
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = unknown(to_dr(), "missing", "img");
+    assert!(e.to_string().contains("missing"), "{e}");
+    let e = unknown(to_dr(), "c", "missing");
+    assert!(e.to_string().contains("missing"), "{e}");
+
+    // Into an ordinary container: the copy fails, saying why.
+    let t = pair.target.client();
+    t.container_create("plain", ContainerSettings::default())
+        .unwrap();
+    let id = src
+        .copy_start(
+            "c",
+            "img",
+            &CopyTarget {
+                container: "plain",
+                ..to_dr()
+            },
+        )
+        .unwrap();
+    let info = wait_final(&src, id);
+    assert_eq!(info.state, CopyState::Failed);
+    assert!(
+        info.reason.contains("not a replica container"),
+        "{}",
+        info.reason
+    );
+
+    // Into a replica container with other chunking: refused, naming both.
+    let other = ContainerSettings {
+        replica: true,
+        chunking: Some(tern_core::ChunkParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        }),
+        ..Default::default()
+    };
+    t.container_create("small", other).unwrap();
+    let id = src
+        .copy_start(
+            "c",
+            "img",
+            &CopyTarget {
+                container: "small",
+                ..to_dr()
+            },
+        )
+        .unwrap();
+    let info = wait_final(&src, id);
+    assert_eq!(info.state, CopyState::Failed);
+    assert!(
+        info.reason.contains("chunking differs") && info.reason.contains("16384"),
+        "{}",
+        info.reason
+    );
+    let dst_trail = t.replication_history(10).unwrap();
+    assert!(dst_trail.is_empty() || dst_trail.iter().all(|t| t.result != "ok"));
+}
+
+#[test]
+fn a_target_with_an_older_protocol_is_refused_naming_both_versions() {
+    let pair = Pair::with_target_args(&["--protocol-max", "1"]);
+    let err = pair.pair().unwrap_err().to_string();
+    assert!(
+        err.contains("version 1") && err.contains("version 2"),
+        "{err}"
+    );
+}
