@@ -1,106 +1,14 @@
 //! DMA-managed replication between two real ternd processes: a source that
 //! copies images as a client of a target, replica containers, import events.
 
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_agent::{Client, ContainerSettings, CopyId, CopyInfo, CopyState, CopyTarget};
+use tern_agent::{ContainerSettings, CopyState, CopyTarget};
 use tern_test_support::*;
 
-const PARTNER_PASSWORD: &str = "partner-secret-1";
-
-/// A source and a target: on the target a partner user allowed to
-/// replicate into `default`, an import replica container `dr`; on the
-/// source a container `c` and the target paired as `site-b`.
-struct Pair {
-    source: TestServer,
-    target: TestServer,
-}
-
-impl Pair {
-    fn new() -> Self {
-        Self::with_target_args(&[])
-    }
-
-    fn with_target_args(args: &[&str]) -> Self {
-        let target = TestServer::start_with(tempfile::tempdir().unwrap(), args);
-        let source = TestServer::start();
-        let t = target.client();
-        t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
-        t.user_set_replicate_into("partner", &["default"]).unwrap();
-        let replica = ContainerSettings {
-            replica: true,
-            import: true,
-            ..Default::default()
-        };
-        t.container_create("dr", replica).unwrap();
-        source
-            .client()
-            .container_create("c", ContainerSettings::default())
-            .unwrap();
-        Pair { source, target }
-    }
-
-    fn pair(&self) -> Result<(), tern_agent::ClientError> {
-        self.source.client().partner_add(
-            "site-b",
-            &[&self.target.address()],
-            &self.target.fingerprint().to_string(),
-            "partner",
-            PARTNER_PASSWORD,
-        )
-    }
-}
-
-fn backup(client: &Client, container: &str, name: &str, props: &[u8], data: &[u8]) {
-    let mut w = client.create_image(container, name, props).unwrap();
-    w.write_all(data).unwrap();
-    w.commit().unwrap();
-}
-
-fn restore(client: &Client, container: &str, name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    client
-        .open_image(container, name)
-        .unwrap()
-        .copy_to(&mut out)
-        .unwrap();
-    out
-}
-
-fn to_dr() -> CopyTarget<'static> {
-    CopyTarget {
-        partner: "site-b",
-        container: "dr",
-        name: None,
-    }
-}
-
-/// Polls a copy until `done` says so; panics after `limit`.
-fn wait_for(
-    client: &Client,
-    id: CopyId,
-    limit: Duration,
-    done: impl Fn(&CopyInfo) -> bool,
-) -> CopyInfo {
-    let start = Instant::now();
-    loop {
-        let info = client.copy_status(id).unwrap();
-        if done(&info) {
-            return info;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "copy still {:?} after {limit:?}: {info:?}",
-            info.state
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_final(client: &Client, id: CopyId) -> CopyInfo {
-    wait_for(client, id, Duration::from_secs(120), |i| i.state.is_final())
-}
+#[path = "replication_common.rs"]
+mod common;
+use common::*;
 
 #[test]
 fn a_copy_lands_whole_in_the_replica_container_and_raises_one_import_event() {

@@ -211,6 +211,13 @@ impl Client {
         }
     }
 
+    /// For a source server: drops the replica `copy` is writing here, if
+    /// any (from another session than the one that wrote it).
+    pub fn replica_abort(&self, copy: CopyId) -> Result<(), ClientError> {
+        self.needs_replication()?;
+        self.expect_done(Msg::ReplicaAbort { copy })
+    }
+
     /// For a source server: opens a replica in a replica container of this
     /// (target) server.
     pub fn replica_create(&self, replica: ReplicaSpec) -> Result<ReplicaStart, ClientError> {

@@ -439,6 +439,13 @@ pub enum Msg {
         /// The source container's zstd level, inherited with the chunking.
         zstd_level: i32,
     },
+    /// From a source server: drops the replica this copy is writing, from
+    /// whichever session (a cancel must not wait for the old session's
+    /// queue to drain); answered by `Ok`, also when there is none.
+    ReplicaAbort {
+        /// The copy.
+        copy: CopyId,
+    },
     /// From a source server: which of these copies' import events the
     /// target's DMA has acknowledged; answered by `ImportStates`.
     ImportStatesGet {

@@ -522,7 +522,12 @@ impl Replicator {
         if let Some(c) = lock(&live.client).take() {
             drop(c);
         }
+
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
+        let drop_replica = matches!(
+            outcome,
+            Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
+        );
         let (state, result, reason) = match outcome {
             Ok(()) => (CopyState::Done, "ok", String::new()),
             Err(copy::Failure::Cancelled) => {
@@ -573,6 +578,10 @@ impl Replicator {
             Some(&entry),
         );
         lock(&self.live).remove(&id);
+        if drop_replica {
+            // After the state is recorded: a cancel shows at once.
+            self.abort_at_target(id, &live.partner);
+        }
         match recorded {
             Err(e) => {
                 tracing::error!(copy = %id, "recording the end of an attempt: {e}");
@@ -591,6 +600,19 @@ impl Replicator {
             Ok(_) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
         }
         self.wake();
+    }
+
+    /// Tells the target to drop what this copy wrote, through a session of
+    /// its own: the old session's queue may hold seconds of chunk data, and
+    /// the target would keep the replica open until its grace period ends.
+    fn abort_at_target(&self, id: CopyId, partner: &str) {
+        let Ok(Some(p)) = self.store.catalog().partner(partner) else {
+            return;
+        };
+        let outcome = partner::connect(&p, &self.me).and_then(|c| c.replica_abort(id));
+        if let Err(e) = outcome {
+            tracing::info!(copy = %id, "telling the target to drop the replica: {e}");
+        }
     }
 
     /// Asks each partner whether the import events of done copies were

@@ -75,6 +75,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::CopyCancel { .. }
         | Msg::TrailGet { .. }
         | Msg::ReplicaCreate { .. }
+        | Msg::ReplicaAbort { .. }
         | Msg::ImportStatesGet { .. }
         | Msg::EventsGet { .. }
         | Msg::EventsAck { .. }) => {

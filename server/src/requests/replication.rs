@@ -6,7 +6,7 @@ use tern_core::wire::{ErrorKind, Msg};
 use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::handler::SessionHandler;
 use crate::replication::ReplicationError;
-use crate::store::ReplicaStart;
+use crate::store::{NewReplica, ReplicaStart};
 
 impl From<ReplicationError> for Refusal {
     fn from(e: ReplicationError) -> Self {
@@ -104,11 +104,15 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             chunking,
             zstd_level,
         } => {
-            let start = blocking(|| {
-                store.replica_begin(
-                    &user, &container, &name, props, origin, chunking, zstd_level,
-                )
-            })?;
+            let replica = NewReplica {
+                container,
+                name,
+                props,
+                origin,
+                chunking,
+                zstd_level,
+            };
+            let start = blocking(|| store.replica_begin(&user, replica))?;
             match start {
                 ReplicaStart::Committed(info) => Msg::ImageCommitted {
                     info,
@@ -125,6 +129,16 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     }
                 }
             }
+        }
+        Msg::ReplicaAbort { copy } => {
+            if !user.admin && user.replicate_into.is_empty() {
+                return refuse(
+                    ErrorKind::Denied,
+                    format!("user {} replicates into no storage group", user.name),
+                );
+            }
+            store.replica_abort(copy);
+            Msg::Ok
         }
         Msg::ImportStatesGet { copies } => Msg::ImportStates {
             states: blocking(|| store.import_states(&user, &copies))?,

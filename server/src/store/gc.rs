@@ -40,12 +40,14 @@ impl Store {
             ..Default::default()
         };
         let live = self.mark()?;
-        // Packs that hold uncommitted chunks, or are being appended to, stay as they are.
-        let busy_packs: HashSet<u64> = lock(&self.pending)
-            .values()
-            .map(|l| l.pack)
-            .chain(self.packs.appender().open_packs())
-            .collect();
+        // Uncommitted chunks that no open image names belong to aborted
+        // images (a cancelled copy, a client gone): garbage now. Under the
+        // exclusive gate no writer is between storing a chunk and naming it.
+        lock(&self.pending).retain(|k, _| live.contains(k));
+        // Open packs are finished so that the dead chunks in them can go too.
+        self.packs.appender().seal_all()?;
+        // Packs that hold uncommitted chunks stay as they are.
+        let busy_packs: HashSet<u64> = lock(&self.pending).values().map(|l| l.pack).collect();
         let (removed, kept) = self.catalog.sweep_index(|key| live.contains(key))?;
         report.chunks_removed = removed;
         report.live_chunks = kept.len() as u64;

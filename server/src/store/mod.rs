@@ -52,7 +52,7 @@ use packs::PackSet;
 pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
-pub use replica::ReplicaStart;
+pub use replica::{NewReplica, ReplicaStart};
 pub use space::DEFAULT_RESERVE;
 pub use users::{generate_password, User};
 pub use write::WriterId;

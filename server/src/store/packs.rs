@@ -255,6 +255,18 @@ impl Appender<'_> {
         Ok(())
     }
 
+    /// Finishes every open pack (trailer, sync) and waits for it: GC may
+    /// then delete or compact them like any other. The next append opens new ones.
+    pub fn seal_all(&mut self) -> Result<()> {
+        for (_, w) in self.writers.drain() {
+            self.set
+                .finisher
+                .submit(w)
+                .map_err(StoreError::NotDurable)?;
+        }
+        self.set.wait_finished()
+    }
+
     /// Numbers of the packs being appended to.
     pub fn open_packs(&self) -> impl Iterator<Item = u64> + '_ {
         self.writers.values().map(|w| w.number)

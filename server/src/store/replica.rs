@@ -12,6 +12,18 @@ use super::records::{now_unix, ContainerRecord};
 use super::write::ReplicaWrite;
 use super::{ReadableImage, Result, Store, StoreError, User, WriterId};
 
+/// A replica a source server asks to write.
+pub struct NewReplica {
+    pub container: ContainerName,
+    pub name: ImageName,
+    /// The source image's DMA properties.
+    pub props: Vec<u8>,
+    pub origin: ReplicaOrigin,
+    /// The source container's chunking and zstd level.
+    pub chunking: ChunkParams,
+    pub zstd_level: i32,
+}
+
 /// The answer to a replica's creation.
 pub enum ReplicaStart {
     /// Write it under this writer.
@@ -25,16 +37,16 @@ impl Store {
     /// must be allowed to replicate into the container's group; the
     /// container must be a replica container whose chunking matches the
     /// source's (its first copy sets it).
-    pub fn replica_begin(
-        &self,
-        user: &User,
-        container: &ContainerName,
-        name: &ImageName,
-        props: Vec<u8>,
-        origin: ReplicaOrigin,
-        chunking: ChunkParams,
-        zstd_level: i32,
-    ) -> Result<ReplicaStart> {
+    pub fn replica_begin(&self, user: &User, replica: NewReplica) -> Result<ReplicaStart> {
+        let NewReplica {
+            container,
+            name,
+            props,
+            origin,
+            chunking,
+            zstd_level,
+        } = replica;
+        let (container, name) = (&container, &name);
         if props.len() > tern_core::wire::MAX_PROPS_LEN {
             return Err(StoreError::Invalid(format!(
                 "image properties of {} bytes; the limit is {}",

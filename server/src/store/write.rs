@@ -404,6 +404,18 @@ impl Store {
         Ok((info, stats))
     }
 
+    /// Drops the replica a copy is writing, if there is one open.
+    pub fn replica_abort(&self, copy: CopyId) {
+        let ids: Vec<WriterId> = lock(&self.open)
+            .iter()
+            .filter(|(_, o)| o.copy == Some(copy))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.image_abort(id);
+        }
+    }
+
     /// Drops an image being written; chunks it stored are left for GC. A
     /// replica's end goes into the trail.
     pub fn image_abort(&self, w: WriterId) {

@@ -8,7 +8,17 @@ fn format_1_catalog(path: &Path) {
     let tx = db.begin_write().unwrap();
     {
         tx.open_table(META).unwrap().insert("format", 1).unwrap();
-        let rec = ContainerRecord {
+        // The record as format 1 wrote it: none of the later fields.
+        #[derive(serde::Serialize)]
+        struct ContainerRecordV1 {
+            id: u64,
+            group: GroupName,
+            chunking: tern_core::ChunkParams,
+            zstd_level: i32,
+            stream_limit: u32,
+            created: u64,
+        }
+        let rec = ContainerRecordV1 {
             id: 7,
             group: GroupName::new("acme").unwrap(),
             chunking: Default::default(),
