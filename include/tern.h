@@ -87,6 +87,27 @@
 #define TERN_CACHE_DISK_OFF UINT64_MAX
 
 /**
+ * tern_container_info.flags: a replica container (only replication writes
+ * images into it; clients read, list and delete them).
+ */
+#define TERN_CONTAINER_REPLICA 1
+
+/**
+ * tern_container_info.flags: replicas arriving raise import events.
+ */
+#define TERN_CONTAINER_IMPORT 2
+
+/**
+ * Characters of a copy id (hex), without the terminating NUL.
+ */
+#define TERN_COPY_ID_LEN 32
+
+/**
+ * Bytes of `tern_copy_status.reason`, with its NUL.
+ */
+#define TERN_REASON_LEN 256
+
+/**
  * The result of every fallible call. TERN_OK is 0; every other value is an error
  * whose message tern_last_error() returns.
  */
@@ -181,6 +202,31 @@ typedef enum {
    */
   TERN_TIMEOUT = 21,
 } tern_status;
+
+/**
+ * Where a copy stands.
+ */
+typedef enum {
+  /**
+   * Waiting for a slot (the server runs a few per partner at once) or
+   * for a retry after a fault.
+   */
+  TERN_COPY_QUEUED = 0,
+  TERN_COPY_RUNNING = 1,
+  /**
+   * The target committed the replica.
+   */
+  TERN_COPY_DONE = 2,
+  /**
+   * Given up: `reason` says why.
+   */
+  TERN_COPY_FAILED = 3,
+  TERN_COPY_CANCELLED = 4,
+  /**
+   * Done, and the target's backup application acknowledged the import event.
+   */
+  TERN_COPY_IMPORTED = 5,
+} tern_copy_state;
 
 /**
  * How an image's data is sent.
@@ -430,6 +476,10 @@ typedef struct {
    * Images that may be written at once (0: no limit).
    */
   uint32_t stream_limit;
+  /**
+   * TERN_CONTAINER_REPLICA and TERN_CONTAINER_IMPORT, or 0.
+   */
+  uint32_t flags;
 } tern_container_info;
 
 /**
@@ -510,6 +560,112 @@ typedef struct {
 typedef void (*tern_progress_cb)(void *ctx, const tern_progress *progress);
 
 /**
+ * A copy's status (at most a second old). Set struct_size before the call.
+ */
+typedef struct {
+  /**
+   * sizeof(tern_copy_status), set by the caller.
+   */
+  size_t struct_size;
+  tern_copy_state state;
+  /**
+   * Attempts so far (faults are retried).
+   */
+  uint32_t attempts;
+  /**
+   * The image's size.
+   */
+  uint64_t logical_bytes;
+  /**
+   * Logical bytes the target has; never goes backwards.
+   */
+  uint64_t done_bytes;
+  /**
+   * Chunk bytes sent as stored (compressed); never goes backwards.
+   */
+  uint64_t sent_bytes;
+  /**
+   * Chunks sent.
+   */
+  uint64_t sent_chunks;
+  /**
+   * Why it failed, or the fault it is retrying after; NUL-terminated,
+   * cut to fit.
+   */
+  char reason[TERN_REASON_LEN];
+} tern_copy_status;
+
+/**
+ * One import event, as passed to a tern_event_cb. Valid only during the
+ * callback. Fields may be added at the end in later versions.
+ */
+typedef struct {
+  /**
+   * Increasing on the server, never reused: acknowledge it by this.
+   */
+  uint64_t id;
+  /**
+   * Seconds since the Unix epoch when the replica was committed.
+   */
+  uint64_t time;
+  const char *container;
+  /**
+   * The replica's name in `container`.
+   */
+  const char *image;
+  uint64_t size;
+  /**
+   * The image's properties, byte for byte as the source's DMA set them.
+   */
+  const uint8_t *props;
+  size_t props_len;
+  /**
+   * The source server's id (its certificate's fingerprint).
+   */
+  const char *source_server;
+  const char *source_container;
+  const char *source_image;
+  /**
+   * The copy that brought it (TERN_COPY_ID_LEN hex digits).
+   */
+  const char *copy_id;
+} tern_event_info;
+
+/**
+ * Called once per event; return 0 to go on, nonzero to stop.
+ */
+typedef int (*tern_event_cb)(void *ctx, const tern_event_info *event);
+
+/**
+ * One replication partner, as passed to a tern_partner_cb. Valid only
+ * during the callback. Fields may be added at the end in later versions.
+ */
+typedef struct {
+  const char *name;
+  /**
+   * Its addresses, comma-separated, tried in order.
+   */
+  const char *addresses;
+  /**
+   * The fingerprint its certificate must have.
+   */
+  const char *fingerprint;
+  /**
+   * The user the server logs in as there.
+   */
+  const char *user;
+  /**
+   * The protocol version it spoke when added.
+   */
+  uint32_t version;
+} tern_partner_info;
+
+/**
+ * Called once per partner; return 0 to go on, nonzero to stop.
+ */
+typedef int (*tern_partner_cb)(void *ctx, const tern_partner_info *partner);
+
+/**
  * Every libtern function, for a host that loads the library with dlopen() and
  * looks up only tern_plugin_entry. Later ABI versions append members; a host
  * checks struct_size before using a member it did not know when it was built.
@@ -551,6 +707,12 @@ typedef struct {
   tern_status (*container_remove)(const tern_client*, const char*);
   tern_status (*image_set_properties)(const tern_client*, const char*, const char*, const uint8_t*, size_t);
   tern_status (*image_set_progress)(const tern_image*, tern_progress_cb, void*);
+  tern_status (*copy_start)(const tern_client*, const char*, const char*, const char*, const char*, const char*, char*);
+  tern_status (*copy_get_status)(const tern_client*, const char*, tern_copy_status*);
+  tern_status (*copy_cancel)(const tern_client*, const char*);
+  tern_status (*events_poll)(const tern_client*, const char*, uint32_t, tern_event_cb, void*);
+  tern_status (*events_ack)(const tern_client*, const char*, const uint64_t*, size_t);
+  tern_status (*partner_list)(const tern_client*, tern_partner_cb, void*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -840,6 +1002,82 @@ const tern_plugin_api *tern_plugin_entry(uint32_t abi_version);
  * is passed to it untouched and must stay valid while the callback is set.
  */
 tern_status tern_image_set_progress(const tern_image *image, tern_progress_cb cb, void *ctx);
+
+/**
+ * Asks the server the client is connected to (the source) to copy an image
+ * to a replication partner, into `to_container` under `to_name` (NULL: the
+ * image's name). Returns at once with the copy's id in `id_out` (33 bytes:
+ * TERN_COPY_ID_LEN hex digits and a NUL); the server runs the copy, and it
+ * outlives this client. Asking again for the same image and target while
+ * the copy runs gives the same id.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND (partner,
+ * container or image), TERN_DENIED, TERN_PROTOCOL (a server without
+ * replication), TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; the strings are NULL or NUL-terminated; `id_out` is NULL or has room for TERN_COPY_ID_LEN + 1 bytes.
+ */
+tern_status tern_copy_start(const tern_client *client, const char *container, const char *name, const char *partner, const char *to_container, const char *to_name, char *id_out);
+
+/**
+ * Fills *status with the copy's state and counters. Set status->struct_size
+ * first; fields past it are not written.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not a copy id),
+ * TERN_UNSUPPORTED_VERSION (struct_size), TERN_NOT_FOUND, TERN_CLOSED,
+ * TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `id` is NULL or NUL-terminated; `status` is NULL or points to at least `status->struct_size` writable bytes.
+ */
+tern_status tern_copy_get_status(const tern_client *client, const char *id, tern_copy_status *status);
+
+/**
+ * Cancels a copy that has not ended; its status shows
+ * TERN_COPY_CANCELLED within two seconds and the target keeps nothing of it.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not a copy id, or a
+ * copy that has ended), TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT,
+ * TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `id` is NULL or NUL-terminated.
+ */
+tern_status tern_copy_cancel(const tern_client *client, const char *id);
+
+/**
+ * Calls `cb` for each unacknowledged import event of `container`, oldest
+ * first, at most `max` of them (and at most 1000). Unacknowledged events
+ * come back on every poll; acknowledge them with tern_events_ack().
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not an import
+ * container), TERN_NOT_FOUND, TERN_PROTOCOL, TERN_CLOSED,
+ * TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` is NULL or NUL-terminated; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
+ */
+tern_status tern_events_poll(const tern_client *client, const char *container, uint32_t max, tern_event_cb cb, void *ctx);
+
+/**
+ * Acknowledges import events of `container`: they are never returned
+ * again, and the source shows the copy TERN_COPY_IMPORTED. Acknowledging
+ * an event twice is fine; an unknown id is TERN_NOT_FOUND (and then none
+ * of `ids` is acknowledged).
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND,
+ * TERN_PROTOCOL, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` is NULL or NUL-terminated; `ids` is valid for `count` elements (NULL only with 0).
+ */
+tern_status tern_events_ack(const tern_client *client, const char *container, const uint64_t *ids, size_t count);
+
+/**
+ * Calls `cb` for each replication partner of the server (admins only).
+ * Errors: TERN_NULL_POINTER, TERN_DENIED, TERN_PROTOCOL,
+ * TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
+ */
+tern_status tern_partner_list(const tern_client *client, tern_partner_cb cb, void *ctx);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -408,7 +408,15 @@ pub struct tern_container_info {
     pub zstd_level: i32,
     /// Images that may be written at once (0: no limit).
     pub stream_limit: u32,
+    /// TERN_CONTAINER_REPLICA and TERN_CONTAINER_IMPORT, or 0.
+    pub flags: u32,
 }
+
+/// tern_container_info.flags: a replica container (only replication writes
+/// images into it; clients read, list and delete them).
+pub const TERN_CONTAINER_REPLICA: u32 = 1;
+/// tern_container_info.flags: replicas arriving raise import events.
+pub const TERN_CONTAINER_IMPORT: u32 = 2;
 
 /// Called once per container; return 0 to go on, nonzero to stop.
 pub type tern_container_cb =
@@ -443,6 +451,15 @@ pub unsafe extern "C" fn tern_container_list(
                 chunk_max: info.chunking.max,
                 zstd_level: info.zstd_level,
                 stream_limit: info.stream_limit,
+                flags: if info.replica {
+                    TERN_CONTAINER_REPLICA
+                } else {
+                    0
+                } | if info.import {
+                    TERN_CONTAINER_IMPORT
+                } else {
+                    0
+                },
             };
             // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ci) } != 0 {

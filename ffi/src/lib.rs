@@ -14,6 +14,7 @@ mod error;
 mod image;
 mod plugin;
 mod progress;
+mod replication;
 
 pub use capacity::*;
 pub use catalog::*;
@@ -22,6 +23,7 @@ pub use error::{tern_last_error, tern_status, tern_status_name};
 pub use image::*;
 pub use plugin::*;
 pub use progress::*;
+pub use replication::*;
 
 /// The ABI version this library implements; pass it to tern_plugin_entry().
 pub const TERN_ABI_VERSION: u32 = 1;

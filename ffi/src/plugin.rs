@@ -82,6 +82,36 @@ pub struct tern_plugin_api {
         crate::tern_progress_cb,
         *mut c_void,
     ) -> tern_status,
+    // Appended in libtern 0.3 (check struct_size): replication.
+    pub copy_start: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        *const c_char,
+        *const c_char,
+        *const c_char,
+        *mut c_char,
+    ) -> tern_status,
+    pub copy_get_status: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *mut crate::tern_copy_status,
+    ) -> tern_status,
+    pub copy_cancel: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
+    pub events_poll: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        u32,
+        crate::tern_event_cb,
+        *mut c_void,
+    ) -> tern_status,
+    pub events_ack:
+        unsafe extern "C" fn(*const tern_client, *const c_char, *const u64, usize) -> tern_status,
+    pub partner_list: unsafe extern "C" fn(
+        *const tern_client,
+        crate::tern_partner_cb,
+        *mut c_void,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -113,6 +143,12 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     container_remove: tern_container_remove,
     image_set_properties: tern_image_set_properties,
     image_set_progress: crate::tern_image_set_progress,
+    copy_start: crate::tern_copy_start,
+    copy_get_status: crate::tern_copy_get_status,
+    copy_cancel: crate::tern_copy_cancel,
+    events_poll: crate::tern_events_poll,
+    events_ack: crate::tern_events_ack,
+    partner_list: crate::tern_partner_list,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

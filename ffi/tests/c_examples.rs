@@ -311,3 +311,77 @@ fn a_crashed_writers_stream_slot_comes_back_when_its_grace_period_ends() {
     assert!(killed.elapsed() >= std::time::Duration::from_secs(2));
     w.commit().unwrap();
 }
+
+#[test]
+fn c_copy_waits_for_the_replica_and_c_import_acknowledges_its_event() {
+    use std::io::Write;
+    let (target, source) = (TestServer::start(), TestServer::start());
+    let t = target.client();
+    t.user_add("partner", "partner-pw-1", false).unwrap();
+    t.user_set_replicate_into("partner", &["default"]).unwrap();
+    let replica = tern_agent::ContainerSettings {
+        replica: true,
+        import: true,
+        ..Default::default()
+    };
+    t.container_create("dr", replica).unwrap();
+    let s = source.client();
+    s.container_create("c", Default::default()).unwrap();
+    let data = test_data(3 << 20, 91);
+    let mut w = s.create_image("c", "img", b"dma-catalog-entry").unwrap();
+    w.write_all(&data).unwrap();
+    w.commit().unwrap();
+    let fp = target.fingerprint().to_string();
+    s.partner_add(
+        "site-b",
+        &[&target.address()],
+        &fp,
+        "partner",
+        "partner-pw-1",
+    )
+    .unwrap();
+
+    let build = tempfile::tempdir().unwrap();
+    let copy = cc("copy.c", build.path());
+    let import = cc("import.c", build.path());
+    let out = run(&source, &copy, &["c", "img", "site-b", "dr"], None);
+    assert_ok("copy", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\ndone sent="), "{text}");
+    let id: tern_agent::CopyId = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("copy "))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = run(&target, &import, &["dr"], None);
+    assert_ok("import", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("image=img\tsize=3145728\tprops=dma-catalog-entry\tfrom=c/img"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("copy={id}")), "{text}");
+    assert!(text.ends_with("acknowledged 1\n"), "{text}");
+    let again = run(&target, &import, &["dr"], None);
+    assert!(String::from_utf8(again.stdout)
+        .unwrap()
+        .ends_with("acknowledged 0\n"));
+
+    // The acknowledgement reaches the source's copy.
+    let start = std::time::Instant::now();
+    while s.copy_status(id).unwrap().state != tern_agent::CopyState::Imported {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the source never saw the import"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A copy into a container that is no replica fails, and copy.c says why.
+    t.container_create("plain", Default::default()).unwrap();
+    let out = run(&source, &copy, &["c", "img", "site-b", "plain"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a replica container"));
+}
