@@ -239,10 +239,20 @@ fn password() -> Result<String> {
 }
 
 fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
+    connect_as(cli, mode, cli.user.clone(), cli.fingerprint.clone())
+}
+
+/// Connects as `user`, pinning `fingerprint` (each else from the config).
+fn connect_as(
+    cli: &Cli,
+    mode: WriteMode,
+    user: Option<String>,
+    fingerprint: Option<String>,
+) -> Result<Client> {
     let file = ClientConfig::load(cli.config.as_deref())?;
     let server = cli.server.clone().or(file.server.clone());
     let server = server.as_deref().unwrap_or("localhost");
-    let user = cli.user.clone().or(file.user.clone());
+    let user = user.or(file.user.clone());
     let user = user.as_deref().unwrap_or("admin");
     let mut opts = file.options(server, user, &password()?);
     opts.plain |= cli.plain;
@@ -254,7 +264,7 @@ fn connect(cli: &Cli, mode: WriteMode) -> Result<Client> {
         opts.grace_period = std::time::Duration::from_secs(secs);
     }
     opts.secure_connect &= !cli.no_secure_connect;
-    if let Some(fp) = &cli.fingerprint {
+    if let Some(fp) = &fingerprint {
         opts.fingerprint = Some(
             Fingerprint::parse(fp)
                 .with_context(|| format!("--fingerprint {fp:?} is not a SHA-256 fingerprint"))?,

@@ -9,13 +9,15 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use tern_agent::{CopyId, CopyInfo, CopyState, CopyTarget, WriteMode};
 
-use super::{connect, human_bytes, report, rfc3339, Cli};
+use super::{connect, connect_as, human_bytes, report, rfc3339, Cli};
 
 #[derive(Subcommand)]
 pub enum PartnerCmd {
     /// Pair with a target server (admin only): the server connects to it,
     /// checks its certificate, logs in and compares protocol versions. The
     /// partner user's password comes from TERN_PARTNER_PASSWORD or stdin.
+    /// --user and --fingerprint here are the partner's; this server is
+    /// reached as TERN_USER, pinned by TERN_FINGERPRINT (or the config).
     Add {
         name: String,
         /// HOST:PORT, several separated by commas (tried in order).
@@ -108,7 +110,17 @@ pub enum ReplicationCmd {
 }
 
 pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
-    let client = connect(cli, WriteMode::Dedup)?;
+    // `partner add` takes --user and --fingerprint for the partner: the
+    // server itself is reached as TERN_USER, pinned by TERN_FINGERPRINT.
+    let client = match cmd {
+        PartnerCmd::Add { .. } => connect_as(
+            cli,
+            WriteMode::Dedup,
+            env_var("TERN_USER"),
+            env_var("TERN_FINGERPRINT"),
+        )?,
+        _ => connect(cli, WriteMode::Dedup)?,
+    };
     match cmd {
         PartnerCmd::Add {
             name,
@@ -161,6 +173,10 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn partner_password() -> Result<String> {
