@@ -218,3 +218,132 @@ fn a_target_with_an_older_protocol_is_refused_naming_both_versions() {
         "{err}"
     );
 }
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(ok(out).trim()).unwrap()
+}
+
+#[test]
+fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_images() {
+    let pair = Pair::new();
+    let (src, dst) = (&pair.source, &pair.target);
+    let fp = dst.fingerprint().to_string();
+    let address = dst.address();
+    let added = src.tern(
+        &[
+            "partner",
+            "add",
+            "site-b",
+            "--address",
+            &address,
+            "--fingerprint",
+            &fp,
+            "--user",
+            "partner",
+        ],
+        Some(format!("{PARTNER_PASSWORD}\n").as_bytes()),
+    );
+    ok(&added);
+    let partners = json(&src.tern(&["--json", "partner", "ls"], None));
+    assert_eq!(partners[0]["name"], "site-b");
+    assert_eq!(partners[0]["version"], 2);
+
+    let data = test_data(2 << 20, 75);
+    backup(&src.client(), "c", "img", b"\x00\xffprops", &data);
+    let copy = json(&src.tern(
+        &[
+            "--json",
+            "copy",
+            "--container",
+            "c",
+            "--name",
+            "img",
+            "--to",
+            "site-b",
+            "--to-container",
+            "dr",
+            "--wait",
+        ],
+        None,
+    ));
+    assert_eq!(copy["state"], "done", "{copy}");
+    assert_eq!(copy["logical_bytes"], data.len() as u64);
+    let id = copy["id"].as_str().unwrap().to_string();
+
+    let events = json(&dst.tern(&["--json", "events", "--container", "dr"], None));
+    let e = &events[0];
+    for key in [
+        "id",
+        "time",
+        "container",
+        "image",
+        "size",
+        "props",
+        "source_server",
+        "source_container",
+        "source_image",
+        "copy_id",
+    ] {
+        assert!(!e[key].is_null(), "{key} missing: {e}");
+    }
+    assert_eq!(e["props"], "AP9wcm9wcw==");
+    assert_eq!(e["copy_id"], id.as_str());
+    assert_eq!(e["source_image"], "img");
+    let event_id = e["id"].to_string();
+    ok(&dst.tern(&["events", "ack", "--container", "dr", &event_id], None));
+    let left = json(&dst.tern(&["--json", "events", "--container", "dr"], None));
+    assert_eq!(left.as_array().unwrap().len(), 0);
+
+    let status = json(&src.tern(&["--json", "copy", "status", &id], None));
+    assert_eq!(status[0]["id"], id.as_str());
+    let all = json(&src.tern(&["--json", "copy", "ls"], None));
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == id.as_str()));
+    let history = json(&src.tern(&["--json", "replication", "history"], None));
+    assert_eq!(history[0]["copy_id"], id.as_str());
+    assert_eq!(history[0]["result"], "ok");
+
+    // A policy: new images of `c` are copied without being asked for.
+    ok(&src.tern(
+        &[
+            "container",
+            "replicate",
+            "c",
+            "--to",
+            "site-b",
+            "--to-container",
+            "dr",
+        ],
+        None,
+    ));
+    backup(&src.client(), "c", "auto", b"", &test_data(1 << 20, 76));
+    let start = std::time::Instant::now();
+    let target = dst.client();
+    while target.image_list("dr", "auto").unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the policy copied nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&src.tern(&["container", "replicate", "c", "--off"], None));
+    backup(&src.client(), "c", "manual", b"", &test_data(1 << 20, 77));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(target.image_list("dr", "manual").unwrap().is_empty());
+    let bad = src.tern(&["copy", "status", "not-an-id"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("copy id"));
+}
