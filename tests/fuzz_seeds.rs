@@ -53,6 +53,28 @@ fn join() -> Vec<u8> {
     bytes(0, 0, msg, b"")
 }
 
+/// A source server's replica, announced and acknowledged (protocol 2).
+fn replica() -> Vec<u8> {
+    let create = Msg::ReplicaCreate {
+        container: tern_core::ContainerName::new("dr").unwrap(),
+        name: tern_core::ImageName::new("img").unwrap(),
+        props: b"props".to_vec(),
+        origin: tern_core::wire::ReplicaOrigin {
+            copy: tern_core::wire::CopyId([9; 16]),
+            server: "sha256:00".into(),
+            container: tern_core::ContainerName::new("c").unwrap(),
+            image: tern_core::ImageName::new("img").unwrap(),
+        },
+        chunking: Default::default(),
+        zstd_level: 1,
+    };
+    let ack = Msg::EventsAck {
+        container: tern_core::ContainerName::new("dr").unwrap(),
+        ids: vec![1, 2, u64::MAX],
+    };
+    [bytes(3, 0, create, b""), bytes(4, 0, ack, b"")].concat()
+}
+
 /// Every seed: (target, file name, contents).
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let ping = |seq, ack| bytes(seq, ack, Msg::Ping, b"payload");
@@ -70,6 +92,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("frame", "login", login()),
         ("frame", "join", join()),
         ("frame", "pings", [ping(1, 0), ping(2, 1)].concat()),
+        ("frame", "replica", replica()),
         ("handshake", "hello-login", [hello(), login()].concat()),
         ("handshake", "join", join()),
         (

@@ -200,3 +200,34 @@ fn import_events_survive_a_restart_and_acknowledged_ones_never_return() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].image.as_str(), "b");
 }
+
+#[test]
+fn at_most_four_copies_run_at_once_per_partner_and_the_rest_wait_queued() {
+    let (pair, _proxy) = slow_pair(2 << 20);
+    let src = pair.source.client();
+    let names: Vec<String> = (0..6).map(|i| format!("img{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        backup(&src, "c", name, b"", &test_data(3 << 20, 90 + i as u64));
+    }
+    for name in &names {
+        src.copy_start("c", name, &to_dr()).unwrap();
+    }
+    let start = std::time::Instant::now();
+    let mut queued_behind_four = false;
+    loop {
+        let list = src.copy_list().unwrap();
+        let running = list
+            .iter()
+            .filter(|c| c.state == CopyState::Running)
+            .count();
+        assert!(running <= 4, "{running} copies ran at once");
+        queued_behind_four |= running == 4 && list.iter().any(|c| c.state == CopyState::Queued);
+        if list.iter().all(|c| c.state.is_final()) {
+            assert!(list.iter().all(|c| c.state == CopyState::Done), "{list:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{list:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(queued_behind_four, "no copy ever waited for a slot");
+}

@@ -10,10 +10,12 @@
 //! the copies that were queued or running in the catalog and runs them
 //! again. Every attempt goes into the replication trail. Done copies into
 //! import containers are asked about until the target's DMA has
-//! acknowledged the import event (`imported`).
+//! acknowledged the import event (`imported`). `scheduler.rs` runs the
+//! copies; this file takes the requests.
 
 mod copy;
 mod partner;
+mod scheduler;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,9 +25,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_agent::{Client, ClientError};
 use tern_core::names::UserName;
-use tern_core::wire::{
-    CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, ImportState, PartnerInfo, TrailEntry,
-};
+use tern_core::wire::{CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, TrailEntry};
 use tern_core::{ContainerName, ImageName};
 
 pub use partner::LocalIdentity;
@@ -196,19 +196,7 @@ impl Replicator {
     }
 
     fn trail_check(&self, partner: &str, started: u64, reason: &str) {
-        let entry = TrailEntry {
-            copy: CopyId([0; 16]),
-            side: "source".into(),
-            peer: partner.into(),
-            image: String::new(),
-            started,
-            ended: now_unix(),
-            logical_bytes: 0,
-            sent_bytes: 0,
-            sent_chunks: 0,
-            result: "failed".into(),
-            reason: reason.into(),
-        };
+        let entry = refusal(partner, started, reason);
         if let Err(e) = self.store.catalog().push_trail(&entry) {
             tracing::warn!("recording a refused partner in the trail: {e}");
         }
@@ -251,19 +239,30 @@ impl Replicator {
         to_container: ContainerName,
         to_name: Option<ImageName>,
     ) -> Result<CopyId, StoreError> {
-        if self.store.catalog().partner(partner)?.is_none() {
-            return Err(StoreError::NotFound(format!("no partner {partner}")));
+        let started = now_unix();
+        let outcome = (|| {
+            if self.store.catalog().partner(partner)?.is_none() {
+                return Err(StoreError::NotFound(format!("no partner {partner}")));
+            }
+            let c = self.store.copy_container(user, container)?;
+            let (img, _) = self.store.copy_source(&c.group, container, image)?;
+            self.enqueue(
+                c.group,
+                container,
+                &img.info,
+                partner,
+                to_container,
+                to_name,
+            )
+        })();
+        if let Err(e) = &outcome {
+            let mut entry = refusal(partner, started, &format!("copy refused: {e}"));
+            entry.image = format!("{container}/{image}");
+            if let Err(t) = self.store.catalog().push_trail(&entry) {
+                tracing::warn!("recording a refused copy in the trail: {t}");
+            }
         }
-        let c = self.store.copy_container(user, container)?;
-        let (img, _) = self.store.copy_source(&c.group, container, image)?;
-        self.enqueue(
-            c.group,
-            container,
-            &img.info,
-            partner,
-            to_container,
-            to_name,
-        )
+        outcome
     }
 
     /// Queues the copy of a committed image (a request, or a container's policy).
@@ -322,19 +321,25 @@ impl Replicator {
         }
     }
 
+    /// A copy of an image in a storage group the user may use (others are
+    /// as absent).
+    fn visible_copy(&self, user: &User, id: CopyId) -> Result<CopyRecord, StoreError> {
+        match self.store.catalog().copy(id)? {
+            Some(rec) if user.may_use(&rec.group) => Ok(rec),
+            _ => Err(StoreError::NotFound(format!("no copy {id}"))),
+        }
+    }
+
     /// A copy's status: the catalog's record with the running attempt's counters.
-    pub fn status(&self, id: CopyId) -> Result<CopyInfo, StoreError> {
-        let rec = self
-            .store
-            .catalog()
-            .copy(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no copy {id}")))?;
+    pub fn status(&self, user: &User, id: CopyId) -> Result<CopyInfo, StoreError> {
+        let rec = self.visible_copy(user, id)?;
         Ok(self.info(id, rec))
     }
 
-    /// Every copy, newest first.
-    pub fn list(&self) -> Result<Vec<CopyInfo>, StoreError> {
+    /// Every copy of the user's storage groups, newest first.
+    pub fn list(&self, user: &User) -> Result<Vec<CopyInfo>, StoreError> {
         let mut all = self.store.catalog().copies()?;
+        all.retain(|(_, rec)| user.may_use(&rec.group));
         all.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(b.0.cmp(&a.0)));
         all.truncate(LIST_MAX);
         Ok(all
@@ -374,12 +379,8 @@ impl Replicator {
 
     /// Cancels a copy: a queued one at once, a running one as soon as its
     /// calls return (at once: they are cancelled too).
-    pub fn cancel(&self, id: CopyId) -> Result<(), StoreError> {
-        let rec = self
-            .store
-            .catalog()
-            .copy(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no copy {id}")))?;
+    pub fn cancel(&self, user: &User, id: CopyId) -> Result<(), StoreError> {
+        let rec = self.visible_copy(user, id)?;
         if rec.state.is_final() {
             return Err(StoreError::Invalid(format!(
                 "copy {id} has ended ({})",
@@ -433,238 +434,22 @@ impl Replicator {
     pub fn history(&self, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
         self.store.catalog().trail(max.clamp(1, 100_000) as usize)
     }
+}
 
-    // ---- the scheduler -------------------------------------------------------------
-
-    fn schedule_forever(self: Arc<Self>) {
-        let mut last_poll = Instant::now();
-        loop {
-            self.start_due();
-            if last_poll.elapsed() >= IMPORT_POLL {
-                self.poll_imports();
-                last_poll = Instant::now();
-            }
-            let mut woken = lock(&self.woken);
-            if !*woken {
-                woken = self
-                    .wake
-                    .wait_timeout(woken, Duration::from_millis(500))
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-            *woken = false;
-        }
-    }
-
-    /// Starts the queued copies that are due, within each partner's limit.
-    fn start_due(self: &Arc<Self>) {
-        let now = Instant::now();
-        let due: Vec<CopyId> = lock(&self.queue)
-            .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let rec = match self.store.catalog().copy(id) {
-                Ok(Some(rec)) => rec,
-                Ok(None) => {
-                    lock(&self.queue).retain(|(q, _)| *q != id);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(copy = %id, "reading the copy: {e}");
-                    continue;
-                }
-            };
-            let running = {
-                let live = lock(&self.live);
-                live.values().filter(|l| l.partner == rec.partner).count()
-            };
-            if running >= self.max_per_partner {
-                continue;
-            }
-            lock(&self.queue).retain(|(q, _)| *q != id);
-            let live = Arc::new(Live {
-                partner: rec.partner.clone(),
-                ..Live::default()
-            });
-            lock(&self.live).insert(id, live.clone());
-            let me = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("ternd-copy".into())
-                .spawn(move || me.run(id, live));
-            if let Err(e) = spawned {
-                tracing::error!(copy = %id, "starting the copy's thread: {e}");
-                lock(&self.live).remove(&id);
-                lock(&self.queue).push((id, now + Duration::from_secs(5)));
-            }
-        }
-    }
-
-    /// Runs one attempt of a copy and records how it ended.
-    fn run(self: Arc<Self>, id: CopyId, live: Arc<Live>) {
-        let started = now_unix();
-        let marked = self.store.catalog().update_copy(
-            id,
-            |r| {
-                r.state = CopyState::Running;
-                r.attempts += 1;
-                r.updated = started;
-            },
-            None,
-        );
-        let outcome = match &marked {
-            Ok(rec) => copy::attempt(&self, id, rec, &live),
-            Err(e) => Err(copy::Failure::Transient(format!(
-                "recording the start: {e}"
-            ))),
-        };
-        if let Some(c) = lock(&live.client).take() {
-            drop(c);
-        }
-
-        let attempts = marked.as_ref().map_or(1, |r| r.attempts);
-        let drop_replica = matches!(
-            outcome,
-            Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
-        );
-        let (state, result, reason) = match outcome {
-            Ok(()) => (CopyState::Done, "ok", String::new()),
-            Err(copy::Failure::Cancelled) => {
-                (CopyState::Cancelled, "cancelled", "cancelled".into())
-            }
-            Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
-                (CopyState::Queued, "retrying", r)
-            }
-            Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
-                (CopyState::Failed, "failed", r)
-            }
-        };
-        let sent = live.sent_bytes.load(Ordering::Relaxed);
-        let chunks = live.sent_chunks.load(Ordering::Relaxed);
-        let done = live.done.load(Ordering::Relaxed);
-        let mut entry = match &marked {
-            Ok(rec) => self.trail(id, rec, started, result, &reason),
-            Err(_) => TrailEntry {
-                copy: id,
-                side: "source".into(),
-                peer: live.partner.clone(),
-                image: String::new(),
-                started,
-                ended: now_unix(),
-                logical_bytes: 0,
-                sent_bytes: 0,
-                sent_chunks: 0,
-                result: result.into(),
-                reason: reason.clone(),
-            },
-        };
-        entry.sent_bytes = sent;
-        entry.sent_chunks = chunks;
-        let recorded = self.store.catalog().update_copy(
-            id,
-            |r| {
-                r.state = state;
-                r.reason = reason.clone();
-                r.sent_bytes += sent;
-                r.sent_chunks += chunks;
-                r.done_bytes = r.done_bytes.max(done);
-                if state == CopyState::Done {
-                    r.done_bytes = r.logical_bytes;
-                    r.awaiting_import = true;
-                }
-                r.updated = now_unix();
-            },
-            Some(&entry),
-        );
-        lock(&self.live).remove(&id);
-        if drop_replica {
-            // After the state is recorded: a cancel shows at once.
-            self.abort_at_target(id, &live.partner);
-        }
-        match recorded {
-            Err(e) => {
-                tracing::error!(copy = %id, "recording the end of an attempt: {e}");
-                // Run it again: the catalog may take it later.
-                lock(&self.queue).push((id, Instant::now() + MAX_RETRY_DELAY));
-            }
-            Ok(_) if state == CopyState::Queued => {
-                let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
-                tracing::warn!(copy = %id, attempts, "copy attempt failed, again in {} s: {reason}", delay.as_secs());
-                lock(&self.queue).push((id, Instant::now() + delay));
-            }
-            Ok(_) if state == CopyState::Done => {
-                tracing::info!(copy = %id, sent_bytes = sent, "copy done");
-                lock(&self.awaiting_import).insert(id);
-            }
-            Ok(_) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
-        }
-        self.wake();
-    }
-
-    /// Tells the target to drop what this copy wrote, through a session of
-    /// its own: the old session's queue may hold seconds of chunk data, and
-    /// the target would keep the replica open until its grace period ends.
-    fn abort_at_target(&self, id: CopyId, partner: &str) {
-        let Ok(Some(p)) = self.store.catalog().partner(partner) else {
-            return;
-        };
-        let outcome = partner::connect(&p, &self.me).and_then(|c| c.replica_abort(id));
-        if let Err(e) = outcome {
-            tracing::info!(copy = %id, "telling the target to drop the replica: {e}");
-        }
-    }
-
-    /// Asks each partner whether the import events of done copies were
-    /// acknowledged; records `imported` (or stops asking when there is no event).
-    fn poll_imports(&self) {
-        let ids: Vec<CopyId> = lock(&self.awaiting_import).iter().copied().collect();
-        let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
-        for id in ids {
-            match self.store.catalog().copy(id) {
-                Ok(Some(rec)) => by_partner.entry(rec.partner).or_default().push(id),
-                _ => {
-                    lock(&self.awaiting_import).remove(&id);
-                }
-            }
-        }
-        for (name, ids) in by_partner {
-            let Ok(Some(p)) = self.store.catalog().partner(&name) else {
-                continue;
-            };
-            let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
-            let states = match states {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(partner = name, "asking about imports: {e}");
-                    continue;
-                }
-            };
-            for (id, state) in ids.into_iter().zip(states) {
-                let change = match state {
-                    ImportState::Pending => continue,
-                    ImportState::Imported => Some(CopyState::Imported),
-                    ImportState::NoEvent => None,
-                };
-                let updated = self.store.catalog().update_copy(
-                    id,
-                    |r| {
-                        r.awaiting_import = false;
-                        if let Some(s) = change {
-                            r.state = s;
-                            r.updated = now_unix();
-                        }
-                    },
-                    None,
-                );
-                match updated {
-                    Ok(_) => {
-                        lock(&self.awaiting_import).remove(&id);
-                    }
-                    Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
-                }
-            }
-        }
+/// A trail entry for a refusal before any copy ran.
+fn refusal(partner: &str, started: u64, reason: &str) -> TrailEntry {
+    TrailEntry {
+        copy: CopyId([0; 16]),
+        side: "source".into(),
+        peer: partner.into(),
+        image: String::new(),
+        started,
+        ended: now_unix(),
+        logical_bytes: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        result: "failed".into(),
+        reason: reason.into(),
     }
 }
 

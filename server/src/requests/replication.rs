@@ -84,13 +84,13 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             })?,
         },
         Msg::CopyStatusGet { id } => Msg::Copies {
-            list: vec![blocking(|| repl.status(id))?],
+            list: vec![blocking(|| repl.status(&user, id))?],
         },
         Msg::CopyList => Msg::Copies {
-            list: blocking(|| repl.list())?,
+            list: blocking(|| repl.list(&user))?,
         },
         Msg::CopyCancel { id } => {
-            blocking(|| repl.cancel(id))?;
+            blocking(|| repl.cancel(&user, id))?;
             Msg::Ok
         }
         Msg::TrailGet { max } => Msg::Trail {

@@ -1,0 +1,247 @@
+//! Running copies: the scheduler thread starts queued copies within each
+//! partner's limit, runs each attempt on a thread of its own, records how it
+//! ended (queued again after a fault that may pass, with a growing delay),
+//! and asks partners about the import events of done copies.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_core::wire::{CopyId, CopyState, ImportState, TrailEntry};
+
+use super::{copy, lock, partner, Live, Replicator, IMPORT_POLL, MAX_ATTEMPTS, MAX_RETRY_DELAY};
+use crate::store::records::now_unix;
+
+impl Replicator {
+    pub(super) fn schedule_forever(self: Arc<Self>) {
+        let mut last_poll = Instant::now();
+        loop {
+            self.start_due();
+            if last_poll.elapsed() >= IMPORT_POLL {
+                self.poll_imports();
+                last_poll = Instant::now();
+            }
+            let mut woken = lock(&self.woken);
+            if !*woken {
+                woken = self
+                    .wake
+                    .wait_timeout(woken, Duration::from_millis(500))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *woken = false;
+        }
+    }
+
+    /// Starts the queued copies that are due, within each partner's limit.
+    fn start_due(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<CopyId> = lock(&self.queue)
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let rec = match self.store.catalog().copy(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    lock(&self.queue).retain(|(q, _)| *q != id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(copy = %id, "reading the copy: {e}");
+                    continue;
+                }
+            };
+            let running = {
+                let live = lock(&self.live);
+                live.values().filter(|l| l.partner == rec.partner).count()
+            };
+            if running >= self.max_per_partner {
+                continue;
+            }
+            lock(&self.queue).retain(|(q, _)| *q != id);
+            let live = Arc::new(Live {
+                partner: rec.partner.clone(),
+                ..Live::default()
+            });
+            lock(&self.live).insert(id, live.clone());
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ternd-copy".into())
+                .spawn(move || me.run(id, live));
+            if let Err(e) = spawned {
+                tracing::error!(copy = %id, "starting the copy's thread: {e}");
+                lock(&self.live).remove(&id);
+                lock(&self.queue).push((id, now + Duration::from_secs(5)));
+            }
+        }
+    }
+
+    /// Runs one attempt of a copy and records how it ended.
+    fn run(self: Arc<Self>, id: CopyId, live: Arc<Live>) {
+        let started = now_unix();
+        let marked = self.store.catalog().update_copy(
+            id,
+            |r| {
+                r.state = CopyState::Running;
+                r.attempts += 1;
+                r.updated = started;
+            },
+            None,
+        );
+        let outcome = match &marked {
+            Ok(rec) => copy::attempt(&self, id, rec, &live),
+            Err(e) => Err(copy::Failure::Transient(format!(
+                "recording the start: {e}"
+            ))),
+        };
+        if let Some(c) = lock(&live.client).take() {
+            drop(c);
+        }
+
+        let attempts = marked.as_ref().map_or(1, |r| r.attempts);
+        let drop_replica = matches!(
+            outcome,
+            Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
+        );
+        let (state, result, reason) = match outcome {
+            Ok(()) => (CopyState::Done, "ok", String::new()),
+            Err(copy::Failure::Cancelled) => {
+                (CopyState::Cancelled, "cancelled", "cancelled".into())
+            }
+            Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
+                (CopyState::Queued, "retrying", r)
+            }
+            Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
+                (CopyState::Failed, "failed", r)
+            }
+        };
+        let sent = live.sent_bytes.load(Ordering::Relaxed);
+        let chunks = live.sent_chunks.load(Ordering::Relaxed);
+        let done = live.done.load(Ordering::Relaxed);
+        let mut entry = match &marked {
+            Ok(rec) => self.trail(id, rec, started, result, &reason),
+            Err(_) => TrailEntry {
+                copy: id,
+                side: "source".into(),
+                peer: live.partner.clone(),
+                image: String::new(),
+                started,
+                ended: now_unix(),
+                logical_bytes: 0,
+                sent_bytes: 0,
+                sent_chunks: 0,
+                result: result.into(),
+                reason: reason.clone(),
+            },
+        };
+        entry.sent_bytes = sent;
+        entry.sent_chunks = chunks;
+        let recorded = self.store.catalog().update_copy(
+            id,
+            |r| {
+                r.state = state;
+                r.reason = reason.clone();
+                r.sent_bytes += sent;
+                r.sent_chunks += chunks;
+                r.done_bytes = r.done_bytes.max(done);
+                if state == CopyState::Done {
+                    r.done_bytes = r.logical_bytes;
+                    r.awaiting_import = true;
+                }
+                r.updated = now_unix();
+            },
+            Some(&entry),
+        );
+        lock(&self.live).remove(&id);
+        if drop_replica {
+            // After the state is recorded: a cancel shows at once.
+            self.abort_at_target(id, &live.partner);
+        }
+        match recorded {
+            Err(e) => {
+                tracing::error!(copy = %id, "recording the end of an attempt: {e}");
+                // Run it again: the catalog may take it later.
+                lock(&self.queue).push((id, Instant::now() + MAX_RETRY_DELAY));
+            }
+            Ok(_) if state == CopyState::Queued => {
+                let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
+                tracing::warn!(copy = %id, attempts, "copy attempt failed, again in {} s: {reason}", delay.as_secs());
+                lock(&self.queue).push((id, Instant::now() + delay));
+            }
+            Ok(_) if state == CopyState::Done => {
+                tracing::info!(copy = %id, sent_bytes = sent, "copy done");
+                lock(&self.awaiting_import).insert(id);
+            }
+            Ok(_) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
+        }
+        self.wake();
+    }
+
+    /// Tells the target to drop what this copy wrote, through a session of
+    /// its own: the old session's queue may hold seconds of chunk data, and
+    /// the target would keep the replica open until its grace period ends.
+    fn abort_at_target(&self, id: CopyId, partner: &str) {
+        let Ok(Some(p)) = self.store.catalog().partner(partner) else {
+            return;
+        };
+        let outcome = partner::connect(&p, &self.me).and_then(|c| c.replica_abort(id));
+        if let Err(e) = outcome {
+            tracing::info!(copy = %id, "telling the target to drop the replica: {e}");
+        }
+    }
+
+    /// Asks each partner whether the import events of done copies were
+    /// acknowledged; records `imported` (or stops asking when there is no event).
+    fn poll_imports(&self) {
+        let ids: Vec<CopyId> = lock(&self.awaiting_import).iter().copied().collect();
+        let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
+        for id in ids {
+            match self.store.catalog().copy(id) {
+                Ok(Some(rec)) => by_partner.entry(rec.partner).or_default().push(id),
+                _ => {
+                    lock(&self.awaiting_import).remove(&id);
+                }
+            }
+        }
+        for (name, ids) in by_partner {
+            let Ok(Some(p)) = self.store.catalog().partner(&name) else {
+                continue;
+            };
+            let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
+            let states = match states {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(partner = name, "asking about imports: {e}");
+                    continue;
+                }
+            };
+            for (id, state) in ids.into_iter().zip(states) {
+                let change = match state {
+                    ImportState::Pending => continue,
+                    ImportState::Imported => Some(CopyState::Imported),
+                    ImportState::NoEvent => None,
+                };
+                let updated = self.store.catalog().update_copy(
+                    id,
+                    |r| {
+                        r.awaiting_import = false;
+                        if let Some(s) = change {
+                            r.state = s;
+                            r.updated = now_unix();
+                        }
+                    },
+                    None,
+                );
+                match updated {
+                    Ok(_) => {
+                        lock(&self.awaiting_import).remove(&id);
+                    }
+                    Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
+                }
+            }
+        }
+    }
+}
