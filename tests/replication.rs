@@ -89,6 +89,15 @@ fn a_second_version_sends_only_what_the_target_lacks() {
         first.sent_bytes
     );
     assert!(restore(&pair.target.client(), "dr", "v2") == v2);
+    // A target that holds every chunk receives only the recipe.
+    let again = CopyTarget {
+        name: Some("v1-again"),
+        ..to_dr()
+    };
+    let third = wait_final(&src, src.copy_start("c", "v1", &again).unwrap());
+    assert_eq!(third.state, CopyState::Done);
+    assert_eq!((third.sent_chunks, third.sent_bytes), (0, 0), "{third:?}");
+    assert!(restore(&pair.target.client(), "dr", "v1-again") == v1);
 }
 
 #[test]

@@ -282,7 +282,7 @@ fn wait(client: &tern_agent::Client, id: CopyId) -> Result<CopyInfo> {
             }
             return Ok(info);
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
