@@ -144,6 +144,14 @@ fn bad_partners_and_bad_copies_fail_clearly_and_enter_the_trail() {
         trail.len() >= 2 && trail.iter().all(|t| t.result == "failed"),
         "{trail:?}"
     );
+    // The target saw the wrong partner password, and says so in its trail.
+    let target_trail = pair.target.client().replication_history(10).unwrap();
+    assert!(
+        target_trail
+            .iter()
+            .any(|t| t.side == "target" && t.reason.contains("wrong password")),
+        "{target_trail:?}"
+    );
 
     pair.pair().unwrap();
     let data = test_data(1 << 20, 74);

@@ -2,10 +2,11 @@
 //! is answered; the session's deadline (`HANDSHAKE_TIMEOUT`) runs meanwhile.
 
 use tern_core::names::UserName;
-use tern_core::wire::{self, ErrorKind, Msg, Password};
+use tern_core::wire::{self, CopyId, ErrorKind, Msg, Password, TrailEntry};
 
 use super::{refuse, Answer, Refusal};
 use crate::handler::{Phase, SessionHandler};
+use crate::store::records::now_unix;
 use crate::store::StoreError;
 
 pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
@@ -55,12 +56,42 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
             guard.failed(ip);
             h.failed_logins += 1;
             tracing::warn!(user = %user, peer = %h.peer, failures = h.failed_logins, "failed login");
+            tokio::task::block_in_place(|| record_partner_refusal(h, &user));
             Err(Refusal(
                 ErrorKind::Auth,
                 format!("wrong password or unknown user {user}"),
             ))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A failed login as a user who may replicate here is a replication
+/// partner refused: it goes into this (target) side's trail too.
+fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
+    let partner = matches!(
+        h.store.catalog().user(user.as_str()),
+        Ok(Some(rec)) if !rec.replicate_into.is_empty()
+    );
+    if !partner {
+        return;
+    }
+    let now = now_unix();
+    let entry = TrailEntry {
+        copy: CopyId([0; 16]),
+        side: "target".into(),
+        peer: h.peer.to_string(),
+        image: String::new(),
+        started: now,
+        ended: now,
+        logical_bytes: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        result: "failed".into(),
+        reason: format!("replication login as {user} refused: wrong password"),
+    };
+    if let Err(e) = h.store.catalog().push_trail(&entry) {
+        tracing::warn!("recording a refused partner login in the trail: {e}");
     }
 }
 
