@@ -37,8 +37,6 @@ use crate::store::{Store, StoreError, User};
 /// grow to [`MAX_RETRY_DELAY`]: about an hour and a half in all).
 const MAX_ATTEMPTS: u32 = 100;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
-/// How often done copies are asked about their import events.
-const IMPORT_POLL: Duration = Duration::from_secs(3);
 /// Copies listed at most.
 const LIST_MAX: usize = 10_000;
 
@@ -305,7 +303,7 @@ impl Replicator {
     /// After a commit: the copy a container's replication policy asks for.
     pub fn after_commit(&self, user: &User, info: &ImageInfo) {
         let outcome = (|| {
-            let c = self.store.copy_container(user, &info.container)?;
+            let c = self.store.committed_container(user, &info.container)?;
             let Some((partner, to)) = c.replicate_to.clone() else {
                 return Ok(None);
             };

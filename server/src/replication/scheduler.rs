@@ -10,17 +10,27 @@ use std::time::{Duration, Instant};
 
 use tern_core::wire::{CopyId, CopyState, ImportState, TrailEntry};
 
-use super::{copy, lock, partner, Live, Replicator, IMPORT_POLL, MAX_ATTEMPTS, MAX_RETRY_DELAY};
+use super::{copy, lock, partner, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY};
+
+/// How often recently done copies are asked about their import events.
+const IMPORT_POLL: Duration = Duration::from_secs(3);
+/// Seconds after which a done copy is asked about only every [`IMPORT_POLL_SLOW`].
+const IMPORT_FRESH: u64 = 120;
+const IMPORT_POLL_SLOW: Duration = Duration::from_secs(60);
 use crate::store::records::now_unix;
 
 impl Replicator {
     pub(super) fn schedule_forever(self: Arc<Self>) {
-        let mut last_poll = Instant::now();
+        let (mut last_poll, mut last_full_poll) = (Instant::now(), Instant::now());
         loop {
             self.start_due();
             if last_poll.elapsed() >= IMPORT_POLL {
-                self.poll_imports();
+                let all = last_full_poll.elapsed() >= IMPORT_POLL_SLOW;
+                self.poll_imports(all);
                 last_poll = Instant::now();
+                if all {
+                    last_full_poll = last_poll;
+                }
             }
             let mut woken = lock(&self.woken);
             if !*woken {
@@ -195,11 +205,17 @@ impl Replicator {
 
     /// Asks each partner whether the import events of done copies were
     /// acknowledged; records `imported` (or stops asking when there is no event).
-    fn poll_imports(&self) {
+    ///
+    /// Copies done in the last [`IMPORT_FRESH`] seconds are asked about at
+    /// every call, the others only when `all`: a target whose DMA takes its
+    /// time is not logged into every few seconds forever.
+    fn poll_imports(&self, all: bool) {
         let ids: Vec<CopyId> = lock(&self.awaiting_import).iter().copied().collect();
         let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
+        let now = now_unix();
         for id in ids {
             match self.store.catalog().copy(id) {
+                Ok(Some(rec)) if !all && now.saturating_sub(rec.updated) > IMPORT_FRESH => {}
                 Ok(Some(rec)) => by_partner.entry(rec.partner).or_default().push(id),
                 _ => {
                     lock(&self.awaiting_import).remove(&id);

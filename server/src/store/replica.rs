@@ -172,6 +172,16 @@ impl Store {
         Ok((readable, rec))
     }
 
+    /// The container an image was just committed to, as its writer named
+    /// it (a replication user names replica containers it may only write).
+    pub fn committed_container(
+        &self,
+        user: &User,
+        name: &ContainerName,
+    ) -> Result<ContainerRecord> {
+        self.container_where(name, |g| user.may_use(g) || user.may_replicate_into(g))
+    }
+
     /// The container a user names, and its storage group, for a copy.
     pub fn copy_container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
         self.container(user, name)
