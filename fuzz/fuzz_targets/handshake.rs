@@ -10,6 +10,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tern_core::session::CacheLimits;
 use tern_server::handler::{serve_connection, Sessions};
+use tern_server::replication::{LocalIdentity, Replicator};
 use tern_server::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -27,7 +28,20 @@ fn world() -> &'static World {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let cache = CacheLimits::memory_only(1 << 20);
         // Sessions end quickly once their connection is gone.
-        let sessions = Sessions::new(store, Duration::from_millis(1), cache);
+        // Copies never run: nothing before login reaches the replicator.
+        let me = LocalIdentity {
+            cert: dir.path().join("unused.crt"),
+            key: dir.path().join("unused.key"),
+            server_id: "fuzz".into(),
+        };
+        let replicator = Replicator::start(store.clone(), me, 1).unwrap();
+        let sessions = Sessions::new(
+            store,
+            Duration::from_millis(1),
+            cache,
+            replicator,
+            tern_core::wire::PROTOCOL_MAX,
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
