@@ -515,3 +515,45 @@ fn progress_is_reported_on_the_calling_thread_per_mib_and_at_commit() {
         tern_client_free(c);
     }
 }
+
+#[test]
+fn container_flags_say_replica_and_import() {
+    let server = TestServer::start();
+    let admin = server.client();
+    let settings = |replica, import| tern_agent::ContainerSettings {
+        replica,
+        import,
+        ..Default::default()
+    };
+    admin
+        .container_create("plain", settings(false, false))
+        .unwrap();
+    admin
+        .container_create("rep", settings(true, false))
+        .unwrap();
+    admin.container_create("imp", settings(true, true)).unwrap();
+    unsafe extern "C" fn keep(ctx: *mut std::ffi::c_void, info: *const tern_container_info) -> i32 {
+        let seen = unsafe { &mut *(ctx as *mut Vec<(String, u32)>) };
+        let i = unsafe { &*info };
+        let name = unsafe { std::ffi::CStr::from_ptr(i.name) };
+        seen.push((name.to_string_lossy().into_owned(), i.flags));
+        0
+    }
+    let c = open(&server);
+    let mut seen: Vec<(String, u32)> = Vec::new();
+    let ctx = &mut seen as *mut _ as *mut std::ffi::c_void;
+    assert_eq!(
+        unsafe { tern_container_list(c, Some(keep), ctx) },
+        tern_status::TERN_OK
+    );
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("imp".into(), TERN_CONTAINER_REPLICA | TERN_CONTAINER_IMPORT),
+            ("plain".into(), 0),
+            ("rep".into(), TERN_CONTAINER_REPLICA),
+        ]
+    );
+    unsafe { tern_client_free(c) };
+}
