@@ -2,10 +2,12 @@
 //!
 //! `docs/protocol.md` describes both; keep it true when this changes.
 
+pub mod catalog;
 pub mod frame;
 pub mod msg;
 pub mod replication;
 
+pub use catalog::*;
 pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
 pub use replication::*;

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::catalog::*;
 use super::replication::*;
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
@@ -52,7 +53,7 @@ impl std::fmt::Debug for Password {
 /// Handle of an open image within one session.
 pub type Handle = u32;
 
-/// Every message of protocol version 1.
+/// Every message of protocol versions 1 and 2 (version 2 adds replication).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Msg {
@@ -517,140 +518,6 @@ pub enum WriteMode {
     Dedup,
     /// The client sends raw bytes; the server chunks and dedups.
     Passthrough,
-}
-
-/// A chunk as the writer announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkRef {
-    /// The blake3 of the chunk's plaintext.
-    pub id: ChunkId,
-    /// The plaintext's length.
-    pub len: u32,
-}
-
-/// A chunk's place in an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecipeEntry {
-    /// Where the chunk starts in the image.
-    pub offset: u64,
-    /// The blake3 of the chunk's plaintext.
-    pub id: ChunkId,
-    /// The plaintext's length.
-    pub len: u32,
-}
-
-/// What a client may set when it creates a container; unset means the default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerSettings {
-    /// The storage group (dedup domain); default `default`.
-    pub group: Option<GroupName>,
-    /// FastCDC parameters; default 16/64/256 KiB. Fixed once data is written.
-    pub chunking: Option<ChunkParams>,
-    /// zstd level of stored chunks, 1..=19; default 1.
-    pub zstd_level: Option<i32>,
-    /// How many images may be written at once (0: no limit).
-    pub stream_limit: Option<u32>,
-    /// A replica container: only replication writes images into it; its
-    /// chunking comes from the first copy's source.
-    #[serde(default)]
-    pub replica: bool,
-    /// Replicas arriving raise import events (needs `replica`).
-    #[serde(default)]
-    pub import: bool,
-}
-
-/// A container as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerInfo {
-    /// Its name.
-    pub name: ContainerName,
-    /// Its storage group.
-    pub group: GroupName,
-    /// Its FastCDC parameters.
-    pub chunking: ChunkParams,
-    /// Its zstd level.
-    pub zstd_level: i32,
-    /// Images that may be written at once (0: no limit).
-    pub stream_limit: u32,
-    /// Committed images in it.
-    pub images: u64,
-    /// Sum of their sizes.
-    pub logical_bytes: u64,
-    /// Only replication writes images into it.
-    #[serde(default)]
-    pub replica: bool,
-    /// Arriving replicas raise import events.
-    #[serde(default)]
-    pub import: bool,
-    /// Where its new images are copied automatically: (partner, container).
-    #[serde(default)]
-    pub replicate_to: Option<(String, ContainerName)>,
-}
-
-/// A committed image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
-    /// The container holding it.
-    pub container: ContainerName,
-    /// Its name.
-    pub name: ImageName,
-    /// Its size in bytes.
-    pub size: u64,
-    /// How many chunks its recipe has.
-    pub chunks: u64,
-    /// Opaque properties owned by the DMA.
-    #[serde(with = "serde_bytes")]
-    pub props: Vec<u8>,
-    /// Seconds since the Unix epoch when the image was committed.
-    pub created: u64,
-}
-
-/// What writing one image cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteStats {
-    /// Bytes of the image.
-    pub logical_bytes: u64,
-    /// Chunks in its recipe.
-    pub chunks: u64,
-    /// Chunks the store did not have before.
-    pub new_chunks: u64,
-    /// Stored (compressed) bytes added to the store.
-    pub new_stored_bytes: u64,
-}
-
-/// What the store holds, as far as one user may see.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreStats {
-    /// Containers visible to the user.
-    pub containers: u64,
-    /// Committed images in them.
-    pub images: u64,
-    /// Sum of the sizes of all images.
-    pub logical_bytes: u64,
-    /// Chunks stored once each, in the visible storage groups.
-    pub unique_chunks: u64,
-    /// Sum of the plaintext sizes of the unique chunks.
-    pub unique_bytes: u64,
-    /// Compressed bytes of the unique chunks.
-    pub stored_bytes: u64,
-    /// Bytes of pack files on disk, including space GC has yet to reclaim.
-    pub pack_bytes: u64,
-    /// Bytes in session spill files (unacknowledged frames past the memory
-    /// cache): every session's for an admin, the user's own otherwise.
-    #[serde(default)]
-    pub spill_bytes: u64,
-    /// Sessions alive on the server (for an admin; 0 for other users). A
-    /// client that closes says goodbye and its session ends at once; one that
-    /// vanishes counts until its grace period ends.
-    #[serde(default)]
-    pub sessions: u64,
-    /// Size of the filesystem the store is on.
-    #[serde(default)]
-    pub capacity_bytes: u64,
-    /// Bytes new data may still take: what the filesystem has free, less the
-    /// reserve kept for deletes and GC (`reserved_space_bytes`).
-    #[serde(default)]
-    pub free_bytes: u64,
 }
 
 #[cfg(test)]

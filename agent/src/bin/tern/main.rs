@@ -1,19 +1,19 @@
 //! `tern`: back up to and restore from a tern server.
 
-use std::io::{self, Read};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tern_agent::config::ClientConfig;
-use tern_agent::{Client, ContainerSettings, WriteMode};
+use tern_agent::{Client, WriteMode};
 use tern_core::tls::Fingerprint;
-use tern_core::ChunkParams;
 
+mod admin;
 mod replication;
 mod transfer;
 
+use admin::{container, user, ContainerCmd, UserCmd};
 use replication::{CopyArgs, EventsArgs, PartnerCmd, ReplicationCmd};
 use transfer::{backup, bench, restore};
 
@@ -145,84 +145,6 @@ enum Mode {
     Passthrough,
 }
 
-#[derive(Subcommand)]
-enum ContainerCmd {
-    Create {
-        name: String,
-        /// Storage group (default: "default").
-        #[arg(long)]
-        group: Option<String>,
-        /// zstd level, 1..=19.
-        #[arg(long)]
-        zstd_level: Option<i32>,
-        /// Chunk sizes in bytes as MIN,AVG,MAX.
-        #[arg(long)]
-        chunking: Option<String>,
-        /// Images that may be written at once (0: unlimited).
-        #[arg(long)]
-        stream_limit: Option<u32>,
-        /// A replica container: only copies from replication partners
-        /// write into it (its chunking comes from the first copy's source).
-        #[arg(long)]
-        replica: bool,
-        /// Replicas arriving raise import events for this side's DMA (needs --replica).
-        #[arg(long, requires = "replica")]
-        import: bool,
-    },
-    Ls,
-    /// Turn a replica container into an ordinary one (for failover; admin only).
-    Promote {
-        name: String,
-    },
-    /// Copy every image committed to a container from now on (admin only).
-    Replicate {
-        name: String,
-        /// The partner to copy to.
-        #[arg(long, required_unless_present = "off", requires = "to_container")]
-        to: Option<String>,
-        /// The replica container on the partner.
-        #[arg(long)]
-        to_container: Option<String>,
-        /// End the container's replication.
-        #[arg(long, conflicts_with_all = ["to", "to_container"])]
-        off: bool,
-    },
-    Rm {
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum UserCmd {
-    /// Add a user (an existing one is an error); the password comes from
-    /// TERN_NEW_PASSWORD or stdin.
-    Add {
-        name: String,
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Set a user's password (yours, or anyone's as an admin); from
-    /// TERN_NEW_PASSWORD or stdin.
-    Passwd { name: String },
-    /// Change a user's storage groups and admin right (admin only).
-    Set {
-        name: String,
-        /// The storage groups the user may use (replaces the list).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-        /// Make the user an admin.
-        #[arg(long, conflicts_with = "no_admin")]
-        admin: bool,
-        /// Take the admin right away.
-        #[arg(long)]
-        no_admin: bool,
-        /// Storage groups whose replica containers the user may replicate
-        /// into (replaces the list): for the user a partner logs in as.
-        #[arg(long = "replicate-into")]
-        replicate_into: Vec<String>,
-    },
-}
-
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -319,85 +241,6 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Events(args) => replication::events(&cli, args),
         Cmd::Replication { cmd } => replication::replication(&cli, cmd),
     }
-}
-
-/// `tern user ...`: new passwords come from TERN_NEW_PASSWORD or stdin.
-fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
-    let client = connect(cli, WriteMode::Dedup)?;
-    match cmd {
-        UserCmd::Add { name, admin } => {
-            client
-                .user_add(name, &new_password()?, *admin)
-                .with_context(|| format!("adding user {name}"))?;
-            report(
-                cli,
-                json!({"user": name, "admin": admin}),
-                &format!("user {name} added"),
-            );
-        }
-        UserCmd::Passwd { name } => {
-            client
-                .user_passwd(name, &new_password()?)
-                .with_context(|| format!("setting the password of {name}"))?;
-            report(
-                cli,
-                json!({"user": name, "password": "set"}),
-                &format!("password of {name} set"),
-            );
-        }
-        UserCmd::Set {
-            name,
-            groups,
-            admin,
-            no_admin,
-            replicate_into,
-        } => {
-            if !replicate_into.is_empty() {
-                let into: Vec<&str> = replicate_into.iter().map(String::as_str).collect();
-                client
-                    .user_set_replicate_into(name, &into)
-                    .with_context(|| format!("changing user {name}"))?;
-                if groups.is_empty() && !admin && !no_admin {
-                    report(
-                        cli,
-                        json!({"user": name, "replicate_into": into}),
-                        &format!("user {name} may replicate into {}", into.join(", ")),
-                    );
-                    return Ok(());
-                }
-            }
-            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let groups = (!groups.is_empty()).then_some(groups.as_slice());
-            let admin = match (admin, no_admin) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            };
-            if groups.is_none() && admin.is_none() {
-                anyhow::bail!(
-                    "nothing to change: give --group, --admin, --no-admin or --replicate-into"
-                );
-            }
-            client
-                .user_set(name, groups, admin)
-                .with_context(|| format!("changing user {name}"))?;
-            report(
-                cli,
-                json!({"user": name, "groups": groups, "admin": admin}),
-                &format!("user {name} changed"),
-            );
-        }
-    }
-    Ok(())
-}
-
-fn new_password() -> Result<String> {
-    if let Ok(p) = std::env::var("TERN_NEW_PASSWORD") {
-        return Ok(p);
-    }
-    let mut s = String::new();
-    io::stdin().take(4096).read_to_string(&mut s)?;
-    Ok(s.lines().next().unwrap_or_default().to_string())
 }
 
 /// `tern ls`: a table for people, exact numbers with --json.
@@ -516,128 +359,6 @@ fn report(cli: &Cli, v: serde_json::Value, text: &str) {
     } else {
         println!("{text}");
     }
-}
-
-fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
-    let client = connect(cli, WriteMode::Dedup)?;
-    match cmd {
-        ContainerCmd::Create {
-            name,
-            group,
-            zstd_level,
-            chunking,
-            stream_limit,
-            replica,
-            import,
-        } => {
-            let chunking = chunking.as_deref().map(parse_chunking).transpose()?;
-            let settings = ContainerSettings {
-                group: group
-                    .clone()
-                    .map(tern_core::names::GroupName::new)
-                    .transpose()?,
-                chunking,
-                zstd_level: *zstd_level,
-                stream_limit: *stream_limit,
-                replica: *replica,
-                import: *import,
-            };
-            client
-                .container_create(name, settings)
-                .with_context(|| format!("creating container {name}"))?;
-            report(
-                cli,
-                json!({"created": name}),
-                &format!("container {name} created"),
-            );
-        }
-        ContainerCmd::Ls => {
-            let list = client.container_list()?;
-            if cli.json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|c| json!({"name": c.name.as_str(), "group": c.group.as_str(), "images": c.images,
-                        "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
-                        "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit,
-                        "replica": c.replica, "import": c.import,
-                        "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()}))}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for c in &list {
-                    let kind = match (c.replica, c.import) {
-                        (true, true) => " replica, import",
-                        (true, false) => " replica",
-                        _ => "",
-                    };
-                    let policy = c
-                        .replicate_to
-                        .as_ref()
-                        .map(|(p, to)| format!(" -> {p}:{to}"))
-                        .unwrap_or_default();
-                    println!(
-                        "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}",
-                        c.name, c.group, c.images, c.logical_bytes
-                    );
-                }
-            }
-        }
-        ContainerCmd::Promote { name } => {
-            client
-                .container_promote(name)
-                .with_context(|| format!("promoting container {name}"))?;
-            report(
-                cli,
-                json!({"promoted": name}),
-                &format!("container {name} is no longer a replica: clients may write into it"),
-            );
-        }
-        ContainerCmd::Replicate {
-            name,
-            to,
-            to_container,
-            off: _,
-        } => {
-            let to = to.as_deref().zip(to_container.as_deref());
-            client
-                .container_replicate(name, to)
-                .with_context(|| format!("setting the replication of container {name}"))?;
-            let text = match to {
-                Some((p, c)) => format!("new images of {name} are copied to {p}:{c}"),
-                None => format!("container {name} is no longer replicated"),
-            };
-            report(
-                cli,
-                json!({"container": name, "replicate_to": to.map(|(p, c)| json!({"partner": p, "container": c}))}),
-                &text,
-            );
-        }
-        ContainerCmd::Rm { name } => {
-            client
-                .container_remove(name)
-                .with_context(|| format!("deleting container {name}"))?;
-            report(
-                cli,
-                json!({"deleted": name}),
-                &format!("container {name} deleted"),
-            );
-        }
-    }
-    Ok(())
-}
-
-fn parse_chunking(s: &str) -> Result<ChunkParams> {
-    let parts: Vec<u32> = s
-        .split(',')
-        .map(|p| p.trim().parse::<u32>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--chunking {s:?}: expected MIN,AVG,MAX in bytes"))?;
-    let [min, avg, max] = parts[..] else {
-        bail!("--chunking {s:?}: expected three sizes, MIN,AVG,MAX");
-    };
-    let p = ChunkParams { min, avg, max };
-    p.validate().map_err(anyhow::Error::msg)?;
-    Ok(p)
 }
 
 #[cfg(test)]

@@ -1,0 +1,198 @@
+//! Images and their recipes in the catalog: an image's commit (with its
+//! chunks' index entries and, for a replica, its trail entry and import
+//! event), lookups, property changes, deletion; recipe reads.
+
+use redb::{ReadableDatabase, ReadableTable};
+use tern_core::wire::{RecipeEntry, ReplicaOrigin, TrailEntry};
+use tern_core::{ChunkId, ContainerName, ImageName};
+
+use super::{next_counter, replication, Catalog, CHUNKS, IMAGES, RECIPES};
+use crate::store::pack::Location;
+use crate::store::records::*;
+use crate::store::{Result, StoreError};
+
+/// An image about to be committed: its record fields and recipe.
+pub struct NewImage<'a> {
+    pub container_id: u64,
+    pub container: &'a ContainerName,
+    pub name: &'a ImageName,
+    pub size: u64,
+    pub props: &'a [u8],
+    pub created: u64,
+    /// (offset, chunk id, length), in image order.
+    pub recipe: &'a [(u64, ChunkId, u32)],
+    /// A replica's origin, and its trail entry (target side).
+    pub replica: Option<(&'a ReplicaOrigin, &'a TrailEntry)>,
+    /// The container raises import events.
+    pub import: bool,
+}
+
+impl Catalog {
+    // ---- images --------------------------------------------------------------
+
+    pub fn image(&self, container_id: u64, name: &ImageName) -> Result<Option<ImageRecord>> {
+        let t = self.db.begin_read()?.open_table(IMAGES)?;
+        let found = t.get((container_id, name.as_str()))?;
+        found.map(|v| decode("image", v.value())).transpose()
+    }
+
+    /// The images of a container whose names start with `prefix`, by name.
+    pub fn images(&self, container_id: u64, prefix: &str) -> Result<Vec<(ImageName, ImageRecord)>> {
+        let t = self.db.begin_read()?.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for row in t.range((container_id, prefix)..(container_id + 1, ""))? {
+            let (k, v) = row?;
+            let name = k.value().1;
+            if !name.starts_with(prefix) {
+                break;
+            }
+            let name = ImageName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((name, decode("image", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes an image and its recipe; false if there was none.
+    /// Replaces an image's properties; false if there is no such image.
+    pub fn set_image_props(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+        props: Vec<u8>,
+    ) -> Result<bool> {
+        let tx = self.begin_write()?;
+        {
+            let mut images = tx.open_table(IMAGES)?;
+            let key = (container_id, name.as_str());
+            let mut rec: ImageRecord = match images.get(key)? {
+                Some(v) => decode("image", v.value())?,
+                None => return Ok(false),
+            };
+            rec.props = props;
+            images.insert(key, encode(&rec)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub fn remove_image(&self, container_id: u64, name: &ImageName) -> Result<bool> {
+        let tx = self.begin_write()?;
+        {
+            let mut images = tx.open_table(IMAGES)?;
+            let rec: ImageRecord = match images.remove((container_id, name.as_str()))? {
+                Some(v) => decode("image", v.value())?,
+                None => return Ok(false),
+            };
+            let mut recipes = tx.open_table(RECIPES)?;
+            recipes.retain_in((rec.id, 0)..=(rec.id, u64::MAX), |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The commit point of an image: the index entries of its new chunks
+    /// (already durable in their packs), its record and its recipe, in one
+    /// transaction.
+    pub fn commit_image(
+        &self,
+        img: &NewImage<'_>,
+        durable: &[(ChunkKey, Location)],
+    ) -> Result<ImageRecord> {
+        let tx = self.begin_write()?;
+        let rec = {
+            let mut chunks = tx.open_table(CHUNKS)?;
+            for (k, loc) in durable {
+                chunks.insert(k.as_slice(), loc.encode().as_slice())?;
+            }
+            let mut images = tx.open_table(IMAGES)?;
+            if images.get((img.container_id, img.name.as_str()))?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "image {} already exists in container {}",
+                    img.name, img.container
+                )));
+            }
+            let rec = ImageRecord {
+                id: next_counter(&tx, "next_image")?,
+                size: img.size,
+                chunks: img.recipe.len() as u64,
+                props: img.props.to_vec(),
+                created: img.created,
+                origin: img.replica.map(|(o, _)| o.clone()),
+            };
+            images.insert(
+                (img.container_id, img.name.as_str()),
+                encode(&rec)?.as_slice(),
+            )?;
+            let mut recipes = tx.open_table(RECIPES)?;
+            for (offset, cid, len) in img.recipe {
+                recipes.insert((rec.id, *offset), recipe_value(cid, *len).as_slice())?;
+            }
+            if let Some((origin, trail)) = img.replica {
+                if img.import {
+                    let event = EventRecord {
+                        time: img.created,
+                        image: img.name.clone(),
+                        size: img.size,
+                        props: img.props.to_vec(),
+                        origin: origin.clone(),
+                        acked: false,
+                    };
+                    replication::insert_event(&tx, img.container_id, &event)?;
+                }
+                replication::push_trail(&tx, trail)?;
+            }
+            rec
+        };
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    // ---- recipes ---------------------------------------------------------------
+
+    /// Recipe entries from the one holding `offset`, at most `max`.
+    pub fn recipe_from(&self, image_id: u64, offset: u64, max: usize) -> Result<Vec<RecipeEntry>> {
+        let t = self.db.begin_read()?.open_table(RECIPES)?;
+        let start = match t.range((image_id, 0)..=(image_id, offset))?.next_back() {
+            Some(row) => row?.0.value().1,
+            None => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for row in t.range((image_id, start)..(image_id, u64::MAX))?.take(max) {
+            let (k, v) = row?;
+            let (id, len) = split_recipe_value(v.value())?;
+            out.push(RecipeEntry {
+                offset: k.value().1,
+                id,
+                len,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The chunk that starts at `offset` of an image, and where it is stored.
+    pub fn chunk_at(
+        &self,
+        image_id: u64,
+        group: u32,
+        offset: u64,
+    ) -> Result<(RecipeEntry, Location)> {
+        let tx = self.db.begin_read()?;
+        let recipes = tx.open_table(RECIPES)?;
+        let v = recipes.get((image_id, offset))?.ok_or_else(|| {
+            StoreError::Invalid(format!("no chunk starts at offset {offset} of this image"))
+        })?;
+        let (id, len) = split_recipe_value(v.value())?;
+        let chunks = tx.open_table(CHUNKS)?;
+        let loc = chunks
+            .get(chunk_key(group, &id).as_slice())?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "chunk {id} at offset {offset} is missing from the index"
+                ))
+            })?;
+        let loc = Location::decode(loc.value()).ok_or_else(|| {
+            StoreError::Corrupt(format!("undecodable index entry for chunk {id}"))
+        })?;
+        Ok((RecipeEntry { offset, id, len }, loc))
+    }
+}
