@@ -3,7 +3,8 @@
 use tern_core::names::{GroupName, UserName};
 use tern_core::tls::Fingerprint;
 use tern_core::wire::{
-    ContainerInfo, ContainerSettings, ImageInfo, Msg, Password, StoreStats, WriteMode,
+    ContainerInfo, ContainerSettings, ImageInfo, IncompleteImage, Msg, Password, StoreStats,
+    WriteMode,
 };
 use tern_core::{ContainerName, ImageName};
 
@@ -431,6 +432,22 @@ impl Client {
         )
     }
 
+    /// Reopens an incomplete image of this user (its writer died, or the
+    /// server restarted) to continue it: returns the writer and the offset
+    /// of the image to continue from (seek the source there, or skip that
+    /// many bytes of a stream). An image still open in a session that lost
+    /// its connections is taken from it. No incomplete image of that name
+    /// is [`ClientError::Server`] with kind `NotFound`.
+    pub fn resume_image(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<(ImageWriter, u64), ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        ImageWriter::resume(self.clone(), container, name, self.inner.mode)
+    }
+
     /// Opens a committed image for reading.
     pub fn open_image(&self, container: &str, name: &str) -> Result<ImageReader, ClientError> {
         let container = ContainerName::new(container)?;
@@ -440,13 +457,23 @@ impl Client {
 
     /// Lists a container's images whose names start with `prefix`.
     pub fn image_list(&self, container: &str, prefix: &str) -> Result<Vec<ImageInfo>, ClientError> {
+        Ok(self.image_list_all(container, prefix)?.0)
+    }
+
+    /// Lists a container's committed images and its incomplete ones (being
+    /// written, or left by a writer that went away) whose names start with `prefix`.
+    pub fn image_list_all(
+        &self,
+        container: &str,
+        prefix: &str,
+    ) -> Result<(Vec<ImageInfo>, Vec<IncompleteImage>), ClientError> {
         let container = ContainerName::new(container)?;
         let list = Msg::ImageList {
             container,
             prefix: prefix.to_string(),
         };
         match self.ask(list)?.env.msg {
-            Msg::Images { list } => Ok(list),
+            Msg::Images { list, incomplete } => Ok((list, incomplete)),
             other => Err(unexpected(other)),
         }
     }

@@ -28,7 +28,8 @@ allow_tls12 = false
 log = "info"
 
 # Secure Connect: how long a client session survives without any connection
-# (an outage) before its unfinished images are aborted.
+# (an outage) before its unfinished images are left incomplete (see
+# incomplete_retention_secs below).
 grace_period_secs = 600
 
 # Bytes of sent but unacknowledged frames kept in memory per session, for
@@ -60,6 +61,12 @@ reserved_space_bytes = 268435456
 
 # Copies to one replication partner that run at once; the others wait, queued.
 max_copies_per_partner = 4
+
+# An image whose writer went away before committing it (a crash, kill -9,
+# an outage past the grace period, a server restart) is kept as incomplete,
+# resumable by name (`tern backup --resume`), for this long after its last
+# checkpoint; then it is dropped and GC frees its chunks.
+incomplete_retention_secs = 86400
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +88,7 @@ pub struct Config {
     pub max_connections_per_address: usize,
     pub reserved_space_bytes: u64,
     pub max_copies_per_partner: usize,
+    pub incomplete_retention_secs: u64,
 }
 
 impl Default for Config {
@@ -102,6 +110,7 @@ impl Default for Config {
             max_connections_per_address: 64,
             reserved_space_bytes: crate::store::DEFAULT_RESERVE,
             max_copies_per_partner: 4,
+            incomplete_retention_secs: 24 * 3600,
         }
     }
 }

@@ -239,7 +239,7 @@ async fn run_session(
     session.flushed(Duration::from_secs(2)).await;
     session.close(&end);
     watchdog.abort();
-    handler.abort_all();
+    tokio::task::block_in_place(|| handler.detach_all());
     sessions.live().remove(&handler.token);
 }
 
@@ -329,7 +329,7 @@ impl SessionHandler {
         if matches!(frame.env.msg, Msg::Goodbye) {
             // Its images and its registration go before the answer: once the
             // client has it, the stream slots are free and the session gone.
-            self.abort_all();
+            tokio::task::block_in_place(|| self.detach_all());
             self.sessions.live().remove(&self.token);
             self.send(req, Msg::Ok, Vec::new()).await?;
             return Err(Fatal("the client said goodbye".into()));
@@ -379,10 +379,17 @@ impl SessionHandler {
         h
     }
 
-    /// Drops every image this session was writing: none of them is committed.
-    fn abort_all(&mut self) {
+    /// Tells whether this session has a connection now.
+    pub fn session_probe(&self) -> crate::store::SessionProbe {
+        let session = Arc::downgrade(&self.session);
+        Arc::new(move || session.upgrade().is_some_and(|s| s.live_connections() > 0))
+    }
+
+    /// Leaves every image this session was writing incomplete (none of them
+    /// is committed): checkpointed, resumable until it expires.
+    fn detach_all(&mut self) {
         for (_, w) in self.writers.drain() {
-            self.store.image_abort(w);
+            self.store.image_detach(w);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`control`]: the local control socket used by `ternd gc|fsck` on a running server.
 //! - [`replication`]: partners and copy jobs (the source side; the target
 //!   side is the store's `replica` module).
+//! - [`upkeep`]: checkpoints of idle images, expiry of incomplete ones.
 //! - [`config`], [`certs`]: configuration, TLS identity.
 
 pub mod certs;
@@ -17,3 +18,4 @@ mod logins;
 pub mod replication;
 mod requests;
 pub mod store;
+pub mod upkeep;

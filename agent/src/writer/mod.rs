@@ -52,7 +52,9 @@ pub fn dedup_ratio(logical_bytes: u64, new_bytes: u64) -> f64 {
 }
 
 /// An image being written. Write bytes, then [`commit`](Self::commit); dropping
-/// it without committing aborts the image.
+/// it without committing aborts the image. An image whose writer dies
+/// instead stays incomplete on the server, resumable with
+/// [`Client::resume_image`].
 pub struct ImageWriter {
     client: Client,
     handle: Handle,
@@ -81,23 +83,60 @@ impl ImageWriter {
         props: Vec<u8>,
         mode: WriteMode,
     ) -> Result<Self, ClientError> {
+        let create = Msg::ImageCreate {
+            container,
+            name,
+            props,
+            mode,
+        };
+        Ok(Self::open(client, create, mode)?.0)
+    }
+
+    /// Reopens an incomplete image; returns it and the offset to continue from.
+    pub(crate) fn resume(
+        client: Client,
+        container: ContainerName,
+        name: ImageName,
+        mode: WriteMode,
+    ) -> Result<(Self, u64), ClientError> {
+        let v = client.protocol_version();
+        if v < tern_core::wire::RESUME_MIN {
+            return Err(ClientError::Server {
+                kind: tern_core::wire::ErrorKind::Incompatible,
+                message: format!(
+                    "resuming an image needs protocol version {}; this server speaks {v}",
+                    tern_core::wire::RESUME_MIN
+                ),
+            });
+        }
+        let resume = Msg::ImageResume {
+            container,
+            name,
+            mode,
+        };
+        Self::open(client, resume, mode)
+    }
+
+    /// Sends `request` (a create or a resume) and sets up the sink for the
+    /// image it opens.
+    fn open(client: Client, request: Msg, mode: WriteMode) -> Result<(Self, u64), ClientError> {
         let stop = client.stop();
         let answer = {
             let _limit = client.limit(&stop);
-            let create = Msg::ImageCreate {
-                container,
-                name,
-                props,
-                mode,
-            };
-            client.conn().call(create, Vec::new(), &stop)?
+            client.conn().call(request, Vec::new(), &stop)?
         };
-        let (handle, chunking, level) = match answer.env.msg {
+        let (handle, chunking, level, offset) = match answer.env.msg {
             Msg::ImageCreated {
                 handle,
                 chunking,
                 zstd_level,
-            } => (handle, chunking, zstd_level),
+            } => (handle, chunking, zstd_level, 0),
+            Msg::ImageResumed {
+                handle,
+                chunking,
+                zstd_level,
+                offset,
+            } => (handle, chunking, zstd_level, offset),
             other => return Err(unexpected(other)),
         };
         chunking
@@ -113,14 +152,15 @@ impl ImageWriter {
                 Sink::Passthrough(Passthrough::new(sender, handle, sent.clone()))
             }
         };
-        Ok(Self {
+        let writer = Self {
             client,
             handle,
             stop,
             sink: Some(sink),
             sent,
             finished: false,
-        })
+        };
+        Ok((writer, offset))
     }
 
     fn conn(&self) -> &Conn {
@@ -220,9 +260,10 @@ impl ImageWriter {
         }
     }
 
-    /// Abandons the image: nothing of it becomes visible. Returns at once,
-    /// outage or not: the server drops the image when the notice reaches it,
-    /// or when the session ends.
+    /// Abandons the image: nothing of it becomes visible, and nothing of it
+    /// stays to resume. Returns at once, outage or not: the server drops
+    /// the image when the notice reaches it (if the session ends first, the
+    /// image stays incomplete until it expires or is removed).
     pub fn abort(self) {
         // Drop does it all.
     }

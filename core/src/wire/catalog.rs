@@ -93,6 +93,25 @@ pub struct ImageInfo {
     pub created: u64,
 }
 
+/// An image begun and not committed: being written, or left incomplete by
+/// a writer that went away (resumable by name until it expires).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncompleteImage {
+    /// Its name.
+    pub name: ImageName,
+    /// Bytes durable as of its last checkpoint: a resume continues here.
+    pub resume_offset: u64,
+    /// Seconds since the Unix epoch when it was begun.
+    pub started: u64,
+    /// Seconds since the Unix epoch of its last checkpoint.
+    pub checkpointed: u64,
+    /// A session is writing it now.
+    pub writing: bool,
+    /// Opaque properties owned by the DMA.
+    #[serde(with = "serde_bytes")]
+    pub props: Vec<u8>,
+}
+
 /// What writing one image cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteStats {

@@ -203,6 +203,27 @@ pub enum Msg {
         /// The container's zstd level, for the writer's compression.
         zstd_level: i32,
     },
+    /// Reopens an incomplete image (its writer died, or the server
+    /// restarted) to continue it; answered by `ImageResumed` (protocol 3).
+    ImageResume {
+        /// The container holding it.
+        container: ContainerName,
+        /// The incomplete image's name.
+        name: ImageName,
+        /// Who chunks from here on.
+        mode: WriteMode,
+    },
+    /// The answer to `ImageResume`: write the image's bytes from `offset` on.
+    ImageResumed {
+        /// The handle of the image being written.
+        handle: Handle,
+        /// The container's chunking, which the writer must use.
+        chunking: ChunkParams,
+        /// The container's zstd level, for the writer's compression.
+        zstd_level: i32,
+        /// Bytes of the image already durable (a chunk boundary).
+        offset: u64,
+    },
     /// Appends chunks to the image's recipe; the server answers `ImageNeed`.
     ImageAppend {
         /// The image being written.
@@ -309,6 +330,10 @@ pub enum Msg {
     Images {
         /// The images, by name.
         list: Vec<ImageInfo>,
+        /// Images begun and not committed: being written, or incomplete
+        /// (resumable), by name.
+        #[serde(default)]
+        incomplete: Vec<IncompleteImage>,
     },
     /// Deletes an image (its space returns at the next GC); answered by `Ok`.
     ImageRemove {

@@ -24,6 +24,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         }
         Msg::ImageList { container, prefix } => Msg::Images {
             list: blocking(|| store.image_list(&user, &container, &prefix))?,
+            incomplete: blocking(|| store.incomplete_images(&user, &container, &prefix))?,
         },
         Msg::ImageRemove { container, name } => {
             blocking(|| store.image_remove(&user, &container, &name))?;

@@ -59,6 +59,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::UserSet { .. }
         | Msg::StatsGet) => catalog::handle(h, m),
         m @ (Msg::ImageCreate { .. }
+        | Msg::ImageResume { .. }
         | Msg::ImageAppend { .. }
         | Msg::ChunkData { .. }
         | Msg::ImageWriteRaw { .. }

@@ -1,4 +1,4 @@
-//! Writing an image: create, append (dedup), chunk data, raw data
+//! Writing an image: create, resume, append (dedup), chunk data, raw data
 //! (passthrough), close (commit) and abort.
 
 use tern_core::wire::{ErrorKind, Handle, Msg, WriteMode};
@@ -24,12 +24,56 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
                 h.store
                     .image_begin(&user, &container, &name, props, passthrough)
             })?;
+            h.store.set_session_probe(w, h.session_probe());
             let handle = h.new_handle();
             h.writers.insert(handle, w);
             Ok(Some(Msg::ImageCreated {
                 handle,
                 chunking: rec.chunking,
                 zstd_level: rec.zstd_level,
+            }))
+        }
+        Msg::ImageResume {
+            container,
+            name,
+            mode,
+        } => {
+            if h.version < tern_core::wire::RESUME_MIN {
+                return refuse(
+                    ErrorKind::Incompatible,
+                    format!(
+                        "ImageResume needs protocol version {}; this session speaks {}",
+                        tern_core::wire::RESUME_MIN,
+                        h.version
+                    ),
+                );
+            }
+            let user = h.user()?.clone();
+            let probe = h.session_probe();
+            let passthrough = mode == WriteMode::Passthrough;
+            let r = blocking(|| {
+                h.store
+                    .image_resume(&user, &container, &name, passthrough, Some(probe))
+            })?;
+            tracing::info!(
+                "{}/{} resumed by {} at offset {}{}",
+                container,
+                name,
+                user.name,
+                r.offset,
+                if r.taken_over {
+                    " (taken from a disconnected session)"
+                } else {
+                    ""
+                }
+            );
+            let handle = h.new_handle();
+            h.writers.insert(handle, r.writer);
+            Ok(Some(Msg::ImageResumed {
+                handle,
+                chunking: r.container.chunking,
+                zstd_level: r.container.zstd_level,
+                offset: r.offset,
             }))
         }
         Msg::ImageAppend { handle, entries } => {
@@ -94,7 +138,8 @@ fn writer(h: &SessionHandler, handle: Handle) -> Result<WriterId, Refusal> {
     })
 }
 
-/// Data frames have no answer of their own: an error fails the image, and
+/// Data frames have no answer of their own: an error ends the image's
+/// writing (it stays incomplete, resumable from its last checkpoint), and
 /// the client hears of it at its next request on the image.
 fn fail_image_on_error(
     h: &mut SessionHandler,
@@ -104,7 +149,7 @@ fn fail_image_on_error(
 ) -> Answer {
     if let Err(e) = outcome {
         h.writers.remove(&handle);
-        h.store.image_abort(w);
+        h.store.image_detach(w);
         return Err(e);
     }
     Ok(None)

@@ -234,7 +234,9 @@ impl Store {
         name: &ImageName,
     ) -> Result<()> {
         let c = self.container(user, container)?;
-        if !self.catalog.remove_image(c.id, name)? {
+        if !self.catalog.remove_image(c.id, name)?
+            && !self.remove_incomplete(user, c.id, container, name)?
+        {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
             )));

@@ -6,6 +6,7 @@ use std::fs::File;
 use serde::Serialize;
 use tern_core::ChunkId;
 
+use super::live_set::LiveSet;
 use super::pack::{self, Location, ENTRY_HEADER_LEN};
 use super::packs::{PackFile, PackSet};
 use super::records::{chunk_key, ChunkKey};
@@ -24,6 +25,8 @@ pub struct GcReport {
     pub packs_rewritten: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Memory the mark phase's live set took.
+    pub mark_bytes: u64,
     /// Why compaction stopped before the end (too little space to move a
     /// pack's live chunks); the packs left are compacted by a later run.
     pub stopped: Option<String>,
@@ -40,6 +43,7 @@ impl Store {
             ..Default::default()
         };
         let live = self.mark()?;
+        report.mark_bytes = live.bytes();
         // Uncommitted chunks that no open image names belong to aborted
         // images (a cancelled copy, a client gone): garbage now. Under the
         // exclusive gate no writer is between storing a chunk and naming it.
@@ -48,62 +52,83 @@ impl Store {
         self.packs.appender().seal_all()?;
         // Packs that hold uncommitted chunks stay as they are.
         let busy_packs: HashSet<u64> = lock(&self.pending).values().map(|l| l.pack).collect();
-        let (removed, kept) = self.catalog.sweep_index(|key| live.contains(key))?;
-        report.chunks_removed = removed;
-        report.live_chunks = kept.len() as u64;
-        let mut live_by_pack: HashMap<u64, Vec<(ChunkKey, Location)>> = HashMap::new();
-        for (key, loc) in kept {
-            live_by_pack.entry(loc.pack).or_default().push((key, loc));
-        }
+        // Live bytes per pack: memory per pack, not per chunk.
+        let mut live_bytes: HashMap<u64, u64> = HashMap::new();
+        report.chunks_removed = self.catalog.sweep_index(
+            |key| live.contains(key),
+            |_, loc| {
+                report.live_chunks += 1;
+                *live_bytes.entry(loc.pack).or_default() +=
+                    u64::from(loc.stored_len) + ENTRY_HEADER_LEN;
+            },
+        )?;
+        drop(live);
         // Packs with nothing live go first: deleting them frees space without
         // needing any, which is what a full disk needs.
         let mut sparse = Vec::new();
         for p in packs.iter().filter(|p| !busy_packs.contains(&p.number)) {
-            let entries = live_by_pack.remove(&p.number).unwrap_or_default();
-            if entries.is_empty() {
-                self.packs.remove(p)?;
-                report.packs_deleted += 1;
-            } else if let Some(c) = Compaction::worth_it(p, entries) {
-                sparse.push(c);
+            match live_bytes.get(&p.number) {
+                None => {
+                    self.packs.remove(p)?;
+                    report.packs_deleted += 1;
+                }
+                Some(&bytes) => sparse.extend(Compaction::worth_it(p, bytes)),
             }
         }
         // Then the sparsest packs, each only if its live chunks fit in the
-        // space free now (GC may use the reserve; it gives back more than it takes).
+        // space free now (GC may use the reserve; it gives back more than it
+        // takes). Their entries are read from the index a batch of packs at
+        // a time, so memory stays bounded by the batch.
         sparse.sort_by(|a, b| b.dead_share().total_cmp(&a.dead_share()));
-        for c in sparse {
-            let free = self.packs.space.free()?;
-            let needed = c.live_bytes + COMPACT_MARGIN;
-            if free < needed {
-                report.stopped = Some(format!(
-                    "short of space: {free} bytes free, and moving the live chunks out of pack \
-                     {} needs {needed}; delete more images, or free space, and run gc again",
-                    c.pack.path.display()
-                ));
-                break;
+        'batches: for batch in sparse.chunks(COMPACT_BATCH) {
+            let numbers: HashSet<u64> = batch.iter().map(|c| c.pack.number).collect();
+            let mut entries: HashMap<u64, Vec<(ChunkKey, Location)>> = HashMap::new();
+            for (key, loc) in self.catalog.entries_in_packs(&numbers)? {
+                entries.entry(loc.pack).or_default().push((key, loc));
             }
-            self.compact(c)?;
-            report.packs_rewritten += 1;
+            for c in batch {
+                let free = self.packs.space.free()?;
+                let needed = c.live_bytes + COMPACT_MARGIN;
+                if free < needed {
+                    report.stopped = Some(format!(
+                        "short of space: {free} bytes free, and moving the live chunks out of \
+                         pack {} needs {needed}; delete more images, or free space, and run gc \
+                         again",
+                        c.pack.path.display()
+                    ));
+                    break 'batches;
+                }
+                self.compact(c.pack, entries.remove(&c.pack.number).unwrap_or_default())?;
+                report.packs_rewritten += 1;
+            }
         }
         report.bytes_after = PackSet::bytes(&self.packs.files()?);
         Ok(report)
     }
 
-    /// The index keys of every chunk a committed or open image refers to.
-    fn mark(&self) -> Result<HashSet<ChunkKey>> {
-        let mut live = HashSet::new();
+    /// Every chunk a committed, partial or open image refers to.
+    fn mark(&self) -> Result<LiveSet> {
+        let totals: u64 = self
+            .catalog
+            .group_totals()?
+            .values()
+            .map(|t| t.chunks)
+            .sum();
+        let pending = lock(&self.pending).len() as u64;
+        let mut live = LiveSet::with_capacity(totals + pending);
         let image_groups = self.catalog.image_groups()?;
         self.catalog.for_each_recipe_row(|image, _, id, _| {
             let group = image_groups.get(&image).ok_or_else(|| {
                 StoreError::Corrupt(format!("recipe rows for unknown image {image}"))
             })?;
-            live.insert(chunk_key(*group, &id));
+            live.insert(&chunk_key(*group, &id));
             Ok(())
         })?;
         let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
         for image in open {
             let img = lock(&image);
-            for (_, id, _) in &img.recipe {
-                live.insert(chunk_key(img.group, id));
+            for (_, id, _) in img.unflushed() {
+                live.insert(&chunk_key(img.group, id));
             }
         }
         Ok(live)
@@ -111,12 +136,11 @@ impl Store {
 
     /// Copies the live entries of a sparse pack to the group's open pack and
     /// deletes it.
-    fn compact(&self, c: Compaction<'_>) -> Result<()> {
-        let p = c.pack;
+    fn compact(&self, p: &PackFile, entries: Vec<(ChunkKey, Location)>) -> Result<()> {
         let src = File::open(&p.path)?;
-        let mut moved = Vec::with_capacity(c.entries.len());
+        let mut moved = Vec::with_capacity(entries.len());
         let mut appender = self.packs.appender();
-        for (key, loc) in c.entries {
+        for (key, loc) in entries {
             let bytes = pack::read_stored(&src, &loc)?;
             let mut id = [0u8; 32];
             id.copy_from_slice(&key[4..]);
@@ -141,27 +165,24 @@ impl Store {
 /// table and the catalog transaction that re-points the index.
 const COMPACT_MARGIN: u64 = 1 << 20;
 
+/// Sparse packs whose entries one index scan gathers.
+const COMPACT_BATCH: usize = 64;
+
 /// A pack with enough dead chunks to be rewritten.
 struct Compaction<'a> {
     pack: &'a PackFile,
     size: u64,
     live_bytes: u64,
-    entries: Vec<(ChunkKey, Location)>,
 }
 
 impl<'a> Compaction<'a> {
     /// A compaction of `pack`, if at least [`REWRITE_DEAD_SHARE`] of it is dead.
-    fn worth_it(pack: &'a PackFile, entries: Vec<(ChunkKey, Location)>) -> Option<Self> {
+    fn worth_it(pack: &'a PackFile, live_bytes: u64) -> Option<Self> {
         let size = std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
-        let live_bytes: u64 = entries
-            .iter()
-            .map(|(_, l)| u64::from(l.stored_len) + ENTRY_HEADER_LEN)
-            .sum();
         let c = Self {
             pack,
             size,
             live_bytes,
-            entries,
         };
         (c.dead_share() >= REWRITE_DEAD_SHARE).then_some(c)
     }

@@ -9,6 +9,9 @@
 //! Durability rule: see `write.rs` and `docs/store-format.md`.
 //!
 //! Lock order (a thread holding one of these takes only later ones):
+//! 0. `begin_lock`: held by image begins, resumes and the removal of
+//!    partial images, so that the open set and the partial records change
+//!    together.
 //! 1. `gate`: shared by every data operation, exclusive by GC.
 //! 2. `open`: the set of images being written; held only to find, add or
 //!    remove an entry, never across work.
@@ -25,8 +28,10 @@ mod error;
 mod finisher;
 mod fsck;
 mod gc;
+mod live_set;
 pub mod pack;
 pub mod packs;
+mod partial;
 mod read;
 pub mod records;
 mod recovery;
@@ -49,13 +54,14 @@ pub use fsck::FsckReport;
 pub use gc::GcReport;
 use pack::Location;
 use packs::PackSet;
+pub use partial::{Resumed, CHECKPOINT_BYTES};
 pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
 pub use replica::{NewReplica, ReplicaStart};
 pub use space::DEFAULT_RESERVE;
 pub use users::{generate_password, User};
-pub use write::WriterId;
+pub use write::{SessionProbe, WriterId};
 
 /// The default zstd level of new containers (see the benchmark in the README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
@@ -71,6 +77,7 @@ pub struct Store {
     /// Chunks in packs that no committed image has indexed yet.
     pending: Mutex<HashMap<ChunkKey, Location>>,
     open: Mutex<HashMap<WriterId, write::OpenEntry>>,
+    begin_lock: Mutex<()>,
     next_writer: AtomicU64,
     /// Why nothing may change, when opened read-only.
     read_only: Option<&'static str>,
@@ -128,6 +135,7 @@ impl Store {
             gate: RwLock::new(()),
             pending: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            begin_lock: Mutex::new(()),
             next_writer: AtomicU64::new(1),
             read_only,
         }

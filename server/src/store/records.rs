@@ -52,6 +52,33 @@ pub struct ImageRecord {
     pub origin: Option<ReplicaOrigin>,
 }
 
+/// An image being written or left incomplete: what is durable of it up to
+/// its last checkpoint. Its recipe rows are in `recipes` under `id`, which
+/// the image keeps when it commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialRecord {
+    pub id: u64,
+    /// Logical bytes up to the last checkpoint: where a resume continues.
+    pub size: u64,
+    pub chunks: u64,
+    #[serde(with = "serde_bytes")]
+    pub props: Vec<u8>,
+    pub started: u64,
+    /// When the last checkpoint was taken; retention counts from here.
+    pub checkpointed: u64,
+    /// The user who began it: only they (or an admin) may resume it.
+    pub owner: UserName,
+    pub passthrough: bool,
+    /// The container's chunking when it began: a resume must cut the same way.
+    pub chunking: ChunkParams,
+    /// New chunks and their stored bytes, up to the last checkpoint.
+    pub new_chunks: u64,
+    pub new_stored_bytes: u64,
+    /// A replica being written by a copy.
+    #[serde(default)]
+    pub origin: Option<ReplicaOrigin>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserRecord {
     /// PHC string of an argon2id hash.

@@ -103,7 +103,15 @@ impl Store {
             import: rec.import,
             started: now_unix(),
         };
-        let w = self.open_writer(&rec, container, name, props, false, Some(replica))?;
+        let w = self.open_writer(
+            &rec,
+            container,
+            name,
+            props,
+            false,
+            Some(replica),
+            &user.name,
+        )?;
         Ok(ReplicaStart::Write(w))
     }
 

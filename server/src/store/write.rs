@@ -1,22 +1,26 @@
 //! The image write path: begin, append (dedup), put chunk, write raw
-//! (passthrough), commit, abort.
+//! (passthrough). Checkpoints, commit, resume and abort are in `partial.rs`.
 //!
-//! A chunk is written to a pack as it arrives and recorded in the pending map;
-//! commit syncs the packs and then records the pending index entries, the
-//! image and its recipe in one catalog transaction. Nothing becomes visible
-//! before that commit, so a crash leaves committed images intact and no half
-//! image.
+//! An image has a partial record in the catalog from its first byte. A chunk
+//! is written to a pack as it arrives and recorded in the pending map; the
+//! recipe grows in memory. A checkpoint syncs the packs and records the
+//! pending index entries, the recipe so far and the durable size in one
+//! catalog transaction, so memory stays bounded whatever the image's size;
+//! the commit is the last checkpoint and makes the image visible. A crash
+//! leaves committed images intact, no half image, and the partial image
+//! resumable from its last checkpoint.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tern_core::codec::{Compressor, Decoder};
-use tern_core::wire::{ChunkRef, CopyId, ImageInfo, ReplicaOrigin, TrailEntry, WriteStats};
+use tern_core::names::UserName;
+use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
-use super::catalog::NewImage;
-use super::records::{chunk_key, now_unix, ContainerRecord};
+use super::records::{chunk_key, now_unix, ContainerRecord, PartialRecord};
 use super::{lock, Result, Store, StoreError, User};
 
 thread_local! {
@@ -27,23 +31,37 @@ thread_local! {
 /// Identifies an image being written.
 pub type WriterId = u64;
 
+/// Tells whether the session writing an image still has a connection: an
+/// image whose session is in its grace period may be taken over by a resume.
+pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// An image being written, behind its own lock (see the lock order in `mod.rs`).
 pub(super) struct OpenImage {
-    container_id: u64,
-    container: ContainerName,
+    pub(super) container_id: u64,
+    pub(super) container: ContainerName,
     pub(super) group: u32,
-    name: ImageName,
-    props: Vec<u8>,
-    /// (offset, chunk id, length) in image order.
+    pub(super) name: ImageName,
+    /// What the catalog holds of it, as of the last checkpoint.
+    pub(super) durable: PartialRecord,
+    /// (offset, chunk id, length) in image order, since the last checkpoint.
     pub(super) recipe: Vec<(u64, ChunkId, u32)>,
-    size: u64,
+    pub(super) size: u64,
     /// Chunks asked of the writer and not yet received, with their lengths.
-    missing: HashMap<ChunkId, u32>,
-    stats: WriteStats,
+    pub(super) missing: HashMap<ChunkId, u32>,
+    pub(super) stats: WriteStats,
     max_chunk: u32,
-    passthrough: Option<Passthrough>,
+    pub(super) passthrough: Option<Passthrough>,
     /// A replica being written by a source server.
     pub(super) replica: Option<ReplicaWrite>,
+    pub(super) last_checkpoint: Instant,
+    pub(super) last_write: Instant,
+}
+
+impl OpenImage {
+    /// The recipe entries no checkpoint has written yet.
+    pub(super) fn unflushed(&self) -> &[(u64, ChunkId, u32)] {
+        &self.recipe
+    }
 }
 
 /// What the store keeps of a replica being written, for its commit.
@@ -55,7 +73,7 @@ pub(super) struct ReplicaWrite {
 }
 
 /// The server's half of a passthrough image: it chunks and compresses.
-struct Passthrough {
+pub(super) struct Passthrough {
     chunker: StreamChunker,
     compressor: Compressor,
 }
@@ -64,13 +82,16 @@ struct Passthrough {
 /// image's own lock (which passthrough CPU work may hold for a while).
 pub(super) struct OpenEntry {
     pub(super) container_id: u64,
-    name: ImageName,
+    pub(super) name: ImageName,
     /// The copy writing it, for a replica: a retry of the copy replaces it.
-    copy: Option<CopyId>,
+    pub(super) copy: Option<CopyId>,
+    pub(super) owner: UserName,
+    /// Whether the writing session is connected (none: treated as gone).
+    pub(super) probe: Option<SessionProbe>,
     pub(super) image: Arc<Mutex<OpenImage>>,
 }
 
-fn no_such_image() -> StoreError {
+pub(super) fn no_such_image() -> StoreError {
     StoreError::NotFound("no such image being written".into())
 }
 
@@ -98,14 +119,16 @@ impl Store {
                  (promote it to write into it)"
             )));
         }
-        let id = self.open_writer(&rec, container, name, props, passthrough, None)?;
+        let id = self.open_writer(&rec, container, name, props, passthrough, None, &user.name)?;
         Ok((id, rec))
     }
 
-    /// Adds an image to the open set, after checking that the name is free
-    /// and the container's stream limit; a replica of the same copy being
-    /// written (a retry after an outage or a restart of the source) is
-    /// dropped for this one.
+    /// Adds an image to the open set and records it as a partial image,
+    /// after checking that the name is free and the container's stream
+    /// limit; a replica of the same copy being written (a retry after an
+    /// outage or a restart of the source) is dropped for this one, and so is
+    /// an incomplete image of that name (the client asked for a new image).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn open_writer(
         &self,
         rec: &ContainerRecord,
@@ -114,6 +137,7 @@ impl Store {
         props: Vec<u8>,
         passthrough: bool,
         replica: Option<ReplicaWrite>,
+        owner: &UserName,
     ) -> Result<WriterId> {
         let group = self.group_of(rec)?;
         if self.catalog.image(rec.id, name)?.is_some() {
@@ -121,7 +145,74 @@ impl Store {
                 "image {name} already exists in container {container}"
             )));
         }
-        let passthrough = if passthrough {
+        let copy = replica.as_ref().map(|r| r.origin.copy);
+        // Begins and resumes one at a time: the open set and the partial
+        // records change together.
+        let _begin = lock(&self.begin_lock);
+        {
+            let mut open = lock(&self.open);
+            if copy.is_some() {
+                open.retain(|_, o| {
+                    !(o.container_id == rec.id && o.name == *name && o.copy == copy)
+                });
+            }
+            let mut streams = 0;
+            for other in open.values() {
+                if other.container_id != rec.id {
+                    continue;
+                }
+                if other.name == *name {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "image {name} is already being written in container {container}"
+                    )));
+                }
+                streams += 1;
+            }
+            if rec.stream_limit > 0 && streams >= rec.stream_limit as usize {
+                return Err(StoreError::Busy(format!(
+                    "container {container} allows {} images written at once; try again later",
+                    rec.stream_limit
+                )));
+            }
+        }
+        let started = now_unix();
+        let (durable, replaced) = self
+            .catalog
+            .begin_partial(rec.id, name, |id| PartialRecord {
+                id,
+                size: 0,
+                chunks: 0,
+                props,
+                started,
+                checkpointed: started,
+                owner: owner.clone(),
+                passthrough,
+                chunking: rec.chunking,
+                new_chunks: 0,
+                new_stored_bytes: 0,
+                origin: replica.as_ref().map(|r| r.origin.clone()),
+            })?;
+        if let Some(old) = replaced {
+            tracing::info!(
+                "incomplete image {container}/{name} ({} bytes durable) replaced by a new one",
+                old.size
+            );
+        }
+        let image = self.open_image_state(rec, container, name, group, durable, replica)?;
+        Ok(self.insert_open(rec.id, name, copy, owner, image))
+    }
+
+    /// The in-memory state of an image whose durable part is `durable`.
+    pub(super) fn open_image_state(
+        &self,
+        rec: &ContainerRecord,
+        container: &ContainerName,
+        name: &ImageName,
+        group: u32,
+        durable: PartialRecord,
+        replica: Option<ReplicaWrite>,
+    ) -> Result<OpenImage> {
+        let passthrough = if durable.passthrough {
             Some(Passthrough {
                 chunker: StreamChunker::new(rec.chunking),
                 compressor: Compressor::new(rec.zstd_level)?,
@@ -129,57 +220,60 @@ impl Store {
         } else {
             None
         };
-        let image = OpenImage {
+        Ok(OpenImage {
             container_id: rec.id,
             container: container.clone(),
             group,
             name: name.clone(),
-            props,
             recipe: Vec::new(),
-            size: 0,
+            size: durable.size,
             missing: HashMap::new(),
-            stats: WriteStats::default(),
+            stats: WriteStats {
+                chunks: durable.chunks,
+                new_chunks: durable.new_chunks,
+                new_stored_bytes: durable.new_stored_bytes,
+                ..WriteStats::default()
+            },
+            durable,
             max_chunk: rec.chunking.max,
             passthrough,
             replica,
-        };
-        let copy = image.replica.as_ref().map(|r| r.origin.copy);
-        let mut open = lock(&self.open);
-        if copy.is_some() {
-            open.retain(|_, o| !(o.container_id == rec.id && o.name == *name && o.copy == copy));
-        }
-        let mut streams = 0;
-        for other in open.values() {
-            if other.container_id != rec.id {
-                continue;
-            }
-            if other.name == *name {
-                return Err(StoreError::AlreadyExists(format!(
-                    "image {name} is already being written in container {container}"
-                )));
-            }
-            streams += 1;
-        }
-        if rec.stream_limit > 0 && streams >= rec.stream_limit as usize {
-            return Err(StoreError::Busy(format!(
-                "container {container} allows {} images written at once; try again later",
-                rec.stream_limit
-            )));
-        }
+            last_checkpoint: Instant::now(),
+            last_write: Instant::now(),
+        })
+    }
+
+    pub(super) fn insert_open(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+        copy: Option<CopyId>,
+        owner: &UserName,
+        image: OpenImage,
+    ) -> WriterId {
         let id = self.next_writer.fetch_add(1, Ordering::SeqCst);
-        open.insert(
+        lock(&self.open).insert(
             id,
             OpenEntry {
-                container_id: rec.id,
+                container_id,
                 name: name.clone(),
                 copy,
+                owner: owner.clone(),
+                probe: None,
                 image: Arc::new(Mutex::new(image)),
             },
         );
-        Ok(id)
+        id
     }
 
-    fn open_image(&self, w: WriterId) -> Result<Arc<Mutex<OpenImage>>> {
+    /// Tells the store how to learn whether the session writing `w` is connected.
+    pub fn set_session_probe(&self, w: WriterId, probe: SessionProbe) {
+        if let Some(e) = lock(&self.open).get_mut(&w) {
+            e.probe = Some(probe);
+        }
+    }
+
+    pub(super) fn open_image(&self, w: WriterId) -> Result<Arc<Mutex<OpenImage>>> {
         lock(&self.open)
             .get(&w)
             .map(|e| e.image.clone())
@@ -221,6 +315,9 @@ impl Store {
             img.missing.insert(e.id, e.len);
             missing.push(i as u32);
         }
+        drop(pending);
+        img.last_write = Instant::now();
+        self.checkpoint_if_due(&mut img)?;
         Ok(missing)
     }
 
@@ -259,7 +356,8 @@ impl Store {
             img.stats.new_chunks += 1;
             img.stats.new_stored_bytes += bytes.len() as u64;
         }
-        Ok(())
+        img.last_write = Instant::now();
+        self.checkpoint_if_due(&mut img)
     }
 
     /// Passthrough: takes raw image bytes; the store chunks, dedups and compresses them.
@@ -274,7 +372,7 @@ impl Store {
 
     /// Chunks what the passthrough chunker holds (all of it when `last`) and
     /// stores the chunks the store lacks. The caller holds the gate.
-    fn cut_raw(&self, img: &mut OpenImage, data: &[u8], last: bool) -> Result<()> {
+    pub(super) fn cut_raw(&self, img: &mut OpenImage, data: &[u8], last: bool) -> Result<()> {
         let group = img.group;
         let Some(pt) = img.passthrough.as_mut() else {
             return Err(StoreError::Invalid(
@@ -307,6 +405,10 @@ impl Store {
                 }
             }
         }
+        img.last_write = Instant::now();
+        if !last {
+            self.checkpoint_if_due(img)?;
+        }
         Ok(())
     }
 
@@ -336,122 +438,5 @@ impl Store {
         let loc = appender.append(group, id, codec, raw_len, bytes)?;
         lock(&self.pending).insert(key, loc);
         Ok(true)
-    }
-
-    /// Commits an image: syncs packs, then records index, image and recipe in
-    /// one transaction. The image is gone from the open set either way.
-    pub fn image_commit(&self, w: WriterId) -> Result<(ImageInfo, WriteStats)> {
-        // Held from here to the catalog commit: GC must not sweep chunks this
-        // image refers to once it has left the open set.
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let image = lock(&self.open).remove(&w).ok_or_else(no_such_image)?.image;
-        let mut img = lock(&image);
-        if !img.missing.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "image closed with {} announced chunks never sent; it was not committed",
-                img.missing.len()
-            )));
-        }
-        if img.passthrough.is_some() {
-            self.cut_raw(&mut img, &[], true)?;
-        }
-        let durable: Vec<_> = {
-            let mut appender = self.packs.appender();
-            appender.sync_all()?;
-            lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect()
-        };
-        let created = now_unix();
-        let trail = img.replica.as_ref().map(|r| {
-            let mut t = target_trail(r, &img.container, &img.name, "ok", String::new());
-            t.ended = created;
-            t.logical_bytes = img.size;
-            t.sent_bytes = img.stats.new_stored_bytes;
-            t.sent_chunks = img.stats.new_chunks;
-            t
-        });
-        self.catalog.commit_image(
-            &NewImage {
-                container_id: img.container_id,
-                container: &img.container,
-                name: &img.name,
-                size: img.size,
-                props: &img.props,
-                created,
-                recipe: &img.recipe,
-                replica: img.replica.as_ref().map(|r| &r.origin).zip(trail.as_ref()),
-                import: img.replica.as_ref().is_some_and(|r| r.import),
-            },
-            &durable,
-        )?;
-        let mut pending = lock(&self.pending);
-        for (k, loc) in durable {
-            if pending.get(&k) == Some(&loc) {
-                pending.remove(&k);
-            }
-        }
-        let info = ImageInfo {
-            container: img.container.clone(),
-            name: img.name.clone(),
-            size: img.size,
-            chunks: img.recipe.len() as u64,
-            props: std::mem::take(&mut img.props),
-            created,
-        };
-        let stats = WriteStats {
-            logical_bytes: img.size,
-            ..img.stats
-        };
-        Ok((info, stats))
-    }
-
-    /// Drops the replica a copy is writing, if there is one open.
-    pub fn replica_abort(&self, copy: CopyId) {
-        let ids: Vec<WriterId> = lock(&self.open)
-            .iter()
-            .filter(|(_, o)| o.copy == Some(copy))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.image_abort(id);
-        }
-    }
-
-    /// Drops an image being written; chunks it stored are left for GC. A
-    /// replica's end goes into the trail.
-    pub fn image_abort(&self, w: WriterId) {
-        let Some(entry) = lock(&self.open).remove(&w) else {
-            return;
-        };
-        let img = lock(&entry.image);
-        if let Some(r) = &img.replica {
-            let reason = "the source ended the copy, or its session ended, before the commit";
-            let t = target_trail(r, &img.container, &img.name, "failed", reason.into());
-            if let Err(e) = self.catalog.push_trail(&t) {
-                tracing::warn!("recording an aborted replica in the trail: {e}");
-            }
-        }
-    }
-}
-
-/// The target side's trail entry of a replica.
-fn target_trail(
-    r: &ReplicaWrite,
-    container: &ContainerName,
-    name: &ImageName,
-    result: &str,
-    reason: String,
-) -> TrailEntry {
-    TrailEntry {
-        copy: r.origin.copy,
-        side: "target".into(),
-        peer: r.origin.server.clone(),
-        image: format!("{container}/{name}"),
-        started: r.started,
-        ended: now_unix(),
-        logical_bytes: 0,
-        sent_bytes: 0,
-        sent_chunks: 0,
-        result: result.into(),
-        reason,
     }
 }

@@ -4,23 +4,29 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 use tern_core::wire::{RecipeEntry, ReplicaOrigin, TrailEntry};
-use tern_core::{ChunkId, ContainerName, ImageName};
+use tern_core::{ContainerName, ImageName};
 
-use super::{next_counter, replication, Catalog, CHUNKS, IMAGES, RECIPES};
+use super::partials::{write_rows, RecipeRows, PARTIALS};
+use super::{replication, Catalog, CHUNKS, IMAGES, RECIPES};
 use crate::store::pack::Location;
 use crate::store::records::*;
 use crate::store::{Result, StoreError};
 
-/// An image about to be committed: its record fields and recipe.
+/// An image about to be committed: its record fields and the rest of its
+/// recipe (the rows its checkpoints did not write yet).
 pub struct NewImage<'a> {
+    /// The id its partial record reserved.
+    pub id: u64,
     pub container_id: u64,
     pub container: &'a ContainerName,
     pub name: &'a ImageName,
     pub size: u64,
     pub props: &'a [u8],
     pub created: u64,
-    /// (offset, chunk id, length), in image order.
-    pub recipe: &'a [(u64, ChunkId, u32)],
+    /// Chunks in the whole recipe.
+    pub chunks: u64,
+    /// The recipe rows not yet written, in image order.
+    pub recipe: RecipeRows<'a>,
     /// A replica's origin, and its trail entry (target side).
     pub replica: Option<(&'a ReplicaOrigin, &'a TrailEntry)>,
     /// The container raises import events.
@@ -91,8 +97,8 @@ impl Catalog {
     }
 
     /// The commit point of an image: the index entries of its new chunks
-    /// (already durable in their packs), its record and its recipe, in one
-    /// transaction.
+    /// (already durable in their packs), the rest of its recipe and its
+    /// record, in one transaction; its partial record goes.
     pub fn commit_image(
         &self,
         img: &NewImage<'_>,
@@ -100,33 +106,35 @@ impl Catalog {
     ) -> Result<ImageRecord> {
         let tx = self.begin_write()?;
         let rec = {
-            let mut chunks = tx.open_table(CHUNKS)?;
-            for (k, loc) in durable {
-                chunks.insert(k.as_slice(), loc.encode().as_slice())?;
+            let key = (img.container_id, img.name.as_str());
+            let mut partials = tx.open_table(PARTIALS)?;
+            let partial: Option<PartialRecord> = match partials.remove(key)? {
+                Some(v) => Some(decode("partial image", v.value())?),
+                None => None,
+            };
+            if partial.is_none_or(|p| p.id != img.id) {
+                return Err(StoreError::NotFound(format!(
+                    "image {} was removed while it was being written",
+                    img.name
+                )));
             }
             let mut images = tx.open_table(IMAGES)?;
-            if images.get((img.container_id, img.name.as_str()))?.is_some() {
+            if images.get(key)?.is_some() {
                 return Err(StoreError::AlreadyExists(format!(
                     "image {} already exists in container {}",
                     img.name, img.container
                 )));
             }
+            write_rows(&tx, img.id, img.recipe, durable)?;
             let rec = ImageRecord {
-                id: next_counter(&tx, "next_image")?,
+                id: img.id,
                 size: img.size,
-                chunks: img.recipe.len() as u64,
+                chunks: img.chunks,
                 props: img.props.to_vec(),
                 created: img.created,
                 origin: img.replica.map(|(o, _)| o.clone()),
             };
-            images.insert(
-                (img.container_id, img.name.as_str()),
-                encode(&rec)?.as_slice(),
-            )?;
-            let mut recipes = tx.open_table(RECIPES)?;
-            for (offset, cid, len) in img.recipe {
-                recipes.insert((rec.id, *offset), recipe_value(cid, *len).as_slice())?;
-            }
+            images.insert(key, encode(&rec)?.as_slice())?;
             if let Some((origin, trail)) = img.replica {
                 if img.import {
                     let event = EventRecord {

@@ -8,10 +8,12 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::super::pack::Location;
 use super::super::records::*;
 use super::super::{Result, StoreError};
+use super::index::IndexWriter;
 use super::*;
 
 impl Catalog {
-    /// image id -> storage group id, for every committed image.
+    /// image id -> storage group id, for every committed and partial image
+    /// (both have recipe rows).
     pub fn image_groups(&self) -> Result<HashMap<u64, u32>> {
         let tx = self.db.begin_read()?;
         let groups = tx.open_table(GROUPS)?;
@@ -34,16 +36,31 @@ impl Catalog {
                 .ok_or_else(|| StoreError::Corrupt(format!("image {} has no container", rec.id)))?;
             out.insert(rec.id, *g);
         }
+        for row in tx.open_table(super::PARTIALS)?.iter()? {
+            let (k, v) = row?;
+            let rec: PartialRecord = decode("partial image", v.value())?;
+            let container = k.value().0;
+            let g = container_group.get(&container).ok_or_else(|| {
+                StoreError::Corrupt(format!("partial image {} has no container", rec.id))
+            })?;
+            out.insert(rec.id, *g);
+        }
         Ok(out)
     }
 
-    /// image id -> its recorded size, for every committed image.
+    /// image id -> its recorded size, for every committed and partial image.
     pub fn image_sizes(&self) -> Result<Vec<(u64, u64)>> {
         let t = self.db.begin_read()?.open_table(IMAGES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
             let (_, v) = row?;
             let rec: ImageRecord = decode("image", v.value())?;
+            out.push((rec.id, rec.size));
+        }
+        let partials = self.db.begin_read()?.open_table(super::PARTIALS)?;
+        for row in partials.iter()? {
+            let (_, v) = row?;
+            let rec: PartialRecord = decode("partial image", v.value())?;
             out.push((rec.id, rec.size));
         }
         Ok(out)
@@ -72,6 +89,13 @@ impl Catalog {
             let rec: ImageRecord = decode("image", v.value())?;
             let c = containers.get(&cid).cloned().unwrap_or_default();
             out.insert(rec.id, format!("{c}/{name}"));
+        }
+        for row in tx.open_table(super::PARTIALS)?.iter()? {
+            let (k, v) = row?;
+            let (cid, name) = k.value();
+            let rec: PartialRecord = decode("partial image", v.value())?;
+            let c = containers.get(&cid).cloned().unwrap_or_default();
+            out.insert(rec.id, format!("{c}/{name} (incomplete)"));
         }
         Ok(out)
     }
@@ -104,48 +128,59 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes every index entry `live` rejects, in one transaction; returns
-    /// the entries kept, with their locations.
+    /// Removes every index entry `live` rejects, in one transaction;
+    /// `kept` sees each entry that stays. Returns how many went.
     pub fn sweep_index(
         &self,
         live: impl Fn(&ChunkKey) -> bool,
-    ) -> Result<(u64, Vec<(ChunkKey, Location)>)> {
+        mut kept: impl FnMut(&ChunkKey, &Location),
+    ) -> Result<u64> {
         let tx = self.begin_write()?;
-        let mut kept = Vec::new();
         let removed = {
-            let mut chunks = tx.open_table(CHUNKS)?;
-            let mut dead = Vec::new();
-            for row in chunks.iter()? {
-                let (k, v) = row?;
-                let key: ChunkKey = k
-                    .value()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("index key of the wrong size".into()))?;
-                if live(&key) {
-                    let loc = Location::decode(v.value())
-                        .ok_or_else(|| StoreError::Corrupt("undecodable index entry".into()))?;
-                    kept.push((key, loc));
-                } else {
-                    dead.push(key);
+            let mut index = IndexWriter::open(&tx)?;
+            let removed = index.retain(|key, loc| {
+                let keep = live(key);
+                if keep {
+                    kept(key, loc);
                 }
-            }
-            for key in &dead {
-                chunks.remove(key.as_slice())?;
-            }
-            dead.len() as u64
+                keep
+            })?;
+            index.finish()?;
+            removed
         };
         tx.commit()?;
-        Ok((removed, kept))
+        Ok(removed)
+    }
+
+    /// The index entries that point into `packs`.
+    pub fn entries_in_packs(
+        &self,
+        packs: &std::collections::HashSet<u64>,
+    ) -> Result<Vec<(ChunkKey, Location)>> {
+        let mut out = Vec::new();
+        self.for_each_index_entry(|k, v| {
+            let loc = Location::decode(v)
+                .ok_or_else(|| StoreError::Corrupt("undecodable index entry".into()))?;
+            if packs.contains(&loc.pack) {
+                let key: ChunkKey = k
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index key of the wrong size".into()))?;
+                out.push((key, loc));
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Points index entries at new locations (after their chunks moved).
     pub fn relocate(&self, moved: &[(ChunkKey, Location)]) -> Result<()> {
         let tx = self.begin_write()?;
         {
-            let mut chunks = tx.open_table(CHUNKS)?;
+            let mut index = IndexWriter::open(&tx)?;
             for (key, loc) in moved {
-                chunks.insert(key.as_slice(), loc.encode().as_slice())?;
+                index.insert(key, loc)?;
             }
+            index.finish()?;
         }
         tx.commit()?;
         Ok(())
@@ -155,13 +190,14 @@ impl Catalog {
     pub fn set_index_entries(&self, changes: &[(ChunkKey, Option<Location>)]) -> Result<()> {
         let tx = self.begin_write()?;
         {
-            let mut chunks = tx.open_table(CHUNKS)?;
+            let mut index = IndexWriter::open(&tx)?;
             for (key, loc) in changes {
                 match loc {
-                    Some(loc) => chunks.insert(key.as_slice(), loc.encode().as_slice())?,
-                    None => chunks.remove(key.as_slice())?,
+                    Some(loc) => index.insert(key, loc)?,
+                    None => index.remove(key)?,
                 };
             }
+            index.finish()?;
         }
         tx.commit()?;
         Ok(())

@@ -38,14 +38,19 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// 2: container names per storage group (format 1 had one namespace).
 /// 3: the replication tables (partners, copies, trail, import events).
-const FORMAT_VERSION: u64 = 3;
+/// 4: partial images (durable while written, resumable) and index totals.
+const FORMAT_VERSION: u64 = 4;
 
 mod images;
+mod index;
 mod maintenance;
 mod overlay;
+pub mod partials;
 pub mod replication;
 
 pub use images::NewImage;
+pub use index::{GroupTotals, GROUP_TOTALS};
+pub use partials::PARTIALS;
 
 /// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
 /// the chunk index; past this size index pages are read from the file (the
@@ -130,7 +135,7 @@ impl Catalog {
         // need to write (the tables come with the format version).
         match self.format()? {
             Some(FORMAT_VERSION) => return Ok(()),
-            Some(1 | 2) => return self.migrate(|| self.begin_write()),
+            Some(1..=3) => return self.migrate(|| self.begin_write()),
             _ => {}
         }
         let tx = self.begin_write()?;
@@ -152,6 +157,8 @@ impl Catalog {
             tx.open_table(RECIPES)?;
             tx.open_table(CHUNKS)?;
             replication::create_tables(&tx)?;
+            tx.open_table(PARTIALS)?;
+            tx.open_table(GROUP_TOTALS)?;
         }
         tx.commit()?;
         Ok(())
@@ -169,6 +176,14 @@ impl Catalog {
             tx.open_table(META)?.insert("format", 3)?;
             tx.commit()?;
             tracing::info!("catalog migrated to format 3: replication tables");
+        }
+        if self.format()? == Some(3) {
+            let tx = begin()?;
+            tx.open_table(PARTIALS)?;
+            index::recount(&tx)?;
+            tx.open_table(META)?.insert("format", 4)?;
+            tx.commit()?;
+            tracing::info!("catalog migrated to format 4: partial images, index totals");
         }
         Ok(())
     }

@@ -1,0 +1,470 @@
+//! Partial images: checkpoints, commit, resume, abort, and what becomes of
+//! an image whose writer went away (kept as *incomplete*, resumable by
+//! name, dropped after the retention period).
+//!
+//! One mechanism serves interrupted backups and interrupted copies: an
+//! image being written is a partial record from its first byte; each
+//! checkpoint makes what it has received durable and indexed; its commit is
+//! the last checkpoint.
+
+use std::time::{Duration, Instant};
+
+use tern_core::wire::{ImageInfo, IncompleteImage, TrailEntry, WriteStats};
+use tern_core::{ContainerName, ImageName};
+
+use super::catalog::NewImage;
+use super::records::now_unix;
+use super::write::{no_such_image, OpenImage, ReplicaWrite, SessionProbe};
+use super::{lock, Result, Store, StoreError, User, WriterId};
+
+/// A checkpoint is taken at least every this many logical bytes...
+pub const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// ...and at least this often while the image is written.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// An image that has had no data for this long is checkpointed (its
+/// session is probably in an outage).
+pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
+
+/// An image reopened by a resume.
+pub struct Resumed {
+    pub writer: WriterId,
+    /// The durable size: the client continues from this offset.
+    pub offset: u64,
+    pub container: super::records::ContainerRecord,
+    /// The session it was taken from, if it was still open in one.
+    pub taken_over: bool,
+}
+
+impl Store {
+    /// Checkpoints `img` when enough bytes or time have gone by since the
+    /// last one. The caller holds the gate (shared).
+    pub(super) fn checkpoint_if_due(&self, img: &mut OpenImage) -> Result<()> {
+        let since = img.size.saturating_sub(img.durable.size);
+        if since >= CHECKPOINT_BYTES || img.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(img)?;
+        }
+        Ok(())
+    }
+
+    /// Makes durable what `img` has received: syncs the packs, then records
+    /// the pending index entries, the recipe up to the first chunk still
+    /// awaited, and the durable size, in one transaction. The caller holds
+    /// the gate (shared).
+    pub(super) fn checkpoint(&self, img: &mut OpenImage) -> Result<()> {
+        img.last_checkpoint = Instant::now();
+        let cut = img
+            .recipe
+            .iter()
+            .position(|(_, id, _)| img.missing.contains_key(id))
+            .unwrap_or(img.recipe.len());
+        let durable = self.sync_pending()?;
+        let mut rec = img.durable.clone();
+        if let Some((offset, _, len)) = img.recipe[..cut].last() {
+            rec.size = offset + u64::from(*len);
+        }
+        rec.chunks += cut as u64;
+        rec.checkpointed = now_unix();
+        rec.new_chunks = img.stats.new_chunks;
+        rec.new_stored_bytes = img.stats.new_stored_bytes;
+        self.catalog.checkpoint_partial(
+            img.container_id,
+            &img.name,
+            &rec,
+            &img.recipe[..cut],
+            &durable,
+        )?;
+        self.forget_pending(durable);
+        img.recipe.drain(..cut);
+        img.durable = rec;
+        Ok(())
+    }
+
+    /// Syncs every open pack; returns the pending chunks, all durable now.
+    fn sync_pending(&self) -> Result<Vec<(super::records::ChunkKey, super::pack::Location)>> {
+        let mut appender = self.packs.appender();
+        appender.sync_all()?;
+        Ok(lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    /// Drops from the pending map what an index transaction just recorded.
+    fn forget_pending(&self, durable: Vec<(super::records::ChunkKey, super::pack::Location)>) {
+        let mut pending = lock(&self.pending);
+        for (k, loc) in durable {
+            if pending.get(&k) == Some(&loc) {
+                pending.remove(&k);
+            }
+        }
+    }
+
+    /// Checkpoints the open images that need it without a write to do it:
+    /// idle ones (an outage, a client gone) with anything not yet durable,
+    /// and any whose last checkpoint is older than [`CHECKPOINT_EVERY`].
+    /// Images busy with a write are skipped (their writes checkpoint them).
+    pub fn checkpoint_idle(&self) -> Result<usize> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
+        let mut done = 0;
+        for image in open {
+            let Ok(mut img) = image.try_lock() else {
+                continue;
+            };
+            let unflushed = !img.recipe.is_empty();
+            let idle = img.last_write.elapsed() >= CHECKPOINT_IDLE;
+            let old = img.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            if unflushed && (idle || old) {
+                self.checkpoint(&mut img)?;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Commits an image: its last checkpoint, which also records the image
+    /// (and, for a replica, its trail entry and import event). The image is
+    /// gone from the open set either way; a failed commit leaves it
+    /// incomplete, resumable from its last checkpoint.
+    pub fn image_commit(&self, w: WriterId) -> Result<(ImageInfo, WriteStats)> {
+        // Held from here to the catalog commit: GC must not sweep chunks this
+        // image refers to once it has left the open set.
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let image = lock(&self.open).remove(&w).ok_or_else(no_such_image)?.image;
+        let mut img = lock(&image);
+        if !img.missing.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "image closed with {} announced chunks never sent; it was not committed",
+                img.missing.len()
+            )));
+        }
+        if img.passthrough.is_some() {
+            self.cut_raw(&mut img, &[], true)?;
+        }
+        let durable = self.sync_pending()?;
+        let created = now_unix();
+        let trail = img.replica.as_ref().map(|r| {
+            let mut t = target_trail(r, &img.container, &img.name, "ok", String::new());
+            t.ended = created;
+            t.logical_bytes = img.size;
+            t.sent_bytes = img.stats.new_stored_bytes;
+            t.sent_chunks = img.stats.new_chunks;
+            t
+        });
+        let chunks = img.durable.chunks + img.recipe.len() as u64;
+        self.catalog.commit_image(
+            &NewImage {
+                id: img.durable.id,
+                container_id: img.container_id,
+                container: &img.container,
+                name: &img.name,
+                size: img.size,
+                props: &img.durable.props,
+                created,
+                chunks,
+                recipe: &img.recipe,
+                replica: img.replica.as_ref().map(|r| &r.origin).zip(trail.as_ref()),
+                import: img.replica.as_ref().is_some_and(|r| r.import),
+            },
+            &durable,
+        )?;
+        self.forget_pending(durable);
+        let info = ImageInfo {
+            container: img.container.clone(),
+            name: img.name.clone(),
+            size: img.size,
+            chunks,
+            props: std::mem::take(&mut img.durable.props),
+            created,
+        };
+        let stats = WriteStats {
+            logical_bytes: img.size,
+            chunks,
+            ..img.stats
+        };
+        Ok((info, stats))
+    }
+
+    /// Drops the replica a copy is writing, if there is one open.
+    pub fn replica_abort(&self, copy: tern_core::wire::CopyId) {
+        let ids: Vec<WriterId> = lock(&self.open)
+            .iter()
+            .filter(|(_, o)| o.copy == Some(copy))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.image_abort(id);
+        }
+    }
+
+    /// Drops an image being written, durable part and all (its client
+    /// asked to); its chunks are left for GC. A replica's end goes into
+    /// the trail.
+    pub fn image_abort(&self, w: WriterId) {
+        let Some(entry) = lock(&self.open).remove(&w) else {
+            return;
+        };
+        let img = lock(&entry.image);
+        if let Err(e) = self
+            .catalog
+            .drop_partial(img.container_id, &img.name, Some(img.durable.id))
+        {
+            tracing::warn!("dropping aborted image {}/{}: {e}", img.container, img.name);
+        }
+        if let Some(r) = &img.replica {
+            let reason = "the source ended the copy, or its session ended, before the commit";
+            let t = target_trail(r, &img.container, &img.name, "failed", reason.into());
+            if let Err(e) = self.catalog.push_trail(&t) {
+                tracing::warn!("recording an aborted replica in the trail: {e}");
+            }
+        }
+    }
+
+    /// An image whose session ended without commit or abort (the client
+    /// died, or stayed away past the grace period): checkpointed and kept
+    /// as incomplete, for a resume.
+    pub fn image_detach(&self, w: WriterId) {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = lock(&self.open).remove(&w) else {
+            return;
+        };
+        let mut img = lock(&entry.image);
+        match self.checkpoint(&mut img) {
+            Ok(()) => tracing::info!(
+                "image {}/{} left incomplete at {} bytes; it can be resumed",
+                img.container,
+                img.name,
+                img.durable.size
+            ),
+            Err(e) => tracing::warn!(
+                "image {}/{} left incomplete; its last checkpoint failed ({e}), so it resumes \
+                 from {} bytes",
+                img.container,
+                img.name,
+                img.durable.size
+            ),
+        }
+    }
+
+    /// Reopens an incomplete image for writing from its last checkpoint.
+    /// An image still open in a session that has lost its connections (a
+    /// client that died, in its grace period) is taken from that session.
+    pub fn image_resume(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        name: &ImageName,
+        passthrough: bool,
+        probe: Option<SessionProbe>,
+    ) -> Result<Resumed> {
+        let rec = self.container(user, container)?;
+        if rec.replica {
+            return Err(StoreError::Denied(format!(
+                "container {container} is a replica container: its images are resumed by their copy"
+            )));
+        }
+        let group = self.group_of(&rec)?;
+        let _begin = lock(&self.begin_lock);
+        let taken_over = self.take_over(user, rec.id, container, name)?;
+        let mut durable = self
+            .catalog
+            .partial(rec.id, name)?
+            .ok_or_else(|| self.nothing_to_resume(rec.id, container, name))?;
+        if durable.origin.is_some() {
+            return Err(StoreError::Denied(format!(
+                "{container}/{name} is a replica being written: its copy resumes it"
+            )));
+        }
+        if durable.owner != user.name && !user.admin {
+            return Err(StoreError::Denied(format!(
+                "image {name} was begun by user {}; only they or an admin may resume it",
+                durable.owner
+            )));
+        }
+        if durable.chunking != rec.chunking {
+            return Err(StoreError::Invalid(format!(
+                "image {name} was begun with chunking min {} / avg {} / max {}, but container \
+                 {container} now chunks min {} / avg {} / max {}; it cannot be resumed there",
+                durable.chunking.min,
+                durable.chunking.avg,
+                durable.chunking.max,
+                rec.chunking.min,
+                rec.chunking.avg,
+                rec.chunking.max
+            )));
+        }
+        let offset = durable.size;
+        let owner = durable.owner.clone();
+        // The writer may chunk differently this time: both ways cut the
+        // container's chunking from a chunk boundary.
+        durable.passthrough = passthrough;
+        let image = self.open_image_state(&rec, container, name, group, durable, None)?;
+        let writer = self.insert_open(rec.id, name, None, &owner, image);
+        if let Some(p) = probe {
+            self.set_session_probe(writer, p);
+        }
+        Ok(Resumed {
+            writer,
+            offset,
+            container: rec,
+            taken_over,
+        })
+    }
+
+    /// Takes image `name` out of the open set if a disconnected session
+    /// holds it, checkpointing it first; true if it did.
+    fn take_over(
+        &self,
+        user: &User,
+        container_id: u64,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<bool> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let found = lock(&self.open)
+            .iter()
+            .find(|(_, e)| e.container_id == container_id && e.name == *name)
+            .map(|(w, e)| (*w, e.owner.clone(), e.probe.clone(), e.copy.is_some()));
+        let Some((w, owner, probe, replica)) = found else {
+            return Ok(false);
+        };
+        if replica {
+            return Err(StoreError::Denied(format!(
+                "{container}/{name} is a replica being written: its copy resumes it"
+            )));
+        }
+        if owner != user.name && !user.admin {
+            return Err(StoreError::Denied(format!(
+                "image {name} is being written by user {owner}; only they or an admin may resume it"
+            )));
+        }
+        if probe.as_ref().is_some_and(|connected| connected()) {
+            return Err(StoreError::Busy(format!(
+                "image {name} is being written by a session that is still connected; resume it \
+                 once that client is gone"
+            )));
+        }
+        let Some(entry) = lock(&self.open).remove(&w) else {
+            return Ok(false);
+        };
+        let mut img = lock(&entry.image);
+        self.checkpoint(&mut img)?;
+        tracing::info!(
+            "image {container}/{name} taken over from a disconnected session at {} bytes",
+            img.durable.size
+        );
+        Ok(true)
+    }
+
+    fn nothing_to_resume(
+        &self,
+        container_id: u64,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> StoreError {
+        match self.catalog.image(container_id, name) {
+            Ok(Some(_)) => StoreError::AlreadyExists(format!(
+                "image {name} in container {container} is already committed; there is nothing \
+                 to resume"
+            )),
+            _ => StoreError::NotFound(format!(
+                "no incomplete image {name} in container {container} to resume"
+            )),
+        }
+    }
+
+    /// The partial images of a container: incomplete ones and those being written.
+    pub fn incomplete_images(
+        &self,
+        user: &User,
+        container: &ContainerName,
+        prefix: &str,
+    ) -> Result<Vec<IncompleteImage>> {
+        let rec = self.container(user, container)?;
+        let open: Vec<ImageName> = lock(&self.open)
+            .values()
+            .filter(|e| e.container_id == rec.id)
+            .map(|e| e.name.clone())
+            .collect();
+        Ok(self
+            .catalog
+            .partials(rec.id, prefix)?
+            .into_iter()
+            .map(|(name, p)| IncompleteImage {
+                writing: open.contains(&name),
+                name,
+                resume_offset: p.size,
+                started: p.started,
+                checkpointed: p.checkpointed,
+                props: p.props,
+            })
+            .collect())
+    }
+
+    /// Removes an incomplete image (`tern rm`); false if there is none of
+    /// that name. One still being written by a connected session is refused.
+    pub(super) fn remove_incomplete(
+        &self,
+        user: &User,
+        container_id: u64,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<bool> {
+        let _begin = lock(&self.begin_lock);
+        self.take_over(user, container_id, container, name)?;
+        Ok(self
+            .catalog
+            .drop_partial(container_id, name, None)?
+            .is_some())
+    }
+
+    /// Drops incomplete images (not open in any session) whose last
+    /// checkpoint is older than `retention`, each with a log line; returns
+    /// how many went.
+    pub fn expire_incomplete(&self, retention: Duration) -> Result<usize> {
+        let _begin = lock(&self.begin_lock);
+        let open: Vec<(u64, ImageName)> = lock(&self.open)
+            .values()
+            .map(|e| (e.container_id, e.name.clone()))
+            .collect();
+        let now = now_unix();
+        let mut dropped = 0;
+        for (cid, name, p) in self.catalog.all_partials()? {
+            if open.contains(&(cid, name.clone()))
+                || p.checkpointed.saturating_add(retention.as_secs()) > now
+            {
+                continue;
+            }
+            if self.catalog.drop_partial(cid, &name, Some(p.id))?.is_some() {
+                tracing::info!(
+                    "incomplete image {name} (container id {cid}, {} bytes durable, last \
+                     checkpoint {} s ago) expired and was dropped; GC frees its chunks",
+                    p.size,
+                    now.saturating_sub(p.checkpointed)
+                );
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// The target side's trail entry of a replica.
+fn target_trail(
+    r: &ReplicaWrite,
+    container: &ContainerName,
+    name: &ImageName,
+    result: &str,
+    reason: String,
+) -> TrailEntry {
+    TrailEntry {
+        copy: r.origin.copy,
+        side: "target".into(),
+        peer: r.origin.server.clone(),
+        image: format!("{container}/{name}"),
+        started: r.started,
+        ended: now_unix(),
+        logical_bytes: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        result: result.into(),
+        reason,
+    }
+}

@@ -1,0 +1,34 @@
+//! The store's background upkeep while ternd serves: checkpoints of images
+//! whose writers paused or vanished, and the expiry of incomplete images.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::store::Store;
+
+/// How often open images are looked at for a checkpoint.
+const TICK: Duration = Duration::from_secs(1);
+/// How often incomplete images are looked at for expiry.
+const EXPIRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts the upkeep thread; it runs as long as the process.
+pub fn start(store: Arc<Store>, incomplete_retention: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("tern-upkeep".into())
+        .spawn(move || {
+            let mut last_expiry = Instant::now();
+            loop {
+                std::thread::sleep(TICK);
+                if let Err(e) = store.checkpoint_idle() {
+                    tracing::warn!("checkpointing idle images: {e}");
+                }
+                if last_expiry.elapsed() >= EXPIRY_EVERY {
+                    last_expiry = Instant::now();
+                    if let Err(e) = store.expire_incomplete(incomplete_retention) {
+                        tracing::warn!("expiring incomplete images: {e}");
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
