@@ -41,7 +41,31 @@ impl Store {
         let intact = self.check_packs(&mut report)?;
         self.check_index(&intact, &mut report)?;
         self.check_recipes(&mut report)?;
+        self.check_totals(&mut report)?;
         Ok(report)
+    }
+
+    /// The totals `tern stats` reads must be what the index holds.
+    fn check_totals(&self, report: &mut FsckReport) -> Result<()> {
+        let kept = self.catalog.group_totals()?;
+        let counted = self.catalog.counted_totals()?;
+        let mut groups: Vec<u32> = kept.keys().chain(counted.keys()).copied().collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for g in groups {
+            let (k, c) = (
+                kept.get(&g).copied().unwrap_or_default(),
+                counted.get(&g).copied().unwrap_or_default(),
+            );
+            if k != c {
+                report.damage.push(format!(
+                    "index totals of storage group {g}: kept {} chunks / {} bytes / {} stored, \
+                     but the index holds {} / {} / {}",
+                    k.chunks, k.raw_bytes, k.stored_bytes, c.chunks, c.raw_bytes, c.stored_bytes
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies every entry of every pack; returns where intact copies are.

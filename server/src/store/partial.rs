@@ -96,6 +96,15 @@ impl Store {
         }
     }
 
+    /// A checkpoint of one open image now, for tests.
+    #[cfg(test)]
+    pub(super) fn checkpoint_now(&self, w: WriterId) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let image = self.open_image(w)?;
+        let mut img = lock(&image);
+        self.checkpoint(&mut img)
+    }
+
     /// Checkpoints the open images that need it without a write to do it:
     /// idle ones (an outage, a client gone) with anything not yet durable,
     /// and any whose last checkpoint is older than [`CHECKPOINT_EVERY`].

@@ -55,6 +55,9 @@ impl Store {
         let mut report = RepairReport::default();
         let intact = self.salvage_packs(&mut report)?;
         self.repair_index(&intact, &mut report)?;
+        // Index changes keep the totals in step; a count makes sure of it
+        // (damage may have been in the totals themselves).
+        self.catalog.recount_totals()?;
         self.number_packs()?;
         Ok(report)
     }

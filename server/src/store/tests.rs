@@ -8,7 +8,7 @@ use tern_core::{ChunkId, Codec, ContainerName, ImageName};
 
 use super::*;
 
-fn admin() -> User {
+pub(super) fn admin() -> User {
     User {
         name: UserName::new("admin").unwrap(),
         admin: true,
@@ -17,7 +17,7 @@ fn admin() -> User {
     }
 }
 
-fn names(container: &str, image: &str) -> (ContainerName, ImageName) {
+pub(super) fn names(container: &str, image: &str) -> (ContainerName, ImageName) {
     (
         ContainerName::new(container).unwrap(),
         ImageName::new(image).unwrap(),
@@ -25,7 +25,7 @@ fn names(container: &str, image: &str) -> (ContainerName, ImageName) {
 }
 
 /// Distinct chunks of 4 KiB.
-fn chunks(n: u8, salt: u8) -> Vec<Vec<u8>> {
+pub(super) fn chunks(n: u8, salt: u8) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             (0..4096u32)
@@ -36,7 +36,7 @@ fn chunks(n: u8, salt: u8) -> Vec<Vec<u8>> {
 }
 
 /// How a client announces `data`'s chunks.
-fn refs(data: &[Vec<u8>]) -> Vec<ChunkRef> {
+pub(super) fn refs(data: &[Vec<u8>]) -> Vec<ChunkRef> {
     data.iter()
         .map(|d| ChunkRef {
             id: ChunkId::of(d),
@@ -46,7 +46,7 @@ fn refs(data: &[Vec<u8>]) -> Vec<ChunkRef> {
 }
 
 /// Writes `data` as one dedup image: announce, send what is missing, commit.
-fn write_image(
+pub(super) fn write_image(
     store: &Store,
     image: &str,
     data: &[Vec<u8>],
@@ -64,7 +64,7 @@ fn write_image(
     store.image_commit(w).map(|(_, stats)| stats)
 }
 
-fn read_image(store: &Store, image: &str) -> Vec<u8> {
+pub(super) fn read_image(store: &Store, image: &str) -> Vec<u8> {
     let (c, n) = names("c", image);
     let img = store.image_open(&admin(), &c, &n).unwrap();
     let mut out = Vec::new();
@@ -75,7 +75,7 @@ fn read_image(store: &Store, image: &str) -> Vec<u8> {
     out
 }
 
-fn store_with_container() -> (tempfile::TempDir, Store) {
+pub(super) fn store_with_container() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store

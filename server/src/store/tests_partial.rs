@@ -1,0 +1,211 @@
+//! Partial images in the store: checkpoints, incomplete images after a
+//! session ends or a crash, resume, expiry, and GC around them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_core::codec::Compressor;
+use tern_core::names::{GroupName, UserName};
+use tern_core::wire::ErrorKind;
+use tern_core::ChunkId;
+
+use super::tests::{admin, chunks, names, read_image, refs, store_with_container};
+use super::*;
+
+/// Announces `data` to writer `w` and sends what the store lacks.
+fn send(store: &Store, w: WriterId, data: &[Vec<u8>]) {
+    let missing = store.image_append(w, &refs(data)).unwrap();
+    let mut z = Compressor::new(1).unwrap();
+    for i in missing {
+        let d = &data[i as usize];
+        let enc = z.encode(d);
+        store
+            .image_put_chunk(w, &ChunkId::of(d), enc.codec, enc.raw_len, &enc.bytes)
+            .unwrap();
+    }
+}
+
+fn begin(store: &Store, image: &str) -> WriterId {
+    let (c, n) = names("c", image);
+    store
+        .image_begin(&admin(), &c, &n, b"props".to_vec(), false)
+        .unwrap()
+        .0
+}
+
+fn resume(store: &Store, user: &User, image: &str) -> Result<Resumed> {
+    let (c, n) = names("c", image);
+    store.image_resume(user, &c, &n, false, None)
+}
+
+fn incomplete(store: &Store) -> Vec<tern_core::wire::IncompleteImage> {
+    store
+        .incomplete_images(&admin(), &names("c", "x").0, "")
+        .unwrap()
+}
+
+fn other_user() -> User {
+    User {
+        name: UserName::new("bob").unwrap(),
+        admin: false,
+        groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
+        replicate_into: Vec::new(),
+    }
+}
+
+#[test]
+fn an_image_whose_session_ended_resumes_after_a_restart_and_commits_whole() {
+    let (dir, store) = store_with_container();
+    let data = chunks(40, 3);
+    let w = begin(&store, "big");
+    send(&store, w, &data[..25]);
+    store.image_detach(w);
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let list = incomplete(&store);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].resume_offset, 25 * 4096);
+    assert!(!list[0].writing);
+    let r = resume(&store, &admin(), "big").unwrap();
+    assert_eq!(r.offset, 25 * 4096);
+    send(&store, r.writer, &data[25..]);
+    let (info, stats) = store.image_commit(r.writer).unwrap();
+    assert_eq!((info.size, info.chunks), (40 * 4096, 40));
+    assert_eq!(stats.new_chunks, 40, "each chunk stored once");
+    assert_eq!(read_image(&store, "big"), data.concat());
+    assert!(incomplete(&store).is_empty());
+    let listed = store.image_list(&admin(), &names("c", "x").0, "").unwrap();
+    assert_eq!(listed.len(), 1, "listed once");
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn a_crash_keeps_what_the_last_checkpoint_made_durable_and_gc_drops_the_rest() {
+    let (dir, store) = store_with_container();
+    let data = chunks(30, 4);
+    let w = begin(&store, "crashy");
+    send(&store, w, &data[..10]);
+    store.checkpoint_now(w).unwrap();
+    send(&store, w, &data[10..20]);
+    // A crash: no detach, no commit; the second batch was never checkpointed.
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.fsck().unwrap().is_clean());
+    let r = resume(&store, &admin(), "crashy").unwrap();
+    assert_eq!(r.offset, 10 * 4096, "resumes from the last checkpoint");
+    send(&store, r.writer, &data[10..]);
+    store.image_commit(r.writer).unwrap();
+    assert_eq!(read_image(&store, "crashy"), data.concat());
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.live_chunks, 30);
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
+    let (_dir, store) = store_with_container();
+    let data = chunks(12, 5);
+    let w = begin(&store, "kept");
+    send(&store, w, &data);
+    store.image_detach(w);
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.live_chunks, gc.chunks_removed), (12, 0));
+    // Not yet expired: a long retention keeps it.
+    assert_eq!(
+        store.expire_incomplete(Duration::from_secs(3600)).unwrap(),
+        0
+    );
+    assert_eq!(store.expire_incomplete(Duration::ZERO).unwrap(), 1);
+    assert!(incomplete(&store).is_empty());
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.live_chunks, gc.chunks_removed), (0, 12));
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn rm_removes_an_incomplete_image_and_a_new_create_replaces_one() {
+    let (_dir, store) = store_with_container();
+    let w = begin(&store, "gone");
+    send(&store, w, &chunks(3, 6));
+    store.image_detach(w);
+    let (c, n) = names("c", "gone");
+    store.image_remove(&admin(), &c, &n).unwrap();
+    assert!(incomplete(&store).is_empty());
+
+    let w = begin(&store, "again");
+    send(&store, w, &chunks(3, 7));
+    store.image_detach(w);
+    let w = begin(&store, "again");
+    send(&store, w, &chunks(2, 8));
+    let (info, _) = store.image_commit(w).unwrap();
+    assert_eq!(info.size, 2 * 4096, "the new image, not the old one");
+    assert!(incomplete(&store).is_empty());
+    assert!(store.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn resume_refuses_what_it_cannot_resume() {
+    let (_dir, store) = store_with_container();
+    let kind = |r: Result<Resumed>| r.err().map(|e| e.kind());
+    assert_eq!(
+        kind(resume(&store, &admin(), "never")),
+        Some(ErrorKind::NotFound)
+    );
+    super::tests::write_image(&store, "done", &chunks(2, 9)).unwrap();
+    let err = resume(&store, &admin(), "done").err().unwrap();
+    assert!(err.to_string().contains("already committed"), "{err}");
+    let w = begin(&store, "admins");
+    store.image_detach(w);
+    assert_eq!(
+        kind(resume(&store, &other_user(), "admins")),
+        Some(ErrorKind::Denied)
+    );
+}
+
+#[test]
+fn resume_takes_an_image_from_a_disconnected_session_only() {
+    let (_dir, store) = store_with_container();
+    let data = chunks(8, 10);
+    let w = begin(&store, "held");
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probe = connected.clone();
+    store.set_session_probe(
+        w,
+        Arc::new(move || probe.load(std::sync::atomic::Ordering::SeqCst)),
+    );
+    send(&store, w, &data[..5]);
+    assert_eq!(
+        resume(&store, &admin(), "held").err().map(|e| e.kind()),
+        Some(ErrorKind::Busy)
+    );
+    connected.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = resume(&store, &admin(), "held").unwrap();
+    assert!(r.taken_over);
+    assert_eq!(r.offset, 5 * 4096, "the take-over checkpoints what arrived");
+    // The old session's writes to it end.
+    let old = store.image_append(w, &refs(&data[5..]));
+    assert_eq!(old.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    store.image_detach(w);
+    send(&store, r.writer, &data[5..]);
+    store.image_commit(r.writer).unwrap();
+    assert_eq!(read_image(&store, "held"), data.concat());
+}
+
+#[test]
+fn the_index_totals_follow_commits_and_gc() {
+    let (_dir, store) = store_with_container();
+    super::tests::write_image(&store, "a", &chunks(7, 11)).unwrap();
+    super::tests::write_image(&store, "b", &chunks(5, 12)).unwrap();
+    let kept = store.catalog.group_totals().unwrap();
+    assert_eq!(kept, store.catalog.counted_totals().unwrap());
+    assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 12);
+    let (c, n) = names("c", "a");
+    store.image_remove(&admin(), &c, &n).unwrap();
+    store.gc().unwrap();
+    let kept = store.catalog.group_totals().unwrap();
+    assert_eq!(kept, store.catalog.counted_totals().unwrap());
+    assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 5);
+    assert_eq!(store.stats(&admin()).unwrap().unique_chunks, 5);
+}
