@@ -713,6 +713,7 @@ typedef struct {
   tern_status (*events_poll)(const tern_client*, const char*, uint32_t, tern_event_cb, void*);
   tern_status (*events_ack)(const tern_client*, const char*, const uint64_t*, size_t);
   tern_status (*partner_list)(const tern_client*, tern_partner_cb, void*);
+  tern_status (*image_resume)(const tern_client*, const char*, const char*, tern_image**, uint64_t*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -884,6 +885,26 @@ const char *tern_status_name(int status);
  * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0); `out_image` is NULL or writable.
  */
 tern_status tern_image_create(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len, tern_image **out_image);
+
+/**
+ * Reopens an image left incomplete (the writer crashed or was killed, its
+ * session ended, or the server restarted) to continue it from its last
+ * checkpoint. `*out_offset` receives the offset to continue from (a chunk
+ * boundary of the image): seek the source there, or skip that many bytes of
+ * a stream, then tern_image_write() the rest and tern_image_commit(). The
+ * committed image is the same as one written without interruption. An image
+ * still held by a session whose connections are gone (a crashed writer in
+ * its grace period) is taken from that session. Only the user who began the
+ * image, or an admin, may resume it. Free the image with tern_image_free().
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND (no
+ * incomplete image of that name), TERN_ALREADY_EXISTS (already committed),
+ * TERN_BUSY (still written by a connected session), TERN_DENIED,
+ * TERN_PROTOCOL (a server older than protocol 3), TERN_CLOSED, TERN_CONNECT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `out_image` and `out_offset` are NULL or writable.
+ */
+tern_status tern_image_resume(const tern_client *client, const char *container, const char *name, tern_image **out_image, uint64_t *out_offset);
 
 /**
  * Appends `len` bytes to an image being written. A zero `len` does nothing and

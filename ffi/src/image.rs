@@ -141,16 +141,62 @@ pub unsafe extern "C" fn tern_image_create(
         // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
         let props = unsafe { bytes(props, props_len, "props")? };
         let writer = c.get()?.create_image(container, name, props)?;
-        *out_image = Box::into_raw(Box::new(tern_image {
-            canceller: writer.canceller(),
-            progress: Progress::default(),
-            state: Mutex::new(ImageState::Writing {
-                writer: Box::new(writer),
-                written: 0,
-                props: props.to_vec(),
-            }),
-            counters: c.counters.clone(),
-        }));
+        *out_image = writing(writer, c);
+        Ok(())
+    })
+}
+
+fn writing(writer: ImageWriter, c: &crate::client::tern_client) -> *mut tern_image {
+    Box::into_raw(Box::new(tern_image {
+        canceller: writer.canceller(),
+        progress: Progress::default(),
+        state: Mutex::new(ImageState::Writing {
+            props: writer.props().to_vec(),
+            writer: Box::new(writer),
+            written: 0,
+        }),
+        counters: c.counters.clone(),
+    }))
+}
+
+/// Reopens an image left incomplete (the writer crashed or was killed, its
+/// session ended, or the server restarted) to continue it from its last
+/// checkpoint. `*out_offset` receives the offset to continue from (a chunk
+/// boundary of the image): seek the source there, or skip that many bytes of
+/// a stream, then tern_image_write() the rest and tern_image_commit(). The
+/// committed image is the same as one written without interruption. An image
+/// still held by a session whose connections are gone (a crashed writer in
+/// its grace period) is taken from that session. Only the user who began the
+/// image, or an admin, may resume it. Free the image with tern_image_free().
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND (no
+/// incomplete image of that name), TERN_ALREADY_EXISTS (already committed),
+/// TERN_BUSY (still written by a connected session), TERN_DENIED,
+/// TERN_PROTOCOL (a server older than protocol 3), TERN_CLOSED, TERN_CONNECT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `out_image` and `out_offset` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_resume(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    out_image: *mut *mut tern_image,
+    out_offset: *mut u64,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
+        let out_image = unsafe { out(out_image, "out_image")? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
+        let out_offset = unsafe { out(out_offset, "out_offset")? };
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        let (writer, offset) = c.get()?.resume_image(container, name)?;
+        *out_offset = offset;
+        *out_image = writing(writer, c);
         Ok(())
     })
 }

@@ -112,6 +112,13 @@ pub struct tern_plugin_api {
         crate::tern_partner_cb,
         *mut c_void,
     ) -> tern_status,
+    pub image_resume: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *const c_char,
+        *mut *mut tern_image,
+        *mut u64,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -149,6 +156,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     events_poll: crate::tern_events_poll,
     events_ack: crate::tern_events_ack,
     partner_list: crate::tern_partner_list,
+    image_resume: crate::image::tern_image_resume,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

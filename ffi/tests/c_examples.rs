@@ -312,6 +312,78 @@ fn a_crashed_writers_stream_slot_comes_back_when_its_grace_period_ends() {
     w.commit().unwrap();
 }
 
+/// A DMA killed mid-backup continues with `backup --resume`
+/// (tern_image_resume): the server says how much it holds, the rest of the
+/// stream goes, and the image reads back the same as one written in one go.
+#[test]
+fn a_c_backup_killed_midway_resumes_and_restores_identical() {
+    use std::io::Write;
+    let server = TestServer::start();
+    let admin = server.client();
+    admin.container_create("c", Default::default()).unwrap();
+    let build = tempfile::tempdir().unwrap();
+    let backup = cc("backup.c", build.path());
+    let restore = cc("restore.c", build.path());
+    let data = test_data(24 << 20, 17);
+    let half = 12 << 20;
+    let env = |c: &mut Command| {
+        c.env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_FINGERPRINT", server.fingerprint().to_string())
+            .env("TERN_CONFIG_DIR", server.data().join("client-config"));
+    };
+    let mut cmd = Command::new(&backup);
+    cmd.args([&server.address(), "c", "killed"]);
+    env(&mut cmd);
+    let mut crashing = cmd.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    crashing
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&data[..half])
+        .unwrap();
+    // The writer now waits for more input: the server checkpoints the idle
+    // image, and the part it holds durably shows as the resume offset.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, incomplete) = admin.image_list_all("c", "").unwrap();
+        if incomplete.first().is_some_and(|i| i.resume_offset > 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never checkpointed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    crashing.kill().unwrap();
+    crashing.wait().unwrap();
+
+    let mut cmd = Command::new(&backup);
+    cmd.args(["--resume", &server.address(), "c", "killed"]);
+    env(&mut cmd);
+    let out = run_with_stdin(cmd, Some(&data));
+    assert_ok("backup --resume", &out);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let offset: u64 = text
+        .split("resuming c/killed at offset ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume offset in: {text}"));
+    assert!(offset > 0 && offset <= half as u64, "offset {offset}");
+    assert!(
+        text.contains(&format!("committed c/killed: {} bytes", data.len())),
+        "{text}"
+    );
+
+    let out = run(&server, &restore, &["c", "killed"], None);
+    assert_ok("restore", &out);
+    assert!(
+        out.stdout == data,
+        "the resumed image differs from its input"
+    );
+    let (images, incomplete) = admin.image_list_all("c", "").unwrap();
+    assert_eq!(images.len(), 1, "listed once");
+    assert!(incomplete.is_empty(), "{incomplete:?}");
+}
+
 #[test]
 fn c_copy_waits_for_the_replica_and_c_import_acknowledges_its_event() {
     use std::io::Write;

@@ -52,6 +52,8 @@ struct Shared {
     stopping: AtomicBool,
     cuts: AtomicU64,
     accepted: AtomicU64,
+    /// Bytes delivered to the server, over every connection.
+    upstream_bytes: AtomicU64,
 }
 
 struct Bucket {
@@ -80,6 +82,7 @@ impl FaultProxy {
             stopping: AtomicBool::new(false),
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            upstream_bytes: AtomicU64::new(0),
         });
         let s = shared.clone();
         thread::spawn(move || accept_loop(listener, s));
@@ -133,6 +136,12 @@ impl FaultProxy {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Bytes delivered to the server so far, over every connection (what a
+    /// client sent, TLS and all).
+    pub fn bytes_to_server(&self) -> u64 {
+        self.shared.upstream_bytes.load(Ordering::Relaxed)
     }
 
     pub fn open_connections(&self) -> usize {
@@ -234,18 +243,25 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 f.cut_at_first_answer = f.cut_at_first_answer.saturating_sub(1);
                 cut
             };
-            thread::spawn(move || pump(from, to, s, id, cut_first));
+            thread::spawn(move || pump(from, to, s, id, cut_first, !answers));
         }
     }
 }
 
 /// Moves one direction of one connection, applying the faults; `cut_first`
 /// cuts the connection instead of passing the first data read.
-fn pump(mut from: TcpStream, to: TcpStream, shared: Arc<Shared>, id: u64, cut_first: bool) {
+fn pump(
+    mut from: TcpStream,
+    to: TcpStream,
+    shared: Arc<Shared>,
+    id: u64,
+    cut_first: bool,
+    upstream: bool,
+) {
     let (tx, rx) = sync_channel::<(Instant, Vec<u8>)>(8);
     let s = shared.clone();
     let peer = to.try_clone().ok();
-    let writer = thread::spawn(move || deliver(rx, to, s));
+    let writer = thread::spawn(move || deliver(rx, to, s, upstream));
     let mut buf = vec![0u8; PIECE];
     loop {
         let n = match from.read(&mut buf) {
@@ -271,7 +287,12 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: Arc<Shared>, id: u64, cut_fi
     lock(&shared.conns).remove(&id);
 }
 
-fn deliver(rx: Receiver<(Instant, Vec<u8>)>, mut to: TcpStream, shared: Arc<Shared>) {
+fn deliver(
+    rx: Receiver<(Instant, Vec<u8>)>,
+    mut to: TcpStream,
+    shared: Arc<Shared>,
+    upstream: bool,
+) {
     let bucket = Mutex::new(Bucket {
         tokens: 0.0,
         last: Instant::now(),
@@ -295,6 +316,11 @@ fn deliver(rx: Receiver<(Instant, Vec<u8>)>, mut to: TcpStream, shared: Arc<Shar
             if to.write_all(piece).is_err() {
                 let _ = to.shutdown(Shutdown::Both);
                 return;
+            }
+            if upstream {
+                shared
+                    .upstream_bytes
+                    .fetch_add(piece.len() as u64, Ordering::Relaxed);
             }
         }
     }

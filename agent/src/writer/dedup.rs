@@ -39,6 +39,9 @@ pub(crate) const BATCH_BYTES: usize = 4 << 20;
 const BATCH_CHUNKS: usize = 256;
 /// Announced batches awaiting their answer before the announcer waits.
 const WINDOW: usize = 6;
+/// A source that gives no batch for this long has paused: the announced
+/// batches are settled without waiting for the window to fill.
+const SETTLE_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Batch buffers in all: one being cut, one handed over, the window, the
 /// batch being settled, two whose last chunks are being compressed and the
 /// ones the reader thread of [`Pipeline::copy_from`] fills ahead.
@@ -344,7 +347,19 @@ fn announce(
 ) -> Result<(), ClientError> {
     let conn = client.conn();
     let mut inflight: VecDeque<(Arc<Announced>, Answers)> = VecDeque::new();
-    for pooled in batches {
+    loop {
+        let pooled = match batches.recv_timeout(SETTLE_WHEN_IDLE) {
+            Ok(p) => p,
+            // The source paused: what is announced goes now, so that the
+            // server holds it (and can checkpoint it) while the source waits.
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                while !inflight.is_empty() && !abandoned.load(Ordering::SeqCst) {
+                    settle(handle, inflight.pop_front(), &jobs)?;
+                }
+                continue;
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         if abandoned.load(Ordering::SeqCst) {
             return Ok(());
         }

@@ -65,6 +65,8 @@ pub struct ImageWriter {
     sink: Option<Sink>,
     sent: SentLog,
     finished: bool,
+    /// The DMA's properties of the image.
+    props: Vec<u8>,
 }
 
 /// The two ways bytes reach the server.
@@ -120,23 +122,28 @@ impl ImageWriter {
     /// Sends `request` (a create or a resume) and sets up the sink for the
     /// image it opens.
     fn open(client: Client, request: Msg, mode: WriteMode) -> Result<(Self, u64), ClientError> {
+        let given_props = match &request {
+            Msg::ImageCreate { props, .. } => props.clone(),
+            _ => Vec::new(),
+        };
         let stop = client.stop();
         let answer = {
             let _limit = client.limit(&stop);
             client.conn().call(request, Vec::new(), &stop)?
         };
-        let (handle, chunking, level, offset) = match answer.env.msg {
+        let (handle, chunking, level, offset, props) = match answer.env.msg {
             Msg::ImageCreated {
                 handle,
                 chunking,
                 zstd_level,
-            } => (handle, chunking, zstd_level, 0),
+            } => (handle, chunking, zstd_level, 0, given_props),
             Msg::ImageResumed {
                 handle,
                 chunking,
                 zstd_level,
                 offset,
-            } => (handle, chunking, zstd_level, offset),
+                props,
+            } => (handle, chunking, zstd_level, offset, props),
             other => return Err(unexpected(other)),
         };
         chunking
@@ -159,8 +166,15 @@ impl ImageWriter {
             sink: Some(sink),
             sent,
             finished: false,
+            props,
         };
         Ok((writer, offset))
+    }
+
+    /// The DMA's properties of the image (for a resumed one, as given
+    /// when it was begun).
+    pub fn props(&self) -> &[u8] {
+        &self.props
     }
 
     fn conn(&self) -> &Conn {

@@ -223,6 +223,9 @@ pub enum Msg {
         zstd_level: i32,
         /// Bytes of the image already durable (a chunk boundary).
         offset: u64,
+        /// The DMA's properties, as given when the image was begun.
+        #[serde(with = "serde_bytes")]
+        props: Vec<u8>,
     },
     /// Appends chunks to the image's recipe; the server answers `ImageNeed`.
     ImageAppend {

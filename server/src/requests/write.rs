@@ -74,6 +74,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
                 chunking: r.container.chunking,
                 zstd_level: r.container.zstd_level,
                 offset: r.offset,
+                props: r.props,
             }))
         }
         Msg::ImageAppend { handle, entries } => {

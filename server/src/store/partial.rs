@@ -18,7 +18,7 @@ use super::write::{no_such_image, OpenImage, ReplicaWrite, SessionProbe};
 use super::{lock, Result, Store, StoreError, User, WriterId};
 
 /// A checkpoint is taken at least every this many logical bytes...
-pub const CHECKPOINT_BYTES: u64 = 256 << 20;
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// ...and at least this often while the image is written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// An image that has had no data for this long is checkpointed (its
@@ -30,6 +30,8 @@ pub struct Resumed {
     pub writer: WriterId,
     /// The durable size: the client continues from this offset.
     pub offset: u64,
+    /// The DMA's properties, as given at the begin.
+    pub props: Vec<u8>,
     pub container: super::records::ContainerRecord,
     /// The session it was taken from, if it was still open in one.
     pub taken_over: bool,
@@ -118,7 +120,9 @@ impl Store {
                 continue;
             };
             let unflushed = !img.recipe.is_empty();
-            let idle = img.last_write.elapsed() >= CHECKPOINT_IDLE;
+            // Idle since a write the last checkpoint did not see.
+            let idle =
+                img.last_write.elapsed() >= CHECKPOINT_IDLE && img.last_checkpoint < img.last_write;
             let old = img.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
             if unflushed && (idle || old) {
                 self.checkpoint(&mut img)?;
@@ -301,6 +305,7 @@ impl Store {
         }
         let offset = durable.size;
         let owner = durable.owner.clone();
+        let props = durable.props.clone();
         // The writer may chunk differently this time: both ways cut the
         // container's chunking from a chunk boundary.
         durable.passthrough = passthrough;
@@ -312,6 +317,7 @@ impl Store {
         Ok(Resumed {
             writer,
             offset,
+            props,
             container: rec,
             taken_over,
         })
@@ -387,9 +393,11 @@ impl Store {
         prefix: &str,
     ) -> Result<Vec<IncompleteImage>> {
         let rec = self.container(user, container)?;
+        // Being written: open in a session that has a connection (one in
+        // its grace period shows as stopped: a resume may take it over).
         let open: Vec<ImageName> = lock(&self.open)
             .values()
-            .filter(|e| e.container_id == rec.id)
+            .filter(|e| e.container_id == rec.id && e.probe.as_ref().is_some_and(|p| p()))
             .map(|e| e.name.clone())
             .collect();
         Ok(self

@@ -78,6 +78,11 @@ enum Cmd {
         /// Send raw data and let the server chunk it (for weak clients).
         #[arg(long, value_enum, default_value = "dedup")]
         mode: Mode,
+        /// Continue the incomplete image of this name from its last
+        /// checkpoint (the input is read from that offset on); without one,
+        /// start a new image and say so.
+        #[arg(long)]
+        resume: bool,
         #[arg(default_value = "-")]
         input: PathBuf,
     },
@@ -87,16 +92,24 @@ enum Cmd {
         container: String,
         #[arg(long)]
         name: String,
+        /// Do not sync the restored file before renaming it into place
+        /// (faster; a power loss may then lose a restore reported as done).
+        #[arg(long)]
+        no_sync: bool,
         #[arg(default_value = "-")]
         output: PathBuf,
     },
-    /// List the images of a container.
+    /// List the images of a container, and apart its incomplete ones.
     Ls {
         #[arg(long)]
         container: String,
         /// Only names starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// List only the incomplete images (being written, or resumable
+        /// with `backup --resume`), with their resume offsets.
+        #[arg(long)]
+        incomplete: bool,
     },
     /// Delete an image (its space returns with the next `ternd gc`).
     Rm {
@@ -203,20 +216,26 @@ fn run(cli: Cli) -> Result<()> {
             container,
             name,
             mode,
+            resume,
             input,
         } => {
             let mode = match mode {
                 Mode::Dedup => WriteMode::Dedup,
                 Mode::Passthrough => WriteMode::Passthrough,
             };
-            backup(&cli, container, name, mode, input)
+            backup(&cli, container, name, mode, *resume, input)
         }
         Cmd::Restore {
             container,
             name,
+            no_sync,
             output,
-        } => restore(&cli, container, name, output),
-        Cmd::Ls { container, prefix } => ls(&cli, container, prefix),
+        } => restore(&cli, container, name, !*no_sync, output),
+        Cmd::Ls {
+            container,
+            prefix,
+            incomplete,
+        } => ls(&cli, container, prefix, *incomplete),
         Cmd::Rm { container, name } => {
             let client = connect(&cli, WriteMode::Dedup)?;
             client
@@ -244,31 +263,58 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `tern ls`: a table for people, exact numbers with --json.
-fn ls(cli: &Cli, container: &str, prefix: &str) -> Result<()> {
+fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
-    let list = client
-        .image_list(container, prefix)
+    let (list, incomplete) = client
+        .image_list_all(container, prefix)
         .with_context(|| format!("listing {container}"))?;
     if cli.json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
-            .collect();
+        let v: Vec<_> = if only_incomplete {
+            incomplete
+                .iter()
+                .map(|i| json!({"name": i.name.as_str(), "resume_offset": i.resume_offset, "started": i.started,
+                    "checkpointed": i.checkpointed, "writing": i.writing, "props_len": i.props.len()}))
+                .collect()
+        } else {
+            list.iter()
+                .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
+                .collect()
+        };
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
-    println!(
-        "{:<40} {:>10} {:>9}  CREATED (UTC)",
-        "NAME", "SIZE", "CHUNKS"
-    );
-    for i in &list {
+    if !only_incomplete {
         println!(
-            "{:<40} {:>10} {:>9}  {}",
-            i.name,
-            human_bytes(i.size),
-            i.chunks,
-            rfc3339(i.created)
+            "{:<40} {:>10} {:>9}  CREATED (UTC)",
+            "NAME", "SIZE", "CHUNKS"
         );
+        for i in &list {
+            println!(
+                "{:<40} {:>10} {:>9}  {}",
+                i.name,
+                human_bytes(i.size),
+                i.chunks,
+                rfc3339(i.created)
+            );
+        }
+    }
+    if !incomplete.is_empty() || only_incomplete {
+        if !only_incomplete {
+            println!();
+        }
+        println!(
+            "{:<40} {:>10} {:>8}  LAST CHECKPOINT (UTC)",
+            "INCOMPLETE", "RESUME AT", "STATE"
+        );
+        for i in &incomplete {
+            println!(
+                "{:<40} {:>10} {:>8}  {}",
+                i.name,
+                human_bytes(i.resume_offset),
+                if i.writing { "writing" } else { "stopped" },
+                rfc3339(i.checkpointed)
+            );
+        }
     }
     Ok(())
 }

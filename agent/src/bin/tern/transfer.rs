@@ -35,9 +35,10 @@ pub(crate) fn backup(
     container: &str,
     name: &str,
     mode: WriteMode,
+    resume: bool,
     input: &Path,
 ) -> Result<()> {
-    let (source, total): (Box<dyn Read + Send>, Option<u64>) = if input.as_os_str() == "-" {
+    let (mut source, total): (Box<dyn Read + Send>, Option<u64>) = if input.as_os_str() == "-" {
         (Box::new(io::stdin()), None)
     } else {
         let f = File::open(input).with_context(|| format!("opening {}", input.display()))?;
@@ -46,10 +47,35 @@ pub(crate) fn backup(
     };
     let client = connect(cli, mode)?;
     let started = Instant::now();
-    let mut writer = client
-        .create_image(container, name, &[])
-        .with_context(|| format!("creating image {container}/{name}"))?;
-    let bar = progress(total);
+    let (mut writer, offset) = if resume {
+        match client.resume_image(container, name) {
+            Ok(resumed) => resumed,
+            Err(ClientError::Server {
+                kind: tern_core::wire::ErrorKind::NotFound,
+                message,
+            }) if message.contains("no incomplete image") => {
+                eprintln!("no incomplete image {container}/{name} to resume: starting a new one");
+                let w = client
+                    .create_image(container, name, &[])
+                    .with_context(|| format!("creating image {container}/{name}"))?;
+                (w, 0)
+            }
+            Err(e) => return Err(e).with_context(|| format!("resuming {container}/{name}")),
+        }
+    } else {
+        let w = client
+            .create_image(container, name, &[])
+            .with_context(|| format!("creating image {container}/{name}"))?;
+        (w, 0)
+    };
+    if offset > 0 {
+        skip(&mut source, offset, total)
+            .with_context(|| format!("skipping to offset {offset} of {}", input.display()))?;
+        if !cli.json {
+            eprintln!("resuming {container}/{name} at offset {offset}");
+        }
+    }
+    let bar = progress(total.map(|t| t.saturating_sub(offset)));
     let copied = writer.copy_from(source, |n| {
         if let Some(b) = &bar {
             b.inc(n);
@@ -74,7 +100,7 @@ pub(crate) fn backup(
     report(
         cli,
         json!({
-            "container": container, "name": name, "logical_bytes": s.logical_bytes, "chunks": s.chunks,
+            "container": container, "name": name, "resumed_at": offset, "logical_bytes": s.logical_bytes, "chunks": s.chunks,
             "new_chunks": s.new_chunks, "new_bytes": s.new_stored_bytes, "sent_bytes": done.sent_bytes,
             "wire_bytes": client.bytes_sent(), "dedup_ratio": done.dedup_ratio(), "seconds": secs, "mb_per_s": mbps,
         }),
@@ -93,7 +119,26 @@ pub(crate) fn backup(
     Ok(())
 }
 
-pub(crate) fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> Result<()> {
+/// Moves `source` past the first `offset` bytes, which the server already
+/// holds (a file or a stream alike: read and dropped, at disk speed).
+fn skip(source: &mut impl Read, offset: u64, total: Option<u64>) -> Result<()> {
+    if let Some(t) = total.filter(|&t| t < offset) {
+        bail!("the input holds {t} bytes, but the incomplete image already holds {offset}: it is not the same input");
+    }
+    let skipped = io::copy(&mut source.take(offset), &mut io::sink())?;
+    if skipped < offset {
+        bail!("the input ended after {skipped} bytes, before the resume offset {offset}");
+    }
+    Ok(())
+}
+
+pub(crate) fn restore(
+    cli: &Cli,
+    container: &str,
+    name: &str,
+    sync: bool,
+    output: &Path,
+) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
     let started = Instant::now();
     let mut reader = client
@@ -133,8 +178,7 @@ pub(crate) fn restore(cli: &Cli, container: &str, name: &str, output: &Path) -> 
     sink.flush()?;
     drop(sink);
     if !to_stdout {
-        std::fs::rename(partial(output), output)
-            .with_context(|| format!("writing {}", output.display()))?;
+        finish_file(output, sync).with_context(|| format!("writing {}", output.display()))?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -197,6 +241,24 @@ pub(crate) fn bench(
         };
         let ratio = s.ratio.map(|r| format!("{r:.3}")).unwrap_or_default();
         println!("{:<36} {:>12} {:>10}", s.stage, speed, ratio);
+    }
+    Ok(())
+}
+
+/// Puts a restored file in place: synced (unless asked not to) before the
+/// rename, and the directory after it, so a restore reported as done
+/// survives a power loss.
+fn finish_file(output: &Path, sync: bool) -> io::Result<()> {
+    if sync {
+        File::open(partial(output))?.sync_all()?;
+    }
+    std::fs::rename(partial(output), output)?;
+    if sync {
+        let dir = match output.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
     }
     Ok(())
 }
