@@ -75,6 +75,23 @@ fn replica() -> Vec<u8> {
     [bytes(3, 0, create, b""), bytes(4, 0, ack, b"")].concat()
 }
 
+/// A resume of an incomplete image and the server's answer (protocol 3).
+fn resume() -> Vec<u8> {
+    let ask = Msg::ImageResume {
+        container: tern_core::ContainerName::new("c").unwrap(),
+        name: tern_core::ImageName::new("img").unwrap(),
+        mode: tern_core::wire::WriteMode::Dedup,
+    };
+    let answer = Msg::ImageResumed {
+        handle: 1,
+        chunking: Default::default(),
+        zstd_level: 1,
+        offset: 65536,
+        props: b"props".to_vec(),
+    };
+    [bytes(5, 0, ask, b""), bytes(6, 0, answer, b"")].concat()
+}
+
 /// Every seed: (target, file name, contents).
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let ping = |seq, ack| bytes(seq, ack, Msg::Ping, b"payload");
@@ -93,6 +110,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("frame", "join", join()),
         ("frame", "pings", [ping(1, 0), ping(2, 1)].concat()),
         ("frame", "replica", replica()),
+        ("frame", "resume", resume()),
         ("handshake", "hello-login", [hello(), login()].concat()),
         ("handshake", "join", join()),
         (

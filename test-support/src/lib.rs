@@ -276,6 +276,15 @@ fn walk(p: &Path) -> u64 {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server said.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the ternd log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = std::fs::remove_file(self.log_path());
         let _ = std::fs::remove_dir_all(self.client_id_dir());
     }

@@ -53,9 +53,12 @@ pub use index::{GroupTotals, GROUP_TOTALS};
 pub use partials::PARTIALS;
 
 /// redb's page cache. Its default (1 GiB) would let ternd's memory grow with
-/// the chunk index; past this size index pages are read from the file (the
-/// kernel's page cache) instead.
-const CACHE_BYTES: usize = 256 << 20;
+/// the chunk index and the recipes; past this size their pages are read from
+/// the file (the kernel's page cache) instead. 32 MiB holds the upper levels
+/// of the index's tree for tens of millions of chunks, so a lookup reads at
+/// most a leaf from the file; a larger cache lets the server's memory follow
+/// the store's growth up to the cache's size.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// The redb database of one data directory.
 pub struct Catalog {
