@@ -273,7 +273,7 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
     ok(&added);
     let partners = json(&src.tern(&["--json", "partner", "ls"], None));
     assert_eq!(partners[0]["name"], "site-b");
-    assert_eq!(partners[0]["version"], 2);
+    assert_eq!(partners[0]["version"], tern_core::wire::PROTOCOL_MAX);
 
     let data = test_data(2 << 20, 75);
     backup(&src.client(), "c", "img", b"\x00\xffprops", &data);

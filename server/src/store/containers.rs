@@ -245,6 +245,39 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A store of `entries` index entries without their data, for measuring
+    /// GC and stats at scale: see [`Catalog::synthetic_fill`]. Into container
+    /// `synthetic` of the default group, made if needed.
+    ///
+    /// [`Catalog::synthetic_fill`]: super::catalog::Catalog::synthetic_fill
+    pub fn synthetic_fill(&self, entries: u64, live_every: u64) -> Result<()> {
+        let group = default_group();
+        let name =
+            ContainerName::new("synthetic").map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rec = match self.catalog.container(&group, &name)? {
+            Some(rec) => rec,
+            None => self
+                .catalog
+                .insert_container(&group, &name, |id| ContainerRecord {
+                    id,
+                    group: group.clone(),
+                    chunking: tern_core::ChunkParams::default(),
+                    zstd_level: super::DEFAULT_ZSTD_LEVEL,
+                    stream_limit: 0,
+                    created: super::records::now_unix(),
+                    replica: false,
+                    import: false,
+                    inherited: false,
+                    replicate_to: None,
+                })?,
+        };
+        let gid = self.group_of(&rec)?;
+        self.catalog
+            .synthetic_fill(rec.id, gid, entries, live_every)
+    }
+}
+
 pub(super) fn default_group() -> GroupName {
     GroupName::new(DEFAULT_GROUP).expect("the default group's name is valid")
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tern_server::certs::{self, CertPaths};
 use tern_server::config::Config;
@@ -71,6 +71,18 @@ enum Cmd {
         /// and list each change.
         #[arg(long)]
         repair: bool,
+    },
+    /// Fill a stopped store with ENTRIES made-up index entries (every
+    /// LIVE_EVERY-th named by a recipe), without data: for measuring GC and
+    /// stats at scale (bench/gc-scale).
+    #[command(hide = true)]
+    SyntheticFill {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        entries: u64,
+        #[arg(long, default_value_t = 2)]
+        live_every: u64,
     },
     /// Manage users (on a stopped server).
     User {
@@ -165,6 +177,13 @@ fn run(cli: Cli) -> Result<()> {
             json,
             repair: true,
         } => fsck_repair(&data.data, json),
+        Cmd::SyntheticFill {
+            data,
+            entries,
+            live_every,
+        } => offline::open_store(&data.data)?
+            .synthetic_fill(entries, live_every)
+            .context("filling the store"),
         Cmd::User { cmd } => user(cmd),
     }
 }

@@ -207,7 +207,7 @@ fn in_use(e: StoreError) -> anyhow::Error {
     }
 }
 
-fn open_store(data: &Path) -> Result<Store> {
+pub(crate) fn open_store(data: &Path) -> Result<Store> {
     require_data_dir(data)?;
     Store::open(data).map_err(in_use)
 }

@@ -85,15 +85,17 @@ impl<'tx> IndexWriter<'tx> {
         Ok(())
     }
 
-    /// Keeps the entries `keep(key, location)` accepts; returns how many went.
-    pub(super) fn retain(
+    /// Keeps the entries in `range` that `keep(key, location)` accepts;
+    /// returns how many went.
+    pub(super) fn retain_in(
         &mut self,
+        range: std::ops::Range<&[u8]>,
         mut keep: impl FnMut(&ChunkKey, &Location) -> bool,
     ) -> Result<u64> {
         let mut removed = 0;
         let mut bad = None;
         let delta = &mut self.delta;
-        self.chunks.retain(|k, v| {
+        self.chunks.retain_in(range, |k, v| {
             let (Ok(key), Some(loc)) = (<ChunkKey>::try_from(k), Location::decode(v)) else {
                 bad.get_or_insert_with(|| hex_key(k));
                 return true;

@@ -128,27 +128,44 @@ impl Catalog {
         Ok(())
     }
 
-    /// Removes every index entry `live` rejects, in one transaction;
-    /// `kept` sees each entry that stays. Returns how many went.
+    /// Removes every index entry `live` rejects; `kept` sees each entry that
+    /// stays. Returns how many went. One transaction per 1/256 of each
+    /// group's key space: a transaction's changed pages stay in memory until
+    /// it commits, and one over an index of millions would hold most of it.
+    /// (GC holds writers off meanwhile; a crash between transactions leaves
+    /// dead entries for the next run.)
     pub fn sweep_index(
         &self,
         live: impl Fn(&ChunkKey) -> bool,
         mut kept: impl FnMut(&ChunkKey, &Location),
     ) -> Result<u64> {
-        let tx = self.begin_write()?;
-        let removed = {
-            let mut index = IndexWriter::open(&tx)?;
-            let removed = index.retain(|key, loc| {
-                let keep = live(key);
-                if keep {
-                    kept(key, loc);
+        let mut removed = 0;
+        for (_, group) in self.groups()? {
+            for b in 0..=255u8 {
+                let mut lo = group.to_be_bytes().to_vec();
+                lo.push(b);
+                let hi = match b.checked_add(1) {
+                    Some(next) => [group.to_be_bytes().as_slice(), &[next]].concat(),
+                    None => match group.checked_add(1) {
+                        Some(g) => g.to_be_bytes().to_vec(),
+                        None => vec![0xff; 37],
+                    },
+                };
+                let tx = self.begin_write()?;
+                {
+                    let mut index = IndexWriter::open(&tx)?;
+                    removed += index.retain_in(lo.as_slice()..hi.as_slice(), |key, loc| {
+                        let keep = live(key);
+                        if keep {
+                            kept(key, loc);
+                        }
+                        keep
+                    })?;
+                    index.finish()?;
                 }
-                keep
-            })?;
-            index.finish()?;
-            removed
-        };
-        tx.commit()?;
+                tx.commit()?;
+            }
+        }
         Ok(removed)
     }
 

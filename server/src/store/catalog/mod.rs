@@ -47,6 +47,7 @@ mod maintenance;
 mod overlay;
 pub mod partials;
 pub mod replication;
+mod synthetic;
 
 pub use images::NewImage;
 pub use index::{GroupTotals, GROUP_TOTALS};
