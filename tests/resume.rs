@@ -67,7 +67,7 @@ fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -295,7 +295,9 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
         "incomplete_retention_secs = 4\n",
     )
     .unwrap();
-    let server = TestServer::start_with(dir, &[]);
+    // A short grace period: an image is kept from expiry while a session
+    // (the dead client's, in its grace period) still holds it.
+    let server = TestServer::start_with(dir, &["--grace-period", "2"]);
     server
         .client()
         .container_create("c", Default::default())

@@ -131,7 +131,11 @@ impl TestServer {
             .args(["--plain-listen", &format!("127.0.0.1:{}", self.plain_port)])
             .args(&self.args)
             .env("TERN_PASSWORD", PASSWORD)
-            .env("TERN_LOG", "warn")
+            // TERN_TEST_LOG=info shows more of a failing test's server.
+            .env(
+                "TERN_LOG",
+                std::env::var("TERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -279,8 +283,13 @@ impl Drop for TestServer {
         // A failing test shows what the server said.
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- last lines of the ternd log ---");
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("the client said goodbye"))
+                .take(60)
+                .collect();
+            eprintln!("--- last lines of the ternd log (but clean goodbyes) ---");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
