@@ -179,6 +179,10 @@ fn a_client_killed_halfway_resumes_sending_at_most_a_quarter_more() {
 
     let offset = resume_through(&server, &proxy, "big", &file);
     let sent = proxy.bytes_to_server();
+    eprintln!(
+        "client killed: resumed at {offset} of {GIB} bytes; {sent} bytes sent in all ({:.3}x)",
+        sent as f64 / GIB as f64
+    );
     assert!(offset >= GIB as u64 / 4, "resumed only from {offset}");
     assert!(
         sent as f64 <= 1.25 * GIB as f64,
@@ -219,6 +223,10 @@ fn a_server_killed_halfway_restarts_and_the_backup_resumes() {
     let offset = resume_through(&server, &proxy, "big", &file);
     assert_eq!(offset, incomplete[0].1, "resumed where ls said");
     let sent = proxy.bytes_to_server();
+    eprintln!(
+        "server killed: resumed at {offset} of {GIB} bytes; {sent} bytes sent in all ({:.3}x)",
+        sent as f64 / GIB as f64
+    );
     assert!(
         sent as f64 <= 1.25 * GIB as f64,
         "{sent} bytes sent in all for a {GIB}-byte file (resumed at {offset})"
