@@ -12,19 +12,26 @@ use std::time::{Duration, Instant};
 use tern_faultproxy::{FaultProxy, Faults};
 use tern_test_support::*;
 
-/// A file of `len` incompressible bytes, written piece by piece.
+/// A file of `len` incompressible bytes (xorshift64), written piece by piece.
 fn data_file(dir: &Path, len: usize, seed: u64) -> PathBuf {
     let path = dir.join(format!("data-{seed}"));
-    let mut f = std::fs::File::create(&path).unwrap();
-    let piece = 16 << 20;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut piece = Vec::with_capacity(1 << 20);
     let mut left = len;
-    let mut i = 0;
     while left > 0 {
-        let n = left.min(piece);
-        f.write_all(&test_data(n, seed * 1000 + i)).unwrap();
-        left -= n;
-        i += 1;
+        piece.clear();
+        while piece.len() < (1 << 20).min(left) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            piece.extend_from_slice(&x.to_le_bytes());
+        }
+        piece.truncate((1 << 20).min(left));
+        f.write_all(&piece).unwrap();
+        left -= piece.len();
     }
+    f.flush().unwrap();
     path
 }
 
