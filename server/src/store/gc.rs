@@ -63,6 +63,7 @@ impl Store {
             },
         )?;
         drop(live);
+        self.confirm_sparse(&packs, &busy_packs, &mut live_bytes, &mut report)?;
         // Packs with nothing live go first: deleting them frees space without
         // needing any, which is what a full disk needs.
         let mut sparse = Vec::new();
@@ -104,6 +105,66 @@ impl Store {
         }
         report.bytes_after = PackSet::bytes(&self.packs.files()?);
         Ok(report)
+    }
+
+    /// The Bloom filter keeps about 1% of dead chunks. In a pack that is
+    /// nearly all dead, those decide whether it is deleted (or must be
+    /// copied, which a full disk may not allow), so the survivors of such
+    /// packs are checked against the recipes exactly, and removed if no
+    /// recipe names them. Memory: the survivors of those packs only.
+    fn confirm_sparse(
+        &self,
+        packs: &[PackFile],
+        busy: &HashSet<u64>,
+        live_bytes: &mut HashMap<u64, u64>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let sparse: HashSet<u64> = packs
+            .iter()
+            .filter(|p| !busy.contains(&p.number))
+            .filter(|p| {
+                let size = std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0);
+                live_bytes
+                    .get(&p.number)
+                    .is_some_and(|&b| (b as f64) <= size as f64 * CONFIRM_LIVE_SHARE)
+            })
+            .map(|p| p.number)
+            .collect();
+        if sparse.is_empty() {
+            return Ok(());
+        }
+        let mut suspects: HashMap<ChunkKey, Location> = self
+            .catalog
+            .entries_in_packs(&sparse)?
+            .into_iter()
+            .collect();
+        let image_groups = self.catalog.image_groups()?;
+        self.catalog.for_each_recipe_row(|image, _, id, _| {
+            if let Some(group) = image_groups.get(&image) {
+                suspects.remove(&chunk_key(*group, &id));
+            }
+            Ok(())
+        })?;
+        let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
+        for image in open {
+            let img = lock(&image);
+            for (_, id, _) in img.unflushed() {
+                suspects.remove(&chunk_key(img.group, id));
+            }
+        }
+        let dead: Vec<(ChunkKey, Option<Location>)> = suspects.keys().map(|k| (*k, None)).collect();
+        self.catalog.set_index_entries(&dead)?;
+        for loc in suspects.values() {
+            if let Some(b) = live_bytes.get_mut(&loc.pack) {
+                *b = b.saturating_sub(u64::from(loc.stored_len) + ENTRY_HEADER_LEN);
+                if *b == 0 {
+                    live_bytes.remove(&loc.pack);
+                }
+            }
+        }
+        report.chunks_removed += dead.len() as u64;
+        report.live_chunks = report.live_chunks.saturating_sub(dead.len() as u64);
+        Ok(())
     }
 
     /// Every chunk a committed, partial or open image refers to.
@@ -164,6 +225,10 @@ impl Store {
 /// Room kept beyond a pack's live bytes when compacting it: the new pack's
 /// table and the catalog transaction that re-points the index.
 const COMPACT_MARGIN: u64 = 1 << 20;
+
+/// Packs whose live bytes are at most this share of their size have their
+/// survivors checked exactly (see `confirm_sparse`).
+const CONFIRM_LIVE_SHARE: f64 = 0.05;
 
 /// Sparse packs whose entries one index scan gathers.
 const COMPACT_BATCH: usize = 64;
