@@ -432,12 +432,10 @@ impl Client {
         )
     }
 
-    /// Reopens an incomplete image of this user (its writer died, or the
-    /// server restarted) to continue it: returns the writer and the offset
-    /// of the image to continue from (seek the source there, or skip that
-    /// many bytes of a stream). An image still open in a session that lost
-    /// its connections is taken from it. No incomplete image of that name
-    /// is [`ClientError::Server`] with kind `NotFound`.
+    /// Reopens an incomplete image (its writer died, or the server
+    /// restarted): returns the writer and the offset to continue from (seek
+    /// the source there, or skip that much of a stream). One held by a
+    /// session without connections is taken from it; none is `NotFound`.
     pub fn resume_image(
         &self,
         container: &str,
