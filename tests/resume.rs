@@ -307,7 +307,7 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("ternd.toml"),
-        "incomplete_retention_secs = 4\n",
+        "incomplete_retention_secs = 10\n",
     )
     .unwrap();
     // A short grace period: an image is kept from expiry while a session
@@ -318,13 +318,13 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
         .container_create("c", Default::default())
         .unwrap();
     let files = tempfile::tempdir().unwrap();
-    let file = data_file(files.path(), 48 << 20, 3);
-    let proxy = FaultProxy::start(
-        "127.0.0.1:0",
-        server.address().parse().unwrap(),
-        Faults::default(),
-    )
-    .unwrap();
+    let file = data_file(files.path(), 96 << 20, 3);
+    // A slow link (4 connections at 10 MB/s), so the kill lands mid-backup.
+    let slow = Faults {
+        per_connection_rate: Some(10_000_000),
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start("127.0.0.1:0", server.address().parse().unwrap(), slow).unwrap();
     let mut client = spawn_backup(&server, &proxy.addr().to_string(), "left", &file);
     wait_until(120, "some data sent", || {
         proxy.bytes_to_server() >= 24 << 20
@@ -343,7 +343,7 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
         "gc freed an incomplete image's chunks: {kept} bytes left"
     );
 
-    // Expiry: once its last checkpoint is 4 s old and its session is gone.
+    // Expiry: once its last checkpoint is 10 s old and its session is gone.
     wait_until(60, "expiry", || listed(&server).1.is_empty());
     let gc = server.ternd(&["gc"]);
     assert_ok("gc", &gc);
