@@ -714,6 +714,7 @@ typedef struct {
   tern_status (*events_ack)(const tern_client*, const char*, const uint64_t*, size_t);
   tern_status (*partner_list)(const tern_client*, tern_partner_cb, void*);
   tern_status (*image_resume)(const tern_client*, const char*, const char*, tern_image**, uint64_t*);
+  tern_status (*copy_abort)(const tern_client*, const char*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -1063,6 +1064,23 @@ tern_status tern_copy_get_status(const tern_client *client, const char *id, tern
  * `client` is NULL or a live handle; `id` is NULL or NUL-terminated.
  */
 tern_status tern_copy_cancel(const tern_client *client, const char *id);
+
+/**
+ * Ends a copy and drops what it left on both sides. Called on the copy's
+ * source: a copy not yet done is cancelled (a running one stops first) and
+ * the target drops the partial replica it kept to resume the copy; if the
+ * target cannot be reached the copy stays cancelled and the call fails
+ * (the target drops it after its retention period). Called on the target
+ * as an admin: drops the partial replica the copy left there.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not a copy id, or a
+ * copy that is done), TERN_NOT_FOUND, TERN_PROTOCOL (a server older than
+ * protocol 4), TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED,
+ * TERN_TIMEOUT, TERN_INTERNAL (the target could not be told).
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `id` is NULL or NUL-terminated.
+ */
+tern_status tern_copy_abort(const tern_client *client, const char *id);
 
 /**
  * Calls `cb` for each unacknowledged import event of `container`, oldest

@@ -75,7 +75,8 @@ fn replica() -> Vec<u8> {
     [bytes(3, 0, create, b""), bytes(4, 0, ack, b"")].concat()
 }
 
-/// A resume of an incomplete image and the server's answer (protocol 3).
+/// A resume of an incomplete image and the server's answer (protocol 3),
+/// and the abort of a copy (protocol 4).
 fn resume() -> Vec<u8> {
     let ask = Msg::ImageResume {
         container: tern_core::ContainerName::new("c").unwrap(),
@@ -89,7 +90,15 @@ fn resume() -> Vec<u8> {
         offset: 65536,
         props: b"props".to_vec(),
     };
-    [bytes(5, 0, ask, b""), bytes(6, 0, answer, b"")].concat()
+    let abort = Msg::CopyAbort {
+        id: tern_core::wire::CopyId([7; 16]),
+    };
+    [
+        bytes(5, 0, ask, b""),
+        bytes(6, 0, answer, b""),
+        bytes(7, 0, abort, b""),
+    ]
+    .concat()
 }
 
 /// Every seed: (target, file name, contents).

@@ -107,3 +107,18 @@ pub fn wait_for(
 pub fn wait_final(client: &Client, id: CopyId) -> CopyInfo {
     wait_for(client, id, Duration::from_secs(120), |i| i.state.is_final())
 }
+
+/// `len` incompressible bytes (xorshift64): every chunk is new and stored
+/// raw, so bytes on the wire measure chunks sent.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

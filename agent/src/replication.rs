@@ -141,6 +141,22 @@ impl Client {
         self.expect_done(Msg::CopyCancel { id })
     }
 
+    /// Ends a copy and drops what it left on both sides (see
+    /// `Msg::CopyAbort`); on a target, drops the partial replica it left.
+    pub fn copy_abort(&self, id: CopyId) -> Result<(), ClientError> {
+        let v = self.protocol_version();
+        if v < tern_core::wire::COPY_RESUME_MIN {
+            return Err(ClientError::Server {
+                kind: tern_core::wire::ErrorKind::Incompatible,
+                message: format!(
+                    "the server speaks protocol version {v}; aborting a copy needs version {}",
+                    tern_core::wire::COPY_RESUME_MIN
+                ),
+            });
+        }
+        self.expect_done(Msg::CopyAbort { id })
+    }
+
     /// The replication trail, newest first.
     pub fn replication_history(&self, max: u32) -> Result<Vec<TrailEntry>, ClientError> {
         self.needs_replication()?;
@@ -242,6 +258,15 @@ impl Client {
                 handle,
                 stop,
                 finished: false,
+                offset: 0,
+            })),
+            Msg::ImageResumed { handle, offset, .. } => Ok(ReplicaStart::Write(ReplicaWriter {
+                sender: self.conn().sender(&stop),
+                client: self.clone(),
+                handle,
+                stop,
+                finished: false,
+                offset,
             })),
             Msg::ImageCommitted { info, .. } => Ok(ReplicaStart::Committed(info)),
             other => Err(unexpected(other)),
@@ -283,6 +308,7 @@ pub struct ReplicaWriter {
     handle: Handle,
     stop: Arc<Stop>,
     finished: bool,
+    offset: u64,
 }
 
 /// An announced batch awaiting the target's answer.
@@ -312,6 +338,13 @@ impl PendingNeed {
 }
 
 impl ReplicaWriter {
+    /// Bytes of the replica the target already holds from an earlier
+    /// attempt of this copy (0 for a new one): announce the recipe from
+    /// this offset on.
+    pub fn resume_offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Announces the next chunks of the recipe; the answer comes later, so
     /// that several batches can be in flight.
     pub fn announce(&self, entries: Vec<ChunkRef>) -> Result<PendingNeed, ClientError> {

@@ -119,6 +119,7 @@ pub struct tern_plugin_api {
         *mut *mut tern_image,
         *mut u64,
     ) -> tern_status,
+    pub copy_abort: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -157,6 +158,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     events_ack: crate::tern_events_ack,
     partner_list: crate::tern_partner_list,
     image_resume: crate::image::tern_image_resume,
+    copy_abort: crate::tern_copy_abort,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

@@ -197,6 +197,34 @@ pub unsafe extern "C" fn tern_copy_cancel(
     })
 }
 
+/// Ends a copy and drops what it left on both sides. Called on the copy's
+/// source: a copy not yet done is cancelled (a running one stops first) and
+/// the target drops the partial replica it kept to resume the copy; if the
+/// target cannot be reached the copy stays cancelled and the call fails
+/// (the target drops it after its retention period). Called on the target
+/// as an admin: drops the partial replica the copy left there.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not a copy id, or a
+/// copy that is done), TERN_NOT_FOUND, TERN_PROTOCOL (a server older than
+/// protocol 4), TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED,
+/// TERN_TIMEOUT, TERN_INTERNAL (the target could not be told).
+///
+/// # Safety
+/// `client` is NULL or a live handle; `id` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tern_copy_abort(
+    client: *const tern_client,
+    id: *const c_char,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
+        let c = unsafe { client_ref(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
+        let id = parse_id(unsafe { c_str(id, "id")? })?;
+        c.get()?.copy_abort(id)?;
+        Ok(())
+    })
+}
+
 /// One import event, as passed to a tern_event_cb. Valid only during the
 /// callback. Fields may be added at the end in later versions.
 #[repr(C)]

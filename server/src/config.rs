@@ -67,6 +67,12 @@ max_copies_per_partner = 4
 # resumable by name (`tern backup --resume`), for this long after its last
 # checkpoint; then it is dropped and GC frees its chunks.
 incomplete_retention_secs = 86400
+
+# What a target received of a copy that was cut off (an outage, a restart of
+# either server) is kept for this long after its last checkpoint, so that the
+# copy continues without resending it; then it is dropped, with a trail
+# entry. `tern copy abort ID` drops it at once.
+replica_retention_secs = 604800
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +95,7 @@ pub struct Config {
     pub reserved_space_bytes: u64,
     pub max_copies_per_partner: usize,
     pub incomplete_retention_secs: u64,
+    pub replica_retention_secs: u64,
 }
 
 impl Default for Config {
@@ -111,6 +118,7 @@ impl Default for Config {
             reserved_space_bytes: crate::store::DEFAULT_RESERVE,
             max_copies_per_partner: 4,
             incomplete_retention_secs: 24 * 3600,
+            replica_retention_secs: 7 * 24 * 3600,
         }
     }
 }

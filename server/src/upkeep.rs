@@ -11,8 +11,17 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often incomplete images are looked at for expiry.
 const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 
+/// How long what an interrupted writer left is kept after its last checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Incomplete images (backups).
+    pub images: Duration,
+    /// Partial replicas (copies).
+    pub replicas: Duration,
+}
+
 /// Starts the upkeep thread; it runs as long as the process.
-pub fn start(store: Arc<Store>, incomplete_retention: Duration) -> std::io::Result<()> {
+pub fn start(store: Arc<Store>, retention: Retention) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("tern-upkeep".into())
         .spawn(move || {
@@ -24,7 +33,7 @@ pub fn start(store: Arc<Store>, incomplete_retention: Duration) -> std::io::Resu
                 }
                 if last_expiry.elapsed() >= EXPIRY_EVERY {
                     last_expiry = Instant::now();
-                    if let Err(e) = store.expire_incomplete(incomplete_retention) {
+                    if let Err(e) = store.expire_incomplete(retention.images, retention.replicas) {
                         tracing::warn!("expiring incomplete images: {e}");
                     }
                 }

@@ -15,12 +15,16 @@ pub use replication::*;
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. Version 2 adds the
-/// replication messages; a server-to-server copy needs it.
-pub const PROTOCOL_MAX: u16 = 3;
+/// replication messages; a server-to-server copy needs it. Version 3
+/// resumes incomplete images; version 4 resumes interrupted copies
+/// (`ReplicaCreate` may be answered by `ImageResumed`) and adds `CopyAbort`.
+pub const PROTOCOL_MAX: u16 = 4;
 /// The oldest protocol version a replication partner must speak.
 pub const REPLICATION_MIN: u16 = 2;
 /// The oldest protocol version that resumes incomplete images.
 pub const RESUME_MIN: u16 = 3;
+/// The oldest protocol version that resumes copies where they stopped.
+pub const COPY_RESUME_MIN: u16 = 4;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

@@ -439,6 +439,14 @@ pub enum Msg {
         /// The copy.
         id: CopyId,
     },
+    /// Ends a copy and drops what it left on both sides (protocol 4): on
+    /// its source, a copy not yet done is cancelled and its target told to
+    /// drop its partial replica; on its target, the partial replica is
+    /// dropped. Answered by `Ok`.
+    CopyAbort {
+        /// The copy.
+        id: CopyId,
+    },
     /// Asks for the replication trail, newest first; answered by `Trail`.
     TrailGet {
         /// Most entries wanted.
@@ -451,8 +459,10 @@ pub enum Msg {
     },
     /// From a source server: opens a replica for writing in a replica
     /// container; answered by `ImageCreated` (then written like a dedup
-    /// image: `ImageAppend`, `ChunkData` as stored, `ImageClose`), or by
-    /// `ImageCommitted` if this copy already committed it.
+    /// image: `ImageAppend`, `ChunkData` as stored, `ImageClose`), by
+    /// `ImageCommitted` if this copy already committed it, or (protocol 4)
+    /// by `ImageResumed` if this copy left a partial replica: the source
+    /// continues its recipe from `offset`.
     ReplicaCreate {
         /// The replica container.
         container: ContainerName,

@@ -83,7 +83,11 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         }
         ReplicaStart::Write(w) => w,
     };
-    send_recipe(r, &img, &writer, live)?;
+    let from = writer.resume_offset();
+    if from > 0 {
+        tracing::info!(copy = %id, "continuing the copy at {from} of {} bytes", img.info.size);
+    }
+    send_recipe(r, &img, &writer, live, from)?;
     writer.commit().map_err(|e| from_client(e, live))?;
     Ok(())
 }
@@ -94,13 +98,28 @@ fn send_recipe(
     img: &ReadableImage,
     w: &ReplicaWriter,
     live: &Live,
+    from: u64,
 ) -> Result<(), Failure> {
     let mut window: VecDeque<(PendingNeed, Vec<RecipeEntry>)> = VecDeque::new();
-    let mut offset = 0u64;
+    let mut offset = from;
+    if offset > img.info.size {
+        // Dropping the writer aborts the replica: the next attempt starts over.
+        return Err(Failure::Transient(format!(
+            "the target holds {offset} bytes of a {}-byte image; starting over",
+            img.info.size
+        )));
+    }
+    live.done.fetch_max(offset, Ordering::Relaxed);
     while offset < img.info.size {
         let entries = r.store.recipe_from(img.image_id, offset, BATCH)?;
         let Some(last) = entries.last() else { break };
         if entries[0].offset != offset {
+            if offset == from {
+                return Err(Failure::Transient(format!(
+                    "the target holds {from} bytes, not a chunk boundary of the image; \
+                     starting over"
+                )));
+            }
             return Err(Failure::Permanent(format!(
                 "the recipe of {} has no chunk at offset {offset}",
                 img.info.name

@@ -37,6 +37,8 @@ use crate::store::{Store, StoreError, User};
 /// grow to [`MAX_RETRY_DELAY`]: about an hour and a half in all).
 const MAX_ATTEMPTS: u32 = 100;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How long an abort waits for a running attempt to stop.
+const ABORT_WAIT: Duration = Duration::from_secs(10);
 /// Copies listed at most.
 const LIST_MAX: usize = 10_000;
 
@@ -176,14 +178,8 @@ impl Replicator {
             Err(e) => {
                 let reason = format!("partner {name} refused: {e}");
                 self.trail_check(name, started, &reason);
-                let kind = match &e {
-                    ClientError::Server { kind, .. } => *kind,
-                    ClientError::Untrusted(_) => ErrorKind::Denied,
-                    ClientError::Invalid(_) => ErrorKind::Invalid,
-                    _ => ErrorKind::Internal,
-                };
                 return Err(ReplicationError::Partner {
-                    kind,
+                    kind: client_kind(&e),
                     message: reason,
                 });
             }
@@ -406,6 +402,67 @@ impl Replicator {
         Ok(())
     }
 
+    /// Ends a copy and drops what it left on both sides. On the source, a
+    /// copy not yet done is cancelled (a running one stops first), then
+    /// the target is told to drop its partial replica; an unreachable
+    /// target is an error that says so (the copy stays cancelled). On a
+    /// target (an admin), the partial replica the copy left is dropped.
+    pub fn abort(&self, user: &User, id: CopyId) -> Result<(), ReplicationError> {
+        let rec = match self.store.catalog().copy(id)? {
+            Some(rec) if user.may_use(&rec.group) => rec,
+            _ if user.admin => {
+                if self.store.replica_abort(id, "aborted on this server")? {
+                    tracing::info!(copy = %id, "partial replica dropped by an abort");
+                    return Ok(());
+                }
+                return Err(StoreError::NotFound(format!(
+                    "no copy {id} here, and no partial replica of it"
+                ))
+                .into());
+            }
+            _ => return Err(StoreError::NotFound(format!("no copy {id}")).into()),
+        };
+        if matches!(rec.state, CopyState::Done | CopyState::Imported) {
+            return Err(StoreError::Invalid(format!(
+                "copy {id} is done: its replica is committed on {} (delete it there with tern rm)",
+                rec.partner
+            ))
+            .into());
+        }
+        if !rec.state.is_final() {
+            self.cancel(user, id)?;
+            let deadline = Instant::now() + ABORT_WAIT;
+            while lock(&self.live).contains_key(&id) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let partner =
+            self.store.catalog().partner(&rec.partner)?.ok_or_else(|| {
+                StoreError::NotFound(format!("partner {} was removed", rec.partner))
+            })?;
+        let told = partner::connect(&partner, &self.me).and_then(|c| c.replica_abort(id));
+        let (result, reason) = match &told {
+            Ok(()) => (
+                "aborted",
+                "aborted: the target dropped what it had".to_string(),
+            ),
+            Err(e) => ("aborted", format!("aborted; the target was not told: {e}")),
+        };
+        let entry = self.trail(id, &rec, now_unix(), result, &reason);
+        if let Err(e) = self.store.catalog().push_trail(&entry) {
+            tracing::warn!(copy = %id, "recording the abort in the trail: {e}");
+        }
+        told.map_err(|e| ReplicationError::Partner {
+            kind: client_kind(&e),
+            message: format!(
+                "copy {id} is cancelled here, but partner {} could not be told to drop its \
+                 partial replica ({e}); it drops it after its retention period, or run \
+                 `tern copy abort {id}` there",
+                rec.partner
+            ),
+        })
+    }
+
     fn trail(
         &self,
         id: CopyId,
@@ -431,6 +488,16 @@ impl Replicator {
 
     pub fn history(&self, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
         self.store.catalog().trail(max.clamp(1, 100_000) as usize)
+    }
+}
+
+/// The class of a partner's failure, for the client that asked.
+fn client_kind(e: &ClientError) -> ErrorKind {
+    match e {
+        ClientError::Server { kind, .. } => *kind,
+        ClientError::Untrusted(_) => ErrorKind::Denied,
+        ClientError::Invalid(_) => ErrorKind::Invalid,
+        _ => ErrorKind::Internal,
     }
 }
 

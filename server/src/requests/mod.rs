@@ -74,6 +74,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::CopyStatusGet { .. }
         | Msg::CopyList
         | Msg::CopyCancel { .. }
+        | Msg::CopyAbort { .. }
         | Msg::TrailGet { .. }
         | Msg::ReplicaCreate { .. }
         | Msg::ReplicaAbort { .. }

@@ -93,6 +93,28 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| repl.cancel(&user, id))?;
             Msg::Ok
         }
+        Msg::CopyAbort { id } => {
+            if h.version < tern_core::wire::COPY_RESUME_MIN {
+                return refuse(
+                    ErrorKind::Incompatible,
+                    format!(
+                        "CopyAbort needs protocol version {}; this session speaks {}",
+                        tern_core::wire::COPY_RESUME_MIN,
+                        h.version
+                    ),
+                );
+            }
+            // It may connect to the partner: off the async workers.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(repl.abort(&user, id));
+            });
+            match rx.await {
+                Ok(outcome) => outcome?,
+                Err(_) => return refuse(ErrorKind::Internal, "the abort stopped"),
+            }
+            Msg::Ok
+        }
         Msg::TrailGet { max } => Msg::Trail {
             list: blocking(|| repl.history(max))?,
         },
@@ -112,7 +134,8 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                 chunking,
                 zstd_level,
             };
-            let start = blocking(|| store.replica_begin(&user, replica))?;
+            let resume = h.version >= tern_core::wire::COPY_RESUME_MIN;
+            let start = blocking(|| store.replica_begin(&user, replica, resume))?;
             match start {
                 ReplicaStart::Committed(info) => Msg::ImageCommitted {
                     info,
@@ -128,6 +151,18 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                         zstd_level,
                     }
                 }
+                ReplicaStart::Resume { writer, offset } => {
+                    let handle = h.new_handle();
+                    h.store.set_session_probe(writer, h.session_probe());
+                    h.writers.insert(handle, writer);
+                    Msg::ImageResumed {
+                        handle,
+                        chunking,
+                        zstd_level,
+                        offset,
+                        props: Vec::new(),
+                    }
+                }
             }
         }
         Msg::ReplicaAbort { copy } => {
@@ -137,7 +172,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     format!("user {} replicates into no storage group", user.name),
                 );
             }
-            store.replica_abort(copy);
+            blocking(|| store.replica_abort(copy, "the source ended the copy"))?;
             Msg::Ok
         }
         Msg::ImportStatesGet { copies } => Msg::ImportStates {

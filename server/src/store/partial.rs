@@ -9,18 +9,22 @@
 
 use std::time::{Duration, Instant};
 
-use tern_core::wire::{ImageInfo, IncompleteImage, TrailEntry, WriteStats};
+use tern_core::wire::{ImageInfo, IncompleteImage, ReplicaOrigin, TrailEntry, WriteStats};
 use tern_core::{ContainerName, ImageName};
 
 use super::catalog::NewImage;
 use super::records::now_unix;
-use super::write::{no_such_image, OpenImage, ReplicaWrite, SessionProbe};
+use super::write::{no_such_image, OpenImage, SessionProbe};
 use super::{lock, Result, Store, StoreError, User, WriterId};
 
 /// A checkpoint is taken at least every this many logical bytes...
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// ...and at least this often while the image is written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// A replica is checkpointed more often: what a target loses in a crash
+/// crosses a WAN again, and copies run at WAN speeds.
+pub const REPLICA_CHECKPOINT_BYTES: u64 = 16 << 20;
+pub const REPLICA_CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// An image that has had no data for this long is checkpointed (its
 /// session is probably in an outage).
 pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
@@ -42,7 +46,12 @@ impl Store {
     /// last one. The caller holds the gate (shared).
     pub(super) fn checkpoint_if_due(&self, img: &mut OpenImage) -> Result<()> {
         let since = img.size.saturating_sub(img.durable.size);
-        if since >= CHECKPOINT_BYTES || img.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+        let (bytes, every) = if img.replica.is_some() {
+            (REPLICA_CHECKPOINT_BYTES, REPLICA_CHECKPOINT_EVERY)
+        } else {
+            (CHECKPOINT_BYTES, CHECKPOINT_EVERY)
+        };
+        if since >= bytes || img.last_checkpoint.elapsed() >= every {
             self.checkpoint(img)?;
         }
         Ok(())
@@ -154,7 +163,8 @@ impl Store {
         let durable = self.sync_pending()?;
         let created = now_unix();
         let trail = img.replica.as_ref().map(|r| {
-            let mut t = target_trail(r, &img.container, &img.name, "ok", String::new());
+            let image = format!("{}/{}", img.container, img.name);
+            let mut t = replica_trail(&r.origin, r.started, &image, "ok", "");
             t.ended = created;
             t.logical_bytes = img.size;
             t.sent_bytes = img.stats.new_stored_bytes;
@@ -195,22 +205,18 @@ impl Store {
         Ok((info, stats))
     }
 
-    /// Drops the replica a copy is writing, if there is one open.
-    pub fn replica_abort(&self, copy: tern_core::wire::CopyId) {
-        let ids: Vec<WriterId> = lock(&self.open)
-            .iter()
-            .filter(|(_, o)| o.copy == Some(copy))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.image_abort(id);
-        }
-    }
-
     /// Drops an image being written, durable part and all (its client
     /// asked to); its chunks are left for GC. A replica's end goes into
     /// the trail.
     pub fn image_abort(&self, w: WriterId) {
+        self.abort_open(
+            w,
+            "the source ended the copy, or its session ended, before the commit",
+        );
+    }
+
+    /// [`Self::image_abort`], saying why in a replica's trail entry.
+    pub(super) fn abort_open(&self, w: WriterId, why: &str) {
         let Some(entry) = lock(&self.open).remove(&w) else {
             return;
         };
@@ -222,11 +228,8 @@ impl Store {
             tracing::warn!("dropping aborted image {}/{}: {e}", img.container, img.name);
         }
         if let Some(r) = &img.replica {
-            let reason = "the source ended the copy, or its session ended, before the commit";
-            let t = target_trail(r, &img.container, &img.name, "failed", reason.into());
-            if let Err(e) = self.catalog.push_trail(&t) {
-                tracing::warn!("recording an aborted replica in the trail: {e}");
-            }
+            let image = format!("{}/{}", img.container, img.name);
+            self.trail_replica_end(&r.origin, r.started, &image, "failed", why);
         }
     }
 
@@ -433,9 +436,10 @@ impl Store {
     }
 
     /// Drops incomplete images (not open in any session) whose last
-    /// checkpoint is older than `retention`, each with a log line; returns
+    /// checkpoint is older than their retention (`replicas` for partial
+    /// replicas, each with a trail entry), each with a log line; returns
     /// how many went.
-    pub fn expire_incomplete(&self, retention: Duration) -> Result<usize> {
+    pub fn expire_incomplete(&self, images: Duration, replicas: Duration) -> Result<usize> {
         let _begin = lock(&self.begin_lock);
         let open: Vec<(u64, ImageName)> = lock(&self.open)
             .values()
@@ -444,44 +448,74 @@ impl Store {
         let now = now_unix();
         let mut dropped = 0;
         for (cid, name, p) in self.catalog.all_partials()? {
+            let retention = if p.origin.is_some() { replicas } else { images };
             if open.contains(&(cid, name.clone()))
                 || p.checkpointed.saturating_add(retention.as_secs()) > now
             {
                 continue;
             }
-            if self.catalog.drop_partial(cid, &name, Some(p.id))?.is_some() {
-                tracing::info!(
-                    "incomplete image {name} (container id {cid}, {} bytes durable, last \
-                     checkpoint {} s ago) expired and was dropped; GC frees its chunks",
-                    p.size,
-                    now.saturating_sub(p.checkpointed)
-                );
-                dropped += 1;
+            if self.catalog.drop_partial(cid, &name, Some(p.id))?.is_none() {
+                continue;
             }
+            let what = if p.origin.is_some() {
+                "partial replica"
+            } else {
+                "incomplete image"
+            };
+            tracing::info!(
+                "{what} {name} (container id {cid}, {} bytes durable, last checkpoint {} s ago) \
+                 expired and was dropped; GC frees its chunks",
+                p.size,
+                now.saturating_sub(p.checkpointed)
+            );
+            if let Some(origin) = &p.origin {
+                let why = format!(
+                    "expired: no attempt of the copy continued it for {} s",
+                    retention.as_secs()
+                );
+                let image = self.catalog.image_label(cid, &name);
+                self.trail_replica_end(origin, p.started, &image, "expired", &why);
+            }
+            dropped += 1;
         }
         Ok(dropped)
+    }
+
+    /// Records the end of a replica on this (target) side in the trail.
+    pub(super) fn trail_replica_end(
+        &self,
+        origin: &ReplicaOrigin,
+        started: u64,
+        image: &str,
+        result: &str,
+        reason: &str,
+    ) {
+        let t = replica_trail(origin, started, image, result, reason);
+        if let Err(e) = self.catalog.push_trail(&t) {
+            tracing::warn!("recording the end of replica {image} in the trail: {e}");
+        }
     }
 }
 
 /// The target side's trail entry of a replica.
-fn target_trail(
-    r: &ReplicaWrite,
-    container: &ContainerName,
-    name: &ImageName,
+fn replica_trail(
+    origin: &ReplicaOrigin,
+    started: u64,
+    image: &str,
     result: &str,
-    reason: String,
+    reason: &str,
 ) -> TrailEntry {
     TrailEntry {
-        copy: r.origin.copy,
+        copy: origin.copy,
         side: "target".into(),
-        peer: r.origin.server.clone(),
-        image: format!("{container}/{name}"),
-        started: r.started,
+        peer: origin.server.clone(),
+        image: image.into(),
+        started,
         ended: now_unix(),
         logical_bytes: 0,
         sent_bytes: 0,
         sent_chunks: 0,
         result: result.into(),
-        reason,
+        reason: reason.into(),
     }
 }

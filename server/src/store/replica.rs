@@ -10,7 +10,7 @@ use tern_core::{ChunkParams, ContainerName, ImageName};
 use super::containers::image_info;
 use super::records::{now_unix, ContainerRecord};
 use super::write::ReplicaWrite;
-use super::{ReadableImage, Result, Store, StoreError, User, WriterId};
+use super::{lock, ReadableImage, Result, Store, StoreError, User, WriterId};
 
 /// A replica a source server asks to write.
 pub struct NewReplica {
@@ -28,6 +28,9 @@ pub struct NewReplica {
 pub enum ReplicaStart {
     /// Write it under this writer.
     Write(WriterId),
+    /// Continue the partial replica this copy left, from `offset` (its
+    /// durable size, a chunk boundary of the source's recipe).
+    Resume { writer: WriterId, offset: u64 },
     /// This copy already committed it (the source did not hear of it).
     Committed(ImageInfo),
 }
@@ -36,8 +39,14 @@ impl Store {
     /// Opens a replica for writing, for a source server's copy. The user
     /// must be allowed to replicate into the container's group; the
     /// container must be a replica container whose chunking matches the
-    /// source's (its first copy sets it).
-    pub fn replica_begin(&self, user: &User, replica: NewReplica) -> Result<ReplicaStart> {
+    /// source's (its first copy sets it). With `resume`, a partial replica
+    /// this copy left (an outage, a restart of either side) is continued.
+    pub fn replica_begin(
+        &self,
+        user: &User,
+        replica: NewReplica,
+        resume: bool,
+    ) -> Result<ReplicaStart> {
         let NewReplica {
             container,
             name,
@@ -98,6 +107,11 @@ impl Store {
                 )));
             }
         }
+        if resume {
+            if let Some(r) = self.replica_resume(&rec, container, name, &props, &origin)? {
+                return Ok(r);
+            }
+        }
         let replica = ReplicaWrite {
             origin,
             import: rec.import,
@@ -113,6 +127,88 @@ impl Store {
             &user.name,
         )?;
         Ok(ReplicaStart::Write(w))
+    }
+
+    /// Reopens the partial replica this copy left, taking it from a session
+    /// that still holds it (after a checkpoint: what that session received
+    /// is kept). None if there is nothing of this copy to continue (or it
+    /// was begun with other properties or chunking): the copy starts over.
+    fn replica_resume(
+        &self,
+        rec: &ContainerRecord,
+        container: &ContainerName,
+        name: &ImageName,
+        props: &[u8],
+        origin: &ReplicaOrigin,
+    ) -> Result<Option<ReplicaStart>> {
+        let group = self.group_of(rec)?;
+        let _begin = lock(&self.begin_lock);
+        self.take_over_replica(rec.id, name, origin.copy)?;
+        let Some(durable) = self.catalog.partial(rec.id, name)? else {
+            return Ok(None);
+        };
+        let same_copy = durable.origin.as_ref().map(|o| o.copy) == Some(origin.copy);
+        if !same_copy || durable.chunking != rec.chunking || durable.props != props {
+            return Ok(None);
+        }
+        let offset = durable.size;
+        let owner = durable.owner.clone();
+        let replica = ReplicaWrite {
+            origin: origin.clone(),
+            import: rec.import,
+            started: durable.started,
+        };
+        let image = self.open_image_state(rec, container, name, group, durable, Some(replica))?;
+        let writer = self.insert_open(rec.id, name, Some(origin.copy), &owner, image);
+        tracing::info!(copy = %origin.copy, "replica {container}/{name} resumed at {offset} bytes");
+        Ok(Some(ReplicaStart::Resume { writer, offset }))
+    }
+
+    /// Takes the replica `copy` is writing out of the session that holds it
+    /// (the source gave that session up), checkpointing it first.
+    fn take_over_replica(&self, container_id: u64, name: &ImageName, copy: CopyId) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut open = lock(&self.open);
+        let found = open
+            .iter()
+            .find(|(_, e)| {
+                e.container_id == container_id && e.name == *name && e.copy == Some(copy)
+            })
+            .map(|(w, _)| *w);
+        let Some(entry) = found.and_then(|w| open.remove(&w)) else {
+            return Ok(());
+        };
+        drop(open);
+        let mut img = lock(&entry.image);
+        self.checkpoint(&mut img)
+    }
+
+    /// Drops what a copy left here: the replica it is writing, or the
+    /// partial replica an interrupted attempt kept. Each goes into the
+    /// trail; true if there was any.
+    pub fn replica_abort(&self, copy: CopyId, why: &str) -> Result<bool> {
+        let open: Vec<WriterId> = lock(&self.open)
+            .iter()
+            .filter(|(_, o)| o.copy == Some(copy))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut found = !open.is_empty();
+        for w in open {
+            self.abort_open(w, why);
+        }
+        let _begin = lock(&self.begin_lock);
+        for (cid, name, p) in self.catalog.all_partials()? {
+            let Some(origin) = p.origin.filter(|o| o.copy == copy) else {
+                continue;
+            };
+            if self.catalog.drop_partial(cid, &name, Some(p.id))?.is_some() {
+                found = true;
+                tracing::info!(copy = %copy, "partial replica {name} dropped: {why}");
+                let image = self.catalog.image_label(cid, &name);
+                self.trail_replica_end(&origin, p.started, &image, "failed", why);
+            }
+        }
+        Ok(found)
     }
 
     /// Unacknowledged import events of a container the user may see.

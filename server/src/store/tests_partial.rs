@@ -114,10 +114,17 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
     assert_eq!((gc.live_chunks, gc.chunks_removed), (12, 0));
     // Not yet expired: a long retention keeps it.
     assert_eq!(
-        store.expire_incomplete(Duration::from_secs(3600)).unwrap(),
+        store
+            .expire_incomplete(Duration::from_secs(3600), Duration::from_secs(3600))
+            .unwrap(),
         0
     );
-    assert_eq!(store.expire_incomplete(Duration::ZERO).unwrap(), 1);
+    assert_eq!(
+        store
+            .expire_incomplete(Duration::ZERO, Duration::ZERO)
+            .unwrap(),
+        1
+    );
     assert!(incomplete(&store).is_empty());
     let gc = store.gc().unwrap();
     assert_eq!((gc.live_chunks, gc.chunks_removed), (0, 12));

@@ -76,6 +76,10 @@ enum CopyCmd {
     Ls,
     /// Cancel a copy that has not ended.
     Cancel { id: String },
+    /// End a copy and drop what it left on both sides: on its source, a
+    /// copy not yet done is cancelled and its target drops its partial
+    /// replica; on its target (admins), the partial replica is dropped.
+    Abort { id: String },
 }
 
 #[derive(Args)]
@@ -214,6 +218,15 @@ pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<()> {
                 &format!("copy {id} cancelled"),
             );
         }
+        Some(CopyCmd::Abort { id }) => {
+            let id = parse_id(id)?;
+            client.copy_abort(id)?;
+            report(
+                cli,
+                json!({"copy": id.to_string(), "aborted": true}),
+                &format!("copy {id} aborted; what it left was dropped"),
+            );
+        }
         None => {
             let s = &args.start;
             let (Some(container), Some(name), Some(to), Some(to_container)) = (
@@ -222,7 +235,7 @@ pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<()> {
                 s.to.as_deref(),
                 s.to_container.as_deref(),
             ) else {
-                bail!("tern copy needs --container, --name, --to and --to-container (or a subcommand: status, ls, cancel)");
+                bail!("tern copy needs --container, --name, --to and --to-container (or a subcommand: status, ls, cancel, abort)");
             };
             let target = CopyTarget {
                 partner: to,

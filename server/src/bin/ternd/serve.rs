@@ -64,7 +64,10 @@ pub(crate) fn serve(
     };
     let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner)
         .context("starting the replication scheduler")?;
-    let retention = std::time::Duration::from_secs(cfg.incomplete_retention_secs);
+    let retention = tern_server::upkeep::Retention {
+        images: std::time::Duration::from_secs(cfg.incomplete_retention_secs),
+        replicas: std::time::Duration::from_secs(cfg.replica_retention_secs),
+    };
     tern_server::upkeep::start(store.clone(), retention).context("starting the upkeep thread")?;
     run_server(data, &cfg, store, tls, (replicator, protocol_max))
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::names::GroupName;
-use tern_core::{ChunkId, ContainerName};
+use tern_core::{ChunkId, ContainerName, ImageName};
 
 use super::records::*;
 use super::{Result, StoreError};
@@ -320,6 +320,25 @@ impl Catalog {
         let t = self.db.begin_read()?.open_table(CONTAINERS)?;
         let found = t.get((group.as_str(), name.as_str()))?;
         found.map(|v| decode("container", v.value())).transpose()
+    }
+
+    /// `container/image` for messages, from a container's id (the image's
+    /// name alone if the container is gone).
+    pub fn image_label(&self, container_id: u64, image: &ImageName) -> String {
+        let found = (|| -> Result<Option<String>> {
+            let t = self.db.begin_read()?.open_table(CONTAINERS)?;
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if decode::<ContainerRecord>("container", v.value())?.id == container_id {
+                    return Ok(Some(k.value().1.to_string()));
+                }
+            }
+            Ok(None)
+        })();
+        match found {
+            Ok(Some(c)) => format!("{c}/{image}"),
+            _ => image.to_string(),
+        }
     }
 
     /// Every container called `name`, in whichever storage group.
