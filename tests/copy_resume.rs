@@ -132,7 +132,11 @@ fn a_copy_cut_by_an_outage_longer_than_the_grace_period_finishes_without_resendi
     );
     // What arrived is protected from GC while the copy is away.
     let gc = pair.target.ternd(&["gc"]);
-    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
     proxy.resume();
     assert_done_without_resending(&pair, &proxy, id, &data);
 }
