@@ -1,7 +1,6 @@
 //! The client: log in once, then manage containers and images.
 
 use tern_core::names::{GroupName, UserName};
-use tern_core::tls::Fingerprint;
 use tern_core::wire::{
     ContainerInfo, ContainerSettings, ImageInfo, IncompleteImage, Msg, Password, StoreStats,
     WriteMode,
@@ -13,140 +12,11 @@ use std::sync::Arc;
 use tern_core::wire::Frame;
 
 use crate::conn::Conn;
+use crate::options::ClientOptions;
 use crate::reader::ImageReader;
 use crate::stop::{Deadline, Stop, Stops};
 use crate::writer::ImageWriter;
 use crate::{trust, ClientError};
-
-/// The default TLS port.
-pub const DEFAULT_PORT: u16 = tern_core::defaults::PORT;
-/// Most connections one session may run over (MultiConnect).
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// How to reach and log in to a server.
-#[derive(Clone)]
-pub struct ClientOptions {
-    /// `host` or `host:port` (default port 9443).
-    pub server: String,
-    /// The user to log in as.
-    pub user: String,
-    /// Their password (shown as `<hidden>` in debug output).
-    pub password: String,
-    /// The server certificate's fingerprint; `None` trusts on first use.
-    pub fingerprint: Option<Fingerprint>,
-    /// Use the loopback plaintext listener instead of TLS.
-    pub plain: bool,
-    /// How images are written: dedup here, or passthrough to the server.
-    pub mode: WriteMode,
-    /// Remember fingerprints accepted on first use in the user's config directory.
-    pub remember_servers: bool,
-    /// MultiConnect: connections per session (0: 4 over TLS, 1 over plaintext).
-    pub connections: usize,
-    /// Secure Connect: reconnect and resume after connection loss.
-    pub secure_connect: bool,
-    /// How long to keep reconnecting when every connection is lost.
-    pub grace_period: std::time::Duration,
-    /// Bytes of sent, unacknowledged frames kept in memory for resending.
-    pub cache_memory: usize,
-    /// Bytes more of them kept in a spill file once memory is full (0: none).
-    pub cache_disk: u64,
-    /// Where the spill file goes (`None`: the system's temporary directory).
-    pub spill_dir: Option<std::path::PathBuf>,
-    /// The client's certificate and key (PEM); `None`: `client.crt` and
-    /// `client.key` in the config directory, created on first use.
-    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Accept a server that speaks only TLS 1.2 (TLS 1.3 otherwise).
-    pub allow_tls12: bool,
-    /// The longest any one call may wait (`None`: no limit of its own; a call
-    /// then waits as long as the session lives, at most the grace period of
-    /// an outage). Past it the call fails with [`ClientError::TimedOut`]; a
-    /// call on an image loses the image, a call on the client does not.
-    pub call_timeout: Option<std::time::Duration>,
-}
-
-impl std::fmt::Debug for ClientOptions {
-    // By hand, so that the password never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientOptions")
-            .field("server", &self.server)
-            .field("user", &self.user)
-            .field("password", &"<hidden>")
-            .field("fingerprint", &self.fingerprint)
-            .field("plain", &self.plain)
-            .field("mode", &self.mode)
-            .field("remember_servers", &self.remember_servers)
-            .field("connections", &self.connections)
-            .field("secure_connect", &self.secure_connect)
-            .field("grace_period", &self.grace_period)
-            .field("cache_memory", &self.cache_memory)
-            .field("cache_disk", &self.cache_disk)
-            .field("spill_dir", &self.spill_dir)
-            .field("identity", &self.identity)
-            .field("allow_tls12", &self.allow_tls12)
-            .field("call_timeout", &self.call_timeout)
-            .finish()
-    }
-}
-
-impl ClientOptions {
-    /// Options with every default: TLS, trust on first use, dedup, four
-    /// connections, Secure Connect with a 600 s grace period.
-    pub fn new(server: &str, user: &str, password: &str) -> Self {
-        Self {
-            server: server.to_string(),
-            user: user.to_string(),
-            password: password.to_string(),
-            fingerprint: None,
-            plain: false,
-            mode: WriteMode::Dedup,
-            remember_servers: true,
-            connections: 0,
-            secure_connect: true,
-            grace_period: tern_core::defaults::GRACE_PERIOD,
-            cache_memory: tern_core::defaults::SESSION_CACHE_MEMORY,
-            cache_disk: tern_core::defaults::SESSION_CACHE_DISK,
-            spill_dir: None,
-            identity: None,
-            allow_tls12: false,
-            call_timeout: None,
-        }
-    }
-
-    /// Checks the settings a caller may have set to anything: done once, by
-    /// [`Client::connect`], for the CLI, the config file, the C ABI and Rust callers alike.
-    pub fn validate(&self) -> Result<(), ClientError> {
-        if self.connections > MAX_CONNECTIONS {
-            return Err(ClientError::Invalid(format!(
-                "{} connections asked; at most {MAX_CONNECTIONS} (0: the default)",
-                self.connections
-            )));
-        }
-        if self.grace_period.is_zero() && self.secure_connect {
-            return Err(ClientError::Invalid(
-                "a grace period of 0 with Secure Connect on; turn Secure Connect off instead"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn address(&self) -> String {
-        let s = self.server.trim();
-        let has_port = match s.rsplit_once(':') {
-            Some((host, port)) => {
-                port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
-            }
-            None => false,
-        };
-        if has_port {
-            s.to_string()
-        } else if s.contains(':') && !s.starts_with('[') {
-            format!("[{s}]:{DEFAULT_PORT}")
-        } else {
-            format!("{s}:{DEFAULT_PORT}")
-        }
-    }
-}
 
 /// A logged-in connection to a server. Share it between threads: each image
 /// writer or reader is used by one thread at a time, many may be open at once.
@@ -208,7 +78,7 @@ impl Client {
                 budget: None,
             },
         };
-        let (conn, seen) = Conn::open(&address, &session)?;
+        let (conn, seen) = Conn::open(opts.addresses(), &session)?;
         if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {
             if !opts.plain {
                 // Trust on first use: later connections must present the same certificate.
@@ -243,6 +113,12 @@ impl Client {
     /// True if the user may administer the server.
     pub fn is_admin(&self) -> bool {
         self.inner.admin
+    }
+
+    /// The server address the session's connections go to now: the first
+    /// of [`ClientOptions::alternates`] that answers after `server` failed.
+    pub fn server_address(&self) -> String {
+        self.conn().server_in_use()
     }
 
     pub(crate) fn conn(&self) -> &Conn {
@@ -394,6 +270,19 @@ impl Client {
             groups,
             admin,
             replicate_into: None,
+            shaping: None,
+        })
+    }
+
+    /// Puts a user's backups and restores into a shaping group (`None`:
+    /// unshaped); it applies from their next login (admins only).
+    pub fn user_set_shaping(&self, name: &str, group: Option<&str>) -> Result<(), ClientError> {
+        self.expect_ok(Msg::UserSet {
+            name: UserName::new(name)?,
+            groups: None,
+            admin: None,
+            replicate_into: None,
+            shaping: Some(group.unwrap_or_default().to_string()),
         })
     }
 
@@ -410,6 +299,7 @@ impl Client {
             groups: None,
             admin: None,
             replicate_into: Some(groups),
+            shaping: None,
         })
     }
 
@@ -551,6 +441,7 @@ pub(crate) fn unexpected(msg: Msg) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_CONNECTIONS;
 
     #[test]
     fn addresses_get_the_default_port() {

@@ -86,11 +86,11 @@ impl ClientConfig {
         }
         if self
             .connections
-            .is_some_and(|n| !(1..=crate::client::MAX_CONNECTIONS).contains(&n))
+            .is_some_and(|n| !(1..=crate::options::MAX_CONNECTIONS).contains(&n))
         {
             return bad(format!(
                 "connections must be 1..={}",
-                crate::client::MAX_CONNECTIONS
+                crate::options::MAX_CONNECTIONS
             ));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {

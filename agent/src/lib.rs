@@ -26,16 +26,19 @@ pub mod config;
 mod conn;
 mod error;
 pub mod identity;
+mod options;
 mod reader;
 mod replication;
+mod shaping;
 mod stop;
 mod trust;
 mod writer;
 
 pub use bench::{local_stages, network_stages, sample_data, Stage};
 
-pub use client::{Client, ClientOptions};
+pub use client::Client;
 pub use error::ClientError;
+pub use options::{ClientOptions, MAX_CONNECTIONS};
 pub use reader::ImageReader;
 pub use replication::{CopyTarget, PendingNeed, ReplicaSpec, ReplicaStart, ReplicaWriter};
 pub use stop::Stop;

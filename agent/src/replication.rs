@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tern_core::names::UserName;
 use tern_core::wire::{
     ChunkRef, CopyId, CopyInfo, Handle, ImageInfo, ImportEvent, ImportState, Msg, PartnerInfo,
-    Password, ReplicaOrigin, TrailEntry, WriteStats, MAX_EVENTS_PER_POLL,
+    PartnerSettings, Password, ReplicaOrigin, TrailEntry, WriteStats, MAX_EVENTS_PER_POLL,
 };
 use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName};
 
@@ -69,14 +69,73 @@ impl Client {
         user: &str,
         password: &str,
     ) -> Result<(), ClientError> {
+        self.partner_add_with(
+            name,
+            addresses,
+            fingerprint,
+            user,
+            password,
+            PartnerSettings::default(),
+        )
+    }
+
+    /// [`Client::partner_add`] with connections per copy and a shaping
+    /// group (a server older than protocol 4 ignores them).
+    pub fn partner_add_with(
+        &self,
+        name: &str,
+        addresses: &[&str],
+        fingerprint: &str,
+        user: &str,
+        password: &str,
+        settings: PartnerSettings,
+    ) -> Result<(), ClientError> {
         self.needs_replication()?;
+        if settings != PartnerSettings::default() {
+            self.needs_wan("partner settings")?;
+        }
         self.expect_done(Msg::PartnerAdd {
             name: name.into(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             fingerprint: fingerprint.into(),
             user: UserName::new(user)?,
             password: Password::new(password),
+            settings,
         })
+    }
+
+    /// Changes a partner (admins only): each `Some` replaces its value;
+    /// `shaping: Some("")` takes it out of its shaping group. Running
+    /// copies keep theirs; their next attempt takes the new ones.
+    pub fn partner_set(
+        &self,
+        name: &str,
+        addresses: Option<&[&str]>,
+        connections: Option<u32>,
+        shaping: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.needs_wan("partner set")?;
+        self.expect_done(Msg::PartnerSet {
+            name: name.into(),
+            addresses: addresses.map(|a| a.iter().map(|a| a.to_string()).collect()),
+            connections,
+            shaping: shaping.map(str::to_string),
+        })
+    }
+
+    /// Refuses with a clear error if the session is older than protocol 4.
+    pub(crate) fn needs_wan(&self, what: &str) -> Result<(), ClientError> {
+        let v = self.protocol_version();
+        if v < tern_core::wire::WAN_MIN {
+            return Err(ClientError::Server {
+                kind: tern_core::wire::ErrorKind::Incompatible,
+                message: format!(
+                    "the server speaks protocol version {v}; {what} needs version {}",
+                    tern_core::wire::WAN_MIN
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The server's replication partners.
@@ -144,16 +203,7 @@ impl Client {
     /// Ends a copy and drops what it left on both sides (see
     /// `Msg::CopyAbort`); on a target, drops the partial replica it left.
     pub fn copy_abort(&self, id: CopyId) -> Result<(), ClientError> {
-        let v = self.protocol_version();
-        if v < tern_core::wire::COPY_RESUME_MIN {
-            return Err(ClientError::Server {
-                kind: tern_core::wire::ErrorKind::Incompatible,
-                message: format!(
-                    "the server speaks protocol version {v}; aborting a copy needs version {}",
-                    tern_core::wire::COPY_RESUME_MIN
-                ),
-            });
-        }
+        self.needs_wan("aborting a copy")?;
         self.expect_done(Msg::CopyAbort { id })
     }
 

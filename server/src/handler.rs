@@ -153,7 +153,7 @@ async fn join<S>(
         return;
     }
     tracing::debug!(%peer, "connection joined a session");
-    let why = s.run_connection(stream, None, Some(received)).await;
+    let why = s.run_connection(stream, None, Some(received)).await.why;
     tracing::debug!(%peer, "session connection ended: {why}");
 }
 
@@ -200,9 +200,10 @@ async fn start<S>(
         next_handle: 1,
         sessions: sessions.clone(),
         version: 0,
+        shaped: None,
     };
     tokio::spawn(run_session(handler, rx, deadline, sessions, peer));
-    let why = s.run_connection(stream, Some(hello), None).await;
+    let why = s.run_connection(stream, Some(hello), None).await.why;
     tracing::debug!(%peer, "session connection ended: {why}");
 }
 
@@ -308,6 +309,8 @@ pub struct SessionHandler {
     pub sessions: Arc<Sessions>,
     /// The protocol version Hello and Welcome agreed on.
     pub version: u16,
+    /// The shaping group the user's backups and restores draw from.
+    pub shaped: Option<Arc<crate::shaping::ShapedJob>>,
 }
 
 impl SessionHandler {
@@ -362,6 +365,7 @@ impl SessionHandler {
     pub fn logged_in_as(&mut self, user: User) {
         self.session.trust();
         self.session.spill_as(user.name.as_str());
+        self.shaped = self.sessions.replicator.shaper.job(user.shaping.as_deref());
         self.phase = Phase::Ready(user);
     }
 

@@ -17,5 +17,6 @@ pub mod listen;
 mod logins;
 pub mod replication;
 mod requests;
+pub mod shaping;
 pub mod store;
 pub mod upkeep;

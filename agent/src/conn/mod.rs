@@ -61,6 +61,8 @@ pub struct Conn {
     /// Errors the server sent about frames that have no answer (chunk data).
     unsolicited: Arc<Mutex<Vec<String>>>,
     server: Arc<str>,
+    /// Dials the server's addresses; knows the one in use.
+    dialer: Arc<Dialer>,
     session: Arc<Session>,
     /// The protocol version Welcome named.
     version: u16,
@@ -138,13 +140,15 @@ impl Conn {
     /// Welcome (end of stream or reset during the TLS handshake or the Hello)
     /// is tried twice more, a quarter second apart: a WAN may drop it, and a
     /// server that will not talk to us still fails the call within a second.
+    ///
+    /// `servers` are the server's addresses: the first that answers is used.
     pub fn open(
-        server: &str,
+        servers: Vec<String>,
         opts: &SessionOptions,
     ) -> Result<(Self, Option<Fingerprint>), ClientError> {
         let mut attempt = 0;
         loop {
-            match Self::open_once(server, opts) {
+            match Self::open_once(servers.clone(), opts) {
                 Ok(open) => return Ok(open),
                 Err((e, cut)) if cut && opts.resume && attempt < 2 => {
                     tracing::debug!("first connection cut before the session was set up: {e}");
@@ -159,17 +163,26 @@ impl Conn {
     /// One attempt at [`Conn::open`]; the error says whether the connection
     /// was cut before Welcome (as opposed to refused or answered with an error).
     fn open_once(
-        server: &str,
+        servers: Vec<String>,
         opts: &SessionOptions,
     ) -> Result<(Self, Option<Fingerprint>), (ClientError, bool)> {
+        let server = servers.first().cloned().unwrap_or_default();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("tern-conn")
             .build()
             .map_err(|e| (e.into(), false))?;
-        let dialer = Arc::new(Dialer::new(server, opts).map_err(|e| (e, false))?);
-        let first = rt.block_on(dialer.dial_once())?;
+        let dialer = Arc::new(Dialer::new(servers, opts).map_err(|e| (e, false))?);
+        // Each address once, in order, until one answers.
+        let mut first = rt.block_on(dialer.dial_once());
+        for _ in 1..dialer.paths() {
+            match &first {
+                Err((ClientError::Untrusted(_), _)) | Ok(_) => break,
+                Err(_) => first = rt.block_on(dialer.dial_once()),
+            }
+        }
+        let first = first?;
         let seen = dialer.seen();
 
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
@@ -205,7 +218,8 @@ impl Conn {
             next_req: AtomicU64::new(1),
             closed,
             unsolicited,
-            server: server.into(),
+            server: server.as_str().into(),
+            dialer: dialer.clone(),
             session,
             version: 0,
             _rt: rt,
@@ -244,6 +258,11 @@ impl Conn {
             }
         }
         Ok((conn, seen))
+    }
+
+    /// The server address connections go to now (one of several paths).
+    pub fn server_in_use(&self) -> String {
+        self.dialer.server().to_string()
     }
 
     fn lost(&self) -> ClientError {
@@ -476,17 +495,17 @@ impl Slot {
         *lock(&self.grace)
     }
 
-    async fn run(self, first: Option<Box<dyn Stream>>) {
-        let mut next = first.map(|s| (s, None));
+    async fn run(self, first: Option<(Box<dyn Stream>, usize)>) {
+        let mut next = first.map(|(s, index)| (s, None, index));
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.session.closed().is_some() {
                 return;
             }
-            let (stream, peer_received) = match next.take() {
+            let (stream, peer_received, path) = match next.take() {
                 Some(n) => n,
                 None => match self.rejoin().await {
-                    Ok((s, r)) => (s, Some(r)),
+                    Ok((s, r, index)) => (s, Some(r), index),
                     Err(ClientError::Server {
                         kind: ErrorKind::SessionExpired,
                         message,
@@ -516,10 +535,15 @@ impl Slot {
             };
             backoff = Duration::from_millis(50);
             *lock(&self.outage) = None;
-            let why = self
+            let end = self
                 .session
                 .run_connection(stream, None, peer_received)
                 .await;
+            if end.silent {
+                // No reset, no data: a black hole. Another path may work.
+                self.dialer.abandon(path);
+            }
+            let why = end.why;
             if self.session.closed().is_some() {
                 return;
             }
@@ -533,7 +557,7 @@ impl Slot {
                 ));
                 return;
             }
-            tracing::info!("connection to {} lost: {why}", self.dialer.server);
+            tracing::info!("connection to {} lost: {why}", self.dialer.address(path));
             if self.session.live_connections() == 0 {
                 lock(&self.outage).get_or_insert_with(Instant::now);
                 if !self.resume {
@@ -546,7 +570,7 @@ impl Slot {
         }
     }
 
-    async fn rejoin(&self) -> Result<(Box<dyn Stream>, u64), ClientError> {
+    async fn rejoin(&self) -> Result<(Box<dyn Stream>, u64, usize), ClientError> {
         let token = lock(&self.token).clone();
         let Some(token) = token else {
             return Err(ClientError::Protocol("the session has no token yet".into()));

@@ -8,13 +8,13 @@ impl Session {
     /// Carries the session over one connection until it fails or the session
     /// closes. `initial` is a frame already read from it; `peer_received`, when
     /// the peer said how far it got (a rejoin), makes the frames after that be
-    /// sent again. Returns why the connection ended.
+    /// sent again. Returns how the connection ended.
     pub async fn run_connection<S>(
         self: &Arc<Self>,
         stream: S,
         initial: Option<Frame>,
         peer_received: Option<u64>,
-    ) -> String
+    ) -> ConnectionEnd
     where
         S: AsyncRead + AsyncWrite + Send,
     {
@@ -39,12 +39,7 @@ impl Session {
                     let next = Frame::read_checked(&mut rd, || self.frame_limits());
                     let f = tokio::time::timeout(DEAD_AFTER, next)
                         .await
-                        .map_err(|_| {
-                            SessionError::Closed(format!(
-                                "nothing received for {} s",
-                                DEAD_AFTER.as_secs()
-                            ))
-                        })?
+                        .map_err(|_| SessionError::Silent)?
                         .map_err(frame_error)?;
                     self.on_frame(f).await?;
                 }
@@ -62,9 +57,14 @@ impl Session {
             if let Some(SessionError::Protocol(why)) = &failed {
                 self.close(&format!("protocol error: {why}"));
             }
-            failed.map(|e| e.to_string()).unwrap_or_default()
+            ConnectionEnd {
+                silent: matches!(failed, Some(SessionError::Silent)),
+                why: failed.map(|e| e.to_string()).unwrap_or_default(),
+            }
         };
-        let _ = wr.shutdown().await;
+        // Bounded: on a black-holed path the close would wait forever for
+        // room in a send buffer nobody drains.
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, wr.shutdown()).await;
         // What this connection carried and nobody acknowledged goes out again elsewhere.
         self.requeue(inflight.into());
         self.live.fetch_sub(1, Ordering::SeqCst);

@@ -116,6 +116,26 @@ pub enum SessionError {
     /// The peer broke the session protocol.
     #[error("session protocol: {0}")]
     Protocol(String),
+    /// Nothing arrived on a connection for [`DEAD_AFTER`]: the path may
+    /// be black-holed.
+    #[error("nothing received for {} s", DEAD_AFTER.as_secs())]
+    Silent,
+}
+
+/// How one connection of a session ended.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionEnd {
+    /// Why, for logs and errors.
+    pub why: String,
+    /// Nothing arrived on it for [`DEAD_AFTER`] (no reset, no data): a
+    /// client with other addresses for the server tries the next one.
+    pub silent: bool,
+}
+
+impl std::fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
 }
 
 /// How long to wait between explicit acknowledgements when there is nothing
@@ -125,8 +145,12 @@ const ACK_INTERVAL: Duration = Duration::from_millis(20);
 /// quiet link from a dead one.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A connection that brings nothing for this long is taken for dead and
-/// replaced; TCP alone would notice only after minutes or hours.
-pub const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// replaced; TCP alone would notice only after minutes or hours. Eight
+/// heartbeats missed: a black-holed path is left within 10 s of going
+/// silent, with room for a slow link's queues.
+pub const DEAD_AFTER: Duration = Duration::from_secs(8);
+/// How long closing a connection may take.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 struct State {
     next_seq: u64,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::*;
 use super::replication::*;
+use super::shaping::*;
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
 use crate::names::{ContainerName, GroupName, ImageName, UserName};
@@ -180,6 +181,10 @@ pub enum Msg {
         /// replicate into, replacing the old list.
         #[serde(default)]
         replicate_into: Option<Vec<GroupName>>,
+        /// The shaping group the user's backups and restores draw from
+        /// (protocol 4; an empty name: none).
+        #[serde(default)]
+        shaping: Option<String>,
     },
 
     /// Opens a new image for writing.
@@ -390,6 +395,43 @@ pub enum Msg {
         user: UserName,
         /// Their password.
         password: Password,
+        /// How its copies travel (protocol 4).
+        #[serde(default)]
+        settings: PartnerSettings,
+    },
+    /// Changes a partner (admins only; protocol 4): each field given
+    /// replaces the partner's; answered by `Ok`.
+    PartnerSet {
+        /// Its name on this server.
+        name: String,
+        /// New addresses, tried in order (the first that answers is used).
+        addresses: Option<Vec<String>>,
+        /// Connections per copy (0: the default).
+        connections: Option<u32>,
+        /// The shaping group (an empty name: none).
+        shaping: Option<String>,
+    },
+    /// Creates or replaces a shaping group (admins only; protocol 4; at
+    /// most `MAX_SHAPING_GROUPS`); running jobs follow within 2 s.
+    /// Answered by `Ok`.
+    ShapingSet {
+        /// Its name.
+        name: String,
+        /// Its rates and windows.
+        settings: ShapingSettings,
+    },
+    /// Lists the shaping groups (admins only); answered by `ShapingGroups`.
+    ShapingList,
+    /// The answer to `ShapingList`.
+    ShapingGroups {
+        /// By name.
+        list: Vec<ShapingInfo>,
+    },
+    /// Removes a shaping group no partner or user is assigned to (admins
+    /// only); answered by `Ok`.
+    ShapingRemove {
+        /// Its name.
+        name: String,
     },
     /// Lists the partners; answered by `Partners`.
     PartnerList,

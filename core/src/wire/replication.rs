@@ -78,6 +78,20 @@ pub struct PartnerInfo {
     pub version: u16,
     /// Seconds since the Unix epoch when it was added.
     pub added: u64,
+    /// How its copies travel.
+    #[serde(default)]
+    pub settings: PartnerSettings,
+}
+
+/// How a partner's copies travel (protocol 4; older peers leave the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerSettings {
+    /// Connections per copy (MultiConnect); 0: the default, 4.
+    #[serde(default)]
+    pub connections: u32,
+    /// The shaping group its copies draw bandwidth from; None: unshaped.
+    #[serde(default)]
+    pub shaping: Option<String>,
 }
 
 /// The state of a copy job.
@@ -150,6 +164,16 @@ pub struct CopyInfo {
     pub created: u64,
     /// Seconds since the Unix epoch of its last change of state.
     pub updated: u64,
+    /// Running but parked: its shaping group's rate is 0 now (protocol 4).
+    #[serde(default)]
+    pub paused: bool,
+    /// The rate of its shaping group now, bytes per second (0: unshaped,
+    /// or paused).
+    #[serde(default)]
+    pub rate: u64,
+    /// The partner address the running attempt uses (empty when not running).
+    #[serde(default)]
+    pub path: String,
 }
 
 /// One attempt in the replication trail, on either side.

@@ -55,6 +55,7 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         .catalog()
         .partner(&rec.partner)?
         .ok_or_else(|| Failure::Permanent(format!("partner {} was removed", rec.partner)))?;
+    *super::lock(&live.shaped) = r.shaper.job(partner.settings.shaping.as_deref());
     let client = partner::connect(&partner, &r.me).map_err(|e| from_client(e, live))?;
     *super::lock(&live.client) = Some(client.clone());
     if live.cancelled.load(Ordering::SeqCst) {
@@ -169,6 +170,9 @@ fn settle(
         let e = &entries[i as usize];
         let (_, loc, stored) = r.store.read_chunk(img, e.offset)?;
         let n = stored.len() as u64;
+        let job = super::lock(&live.shaped).clone();
+        r.shaper
+            .acquire(job.as_deref(), n, &|| live.cancelled.load(Ordering::SeqCst));
         w.send_chunk(e.id, loc.codec, e.len, stored)
             .map_err(|e| from_client(e, live))?;
         live.sent_bytes.fetch_add(n, Ordering::Relaxed);

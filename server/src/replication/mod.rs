@@ -25,10 +25,14 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_agent::{Client, ClientError};
 use tern_core::names::UserName;
-use tern_core::wire::{CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, TrailEntry};
+use tern_core::wire::{
+    CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, PartnerSettings, TrailEntry,
+};
 use tern_core::{ContainerName, ImageName};
 
 pub use partner::LocalIdentity;
+
+use crate::shaping::{ShapedJob, Shaper};
 
 use crate::store::records::{now_unix, CopyRecord, PartnerRecord};
 use crate::store::{Store, StoreError, User};
@@ -78,11 +82,15 @@ pub struct Live {
     cancelled: AtomicBool,
     /// The client of the attempt, for cancelling its calls.
     client: Mutex<Option<Client>>,
+    /// The partner's shaping group, while the attempt draws from it.
+    shaped: Mutex<Option<Arc<ShapedJob>>>,
 }
 
 /// The source side of replication.
 pub struct Replicator {
     store: Arc<Store>,
+    /// The shaping groups copies (and users' sessions) draw from.
+    pub shaper: Arc<Shaper>,
     me: LocalIdentity,
     max_per_partner: usize,
     live: Mutex<HashMap<CopyId, Arc<Live>>>,
@@ -100,6 +108,7 @@ impl Replicator {
         store: Arc<Store>,
         me: LocalIdentity,
         max_per_partner: usize,
+        shaper: Arc<Shaper>,
     ) -> Result<Arc<Self>, StoreError> {
         let mut queue = Vec::new();
         let mut awaiting = HashSet::new();
@@ -118,6 +127,7 @@ impl Replicator {
         }
         let r = Arc::new(Self {
             store,
+            shaper,
             me,
             max_per_partner: max_per_partner.max(1),
             live: Mutex::new(HashMap::new()),
@@ -151,7 +161,9 @@ impl Replicator {
         fingerprint: String,
         user: UserName,
         password: String,
+        settings: PartnerSettings,
     ) -> Result<(), ReplicationError> {
+        self.check_settings(&settings)?;
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
             return Err(StoreError::Invalid(format!(
                 "partner name {name:?}: 1 to 64 printable characters"
@@ -171,6 +183,7 @@ impl Replicator {
             password,
             version: 0,
             added: now_unix(),
+            settings,
         };
         let started = now_unix();
         match partner::connect(&rec, &self.me) {
@@ -209,8 +222,55 @@ impl Replicator {
                 user: p.user,
                 version: p.version,
                 added: p.added,
+                settings: p.settings,
             })
             .collect())
+    }
+
+    /// Changes a partner's addresses, connections or shaping group; running
+    /// copies keep theirs, the next attempt takes the new ones.
+    pub fn partner_set(
+        &self,
+        name: &str,
+        addresses: Option<Vec<String>>,
+        connections: Option<u32>,
+        shaping: Option<String>,
+    ) -> Result<(), StoreError> {
+        if addresses.as_ref().is_some_and(|a| a.is_empty()) {
+            return Err(StoreError::Invalid("give at least one address".into()));
+        }
+        let mut rec = self
+            .store
+            .catalog()
+            .partner(name)?
+            .ok_or_else(|| StoreError::NotFound(format!("no partner {name}")))?;
+        if let Some(a) = addresses {
+            rec.addresses = a;
+        }
+        if let Some(c) = connections {
+            rec.settings.connections = c;
+        }
+        if let Some(s) = shaping {
+            rec.settings.shaping = (!s.is_empty()).then_some(s);
+        }
+        self.check_settings(&rec.settings)?;
+        self.store.catalog().update_partner(name, &rec)?;
+        tracing::info!(partner = name, "replication partner changed");
+        Ok(())
+    }
+
+    fn check_settings(&self, s: &PartnerSettings) -> Result<(), StoreError> {
+        if s.connections as usize > tern_agent::MAX_CONNECTIONS {
+            return Err(StoreError::Invalid(format!(
+                "{} connections per copy; at most {}",
+                s.connections,
+                tern_agent::MAX_CONNECTIONS
+            )));
+        }
+        if let Some(g) = &s.shaping {
+            self.store.shaping_group(g)?;
+        }
+        Ok(())
     }
 
     pub fn partner_remove(&self, name: &str) -> Result<(), StoreError> {
@@ -345,7 +405,14 @@ impl Replicator {
     fn info(&self, id: CopyId, rec: CopyRecord) -> CopyInfo {
         let live = lock(&self.live).get(&id).cloned();
         let (mut done, mut sent, mut chunks) = (rec.done_bytes, rec.sent_bytes, rec.sent_chunks);
+        let (mut paused, mut rate, mut path) = (false, 0, String::new());
         if let Some(l) = live {
+            if let Some(job) = lock(&l.shaped).as_ref() {
+                (paused, rate) = (job.paused(), job.rate());
+            }
+            if let Some(c) = lock(&l.client).as_ref() {
+                path = c.server_address();
+            }
             // Counters never go backwards: a new attempt starts from what
             // the earlier ones recorded.
             done = done.max(l.done.load(Ordering::Relaxed));
@@ -368,6 +435,9 @@ impl Replicator {
             attempts: rec.attempts,
             created: rec.created,
             updated: rec.updated,
+            paused,
+            rate,
+            path,
         }
     }
 

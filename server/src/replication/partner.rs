@@ -26,8 +26,9 @@ pub struct LocalIdentity {
     pub server_id: String,
 }
 
-/// Connects to the first address of `partner` that answers; the error of
-/// the last one if none does.
+/// Connects to the first address of `partner` that answers (the error of
+/// the last one if none does); the others are its session's other paths,
+/// taken when the one in use stops answering.
 pub fn connect(partner: &PartnerRecord, me: &LocalIdentity) -> Result<Client, ClientError> {
     let pin = Fingerprint::parse(&partner.fingerprint).ok_or_else(|| {
         ClientError::Invalid(format!(
@@ -35,25 +36,20 @@ pub fn connect(partner: &PartnerRecord, me: &LocalIdentity) -> Result<Client, Cl
             partner.fingerprint
         ))
     })?;
-    let mut last = ClientError::Invalid("the partner has no address".into());
-    for address in &partner.addresses {
-        let mut opts = ClientOptions::new(address, partner.user.as_str(), &partner.password);
-        opts.fingerprint = Some(pin);
-        opts.remember_servers = false;
-        opts.identity = Some((me.cert.clone(), me.key.clone()));
-        opts.grace_period = SESSION_GRACE;
-        opts.call_timeout = Some(CALL_LIMIT);
-        match Client::connect(&opts) {
-            Ok(client) => {
-                check_version(&client)?;
-                return Ok(client);
-            }
-            // Another address may be reachable; a refusal is the same everywhere.
-            Err(e @ (ClientError::Connect { .. } | ClientError::Io(_))) => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
+    let Some((first, others)) = partner.addresses.split_first() else {
+        return Err(ClientError::Invalid("the partner has no address".into()));
+    };
+    let mut opts = ClientOptions::new(first, partner.user.as_str(), &partner.password);
+    opts.alternates = others.to_vec();
+    opts.fingerprint = Some(pin);
+    opts.remember_servers = false;
+    opts.identity = Some((me.cert.clone(), me.key.clone()));
+    opts.grace_period = SESSION_GRACE;
+    opts.call_timeout = Some(CALL_LIMIT);
+    opts.connections = partner.connections();
+    let client = Client::connect(&opts)?;
+    check_version(&client)?;
+    Ok(client)
 }
 
 fn check_version(client: &Client) -> Result<(), ClientError> {

@@ -110,6 +110,7 @@ impl Replicator {
         if let Some(c) = lock(&live.client).take() {
             drop(c);
         }
+        lock(&live.shaped).take();
 
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
         let drop_replica = matches!(

@@ -66,6 +66,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             groups,
             admin,
             replicate_into,
+            shaping,
         } => {
             if !user.admin {
                 return refuse(
@@ -73,7 +74,13 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     "only an admin may change a user's rights",
                 );
             }
-            blocking(|| store.user_update(&name, groups, admin, replicate_into))?;
+            if shaping.is_some() && h.version < tern_core::wire::WAN_MIN {
+                return refuse(
+                    ErrorKind::Incompatible,
+                    "shaping groups need protocol version 4",
+                );
+            }
+            blocking(|| store.user_update(&name, groups, admin, replicate_into, shaping))?;
             Msg::Ok
         }
         Msg::StatsGet => {

@@ -70,6 +70,10 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::PartnerAdd { .. }
         | Msg::PartnerList
         | Msg::PartnerRemove { .. }
+        | Msg::PartnerSet { .. }
+        | Msg::ShapingSet { .. }
+        | Msg::ShapingList
+        | Msg::ShapingRemove { .. }
         | Msg::CopyStart { .. }
         | Msg::CopyStatusGet { .. }
         | Msg::CopyList

@@ -41,6 +41,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             let img = reader(h, handle)?;
             for offset in offsets {
                 let (entry, loc, bytes) = blocking(|| h.store.read_chunk(&img, offset))?;
+                super::write::shape(h, bytes.len());
                 let msg = Msg::ChunkData {
                     handle,
                     id: entry.id,

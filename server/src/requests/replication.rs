@@ -40,6 +40,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             fingerprint,
             user: partner_user,
             password,
+            settings,
         } => {
             admin_only("add replication partners")?;
             // The check connects out through a client with its own runtime:
@@ -52,6 +53,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                     fingerprint,
                     partner_user,
                     password.expose().to_string(),
+                    settings,
                 );
                 let _ = tx.send(outcome);
             });
@@ -66,6 +68,36 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             Msg::Partners {
                 list: blocking(|| repl.partners())?,
             }
+        }
+        Msg::PartnerSet {
+            name,
+            addresses,
+            connections,
+            shaping,
+        } => {
+            wan(h.version, "PartnerSet")?;
+            admin_only("change replication partners")?;
+            blocking(|| repl.partner_set(&name, addresses, connections, shaping))?;
+            Msg::Ok
+        }
+        Msg::ShapingSet { name, settings } => {
+            wan(h.version, "ShapingSet")?;
+            admin_only("change shaping groups")?;
+            blocking(|| repl.shaper.set(&name, settings))?;
+            Msg::Ok
+        }
+        Msg::ShapingList => {
+            wan(h.version, "ShapingList")?;
+            admin_only("list shaping groups")?;
+            Msg::ShapingGroups {
+                list: blocking(|| repl.shaper.list())?,
+            }
+        }
+        Msg::ShapingRemove { name } => {
+            wan(h.version, "ShapingRemove")?;
+            admin_only("remove shaping groups")?;
+            blocking(|| repl.shaper.remove(&name))?;
+            Msg::Ok
         }
         Msg::PartnerRemove { name } => {
             admin_only("remove replication partners")?;
@@ -94,16 +126,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             Msg::Ok
         }
         Msg::CopyAbort { id } => {
-            if h.version < tern_core::wire::COPY_RESUME_MIN {
-                return refuse(
-                    ErrorKind::Incompatible,
-                    format!(
-                        "CopyAbort needs protocol version {}; this session speaks {}",
-                        tern_core::wire::COPY_RESUME_MIN,
-                        h.version
-                    ),
-                );
-            }
+            wan(h.version, "CopyAbort")?;
             // It may connect to the partner: off the async workers.
             let (tx, rx) = tokio::sync::oneshot::channel();
             std::thread::spawn(move || {
@@ -134,7 +157,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                 chunking,
                 zstd_level,
             };
-            let resume = h.version >= tern_core::wire::COPY_RESUME_MIN;
+            let resume = h.version >= tern_core::wire::WAN_MIN;
             let start = blocking(|| store.replica_begin(&user, replica, resume))?;
             match start {
                 ReplicaStart::Committed(info) => Msg::ImageCommitted {
@@ -193,4 +216,18 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         }
     };
     Ok(Some(reply))
+}
+
+/// Refuses a protocol-4 request in an older session.
+fn wan(version: u16, what: &str) -> Result<(), Refusal> {
+    if version < tern_core::wire::WAN_MIN {
+        return Err(Refusal(
+            ErrorKind::Incompatible,
+            format!(
+                "{what} needs protocol version {}; this session speaks {version}",
+                tern_core::wire::WAN_MIN
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -96,11 +96,13 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             ..
         } => {
             let w = writer(h, handle)?;
+            shape(h, payload.len());
             let stored = blocking(|| h.store.image_put_chunk(w, &id, codec, raw_len, payload));
             fail_image_on_error(h, handle, w, stored)
         }
         Msg::ImageWriteRaw { handle } => {
             let w = writer(h, handle)?;
+            shape(h, payload.len());
             let stored = blocking(|| h.store.image_write_raw(w, payload));
             fail_image_on_error(h, handle, w, stored)
         }
@@ -154,4 +156,13 @@ fn fail_image_on_error(
         return Err(e);
     }
     Ok(None)
+}
+
+/// Paces the user's data by their shaping group: waiting here holds back
+/// the session's frames, so the client's sends slow down.
+pub(super) fn shape(h: &SessionHandler, bytes: usize) {
+    if let Some(job) = &h.shaped {
+        let shaper = &h.sessions.replicator.shaper;
+        tokio::task::block_in_place(|| shaper.acquire(Some(job), bytes as u64, &|| false));
+    }
 }

@@ -37,6 +37,7 @@ pub mod records;
 mod recovery;
 mod repair;
 mod replica;
+mod shaping;
 mod space;
 mod users;
 mod write;

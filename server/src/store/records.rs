@@ -6,7 +6,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tern_core::names::{ContainerName, GroupName, ImageName, UserName};
-use tern_core::wire::{CopyState, ReplicaOrigin};
+use tern_core::wire::{CopyState, PartnerSettings, ReplicaOrigin};
 use tern_core::{ChunkId, ChunkParams};
 
 use super::StoreError;
@@ -89,6 +89,9 @@ pub struct UserRecord {
     /// Storage groups whose replica containers the user may replicate into.
     #[serde(default)]
     pub replicate_into: Vec<GroupName>,
+    /// The shaping group the user's backups and restores draw from.
+    #[serde(default)]
+    pub shaping: Option<String>,
 }
 
 /// A replication partner: where it is and how this server logs in there.
@@ -104,7 +107,23 @@ pub struct PartnerRecord {
     /// The protocol version it spoke when added.
     pub version: u16,
     pub added: u64,
+    /// Connections per copy and the shaping group.
+    #[serde(default)]
+    pub settings: PartnerSettings,
 }
+
+impl PartnerRecord {
+    /// Connections per copy (MultiConnect).
+    pub fn connections(&self) -> usize {
+        match self.settings.connections {
+            0 => DEFAULT_COPY_CONNECTIONS,
+            n => n as usize,
+        }
+    }
+}
+
+/// Connections per copy unless the partner says otherwise.
+pub const DEFAULT_COPY_CONNECTIONS: usize = 4;
 
 /// A copy job on the source server.
 #[derive(Debug, Clone, Serialize, Deserialize)]

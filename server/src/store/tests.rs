@@ -14,6 +14,7 @@ pub(super) fn admin() -> User {
         admin: true,
         groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
         replicate_into: Vec::new(),
+        shaping: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn other_user() -> User {
         admin: false,
         groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
         replicate_into: Vec::new(),
+        shaping: None,
     }
 }
 

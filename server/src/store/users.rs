@@ -18,6 +18,8 @@ pub struct User {
     pub groups: Vec<GroupName>,
     /// Groups whose replica containers the user may replicate into.
     pub replicate_into: Vec<GroupName>,
+    /// The shaping group the user's backups and restores draw from.
+    pub shaping: Option<String>,
 }
 
 impl User {
@@ -50,6 +52,7 @@ impl Store {
             admin,
             groups,
             replicate_into: Vec::new(),
+            shaping: None,
         };
         self.catalog.insert_user(name.as_str(), &rec)
     }
@@ -72,9 +75,14 @@ impl Store {
         groups: Option<Vec<GroupName>>,
         admin: Option<bool>,
         replicate_into: Option<Vec<GroupName>>,
+        shaping: Option<String>,
     ) -> Result<()> {
         for g in groups.iter().chain(replicate_into.iter()).flatten() {
             self.ensure_group(g)?;
+        }
+        let shaping = shaping.map(|s| (!s.is_empty()).then_some(s));
+        if let Some(Some(g)) = &shaping {
+            self.shaping_group(g)?;
         }
         self.catalog.update_user(name.as_str(), |rec, others| {
             if admin == Some(false) && rec.admin && !others.iter().any(|o| o.admin) {
@@ -90,6 +98,9 @@ impl Store {
             }
             if let Some(into) = replicate_into {
                 rec.replicate_into = into;
+            }
+            if let Some(s) = shaping {
+                rec.shaping = s;
             }
             Ok(())
         })
@@ -115,6 +126,7 @@ impl Store {
             admin: rec.admin,
             groups: rec.groups,
             replicate_into: rec.replicate_into,
+            shaping: rec.shaping,
         })
     }
 }

@@ -85,6 +85,13 @@ pub enum UserCmd {
         /// into (replaces the list): for the user a partner logs in as.
         #[arg(long = "replicate-into")]
         replicate_into: Vec<String>,
+        /// The shaping group the user's backups and restores draw from
+        /// (from their next login).
+        #[arg(long, conflicts_with = "no_shaping")]
+        shaping: Option<String>,
+        /// Take the user out of their shaping group.
+        #[arg(long)]
+        no_shaping: bool,
     },
 }
 
@@ -118,7 +125,27 @@ pub fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
             admin,
             no_admin,
             replicate_into,
+            shaping,
+            no_shaping,
         } => {
+            if shaping.is_some() || *no_shaping {
+                let group = if *no_shaping {
+                    None
+                } else {
+                    shaping.as_deref()
+                };
+                client
+                    .user_set_shaping(name, group)
+                    .with_context(|| format!("changing user {name}"))?;
+                if replicate_into.is_empty() && groups.is_empty() && !admin && !no_admin {
+                    report(
+                        cli,
+                        json!({"user": name, "shaping": group}),
+                        &format!("user {name}: shaping group {}", group.unwrap_or("none")),
+                    );
+                    return Ok(());
+                }
+            }
             if !replicate_into.is_empty() {
                 let into: Vec<&str> = replicate_into.iter().map(String::as_str).collect();
                 client

@@ -11,6 +11,7 @@ use tern_core::tls::Fingerprint;
 
 mod admin;
 mod replication;
+mod shaping;
 mod transfer;
 
 use admin::{container, user, ContainerCmd, UserCmd};
@@ -124,6 +125,11 @@ enum Cmd {
     Partner {
         #[command(subcommand)]
         cmd: PartnerCmd,
+    },
+    /// Bandwidth groups with weekly windows for copies, backups and restores (admin only).
+    Shaping {
+        #[command(subcommand)]
+        cmd: shaping::ShapingCmd,
     },
     /// Copy an image to a partner (prints the copy id), or see and cancel copies.
     Copy(CopyArgs),
@@ -256,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
         } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
         Cmd::Stats => stats(&cli),
         Cmd::Partner { cmd } => replication::partner(&cli, cmd),
+        Cmd::Shaping { cmd } => shaping::shaping(&cli, cmd),
         Cmd::Copy(args) => replication::copy(&cli, args),
         Cmd::Events(args) => replication::events(&cli, args),
         Cmd::Replication { cmd } => replication::replication(&cli, cmd),

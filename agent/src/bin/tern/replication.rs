@@ -30,6 +30,31 @@ pub enum PartnerCmd {
         /// containers: `tern user set USER --replicate-into GROUP` there).
         #[arg(long)]
         user: String,
+        /// The shaping group its copies draw bandwidth from.
+        #[arg(long)]
+        shaping: Option<String>,
+        /// Connections per copy (MultiConnect; default 4).
+        #[arg(long)]
+        connections: Option<u32>,
+    },
+    /// Change a partner (admin only): its addresses (tried in order; a copy
+    /// goes on over the next when the one in use stops answering), its
+    /// shaping group, its connections per copy. The next attempt of each
+    /// copy takes them.
+    Set {
+        name: String,
+        /// HOST:PORT, several separated by commas (tried in order).
+        #[arg(long, value_delimiter = ',')]
+        address: Vec<String>,
+        /// The shaping group its copies draw bandwidth from.
+        #[arg(long, conflicts_with = "no_shaping")]
+        shaping: Option<String>,
+        /// Take it out of its shaping group.
+        #[arg(long)]
+        no_shaping: bool,
+        /// Connections per copy (MultiConnect; 0: the default, 4).
+        #[arg(long)]
+        connections: Option<u32>,
     },
     /// List the partners.
     Ls,
@@ -131,16 +156,49 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
             address,
             fingerprint,
             user,
+            shaping,
+            connections,
         } => {
             let password = partner_password()?;
             let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
+            let settings = tern_core::wire::PartnerSettings {
+                connections: connections.unwrap_or(0),
+                shaping: shaping.clone(),
+            };
             client
-                .partner_add(name, &addresses, fingerprint, user, &password)
+                .partner_add_with(name, &addresses, fingerprint, user, &password, settings)
                 .with_context(|| format!("adding partner {name}"))?;
             report(
                 cli,
                 json!({"partner": name, "added": true}),
                 &format!("partner {name} added"),
+            );
+        }
+        PartnerCmd::Set {
+            name,
+            address,
+            shaping,
+            no_shaping,
+            connections,
+        } => {
+            let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
+            let shaping = if *no_shaping {
+                Some("")
+            } else {
+                shaping.as_deref()
+            };
+            client
+                .partner_set(
+                    name,
+                    (!addresses.is_empty()).then_some(addresses.as_slice()),
+                    *connections,
+                    shaping,
+                )
+                .with_context(|| format!("changing partner {name}"))?;
+            report(
+                cli,
+                json!({"partner": name, "changed": true}),
+                &format!("partner {name} changed"),
             );
         }
         PartnerCmd::Ls => {
@@ -149,17 +207,24 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
                 let v: Vec<_> = list
                     .iter()
                     .map(|p| json!({"name": p.name, "addresses": p.addresses, "fingerprint": p.fingerprint,
-                        "user": p.user.as_str(), "version": p.version, "added": p.added}))
+                        "user": p.user.as_str(), "version": p.version, "added": p.added,
+                        "connections": p.settings.connections, "shaping": p.settings.shaping}))
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 for p in &list {
+                    let connections = match p.settings.connections {
+                        0 => "4".to_string(),
+                        n => n.to_string(),
+                    };
                     println!(
-                        "{:<20} {:<30} user {:<12} protocol {}  {}",
+                        "{:<20} {:<30} user {:<12} protocol {}  connections {}  shaping {}  {}",
                         p.name,
                         p.addresses.join(","),
                         p.user,
                         p.version,
+                        connections,
+                        p.settings.shaping.as_deref().unwrap_or("-"),
                         p.fingerprint
                     );
                 }

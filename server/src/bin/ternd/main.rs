@@ -48,6 +48,10 @@ enum Cmd {
         /// partners meet an older server).
         #[arg(long, hide = true, default_value_t = tern_core::wire::PROTOCOL_MAX)]
         protocol_max: u16,
+        /// Read shaping windows on a clock that starts at this Unix time
+        /// (to test a window's boundary without waiting for it).
+        #[arg(long, hide = true)]
+        shaping_clock: Option<i64>,
     },
     /// Print the server certificate's fingerprint.
     Fingerprint {
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             grace_period,
             protocol_max,
+            shaping_clock,
         } => serve(
             &data.data,
             listen,
@@ -160,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             grace_period,
             protocol_max,
+            shaping_clock,
         ),
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;

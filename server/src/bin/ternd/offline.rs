@@ -174,7 +174,7 @@ pub(crate) fn user(cmd: UserCmd) -> Result<()> {
             if groups.is_none() && admin.is_none() {
                 bail!("nothing to change: give --group, --admin or --no-admin");
             }
-            open_store(&data.data)?.user_update(&name, groups, admin, None)?;
+            open_store(&data.data)?.user_update(&name, groups, admin, None, None)?;
             println!("user {name} changed");
         }
     }

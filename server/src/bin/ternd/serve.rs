@@ -12,6 +12,7 @@ use tern_core::session::CacheLimits;
 use tern_server::certs::{self};
 use tern_server::config::{Config, DEFAULT_CONFIG};
 use tern_server::replication::{LocalIdentity, Replicator};
+use tern_server::shaping::{schedule::Clock, Shaper};
 use tern_server::store::{self, Store, StoreError, DEFAULT_GROUP};
 use tern_server::{control, handler, listen};
 
@@ -24,6 +25,7 @@ pub(crate) fn serve(
     config: Option<PathBuf>,
     grace_period: Option<u64>,
     protocol_max: u16,
+    shaping_clock: Option<i64>,
 ) -> Result<()> {
     tune_malloc();
     private_data_dir(data)?;
@@ -62,7 +64,9 @@ pub(crate) fn serve(
         key: paths.key.clone(),
         server_id: fingerprint.to_string(),
     };
-    let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner)
+    let clock = shaping_clock.map_or_else(Clock::default, Clock::starting_at);
+    let shaper = Arc::new(Shaper::new(store.clone(), clock));
+    let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner, shaper)
         .context("starting the replication scheduler")?;
     let retention = tern_server::upkeep::Retention {
         images: std::time::Duration::from_secs(cfg.incomplete_retention_secs),

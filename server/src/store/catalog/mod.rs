@@ -39,7 +39,7 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// 2: container names per storage group (format 1 had one namespace).
 /// 3: the replication tables (partners, copies, trail, import events).
 /// 4: partial images (durable while written, resumable) and index totals.
-const FORMAT_VERSION: u64 = 4;
+const FORMAT_VERSION: u64 = 5;
 
 mod images;
 mod index;
@@ -47,6 +47,7 @@ mod maintenance;
 mod overlay;
 pub mod partials;
 pub mod replication;
+pub mod shaping;
 mod synthetic;
 
 pub use images::NewImage;
@@ -139,7 +140,7 @@ impl Catalog {
         // need to write (the tables come with the format version).
         match self.format()? {
             Some(FORMAT_VERSION) => return Ok(()),
-            Some(1..=3) => return self.migrate(|| self.begin_write()),
+            Some(1..=4) => return self.migrate(|| self.begin_write()),
             _ => {}
         }
         let tx = self.begin_write()?;
@@ -163,6 +164,7 @@ impl Catalog {
             replication::create_tables(&tx)?;
             tx.open_table(PARTIALS)?;
             tx.open_table(GROUP_TOTALS)?;
+            tx.open_table(shaping::SHAPING)?;
         }
         tx.commit()?;
         Ok(())
@@ -188,6 +190,13 @@ impl Catalog {
             tx.open_table(META)?.insert("format", 4)?;
             tx.commit()?;
             tracing::info!("catalog migrated to format 4: partial images, index totals");
+        }
+        if self.format()? == Some(4) {
+            let tx = begin()?;
+            tx.open_table(shaping::SHAPING)?;
+            tx.open_table(META)?.insert("format", 5)?;
+            tx.commit()?;
+            tracing::info!("catalog migrated to format 5: shaping groups");
         }
         Ok(())
     }

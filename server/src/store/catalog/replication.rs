@@ -98,6 +98,20 @@ impl Catalog {
     }
 
     /// Removes a partner; false if there was none.
+    /// Replaces an existing partner's record.
+    pub fn update_partner(&self, name: &str, rec: &PartnerRecord) -> Result<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut t = tx.open_table(PARTNERS)?;
+            if t.get(name)?.is_none() {
+                return Err(StoreError::NotFound(format!("no partner {name}")));
+            }
+            t.insert(name, encode(rec)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn remove_partner(&self, name: &str) -> Result<bool> {
         let tx = self.begin_write()?;
         let found = tx.open_table(PARTNERS)?.remove(name)?.is_some();
