@@ -36,9 +36,10 @@ int main(int argc, char **argv) {
     status.struct_size = sizeof status;
     st = tern_copy_get_status(client, id, &status);
     if (st != TERN_OK) die("status", st);
-    fprintf(stderr, "%s %llu/%llu bytes, %llu sent\n", state_name(status.state),
+    fprintf(stderr, "%s %llu/%llu bytes, %llu sent%s%s\n",
+            status.paused ? "paused (schedule)" : state_name(status.state),
             (unsigned long long)status.done_bytes, (unsigned long long)status.logical_bytes,
-            (unsigned long long)status.sent_bytes);
+            (unsigned long long)status.sent_bytes, status.path[0] ? " via " : "", status.path);
     if (status.state != TERN_COPY_QUEUED && status.state != TERN_COPY_RUNNING) break;
     usleep(200 * 1000);
   }

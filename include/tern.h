@@ -108,6 +108,11 @@
 #define TERN_REASON_LEN 256
 
 /**
+ * Bytes of `tern_copy_status.path`, with its NUL.
+ */
+#define TERN_PATH_LEN 128
+
+/**
  * The result of every fallible call. TERN_OK is 0; every other value is an error
  * whose message tern_last_error() returns.
  */
@@ -593,6 +598,20 @@ typedef struct {
    * cut to fit.
    */
   char reason[TERN_REASON_LEN];
+  /**
+   * 1 while the copy is parked because its shaping group's rate is 0
+   * now (`paused (schedule)`; it goes on by itself), else 0.
+   */
+  uint32_t paused;
+  /**
+   * Its shaping group's rate now, bytes per second (0: unshaped).
+   */
+  uint64_t rate;
+  /**
+   * The partner address the running attempt uses (empty when it is not
+   * running); NUL-terminated, cut to fit.
+   */
+  char path[TERN_PATH_LEN];
 } tern_copy_status;
 
 /**

@@ -63,6 +63,30 @@ pub struct tern_copy_status {
     /// Why it failed, or the fault it is retrying after; NUL-terminated,
     /// cut to fit.
     pub reason: [c_char; TERN_REASON_LEN],
+    /// 1 while the copy is parked because its shaping group's rate is 0
+    /// now (`paused (schedule)`; it goes on by itself), else 0.
+    pub paused: u32,
+    /// Its shaping group's rate now, bytes per second (0: unshaped).
+    pub rate: u64,
+    /// The partner address the running attempt uses (empty when it is not
+    /// running); NUL-terminated, cut to fit.
+    pub path: [c_char; TERN_PATH_LEN],
+}
+
+/// Bytes of `tern_copy_status.path`, with its NUL.
+pub const TERN_PATH_LEN: usize = 128;
+
+/// `s` into `dst` as a NUL-terminated C string, cut at a character boundary
+/// to fit, NULs inside replaced by spaces.
+fn fill_c_string(dst: &mut [c_char], s: &str) {
+    let s = s.replace('\0', " ");
+    let mut n = s.len().min(dst.len().saturating_sub(1));
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    for (d, b) in dst.iter_mut().zip(s.as_bytes()[..n].iter()) {
+        *d = *b as c_char;
+    }
 }
 
 fn parse_id(id: &str) -> Result<CopyId, Failure> {
@@ -159,15 +183,12 @@ pub unsafe extern "C" fn tern_copy_get_status(
             sent_bytes: info.sent_bytes,
             sent_chunks: info.sent_chunks,
             reason: [0; TERN_REASON_LEN],
+            paused: u32::from(info.paused),
+            rate: info.rate,
+            path: [0; TERN_PATH_LEN],
         };
-        let reason = info.reason.replace('\0', " ");
-        let mut n = reason.len().min(TERN_REASON_LEN - 1);
-        while !reason.is_char_boundary(n) {
-            n -= 1;
-        }
-        for (dst, src) in full.reason.iter_mut().zip(reason.as_bytes()[..n].iter()) {
-            *dst = *src as c_char;
-        }
+        fill_c_string(&mut full.reason, &info.reason);
+        fill_c_string(&mut full.path, &info.path);
         // SAFETY: the caller's struct_size (checked above) says how many bytes `status` has room for.
         unsafe { copy_prefix(&full, status, size) };
         Ok(())

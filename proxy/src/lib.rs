@@ -258,7 +258,15 @@ fn pump(
     cut_first: bool,
     upstream: bool,
 ) {
-    let (tx, rx) = sync_channel::<(Instant, Vec<u8>)>(8);
+    // The pieces in flight: 8, plus what the link holds over its latency
+    // (rate x delay), so that a long fat pipe is not capped by the proxy.
+    let in_flight = {
+        let f = lock(&shared.faults);
+        let rate = f.per_connection_rate.or(f.link_rate).unwrap_or(1 << 30);
+        let bytes = rate as f64 * f.latency.as_secs_f64();
+        8 + ((bytes / PIECE as f64).ceil() as usize).min(4096)
+    };
+    let (tx, rx) = sync_channel::<(Instant, Vec<u8>)>(in_flight);
     let s = shared.clone();
     let peer = to.try_clone().ok();
     let writer = thread::spawn(move || deliver(rx, to, s, upstream));

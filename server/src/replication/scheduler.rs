@@ -107,9 +107,9 @@ impl Replicator {
                 "recording the start: {e}"
             ))),
         };
-        if let Some(c) = lock(&live.client).take() {
-            drop(c);
-        }
+        // Dropped once the end is recorded: a client's goodbye may wait up
+        // to 2 s behind a congested link, and a cancel must show at once.
+        let client = lock(&live.client).take();
         lock(&live.shaped).take();
 
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
@@ -167,6 +167,7 @@ impl Replicator {
             Some(&entry),
         );
         lock(&self.live).remove(&id);
+        drop(client);
         if drop_replica {
             // After the state is recorded: a cancel shows at once.
             self.abort_at_target(id, &live.partner);

@@ -42,7 +42,9 @@ struct Cli {
     /// Use the server's loopback plaintext listener.
     #[arg(long, global = true)]
     plain: bool,
-    /// MultiConnect: connections per session (default 4 over TLS, 1 with --plain).
+    /// MultiConnect: connections per session (default 4 over TLS, 1 with
+    /// --plain); with `partner add` and `partner set`, also the partner's
+    /// connections per copy.
     #[arg(long, env = "TERN_CONNECTIONS", global = true)]
     connections: Option<usize>,
     /// Secure Connect: seconds to keep reconnecting through an outage [default: 600].

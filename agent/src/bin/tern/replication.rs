@@ -33,9 +33,8 @@ pub enum PartnerCmd {
         /// The shaping group its copies draw bandwidth from.
         #[arg(long)]
         shaping: Option<String>,
-        /// Connections per copy (MultiConnect; default 4).
-        #[arg(long)]
-        connections: Option<u32>,
+        // `--connections N` (the global option) also sets the partner's
+        // connections per copy here (default 4).
     },
     /// Change a partner (admin only): its addresses (tried in order; a copy
     /// goes on over the next when the one in use stops answering), its
@@ -52,9 +51,8 @@ pub enum PartnerCmd {
         /// Take it out of its shaping group.
         #[arg(long)]
         no_shaping: bool,
-        /// Connections per copy (MultiConnect; 0: the default, 4).
-        #[arg(long)]
-        connections: Option<u32>,
+        // `--connections N` (the global option) sets its connections per
+        // copy here (MultiConnect; 0: the default, 4).
     },
     /// List the partners.
     Ls,
@@ -157,12 +155,11 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
             fingerprint,
             user,
             shaping,
-            connections,
         } => {
             let password = partner_password()?;
             let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
             let settings = tern_core::wire::PartnerSettings {
-                connections: connections.unwrap_or(0),
+                connections: copy_connections(cli)?.unwrap_or(0),
                 shaping: shaping.clone(),
             };
             client
@@ -179,7 +176,6 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
             address,
             shaping,
             no_shaping,
-            connections,
         } => {
             let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
             let shaping = if *no_shaping {
@@ -191,7 +187,7 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
                 .partner_set(
                     name,
                     (!addresses.is_empty()).then_some(addresses.as_slice()),
-                    *connections,
+                    copy_connections(cli)?,
                     shaping,
                 )
                 .with_context(|| format!("changing partner {name}"))?;
@@ -242,6 +238,14 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--connections N` on `partner add` and `partner set`: the partner's
+/// connections per copy (the option also sets this command's own session's).
+fn copy_connections(cli: &Cli) -> Result<Option<u32>> {
+    cli.connections
+        .map(|n| u32::try_from(n).context("--connections is too large"))
+        .transpose()
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -371,6 +375,7 @@ fn copy_json(c: &CopyInfo) -> serde_json::Value {
         "to_container": c.to_container.as_str(), "to_name": c.to_name.as_str(),
         "logical_bytes": c.logical_bytes, "done_bytes": c.done_bytes, "sent_bytes": c.sent_bytes,
         "sent_chunks": c.sent_chunks, "attempts": c.attempts, "created": c.created, "updated": c.updated,
+        "paused": c.paused, "rate": c.rate, "path": c.path,
     })
 }
 
@@ -381,10 +386,22 @@ fn print_copies(cli: &Cli, list: &[CopyInfo]) {
         return;
     }
     for c in list {
+        let state = if c.paused {
+            "paused (schedule)"
+        } else {
+            c.state.as_str()
+        };
+        let mut running = String::new();
+        if c.rate > 0 {
+            running += &format!("  rate {}", tern_core::wire::show_rate(c.rate));
+        }
+        if !c.path.is_empty() {
+            running += &format!("  via {}", c.path);
+        }
         println!(
-            "{}  {:<9} {}/{} -> {}:{}/{}  {}/{} sent {}  attempts {}{}",
+            "{}  {:<9} {}/{} -> {}:{}/{}  {}/{} sent {}  attempts {}{running}{}",
             c.id,
-            c.state.as_str(),
+            state,
             c.container,
             c.image,
             c.partner,
