@@ -113,6 +113,84 @@ fn two_copies_in_a_20_mb_s_group_each_get_half_and_the_group_stays_within_it() {
     src.shaping_remove("g7").unwrap();
 }
 
+#[test]
+fn the_shaping_and_partner_commands_work_as_documented() {
+    let pair = Pair::new();
+    pair.pair().unwrap();
+    let tern = |args: &[&str]| {
+        let out = pair.source.tern(args, None);
+        assert!(
+            out.status.success(),
+            "tern {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    tern(&[
+        "shaping",
+        "set",
+        "wan",
+        "--rate",
+        "20MB/s",
+        "--window",
+        "mon-fri 07:00-19:00=5MB/s",
+        "--window",
+        "sat,sun 00:00-24:00=50MB/s",
+        "--timezone",
+        "UTC",
+    ]);
+    tern(&[
+        "partner",
+        "set",
+        "site-b",
+        "--shaping",
+        "wan",
+        "--connections",
+        "2",
+    ]);
+    let ls: serde_json::Value = serde_json::from_str(&tern(&["--json", "shaping", "ls"])).unwrap();
+    let g = &ls[0];
+    assert_eq!(g["name"], "wan");
+    assert_eq!(g["rate"], 20_000_000);
+    assert_eq!(g["windows"][0], "mon,tue,wed,thu,fri 07:00-19:00=5MB/s");
+    assert!([5_000_000, 20_000_000, 50_000_000].contains(&g["rate_now"].as_u64().unwrap()));
+    assert_eq!(g["partners"][0], "site-b");
+    let human = tern(&["shaping", "ls"]);
+    assert!(
+        human.contains("wan") && human.contains("last 10 s"),
+        "{human}"
+    );
+    let partners: serde_json::Value =
+        serde_json::from_str(&tern(&["--json", "partner", "ls"])).unwrap();
+    assert_eq!(partners[0]["connections"], 2);
+    assert_eq!(partners[0]["shaping"], "wan");
+    // A group in use is not removed; out of use it is.
+    let out = pair.source.tern(&["shaping", "rm", "wan"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("site-b"));
+    let bad = pair
+        .source
+        .tern(&["shaping", "set", "x", "--rate", "5XB/s"], None);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unit"));
+    let zone = pair.source.tern(
+        &[
+            "shaping",
+            "set",
+            "x",
+            "--rate",
+            "1MB/s",
+            "--timezone",
+            "Not/A_Zone",
+        ],
+        None,
+    );
+    assert!(!zone.status.success() && String::from_utf8_lossy(&zone.stderr).contains("time zone"));
+    tern(&["partner", "set", "site-b", "--no-shaping"]);
+    tern(&["shaping", "rm", "wan"]);
+    assert_eq!(tern(&["--json", "shaping", "ls"]).trim(), "[]");
+}
+
 /// Monday 2026-11-23 07:00:00 UTC.
 const MONDAY_7: i64 = 1_795_417_200;
 
@@ -200,6 +278,11 @@ fn a_users_backups_draw_from_their_shaping_group() {
     let rate = data.len() as f64 / t.elapsed().as_secs_f64();
     eprintln!("backup through an 8 MB/s group: {:.2} MB/s", rate / MB);
     assert!(rate <= 8.8 * MB, "{:.2} MB/s", rate / MB);
+    let t = Instant::now();
+    assert!(restore(&dma, "c", "shaped") == data);
+    let read = data.len() as f64 / t.elapsed().as_secs_f64();
+    eprintln!("restore through an 8 MB/s group: {:.2} MB/s", read / MB);
+    assert!(read <= 8.8 * MB, "restore at {:.2} MB/s", read / MB);
     // Out of the group (from the next login), it runs at full speed.
     admin.user_set_shaping("dma", None).unwrap();
     let dma = Client::connect(&opts).unwrap();
