@@ -45,13 +45,12 @@ impl Store {
     /// Checkpoints `img` when enough bytes or time have gone by since the
     /// last one. The caller holds the gate (shared).
     pub(super) fn checkpoint_if_due(&self, img: &mut OpenImage) -> Result<()> {
-        let since = img.size.saturating_sub(img.durable.size);
         let (bytes, every) = if img.replica.is_some() {
             (REPLICA_CHECKPOINT_BYTES, REPLICA_CHECKPOINT_EVERY)
         } else {
             (CHECKPOINT_BYTES, CHECKPOINT_EVERY)
         };
-        if since >= bytes || img.last_checkpoint.elapsed() >= every {
+        if img.received >= bytes || img.last_checkpoint.elapsed() >= every {
             self.checkpoint(img)?;
         }
         Ok(())
@@ -63,6 +62,7 @@ impl Store {
     /// the gate (shared).
     pub(super) fn checkpoint(&self, img: &mut OpenImage) -> Result<()> {
         img.last_checkpoint = Instant::now();
+        img.received = 0;
         let cut = img
             .recipe
             .iter()

@@ -55,6 +55,11 @@ pub(super) struct OpenImage {
     pub(super) replica: Option<ReplicaWrite>,
     pub(super) last_checkpoint: Instant,
     pub(super) last_write: Instant,
+    /// Logical bytes that arrived (or were found stored) since the last
+    /// checkpoint: what a checkpoint now would make durable. Not `size`,
+    /// which counts announced chunks still awaited (a copy announces
+    /// hundreds of MiB ahead).
+    pub(super) received: u64,
 }
 
 impl OpenImage {
@@ -240,6 +245,7 @@ impl Store {
             replica,
             last_checkpoint: Instant::now(),
             last_write: Instant::now(),
+            received: 0,
         })
     }
 
@@ -310,6 +316,7 @@ impl Store {
             }
             let key = chunk_key(group, &e.id);
             if pending.contains_key(&key) || index.contains(&key)? {
+                img.received += u64::from(e.len);
                 continue;
             }
             img.missing.insert(e.id, e.len);
@@ -351,7 +358,9 @@ impl Store {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let stored = self.store_chunk(group, id, codec, raw_len, bytes)?;
         let mut img = lock(&image);
-        img.missing.remove(id);
+        if img.missing.remove(id).is_some() {
+            img.received += u64::from(raw_len);
+        }
         if stored {
             img.stats.new_chunks += 1;
             img.stats.new_stored_bytes += bytes.len() as u64;
@@ -397,6 +406,7 @@ impl Store {
             let offset = img.size;
             img.recipe.push((offset, id, len));
             img.size += u64::from(len);
+            img.received += u64::from(len);
             img.stats.chunks += 1;
             if let Some(enc) = enc {
                 if self.store_chunk(group, &id, enc.codec, enc.raw_len, &enc.bytes)? {
