@@ -11,6 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use tern_core::session::CacheLimits;
 use tern_server::handler::{serve_connection, Sessions};
 use tern_server::replication::{LocalIdentity, Replicator};
+use tern_server::shaping::{schedule::Clock, Shaper};
 use tern_server::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,7 +35,8 @@ fn world() -> &'static World {
             key: dir.path().join("unused.key"),
             server_id: "fuzz".into(),
         };
-        let replicator = Replicator::start(store.clone(), me, 1).unwrap();
+        let shaper = Arc::new(Shaper::new(store.clone(), Clock::default()));
+        let replicator = Replicator::start(store.clone(), me, 1, shaper).unwrap();
         let sessions = Sessions::new(
             store,
             Duration::from_millis(1),
