@@ -1,23 +1,49 @@
-//! The control socket: `ternd gc` and `ternd fsck` reach a running server
-//! through `DATA/ternd.sock`, a Unix socket only the data directory's owner can
-//! open. One request line (`gc` or `fsck`), one JSON answer line.
+//! The control socket: `ternd gc`, `ternd fsck` and `ternd seed` reach a
+//! running server through `DATA/ternd.sock`, a Unix socket only the data
+//! directory's owner can open. One request line (`gc`, `fsck`, or a JSON
+//! [`Request`]), then answer lines: any number of `{"progress":[done,total]}`
+//! and one `{"ok":...}` or `{"error":"..."}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::seed;
 use crate::store::Store;
 
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("ternd.sock")
 }
 
+/// A request beyond `gc` and `fsck`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    SeedExport(seed::export::ExportRequest),
+    SeedImport(seed::import::ImportRequest),
+    SeedStatus,
+    SeedCleanup { seed: Option<String>, force: bool },
+}
+
+/// A request line's limit: a JSON request with a password and paths.
+const MAX_REQUEST: u64 = 64 << 10;
+
+/// What the server needs to answer requests.
+#[derive(Clone)]
+pub struct ControlContext {
+    pub data: PathBuf,
+    pub store: Arc<Store>,
+    /// This server's id (its certificate's fingerprint), for seeds.
+    pub server_id: String,
+}
+
 /// Serves control requests until the process ends.
-pub async fn serve(data: &Path, store: Arc<Store>) -> Result<()> {
-    let path = socket_path(data);
+pub async fn serve(ctx: ControlContext) -> Result<()> {
+    let path = socket_path(&ctx.data);
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -25,33 +51,78 @@ pub async fn serve(data: &Path, store: Arc<Store>) -> Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let store = store.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, store).await {
+            if let Err(e) = answer(stream, ctx).await {
                 tracing::warn!("control request failed: {e:#}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, store: Arc<Store>) -> Result<()> {
+/// Runs a [`Request`] on `store`, reporting progress.
+pub fn run(
+    req: Request,
+    data: &Path,
+    store: &Store,
+    server_id: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<serde_json::Value> {
+    Ok(match req {
+        Request::SeedExport(r) => {
+            serde_json::to_value(seed::export::export(store, data, server_id, &r, progress)?)?
+        }
+        Request::SeedImport(r) => serde_json::to_value(seed::import::import(store, &r, progress)?)?,
+        Request::SeedStatus => serde_json::to_value(seed::status(store)?)?,
+        Request::SeedCleanup { seed, force } => {
+            serde_json::to_value(seed::cleanup(store, seed.as_deref(), force)?)?
+        }
+    })
+}
+
+async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(rd.take(64)).read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "gc" => {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.gc().map(|r| serde_json::to_string(&r))).await?
+    BufReader::new(rd.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+    let work = {
+        let line = line.trim().to_string();
+        tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+            let s = &ctx.store;
+            match line.as_str() {
+                "gc" => Ok(serde_json::to_value(s.gc()?)?),
+                "fsck" => Ok(serde_json::to_value(s.fsck()?)?),
+                json if json.starts_with('{') => {
+                    let req: Request =
+                        serde_json::from_str(json).context("undecodable control request")?;
+                    // Progress at most every 1% or so: a line per chunk would flood.
+                    let last = std::cell::Cell::new(0u64);
+                    let progress = |done: u64, total: u64| {
+                        if done.saturating_sub(last.get()) >= (total / 100).max(1) || done == total {
+                            last.set(done);
+                            let _ = tx.send((done, total));
+                        }
+                    };
+                    run(req, &ctx.data, s, &ctx.server_id, &progress)
+                }
+                other => bail!("unknown control request {other:?}"),
+            }
+        })
+    };
+    tokio::pin!(work);
+    let reply = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            Some((done, total)) = rx.recv() => {
+                wr.write_all(format!("{{\"progress\":[{done},{total}]}}\n").as_bytes()).await?;
+            }
         }
-        "fsck" => {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.fsck().map(|r| serde_json::to_string(&r))).await?
-        }
-        other => bail!("unknown control request {other:?}"),
     };
     let text = match reply {
         Ok(Ok(json)) => format!("{{\"ok\":{json}}}\n"),
-        Ok(Err(e)) => format!("{{\"error\":{}}}\n", serde_json::to_string(&e.to_string())?),
+        Ok(Err(e)) => format!("{{\"error\":{}}}\n", serde_json::to_string(&format!("{e:#}"))?),
         Err(e) => format!("{{\"error\":{}}}\n", serde_json::to_string(&e.to_string())?),
     };
     wr.write_all(text.as_bytes()).await?;
@@ -60,6 +131,15 @@ async fn answer(stream: UnixStream, store: Arc<Store>) -> Result<()> {
 
 /// Asks a running server; `None` if no server answers on the socket.
 pub fn request(data: &Path, what: &str) -> Result<Option<serde_json::Value>> {
+    request_with_progress(data, what, &|_, _| {})
+}
+
+/// [`request`], passing the server's progress reports to `progress`.
+pub fn request_with_progress(
+    data: &Path,
+    what: &str,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Option<serde_json::Value>> {
     use std::io::{BufRead, Write};
     let path = socket_path(data);
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
@@ -67,12 +147,21 @@ pub fn request(data: &Path, what: &str) -> Result<Option<serde_json::Value>> {
         Err(_) => return Ok(None),
     };
     stream.write_all(format!("{what}\n").as_bytes())?;
-    let mut line = String::new();
-    std::io::BufReader::new(stream).read_line(&mut line)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).context("undecodable answer from the control socket")?;
-    if let Some(e) = v.get("error") {
-        bail!("{}", e.as_str().unwrap_or("unknown error"));
+    let mut lines = std::io::BufReader::new(stream).lines();
+    loop {
+        let Some(line) = lines.next().transpose()? else {
+            bail!("the server closed the control socket without an answer");
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).context("undecodable answer from the control socket")?;
+        if let Some(p) = v.get("progress").and_then(|p| p.as_array()) {
+            let n = |i: usize| p.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
+            progress(n(0), n(1));
+            continue;
+        }
+        if let Some(e) = v.get("error") {
+            bail!("{}", e.as_str().unwrap_or("unknown error"));
+        }
+        return Ok(v.get("ok").cloned());
     }
-    Ok(v.get("ok").cloned())
 }

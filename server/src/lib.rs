@@ -17,6 +17,7 @@ pub mod listen;
 mod logins;
 pub mod replication;
 mod requests;
+pub mod seed;
 pub mod shaping;
 pub mod store;
 pub mod upkeep;

@@ -152,6 +152,9 @@ impl Store {
                 suspects.remove(&chunk_key(img.group, id));
             }
         }
+        self.live_pins(|k| {
+            suspects.remove(k);
+        })?;
         let dead: Vec<(ChunkKey, Option<Location>)> = suspects.keys().map(|k| (*k, None)).collect();
         self.catalog.set_index_entries(&dead)?;
         for loc in suspects.values() {
@@ -192,6 +195,8 @@ impl Store {
                 live.insert(&chunk_key(img.group, id));
             }
         }
+        // Seeded chunks wait for the replicas that will refer to them.
+        self.live_pins(|k| live.insert(k))?;
         Ok(live)
     }
 

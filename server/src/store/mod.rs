@@ -37,6 +37,7 @@ pub mod records;
 mod recovery;
 mod repair;
 mod replica;
+mod seed;
 mod shaping;
 mod space;
 mod users;
@@ -60,7 +61,8 @@ pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
 pub use replica::{NewReplica, ReplicaStart};
-pub use space::DEFAULT_RESERVE;
+pub use seed::{LoadedBatch, SeedSource};
+pub use space::{statvfs, DEFAULT_RESERVE};
 pub use users::{generate_password, User};
 pub use write::{SessionProbe, WriterId};
 

@@ -94,6 +94,31 @@ pub struct UserRecord {
     pub shaping: Option<String>,
 }
 
+/// A seed loaded (or being loaded) into this store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedRecord {
+    /// The source's server id (its certificate's fingerprint).
+    pub source: String,
+    /// When the source exported it, and when its first volume was loaded here.
+    pub created: u64,
+    pub imported: u64,
+    /// The storage group its chunks went into.
+    pub group: GroupName,
+    /// Its chunks are kept from GC until then (Unix seconds).
+    pub pin_expires: u64,
+    pub containers: Vec<crate::seed::SeedContainer>,
+    /// Chunks in the whole seed, per its manifest.
+    pub chunks_total: u64,
+    /// Chunks this store stored from it, and those it already had.
+    pub chunks_loaded: u64,
+    pub chunks_present: u64,
+    pub bytes_loaded: u64,
+    /// Volumes loaded whole, and how many the seed has (once a complete
+    /// manifest was seen).
+    pub volumes_done: Vec<u32>,
+    pub volumes_total: Option<u32>,
+}
+
 /// A replication partner: where it is and how this server logs in there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartnerRecord {

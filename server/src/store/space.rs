@@ -82,7 +82,7 @@ impl FreeSpace {
 
 /// (bytes available to an unprivileged writer, total bytes) of the
 /// filesystem holding `path`.
-fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
+pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
     // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st`

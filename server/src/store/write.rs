@@ -25,7 +25,7 @@ use super::{lock, Result, Store, StoreError, User};
 
 thread_local! {
     /// Checks received chunks; one per thread keeps its zstd context warm.
-    static VERIFIER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new());
+    pub(super) static VERIFIER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new());
 }
 
 /// Identifies an image being written.
@@ -431,7 +431,7 @@ impl Store {
     }
 
     /// Appends a chunk to its group's pack unless the store has it; true if written.
-    fn store_chunk(
+    pub(super) fn store_chunk(
         &self,
         group: u32,
         id: &ChunkId,

@@ -64,6 +64,7 @@ pub(crate) fn serve(
         key: paths.key.clone(),
         server_id: fingerprint.to_string(),
     };
+    let server_id = me.server_id.clone();
     let clock = shaping_clock.map_or_else(Clock::default, Clock::starting_at);
     let shaper = Arc::new(Shaper::new(store.clone(), clock));
     let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner, shaper)
@@ -73,7 +74,7 @@ pub(crate) fn serve(
         replicas: std::time::Duration::from_secs(cfg.replica_retention_secs),
     };
     tern_server::upkeep::start(store.clone(), retention).context("starting the upkeep thread")?;
-    run_server(data, &cfg, store, tls, (replicator, protocol_max))
+    run_server(data, &cfg, store, tls, (replicator, protocol_max, server_id))
 }
 
 /// stderr for the log, where a failed write is dropped: tracing's own
@@ -221,7 +222,7 @@ fn run_server(
     cfg: &Config,
     store: Arc<Store>,
     tls: Arc<rustls::ServerConfig>,
-    (replicator, protocol_max): (Arc<Replicator>, u16),
+    (replicator, protocol_max, server_id): (Arc<Replicator>, u16, String),
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,10 +250,13 @@ fn run_server(
         if let Some(addr) = listeners.plain_addr()? {
             println!("listening for plaintext on {addr}");
         }
-        let control_store = store.clone();
-        let data = data.to_path_buf();
+        let control = control::ControlContext {
+            data: data.to_path_buf(),
+            store: store.clone(),
+            server_id,
+        };
         tokio::spawn(async move {
-            if let Err(e) = control::serve(&data, control_store).await {
+            if let Err(e) = control::serve(control).await {
                 tracing::error!("control socket: {e:#}");
             }
         });

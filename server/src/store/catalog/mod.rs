@@ -14,6 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::names::GroupName;
 use tern_core::{ChunkId, ContainerName, ImageName};
 
+use super::pack::Location;
 use super::records::*;
 use super::{Result, StoreError};
 
@@ -39,7 +40,9 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// 2: container names per storage group (format 1 had one namespace).
 /// 3: the replication tables (partners, copies, trail, import events).
 /// 4: partial images (durable while written, resumable) and index totals.
-const FORMAT_VERSION: u64 = 5;
+/// 5: shaping groups.
+/// 6: seeds and their pins.
+const FORMAT_VERSION: u64 = 6;
 
 mod images;
 mod index;
@@ -47,6 +50,7 @@ mod maintenance;
 mod overlay;
 pub mod partials;
 pub mod replication;
+pub mod seeds;
 pub mod shaping;
 mod synthetic;
 
@@ -140,7 +144,7 @@ impl Catalog {
         // need to write (the tables come with the format version).
         match self.format()? {
             Some(FORMAT_VERSION) => return Ok(()),
-            Some(1..=4) => return self.migrate(|| self.begin_write()),
+            Some(1..=5) => return self.migrate(|| self.begin_write()),
             _ => {}
         }
         let tx = self.begin_write()?;
@@ -165,6 +169,8 @@ impl Catalog {
             tx.open_table(PARTIALS)?;
             tx.open_table(GROUP_TOTALS)?;
             tx.open_table(shaping::SHAPING)?;
+            tx.open_table(seeds::SEEDS)?;
+            tx.open_table(seeds::PINS)?;
         }
         tx.commit()?;
         Ok(())
@@ -197,6 +203,14 @@ impl Catalog {
             tx.open_table(META)?.insert("format", 5)?;
             tx.commit()?;
             tracing::info!("catalog migrated to format 5: shaping groups");
+        }
+        if self.format()? == Some(5) {
+            let tx = begin()?;
+            tx.open_table(seeds::SEEDS)?;
+            tx.open_table(seeds::PINS)?;
+            tx.open_table(META)?.insert("format", 6)?;
+            tx.commit()?;
+            tracing::info!("catalog migrated to format 6: seeds and pins");
         }
         Ok(())
     }
@@ -471,6 +485,18 @@ impl Catalog {
     /// A reader of the chunk index that sees one snapshot, for batches of lookups.
     pub fn index_snapshot(&self) -> Result<IndexSnapshot> {
         Ok(IndexSnapshot(self.db.begin_read()?.open_table(CHUNKS)?))
+    }
+
+    /// Where the index says a chunk is.
+    pub fn chunk_location(&self, key: &ChunkKey) -> Result<Option<Location>> {
+        let t = self.db.begin_read()?.open_table(CHUNKS)?;
+        let found = t.get(key.as_slice())?;
+        match found {
+            None => Ok(None),
+            Some(v) => Location::decode(v.value())
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt("an undecodable index entry".into())),
+        }
     }
 
     pub fn has_chunk(&self, key: &ChunkKey) -> Result<bool> {

@@ -1,0 +1,600 @@
+//! The seed's media format (docs/seed-format.md): a header, then sealed
+//! segments; the key from a password (argon2id); ChaCha20-Poly1305 seals.
+//!
+//! Every segment is sealed with a nonce made of the file's number and the
+//! segment's index, and its AAD binds the file's header and whether it is
+//! the file's last segment: a flipped bit, a segment moved between files or
+//! volumes, and a truncated file are all refused. The export is
+//! deterministic (same chunks, same segments, same nonces), so a resumed
+//! export rewrites byte for byte what an interrupted one had written and a
+//! nonce never seals two different plaintexts.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use tern_core::chunker::MAX_CHUNK_LIMIT;
+use tern_core::{ChunkId, Codec};
+
+use super::SeedError;
+
+pub const MAGIC: &[u8; 8] = b"TERNSEED";
+pub const FORMAT: u16 = 1;
+pub const HEADER_LEN: usize = 32;
+/// A file's header kinds.
+pub const KIND_VOLUME: u8 = 1;
+pub const KIND_MANIFEST: u8 = 2;
+const FLAG_ENCRYPTED: u8 = 1;
+/// A segment is closed once its plaintext reaches this size.
+pub const SEGMENT_TARGET: usize = 1 << 20;
+/// The largest sealed segment a reader accepts: a full segment plus one
+/// chunk record of the largest chunk.
+pub const MAX_SEALED: usize = SEGMENT_TARGET + MAX_CHUNK_LIMIT as usize + 1024;
+/// What a segment adds to its plaintext: the length prefix and the tag.
+pub const SEGMENT_OVERHEAD: u64 = 4 + TAG_LEN as u64;
+const TAG_LEN: usize = 16;
+/// A chunk record's header: id, codec, raw length, stored length.
+pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
+/// The manifest's file number in nonces (volumes are numbered from 1).
+pub const MANIFEST_NUMBER: u32 = u32::MAX;
+
+/// The first 32 bytes of every seed file, in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u8,
+    pub encrypted: bool,
+    pub seed: [u8; 16],
+    /// The volume's number; 0 for the manifest.
+    pub number: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..10].copy_from_slice(&FORMAT.to_le_bytes());
+        b[10] = self.kind;
+        b[11] = if self.encrypted { FLAG_ENCRYPTED } else { 0 };
+        b[12..28].copy_from_slice(&self.seed);
+        b[28..32].copy_from_slice(&self.number.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Self, String> {
+        if &b[..8] != MAGIC {
+            return Err("not a tern seed file (bad magic)".into());
+        }
+        let format = u16::from_le_bytes([b[8], b[9]]);
+        if format != FORMAT {
+            return Err(format!(
+                "seed format {format}; this ternd reads format {FORMAT}"
+            ));
+        }
+        if b[11] & !FLAG_ENCRYPTED != 0 {
+            return Err(format!("unknown flags {:#x}", b[11]));
+        }
+        let mut seed = [0u8; 16];
+        seed.copy_from_slice(&b[12..28]);
+        Ok(Self {
+            kind: b[10],
+            encrypted: b[11] & FLAG_ENCRYPTED != 0,
+            seed,
+            number: u32::from_le_bytes([b[28], b[29], b[30], b[31]]),
+        })
+    }
+}
+
+/// Argon2id's parameters, kept in the manifest's clear part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfParams {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+    pub salt: [u8; 16],
+}
+
+/// Bytes of the key block after a manifest's header (encrypted seeds only):
+/// the parameters, the salt and the key check.
+pub const KEY_BLOCK_LEN: usize = 12 + 16 + 32;
+
+impl KdfParams {
+    /// 64 MiB and 3 passes: OWASP's argon2id recommendation, about 0.2 s.
+    pub fn new(salt: [u8; 16]) -> Self {
+        Self {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+            salt,
+        }
+    }
+
+    pub fn derive(&self, password: &str) -> Result<Key, SeedError> {
+        // Bounds against a manifest that asks for absurd work.
+        if self.m_kib > 4 << 20 || self.t > 64 || self.p == 0 || self.p > 64 {
+            return Err(SeedError::Damaged {
+                file: "manifest.tern".into(),
+                why: "its key derivation parameters are out of range".into(),
+            });
+        }
+        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
+            .map_err(|e| SeedError::Invalid(format!("argon2 parameters: {e}")))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut key = [0u8; 32];
+        argon
+            .hash_password_into(password.as_bytes(), &self.salt, &mut key)
+            .map_err(|e| SeedError::Invalid(format!("deriving the key: {e}")))?;
+        Ok(Key(key))
+    }
+
+    pub fn encode(&self, check: &[u8; 32]) -> [u8; KEY_BLOCK_LEN] {
+        let mut b = [0u8; KEY_BLOCK_LEN];
+        b[0..4].copy_from_slice(&self.m_kib.to_le_bytes());
+        b[4..8].copy_from_slice(&self.t.to_le_bytes());
+        b[8..12].copy_from_slice(&self.p.to_le_bytes());
+        b[12..28].copy_from_slice(&self.salt);
+        b[28..60].copy_from_slice(check);
+        b
+    }
+
+    pub fn decode(b: &[u8; KEY_BLOCK_LEN]) -> (Self, [u8; 32]) {
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&b[12..28]);
+        let mut check = [0u8; 32];
+        check.copy_from_slice(&b[28..60]);
+        (
+            Self {
+                m_kib: u(0),
+                t: u(4),
+                p: u(8),
+                salt,
+            },
+            check,
+        )
+    }
+}
+
+/// A key derived from the password.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// Stored beside the parameters: tells a wrong password from a damaged
+    /// manifest without trying to open anything.
+    pub fn check(&self) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, b"tern seed key check v1").as_bytes()
+    }
+}
+
+/// Seals and opens segments: ChaCha20-Poly1305 with the seed's key, or (an
+/// unencrypted seed) a keyless blake3 tag that detects damage only.
+pub enum Sealer {
+    Aead(LessSafeKey),
+    Plain,
+}
+
+impl Sealer {
+    pub fn new(key: Option<&Key>) -> Self {
+        match key {
+            Some(k) => match UnboundKey::new(&CHACHA20_POLY1305, &k.0) {
+                Ok(u) => Self::Aead(LessSafeKey::new(u)),
+                // A 32-byte key is always accepted.
+                Err(_) => Self::Plain,
+            },
+            None => Self::Plain,
+        }
+    }
+
+    fn nonce(number: u32, segment: u64) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n[..4].copy_from_slice(&number.to_be_bytes());
+        n[4..].copy_from_slice(&segment.to_be_bytes());
+        n
+    }
+
+    fn aad(header: &[u8; HEADER_LEN], last: bool) -> [u8; HEADER_LEN + 1] {
+        let mut a = [0u8; HEADER_LEN + 1];
+        a[..HEADER_LEN].copy_from_slice(header);
+        a[HEADER_LEN] = u8::from(last);
+        a
+    }
+
+    fn plain_tag(nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> [u8; TAG_LEN] {
+        let mut h = blake3::Hasher::new();
+        h.update(nonce).update(aad).update(plain);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+        t
+    }
+
+    pub fn seal(
+        &self,
+        header: &[u8; HEADER_LEN],
+        number: u32,
+        segment: u64,
+        last: bool,
+        plain: &[u8],
+    ) -> Vec<u8> {
+        let nonce = Self::nonce(number, segment);
+        let aad = Self::aad(header, last);
+        let mut out = plain.to_vec();
+        match self {
+            Self::Aead(key) => {
+                // Fails only past ChaCha20's 256 GiB limit per seal, far
+                // beyond a segment.
+                let _ = key.seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&aad),
+                    &mut out,
+                );
+            }
+            Self::Plain => out.extend_from_slice(&Self::plain_tag(&nonce, &aad, plain)),
+        }
+        out
+    }
+
+    /// The plaintext of a sealed segment, or `None` if it was not sealed so.
+    pub fn open(
+        &self,
+        header: &[u8; HEADER_LEN],
+        number: u32,
+        segment: u64,
+        last: bool,
+        mut sealed: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let nonce = Self::nonce(number, segment);
+        let aad = Self::aad(header, last);
+        match self {
+            Self::Aead(key) => {
+                let n = key
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(&aad),
+                        &mut sealed,
+                    )
+                    .ok()?
+                    .len();
+                sealed.truncate(n);
+                Some(sealed)
+            }
+            Self::Plain => {
+                let body = sealed.len().checked_sub(TAG_LEN)?;
+                let tag = Self::plain_tag(&nonce, &aad, &sealed[..body]);
+                if tag[..] != sealed[body..] {
+                    return None;
+                }
+                sealed.truncate(body);
+                Some(sealed)
+            }
+        }
+    }
+}
+
+/// One chunk in a volume: its id and its bytes as the source stored them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub id: ChunkId,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub bytes: Vec<u8>,
+}
+
+impl Record {
+    pub fn encoded_len(stored_len: usize) -> usize {
+        RECORD_HEADER + stored_len
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.push(self.codec as u8);
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&(self.bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+    }
+
+    /// The records of a segment's plaintext; bounded by the plaintext itself.
+    pub fn decode_all(mut b: &[u8]) -> Result<Vec<Record>, String> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            if b.len() < RECORD_HEADER {
+                return Err("a chunk record is cut short".into());
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&b[..32]);
+            let codec = Codec::from_u8(b[32]).ok_or("a chunk record has an unknown codec")?;
+            let raw_len = u32::from_le_bytes([b[33], b[34], b[35], b[36]]);
+            let stored = u32::from_le_bytes([b[37], b[38], b[39], b[40]]) as usize;
+            if raw_len == 0 || raw_len > MAX_CHUNK_LIMIT || stored > b.len() - RECORD_HEADER {
+                return Err("a chunk record's lengths are out of range".into());
+            }
+            out.push(Record {
+                id: ChunkId(id),
+                codec,
+                raw_len,
+                bytes: b[RECORD_HEADER..RECORD_HEADER + stored].to_vec(),
+            });
+            b = &b[RECORD_HEADER + stored..];
+        }
+        Ok(out)
+    }
+}
+
+/// Writes one seed file: its header, then segments; hashes what it writes.
+pub struct SegmentWriter {
+    out: BufWriter<File>,
+    header: [u8; HEADER_LEN],
+    number: u32,
+    next_segment: u64,
+    len: u64,
+    hash: blake3::Hasher,
+}
+
+impl SegmentWriter {
+    pub fn create(path: &Path, header: Header) -> std::io::Result<Self> {
+        let file = File::create(path)?;
+        let h = header.encode();
+        let mut w = Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            header: h,
+            number: if header.kind == KIND_MANIFEST {
+                MANIFEST_NUMBER
+            } else {
+                header.number
+            },
+            next_segment: 0,
+            len: 0,
+            hash: blake3::Hasher::new(),
+        };
+        w.write_raw(&h)?;
+        Ok(w)
+    }
+
+    /// Reopens a volume an interrupted export left: cut back to `len` (the
+    /// end of its last durable segment) and hashed up to there.
+    pub fn resume(path: &Path, header: Header, len: u64, segments: u64) -> std::io::Result<Self> {
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        file.set_len(len)?;
+        let mut hash = blake3::Hasher::new();
+        let mut prefix = BufReader::with_capacity(1 << 20, (&file).take(len));
+        std::io::copy(&mut prefix, &mut hash)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            header: header.encode(),
+            number: header.number,
+            next_segment: segments,
+            len,
+            hash,
+        })
+    }
+
+    /// Writes bytes outside any segment (the header, a manifest's key block).
+    pub fn write_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(b)?;
+        self.hash.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    pub fn write_segment(&mut self, sealer: &Sealer, plain: &[u8], last: bool) -> std::io::Result<()> {
+        let sealed = sealer.seal(&self.header, self.number, self.next_segment, last, plain);
+        self.next_segment += 1;
+        self.write_raw(&(sealed.len() as u32).to_le_bytes())?;
+        self.write_raw(&sealed)
+    }
+
+    /// The manifest's one segment takes its revision as its index.
+    pub fn skip_to_segment(&mut self, index: u64) {
+        self.next_segment = index;
+    }
+
+    /// Bytes written so far, and segments.
+    pub fn position(&self) -> (u64, u64) {
+        (self.len, self.next_segment)
+    }
+
+    /// Flushes and syncs what was written.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+
+    /// Syncs and returns the file's length and blake3.
+    pub fn finish(mut self) -> std::io::Result<(u64, String)> {
+        self.sync()?;
+        Ok((self.len, self.hash.finalize().to_hex().to_string()))
+    }
+}
+
+/// Reads one seed file's segments, opening each; the file must end right
+/// after its last segment.
+pub struct SegmentReader<'a> {
+    input: BufReader<File>,
+    pub header: Header,
+    raw_header: [u8; HEADER_LEN],
+    number: u32,
+    next_segment: u64,
+    done: bool,
+    sealer: &'a Sealer,
+    name: String,
+}
+
+impl<'a> SegmentReader<'a> {
+    /// Opens `path` and reads its header (and, for a manifest, nothing more:
+    /// the caller reads the key block with [`Self::read_raw`]).
+    pub fn open(path: &Path, sealer: &'a Sealer) -> Result<Self, SeedError> {
+        let name = file_name(path);
+        let file = File::open(path).map_err(|e| SeedError::io(path, e))?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut raw = [0u8; HEADER_LEN];
+        input
+            .read_exact(&mut raw)
+            .map_err(|_| damaged(&name, "shorter than a header"))?;
+        let header = Header::decode(&raw).map_err(|why| damaged(&name, why))?;
+        let number = if header.kind == KIND_MANIFEST {
+            MANIFEST_NUMBER
+        } else {
+            header.number
+        };
+        Ok(Self {
+            input,
+            header,
+            raw_header: raw,
+            number,
+            next_segment: 0,
+            done: false,
+            sealer,
+            name,
+        })
+    }
+
+    pub fn read_raw(&mut self, b: &mut [u8]) -> Result<(), SeedError> {
+        self.input
+            .read_exact(b)
+            .map_err(|_| damaged(&self.name, "cut short"))
+    }
+
+    /// The manifest's one segment has its revision as its index.
+    pub fn skip_to_segment(&mut self, index: u64) {
+        self.next_segment = index;
+    }
+
+    /// The next segment's plaintext; `None` after the last one.
+    pub fn next_segment(&mut self) -> Result<Option<Vec<u8>>, SeedError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut len = [0u8; 4];
+        self.read_raw(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len < TAG_LEN || len > MAX_SEALED {
+            return Err(damaged(&self.name, format!("a segment of {len} bytes")));
+        }
+        let mut sealed = vec![0u8; len];
+        self.read_raw(&mut sealed)?;
+        let segment = self.next_segment;
+        self.next_segment += 1;
+        // A segment opens with exactly one of the two flags: it says whether
+        // it is the last.
+        let (plain, last) = match self.sealer.open(
+            &self.raw_header,
+            self.number,
+            segment,
+            false,
+            sealed.clone(),
+        ) {
+            Some(p) => (p, false),
+            None => match self
+                .sealer
+                .open(&self.raw_header, self.number, segment, true, sealed)
+            {
+                Some(p) => (p, true),
+                None => {
+                    return Err(damaged(
+                        &self.name,
+                        format!("segment {segment} fails its authentication (damaged or tampered)"),
+                    ))
+                }
+            },
+        };
+        if last {
+            self.done = true;
+            let mut extra = [0u8; 1];
+            if self.input.read(&mut extra).map_err(|e| SeedError::Io {
+                path: self.name.clone(),
+                source: e,
+            })? != 0
+            {
+                return Err(damaged(&self.name, "bytes after its last segment"));
+            }
+        }
+        Ok(Some(plain))
+    }
+}
+
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+pub fn damaged(file: &str, why: impl Into<String>) -> SeedError {
+    SeedError::Damaged {
+        file: file.into(),
+        why: why.into(),
+    }
+}
+
+/// A volume's file name: `vol-000001.tern`.
+pub fn volume_file(number: u32) -> String {
+    format!("vol-{number:06}.tern")
+}
+
+pub const MANIFEST_FILE: &str = "manifest.tern";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        Key([7u8; 32])
+    }
+
+    #[test]
+    fn a_sealed_segment_opens_only_with_its_key_nonce_and_flag() {
+        let h = Header {
+            kind: KIND_VOLUME,
+            encrypted: true,
+            seed: [1; 16],
+            number: 3,
+        }
+        .encode();
+        for sealer in [Sealer::new(Some(&key())), Sealer::new(None)] {
+            let sealed = sealer.seal(&h, 3, 5, false, b"hello");
+            assert_eq!(sealer.open(&h, 3, 5, false, sealed.clone()).unwrap(), b"hello");
+            assert!(sealer.open(&h, 3, 6, false, sealed.clone()).is_none());
+            assert!(sealer.open(&h, 4, 5, false, sealed.clone()).is_none());
+            assert!(sealer.open(&h, 3, 5, true, sealed.clone()).is_none());
+            let mut flipped = sealed.clone();
+            flipped[1] ^= 1;
+            assert!(sealer.open(&h, 3, 5, false, flipped).is_none());
+        }
+        let encrypted = Sealer::new(Some(&key())).seal(&h, 3, 5, false, b"hello");
+        assert!(!encrypted.windows(5).any(|w| w == b"hello"));
+        let other = Sealer::new(Some(&Key([8u8; 32])));
+        assert!(other.open(&h, 3, 5, false, encrypted).is_none());
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_lengths_are_refused() {
+        let r = Record {
+            id: ChunkId::of(b"x"),
+            codec: Codec::Raw,
+            raw_len: 1,
+            bytes: b"x".to_vec(),
+        };
+        let mut b = Vec::new();
+        r.encode_into(&mut b);
+        r.encode_into(&mut b);
+        assert_eq!(Record::decode_all(&b).unwrap(), vec![r.clone(), r]);
+        assert!(Record::decode_all(&b[..b.len() - 1]).is_err());
+        let mut bad = b.clone();
+        bad[37] = 0xff;
+        assert!(Record::decode_all(&bad).is_err());
+    }
+
+    #[test]
+    fn headers_round_trip_and_strangers_are_refused() {
+        let h = Header {
+            kind: KIND_MANIFEST,
+            encrypted: false,
+            seed: [9; 16],
+            number: 0,
+        };
+        assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+        let mut bad = h.encode();
+        bad[0] = b'X';
+        assert!(Header::decode(&bad).is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! `ternd seed import`: verifies each volume whole, then loads its chunks
+//! into a storage group, pinned; a damaged volume is refused and the others
+//! still load. The seed's record in the catalog says which volumes are in,
+//! so an interrupted import goes on with the rest (a volume cut off midway
+//! loads again, and the chunks it already stored are found and skipped).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tern_core::names::GroupName;
+
+use super::format::{
+    damaged, file_name, volume_file, Record, Sealer, SegmentReader, KIND_VOLUME,
+};
+use super::{read_manifest, Manifest, SeedError, VolumeEntry};
+use crate::store::records::{now_unix, SeedRecord};
+use crate::store::{Store, StoreError};
+
+/// Chunks are loaded and committed in batches of about this many bytes.
+const BATCH_BYTES: usize = 32 << 20;
+/// Days a seed's chunks stay pinned unless the import says otherwise.
+pub const DEFAULT_PIN_DAYS: u64 = 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    pub from: PathBuf,
+    pub password: Option<String>,
+    pub group: String,
+    pub pin_days: u64,
+}
+
+/// A volume that was not loaded, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refused {
+    pub file: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub seed: String,
+    pub source: String,
+    pub group: String,
+    /// Volumes loaded by this run, and those an earlier run loaded.
+    pub loaded: Vec<u32>,
+    pub already: Vec<u32>,
+    pub refused: Vec<Refused>,
+    /// Volumes the manifest lists that are neither here nor loaded before.
+    pub missing: Vec<u32>,
+    /// False when this device's manifest was written before the export
+    /// went on to another device: later volumes are not listed here.
+    pub manifest_complete: bool,
+    pub chunks_loaded: u64,
+    pub chunks_present: u64,
+    pub bytes_loaded: u64,
+    pub pinned_until: u64,
+}
+
+pub fn import(
+    store: &Store,
+    req: &ImportRequest,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ImportReport, SeedError> {
+    let (m, header, key) = read_manifest(&req.from, req.password.as_deref())?;
+    let group_name =
+        GroupName::new(req.group.clone()).map_err(|e| SeedError::Invalid(e.to_string()))?;
+    let group = store.seed_group(&group_name)?;
+    let now = now_unix();
+    let mut rec = match store.catalog().seed(&m.seed)? {
+        Some(r) if r.group != group_name => {
+            return Err(SeedError::Invalid(format!(
+                "seed {} was loaded into storage group {}; import the rest there too",
+                m.seed, r.group
+            )))
+        }
+        Some(r) => r,
+        None => SeedRecord {
+            source: m.source_server_id.clone(),
+            created: m.created,
+            imported: now,
+            group: group_name.clone(),
+            pin_expires: 0,
+            containers: m.containers.clone(),
+            chunks_total: m.chunks,
+            chunks_loaded: 0,
+            chunks_present: 0,
+            bytes_loaded: 0,
+            volumes_done: Vec::new(),
+            volumes_total: None,
+        },
+    };
+    rec.pin_expires = now + req.pin_days.saturating_mul(86_400);
+    if m.complete {
+        rec.volumes_total = Some(m.volumes.len() as u32);
+    }
+    let mut report = ImportReport {
+        seed: m.seed.clone(),
+        source: m.source_server_id.clone(),
+        group: group_name.to_string(),
+        loaded: Vec::new(),
+        already: Vec::new(),
+        refused: Vec::new(),
+        missing: Vec::new(),
+        manifest_complete: m.complete,
+        chunks_loaded: 0,
+        chunks_present: 0,
+        bytes_loaded: 0,
+        pinned_until: rec.pin_expires,
+    };
+    report.refused = strangers(&req.from, &m)?;
+    let sealer = Sealer::new(key.as_ref());
+    let todo: Vec<&VolumeEntry> = m
+        .volumes
+        .iter()
+        .filter(|v| !rec.volumes_done.contains(&v.number))
+        .filter(|v| req.from.join(volume_file(v.number)).exists())
+        .collect();
+    let total: u64 = todo.iter().map(|v| 2 * v.size).sum();
+    let mut done = 0u64;
+    for v in &m.volumes {
+        let path = req.from.join(volume_file(v.number));
+        if rec.volumes_done.contains(&v.number) {
+            report.already.push(v.number);
+            continue;
+        }
+        if !path.exists() {
+            report.missing.push(v.number);
+            continue;
+        }
+        let verified = verify(&path, v, &header.seed, &sealer);
+        done += v.size;
+        progress(done, total);
+        let loaded = verified.and_then(|()| {
+            load(store, &path, v, group, &header.seed, &m.seed, &sealer, &mut rec)
+        });
+        done += v.size;
+        progress(done, total);
+        match loaded {
+            Ok(batch) => {
+                report.loaded.push(v.number);
+                report.chunks_loaded += batch.loaded;
+                report.chunks_present += batch.present;
+                report.bytes_loaded += batch.bytes;
+            }
+            Err(e @ (SeedError::Damaged { .. } | SeedError::Store(StoreError::Invalid(_)))) => {
+                report.refused.push(Refused {
+                    file: file_name(&path),
+                    why: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if report.loaded.is_empty() && store.catalog().seed(&m.seed)?.is_none() {
+        // Nothing loaded: still record the seed (its pins' expiry, its
+        // volumes) so that status shows it.
+        store.seed_load(group, &[], &header.seed, &m.seed, &mut rec, |_, _| {})?;
+    }
+    Ok(report)
+}
+
+/// Volume files in `dir` that the manifest does not list.
+fn strangers(dir: &Path, m: &Manifest) -> Result<Vec<Refused>, SeedError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| SeedError::io(dir, e))?;
+    for e in entries {
+        let name = e.map_err(|e| SeedError::io(dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("vol-")
+            && name.ends_with(".tern")
+            && !m.volumes.iter().any(|v| volume_file(v.number) == name)
+        {
+            out.push(Refused {
+                file: name.to_string(),
+                why: if m.complete {
+                    "the manifest does not list it".into()
+                } else {
+                    "this device's manifest was written before it; import from the device \
+                     that holds the export's last volume"
+                        .into()
+                },
+            });
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
+}
+
+/// Checks a volume whole before anything of it is loaded: its size and
+/// blake3 against the manifest, then every segment's seal and every record.
+fn verify(path: &Path, v: &VolumeEntry, seed: &[u8; 16], sealer: &Sealer) -> Result<(), SeedError> {
+    let name = file_name(path);
+    let file = std::fs::File::open(path).map_err(|e| SeedError::io(path, e))?;
+    let size = file.metadata().map_err(|e| SeedError::io(path, e))?.len();
+    if size != v.size {
+        return Err(damaged(
+            &name,
+            format!("{size} bytes where the manifest says {}", v.size),
+        ));
+    }
+    let mut hash = blake3::Hasher::new();
+    hash.update_reader(file).map_err(|e| SeedError::io(path, e))?;
+    if hash.finalize().to_hex().as_str() != v.blake3 {
+        return Err(damaged(&name, "its blake3 differs from the manifest's"));
+    }
+    let mut chunks = 0u64;
+    read_volume(path, v, seed, sealer, |records| {
+        chunks += records.len() as u64;
+        Ok(())
+    })?;
+    if chunks != v.chunks {
+        return Err(damaged(
+            &name,
+            format!("{chunks} chunks where the manifest says {}", v.chunks),
+        ));
+    }
+    Ok(())
+}
+
+/// Calls `each` with the records of each segment of a volume.
+fn read_volume(
+    path: &Path,
+    v: &VolumeEntry,
+    seed: &[u8; 16],
+    sealer: &Sealer,
+    mut each: impl FnMut(Vec<Record>) -> Result<(), SeedError>,
+) -> Result<(), SeedError> {
+    let name = file_name(path);
+    let mut r = SegmentReader::open(path, sealer)?;
+    if r.header.kind != KIND_VOLUME || r.header.number != v.number || &r.header.seed != seed {
+        return Err(damaged(&name, "its header names another seed or volume"));
+    }
+    while let Some(plain) = r.next_segment()? {
+        each(Record::decode_all(&plain).map_err(|why| damaged(&name, why))?)?;
+    }
+    Ok(())
+}
+
+/// Loads a verified volume in batches; the last batch's transaction also
+/// records the volume as loaded.
+#[allow(clippy::too_many_arguments)]
+fn load(
+    store: &Store,
+    path: &Path,
+    v: &VolumeEntry,
+    group: u32,
+    seed: &[u8; 16],
+    id: &str,
+    sealer: &Sealer,
+    rec: &mut SeedRecord,
+) -> Result<crate::store::LoadedBatch, SeedError> {
+    let mut sum = crate::store::LoadedBatch::default();
+    let mut batch: Vec<Record> = Vec::new();
+    let mut bytes = 0usize;
+    let add = |sum: &mut crate::store::LoadedBatch, b: crate::store::LoadedBatch| {
+        sum.loaded += b.loaded;
+        sum.present += b.present;
+        sum.bytes += b.bytes;
+    };
+    read_volume(path, v, seed, sealer, |records| {
+        for r in records {
+            bytes += r.bytes.len();
+            batch.push(r);
+        }
+        if bytes >= BATCH_BYTES {
+            let b = store.seed_load(group, &batch, seed, id, rec, count)?;
+            add(&mut sum, b);
+            batch.clear();
+            bytes = 0;
+        }
+        Ok(())
+    })?;
+    let number = v.number;
+    let b = store.seed_load(group, &batch, seed, id, rec, |r, b| {
+        count(r, b);
+        r.volumes_done.push(number);
+    })?;
+    add(&mut sum, b);
+    Ok(sum)
+}
+
+fn count(r: &mut SeedRecord, b: crate::store::LoadedBatch) {
+    r.chunks_loaded += b.loaded;
+    r.chunks_present += b.present;
+    r.bytes_loaded += b.bytes;
+}

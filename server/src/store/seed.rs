@@ -1,0 +1,222 @@
+//! The store's side of seeding: the unique chunks of some containers, their
+//! stored bytes, loading a seed's chunks (verified, pinned), and the pins.
+
+use std::collections::{HashMap, HashSet};
+
+use tern_core::{ChunkId, ContainerName};
+
+use super::catalog::seeds::pin_value;
+use super::pack;
+use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord, SeedRecord};
+use super::write::VERIFIER;
+use super::{lock, Result, Store, StoreError};
+use crate::seed::format::Record;
+
+/// A container resolved for an export, with its images' names.
+pub struct SeedSource {
+    pub name: ContainerName,
+    pub rec: ContainerRecord,
+    pub images: Vec<String>,
+}
+
+/// What loading one batch of a seed did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadedBatch {
+    pub loaded: u64,
+    pub present: u64,
+    pub bytes: u64,
+}
+
+impl Store {
+    /// The containers named (`NAME` or `GROUP/NAME`), in any storage group.
+    pub fn seed_sources(&self, names: &[ContainerName]) -> Result<Vec<SeedSource>> {
+        let mut out = Vec::new();
+        for name in names {
+            let rec = self.container_where(name, |_| true)?;
+            let images = self
+                .catalog
+                .images(rec.id, "")?
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let (_, bare) = name.split();
+            out.push(SeedSource {
+                name: bare,
+                rec,
+                images,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every unique chunk the committed images of `sources` refer to, as
+    /// (storage group id, chunk id), sorted by chunk id: the order of the
+    /// export. 36 bytes of memory per chunk.
+    pub fn seed_chunk_list(&self, sources: &[SeedSource]) -> Result<Vec<(u32, ChunkId)>> {
+        let mut images: HashMap<u64, u32> = HashMap::new();
+        for s in sources {
+            let group = self.group_of(&s.rec)?;
+            for (_, img) in self.catalog.images(s.rec.id, "")? {
+                images.insert(img.id, group);
+            }
+        }
+        let mut out = Vec::new();
+        self.catalog.for_each_recipe_row(|image, _, id, _| {
+            if let Some(&g) = images.get(&image) {
+                out.push((g, id));
+            }
+            Ok(())
+        })?;
+        out.sort_unstable_by(|a, b| a.1 .0.cmp(&b.1 .0).then(a.0.cmp(&b.0)));
+        out.dedup_by(|a, b| a.1 == b.1);
+        Ok(out)
+    }
+
+    /// The storage group a seed loads into, created if need be.
+    pub fn seed_group(&self, name: &tern_core::names::GroupName) -> Result<u32> {
+        self.ensure_group(name)
+    }
+
+    /// A chunk's stored length.
+    pub fn seed_stored_len(&self, group: u32, id: &ChunkId) -> Result<u32> {
+        let key = chunk_key(group, id);
+        if let Some(l) = lock(&self.pending).get(&key) {
+            return Ok(l.stored_len);
+        }
+        Ok(self.catalog.chunk_location(&key)?.map_or(0, |l| l.stored_len))
+    }
+
+    /// A chunk's stored bytes, as a seed carries them.
+    pub fn seed_read_chunk(&self, group: u32, id: &ChunkId) -> Result<Record> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let key = chunk_key(group, id);
+        let loc = match lock(&self.pending).get(&key) {
+            Some(l) => *l,
+            None => self.catalog.chunk_location(&key)?.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "chunk {id} is gone from the store (deleted and collected since the \
+                     export began); start the export again"
+                ))
+            })?,
+        };
+        let file = self.packs.file(group, loc.pack)?;
+        let bytes = pack::read_stored(&file, &loc)
+            .map_err(|e| StoreError::Corrupt(format!("reading chunk {id}: {e}")))?;
+        Ok(Record {
+            id: *id,
+            codec: loc.codec,
+            raw_len: loc.raw_len,
+            bytes,
+        })
+    }
+
+    /// Stores the chunks of `records` the group lacks, each verified
+    /// against its id first, pins every one of them, and records `rec`
+    /// (updated by the caller with this batch) in the same transaction.
+    /// GC is held off from the first store to the commit.
+    pub fn seed_load(
+        &self,
+        group: u32,
+        records: &[Record],
+        seed: &[u8; 16],
+        id: &str,
+        rec: &mut SeedRecord,
+        finish: impl FnOnce(&mut SeedRecord, LoadedBatch),
+    ) -> Result<LoadedBatch> {
+        for r in records {
+            VERIFIER
+                .with_borrow_mut(|d| d.verify(&r.id, r.codec, r.raw_len, &r.bytes))
+                .map_err(|e| StoreError::Invalid(format!("chunk {}: {e}", r.id)))?;
+        }
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut batch = LoadedBatch::default();
+        let mut pins: Vec<ChunkKey> = Vec::with_capacity(records.len());
+        for r in records {
+            if self.store_chunk(group, &r.id, r.codec, r.raw_len, &r.bytes)? {
+                batch.loaded += 1;
+                batch.bytes += r.bytes.len() as u64;
+            } else {
+                batch.present += 1;
+            }
+            pins.push(chunk_key(group, &r.id));
+        }
+        let mut next = rec.clone();
+        finish(&mut next, batch);
+        let durable = self.sync_pending()?;
+        let pin = pin_value(seed, next.pin_expires);
+        self.catalog.seed_commit(id, &next, &durable, &pins, &pin)?;
+        *rec = next;
+        self.forget_pending(durable);
+        Ok(batch)
+    }
+
+    /// The seeds this store loaded, with how many of each one's pinned
+    /// chunks images now refer to.
+    pub fn seed_list(&self) -> Result<Vec<(String, SeedRecord, u64, u64)>> {
+        let seeds = self.catalog.seeds()?;
+        let mut pinned: HashMap<ChunkKey, [u8; 16]> = HashMap::new();
+        self.catalog.for_each_pin(|k, seed, _| {
+            pinned.insert(*k, seed);
+        })?;
+        let image_groups = self.catalog.image_groups()?;
+        let mut referenced: HashSet<ChunkKey> = HashSet::new();
+        self.catalog.for_each_recipe_row(|image, _, id, _| {
+            if let Some(g) = image_groups.get(&image) {
+                let k = chunk_key(*g, &id);
+                if pinned.contains_key(&k) {
+                    referenced.insert(k);
+                }
+            }
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        for (id, rec) in seeds {
+            let mine = pinned.iter().filter(|(_, s)| crate::seed::hex(&s[..]) == id);
+            let (mut pins, mut used) = (0, 0);
+            for (k, _) in mine {
+                pins += 1;
+                used += u64::from(referenced.contains(k));
+            }
+            out.push((id, rec, pins, used));
+        }
+        Ok(out)
+    }
+
+    /// (source server, container, image) of every replica in this store.
+    pub fn replica_origins(&self) -> Result<HashSet<(String, String, String)>> {
+        let mut out = HashSet::new();
+        for (_, rec, _, _) in self.catalog.containers()? {
+            for (_, img) in self.catalog.images(rec.id, "")? {
+                if let Some(o) = img.origin {
+                    out.insert((o.server, o.container.to_string(), o.image.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the pins of the seeds `ids` and their records; GC may then
+    /// free what no image refers to. Returns the pins dropped.
+    pub fn seed_unpin(&self, ids: &[String]) -> Result<u64> {
+        self.catalog
+            .remove_pins(|seed, _| ids.contains(&crate::seed::hex(seed)), ids)
+    }
+
+    /// Pinned chunks whose pins have not expired, for GC's mark; expired
+    /// pins are dropped.
+    pub(super) fn live_pins(&self, mut keep: impl FnMut(&ChunkKey)) -> Result<()> {
+        let now = now_unix();
+        let mut expired = false;
+        self.catalog.for_each_pin(|k, _, expires| {
+            if expires > now {
+                keep(k);
+            } else {
+                expired = true;
+            }
+        })?;
+        if expired {
+            self.catalog.remove_pins(|_, expires| expires <= now, &[])?;
+        }
+        Ok(())
+    }
+}
