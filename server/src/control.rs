@@ -94,13 +94,14 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
             match line.as_str() {
                 "gc" => Ok(serde_json::to_value(s.gc()?)?),
                 "fsck" => Ok(serde_json::to_value(s.fsck()?)?),
-                json if json.starts_with('{') => {
+                json if json.starts_with('{') || json.starts_with('"') => {
                     let req: Request =
                         serde_json::from_str(json).context("undecodable control request")?;
                     // Progress at most every 1% or so: a line per chunk would flood.
                     let last = std::cell::Cell::new(0u64);
                     let progress = |done: u64, total: u64| {
-                        if done.saturating_sub(last.get()) >= (total / 100).max(1) || done == total {
+                        if done.saturating_sub(last.get()) >= (total / 100).max(1) || done == total
+                        {
                             last.set(done);
                             let _ = tx.send((done, total));
                         }
@@ -122,7 +123,10 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
     };
     let text = match reply {
         Ok(Ok(json)) => format!("{{\"ok\":{json}}}\n"),
-        Ok(Err(e)) => format!("{{\"error\":{}}}\n", serde_json::to_string(&format!("{e:#}"))?),
+        Ok(Err(e)) => format!(
+            "{{\"error\":{}}}\n",
+            serde_json::to_string(&format!("{e:#}"))?
+        ),
         Err(e) => format!("{{\"error\":{}}}\n", serde_json::to_string(&e.to_string())?),
     };
     wr.write_all(text.as_bytes()).await?;

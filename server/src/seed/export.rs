@@ -41,6 +41,11 @@ pub struct ExportRequest {
     pub password: Option<String>,
     /// `--continue`: go on with the unfinished export.
     pub resume: bool,
+    /// A fixed seed id (hex), from which the salt follows too: two exports
+    /// with the same id, password and chunks write the same volumes (to
+    /// test that a resumed export does). Random when `None`.
+    #[serde(default)]
+    pub seed_id: Option<String>,
 }
 
 /// What an export run did.
@@ -109,7 +114,8 @@ impl State {
     fn save(&self, data: &Path) -> Result<(), SeedError> {
         let dir = state_dir(data);
         let tmp = dir.join("state.json.tmp");
-        let body = serde_json::to_vec_pretty(self).map_err(|e| SeedError::Invalid(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|e| SeedError::Invalid(e.to_string()))?;
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&body).map_err(io(&tmp))?;
         f.sync_data().map_err(io(&tmp))?;
@@ -262,9 +268,27 @@ fn begin(
     let rng = SystemRandom::new();
     let mut seed = [0u8; 16];
     let mut salt = [0u8; 16];
-    rng.fill(&mut seed)
-        .and_then(|_| rng.fill(&mut salt))
-        .map_err(|_| SeedError::Invalid("the system's random source failed".into()))?;
+    match &req.seed_id {
+        Some(hexid) => {
+            let bytes = (0..hexid.len())
+                .step_by(2)
+                .map(|i| {
+                    hexid
+                        .get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| b.len() == 16)
+                .ok_or_else(|| SeedError::Invalid("--seed-id takes 32 hex digits".into()))?;
+            seed.copy_from_slice(&bytes);
+            let derived = blake3::keyed_hash(blake3::hash(b"tern seed salt").as_bytes(), &seed);
+            salt.copy_from_slice(&derived.as_bytes()[..16]);
+        }
+        None => rng
+            .fill(&mut seed)
+            .and_then(|_| rng.fill(&mut salt))
+            .map_err(|_| SeedError::Invalid("the system's random source failed".into()))?,
+    }
     let (kdf, key_check) = match &req.password {
         Some(p) => {
             let kdf = KdfParams::new(salt);
@@ -362,10 +386,16 @@ fn write_volume(
     let result: std::io::Result<bool> = (|| {
         while next < total {
             let (group, id) = read_entry(list, next)?;
-            let rec = store.seed_read_chunk(group, &id).map_err(std::io::Error::other)?;
+            let rec = store
+                .seed_read_chunk(group, &id)
+                .map_err(std::io::Error::other)?;
             let len = (RECORD_HEADER + rec.bytes.len()) as u64;
             let (written, _) = w.position();
-            let pending = if seg.is_empty() { 0 } else { seg.len() as u64 + SEGMENT_OVERHEAD };
+            let pending = if seg.is_empty() {
+                0
+            } else {
+                seg.len() as u64 + SEGMENT_OVERHEAD
+            };
             // This record's segment and the end segment must still fit.
             if written + pending + len + 2 * SEGMENT_OVERHEAD > size {
                 if written + pending == super::format::HEADER_LEN as u64 {

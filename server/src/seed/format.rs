@@ -119,7 +119,8 @@ impl KdfParams {
         }
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
             .map_err(|e| SeedError::Invalid(format!("argon2 parameters: {e}")))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut key = [0u8; 32];
         argon
             .hash_password_into(password.as_bytes(), &self.salt, &mut key)
@@ -170,7 +171,7 @@ impl Key {
 /// Seals and opens segments: ChaCha20-Poly1305 with the seed's key, or (an
 /// unencrypted seed) a keyless blake3 tag that detects damage only.
 pub enum Sealer {
-    Aead(LessSafeKey),
+    Aead(Box<LessSafeKey>),
     Plain,
 }
 
@@ -178,7 +179,7 @@ impl Sealer {
     pub fn new(key: Option<&Key>) -> Self {
         match key {
             Some(k) => match UnboundKey::new(&CHACHA20_POLY1305, &k.0) {
-                Ok(u) => Self::Aead(LessSafeKey::new(u)),
+                Ok(u) => Self::Aead(Box::new(LessSafeKey::new(u))),
                 // A 32-byte key is always accepted.
                 Err(_) => Self::Plain,
             },
@@ -353,7 +354,10 @@ impl SegmentWriter {
     /// Reopens a volume an interrupted export left: cut back to `len` (the
     /// end of its last durable segment) and hashed up to there.
     pub fn resume(path: &Path, header: Header, len: u64, segments: u64) -> std::io::Result<Self> {
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
         file.set_len(len)?;
         let mut hash = blake3::Hasher::new();
         let mut prefix = BufReader::with_capacity(1 << 20, (&file).take(len));
@@ -377,7 +381,12 @@ impl SegmentWriter {
         Ok(())
     }
 
-    pub fn write_segment(&mut self, sealer: &Sealer, plain: &[u8], last: bool) -> std::io::Result<()> {
+    pub fn write_segment(
+        &mut self,
+        sealer: &Sealer,
+        plain: &[u8],
+        last: bool,
+    ) -> std::io::Result<()> {
         let sealed = sealer.seal(&self.header, self.number, self.next_segment, last, plain);
         self.next_segment += 1;
         self.write_raw(&(sealed.len() as u32).to_le_bytes())?;
@@ -468,7 +477,7 @@ impl<'a> SegmentReader<'a> {
         let mut len = [0u8; 4];
         self.read_raw(&mut len)?;
         let len = u32::from_le_bytes(len) as usize;
-        if len < TAG_LEN || len > MAX_SEALED {
+        if !(TAG_LEN..=MAX_SEALED).contains(&len) {
             return Err(damaged(&self.name, format!("a segment of {len} bytes")));
         }
         let mut sealed = vec![0u8; len];
@@ -552,7 +561,10 @@ mod tests {
         .encode();
         for sealer in [Sealer::new(Some(&key())), Sealer::new(None)] {
             let sealed = sealer.seal(&h, 3, 5, false, b"hello");
-            assert_eq!(sealer.open(&h, 3, 5, false, sealed.clone()).unwrap(), b"hello");
+            assert_eq!(
+                sealer.open(&h, 3, 5, false, sealed.clone()).unwrap(),
+                b"hello"
+            );
             assert!(sealer.open(&h, 3, 6, false, sealed.clone()).is_none());
             assert!(sealer.open(&h, 4, 5, false, sealed.clone()).is_none());
             assert!(sealer.open(&h, 3, 5, true, sealed.clone()).is_none());

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tern_core::names::GroupName;
 
-use super::format::{
-    damaged, file_name, volume_file, Record, Sealer, SegmentReader, KIND_VOLUME,
-};
+use super::format::{damaged, file_name, volume_file, Record, Sealer, SegmentReader, KIND_VOLUME};
 use super::{read_manifest, Manifest, SeedError, VolumeEntry};
 use crate::store::records::{now_unix, SeedRecord};
 use crate::store::{Store, StoreError};
@@ -131,7 +129,16 @@ pub fn import(
         done += v.size;
         progress(done, total);
         let loaded = verified.and_then(|()| {
-            load(store, &path, v, group, &header.seed, &m.seed, &sealer, &mut rec)
+            load(
+                store,
+                &path,
+                v,
+                group,
+                &header.seed,
+                &m.seed,
+                &sealer,
+                &mut rec,
+            )
         });
         done += v.size;
         progress(done, total);
@@ -199,7 +206,8 @@ fn verify(path: &Path, v: &VolumeEntry, seed: &[u8; 16], sealer: &Sealer) -> Res
         ));
     }
     let mut hash = blake3::Hasher::new();
-    hash.update_reader(file).map_err(|e| SeedError::io(path, e))?;
+    hash.update_reader(file)
+        .map_err(|e| SeedError::io(path, e))?;
     if hash.finalize().to_hex().as_str() != v.blake3 {
         return Err(damaged(&name, "its blake3 differs from the manifest's"));
     }

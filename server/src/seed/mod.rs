@@ -133,7 +133,8 @@ pub fn write_manifest(
     let revision = m.volumes.len() as u64 | (u64::from(m.complete) << 63);
     w.write_raw(&revision.to_le_bytes()).map_err(io)?;
     w.skip_to_segment(revision);
-    w.write_segment(&Sealer::new(key), &body, true).map_err(io)?;
+    w.write_segment(&Sealer::new(key), &body, true)
+        .map_err(io)?;
     w.finish().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(|e| SeedError::io(&path, e))?;
     crate::store::pack::sync_dir(dir).map_err(|e| SeedError::io(dir, e))?;

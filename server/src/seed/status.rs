@@ -67,7 +67,11 @@ pub fn status(store: &Store) -> Result<Vec<SeedStatus>, SeedError> {
 /// replication policy from that source is not in sync yet: dropping the
 /// pins now could let GC free chunks the copies would then send again),
 /// unless `force`.
-pub fn cleanup(store: &Store, which: Option<&str>, force: bool) -> Result<CleanupReport, SeedError> {
+pub fn cleanup(
+    store: &Store,
+    which: Option<&str>,
+    force: bool,
+) -> Result<CleanupReport, SeedError> {
     let all = status(store)?;
     let chosen: Vec<&SeedStatus> = all
         .iter()

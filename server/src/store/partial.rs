@@ -91,14 +91,19 @@ impl Store {
     }
 
     /// Syncs every open pack; returns the pending chunks, all durable now.
-    pub(super) fn sync_pending(&self) -> Result<Vec<(super::records::ChunkKey, super::pack::Location)>> {
+    pub(super) fn sync_pending(
+        &self,
+    ) -> Result<Vec<(super::records::ChunkKey, super::pack::Location)>> {
         let mut appender = self.packs.appender();
         appender.sync_all()?;
         Ok(lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect())
     }
 
     /// Drops from the pending map what an index transaction just recorded.
-    pub(super) fn forget_pending(&self, durable: Vec<(super::records::ChunkKey, super::pack::Location)>) {
+    pub(super) fn forget_pending(
+        &self,
+        durable: Vec<(super::records::ChunkKey, super::pack::Location)>,
+    ) {
         let mut pending = lock(&self.pending);
         for (k, loc) in durable {
             if pending.get(&k) == Some(&loc) {

@@ -83,7 +83,10 @@ impl Store {
         if let Some(l) = lock(&self.pending).get(&key) {
             return Ok(l.stored_len);
         }
-        Ok(self.catalog.chunk_location(&key)?.map_or(0, |l| l.stored_len))
+        Ok(self
+            .catalog
+            .chunk_location(&key)?
+            .map_or(0, |l| l.stored_len))
     }
 
     /// A chunk's stored bytes, as a seed carries them.
@@ -171,7 +174,9 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for (id, rec) in seeds {
-            let mine = pinned.iter().filter(|(_, s)| crate::seed::hex(&s[..]) == id);
+            let mine = pinned
+                .iter()
+                .filter(|(_, s)| crate::seed::hex(&s[..]) == id);
             let (mut pins, mut used) = (0, 0);
             for (k, _) in mine {
                 pins += 1;

@@ -10,6 +10,7 @@ use tern_server::certs::{self, CertPaths};
 use tern_server::config::Config;
 
 mod offline;
+mod seed;
 mod serve;
 
 use offline::{fsck, fsck_repair, gc, user};
@@ -88,6 +89,11 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         live_every: u64,
     },
+    /// Seed a new replica from portable media: export, import, status, cleanup.
+    Seed {
+        #[command(subcommand)]
+        cmd: seed::SeedCmd,
+    },
     /// Manage users (on a stopped server).
     User {
         #[command(subcommand)]
@@ -133,10 +139,10 @@ pub(crate) enum UserCmd {
 }
 
 #[derive(clap::Args)]
-struct DataArg {
+pub(crate) struct DataArg {
     /// Data directory.
     #[arg(long, env = "TERND_DATA", default_value = "ternd-data")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 fn main() {
@@ -190,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
         } => offline::open_store(&data.data)?
             .synthetic_fill(entries, live_every)
             .context("filling the store"),
+        Cmd::Seed { cmd } => seed::seed(cmd),
         Cmd::User { cmd } => user(cmd),
     }
 }

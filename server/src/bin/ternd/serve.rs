@@ -74,7 +74,13 @@ pub(crate) fn serve(
         replicas: std::time::Duration::from_secs(cfg.replica_retention_secs),
     };
     tern_server::upkeep::start(store.clone(), retention).context("starting the upkeep thread")?;
-    run_server(data, &cfg, store, tls, (replicator, protocol_max, server_id))
+    run_server(
+        data,
+        &cfg,
+        store,
+        tls,
+        (replicator, protocol_max, server_id),
+    )
 }
 
 /// stderr for the log, where a failed write is dropped: tracing's own

@@ -73,8 +73,7 @@ impl Catalog {
             for k in pins {
                 t.insert(k.as_slice(), pin.as_slice())?;
             }
-            tx.open_table(SEEDS)?
-                .insert(id, encode(rec)?.as_slice())?;
+            tx.open_table(SEEDS)?.insert(id, encode(rec)?.as_slice())?;
         }
         tx.commit()?;
         Ok(())
