@@ -327,3 +327,152 @@ fn an_export_killed_twice_continues_and_writes_the_same_volumes() {
     ]);
     ok(&out);
 }
+
+/// A stopped source with one container `c` holding `len` bytes.
+fn stopped_source(len: usize, seed: u64) -> TestServer {
+    let mut source = TestServer::start();
+    let src = source.client();
+    src.container_create("c", Default::default()).unwrap();
+    backup(&src, "c", "a", b"", &test_data(len, seed));
+    drop(src);
+    source.kill();
+    source
+}
+
+#[test]
+fn a_full_device_stops_the_export_cleanly_and_it_continues_on_the_next() {
+    let source = stopped_source(64 << 20, 11);
+    let media = tempfile::tempdir().unwrap();
+    let (usb, first, second) = (
+        media.path().join("usb"),
+        media.path().join("first"),
+        media.path().join("second"),
+    );
+    for d in [&usb, &first] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // A real 20 MiB filesystem: a tmpfs in a mount namespace of its own.
+    // What the export wrote there is copied out before the namespace ends.
+    let script = format!(
+        "mount -t tmpfs -o size=20m tmpfs {usb} || exit 97; \
+         {ternd} seed export --data {data} --containers c --to {usb} --volume-size 8MiB \
+         --no-encrypt >{out}/stdout 2>{out}/stderr; rc=$?; cp -a {usb}/. {first}/; exit $rc",
+        usb = usb.display(),
+        ternd = ternd_bin().display(),
+        data = source.data().display(),
+        out = media.path().display(),
+        first = first.display(),
+    );
+    let status = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .status()
+        .unwrap();
+    if status.code() == Some(97)
+        || status.code() == Some(1) && !first.join("manifest.tern").exists()
+    {
+        cannot_run("mounting a small tmpfs in a mount namespace (unshare -rm) is not allowed here");
+        return;
+    }
+    let stderr = std::fs::read_to_string(media.path().join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("is full") && stderr.contains("--continue"),
+        "{stderr}"
+    );
+    let on_first = volumes(&first).len();
+    assert!(on_first >= 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("volume {} is next", on_first + 1)),
+        "{stderr}"
+    );
+
+    let out = Command::new(ternd_bin())
+        .args(["seed", "export", "--data"])
+        .arg(source.data())
+        .args(["--continue", "--to", second.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let report = json(&out);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["written"][0], on_first + 1, "{report}");
+
+    // Each device imports by itself; together they make the whole seed.
+    let target = TestServer::start();
+    let a = json(&target.ternd(&[
+        "seed",
+        "import",
+        "--from",
+        first.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(a["manifest_complete"], false, "{a}");
+    assert_eq!(a["loaded"].as_array().unwrap().len(), on_first, "{a}");
+    let out = target.ternd(&[
+        "seed",
+        "import",
+        "--from",
+        second.to_str().unwrap(),
+        "--json",
+    ]);
+    let b = json(&out);
+    assert!(out.status.success(), "{b}");
+    assert_eq!(b["already"].as_array().unwrap().len(), on_first, "{b}");
+    assert_eq!(b["missing"].as_array().unwrap().len(), 0, "{b}");
+    let loaded = a["chunks_loaded"].as_u64().unwrap() + b["chunks_loaded"].as_u64().unwrap();
+    assert_eq!(loaded, report["chunks"].as_u64().unwrap());
+}
+
+#[test]
+fn an_import_killed_midway_continues_without_loading_everything_again() {
+    let source = stopped_source(64 << 20, 13);
+    let media = tempfile::tempdir().unwrap();
+    let dev = media.path().join("dev");
+    let out = Command::new(ternd_bin())
+        .args(["seed", "export", "--data"])
+        .arg(source.data())
+        .args([
+            "--containers",
+            "c",
+            "--to",
+            dev.to_str().unwrap(),
+            "--volume-size",
+            "8MiB",
+        ])
+        .args(["--no-encrypt", "--json"])
+        .output()
+        .unwrap();
+    let report = json(&out);
+    let chunks = report["chunks"].as_u64().unwrap();
+    let mut target = TestServer::start();
+    target.kill();
+    let mut child = Command::new(ternd_bin())
+        .args(["seed", "import", "--data"])
+        .arg(target.data())
+        .args(["--from", dev.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // Killed once a good part is stored, well before the end.
+    while target.pack_bytes() < 16 << 20 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before the kill"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "import hung");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = target.ternd(&["seed", "import", "--from", dev.to_str().unwrap(), "--json"]);
+    let again = json(&out);
+    assert!(out.status.success(), "{again}");
+    assert!(
+        again["chunks_loaded"].as_u64().unwrap() < chunks,
+        "the second run loaded everything again: {again}"
+    );
+    let status = json(&target.ternd(&["seed", "status", "--json"]));
+    assert_eq!(status[0]["chunks"].as_u64().unwrap(), chunks, "{status}");
+    let fsck = target.ternd(&["fsck"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+}

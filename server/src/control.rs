@@ -66,7 +66,7 @@ pub fn run(
     data: &Path,
     store: &Store,
     server_id: &str,
-    progress: &dyn Fn(u64, u64),
+    progress: seed::Progress<'_>,
 ) -> Result<serde_json::Value> {
     Ok(match req {
         Request::SeedExport(r) => {
@@ -82,10 +82,18 @@ pub fn run(
 
 async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::new(rd);
     let mut line = String::new();
-    BufReader::new(rd.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
+    (&mut reader).take(MAX_REQUEST).read_line(&mut line).await?;
+    // The asker sends nothing more: the end of its stream means it is gone
+    // (Ctrl-C), and a seed job stops at its next step.
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = gone.clone();
+    tokio::spawn(async move {
+        let mut b = [0u8; 1];
+        let _ = reader.read(&mut b).await;
+        watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
     let work = {
         let line = line.trim().to_string();
@@ -105,6 +113,7 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
                             last.set(done);
                             let _ = tx.send((done, total));
                         }
+                        !gone.load(std::sync::atomic::Ordering::Relaxed)
                     };
                     run(req, &ctx.data, s, &ctx.server_id, &progress)
                 }
@@ -135,14 +144,14 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
 
 /// Asks a running server; `None` if no server answers on the socket.
 pub fn request(data: &Path, what: &str) -> Result<Option<serde_json::Value>> {
-    request_with_progress(data, what, &|_, _| {})
+    request_with_progress(data, what, &|_, _| true)
 }
 
 /// [`request`], passing the server's progress reports to `progress`.
 pub fn request_with_progress(
     data: &Path,
     what: &str,
-    progress: &dyn Fn(u64, u64),
+    progress: seed::Progress<'_>,
 ) -> Result<Option<serde_json::Value>> {
     use std::io::{BufRead, Write};
     let path = socket_path(data);
@@ -160,7 +169,7 @@ pub fn request_with_progress(
             serde_json::from_str(&line).context("undecodable answer from the control socket")?;
         if let Some(p) = v.get("progress").and_then(|p| p.as_array()) {
             let n = |i: usize| p.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
-            progress(n(0), n(1));
+            let _ = progress(n(0), n(1));
             continue;
         }
         if let Some(e) = v.get("error") {

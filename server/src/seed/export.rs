@@ -131,7 +131,7 @@ pub fn export(
     data: &Path,
     source_id: &str,
     req: &ExportRequest,
-    progress: &dyn Fn(u64, u64),
+    progress: super::Progress<'_>,
 ) -> Result<ExportReport, SeedError> {
     let (mut state, resumed) = match State::load(data)? {
         Some(s) => {
@@ -345,7 +345,7 @@ fn write_volume(
     state: &mut State,
     list: &mut File,
     sealer: &Sealer,
-    progress: &dyn Fn(u64, u64),
+    progress: super::Progress<'_>,
 ) -> Result<Option<u32>, SeedError> {
     let number = state.manifest.volumes.len() as u32 + 1;
     let path = state.to.join(volume_file(number));
@@ -383,6 +383,7 @@ fn write_volume(
     let mut seg: Vec<u8> = Vec::with_capacity(SEGMENT_TARGET + (1 << 20));
     let mut since_save = 0u64;
     let mut bytes_here = 0u64;
+    let mut stopped = false;
     let result: std::io::Result<bool> = (|| {
         while next < total {
             let (group, id) = read_entry(list, next)?;
@@ -413,7 +414,12 @@ fn write_volume(
             next += 1;
             bytes_here += rec.bytes.len() as u64;
             since_save += len;
-            progress(state.bytes_done + bytes_here, state.manifest.stored_bytes);
+            if !progress(state.bytes_done + bytes_here, state.manifest.stored_bytes) {
+                // Left as it is: a resume cuts the volume back to the last
+                // saved length (a segment closed here would change the bytes).
+                stopped = true;
+                return Err(std::io::Error::other("stopped"));
+            }
             if since_save >= SAVE_EVERY {
                 w.write_segment(sealer, &seg, false)?;
                 seg.clear();
@@ -437,6 +443,7 @@ fn write_volume(
     })();
     match result {
         Ok(_) => {}
+        Err(_) if stopped => return Err(SeedError::Interrupted),
         Err(e) if is_full(&e) => {
             drop(w);
             std::fs::remove_file(&path).map_err(io(&path))?;

@@ -57,7 +57,7 @@ pub struct ImportReport {
 pub fn import(
     store: &Store,
     req: &ImportRequest,
-    progress: &dyn Fn(u64, u64),
+    progress: super::Progress<'_>,
 ) -> Result<ImportReport, SeedError> {
     let (m, header, key) = read_manifest(&req.from, req.password.as_deref())?;
     let group_name =
@@ -127,21 +127,18 @@ pub fn import(
         }
         let verified = verify(&path, v, &header.seed, &sealer);
         done += v.size;
-        progress(done, total);
+        if !progress(done, total) {
+            return Err(SeedError::Interrupted);
+        }
+        let keep_going = || progress(done, total);
         let loaded = verified.and_then(|()| {
-            load(
-                store,
-                &path,
-                v,
-                group,
-                &header.seed,
-                &m.seed,
-                &sealer,
-                &mut rec,
-            )
+            let into = (group, &header.seed, m.seed.as_str());
+            load(store, &path, v, into, &sealer, &mut rec, &keep_going)
         });
         done += v.size;
-        progress(done, total);
+        if !progress(done, total) {
+            return Err(SeedError::Interrupted);
+        }
         match loaded {
             Ok(batch) => {
                 report.loaded.push(v.number);
@@ -246,16 +243,14 @@ fn read_volume(
 
 /// Loads a verified volume in batches; the last batch's transaction also
 /// records the volume as loaded.
-#[allow(clippy::too_many_arguments)]
 fn load(
     store: &Store,
     path: &Path,
     v: &VolumeEntry,
-    group: u32,
-    seed: &[u8; 16],
-    id: &str,
+    (group, seed, id): (u32, &[u8; 16], &str),
     sealer: &Sealer,
     rec: &mut SeedRecord,
+    keep_going: &dyn Fn() -> bool,
 ) -> Result<crate::store::LoadedBatch, SeedError> {
     let mut sum = crate::store::LoadedBatch::default();
     let mut batch: Vec<Record> = Vec::new();
@@ -275,6 +270,9 @@ fn load(
             add(&mut sum, b);
             batch.clear();
             bytes = 0;
+            if !keep_going() {
+                return Err(SeedError::Interrupted);
+            }
         }
         Ok(())
     })?;

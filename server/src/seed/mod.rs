@@ -41,6 +41,8 @@ pub enum SeedError {
     WrongPassword,
     #[error("{0}")]
     Invalid(String),
+    #[error("stopped before the end; run the same command again to go on")]
+    Interrupted,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -53,6 +55,10 @@ impl SeedError {
         }
     }
 }
+
+/// Hears of a long job's progress (done, total bytes); returns false to
+/// stop it (the client that asked is gone).
+pub type Progress<'a> = &'a dyn Fn(u64, u64) -> bool;
 
 /// A container the seed carries, as the source had it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

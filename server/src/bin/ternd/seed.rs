@@ -200,6 +200,7 @@ fn send(data: &Path, req: Request) -> Result<serde_json::Value> {
             b.set_length(total);
             b.set_position(done);
         }
+        true
     };
     let line = serde_json::to_string(&req)?;
     let answer = match control::request_with_progress(data, &line, &show)? {
