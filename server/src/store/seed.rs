@@ -172,19 +172,24 @@ impl Store {
             }
             Ok(())
         })?;
-        let mut out = Vec::new();
-        for (id, rec) in seeds {
-            let mine = pinned
-                .iter()
-                .filter(|(_, s)| crate::seed::hex(&s[..]) == id);
-            let (mut pins, mut used) = (0, 0);
-            for (k, _) in mine {
-                pins += 1;
-                used += u64::from(referenced.contains(k));
-            }
-            out.push((id, rec, pins, used));
+        // (pins, referenced) per seed, in one pass over the pins.
+        let mut counts: HashMap<[u8; 16], (u64, u64)> = HashMap::new();
+        for (k, seed) in &pinned {
+            let c = counts.entry(*seed).or_default();
+            c.0 += 1;
+            c.1 += u64::from(referenced.contains(k));
         }
-        Ok(out)
+        let by_hex: HashMap<String, (u64, u64)> = counts
+            .into_iter()
+            .map(|(s, c)| (crate::seed::hex(&s), c))
+            .collect();
+        Ok(seeds
+            .into_iter()
+            .map(|(id, rec)| {
+                let (pins, used) = by_hex.get(&id).copied().unwrap_or_default();
+                (id, rec, pins, used)
+            })
+            .collect())
     }
 
     /// (source server, container, image) of every replica in this store.
