@@ -476,3 +476,55 @@ fn an_import_killed_midway_continues_without_loading_everything_again() {
     let fsck = target.ternd(&["fsck"]);
     assert!(fsck.status.success(), "{fsck:?}");
 }
+
+#[test]
+fn gc_keeps_pinned_chunks_until_cleanup_or_expiry_then_frees_them() {
+    let source = stopped_source(16 << 20, 17);
+    let media = tempfile::tempdir().unwrap();
+    let dev = media.path().join("dev");
+    let out = Command::new(ternd_bin())
+        .args(["seed", "export", "--data"])
+        .arg(source.data())
+        .args(["--containers", "c", "--to", dev.to_str().unwrap()])
+        .args(["--no-encrypt", "--json"])
+        .output()
+        .unwrap();
+    let chunks = json(&out)["chunks"].as_u64().unwrap();
+    assert!(chunks > 100, "{chunks}");
+    let gc = |t: &TestServer| json(&t.ternd(&["gc", "--json"]));
+    let import = |t: &TestServer, extra: &[&str]| {
+        let mut args = vec!["seed", "import", "--from", dev.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        ok(&t.ternd(&args));
+    };
+
+    // Pinned for the default 30 days: two GCs keep every chunk, whole.
+    let kept = TestServer::start();
+    import(&kept, &[]);
+    for _ in 0..2 {
+        let r = gc(&kept);
+        assert_eq!(r["chunks_removed"], 0, "{r}");
+        assert_eq!(r["live_chunks"], chunks, "{r}");
+    }
+    let fsck = kept.ternd(&["fsck"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+    // The source's image never arrived, so cleanup wants --force; the next
+    // GC then frees every chunk.
+    assert!(!kept.ternd(&["seed", "cleanup"]).status.success());
+    ok(&kept.ternd(&["seed", "cleanup", "--force"]));
+    let r = gc(&kept);
+    assert_eq!(r["chunks_removed"], chunks, "{r}");
+    assert!(
+        r["bytes_after"].as_u64().unwrap() < 1 << 20,
+        "the seed's packs stayed: {r}"
+    );
+
+    // Pinned for 0 days: expired by the first GC, which frees them.
+    let expired = TestServer::start();
+    import(&expired, &["--pin-days", "0"]);
+    let r = gc(&expired);
+    assert_eq!(r["chunks_removed"], chunks, "{r}");
+    // The seed stays listed (what came, from where), with no pins left.
+    let status = json(&expired.ternd(&["seed", "status", "--json"]));
+    assert_eq!(status[0]["chunks"], 0, "{status}");
+}
