@@ -2,7 +2,7 @@
 //! of bounded size, plus a manifest, resumable after any interruption.
 //!
 //! The export's state lives in the source's data directory
-//! (`seeds/export/`): the chunk list fixed at the start (sorted by id) and
+//! (`seeds/export/`): the chunk list fixed at the start (in pack order) and
 //! how far the volumes got, saved after each synced stretch. A resumed
 //! export cuts the current volume back to its last saved length and goes
 //! on from there; since the output is a function of the chunk list alone,
@@ -26,6 +26,9 @@ use crate::store::Store;
 
 /// The smallest volume: room for the largest chunk with its framing.
 pub const MIN_VOLUME: u64 = 8 << 20;
+/// How many chunks the reader may be ahead of the sealer (at most 64 MiB
+/// of chunks up to 1 MiB).
+const READ_AHEAD: usize = 64;
 /// A volume's progress is saved (synced) after this many bytes.
 const SAVE_EVERY: u64 = 64 << 20;
 const ENTRY: usize = 36;
@@ -257,8 +260,8 @@ fn begin(
     {
         let path = dir.join("chunks.bin");
         let mut f = std::io::BufWriter::new(File::create(&path).map_err(io(&path))?);
-        for (group, id) in &chunks {
-            stored_bytes += u64::from(store.seed_stored_len(*group, id)?);
+        for (group, id, len) in &chunks {
+            stored_bytes += u64::from(*len);
             f.write_all(&group.to_le_bytes()).map_err(io(&path))?;
             f.write_all(id.as_bytes()).map_err(io(&path))?;
         }
@@ -384,12 +387,30 @@ fn write_volume(
     let mut since_save = 0u64;
     let mut bytes_here = 0u64;
     let mut stopped = false;
-    let result: std::io::Result<bool> = (|| {
+    // A reader thread stays up to READ_AHEAD chunks ahead, so that reading
+    // the packs overlaps sealing, writing and the saves' syncs. What it has
+    // read past the end of this volume is read again for the next one.
+    let result: std::io::Result<bool> = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let (first, reader_list) = (next, &mut *list);
+        scope.spawn(move || {
+            for i in first..total {
+                let rec = read_entry(reader_list, i).and_then(|(group, id)| {
+                    store
+                        .seed_read_chunk(group, &id)
+                        .map_err(std::io::Error::other)
+                });
+                let failed = rec.is_err();
+                if tx.send(rec).is_err() || failed {
+                    return;
+                }
+            }
+        });
         while next < total {
-            let (group, id) = read_entry(list, next)?;
-            let rec = store
-                .seed_read_chunk(group, &id)
-                .map_err(std::io::Error::other)?;
+            let rec = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the chunk reader stopped"))??;
+            let id = rec.id;
             let len = (RECORD_HEADER + rec.bytes.len()) as u64;
             let (written, _) = w.position();
             let pending = if seg.is_empty() {
@@ -440,7 +461,7 @@ fn write_volume(
         }
         w.write_segment(sealer, &[], true)?;
         Ok(true)
-    })();
+    });
     match result {
         Ok(_) => {}
         Err(_) if stopped => return Err(SeedError::Interrupted),

@@ -5,6 +5,8 @@
 //! loads again, and the chunks it already stored are found and skipped).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tern_core::names::GroupName;
@@ -12,10 +14,14 @@ use tern_core::names::GroupName;
 use super::format::{damaged, file_name, volume_file, Record, Sealer, SegmentReader, KIND_VOLUME};
 use super::{read_manifest, Manifest, SeedError, VolumeEntry};
 use crate::store::records::{now_unix, SeedRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{LoadedBatch, Store, StoreError, Verified};
 
 /// Chunks are loaded and committed in batches of about this many bytes.
 const BATCH_BYTES: usize = 32 << 20;
+/// Threads that check chunks against their ids while a volume loads.
+const CHECKERS: usize = 2;
+/// Segments (about 1 MiB each) queued between the stages of a load.
+const CHECK_AHEAD: usize = 8;
 /// Days a seed's chunks stay pinned unless the import says otherwise.
 pub const DEFAULT_PIN_DAYS: u64 = 30;
 
@@ -125,12 +131,12 @@ pub fn import(
             report.missing.push(v.number);
             continue;
         }
-        let verified = verify(&path, v, &header.seed, &sealer);
+        let verified = verify(&path, v);
         done += v.size;
         if !progress(done, total) {
             return Err(SeedError::Interrupted);
         }
-        let keep_going = || progress(done, total);
+        let keep_going = |bytes: u64| progress(done + bytes.min(v.size), total);
         let loaded = verified.and_then(|()| {
             let into = (group, &header.seed, m.seed.as_str());
             load(store, &path, v, into, &sealer, &mut rec, &keep_going)
@@ -158,7 +164,14 @@ pub fn import(
     if report.loaded.is_empty() && store.catalog().seed(&m.seed)?.is_none() {
         // Nothing loaded: still record the seed (its pins' expiry, its
         // volumes) so that status shows it.
-        store.seed_load(group, &[], &header.seed, &m.seed, &mut rec, |_, _| {})?;
+        store.seed_load(
+            group,
+            &Verified::default(),
+            &header.seed,
+            &m.seed,
+            &mut rec,
+            |_, _| {},
+        )?;
     }
     Ok(report)
 }
@@ -191,8 +204,10 @@ fn strangers(dir: &Path, m: &Manifest) -> Result<Vec<Refused>, SeedError> {
 }
 
 /// Checks a volume whole before anything of it is loaded: its size and
-/// blake3 against the manifest, then every segment's seal and every record.
-fn verify(path: &Path, v: &VolumeEntry, seed: &[u8; 16], sealer: &Sealer) -> Result<(), SeedError> {
+/// blake3 against the manifest's, which its seal (or tag) vouches for, so
+/// a volume that passes is the one the export wrote. Loading then opens
+/// every segment's seal all the same and checks every chunk against its id.
+fn verify(path: &Path, v: &VolumeEntry) -> Result<(), SeedError> {
     let name = file_name(path);
     let file = std::fs::File::open(path).map_err(|e| SeedError::io(path, e))?;
     let size = file.metadata().map_err(|e| SeedError::io(path, e))?.len();
@@ -207,17 +222,6 @@ fn verify(path: &Path, v: &VolumeEntry, seed: &[u8; 16], sealer: &Sealer) -> Res
         .map_err(|e| SeedError::io(path, e))?;
     if hash.finalize().to_hex().as_str() != v.blake3 {
         return Err(damaged(&name, "its blake3 differs from the manifest's"));
-    }
-    let mut chunks = 0u64;
-    read_volume(path, v, seed, sealer, |records| {
-        chunks += records.len() as u64;
-        Ok(())
-    })?;
-    if chunks != v.chunks {
-        return Err(damaged(
-            &name,
-            format!("{chunks} chunks where the manifest says {}", v.chunks),
-        ));
     }
     Ok(())
 }
@@ -242,7 +246,9 @@ fn read_volume(
 }
 
 /// Loads a verified volume in batches; the last batch's transaction also
-/// records the volume as loaded.
+/// records the volume as loaded. Three stages overlap: a reader opens the
+/// segments, two checkers check the chunks against their ids (the costly
+/// part), and this thread stores them. `keep_going` hears the bytes stored.
 fn load(
     store: &Store,
     path: &Path,
@@ -250,39 +256,81 @@ fn load(
     (group, seed, id): (u32, &[u8; 16], &str),
     sealer: &Sealer,
     rec: &mut SeedRecord,
-    keep_going: &dyn Fn() -> bool,
-) -> Result<crate::store::LoadedBatch, SeedError> {
-    let mut sum = crate::store::LoadedBatch::default();
-    let mut batch: Vec<Record> = Vec::new();
-    let mut bytes = 0usize;
-    let add = |sum: &mut crate::store::LoadedBatch, b: crate::store::LoadedBatch| {
-        sum.loaded += b.loaded;
-        sum.present += b.present;
-        sum.bytes += b.bytes;
-    };
-    read_volume(path, v, seed, sealer, |records| {
-        for r in records {
-            bytes += r.bytes.len();
-            batch.push(r);
+    keep_going: &dyn Fn(u64) -> bool,
+) -> Result<LoadedBatch, SeedError> {
+    let name = file_name(path);
+    std::thread::scope(|scope| {
+        let (read_tx, read_rx) = sync_channel::<Result<Vec<Record>, SeedError>>(CHECK_AHEAD);
+        let (checked_tx, checked_rx) = sync_channel::<Result<Verified, SeedError>>(CHECK_AHEAD);
+        scope.spawn(move || {
+            let read = read_volume(path, v, seed, sealer, |records| {
+                read_tx
+                    .send(Ok(records))
+                    .map_err(|_| SeedError::Interrupted)
+            });
+            if let Err(e) = read {
+                let _ = read_tx.send(Err(e));
+            }
+        });
+        // The checkers share the reader's output; once both are gone the
+        // receiver drops, and a reader blocked on a full queue stops.
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for _ in 0..CHECKERS {
+            let (rx, tx, name) = (Arc::clone(&read_rx), checked_tx.clone(), name.as_str());
+            scope.spawn(move || loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(records) = next else { return };
+                let checked = records
+                    .and_then(|r| Verified::check(r).map_err(|e| damaged(name, e.to_string())));
+                let failed = checked.is_err();
+                if tx.send(checked).is_err() || failed {
+                    return;
+                }
+            });
         }
-        if bytes >= BATCH_BYTES {
-            let b = store.seed_load(group, &batch, seed, id, rec, count)?;
-            add(&mut sum, b);
-            batch.clear();
-            bytes = 0;
-            if !keep_going() {
-                return Err(SeedError::Interrupted);
+        drop((read_rx, checked_tx));
+
+        let mut sum = LoadedBatch::default();
+        let mut batch = Verified::default();
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        let mut store_batch = |batch: &mut Verified, rec: &mut SeedRecord, last: bool| {
+            let b = store.seed_load(group, batch, seed, id, rec, |r, b| {
+                count(r, b);
+                if last {
+                    r.volumes_done.push(v.number);
+                }
+            })?;
+            sum.loaded += b.loaded;
+            sum.present += b.present;
+            sum.bytes += b.bytes;
+            *batch = Verified::default();
+            Ok::<_, SeedError>(())
+        };
+        // Ends when every checker is done: the reader's end, or an error.
+        for checked in checked_rx {
+            let records = checked?;
+            chunks += records.len() as u64;
+            bytes += records.bytes() as u64;
+            batch.append(records);
+            if batch.bytes() >= BATCH_BYTES {
+                store_batch(&mut batch, rec, false)?;
+                if !keep_going(bytes) {
+                    return Err(SeedError::Interrupted);
+                }
             }
         }
-        Ok(())
-    })?;
-    let number = v.number;
-    let b = store.seed_load(group, &batch, seed, id, rec, |r, b| {
-        count(r, b);
-        r.volumes_done.push(number);
-    })?;
-    add(&mut sum, b);
-    Ok(sum)
+        // Checked after the last record (not before the first, which would
+        // mean opening every seal twice): a blake3 that matches makes a
+        // difference here all but impossible.
+        if chunks != v.chunks {
+            return Err(damaged(
+                &name,
+                format!("{chunks} chunks where the manifest says {}", v.chunks),
+            ));
+        }
+        store_batch(&mut batch, rec, true)?;
+        Ok(sum)
+    })
 }
 
 fn count(r: &mut SeedRecord, b: crate::store::LoadedBatch) {

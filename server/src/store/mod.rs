@@ -61,7 +61,7 @@ pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
 pub use replica::{NewReplica, ReplicaStart};
-pub use seed::{LoadedBatch, SeedSource};
+pub use seed::{LoadedBatch, SeedSource, Verified};
 pub use space::{statvfs, DEFAULT_RESERVE};
 pub use users::{generate_password, User};
 pub use write::{SessionProbe, WriterId};
