@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod id;
 pub mod names;
 pub mod session;
+pub mod time;
 pub mod tls;
 pub mod wire;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use tern_core::time::rfc3339;
 use tern_server::config::Config;
 use tern_server::control::{self, Request};
 use tern_server::seed::export::ExportRequest;
@@ -158,7 +159,7 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
                     s["volumes_total"]
                         .as_u64()
                         .map_or("?".into(), |n| n.to_string()),
-                    s["pinned_until"],
+                    rfc3339(s["pinned_until"].as_u64().unwrap_or(0)),
                     s["images_awaited"].as_array().map_or(0, |a| a.len()),
                 );
             }
@@ -293,7 +294,7 @@ fn print_import(r: &serde_json::Value, json: bool) -> Result<()> {
             r["bytes_loaded"],
             r["group"].as_str().unwrap_or(""),
             list("already"),
-            r["pinned_until"]
+            rfc3339(r["pinned_until"].as_u64().unwrap_or(0))
         );
         for f in &refused {
             println!(
