@@ -145,7 +145,37 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "two-chunks",
             pack_with(&[b"first chunk", b"second"]),
         ),
+        ("seed", "volume", seed_volume(&[&chunk, b"second"])),
     ]
+}
+
+/// An unencrypted seed volume of these chunks, as `ternd seed export`
+/// writes it: one segment of records, then the empty last one.
+fn seed_volume(chunks: &[&[u8]]) -> Vec<u8> {
+    use tern_server::seed::format::{Header, Record, Sealer, SegmentWriter, KIND_VOLUME};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol-000001.tern");
+    let header = Header {
+        kind: KIND_VOLUME,
+        encrypted: false,
+        seed: [7; 16],
+        number: 1,
+    };
+    let mut w = SegmentWriter::create(&path, header).unwrap();
+    let mut plain = Vec::new();
+    for c in chunks {
+        let rec = Record {
+            id: ChunkId::of(c),
+            codec: Codec::Raw,
+            raw_len: c.len() as u32,
+            bytes: c.to_vec(),
+        };
+        rec.encode_into(&mut plain);
+    }
+    w.write_segment(&Sealer::Plain, &plain, false).unwrap();
+    w.write_segment(&Sealer::Plain, &[], true).unwrap();
+    w.finish().unwrap();
+    std::fs::read(path).unwrap()
 }
 
 /// A finished pack of these chunks, as ternd writes it.

@@ -528,3 +528,48 @@ fn gc_keeps_pinned_chunks_until_cleanup_or_expiry_then_frees_them() {
     let status = json(&expired.ternd(&["seed", "status", "--json"]));
     assert_eq!(status[0]["chunks"], 0, "{status}");
 }
+
+#[test]
+fn an_export_through_a_running_server_stops_with_its_command_and_continues() {
+    let source = TestServer::start();
+    let src = source.client();
+    src.container_create("c", Default::default()).unwrap();
+    backup(&src, "c", "a", b"", &incompressible(160 << 20, 21));
+    let media = tempfile::tempdir().unwrap();
+    let dev = media.path().join("dev");
+    let dev_s = dev.to_str().unwrap();
+    let args = [
+        "--containers",
+        "c",
+        "--to",
+        dev_s,
+        "--volume-size",
+        "100MiB",
+        "--no-encrypt",
+    ];
+    let size = || std::fs::metadata(dev.join("vol-000001.tern")).map_or(0, |m| m.len());
+    // The command talks to the running server's control socket; killing it
+    // (as Ctrl-C would) leaves the server's job without its asker.
+    assert!(
+        export_killed(source.data(), &args, || size() > 70 << 20),
+        "not interrupted"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped_at = size();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(size(), stopped_at, "the server's job went on without its asker");
+    assert!(stopped_at < 100 << 20, "{stopped_at}");
+
+    let mut again: Vec<&str> = vec!["seed", "export"];
+    again.extend_from_slice(&args);
+    again.push("--json");
+    let out = source.ternd(&again);
+    let report = json(&out);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["resumed"], true, "{report}");
+    let target = TestServer::start();
+    let out = target.ternd(&["seed", "import", "--from", dev_s, "--json"]);
+    let loaded = json(&out);
+    assert!(out.status.success(), "{loaded}");
+    assert_eq!(loaded["chunks_loaded"], report["chunks"], "{loaded}");
+}
