@@ -557,7 +557,11 @@ fn an_export_through_a_running_server_stops_with_its_command_and_continues() {
     std::thread::sleep(Duration::from_secs(1));
     let stopped_at = size();
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(size(), stopped_at, "the server's job went on without its asker");
+    assert_eq!(
+        size(),
+        stopped_at,
+        "the server's job went on without its asker"
+    );
     assert!(stopped_at < 100 << 20, "{stopped_at}");
 
     let mut again: Vec<&str> = vec!["seed", "export"];
