@@ -37,6 +37,16 @@ fn json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// `ternd seed export` on a stopped store's data directory.
+fn export_stopped(data: &Path, args: &[&str]) -> Output {
+    Command::new(ternd_bin())
+        .args(["seed", "export", "--data"])
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn volumes(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -278,12 +288,7 @@ fn an_export_killed_twice_continues_and_writes_the_same_volumes() {
     let whole = media.path().join("whole");
     let args = run(&whole);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok(&Command::new(ternd_bin())
-        .args(["seed", "export", "--data"])
-        .arg(source.data())
-        .args(&args)
-        .output()
-        .unwrap());
+    ok(&export_stopped(source.data(), &args));
 
     let cut = media.path().join("cut");
     let args = run(&cut);
@@ -300,12 +305,7 @@ fn an_export_killed_twice_continues_and_writes_the_same_volumes() {
         export_killed(source.data(), &args, || size(2) > 1 << 20),
         "not interrupted"
     );
-    ok(&Command::new(ternd_bin())
-        .args(["seed", "export", "--data"])
-        .arg(source.data())
-        .args(&args)
-        .output()
-        .unwrap());
+    ok(&export_stopped(source.data(), &args));
     let (a, b) = (volumes(&whole), volumes(&cut));
     assert_eq!(a.len(), b.len());
     assert!(a.len() >= 2);
@@ -386,12 +386,10 @@ fn a_full_device_stops_the_export_cleanly_and_it_continues_on_the_next() {
         "{stderr}"
     );
 
-    let out = Command::new(ternd_bin())
-        .args(["seed", "export", "--data"])
-        .arg(source.data())
-        .args(["--continue", "--to", second.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let out = export_stopped(
+        source.data(),
+        &["--continue", "--to", second.to_str().unwrap(), "--json"],
+    );
     let report = json(&out);
     assert!(out.status.success(), "{report}");
     assert_eq!(report["written"][0], on_first + 1, "{report}");
@@ -427,20 +425,19 @@ fn an_import_killed_midway_continues_without_loading_everything_again() {
     let source = stopped_source(64 << 20, 13);
     let media = tempfile::tempdir().unwrap();
     let dev = media.path().join("dev");
-    let out = Command::new(ternd_bin())
-        .args(["seed", "export", "--data"])
-        .arg(source.data())
-        .args([
+    let out = export_stopped(
+        source.data(),
+        &[
             "--containers",
             "c",
             "--to",
             dev.to_str().unwrap(),
             "--volume-size",
             "8MiB",
-        ])
-        .args(["--no-encrypt", "--json"])
-        .output()
-        .unwrap();
+            "--no-encrypt",
+            "--json",
+        ],
+    );
     let report = json(&out);
     let chunks = report["chunks"].as_u64().unwrap();
     let mut target = TestServer::start();
@@ -482,13 +479,17 @@ fn gc_keeps_pinned_chunks_until_cleanup_or_expiry_then_frees_them() {
     let source = stopped_source(16 << 20, 17);
     let media = tempfile::tempdir().unwrap();
     let dev = media.path().join("dev");
-    let out = Command::new(ternd_bin())
-        .args(["seed", "export", "--data"])
-        .arg(source.data())
-        .args(["--containers", "c", "--to", dev.to_str().unwrap()])
-        .args(["--no-encrypt", "--json"])
-        .output()
-        .unwrap();
+    let out = export_stopped(
+        source.data(),
+        &[
+            "--containers",
+            "c",
+            "--to",
+            dev.to_str().unwrap(),
+            "--no-encrypt",
+            "--json",
+        ],
+    );
     let chunks = json(&out)["chunks"].as_u64().unwrap();
     assert!(chunks > 100, "{chunks}");
     let gc = |t: &TestServer| json(&t.ternd(&["gc", "--json"]));
