@@ -1,5 +1,5 @@
-//! What messages say about chunks, containers, images and the store: the
-//! records carried inside [`Msg`](super::Msg) variants.
+//! What messages say about chunks, containers, images, the store and
+//! failures: the records carried inside [`Msg`](super::Msg) variants.
 
 use serde::{Deserialize, Serialize};
 
@@ -158,4 +158,43 @@ pub struct StoreStats {
     /// reserve kept for deletes and GC (`reserved_space_bytes`).
     #[serde(default)]
     pub free_bytes: u64,
+}
+
+/// The class of a failure, so callers can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Wrong user or password.
+    Auth,
+    /// Authenticated, but not allowed to do this.
+    Denied,
+    /// No such container, image or handle (or not visible to the user).
+    NotFound,
+    /// A container or image of that name exists.
+    AlreadyExists,
+    /// A name or argument was refused.
+    Invalid,
+    /// The store has no space left.
+    NoSpace,
+    /// A limit (such as a container's stream limit) is reached; retry later.
+    Busy,
+    /// The peer speaks no common protocol version.
+    Incompatible,
+    /// The peer broke the protocol.
+    Protocol,
+    /// Stored data failed verification.
+    Corrupt,
+    /// Anything else on the server.
+    Internal,
+    /// The session to join is unknown or its grace period ran out.
+    SessionExpired,
+}
+
+/// How a writer sends data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteMode {
+    /// The client chunks and hashes, and sends only what the server lacks.
+    Dedup,
+    /// The client sends raw bytes; the server chunks and dedups.
+    Passthrough,
 }

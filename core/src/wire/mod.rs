@@ -5,12 +5,14 @@
 pub mod catalog;
 pub mod frame;
 pub mod msg;
+pub mod password;
 pub mod replication;
 pub mod shaping;
 
 pub use catalog::*;
 pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
+pub use password::Password;
 pub use replication::*;
 pub use shaping::*;
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::*;
+use super::password::Password;
 use super::replication::*;
 use super::shaping::*;
 use crate::chunker::ChunkParams;
@@ -25,30 +26,6 @@ pub struct Envelope {
     pub req: u64,
     /// The message.
     pub msg: Msg,
-}
-
-/// A password on the wire: the same bytes as a string, but its `Debug`
-/// shows `<hidden>`, so a logged message never shows one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself, for checking or hashing.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<hidden>")
-    }
 }
 
 /// Handle of an open image within one session.
@@ -559,78 +536,4 @@ pub enum Msg {
         /// The events.
         ids: Vec<u64>,
     },
-}
-
-/// The class of a failure, so callers can react without parsing text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Wrong user or password.
-    Auth,
-    /// Authenticated, but not allowed to do this.
-    Denied,
-    /// No such container, image or handle (or not visible to the user).
-    NotFound,
-    /// A container or image of that name exists.
-    AlreadyExists,
-    /// A name or argument was refused.
-    Invalid,
-    /// The store has no space left.
-    NoSpace,
-    /// A limit (such as a container's stream limit) is reached; retry later.
-    Busy,
-    /// The peer speaks no common protocol version.
-    Incompatible,
-    /// The peer broke the protocol.
-    Protocol,
-    /// Stored data failed verification.
-    Corrupt,
-    /// Anything else on the server.
-    Internal,
-    /// The session to join is unknown or its grace period ran out.
-    SessionExpired,
-}
-
-/// How a writer sends data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WriteMode {
-    /// The client chunks and hashes, and sends only what the server lacks.
-    Dedup,
-    /// The client sends raw bytes; the server chunks and dedups.
-    Passthrough,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_output_never_shows_a_password() {
-        let msgs = [
-            Msg::Login {
-                user: UserName::new("u").unwrap(),
-                password: Password::new("s3cret-pw"),
-            },
-            Msg::UserAdd {
-                name: UserName::new("u").unwrap(),
-                password: Password::new("s3cret-pw"),
-                admin: false,
-            },
-            Msg::UserPasswd {
-                name: UserName::new("u").unwrap(),
-                password: Password::new("s3cret-pw"),
-            },
-        ];
-        for m in msgs {
-            let shown = format!("{m:?}");
-            assert!(
-                !shown.contains("s3cret") && shown.contains("<hidden>"),
-                "{shown}"
-            );
-            // The wire form is the plain string, as before.
-            let bytes = rmp_serde::to_vec_named(&m).unwrap();
-            assert!(bytes.windows(9).any(|w| w == b"s3cret-pw"));
-            assert_eq!(rmp_serde::from_slice::<Msg>(&bytes).unwrap(), m);
-        }
-    }
 }
