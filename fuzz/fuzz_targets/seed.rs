@@ -2,7 +2,8 @@
 //! hostile seed file must be refused, never crash or exhaust the importer.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tern_server::seed::format::{Record, Sealer, SegmentReader};
+use tern_server::seed::format::{Record, SegmentReader};
+use tern_server::seed::seal::Sealer;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Record::decode_all(data);

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use tern_core::{ChunkId, ContainerName};
 
 use super::format::{
-    volume_file, Header, KdfParams, Sealer, SegmentWriter, KIND_VOLUME, RECORD_HEADER,
-    SEGMENT_OVERHEAD, SEGMENT_TARGET,
+    volume_file, Header, SegmentWriter, KIND_VOLUME, RECORD_HEADER, SEGMENT_OVERHEAD,
+    SEGMENT_TARGET,
 };
+use super::seal::{KdfParams, Sealer};
 use super::{hex, write_manifest, Manifest, SeedContainer, SeedError, VolumeEntry};
 use crate::store::records::now_unix;
 use crate::store::Store;

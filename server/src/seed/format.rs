@@ -1,22 +1,18 @@
 //! The seed's media format (docs/seed-format.md): a header, then sealed
-//! segments; the key from a password (argon2id); ChaCha20-Poly1305 seals.
+//! segments (sealed by [`super::seal`]) holding chunk records.
 //!
-//! Every segment is sealed with a nonce made of the file's number and the
-//! segment's index, and its AAD binds the file's header and whether it is
-//! the file's last segment: a flipped bit, a segment moved between files or
-//! volumes, and a truncated file are all refused. The export is
-//! deterministic (same chunks, same segments, same nonces), so a resumed
-//! export rewrites byte for byte what an interrupted one had written and a
-//! nonce never seals two different plaintexts.
+//! The export is deterministic (same chunks, same segments, same nonces), so
+//! a resumed export rewrites byte for byte what an interrupted one had
+//! written and a nonce never seals two different plaintexts.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use tern_core::chunker::MAX_CHUNK_LIMIT;
 use tern_core::{ChunkId, Codec};
 
+use super::seal::{Sealer, TAG_LEN};
 use super::SeedError;
 
 pub const MAGIC: &[u8; 8] = b"TERNSEED";
@@ -33,7 +29,6 @@ pub const SEGMENT_TARGET: usize = 1 << 20;
 pub const MAX_SEALED: usize = SEGMENT_TARGET + MAX_CHUNK_LIMIT as usize + 1024;
 /// What a segment adds to its plaintext: the length prefix and the tag.
 pub const SEGMENT_OVERHEAD: u64 = 4 + TAG_LEN as u64;
-const TAG_LEN: usize = 16;
 /// A chunk record's header: id, codec, raw length, stored length.
 pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
 /// The manifest's file number in nonces (volumes are numbered from 1).
@@ -82,193 +77,6 @@ impl Header {
             seed,
             number: u32::from_le_bytes([b[28], b[29], b[30], b[31]]),
         })
-    }
-}
-
-/// Argon2id's parameters, kept in the manifest's clear part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KdfParams {
-    pub m_kib: u32,
-    pub t: u32,
-    pub p: u32,
-    pub salt: [u8; 16],
-}
-
-/// Bytes of the key block after a manifest's header (encrypted seeds only):
-/// the parameters, the salt and the key check.
-pub const KEY_BLOCK_LEN: usize = 12 + 16 + 32;
-
-impl KdfParams {
-    /// 64 MiB and 3 passes: OWASP's argon2id recommendation, about 0.2 s.
-    pub fn new(salt: [u8; 16]) -> Self {
-        Self {
-            m_kib: 64 * 1024,
-            t: 3,
-            p: 1,
-            salt,
-        }
-    }
-
-    pub fn derive(&self, password: &str) -> Result<Key, SeedError> {
-        // Bounds against a manifest that asks for absurd work.
-        if self.m_kib > 4 << 20 || self.t > 64 || self.p == 0 || self.p > 64 {
-            return Err(SeedError::Damaged {
-                file: "manifest.tern".into(),
-                why: "its key derivation parameters are out of range".into(),
-            });
-        }
-        let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))
-            .map_err(|e| SeedError::Invalid(format!("argon2 parameters: {e}")))?;
-        let argon =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut key = [0u8; 32];
-        argon
-            .hash_password_into(password.as_bytes(), &self.salt, &mut key)
-            .map_err(|e| SeedError::Invalid(format!("deriving the key: {e}")))?;
-        Ok(Key(key))
-    }
-
-    pub fn encode(&self, check: &[u8; 32]) -> [u8; KEY_BLOCK_LEN] {
-        let mut b = [0u8; KEY_BLOCK_LEN];
-        b[0..4].copy_from_slice(&self.m_kib.to_le_bytes());
-        b[4..8].copy_from_slice(&self.t.to_le_bytes());
-        b[8..12].copy_from_slice(&self.p.to_le_bytes());
-        b[12..28].copy_from_slice(&self.salt);
-        b[28..60].copy_from_slice(check);
-        b
-    }
-
-    pub fn decode(b: &[u8; KEY_BLOCK_LEN]) -> (Self, [u8; 32]) {
-        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let mut salt = [0u8; 16];
-        salt.copy_from_slice(&b[12..28]);
-        let mut check = [0u8; 32];
-        check.copy_from_slice(&b[28..60]);
-        (
-            Self {
-                m_kib: u(0),
-                t: u(4),
-                p: u(8),
-                salt,
-            },
-            check,
-        )
-    }
-}
-
-/// A key derived from the password.
-#[derive(Clone)]
-pub struct Key([u8; 32]);
-
-impl Key {
-    /// Stored beside the parameters: tells a wrong password from a damaged
-    /// manifest without trying to open anything.
-    pub fn check(&self) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0, b"tern seed key check v1").as_bytes()
-    }
-}
-
-/// Seals and opens segments: ChaCha20-Poly1305 with the seed's key, or (an
-/// unencrypted seed) a keyless blake3 tag that detects damage only.
-pub enum Sealer {
-    Aead(Box<LessSafeKey>),
-    Plain,
-}
-
-impl Sealer {
-    pub fn new(key: Option<&Key>) -> Self {
-        match key {
-            Some(k) => match UnboundKey::new(&CHACHA20_POLY1305, &k.0) {
-                Ok(u) => Self::Aead(Box::new(LessSafeKey::new(u))),
-                // A 32-byte key is always accepted.
-                Err(_) => Self::Plain,
-            },
-            None => Self::Plain,
-        }
-    }
-
-    fn nonce(number: u32, segment: u64) -> [u8; 12] {
-        let mut n = [0u8; 12];
-        n[..4].copy_from_slice(&number.to_be_bytes());
-        n[4..].copy_from_slice(&segment.to_be_bytes());
-        n
-    }
-
-    fn aad(header: &[u8; HEADER_LEN], last: bool) -> [u8; HEADER_LEN + 1] {
-        let mut a = [0u8; HEADER_LEN + 1];
-        a[..HEADER_LEN].copy_from_slice(header);
-        a[HEADER_LEN] = u8::from(last);
-        a
-    }
-
-    fn plain_tag(nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> [u8; TAG_LEN] {
-        let mut h = blake3::Hasher::new();
-        h.update(nonce).update(aad).update(plain);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
-        t
-    }
-
-    pub fn seal(
-        &self,
-        header: &[u8; HEADER_LEN],
-        number: u32,
-        segment: u64,
-        last: bool,
-        plain: &[u8],
-    ) -> Vec<u8> {
-        let nonce = Self::nonce(number, segment);
-        let aad = Self::aad(header, last);
-        let mut out = plain.to_vec();
-        match self {
-            Self::Aead(key) => {
-                // Fails only past ChaCha20's 256 GiB limit per seal, far
-                // beyond a segment.
-                let _ = key.seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(&aad),
-                    &mut out,
-                );
-            }
-            Self::Plain => out.extend_from_slice(&Self::plain_tag(&nonce, &aad, plain)),
-        }
-        out
-    }
-
-    /// The plaintext of a sealed segment, or `None` if it was not sealed so.
-    pub fn open(
-        &self,
-        header: &[u8; HEADER_LEN],
-        number: u32,
-        segment: u64,
-        last: bool,
-        mut sealed: Vec<u8>,
-    ) -> Option<Vec<u8>> {
-        let nonce = Self::nonce(number, segment);
-        let aad = Self::aad(header, last);
-        match self {
-            Self::Aead(key) => {
-                let n = key
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(&aad),
-                        &mut sealed,
-                    )
-                    .ok()?
-                    .len();
-                sealed.truncate(n);
-                Some(sealed)
-            }
-            Self::Plain => {
-                let body = sealed.len().checked_sub(TAG_LEN)?;
-                let tag = Self::plain_tag(&nonce, &aad, &sealed[..body]);
-                if tag[..] != sealed[body..] {
-                    return None;
-                }
-                sealed.truncate(body);
-                Some(sealed)
-            }
-        }
     }
 }
 
@@ -511,40 +319,24 @@ impl<'a> SegmentReader<'a> {
         self.read_raw(&mut sealed)?;
         let segment = self.next_segment;
         self.next_segment += 1;
-        // A segment opens with exactly one of the two flags: it says whether
-        // it is the last.
-        let (plain, last) = match self.sealer.open(
-            &self.raw_header,
-            self.number,
-            segment,
-            false,
-            sealed.clone(),
-        ) {
-            Some(p) => (p, false),
-            None => match self
-                .sealer
-                .open(&self.raw_header, self.number, segment, true, sealed)
-            {
-                Some(p) => (p, true),
-                None => {
-                    return Err(damaged(
-                        &self.name,
-                        format!("segment {segment} fails its authentication (damaged or tampered)"),
-                    ))
-                }
-            },
-        };
-        if last {
-            self.done = true;
-            let mut extra = [0u8; 1];
-            if self.input.read(&mut extra).map_err(|e| SeedError::Io {
-                path: self.name.clone(),
-                source: e,
-            })? != 0
-            {
-                return Err(damaged(&self.name, "bytes after its last segment"));
-            }
-        }
+        // The file's end says which segment is the last, and the seal's flag
+        // must agree: a file cut at a segment boundary fails its new last
+        // segment, and bytes after the true last one fail as a segment.
+        let last = self
+            .input
+            .fill_buf()
+            .map_err(|e| SeedError::io(Path::new(&self.name), e))?
+            .is_empty();
+        let plain = self
+            .sealer
+            .open(&self.raw_header, self.number, segment, last, sealed)
+            .ok_or_else(|| {
+                damaged(
+                    &self.name,
+                    format!("segment {segment} fails its authentication (damaged or tampered)"),
+                )
+            })?;
+        self.done = last;
         Ok(Some(plain))
     }
 }
@@ -572,38 +364,6 @@ pub const MANIFEST_FILE: &str = "manifest.tern";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key() -> Key {
-        Key([7u8; 32])
-    }
-
-    #[test]
-    fn a_sealed_segment_opens_only_with_its_key_nonce_and_flag() {
-        let h = Header {
-            kind: KIND_VOLUME,
-            encrypted: true,
-            seed: [1; 16],
-            number: 3,
-        }
-        .encode();
-        for sealer in [Sealer::new(Some(&key())), Sealer::new(None)] {
-            let sealed = sealer.seal(&h, 3, 5, false, b"hello");
-            assert_eq!(
-                sealer.open(&h, 3, 5, false, sealed.clone()).unwrap(),
-                b"hello"
-            );
-            assert!(sealer.open(&h, 3, 6, false, sealed.clone()).is_none());
-            assert!(sealer.open(&h, 4, 5, false, sealed.clone()).is_none());
-            assert!(sealer.open(&h, 3, 5, true, sealed.clone()).is_none());
-            let mut flipped = sealed.clone();
-            flipped[1] ^= 1;
-            assert!(sealer.open(&h, 3, 5, false, flipped).is_none());
-        }
-        let encrypted = Sealer::new(Some(&key())).seal(&h, 3, 5, false, b"hello");
-        assert!(!encrypted.windows(5).any(|w| w == b"hello"));
-        let other = Sealer::new(Some(&Key([8u8; 32])));
-        assert!(other.open(&h, 3, 5, false, encrypted).is_none());
-    }
 
     #[test]
     fn records_round_trip_and_bad_lengths_are_refused() {
@@ -635,5 +395,47 @@ mod tests {
         let mut bad = h.encode();
         bad[0] = b'X';
         assert!(Header::decode(&bad).is_err());
+    }
+    /// Reads every segment of `path`; the error's text when it fails.
+    fn read_all(path: &Path, sealer: &Sealer) -> Result<Vec<Vec<u8>>, String> {
+        let mut r = SegmentReader::open(path, sealer).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while let Some(p) = r.next_segment().map_err(|e| e.to_string())? {
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_file_cut_at_a_segment_boundary_or_grown_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol-000002.tern");
+        let header = Header {
+            kind: KIND_VOLUME,
+            encrypted: false,
+            seed: [3; 16],
+            number: 2,
+        };
+        let sealer = Sealer::Plain;
+        let mut w = SegmentWriter::create(&path, header).unwrap();
+        w.write_segment(&sealer, b"one", false).unwrap();
+        let (after_first, _) = w.position();
+        w.write_segment(&sealer, b"two", true).unwrap();
+        w.finish().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(read_all(&path, &sealer).unwrap(), [b"one", b"two"]);
+
+        std::fs::write(&path, &whole[..after_first as usize]).unwrap();
+        let cut = read_all(&path, &sealer).unwrap_err();
+        assert!(cut.contains("segment 0 fails its authentication"), "{cut}");
+
+        let mut grown = whole.clone();
+        grown.extend_from_slice(&whole[HEADER_LEN..after_first as usize]);
+        std::fs::write(&path, &grown).unwrap();
+        let grown = read_all(&path, &sealer).unwrap_err();
+        assert!(
+            grown.contains("segment 1 fails its authentication"),
+            "{grown}"
+        );
     }
 }

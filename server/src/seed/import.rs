@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tern_core::names::GroupName;
 
-use super::format::{damaged, file_name, volume_file, Record, Sealer, SegmentReader, KIND_VOLUME};
+use super::format::{damaged, file_name, volume_file, Record, SegmentReader, KIND_VOLUME};
+use super::seal::Sealer;
 use super::{read_manifest, Manifest, SeedError, VolumeEntry};
 use crate::store::records::{now_unix, SeedRecord};
 use crate::store::{LoadedBatch, Store, StoreError, Verified};

@@ -1,7 +1,8 @@
 //! Seeding: the unique chunks of some containers carried to a new replica
 //! on portable media instead of over the WAN.
 //!
-//! - [`format`]: the files' format (header, sealed segments, the key).
+//! - [`format`]: the files' format (header, segments, chunk records).
+//! - [`seal`]: the key from the password and the segments' seals.
 //! - [`export`]: writes volumes and the manifest, resumably.
 //! - [`import`]: verifies volumes and loads their chunks, pinned.
 //!
@@ -11,6 +12,7 @@
 pub mod export;
 pub mod format;
 pub mod import;
+pub mod seal;
 mod status;
 
 pub use status::{cleanup, status, CleanupReport, SeedStatus};
@@ -21,10 +23,8 @@ use serde::{Deserialize, Serialize};
 use tern_core::ChunkParams;
 
 use crate::store::StoreError;
-use format::{
-    damaged, Header, KdfParams, Key, Sealer, SegmentReader, SegmentWriter, KEY_BLOCK_LEN,
-    KIND_MANIFEST,
-};
+use format::{damaged, Header, SegmentReader, SegmentWriter, KIND_MANIFEST};
+use seal::{KdfParams, Key, Sealer, KEY_BLOCK_LEN};
 
 /// What a seed operation can fail with.
 #[derive(Debug, thiserror::Error)]
