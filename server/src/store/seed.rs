@@ -31,7 +31,11 @@ pub struct LoadedBatch {
 /// stores. Checking is the costly part of an import (every chunk is
 /// decompressed and hashed), so it runs on threads of its own.
 #[derive(Debug, Default)]
-pub struct Verified(Vec<Record>);
+pub struct Verified {
+    records: Vec<Record>,
+    /// Stored bytes of the records, kept as they are added.
+    bytes: usize,
+}
 
 impl Verified {
     /// Checks every record against its id, like every received chunk.
@@ -41,24 +45,26 @@ impl Verified {
                 .with_borrow_mut(|d| d.verify(&r.id, r.codec, r.raw_len, &r.bytes))
                 .map_err(|e| StoreError::Invalid(format!("chunk {}: {e}", r.id)))?;
         }
-        Ok(Self(records))
+        let bytes = records.iter().map(|r| r.bytes.len()).sum();
+        Ok(Self { records, bytes })
     }
 
     pub fn append(&mut self, mut other: Verified) {
-        self.0.append(&mut other.0);
+        self.records.append(&mut other.records);
+        self.bytes += other.bytes;
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.records.is_empty()
     }
 
     /// Stored bytes of the records.
     pub fn bytes(&self) -> usize {
-        self.0.iter().map(|r| r.bytes.len()).sum()
+        self.bytes
     }
 }
 
@@ -181,7 +187,7 @@ impl Store {
         rec: &mut SeedRecord,
         finish: impl FnOnce(&mut SeedRecord, LoadedBatch),
     ) -> Result<LoadedBatch> {
-        let records = &records.0;
+        let records = &records.records;
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let mut batch = LoadedBatch::default();
         let mut pins: Vec<ChunkKey> = Vec::with_capacity(records.len());
