@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
   }
 
   tern_client_options opts;
-  api->client_options_init(&opts);
+  api->client_options_init_sized(&opts, sizeof opts);
   opts.server = argv[1];
   opts.user = std::getenv("TERN_USER") ? std::getenv("TERN_USER") : "admin";
   opts.password = std::getenv("TERN_PASSWORD");

@@ -734,6 +734,7 @@ typedef struct {
   tern_status (*partner_list)(const tern_client*, tern_partner_cb, void*);
   tern_status (*image_resume)(const tern_client*, const char*, const char*, tern_image**, uint64_t*);
   tern_status (*copy_abort)(const tern_client*, const char*);
+  void (*client_options_init_sized)(tern_client_options*, size_t);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -787,12 +788,33 @@ tern_status tern_image_delete(const tern_client *client, const char *container, 
 tern_status tern_image_set_properties(const tern_client *client, const char *container, const char *name, const uint8_t *props, size_t props_len);
 
 /**
- * Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
+ * Fills the first version of tern_client_options (libtern 0.1) with the
+ * defaults and sets struct_size to that version's size; the fields added
+ * later keep their defaults in tern_client_open(). Does nothing if `opts`
+ * is NULL. Programs built against this header do not call it: the macro
+ * tern_client_options_init(opts) below calls tern_client_options_init_sized()
+ * with sizeof(*opts). This symbol stays for programs built against an older
+ * header, whose struct may be the first version's size: it never writes
+ * past that.
  *
  * # Safety
- * `opts` is NULL or points to a writable tern_client_options.
+ * `opts` is NULL or points to at least the first version of a writable
+ * tern_client_options.
  */
 void tern_client_options_init(tern_client_options *opts);
+
+/**
+ * Fills `opts`, a struct of `size` bytes, with the defaults and sets its
+ * struct_size: the first min(size, sizeof(tern_client_options)) bytes are
+ * written, never more. Does nothing if `opts` is NULL or `size` is smaller
+ * than the first version of the struct (libtern 0.1), which
+ * tern_client_open() would refuse anyway. Call it through the macro
+ * tern_client_options_init(opts).
+ *
+ * # Safety
+ * `opts` is NULL or points to `size` writable bytes.
+ */
+void tern_client_options_init_sized(tern_client_options *opts, size_t size);
 
 /**
  * Connects to a server, verifies its certificate and logs in.
@@ -829,7 +851,8 @@ tern_status tern_client_close(tern_client *client);
 tern_status tern_client_cancel(const tern_client *client);
 
 /**
- * Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
+ * Closes (if needed) and frees a client. NULL is ignored. The pointer is
+ * invalid afterwards. tern_last_error() keeps the message of the call before.
  *
  * # Safety
  * `client` is NULL or a handle from tern_client_open not yet freed, and no other thread uses it during or after this call.
@@ -1011,7 +1034,8 @@ tern_status tern_image_properties(const tern_image *image, uint8_t *buf, size_t 
 tern_status tern_image_read(tern_image *image, uint64_t offset, uint8_t *buf, size_t len, size_t *nread);
 
 /**
- * Frees an image. An image still being written is aborted first. NULL is ignored.
+ * Frees an image. An image still being written is aborted first. NULL is
+ * ignored. tern_last_error() keeps the message of the call before.
  *
  * # Safety
  * `image` is NULL or a handle not yet freed, and no other thread uses it during or after this call.
@@ -1142,3 +1166,12 @@ tern_status tern_partner_list(const tern_client *client, tern_partner_cb cb, voi
 #endif  // __cplusplus
 
 #endif  /* TERN_H */
+
+/*
+ * Fills an options struct of the size this header declares: programs built
+ * against this header call this, never the function of the same name (which
+ * fills only the first version of the struct, for programs built against
+ * libtern 0.1). Call it as tern_client_options_init(&opts).
+ */
+#define tern_client_options_init(opts) \
+  tern_client_options_init_sized((opts), sizeof(*(opts)))

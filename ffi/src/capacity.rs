@@ -1,8 +1,9 @@
 //! tern_client_capacity: what the storage behind a client holds and has left,
 //! for a host's disk-pool view.
 
-use crate::client::{client_ref, copy_prefix, tern_client};
+use crate::client::{copy_prefix, tern_client};
 use crate::error::{guard, out_struct_size, tern_status};
+use crate::handle::borrow;
 
 /// The storage the client's user can see, as the server reports it (the same
 /// figures as `tern stats`). Set struct_size before the call.
@@ -41,8 +42,8 @@ pub unsafe extern "C" fn tern_client_capacity(
     capacity: *mut tern_capacity,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: `capacity` is NULL or points to the caller's struct.
         let size = unsafe { out_struct_size(capacity, "capacity")? };
         let s = c.get()?.stats()?;

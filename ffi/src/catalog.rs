@@ -3,8 +3,9 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use crate::client::{client_ref, cstring, tern_client};
+use crate::client::{cstring, tern_client};
 use crate::error::{c_str, guard, opt_c_str, tern_status, Failure};
+use crate::handle::borrow;
 use crate::image::bytes;
 
 /// One image, as passed to a tern_image_cb. Valid only during the callback.
@@ -40,8 +41,8 @@ pub unsafe extern "C" fn tern_image_list(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
@@ -81,8 +82,8 @@ pub unsafe extern "C" fn tern_image_delete(
     name: *const c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
@@ -108,8 +109,8 @@ pub unsafe extern "C" fn tern_image_set_properties(
     props_len: usize,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.

@@ -11,6 +11,7 @@ use crate::error::{
     c_str, check_struct_size, guard, opt_c_str, out, out_struct_size, read_prefix, tern_status,
     Failure, FfiResult,
 };
+use crate::handle::{borrow, free, into_raw, Handle};
 
 /// How an image's data is sent.
 #[repr(C)]
@@ -158,22 +159,53 @@ impl tern_client {
     }
 }
 
-pub(crate) unsafe fn client_ref<'a>(c: *const tern_client) -> FfiResult<&'a tern_client> {
-    // SAFETY: a non-NULL tern_client* came from tern_client_open and is not freed yet.
-    unsafe { c.as_ref() }
-        .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "client is NULL"))
+impl Handle for tern_client {
+    const NAME: &'static str = "client";
 }
 
-/// Fills `opts` with the defaults and sets struct_size. Does nothing if `opts` is NULL.
+/// Fills the first version of tern_client_options (libtern 0.1) with the
+/// defaults and sets struct_size to that version's size; the fields added
+/// later keep their defaults in tern_client_open(). Does nothing if `opts`
+/// is NULL. Programs built against this header do not call it: the macro
+/// tern_client_options_init(opts) below calls tern_client_options_init_sized()
+/// with sizeof(*opts). This symbol stays for programs built against an older
+/// header, whose struct may be the first version's size: it never writes
+/// past that.
 ///
 /// # Safety
-/// `opts` is NULL or points to a writable tern_client_options.
+/// `opts` is NULL or points to at least the first version of a writable
+/// tern_client_options.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_options_init(opts: *mut tern_client_options) {
-    // SAFETY: tern.h: an options pointer is NULL (handled) or points to the caller's options struct.
-    if let Some(o) = unsafe { opts.as_mut() } {
-        *o = default_options();
+    // SAFETY: by this function's contract `opts` has room for the first version.
+    unsafe { tern_client_options_init_sized(opts, OPTIONS_V1_SIZE) }
+}
+
+/// Fills `opts`, a struct of `size` bytes, with the defaults and sets its
+/// struct_size: the first min(size, sizeof(tern_client_options)) bytes are
+/// written, never more. Does nothing if `opts` is NULL or `size` is smaller
+/// than the first version of the struct (libtern 0.1), which
+/// tern_client_open() would refuse anyway. Call it through the macro
+/// tern_client_options_init(opts).
+///
+/// # Safety
+/// `opts` is NULL or points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn tern_client_options_init_sized(
+    opts: *mut tern_client_options,
+    size: usize,
+) {
+    if opts.is_null() || size < OPTIONS_V1_SIZE {
+        return;
     }
+    let n = size.min(std::mem::size_of::<tern_client_options>());
+    let defaults = tern_client_options {
+        struct_size: n,
+        ..default_options()
+    };
+    // SAFETY: `opts` has `size` >= `n` writable bytes (this function's
+    // contract), `defaults` has `n` readable ones, and they do not overlap.
+    unsafe { copy_prefix(&defaults, opts, n) };
 }
 
 /// Connects to a server, verifies its certificate and logs in.
@@ -285,10 +317,10 @@ pub unsafe extern "C" fn tern_client_open(
             options.call_timeout = Some(std::time::Duration::from_millis(o.call_timeout_ms));
         }
         let client = Client::connect(&options)?;
-        *out_client = Box::into_raw(Box::new(tern_client {
+        *out_client = into_raw(tern_client {
             client: RwLock::new(Some(client)),
             counters: Default::default(),
-        }));
+        });
         Ok(())
     })
 }
@@ -302,8 +334,8 @@ pub unsafe extern "C" fn tern_client_open(
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         match c.client.write().unwrap_or_else(|e| e.into_inner()).take() {
             Some(_) => Ok(()),
             None => Err(Failure::new(
@@ -325,27 +357,22 @@ pub unsafe extern "C" fn tern_client_close(client: *mut tern_client) -> tern_sta
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_cancel(client: *const tern_client) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         c.get()?.cancel();
         Ok(())
     })
 }
 
-/// Closes (if needed) and frees a client. NULL is ignored. The pointer is invalid afterwards.
+/// Closes (if needed) and frees a client. NULL is ignored. The pointer is
+/// invalid afterwards. tern_last_error() keeps the message of the call before.
 ///
 /// # Safety
 /// `client` is NULL or a handle from tern_client_open not yet freed, and no other thread uses it during or after this call.
 #[no_mangle]
 pub unsafe extern "C" fn tern_client_free(client: *mut tern_client) {
-    if client.is_null() {
-        return;
-    }
-    let _ = guard(|| {
-        // SAFETY: the pointer came from tern_client_open and is freed once, by contract.
-        drop(unsafe { Box::from_raw(client) });
-        Ok(())
-    });
+    // SAFETY: a handle argument, freed once by the caller's contract (tern.h).
+    unsafe { free(client) }
 }
 
 /// Fills *stats with this client's statistics. Set stats->struct_size first;
@@ -359,8 +386,8 @@ pub unsafe extern "C" fn tern_client_stats(
     stats: *mut tern_client_statistics,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: `stats` is NULL or points to the caller's struct.
         let size = unsafe { out_struct_size(stats, "stats")? };
         let wire = c.get()?.bytes_sent();
@@ -434,8 +461,8 @@ pub unsafe extern "C" fn tern_container_list(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         let cb =
             cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
         for info in c.get()?.container_list()? {
@@ -483,8 +510,8 @@ pub unsafe extern "C" fn tern_container_remove(
     name: *const c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         c.get()?.container_remove(name)?;
@@ -507,8 +534,8 @@ pub unsafe extern "C" fn tern_container_create(
     name: *const c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         c.get()?.container_create(name, Default::default())?;

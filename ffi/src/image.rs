@@ -6,8 +6,9 @@ use std::sync::Mutex;
 
 use tern_agent::{Committed, ImageReader, ImageWriter};
 
-use crate::client::{client_ref, copy_prefix, tern_client, Counters};
+use crate::client::{copy_prefix, tern_client, Counters};
 use crate::error::{c_str, guard, out, out_struct_size, tern_status, Failure, FfiResult};
+use crate::handle::{borrow, free, into_raw, Handle};
 use crate::progress::{tern_progress, Progress};
 
 /// An image being written, or a committed image opened for reading.
@@ -58,10 +59,8 @@ pub struct tern_image_statistics {
     pub dedup_ratio: f64,
 }
 
-pub(crate) unsafe fn image_ref<'a>(img: *const tern_image) -> FfiResult<&'a tern_image> {
-    // SAFETY: a non-NULL tern_image* came from tern_image_create/open and is not freed yet.
-    unsafe { img.as_ref() }
-        .ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "image is NULL"))
+impl Handle for tern_image {
+    const NAME: &'static str = "image";
 }
 
 pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> FfiResult<&'a [u8]> {
@@ -132,8 +131,8 @@ pub unsafe extern "C" fn tern_image_create(
     guard(|| {
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_image = unsafe { out(out_image, "out")? };
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
@@ -147,7 +146,7 @@ pub unsafe extern "C" fn tern_image_create(
 }
 
 fn writing(writer: ImageWriter, c: &crate::client::tern_client) -> *mut tern_image {
-    Box::into_raw(Box::new(tern_image {
+    into_raw(tern_image {
         canceller: writer.canceller(),
         progress: Progress::default(),
         state: Mutex::new(ImageState::Writing {
@@ -156,7 +155,7 @@ fn writing(writer: ImageWriter, c: &crate::client::tern_client) -> *mut tern_ima
             written: 0,
         }),
         counters: c.counters.clone(),
-    }))
+    })
 }
 
 /// Reopens an image left incomplete (the writer crashed or was killed, its
@@ -188,8 +187,8 @@ pub unsafe extern "C" fn tern_image_resume(
         let out_image = unsafe { out(out_image, "out_image")? };
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_offset = unsafe { out(out_offset, "out_offset")? };
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
@@ -216,8 +215,8 @@ pub unsafe extern "C" fn tern_image_write(
     len: usize,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // SAFETY: tern.h: a buffer is valid for its length in bytes (NULL only with length 0).
         let data = unsafe { bytes(buf, len, "buf")? };
         let mut state = img.lock();
@@ -264,8 +263,8 @@ pub unsafe extern "C" fn tern_image_commit(
     stats: *mut tern_image_statistics,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // Checked before the commit: once it is done, only success may be reported.
         let stats_size = match stats.is_null() {
             true => None,
@@ -330,8 +329,8 @@ pub unsafe extern "C" fn tern_image_commit(
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_abort(image: *mut tern_image) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // First end the call another thread may be in: it holds the lock.
         let mut state = match img.state.try_lock() {
             Ok(state) => state,
@@ -376,19 +375,19 @@ pub unsafe extern "C" fn tern_image_open(
     guard(|| {
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let out_image = unsafe { out(out_image, "out")? };
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let container = unsafe { c_str(container, "container")? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let name = unsafe { c_str(name, "name")? };
         let reader = c.get()?.open_image(container, name)?;
-        *out_image = Box::into_raw(Box::new(tern_image {
+        *out_image = into_raw(tern_image {
             canceller: reader.canceller(),
             progress: Progress::default(),
             state: Mutex::new(ImageState::Reading(Box::new(reader))),
             counters: c.counters.clone(),
-        }));
+        });
         Ok(())
     })
 }
@@ -401,8 +400,8 @@ pub unsafe extern "C" fn tern_image_open(
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_size(image: *const tern_image, size: *mut u64) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let size = unsafe { out(size, "size")? };
         *size = match &*img.lock() {
@@ -432,8 +431,8 @@ pub unsafe extern "C" fn tern_image_properties(
     len: *mut usize,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let len = unsafe { out(len, "len")? };
         if buf.is_null() && cap > 0 {
@@ -486,8 +485,8 @@ pub unsafe extern "C" fn tern_image_read(
     nread: *mut usize,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
         let nread = unsafe { out(nread, "nread")? };
         if len == 0 {
@@ -523,18 +522,13 @@ pub unsafe extern "C" fn tern_image_read(
     })
 }
 
-/// Frees an image. An image still being written is aborted first. NULL is ignored.
+/// Frees an image. An image still being written is aborted first. NULL is
+/// ignored. tern_last_error() keeps the message of the call before.
 ///
 /// # Safety
 /// `image` is NULL or a handle not yet freed, and no other thread uses it during or after this call.
 #[no_mangle]
 pub unsafe extern "C" fn tern_image_free(image: *mut tern_image) {
-    if image.is_null() {
-        return;
-    }
-    let _ = guard(|| {
-        // SAFETY: the pointer came from tern_image_create/open and is freed once, by contract.
-        drop(unsafe { Box::from_raw(image) });
-        Ok(())
-    });
+    // SAFETY: a handle argument, freed once by the caller's contract (tern.h).
+    unsafe { free(image) }
 }

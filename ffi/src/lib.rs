@@ -11,6 +11,7 @@ mod capacity;
 mod catalog;
 mod client;
 mod error;
+mod handle;
 mod image;
 mod plugin;
 mod progress;

@@ -120,6 +120,10 @@ pub struct tern_plugin_api {
         *mut u64,
     ) -> tern_status,
     pub copy_abort: unsafe extern "C" fn(*const tern_client, *const c_char) -> tern_status,
+    // Appended in libtern 0.4 (check struct_size). client_options_init
+    // above fills only the first version of the options (libtern 0.1); this
+    // one fills `size` bytes: pass sizeof(tern_client_options).
+    pub client_options_init_sized: unsafe extern "C" fn(*mut tern_client_options, usize),
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -159,6 +163,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     partner_list: crate::tern_partner_list,
     image_resume: crate::image::tern_image_resume,
     copy_abort: crate::tern_copy_abort,
+    client_options_init_sized: tern_client_options_init_sized,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{guard, tern_status};
-use crate::image::{image_ref, tern_image};
+use crate::handle::borrow;
+use crate::image::tern_image;
 
 /// How far an image has come, as passed to a tern_progress_cb. Valid only
 /// during the callback; fields may be added at the end in later versions
@@ -95,8 +96,8 @@ pub unsafe extern "C" fn tern_image_set_progress(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_image* is NULL (refused) or from tern_image_create/open and not yet freed.
-        let img = unsafe { image_ref(image)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
         *img.progress.cb.lock().unwrap_or_else(|e| e.into_inner()) = cb.map(|f| (f, ctx as usize));
         Ok(())
     })

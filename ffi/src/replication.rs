@@ -6,8 +6,9 @@ use std::ffi::{c_char, c_int, c_void};
 
 use tern_agent::{CopyId, CopyState, CopyTarget};
 
-use crate::client::{client_ref, copy_prefix, cstring, tern_client};
+use crate::client::{copy_prefix, cstring, tern_client};
 use crate::error::{c_str, guard, opt_c_str, out_struct_size, tern_status, Failure};
+use crate::handle::borrow;
 
 /// Characters of a copy id (hex), without the terminating NUL.
 pub const TERN_COPY_ID_LEN: usize = 32;
@@ -117,8 +118,8 @@ pub unsafe extern "C" fn tern_copy_start(
     id_out: *mut c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
         let (container, name, partner, to_container) = unsafe {
             (
@@ -167,8 +168,8 @@ pub unsafe extern "C" fn tern_copy_get_status(
     status: *mut tern_copy_status,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
         let id = parse_id(unsafe { c_str(id, "id")? })?;
         // SAFETY: tern.h: `status` is NULL or points to the caller's struct.
@@ -209,8 +210,8 @@ pub unsafe extern "C" fn tern_copy_cancel(
     id: *const c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
         let id = parse_id(unsafe { c_str(id, "id")? })?;
         c.get()?.copy_cancel(id)?;
@@ -237,8 +238,8 @@ pub unsafe extern "C" fn tern_copy_abort(
     id: *const c_char,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
         let id = parse_id(unsafe { c_str(id, "id")? })?;
         c.get()?.copy_abort(id)?;
@@ -291,8 +292,8 @@ pub unsafe extern "C" fn tern_events_poll(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
         let container = unsafe { c_str(container, "container")? };
         let cb =
@@ -345,8 +346,8 @@ pub unsafe extern "C" fn tern_events_ack(
     count: usize,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         // SAFETY: tern.h: a string argument is NULL (refused) or NUL-terminated.
         let container = unsafe { c_str(container, "container")? };
         let ids: &[u64] = match (ids.is_null(), count) {
@@ -397,8 +398,8 @@ pub unsafe extern "C" fn tern_partner_list(
     ctx: *mut c_void,
 ) -> tern_status {
     guard(|| {
-        // SAFETY: tern.h: a tern_client* is NULL (refused) or from tern_client_open and not yet freed.
-        let c = unsafe { client_ref(client)? };
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
         let cb =
             cb.ok_or_else(|| Failure::new(tern_status::TERN_NULL_POINTER, "callback is NULL"))?;
         for p in c.get()?.partner_list()? {

@@ -15,11 +15,16 @@ fn root() -> PathBuf {
 
 /// Compiles one example the plainest way: cc -Iinclude file.c -L<libdir> -ltern.
 fn cc(example: &str, out_dir: &Path) -> PathBuf {
+    cc_source(&root().join("examples").join(example), out_dir)
+}
+
+fn cc_source(source: &Path, out_dir: &Path) -> PathBuf {
+    let example = source.file_name().unwrap().to_str().unwrap();
     let out = out_dir.join(example.trim_end_matches(".c"));
     let lib = libtern_dir();
     let status = Command::new("cc")
         .arg(format!("-I{}", root().join("include").display()))
-        .arg(root().join("examples").join(example))
+        .arg(source)
         .args(["-Wall", "-Werror", "-o"])
         .arg(&out)
         .arg(format!("-L{}", lib.display()))
@@ -81,6 +86,26 @@ fn assert_ok(what: &str, out: &std::process::Output) {
         "{what} exited {:?}: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// tern.h's promises to careful and old callers, checked by a C program
+/// (ffi/tests/c/abi_promises.c): init never writes past a libtern 0.1
+/// options struct, and freeing a handle keeps the last error.
+#[test]
+fn c_callers_old_options_are_not_overrun_and_errors_outlive_free() {
+    let server = TestServer::start();
+    let build = tempfile::tempdir().unwrap();
+    let source = root().join("ffi/tests/c/abi_promises.c");
+    let program = cc_source(&source, build.path());
+    let alone = Command::new(&program).output().unwrap();
+    assert_ok("abi_promises (no server)", &alone);
+    let out = run(&server, &program, &[], None);
+    assert_ok("abi_promises", &out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("after tern_image_free: ") && text.ends_with("ok\n"),
+        "{text}"
     );
 }
 

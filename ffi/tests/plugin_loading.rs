@@ -40,7 +40,7 @@ fn a_host_drives_the_library_through_the_plugin_entry() {
     .map(|s| CString::new(s).unwrap())
     .collect();
     let mut opts = unsafe { std::mem::zeroed::<tern_client_options>() };
-    unsafe { (api.client_options_init)(&mut opts) };
+    unsafe { (api.client_options_init_sized)(&mut opts, std::mem::size_of_val(&opts)) };
     opts.server = strings[0].as_ptr();
     opts.user = strings[1].as_ptr();
     opts.password = strings[2].as_ptr();

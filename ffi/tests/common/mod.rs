@@ -50,7 +50,7 @@ impl Settings {
             CString::new(self.identity.1.into_os_string().into_vec()).unwrap(),
         ];
         let mut raw = unsafe { std::mem::zeroed::<tern_client_options>() };
-        unsafe { tern_client_options_init(&mut raw) };
+        unsafe { tern_client_options_init_sized(&mut raw, std::mem::size_of_val(&raw)) };
         raw.server = strings[0].as_ptr();
         raw.user = strings[1].as_ptr();
         raw.password = strings[2].as_ptr();
