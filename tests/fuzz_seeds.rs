@@ -152,8 +152,8 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 /// An unencrypted seed volume of these chunks, as `ternd seed export`
 /// writes it: one segment of records, then the empty last one.
 fn seed_volume(chunks: &[&[u8]]) -> Vec<u8> {
-    use tern_server::seed::format::{Header, Record, SegmentWriter, KIND_VOLUME};
-    use tern_server::seed::seal::Sealer;
+    use tern_server::service::seed::format::{Header, Record, SegmentWriter, KIND_VOLUME};
+    use tern_server::service::seed::seal::Sealer;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vol-000001.tern");
     let header = Header {

@@ -277,8 +277,8 @@ impl Client {
     /// Puts a user's backups and restores into a shaping group (`None`:
     /// unshaped); it applies from their next login (admins only).
     pub fn user_set_shaping(&self, name: &str, group: Option<&str>) -> Result<(), ClientError> {
-        // An older server would ignore the field and say Ok.
-        self.needs_wan("shaping")?;
+        // An older server would ignore the field and say Ok: the
+        // request's feature check refuses before it is sent.
         self.expect_ok(Msg::UserSet {
             name: UserName::new(name)?,
             groups: None,

@@ -41,16 +41,22 @@ pub enum ClientError {
     /// an abort of the image from another thread).
     #[error("cancelled")]
     Cancelled,
+    /// The server's protocol version lacks what the call needs: an older
+    /// server. Nothing was sent.
+    #[error("the server is too old: {0}")]
+    ServerTooOld(#[from] tern_core::wire::Missing),
     /// The call took longer than the client's call time limit.
     #[error("the call took longer than its limit of {} s", .0.as_secs_f64())]
     TimedOut(std::time::Duration),
 }
 
 impl ClientError {
-    /// The server's error class, if the server refused.
+    /// The server's error class, if the server refused (or would have:
+    /// a server too old for the call is [`ErrorKind::Incompatible`]).
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
             ClientError::Server { kind, .. } => Some(*kind),
+            ClientError::ServerTooOld(_) => Some(ErrorKind::Incompatible),
             _ => None,
         }
     }

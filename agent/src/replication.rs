@@ -41,23 +41,6 @@ impl Client {
         self.conn().version()
     }
 
-    fn needs_replication(&self) -> Result<(), ClientError> {
-        let v = self.protocol_version();
-        if v < tern_core::wire::REPLICATION_MIN {
-            return Err(ClientError::Server {
-                kind: tern_core::wire::ErrorKind::Incompatible,
-                message: format!(
-                    "the server speaks protocol version {v}; replication needs version {} \
-                     (this client speaks {}..={})",
-                    tern_core::wire::REPLICATION_MIN,
-                    tern_core::wire::PROTOCOL_MIN,
-                    tern_core::wire::PROTOCOL_MAX
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// Adds a replication partner: the server checks that it can reach it,
     /// that its certificate has `fingerprint`, that `user` logs in and that
     /// it speaks a protocol version with replication (admins only).
@@ -90,10 +73,6 @@ impl Client {
         password: &str,
         settings: PartnerSettings,
     ) -> Result<(), ClientError> {
-        self.needs_replication()?;
-        if settings != PartnerSettings::default() {
-            self.needs_wan("partner settings")?;
-        }
         self.expect_done(Msg::PartnerAdd {
             name: name.into(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
@@ -114,7 +93,6 @@ impl Client {
         connections: Option<u32>,
         shaping: Option<&str>,
     ) -> Result<(), ClientError> {
-        self.needs_wan("partner set")?;
         self.expect_done(Msg::PartnerSet {
             name: name.into(),
             addresses: addresses.map(|a| a.iter().map(|a| a.to_string()).collect()),
@@ -123,24 +101,8 @@ impl Client {
         })
     }
 
-    /// Refuses with a clear error if the session is older than protocol 4.
-    pub(crate) fn needs_wan(&self, what: &str) -> Result<(), ClientError> {
-        let v = self.protocol_version();
-        if v < tern_core::wire::WAN_MIN {
-            return Err(ClientError::Server {
-                kind: tern_core::wire::ErrorKind::Incompatible,
-                message: format!(
-                    "the server speaks protocol version {v}; {what} needs version {}",
-                    tern_core::wire::WAN_MIN
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// The server's replication partners.
     pub fn partner_list(&self) -> Result<Vec<PartnerInfo>, ClientError> {
-        self.needs_replication()?;
         match self.ask(Msg::PartnerList)?.env.msg {
             Msg::Partners { list } => Ok(list),
             other => Err(unexpected(other)),
@@ -149,7 +111,6 @@ impl Client {
 
     /// Removes a partner (admins only).
     pub fn partner_remove(&self, name: &str) -> Result<(), ClientError> {
-        self.needs_replication()?;
         self.expect_done(Msg::PartnerRemove { name: name.into() })
     }
 
@@ -162,7 +123,6 @@ impl Client {
         name: &str,
         to: &CopyTarget<'_>,
     ) -> Result<CopyId, ClientError> {
-        self.needs_replication()?;
         let msg = Msg::CopyStart {
             container: ContainerName::new(container)?,
             name: ImageName::new(name)?,
@@ -178,7 +138,6 @@ impl Client {
 
     /// A copy's status (at most a second old).
     pub fn copy_status(&self, id: CopyId) -> Result<CopyInfo, ClientError> {
-        self.needs_replication()?;
         match self.ask(Msg::CopyStatusGet { id })?.env.msg {
             Msg::Copies { mut list } if list.len() == 1 => Ok(list.remove(0)),
             other => Err(unexpected(other)),
@@ -187,7 +146,6 @@ impl Client {
 
     /// Every copy the server knows, newest first.
     pub fn copy_list(&self) -> Result<Vec<CopyInfo>, ClientError> {
-        self.needs_replication()?;
         match self.ask(Msg::CopyList)?.env.msg {
             Msg::Copies { list } => Ok(list),
             other => Err(unexpected(other)),
@@ -196,20 +154,17 @@ impl Client {
 
     /// Cancels a copy; it shows `cancelled` within two seconds.
     pub fn copy_cancel(&self, id: CopyId) -> Result<(), ClientError> {
-        self.needs_replication()?;
         self.expect_done(Msg::CopyCancel { id })
     }
 
     /// Ends a copy and drops what it left on both sides (see
     /// `Msg::CopyAbort`); on a target, drops the partial replica it left.
     pub fn copy_abort(&self, id: CopyId) -> Result<(), ClientError> {
-        self.needs_wan("aborting a copy")?;
         self.expect_done(Msg::CopyAbort { id })
     }
 
     /// The replication trail, newest first.
     pub fn replication_history(&self, max: u32) -> Result<Vec<TrailEntry>, ClientError> {
-        self.needs_replication()?;
         match self.ask(Msg::TrailGet { max })?.env.msg {
             Msg::Trail { list } => Ok(list),
             other => Err(unexpected(other)),
@@ -219,7 +174,6 @@ impl Client {
     /// Unacknowledged import events of a container, oldest first (at most
     /// `max`, and at most [`MAX_EVENTS_PER_POLL`]).
     pub fn events(&self, container: &str, max: u32) -> Result<Vec<ImportEvent>, ClientError> {
-        self.needs_replication()?;
         let msg = Msg::EventsGet {
             container: ContainerName::new(container)?,
             max: max.min(MAX_EVENTS_PER_POLL),
@@ -232,7 +186,6 @@ impl Client {
 
     /// Acknowledges import events: they are never returned again.
     pub fn events_ack(&self, container: &str, ids: &[u64]) -> Result<(), ClientError> {
-        self.needs_replication()?;
         self.expect_done(Msg::EventsAck {
             container: ContainerName::new(container)?,
             ids: ids.to_vec(),
@@ -241,7 +194,6 @@ impl Client {
 
     /// Turns a replica container into an ordinary one (admins only).
     pub fn container_promote(&self, name: &str) -> Result<(), ClientError> {
-        self.needs_replication()?;
         self.expect_done(Msg::ContainerPromote {
             name: ContainerName::new(name)?,
         })
@@ -254,7 +206,6 @@ impl Client {
         container: &str,
         to: Option<(&str, &str)>,
     ) -> Result<(), ClientError> {
-        self.needs_replication()?;
         let to = to
             .map(|(p, c)| Ok::<_, ClientError>((p.to_string(), ContainerName::new(c)?)))
             .transpose()?;
@@ -267,7 +218,6 @@ impl Client {
     /// For a source server: whether the import events of these copies were
     /// acknowledged by this (target) server's DMA.
     pub fn import_states(&self, copies: &[CopyId]) -> Result<Vec<ImportState>, ClientError> {
-        self.needs_replication()?;
         let msg = Msg::ImportStatesGet {
             copies: copies.to_vec(),
         };
@@ -280,14 +230,12 @@ impl Client {
     /// For a source server: drops the replica `copy` is writing here, if
     /// any (from another session than the one that wrote it).
     pub fn replica_abort(&self, copy: CopyId) -> Result<(), ClientError> {
-        self.needs_replication()?;
         self.expect_done(Msg::ReplicaAbort { copy })
     }
 
     /// For a source server: opens a replica in a replica container of this
     /// (target) server.
     pub fn replica_create(&self, replica: ReplicaSpec) -> Result<ReplicaStart, ClientError> {
-        self.needs_replication()?;
         let stop = self.stop();
         let answer = {
             let _limit = self.limit(&stop);

@@ -10,7 +10,6 @@ use crate::{Client, ClientError};
 impl Client {
     /// Creates or replaces a shaping group; running jobs follow within 2 s.
     pub fn shaping_set(&self, name: &str, settings: ShapingSettings) -> Result<(), ClientError> {
-        self.needs_wan("shaping")?;
         match self
             .ask(Msg::ShapingSet {
                 name: name.into(),
@@ -27,7 +26,6 @@ impl Client {
     /// Every shaping group: its settings, the rate and window in force,
     /// its throughput over the last 10 s.
     pub fn shaping_list(&self) -> Result<Vec<ShapingInfo>, ClientError> {
-        self.needs_wan("shaping")?;
         match self.ask(Msg::ShapingList)?.env.msg {
             Msg::ShapingGroups { list } => Ok(list),
             other => Err(unexpected(other)),
@@ -36,7 +34,6 @@ impl Client {
 
     /// Removes a shaping group no partner or user draws from.
     pub fn shaping_remove(&self, name: &str) -> Result<(), ClientError> {
-        self.needs_wan("shaping")?;
         match self.ask(Msg::ShapingRemove { name: name.into() })?.env.msg {
             Msg::Ok => Ok(()),
             other => Err(unexpected(other)),

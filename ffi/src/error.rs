@@ -81,6 +81,7 @@ impl From<ClientError> for Failure {
             ClientError::Io(_) => tern_status::TERN_IO,
             ClientError::Cancelled => tern_status::TERN_CANCELLED,
             ClientError::TimedOut(_) => tern_status::TERN_TIMEOUT,
+            ClientError::ServerTooOld(_) => tern_status::TERN_PROTOCOL,
             ClientError::Server { kind, .. } => match kind {
                 ErrorKind::Auth => tern_status::TERN_AUTH,
                 ErrorKind::Denied => tern_status::TERN_DENIED,

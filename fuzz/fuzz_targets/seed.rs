@@ -2,8 +2,8 @@
 //! hostile seed file must be refused, never crash or exhaust the importer.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tern_server::seed::format::{Record, SegmentReader};
-use tern_server::seed::seal::Sealer;
+use tern_server::service::seed::format::{Record, SegmentReader};
+use tern_server::service::seed::seal::Sealer;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Record::decode_all(data);
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     // As a manifest: without a password an encrypted one stops before the
     // key derivation (whose cost its parameters set, within bounds).
     std::fs::write(dir.path().join("manifest.tern"), data).unwrap();
-    let _ = tern_server::seed::read_manifest(dir.path(), None);
+    let _ = tern_server::service::seed::read_manifest(dir.path(), None);
     // As an unencrypted volume, segment by segment.
     let path = dir.path().join("vol-000001.tern");
     std::fs::write(&path, data).unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tern_core::session::{self, Session};
 use tern_core::tls::Fingerprint;
-use tern_core::wire::{self, ErrorKind, Frame, Msg};
+use tern_core::wire::{self, ErrorKind, Feature, Frame, Msg};
 use tokio::sync::mpsc;
 
 mod dial;
@@ -278,6 +278,11 @@ impl Conn {
         stop: &Arc<Stop>,
     ) -> Result<Answers, ClientError> {
         stop.check()?;
+        // The one check of what the server's protocol version allows: a
+        // request it lacks fails here, before anything is sent.
+        if let Some(feature) = Feature::needed_by(&msg) {
+            feature.check(self.version, &msg_name(&msg))?;
+        }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (stx, srx) = mpsc::unbounded_channel();
         lock(&self.routes).insert(req, stx);
@@ -582,4 +587,10 @@ impl Slot {
         self.session.live_connections() == 0
             && lock(&self.outage).is_some_and(|since| since.elapsed() >= self.grace())
     }
+}
+
+/// The name of a message's variant, for errors.
+fn msg_name(m: &Msg) -> String {
+    let s = format!("{m:?}");
+    s.split([' ', '{', '(']).next().unwrap_or("?").to_string()
 }

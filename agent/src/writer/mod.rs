@@ -101,16 +101,6 @@ impl ImageWriter {
         name: ImageName,
         mode: WriteMode,
     ) -> Result<(Self, u64), ClientError> {
-        let v = client.protocol_version();
-        if v < tern_core::wire::RESUME_MIN {
-            return Err(ClientError::Server {
-                kind: tern_core::wire::ErrorKind::Incompatible,
-                message: format!(
-                    "resuming an image needs protocol version {}; this server speaks {v}",
-                    tern_core::wire::RESUME_MIN
-                ),
-            });
-        }
         let resume = Msg::ImageResume {
             container,
             name,

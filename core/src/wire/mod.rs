@@ -3,6 +3,7 @@
 //! `docs/protocol.md` describes both; keep it true when this changes.
 
 pub mod catalog;
+pub mod feature;
 pub mod frame;
 pub mod msg;
 pub mod password;
@@ -10,6 +11,7 @@ pub mod replication;
 pub mod shaping;
 
 pub use catalog::*;
+pub use feature::{Feature, Missing};
 pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
 pub use password::Password;
@@ -18,18 +20,9 @@ pub use shaping::*;
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
-/// The newest protocol version this build speaks. Version 2 adds the
-/// replication messages; a server-to-server copy needs it. Version 3
-/// resumes incomplete images; version 4 adds the WAN controls ([`WAN_MIN`]).
+/// The newest protocol version this build speaks. What each version added
+/// is a [`Feature`].
 pub const PROTOCOL_MAX: u16 = 4;
-/// The oldest protocol version a replication partner must speak.
-pub const REPLICATION_MIN: u16 = 2;
-/// The oldest protocol version that resumes incomplete images.
-pub const RESUME_MIN: u16 = 3;
-/// The oldest protocol version with the WAN controls of replication:
-/// copies that resume where they stopped, `CopyAbort`, partner settings
-/// (`PartnerSet`) and shaping groups.
-pub const WAN_MIN: u16 = 4;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

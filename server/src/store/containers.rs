@@ -5,36 +5,42 @@ use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo};
 use tern_core::{ContainerName, ImageName};
 
 use super::records::{now_unix, ContainerRecord, ImageRecord};
-use super::{lock, Result, Store, StoreError, User, DEFAULT_GROUP, DEFAULT_ZSTD_LEVEL};
+use super::{lock, Owner, Result, Scope, Store, StoreError, DEFAULT_GROUP, DEFAULT_ZSTD_LEVEL};
+
+/// The storage group a new container goes into, and its name there: the
+/// group it is named in (`GROUP/NAME`), else the one its settings give,
+/// else the default group.
+pub fn container_home(
+    name: &ContainerName,
+    s: &ContainerSettings,
+) -> Result<(GroupName, ContainerName)> {
+    let (named_group, bare) = name.split();
+    let group = match (named_group.as_ref(), s.group.as_ref()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(StoreError::Invalid(format!(
+                "the container is named in storage group {a} but created in {b}"
+            )))
+        }
+        (Some(g), _) | (None, Some(g)) => g.clone(),
+        (None, None) => default_group(),
+    };
+    Ok((group, bare))
+}
 
 impl Store {
+    /// True if storage group `group` exists.
+    pub fn group_exists(&self, group: &GroupName) -> Result<bool> {
+        Ok(self.catalog.group_id(group)?.is_some())
+    }
+
+    /// Creates container `name` in `group` (made if it does not exist).
     pub fn container_create(
         &self,
-        user: &User,
+        group: &GroupName,
         name: &ContainerName,
         s: &ContainerSettings,
     ) -> Result<ContainerInfo> {
-        let (named_group, name) = name.split();
-        let group = match (named_group.as_ref(), s.group.as_ref()) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(StoreError::Invalid(format!(
-                    "the container is named in storage group {a} but created in {b}"
-                )))
-            }
-            (Some(g), _) | (None, Some(g)) => g.clone(),
-            (None, None) => default_group(),
-        };
-        if !user.may_use(&group) {
-            return Err(StoreError::Denied(format!(
-                "user {} may not use storage group {group}",
-                user.name
-            )));
-        }
-        if self.catalog.group_id(&group)?.is_none() && !user.admin {
-            return Err(StoreError::Denied(format!(
-                "storage group {group} does not exist, and only an admin may create it"
-            )));
-        }
+        let (group, name) = (group.clone(), name.clone());
         if s.import && !s.replica {
             return Err(StoreError::Invalid(
                 "--import needs --replica: import events come from replicas".into(),
@@ -67,11 +73,15 @@ impl Store {
         Ok(container_info(name, &rec, 0, 0))
     }
 
-    /// The container `name` (`GROUP/NAME`, or a name that only one of the
-    /// user's groups has), if `user` may see it. A container in a group the
-    /// user cannot see is indistinguishable from none.
-    pub(super) fn container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
-        self.container_where(name, |g| user.may_use(g))
+    /// The container `name` (`GROUP/NAME`, or a name that only one group of
+    /// the scope has), if `scope` sees it.
+    pub(super) fn container(&self, scope: &Scope, name: &ContainerName) -> Result<ContainerRecord> {
+        self.container_where(name, |g| scope.sees(g))
+    }
+
+    /// The storage group of container `name`, as `scope` sees it.
+    pub fn container_group(&self, scope: &Scope, name: &ContainerName) -> Result<GroupName> {
+        Ok(self.container(scope, name)?.group)
     }
 
     /// [`Store::container`] among the groups for which `visible` is true.
@@ -107,15 +117,10 @@ impl Store {
         }
     }
 
-    /// Turns a replica container into an ordinary one (admins only), for
-    /// failover: clients may then write into it.
-    pub fn container_promote(&self, user: &User, name: &ContainerName) -> Result<()> {
-        if !user.admin {
-            return Err(StoreError::Denied(
-                "only an admin may promote a replica container".into(),
-            ));
-        }
-        let rec = self.container(user, name)?;
+    /// Turns a replica container into an ordinary one, for failover:
+    /// clients may then write into it.
+    pub fn container_promote(&self, scope: &Scope, name: &ContainerName) -> Result<()> {
+        let rec = self.container(scope, name)?;
         self.catalog
             .update_container(&rec, &name.split().1, |c, _| {
                 if !c.replica {
@@ -127,29 +132,19 @@ impl Store {
                 c.import = false;
                 Ok(())
             })?;
-        tracing::warn!(container = %name, by = %user.name, "replica container promoted: clients may now write into it");
         Ok(())
     }
 
-    /// Sets or ends a container's replication policy (admins only; the
-    /// partner must exist).
+    /// Sets or ends a container's replication policy: after each commit,
+    /// its images are copied to `to` (a partner's name and a container
+    /// there), which the engine keeps without reading.
     pub fn container_replicate(
         &self,
-        user: &User,
+        scope: &Scope,
         name: &ContainerName,
         to: Option<(String, ContainerName)>,
     ) -> Result<()> {
-        if !user.admin {
-            return Err(StoreError::Denied(
-                "only an admin may set a replication policy".into(),
-            ));
-        }
-        if let Some((partner, _)) = &to {
-            if self.catalog.partner(partner)?.is_none() {
-                return Err(StoreError::NotFound(format!("no partner {partner}")));
-            }
-        }
-        let rec = self.container(user, name)?;
+        let rec = self.container(scope, name)?;
         self.catalog
             .update_container(&rec, &name.split().1, |c, _| {
                 c.replicate_to = to;
@@ -165,19 +160,19 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("storage group {} is missing", rec.group)))
     }
 
-    pub fn container_list(&self, user: &User) -> Result<Vec<ContainerInfo>> {
+    pub fn container_list(&self, scope: &Scope) -> Result<Vec<ContainerInfo>> {
         Ok(self
             .catalog
             .containers()?
             .into_iter()
-            .filter(|(_, rec, _, _)| user.may_use(&rec.group))
+            .filter(|(_, rec, _, _)| scope.sees(&rec.group))
             .map(|(name, rec, images, bytes)| container_info(name, &rec, images, bytes))
             .collect())
     }
 
     /// Removes an empty container.
-    pub fn container_remove(&self, user: &User, name: &ContainerName) -> Result<()> {
-        let rec = self.container(user, name)?;
+    pub fn container_remove(&self, scope: &Scope, name: &ContainerName) -> Result<()> {
+        let rec = self.container(scope, name)?;
         if lock(&self.open).values().any(|o| o.container_id == rec.id) {
             return Err(StoreError::Busy(format!(
                 "container {name} has images being written"
@@ -189,11 +184,11 @@ impl Store {
 
     pub fn image_list(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         prefix: &str,
     ) -> Result<Vec<ImageInfo>> {
-        let c = self.container(user, container)?;
+        let c = self.container(scope, container)?;
         Ok(self
             .catalog
             .images(c.id, prefix)?
@@ -205,7 +200,7 @@ impl Store {
     /// Replaces a committed image's properties.
     pub fn image_set_props(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         name: &ImageName,
         props: Vec<u8>,
@@ -217,7 +212,7 @@ impl Store {
                 tern_core::wire::MAX_PROPS_LEN
             )));
         }
-        let c = self.container(user, container)?;
+        let c = self.container(scope, container)?;
         if !self.catalog.set_image_props(c.id, name, props)? {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
@@ -226,16 +221,18 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an image; its chunks are reclaimed by the next GC.
+    /// Deletes an image, or an incomplete one of `owner`'s; its chunks are
+    /// reclaimed by the next GC.
     pub fn image_remove(
         &self,
-        user: &User,
+        scope: &Scope,
+        owner: Owner<'_>,
         container: &ContainerName,
         name: &ImageName,
     ) -> Result<()> {
-        let c = self.container(user, container)?;
+        let c = self.container(scope, container)?;
         if !self.catalog.remove_image(c.id, name)?
-            && !self.remove_incomplete(user, c.id, container, name)?
+            && !self.remove_incomplete(owner, c.id, container, name)?
         {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
@@ -278,7 +275,7 @@ impl Store {
     }
 }
 
-pub(super) fn default_group() -> GroupName {
+pub fn default_group() -> GroupName {
     GroupName::new(DEFAULT_GROUP).expect("the default group's name is valid")
 }
 

@@ -37,10 +37,10 @@ pub mod records;
 mod recovery;
 mod repair;
 mod replica;
+mod scope;
 mod seed;
-mod shaping;
 mod space;
-mod users;
+pub mod tables;
 mod write;
 
 use std::collections::HashMap;
@@ -51,6 +51,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use tern_core::names::GroupName;
 
 use catalog::Catalog;
+pub use containers::{container_home, default_group};
 pub use error::{Result, StoreError};
 pub use fsck::FsckReport;
 pub use gc::GcReport;
@@ -61,9 +62,9 @@ pub use read::ReadableImage;
 use records::ChunkKey;
 pub use repair::RepairReport;
 pub use replica::{NewReplica, ReplicaStart};
-pub use seed::{LoadedBatch, SeedSource, Verified};
+pub use scope::{Owner, Scope};
+pub use seed::{LoadedBatch, SeedPin, SeedSource, StoredChunk, Verified};
 pub use space::{statvfs, DEFAULT_RESERVE};
-pub use users::{generate_password, User};
 pub use write::{SessionProbe, WriterId};
 
 /// The default zstd level of new containers (see the benchmark in the README).
@@ -161,7 +162,7 @@ impl Store {
     }
 
     /// Creates a storage group if it does not exist; returns its id.
-    fn ensure_group(&self, name: &GroupName) -> Result<u32> {
+    pub fn ensure_group(&self, name: &GroupName) -> Result<u32> {
         if let Some(id) = self.catalog.group_id(name)? {
             return Ok(id);
         }

@@ -15,7 +15,7 @@ use tern_core::{ContainerName, ImageName};
 use super::catalog::NewImage;
 use super::records::now_unix;
 use super::write::{no_such_image, OpenImage, SessionProbe};
-use super::{lock, Result, Store, StoreError, User, WriterId};
+use super::{lock, Owner, Result, Scope, Store, StoreError, WriterId};
 
 /// A checkpoint is taken at least every this many logical bytes...
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -269,13 +269,14 @@ impl Store {
     /// client that died, in its grace period) is taken from that session.
     pub fn image_resume(
         &self,
-        user: &User,
+        scope: &Scope,
+        owner: Owner<'_>,
         container: &ContainerName,
         name: &ImageName,
         passthrough: bool,
         probe: Option<SessionProbe>,
     ) -> Result<Resumed> {
-        let rec = self.container(user, container)?;
+        let rec = self.container(scope, container)?;
         if rec.replica {
             return Err(StoreError::Denied(format!(
                 "container {container} is a replica container: its images are resumed by their copy"
@@ -283,7 +284,7 @@ impl Store {
         }
         let group = self.group_of(&rec)?;
         let _begin = lock(&self.begin_lock);
-        let taken_over = self.take_over(user, rec.id, container, name)?;
+        let taken_over = self.take_over(owner, rec.id, container, name)?;
         let mut durable = self
             .catalog
             .partial(rec.id, name)?
@@ -293,7 +294,7 @@ impl Store {
                 "{container}/{name} is a replica being written: its copy resumes it"
             )));
         }
-        if durable.owner != user.name && !user.admin {
+        if !owner.allows(&durable.owner) {
             return Err(StoreError::Denied(format!(
                 "image {name} was begun by user {}; only they or an admin may resume it",
                 durable.owner
@@ -335,7 +336,7 @@ impl Store {
     /// holds it, checkpointing it first; true if it did.
     fn take_over(
         &self,
-        user: &User,
+        owner_may: Owner<'_>,
         container_id: u64,
         container: &ContainerName,
         name: &ImageName,
@@ -353,7 +354,7 @@ impl Store {
                 "{container}/{name} is a replica being written: its copy resumes it"
             )));
         }
-        if owner != user.name && !user.admin {
+        if !owner_may.allows(&owner) {
             return Err(StoreError::Denied(format!(
                 "image {name} is being written by user {owner}; only they or an admin may resume it"
             )));
@@ -396,11 +397,11 @@ impl Store {
     /// The partial images of a container: incomplete ones and those being written.
     pub fn incomplete_images(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         prefix: &str,
     ) -> Result<Vec<IncompleteImage>> {
-        let rec = self.container(user, container)?;
+        let rec = self.container(scope, container)?;
         // Being written: open in a session that has a connection (one in
         // its grace period shows as stopped: a resume may take it over).
         let open: Vec<ImageName> = lock(&self.open)
@@ -427,13 +428,13 @@ impl Store {
     /// that name. One still being written by a connected session is refused.
     pub(super) fn remove_incomplete(
         &self,
-        user: &User,
+        owner: Owner<'_>,
         container_id: u64,
         container: &ContainerName,
         name: &ImageName,
     ) -> Result<bool> {
         let _begin = lock(&self.begin_lock);
-        self.take_over(user, container_id, container, name)?;
+        self.take_over(owner, container_id, container, name)?;
         Ok(self
             .catalog
             .drop_partial(container_id, name, None)?

@@ -8,7 +8,7 @@ use tern_core::{ContainerName, ImageName};
 use super::containers::image_info;
 use super::pack::{self, Location};
 use super::packs::PackSet;
-use super::{Result, Store, StoreError, User};
+use super::{Result, Scope, Store, StoreError};
 
 /// A committed image opened for reading.
 #[derive(Debug, Clone)]
@@ -21,11 +21,11 @@ pub struct ReadableImage {
 impl Store {
     pub fn image_open(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         name: &ImageName,
     ) -> Result<ReadableImage> {
-        let c = self.container(user, container)?;
+        let c = self.container(scope, container)?;
         let rec = self.catalog.image(c.id, name)?.ok_or_else(|| {
             StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
@@ -58,9 +58,10 @@ impl Store {
         Ok((entry, loc, bytes))
     }
 
-    /// What the store holds, as far as `user` may see: an admin sees every group.
-    pub fn stats(&self, user: &User) -> Result<StoreStats> {
-        let containers = self.container_list(user)?;
+    /// What the store holds, as far as `scope` sees: [`Scope::Every`] also
+    /// counts groups with no container.
+    pub fn stats(&self, scope: &Scope) -> Result<StoreStats> {
+        let containers = self.container_list(scope)?;
         let mut s = StoreStats {
             containers: containers.len() as u64,
             images: containers.iter().map(|c| c.images).sum(),
@@ -73,7 +74,7 @@ impl Store {
                 visible.insert(id);
             }
         }
-        if user.admin {
+        if scope.is_every() {
             visible.extend(self.packs.group_ids());
         }
         // Kept with the index in its transactions: no scan of millions of entries.

@@ -6,7 +6,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tern_core::names::{ContainerName, GroupName, ImageName, UserName};
-use tern_core::wire::{CopyState, PartnerSettings, ReplicaOrigin};
+use tern_core::wire::ReplicaOrigin;
 use tern_core::{ChunkId, ChunkParams};
 
 use super::StoreError;
@@ -77,101 +77,6 @@ pub struct PartialRecord {
     /// A replica being written by a copy.
     #[serde(default)]
     pub origin: Option<ReplicaOrigin>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserRecord {
-    /// PHC string of an argon2id hash.
-    pub password_hash: String,
-    pub admin: bool,
-    /// Storage groups the user may use; admins may use all.
-    pub groups: Vec<GroupName>,
-    /// Storage groups whose replica containers the user may replicate into.
-    #[serde(default)]
-    pub replicate_into: Vec<GroupName>,
-    /// The shaping group the user's backups and restores draw from.
-    #[serde(default)]
-    pub shaping: Option<String>,
-}
-
-/// A seed loaded (or being loaded) into this store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SeedRecord {
-    /// The source's server id (its certificate's fingerprint).
-    pub source: String,
-    /// When the source exported it, and when its first volume was loaded here.
-    pub created: u64,
-    pub imported: u64,
-    /// The storage group its chunks went into.
-    pub group: GroupName,
-    /// Its chunks are kept from GC until then (Unix seconds).
-    pub pin_expires: u64,
-    pub containers: Vec<crate::seed::SeedContainer>,
-    /// Chunks in the whole seed, per its manifest.
-    pub chunks_total: u64,
-    /// Chunks this store stored from it, and those it already had.
-    pub chunks_loaded: u64,
-    pub chunks_present: u64,
-    pub bytes_loaded: u64,
-    /// Volumes loaded whole, and how many the seed has (once a complete
-    /// manifest was seen).
-    pub volumes_done: Vec<u32>,
-    pub volumes_total: Option<u32>,
-}
-
-/// A replication partner: where it is and how this server logs in there.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartnerRecord {
-    pub addresses: Vec<String>,
-    /// `sha256:...` of its certificate.
-    pub fingerprint: String,
-    pub user: UserName,
-    /// Kept as given: this server must present it at every copy. The
-    /// catalog file is 0600.
-    pub password: String,
-    /// The protocol version it spoke when added.
-    pub version: u16,
-    pub added: u64,
-    /// Connections per copy and the shaping group.
-    #[serde(default)]
-    pub settings: PartnerSettings,
-}
-
-impl PartnerRecord {
-    /// Connections per copy (MultiConnect).
-    pub fn connections(&self) -> usize {
-        match self.settings.connections {
-            0 => DEFAULT_COPY_CONNECTIONS,
-            n => n as usize,
-        }
-    }
-}
-
-/// Connections per copy unless the partner says otherwise.
-pub const DEFAULT_COPY_CONNECTIONS: usize = 4;
-
-/// A copy job on the source server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyRecord {
-    pub state: CopyState,
-    pub reason: String,
-    /// The source container's group and name, and the image.
-    pub group: GroupName,
-    pub container: ContainerName,
-    pub image: ImageName,
-    pub partner: String,
-    pub to_container: ContainerName,
-    pub to_name: ImageName,
-    pub logical_bytes: u64,
-    pub done_bytes: u64,
-    pub sent_bytes: u64,
-    pub sent_chunks: u64,
-    pub attempts: u32,
-    pub created: u64,
-    pub updated: u64,
-    /// Done, and the target may still report the import acknowledged.
-    #[serde(default)]
-    pub awaiting_import: bool,
 }
 
 /// An import event on the target server.

@@ -1,7 +1,7 @@
 //! Replication in the store: the target's side (replicas written into
 //! replica containers, import events) and what the source's copy jobs read.
 
-use tern_core::names::GroupName;
+use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{
     CopyId, ImageInfo, ImportEvent, ImportState, ReplicaOrigin, MAX_EVENTS_PER_POLL,
 };
@@ -10,7 +10,7 @@ use tern_core::{ChunkParams, ContainerName, ImageName};
 use super::containers::image_info;
 use super::records::{now_unix, ContainerRecord};
 use super::write::ReplicaWrite;
-use super::{lock, ReadableImage, Result, Store, StoreError, User, WriterId};
+use super::{lock, ReadableImage, Result, Scope, Store, StoreError, WriterId};
 
 /// A replica a source server asks to write.
 pub struct NewReplica {
@@ -36,14 +36,15 @@ pub enum ReplicaStart {
 }
 
 impl Store {
-    /// Opens a replica for writing, for a source server's copy. The user
-    /// must be allowed to replicate into the container's group; the
-    /// container must be a replica container whose chunking matches the
-    /// source's (its first copy sets it). With `resume`, a partial replica
-    /// this copy left (an outage, a restart of either side) is continued.
+    /// Opens a replica for writing, for a source server's copy, begun by
+    /// `owner`. The container, as `scope` sees it, must be a replica
+    /// container whose chunking matches the source's (its first copy sets
+    /// it). With `resume`, a partial replica this copy left (an outage, a
+    /// restart of either side) is continued.
     pub fn replica_begin(
         &self,
-        user: &User,
+        scope: &Scope,
+        owner: &UserName,
         replica: NewReplica,
         resume: bool,
     ) -> Result<ReplicaStart> {
@@ -64,18 +65,10 @@ impl Store {
             )));
         }
         chunking.validate().map_err(StoreError::Invalid)?;
-        let mut rec =
-            self.container_where(container, |g| user.may_use(g) || user.may_replicate_into(g))?;
+        let mut rec = self.container(scope, container)?;
         if !rec.replica {
             return Err(StoreError::Invalid(format!(
                 "container {container} is not a replica container (create it with --replica)"
-            )));
-        }
-        if !user.may_replicate_into(&rec.group) {
-            return Err(StoreError::Denied(format!(
-                "user {} may not replicate into storage group {} \
-                 (tern user set {} --replicate-into {})",
-                user.name, rec.group, user.name, rec.group
             )));
         }
         if !rec.inherited {
@@ -117,15 +110,7 @@ impl Store {
             import: rec.import,
             started: now_unix(),
         };
-        let w = self.open_writer(
-            &rec,
-            container,
-            name,
-            props,
-            false,
-            Some(replica),
-            &user.name,
-        )?;
+        let w = self.open_writer(&rec, container, name, props, false, Some(replica), owner)?;
         Ok(ReplicaStart::Write(w))
     }
 
@@ -211,26 +196,30 @@ impl Store {
         Ok(found)
     }
 
-    /// Unacknowledged import events of a container the user may see.
+    /// Unacknowledged import events of a container `scope` sees.
     pub fn events(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         max: u32,
     ) -> Result<Vec<ImportEvent>> {
-        let rec = self.import_container(user, container)?;
+        let rec = self.import_container(scope, container)?;
         let max = max.clamp(1, MAX_EVENTS_PER_POLL) as usize;
         self.catalog.events(rec.id, container, max)
     }
 
-    /// Acknowledges import events of a container the user may see.
-    pub fn events_ack(&self, user: &User, container: &ContainerName, ids: &[u64]) -> Result<()> {
-        let rec = self.import_container(user, container)?;
+    /// Acknowledges import events of a container `scope` sees.
+    pub fn events_ack(&self, scope: &Scope, container: &ContainerName, ids: &[u64]) -> Result<()> {
+        let rec = self.import_container(scope, container)?;
         self.catalog.ack_events(rec.id, ids)
     }
 
-    fn import_container(&self, user: &User, container: &ContainerName) -> Result<ContainerRecord> {
-        let rec = self.container(user, container)?;
+    fn import_container(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+    ) -> Result<ContainerRecord> {
+        let rec = self.container(scope, container)?;
         if !rec.import {
             return Err(StoreError::Invalid(format!(
                 "container {container} raises no import events (it was not created with --import)"
@@ -239,15 +228,8 @@ impl Store {
         Ok(rec)
     }
 
-    /// Whether the import events of these copies were acknowledged (a
-    /// source server asks, as a user allowed to replicate here).
-    pub fn import_states(&self, user: &User, copies: &[CopyId]) -> Result<Vec<ImportState>> {
-        if !user.admin && user.replicate_into.is_empty() {
-            return Err(StoreError::Denied(format!(
-                "user {} replicates into no storage group",
-                user.name
-            )));
-        }
+    /// Whether the import events of these copies were acknowledged.
+    pub fn import_states(&self, copies: &[CopyId]) -> Result<Vec<ImportState>> {
         self.catalog.import_states(copies)
     }
 
@@ -276,19 +258,10 @@ impl Store {
         Ok((readable, rec))
     }
 
-    /// The container an image was just committed to, as its writer named
-    /// it (a replication user names replica containers it may only write).
-    pub fn committed_container(
-        &self,
-        user: &User,
-        name: &ContainerName,
-    ) -> Result<ContainerRecord> {
-        self.container_where(name, |g| user.may_use(g) || user.may_replicate_into(g))
-    }
-
-    /// The container a user names, and its storage group, for a copy.
-    pub fn copy_container(&self, user: &User, name: &ContainerName) -> Result<ContainerRecord> {
-        self.container(user, name)
+    /// The container `name` as `scope` sees it: its record, for the layers
+    /// above (a copy's source, the replication policy after a commit).
+    pub fn container_record(&self, scope: &Scope, name: &ContainerName) -> Result<ContainerRecord> {
+        self.container(scope, name)
     }
 }
 

@@ -7,16 +7,37 @@ use tern_core::{ChunkId, ContainerName};
 
 use super::catalog::seeds::pin_value;
 use super::pack;
-use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord, SeedRecord};
+use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord};
 use super::write::VERIFIER;
 use super::{lock, Result, Store, StoreError};
-use crate::seed::format::Record;
+
+/// A chunk as a pack holds it: its id, codec, raw length and stored
+/// (compressed or raw) bytes. Seeds carry chunks in this form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub id: ChunkId,
+    pub codec: tern_core::Codec,
+    pub raw_len: u32,
+    pub bytes: Vec<u8>,
+}
+
+type Record = StoredChunk;
 
 /// A container resolved for an export, with its images' names.
 pub struct SeedSource {
     pub name: ContainerName,
     pub rec: ContainerRecord,
     pub images: Vec<String>,
+}
+
+/// Which seed a loaded batch's pins belong to, and until when they hold.
+#[derive(Debug, Clone, Copy)]
+pub struct SeedPin<'a> {
+    pub seed: &'a [u8; 16],
+    /// The seed's id as its table keys it (hex of `seed`).
+    pub id: &'a str,
+    /// Unix seconds.
+    pub expires: u64,
 }
 
 /// What loading one batch of a seed did.
@@ -175,17 +196,16 @@ impl Store {
     }
 
     /// Stores the chunks of `records` the group lacks, pins every one of
-    /// them, and records `rec` (updated by the caller with this batch) in
-    /// the same transaction. GC is held off from the first store to the
+    /// them until `pin_expires`, and records `rec` (the seeding service's
+    /// record, updated by `finish` with this batch) in the same transaction. GC is held off from the first store to the
     /// commit.
-    pub fn seed_load(
+    pub fn seed_load<R: serde::Serialize + Clone>(
         &self,
         group: u32,
         records: &Verified,
-        seed: &[u8; 16],
-        id: &str,
-        rec: &mut SeedRecord,
-        finish: impl FnOnce(&mut SeedRecord, LoadedBatch),
+        pin: SeedPin<'_>,
+        rec: &mut R,
+        finish: impl FnOnce(&mut R, LoadedBatch),
     ) -> Result<LoadedBatch> {
         let records = &records.records;
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
@@ -203,8 +223,9 @@ impl Store {
         let mut next = rec.clone();
         finish(&mut next, batch);
         let durable = self.sync_pending()?;
-        let pin = pin_value(seed, next.pin_expires);
-        self.catalog.seed_commit(id, &next, &durable, &pins, &pin)?;
+        let value = pin_value(pin.seed, pin.expires);
+        self.catalog
+            .seed_commit(pin.id, &next, &durable, &pins, &value)?;
         *rec = next;
         self.forget_pending(durable);
         Ok(batch)
@@ -212,7 +233,7 @@ impl Store {
 
     /// The seeds this store loaded, with how many of each one's pinned
     /// chunks images now refer to.
-    pub fn seed_list(&self) -> Result<Vec<(String, SeedRecord, u64, u64)>> {
+    pub fn seed_list<R: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, R, u64, u64)>> {
         let seeds = self.catalog.seeds()?;
         let mut pinned: HashMap<ChunkKey, [u8; 16]> = HashMap::new();
         self.catalog.for_each_pin(|k, seed, _| {
@@ -236,10 +257,8 @@ impl Store {
             c.0 += 1;
             c.1 += u64::from(referenced.contains(k));
         }
-        let by_hex: HashMap<String, (u64, u64)> = counts
-            .into_iter()
-            .map(|(s, c)| (crate::seed::hex(&s), c))
-            .collect();
+        let by_hex: HashMap<String, (u64, u64)> =
+            counts.into_iter().map(|(s, c)| (hex(&s), c)).collect();
         Ok(seeds
             .into_iter()
             .map(|(id, rec)| {
@@ -247,6 +266,11 @@ impl Store {
                 (id, rec, pins, used)
             })
             .collect())
+    }
+
+    /// The record of seed `id`, if this store loaded (part of) it.
+    pub fn seed_record<R: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
+        self.catalog.seed(id)
     }
 
     /// (source server, container, image) of every replica in this store.
@@ -266,7 +290,7 @@ impl Store {
     /// free what no image refers to. Returns the pins dropped.
     pub fn seed_unpin(&self, ids: &[String]) -> Result<u64> {
         self.catalog
-            .remove_pins(|seed, _| ids.contains(&crate::seed::hex(seed)), ids)
+            .remove_pins(|seed, _| ids.contains(&hex(seed)), ids)
     }
 
     /// Pinned chunks whose pins have not expired, for GC's mark; expired
@@ -286,4 +310,9 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A seed id as its table keys it: lowercase hex.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -2,20 +2,19 @@
 
 use tern_core::chunker::MAX_CHUNK_LIMIT;
 use tern_core::codec::{self, Compressor};
-use tern_core::names::{GroupName, UserName};
+use tern_core::names::UserName;
 use tern_core::wire::{ChunkRef, ContainerSettings, ErrorKind};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName};
 
 use super::*;
 
-pub(super) fn admin() -> User {
-    User {
-        name: UserName::new("admin").unwrap(),
-        admin: true,
-        groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
-        replicate_into: Vec::new(),
-        shaping: None,
-    }
+/// What an admin's requests see: every group.
+pub(super) fn admin() -> Scope {
+    Scope::Every
+}
+
+pub(super) fn admin_name() -> UserName {
+    UserName::new("admin").unwrap()
 }
 
 pub(super) fn names(container: &str, image: &str) -> (ContainerName, ImageName) {
@@ -53,7 +52,7 @@ pub(super) fn write_image(
     data: &[Vec<u8>],
 ) -> Result<tern_core::wire::WriteStats> {
     let (c, n) = names("c", image);
-    let (w, _) = store.image_begin(&admin(), &c, &n, b"props".to_vec(), false)?;
+    let (w, _) = store.image_begin(&admin(), &admin_name(), &c, &n, b"props".to_vec(), false)?;
     let refs = refs(data);
     let missing = store.image_append(w, &refs)?;
     let mut z = Compressor::new(1)?;
@@ -80,7 +79,11 @@ pub(super) fn store_with_container() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store
-        .container_create(&admin(), &names("c", "x").0, &ContainerSettings::default())
+        .container_create(
+            &default_group(),
+            &names("c", "x").0,
+            &ContainerSettings::default(),
+        )
         .unwrap();
     (dir, store)
 }
@@ -108,7 +111,7 @@ fn an_image_closed_with_chunks_never_sent_is_not_committed() {
     let (_dir, store) = store_with_container();
     let (c, n) = names("c", "half");
     let (w, _) = store
-        .image_begin(&admin(), &c, &n, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &n, Vec::new(), false)
         .unwrap();
     let data = chunks(3, 3);
     let refs = refs(&data);
@@ -123,7 +126,7 @@ fn a_chunk_sent_under_another_id_is_refused() {
     let (_dir, store) = store_with_container();
     let (c, n) = names("c", "liar");
     let (w, _) = store
-        .image_begin(&admin(), &c, &n, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &n, Vec::new(), false)
         .unwrap();
     let data = chunks(2, 4);
     let id = ChunkId::of(&data[0]);
@@ -145,7 +148,7 @@ fn gc_frees_deleted_images_and_keeps_open_ones() {
     // An image being written refers to chunks of "gone" too.
     let (c, n) = names("c", "open");
     let (w, _) = store
-        .image_begin(&admin(), &c, &n, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &n, Vec::new(), false)
         .unwrap();
     let shared = &chunks(20, 5)[0];
     let refs = [ChunkRef {
@@ -154,7 +157,7 @@ fn gc_frees_deleted_images_and_keeps_open_ones() {
     }];
     assert!(store.image_append(w, &refs).unwrap().is_empty());
     store
-        .image_remove(&admin(), &c, &ImageName::new("gone").unwrap())
+        .image_remove(&admin(), Owner::Any, &c, &ImageName::new("gone").unwrap())
         .unwrap();
     let report = store.gc().unwrap();
     assert_eq!(report.chunks_removed, 19);
@@ -174,18 +177,20 @@ fn the_stream_limit_refuses_one_writer_too_many() {
         ..Default::default()
     };
     let (c, a) = names("c", "a");
-    store.container_create(&admin(), &c, &settings).unwrap();
+    store
+        .container_create(&default_group(), &c, &settings)
+        .unwrap();
     let (w, _) = store
-        .image_begin(&admin(), &c, &a, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &a, Vec::new(), false)
         .unwrap();
     let b = ImageName::new("b").unwrap();
     let err = store
-        .image_begin(&admin(), &c, &b, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &b, Vec::new(), false)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
     store.image_abort(w);
     store
-        .image_begin(&admin(), &c, &b, Vec::new(), false)
+        .image_begin(&admin(), &admin_name(), &c, &b, Vec::new(), false)
         .unwrap();
 }
 
@@ -194,11 +199,12 @@ fn passthrough_writers_of_different_images_do_not_wait_for_each_other() {
     let (_dir, store) = store_with_container();
     let (c, a) = names("c", "a");
     let (wa, _) = store
-        .image_begin(&admin(), &c, &a, Vec::new(), true)
+        .image_begin(&admin(), &admin_name(), &c, &a, Vec::new(), true)
         .unwrap();
     let (wb, _) = store
         .image_begin(
             &admin(),
+            &admin_name(),
             &c,
             &ImageName::new("b").unwrap(),
             Vec::new(),
@@ -248,7 +254,7 @@ fn gc_writes_packs_of_the_documented_size() {
     }
     for name in ["a", "c"] {
         let (c, n) = names("c", name);
-        store.image_remove(&admin(), &c, &n).unwrap();
+        store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
     }
     let report = store.gc().unwrap();
     assert!(report.packs_rewritten > 0, "{report:?}");

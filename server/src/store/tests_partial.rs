@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_core::codec::Compressor;
-use tern_core::names::{GroupName, UserName};
+use tern_core::names::UserName;
 use tern_core::wire::ErrorKind;
 use tern_core::ChunkId;
 
-use super::tests::{admin, chunks, names, read_image, refs, store_with_container};
+use super::tests::{admin, admin_name, chunks, names, read_image, refs, store_with_container};
 use super::*;
 
 /// Announces `data` to writer `w` and sends what the store lacks.
@@ -28,14 +28,14 @@ fn send(store: &Store, w: WriterId, data: &[Vec<u8>]) {
 fn begin(store: &Store, image: &str) -> WriterId {
     let (c, n) = names("c", image);
     store
-        .image_begin(&admin(), &c, &n, b"props".to_vec(), false)
+        .image_begin(&admin(), &admin_name(), &c, &n, b"props".to_vec(), false)
         .unwrap()
         .0
 }
 
-fn resume(store: &Store, user: &User, image: &str) -> Result<Resumed> {
+fn resume(store: &Store, owner: Owner<'_>, image: &str) -> Result<Resumed> {
     let (c, n) = names("c", image);
-    store.image_resume(user, &c, &n, false, None)
+    store.image_resume(&Scope::Every, owner, &c, &n, false, None)
 }
 
 fn incomplete(store: &Store) -> Vec<tern_core::wire::IncompleteImage> {
@@ -44,14 +44,8 @@ fn incomplete(store: &Store) -> Vec<tern_core::wire::IncompleteImage> {
         .unwrap()
 }
 
-fn other_user() -> User {
-    User {
-        name: UserName::new("bob").unwrap(),
-        admin: false,
-        groups: vec![GroupName::new(DEFAULT_GROUP).unwrap()],
-        replicate_into: Vec::new(),
-        shaping: None,
-    }
+fn other_user() -> UserName {
+    UserName::new("bob").unwrap()
 }
 
 #[test]
@@ -68,7 +62,7 @@ fn an_image_whose_session_ended_resumes_after_a_restart_and_commits_whole() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].resume_offset, 25 * 4096);
     assert!(!list[0].writing);
-    let r = resume(&store, &admin(), "big").unwrap();
+    let r = resume(&store, Owner::Any, "big").unwrap();
     assert_eq!(r.offset, 25 * 4096);
     send(&store, r.writer, &data[25..]);
     let (info, stats) = store.image_commit(r.writer).unwrap();
@@ -94,7 +88,7 @@ fn a_crash_keeps_what_the_last_checkpoint_made_durable_and_gc_drops_the_rest() {
 
     let store = Store::open(dir.path()).unwrap();
     assert!(store.fsck().unwrap().is_clean());
-    let r = resume(&store, &admin(), "crashy").unwrap();
+    let r = resume(&store, Owner::Any, "crashy").unwrap();
     assert_eq!(r.offset, 10 * 4096, "resumes from the last checkpoint");
     send(&store, r.writer, &data[10..]);
     store.image_commit(r.writer).unwrap();
@@ -139,7 +133,7 @@ fn rm_removes_an_incomplete_image_and_a_new_create_replaces_one() {
     send(&store, w, &chunks(3, 6));
     store.image_detach(w);
     let (c, n) = names("c", "gone");
-    store.image_remove(&admin(), &c, &n).unwrap();
+    store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
     assert!(incomplete(&store).is_empty());
 
     let w = begin(&store, "again");
@@ -158,16 +152,16 @@ fn resume_refuses_what_it_cannot_resume() {
     let (_dir, store) = store_with_container();
     let kind = |r: Result<Resumed>| r.err().map(|e| e.kind());
     assert_eq!(
-        kind(resume(&store, &admin(), "never")),
+        kind(resume(&store, Owner::Any, "never")),
         Some(ErrorKind::NotFound)
     );
     super::tests::write_image(&store, "done", &chunks(2, 9)).unwrap();
-    let err = resume(&store, &admin(), "done").err().unwrap();
+    let err = resume(&store, Owner::Any, "done").err().unwrap();
     assert!(err.to_string().contains("already committed"), "{err}");
     let w = begin(&store, "admins");
     store.image_detach(w);
     assert_eq!(
-        kind(resume(&store, &other_user(), "admins")),
+        kind(resume(&store, Owner::Only(&other_user()), "admins")),
         Some(ErrorKind::Denied)
     );
 }
@@ -185,11 +179,11 @@ fn resume_takes_an_image_from_a_disconnected_session_only() {
     );
     send(&store, w, &data[..5]);
     assert_eq!(
-        resume(&store, &admin(), "held").err().map(|e| e.kind()),
+        resume(&store, Owner::Any, "held").err().map(|e| e.kind()),
         Some(ErrorKind::Busy)
     );
     connected.store(false, std::sync::atomic::Ordering::SeqCst);
-    let r = resume(&store, &admin(), "held").unwrap();
+    let r = resume(&store, Owner::Any, "held").unwrap();
     assert!(r.taken_over);
     assert_eq!(r.offset, 5 * 4096, "the take-over checkpoints what arrived");
     // The old session's writes to it end.
@@ -210,7 +204,7 @@ fn the_index_totals_follow_commits_and_gc() {
     assert_eq!(kept, store.catalog.counted_totals().unwrap());
     assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 12);
     let (c, n) = names("c", "a");
-    store.image_remove(&admin(), &c, &n).unwrap();
+    store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
     store.gc().unwrap();
     let kept = store.catalog.group_totals().unwrap();
     assert_eq!(kept, store.catalog.counted_totals().unwrap());

@@ -21,7 +21,7 @@ use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
 use super::records::{chunk_key, now_unix, ContainerRecord, PartialRecord};
-use super::{lock, Result, Store, StoreError, User};
+use super::{lock, Result, Scope, Store, StoreError};
 
 thread_local! {
     /// Checks received chunks; one per thread keeps its zstd context warm.
@@ -101,10 +101,11 @@ pub(super) fn no_such_image() -> StoreError {
 }
 
 impl Store {
-    /// Opens a new image for writing.
+    /// Opens a new image for writing, begun by `owner`.
     pub fn image_begin(
         &self,
-        user: &User,
+        scope: &Scope,
+        owner: &UserName,
         container: &ContainerName,
         name: &ImageName,
         props: Vec<u8>,
@@ -117,14 +118,14 @@ impl Store {
                 tern_core::wire::MAX_PROPS_LEN
             )));
         }
-        let rec = self.container(user, container)?;
+        let rec = self.container(scope, container)?;
         if rec.replica {
             return Err(StoreError::Denied(format!(
                 "container {container} is a replica container: only replication writes into it \
                  (promote it to write into it)"
             )));
         }
-        let id = self.open_writer(&rec, container, name, props, passthrough, None, &user.name)?;
+        let id = self.open_writer(&rec, container, name, props, passthrough, None, owner)?;
         Ok((id, rec))
     }
 

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use tern_core::names::{GroupName, UserName};
-use tern_server::control;
+use tern_server::protocol::control;
+use tern_server::service::users::Users;
 use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
 
 use super::UserCmd;
@@ -146,13 +147,18 @@ pub(crate) fn user(cmd: UserCmd) -> Result<()> {
                 groups
             };
             let password = read_password()?;
-            open_store(&data.data)?.user_add(&name, &password, admin, group_names(groups)?)?;
+            Users::new(&open_store(&data.data)?).add(
+                &name,
+                &password,
+                admin,
+                group_names(groups)?,
+            )?;
             println!("user {name} added");
         }
         UserCmd::Passwd { data, name } => {
             let name = UserName::new(name)?;
             let password = read_password()?;
-            open_store(&data.data)?.user_passwd(&name, &password)?;
+            Users::new(&open_store(&data.data)?).passwd(&name, &password)?;
             println!("password of {name} set");
         }
         UserCmd::Set {
@@ -174,7 +180,7 @@ pub(crate) fn user(cmd: UserCmd) -> Result<()> {
             if groups.is_none() && admin.is_none() {
                 bail!("nothing to change: give --group, --admin or --no-admin");
             }
-            open_store(&data.data)?.user_update(&name, groups, admin, None, None)?;
+            Users::new(&open_store(&data.data)?).update_rights(&name, groups, admin, None, None)?;
             println!("user {name} changed");
         }
     }

@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use tern_core::time::rfc3339;
 use tern_server::config::Config;
-use tern_server::control::{self, Request};
-use tern_server::seed::export::ExportRequest;
-use tern_server::seed::import::{ImportRequest, DEFAULT_PIN_DAYS};
+use tern_server::protocol::control::{self, Request};
+use tern_server::service::seed::export::ExportRequest;
+use tern_server::service::seed::import::{ImportRequest, DEFAULT_PIN_DAYS};
 use tern_server::store::DEFAULT_GROUP;
 
 use super::DataArg;

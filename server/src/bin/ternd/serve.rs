@@ -11,10 +11,11 @@ use tern_core::names::{GroupName, UserName};
 use tern_core::session::CacheLimits;
 use tern_server::certs::{self};
 use tern_server::config::{Config, DEFAULT_CONFIG};
-use tern_server::replication::{LocalIdentity, Replicator};
-use tern_server::shaping::{schedule::Clock, Shaper};
-use tern_server::store::{self, Store, StoreError, DEFAULT_GROUP};
-use tern_server::{control, handler, listen};
+use tern_server::protocol::{control, handler, listen};
+use tern_server::service::replication::{LocalIdentity, Replicator};
+use tern_server::service::shaping::{schedule::Clock, Shaper};
+use tern_server::service::users::{generate_password, Users};
+use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
 
 use super::cert_paths;
 
@@ -201,14 +202,15 @@ fn load_config(data: &Path, config: Option<PathBuf>) -> Result<Config> {
 /// TERN_PASSWORD or a generated one, printed once.
 fn ensure_admin(store: &Store) -> Result<()> {
     let admin = UserName::new("admin").expect("valid name");
-    if store.user_exists(&admin)? {
+    let users = Users::new(store);
+    if users.exists(&admin)? {
         return Ok(());
     }
     let (password, generated) = match std::env::var("TERN_PASSWORD") {
         Ok(p) if !p.is_empty() => (p, false),
-        _ => (store::generate_password()?, true),
+        _ => (generate_password()?, true),
     };
-    store.user_add(
+    users.add(
         &admin,
         &password,
         true,

@@ -3,9 +3,11 @@
 //! Nothing outside this module opens a table (the definitions are public for
 //! tests that damage a catalog on purpose); `maintenance.rs` holds the
 //! whole-table passes of GC and fsck, `images.rs` images and recipes,
-//! `replication.rs` partners, copies, the trail and events; the rest of the store asks the
-//! catalog questions in its own terms (a container, an image's recipe, a
-//! chunk's location). Every method is one transaction, so what it returns is
+//! `replication.rs` the trail and import events, `seeds.rs` seeds and pins;
+//! the rest of the store asks the catalog questions in its own terms (a
+//! container, an image's recipe, a chunk's location). The tables of the
+//! layers above (users, partners, copies, shaping groups) share this
+//! database through `store::tables` and are never read here. Every method is one transaction, so what it returns is
 //! consistent with itself. `docs/store-format.md` describes every table.
 
 use std::path::Path;
@@ -34,8 +36,6 @@ pub const IMAGES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("im
 pub const RECIPES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("recipes");
 /// group id (u32 BE) | chunk id -> encoded [`Location`].
 pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
-/// User name -> [`UserRecord`].
-pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// 2: container names per storage group (format 1 had one namespace).
 /// 3: the replication tables (partners, copies, trail, import events).
@@ -51,7 +51,6 @@ mod overlay;
 pub mod partials;
 pub mod replication;
 pub mod seeds;
-pub mod shaping;
 mod synthetic;
 
 pub use images::NewImage;
@@ -112,8 +111,13 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The database, for [`super::tables`].
+    pub(in crate::store) fn db(&self) -> &Database {
+        &self.db
+    }
+
     /// A write transaction, unless the catalog is read-only.
-    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+    pub(in crate::store) fn begin_write(&self) -> Result<redb::WriteTransaction> {
         if let Some(why) = self.read_only {
             return Err(StoreError::ReadOnly(why));
         }
@@ -159,16 +163,13 @@ impl Catalog {
                 Some(other) => return Err(unsupported_format(other)),
             }
             tx.open_table(CONTAINERS)?;
-            for t in [USERS, GROUPS] {
-                tx.open_table(t)?;
-            }
+            tx.open_table(GROUPS)?;
             tx.open_table(IMAGES)?;
             tx.open_table(RECIPES)?;
             tx.open_table(CHUNKS)?;
             replication::create_tables(&tx)?;
             tx.open_table(PARTIALS)?;
             tx.open_table(GROUP_TOTALS)?;
-            tx.open_table(shaping::SHAPING)?;
             tx.open_table(seeds::SEEDS)?;
             tx.open_table(seeds::PINS)?;
         }
@@ -198,8 +199,8 @@ impl Catalog {
             tracing::info!("catalog migrated to format 4: partial images, index totals");
         }
         if self.format()? == Some(4) {
+            // The shaping table is the service layer's: made by its first write.
             let tx = begin()?;
-            tx.open_table(shaping::SHAPING)?;
             tx.open_table(META)?.insert("format", 5)?;
             tx.commit()?;
             tracing::info!("catalog migrated to format 5: shaping groups");
@@ -278,58 +279,6 @@ impl Catalog {
         };
         tx.commit()?;
         Ok(id)
-    }
-
-    // ---- users ---------------------------------------------------------------
-
-    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let users = self.db.begin_read()?.open_table(USERS)?;
-        let found = users.get(name)?;
-        found.map(|v| decode("user", v.value())).transpose()
-    }
-
-    /// Records a new user; `AlreadyExists` if the name is taken.
-    pub fn insert_user(&self, name: &str, rec: &UserRecord) -> Result<()> {
-        let tx = self.begin_write()?;
-        {
-            let mut users = tx.open_table(USERS)?;
-            if users.get(name)?.is_some() {
-                return Err(StoreError::AlreadyExists(format!(
-                    "user {name} already exists"
-                )));
-            }
-            users.insert(name, encode(rec)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Changes a user's record in one transaction; `change` sees every user
-    /// (to keep invariants such as "one admin remains") and edits this one.
-    pub fn update_user(
-        &self,
-        name: &str,
-        change: impl FnOnce(&mut UserRecord, &[UserRecord]) -> Result<()>,
-    ) -> Result<()> {
-        let tx = self.begin_write()?;
-        {
-            let mut users = tx.open_table(USERS)?;
-            let mut all = Vec::new();
-            for row in users.iter()? {
-                let (k, v) = row?;
-                if k.value() != name {
-                    all.push(decode::<UserRecord>("user", v.value())?);
-                }
-            }
-            let mut rec: UserRecord = match users.get(name)? {
-                Some(v) => decode("user", v.value())?,
-                None => return Err(StoreError::NotFound(format!("user {name} does not exist"))),
-            };
-            change(&mut rec, &all)?;
-            users.insert(name, encode(&rec)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     // ---- containers ----------------------------------------------------------

@@ -1,20 +1,16 @@
-//! The replication tables: partners, copy jobs, the trail and import events
-//! (format 3). `docs/store-format.md` describes them.
+//! The engine's replication tables: the trail and import events (format
+//! 3), both written inside the engine's own transactions (a replica's
+//! commit). Partners and copy jobs are the service layer's
+//! (`service::replication::tables`). `docs/store-format.md` describes them.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::wire::{CopyId, ImportEvent, ImportState, TrailEntry};
 use tern_core::ContainerName;
 
 use super::{decode, encode, next_counter, Catalog};
-use crate::store::records::{CopyRecord, EventRecord, PartnerRecord};
+use crate::store::records::EventRecord;
 use crate::store::{Result, StoreError};
 
-/// Partner name -> [`PartnerRecord`].
-pub const PARTNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("partners");
-/// Copy id (u128 of its bytes, big-endian) -> [`CopyRecord`].
-pub const COPIES: TableDefinition<u128, &[u8]> = TableDefinition::new("copies");
-/// What a live copy copies (see [`copy_key`]) -> its id: asking again finds it.
-pub const LIVE_COPIES: TableDefinition<&str, u128> = TableDefinition::new("live_copies");
 /// Attempt number -> [`TrailEntry`], oldest first; trimmed to [`TRAIL_KEEP`].
 pub const TRAIL: TableDefinition<u64, &[u8]> = TableDefinition::new("trail");
 /// (container id, event id) -> [`EventRecord`].
@@ -29,9 +25,6 @@ const TRAIL_SLACK: u64 = 1_000;
 
 /// Creates the tables in a write transaction (a new catalog or format 2 -> 3).
 pub(super) fn create_tables(tx: &redb::WriteTransaction) -> Result<()> {
-    tx.open_table(PARTNERS)?;
-    tx.open_table(COPIES)?;
-    tx.open_table(LIVE_COPIES)?;
     tx.open_table(TRAIL)?;
     tx.open_table(EVENTS)?;
     tx.open_table(EVENT_OF_COPY)?;
@@ -42,16 +35,8 @@ fn key(id: CopyId) -> u128 {
     u128::from_be_bytes(id.0)
 }
 
-/// The key of [`LIVE_COPIES`]: the source image and where it goes.
-pub fn copy_key(rec: &CopyRecord) -> String {
-    format!(
-        "{}/{}/{}\n{}\n{}\n{}",
-        rec.group, rec.container, rec.image, rec.partner, rec.to_container, rec.to_name
-    )
-}
-
 /// Appends a trail entry inside `tx`, trimming the oldest past the limit.
-pub(super) fn push_trail(tx: &redb::WriteTransaction, entry: &TrailEntry) -> Result<()> {
+pub(in crate::store) fn push_trail(tx: &redb::WriteTransaction, entry: &TrailEntry) -> Result<()> {
     let n = next_counter(tx, "next_trail")?;
     let mut t = tx.open_table(TRAIL)?;
     t.insert(n, encode(entry)?.as_slice())?;
@@ -63,139 +48,6 @@ pub(super) fn push_trail(tx: &redb::WriteTransaction, entry: &TrailEntry) -> Res
 }
 
 impl Catalog {
-    // ---- partners ------------------------------------------------------------
-
-    pub fn partner(&self, name: &str) -> Result<Option<PartnerRecord>> {
-        let t = self.db.begin_read()?.open_table(PARTNERS)?;
-        let found = t.get(name)?;
-        found.map(|v| decode("partner", v.value())).transpose()
-    }
-
-    pub fn partners(&self) -> Result<Vec<(String, PartnerRecord)>> {
-        let t = self.db.begin_read()?.open_table(PARTNERS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), decode("partner", v.value())?));
-        }
-        Ok(out)
-    }
-
-    /// Records a partner; `AlreadyExists` if the name is taken.
-    pub fn insert_partner(&self, name: &str, rec: &PartnerRecord) -> Result<()> {
-        let tx = self.begin_write()?;
-        {
-            let mut t = tx.open_table(PARTNERS)?;
-            if t.get(name)?.is_some() {
-                return Err(StoreError::AlreadyExists(format!(
-                    "partner {name} already exists"
-                )));
-            }
-            t.insert(name, encode(rec)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Removes a partner; false if there was none.
-    /// Replaces an existing partner's record.
-    pub fn update_partner(&self, name: &str, rec: &PartnerRecord) -> Result<()> {
-        let tx = self.begin_write()?;
-        {
-            let mut t = tx.open_table(PARTNERS)?;
-            if t.get(name)?.is_none() {
-                return Err(StoreError::NotFound(format!("no partner {name}")));
-            }
-            t.insert(name, encode(rec)?.as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn remove_partner(&self, name: &str) -> Result<bool> {
-        let tx = self.begin_write()?;
-        let found = tx.open_table(PARTNERS)?.remove(name)?.is_some();
-        tx.commit()?;
-        Ok(found)
-    }
-
-    // ---- copies --------------------------------------------------------------
-
-    /// The live copy of the same image to the same place, or a new one made
-    /// by `make` under `fresh`; true if it is new.
-    pub fn find_or_insert_copy(&self, rec: CopyRecord, fresh: CopyId) -> Result<(CopyId, bool)> {
-        let tx = self.begin_write()?;
-        let found = {
-            let mut live = tx.open_table(LIVE_COPIES)?;
-            let k = copy_key(&rec);
-            let existing = live.get(k.as_str())?.map(|v| v.value());
-            match existing {
-                Some(id) => Some(CopyId(id.to_be_bytes())),
-                None => {
-                    live.insert(k.as_str(), key(fresh))?;
-                    tx.open_table(COPIES)?
-                        .insert(key(fresh), encode(&rec)?.as_slice())?;
-                    None
-                }
-            }
-        };
-        tx.commit()?;
-        Ok(match found {
-            Some(id) => (id, false),
-            None => (fresh, true),
-        })
-    }
-
-    pub fn copy(&self, id: CopyId) -> Result<Option<CopyRecord>> {
-        let t = self.db.begin_read()?.open_table(COPIES)?;
-        let found = t.get(key(id))?;
-        found.map(|v| decode("copy", v.value())).transpose()
-    }
-
-    pub fn copies(&self) -> Result<Vec<(CopyId, CopyRecord)>> {
-        let t = self.db.begin_read()?.open_table(COPIES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((CopyId(k.value().to_be_bytes()), decode("copy", v.value())?));
-        }
-        Ok(out)
-    }
-
-    /// Changes a copy's record; a final state frees its key (a later request
-    /// for the same copy makes a new job), and `trail` is appended in the
-    /// same transaction. Returns the record as changed.
-    pub fn update_copy(
-        &self,
-        id: CopyId,
-        change: impl FnOnce(&mut CopyRecord),
-        trail: Option<&TrailEntry>,
-    ) -> Result<CopyRecord> {
-        let tx = self.begin_write()?;
-        let rec = {
-            let mut t = tx.open_table(COPIES)?;
-            let mut rec: CopyRecord = match t.get(key(id))? {
-                Some(v) => decode("copy", v.value())?,
-                None => return Err(StoreError::NotFound(format!("no copy {id}"))),
-            };
-            change(&mut rec);
-            t.insert(key(id), encode(&rec)?.as_slice())?;
-            if rec.state.is_final() {
-                let mut live = tx.open_table(LIVE_COPIES)?;
-                let k = copy_key(&rec);
-                if live.get(k.as_str())?.map(|v| v.value()) == Some(key(id)) {
-                    live.remove(k.as_str())?;
-                }
-            }
-            rec
-        };
-        if let Some(entry) = trail {
-            push_trail(&tx, entry)?;
-        }
-        tx.commit()?;
-        Ok(rec)
-    }
-
     // ---- the trail -----------------------------------------------------------
 
     pub fn push_trail(&self, entry: &TrailEntry) -> Result<()> {

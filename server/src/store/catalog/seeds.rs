@@ -6,10 +6,11 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use super::index::IndexWriter;
 use super::{decode, encode, Catalog};
 use crate::store::pack::Location;
-use crate::store::records::{ChunkKey, SeedRecord};
+use crate::store::records::ChunkKey;
 use crate::store::Result;
 
-/// Seed id (hex) -> [`SeedRecord`].
+/// Seed id (hex) -> the seed's record: the seeding service's
+/// (`service::seed::SeedRecord`), kept by the engine without reading it.
 pub const SEEDS: TableDefinition<&str, &[u8]> = TableDefinition::new("seeds");
 /// Chunk key -> seed id (16 bytes) | pin expiry (u64 LE, Unix seconds).
 pub const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins");
@@ -34,13 +35,13 @@ pub fn split_pin(v: &[u8]) -> Option<([u8; 16], u64)> {
 }
 
 impl Catalog {
-    pub fn seed(&self, id: &str) -> Result<Option<SeedRecord>> {
+    pub fn seed<R: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<R>> {
         let t = self.db.begin_read()?.open_table(SEEDS)?;
         let found = t.get(id)?;
         found.map(|v| decode("seed", v.value())).transpose()
     }
 
-    pub fn seeds(&self) -> Result<Vec<(String, SeedRecord)>> {
+    pub fn seeds<R: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, R)>> {
         let t = self.db.begin_read()?.open_table(SEEDS)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -54,10 +55,10 @@ impl Catalog {
     /// transaction: the index entries of the chunks just stored (every
     /// pending one, as a checkpoint does), a pin for each chunk of the
     /// batch, and the seed's record.
-    pub fn seed_commit(
+    pub fn seed_commit<R: serde::Serialize>(
         &self,
         id: &str,
-        rec: &SeedRecord,
+        rec: &R,
         durable: &[(ChunkKey, Location)],
         pins: &[ChunkKey],
         pin: &[u8; PIN_LEN],

@@ -35,7 +35,8 @@ fn format_1_catalog(path: &Path) {
             .unwrap()
             .insert("acme", group.as_slice())
             .unwrap();
-        tx.open_table(USERS).unwrap();
+        let users: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+        tx.open_table(users).unwrap();
         tx.open_table(IMAGES).unwrap();
         tx.open_table(RECIPES).unwrap();
         tx.open_table(CHUNKS).unwrap();

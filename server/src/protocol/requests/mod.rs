@@ -13,9 +13,9 @@ mod read;
 mod replication;
 mod write;
 
-use tern_core::wire::{ErrorKind, Msg};
+use tern_core::wire::{ErrorKind, Feature, Missing, Msg};
 
-use crate::handler::{Phase, SessionHandler};
+use crate::protocol::handler::{Phase, SessionHandler};
 use crate::store::StoreError;
 
 /// A failed request: reported to the client; the session goes on unless
@@ -44,6 +44,15 @@ fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Refusal> 
 pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
     if !matches!(h.phase, Phase::Ready(_)) {
         return handshake::handle(h, msg).await;
+    }
+    // The one check of what the session's protocol version allows.
+    if let Some(feature) = Feature::needed_by(&msg).filter(|f| !f.in_version(h.version)) {
+        let missing = Missing {
+            feature,
+            what: msg_name(&msg),
+            version: h.version,
+        };
+        return refuse(ErrorKind::Incompatible, missing.to_string());
     }
     match msg {
         Msg::Ping => Ok(Some(Msg::Pong)),
@@ -84,20 +93,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ReplicaAbort { .. }
         | Msg::ImportStatesGet { .. }
         | Msg::EventsGet { .. }
-        | Msg::EventsAck { .. }) => {
-            if h.version < tern_core::wire::REPLICATION_MIN {
-                return refuse(
-                    ErrorKind::Incompatible,
-                    format!(
-                        "{} needs protocol version {}; this session speaks {}",
-                        msg_name(&m),
-                        tern_core::wire::REPLICATION_MIN,
-                        h.version
-                    ),
-                );
-            }
-            replication::handle(h, m).await
-        }
+        | Msg::EventsAck { .. }) => replication::handle(h, m).await,
         m @ (Msg::ImageOpen { .. }
         | Msg::RecipeGet { .. }
         | Msg::ChunkGet { .. }

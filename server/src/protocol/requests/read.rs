@@ -3,7 +3,7 @@
 use tern_core::wire::{ErrorKind, Handle, Msg};
 
 use super::{blocking, msg_name, refuse, Answer, Refusal};
-use crate::handler::{Fatal, SessionHandler};
+use crate::protocol::handler::{Fatal, SessionHandler};
 use crate::store::ReadableImage;
 
 /// Most recipe entries returned by one `RecipeGet`.
@@ -15,7 +15,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
     match msg {
         Msg::ImageOpen { container, name } => {
             let user = h.user()?.clone();
-            let img = blocking(|| h.store.image_open(&user, &container, &name))?;
+            let img = blocking(|| h.store.image_open(&user.scope(), &container, &name))?;
             let handle = h.new_handle();
             let info = img.info.clone();
             h.readers.insert(handle, img);

@@ -5,7 +5,8 @@ use tern_core::names::UserName;
 use tern_core::wire::{self, CopyId, ErrorKind, Msg, Password, TrailEntry};
 
 use super::{refuse, Answer, Refusal};
-use crate::handler::{Phase, SessionHandler};
+use crate::protocol::handler::{Phase, SessionHandler};
+use crate::service::users::Users;
 use crate::store::records::now_unix;
 use crate::store::StoreError;
 
@@ -39,7 +40,7 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
     }
     let store = h.store.clone();
     let name = user.clone();
-    let checked = guard.verify(move || store.authenticate(&name, password.expose()));
+    let checked = guard.verify(move || Users::new(&store).authenticate(&name, password.expose()));
     let Some(outcome) = checked.await else {
         return Err(Refusal(
             ErrorKind::Internal,
@@ -69,10 +70,7 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
 /// A failed login as a user who may replicate here is a replication
 /// partner refused: it goes into this (target) side's trail too.
 fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
-    let partner = matches!(
-        h.store.catalog().user(user.as_str()),
-        Ok(Some(rec)) if !rec.replicate_into.is_empty()
-    );
+    let partner = matches!(Users::new(&h.store).replicates_here(user), Ok(true));
     if !partner {
         return;
     }
@@ -90,7 +88,7 @@ fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
         result: "failed".into(),
         reason: format!("replication login as {user} refused: wrong password"),
     };
-    if let Err(e) = h.store.catalog().push_trail(&entry) {
+    if let Err(e) = h.store.push_trail(&entry) {
         tracing::warn!("recording a refused partner login in the trail: {e}");
     }
 }

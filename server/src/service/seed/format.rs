@@ -81,13 +81,7 @@ impl Header {
 }
 
 /// One chunk in a volume: its id and its bytes as the source stored them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub id: ChunkId,
-    pub codec: Codec,
-    pub raw_len: u32,
-    pub bytes: Vec<u8>,
-}
+pub use crate::store::StoredChunk as Record;
 
 impl Record {
     pub fn encoded_len(stored_len: usize) -> usize {

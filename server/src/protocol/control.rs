@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::seed;
+use crate::service::seed;
 use crate::store::Store;
 
 pub fn socket_path(data: &Path) -> PathBuf {

@@ -1,11 +1,12 @@
 //! Replication: partners and copies (this server as the source), replicas
 //! and import events (this server as the target).
 
-use tern_core::wire::{ErrorKind, Msg};
+use tern_core::wire::{ErrorKind, Feature, Msg};
 
 use super::{blocking, msg_name, refuse, Answer, Refusal};
-use crate::handler::SessionHandler;
-use crate::replication::ReplicationError;
+use crate::protocol::handler::SessionHandler;
+use crate::service::access::Action;
+use crate::service::replication::ReplicationError;
 use crate::store::{NewReplica, ReplicaStart};
 
 impl From<ReplicationError> for Refusal {
@@ -18,20 +19,16 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
     let user = h.user()?.clone();
     let store = h.store.clone();
     let repl = h.sessions.replicator.clone();
-    let admin_only = |what: &str| {
-        if user.admin {
-            Ok(())
-        } else {
-            refuse(ErrorKind::Denied, format!("only an admin may {what}"))
-        }
-    };
     let reply = match msg {
         Msg::ContainerPromote { name } => {
-            blocking(|| store.container_promote(&user, &name))?;
+            user.may(Action::PromoteContainer)?;
+            blocking(|| store.container_promote(&user.scope(), &name))?;
+            tracing::warn!(container = %name, by = %user.name, "replica container promoted: clients may now write into it");
             Msg::Ok
         }
         Msg::ContainerReplicate { name, to } => {
-            blocking(|| store.container_replicate(&user, &name, to))?;
+            user.may(Action::SetReplicationPolicy)?;
+            blocking(|| repl.set_policy(&user.scope(), &name, to))?;
             Msg::Ok
         }
         Msg::PartnerAdd {
@@ -42,7 +39,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             password,
             settings,
         } => {
-            admin_only("add replication partners")?;
+            user.may(Action::ChangePartners("add"))?;
             // The check connects out through a client with its own runtime:
             // on a thread of its own, never on this session's workers.
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -64,7 +61,7 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             Msg::Ok
         }
         Msg::PartnerList => {
-            admin_only("list replication partners")?;
+            user.may(Action::ListPartners)?;
             Msg::Partners {
                 list: blocking(|| repl.partners())?,
             }
@@ -75,32 +72,28 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             connections,
             shaping,
         } => {
-            wan(h.version, "PartnerSet")?;
-            admin_only("change replication partners")?;
+            user.may(Action::ChangePartners("change"))?;
             blocking(|| repl.partner_set(&name, addresses, connections, shaping))?;
             Msg::Ok
         }
         Msg::ShapingSet { name, settings } => {
-            wan(h.version, "ShapingSet")?;
-            admin_only("change shaping groups")?;
+            user.may(Action::Shaping("change"))?;
             blocking(|| repl.shaper.set(&name, settings))?;
             Msg::Ok
         }
         Msg::ShapingList => {
-            wan(h.version, "ShapingList")?;
-            admin_only("list shaping groups")?;
+            user.may(Action::Shaping("list"))?;
             Msg::ShapingGroups {
                 list: blocking(|| repl.shaper.list())?,
             }
         }
         Msg::ShapingRemove { name } => {
-            wan(h.version, "ShapingRemove")?;
-            admin_only("remove shaping groups")?;
+            user.may(Action::Shaping("remove"))?;
             blocking(|| repl.shaper.remove(&name))?;
             Msg::Ok
         }
         Msg::PartnerRemove { name } => {
-            admin_only("remove replication partners")?;
+            user.may(Action::ChangePartners("remove"))?;
             blocking(|| repl.partner_remove(&name))?;
             Msg::Ok
         }
@@ -112,25 +105,32 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             to_name,
         } => Msg::CopyStarted {
             id: blocking(|| {
-                repl.copy_start(&user, &container, &name, &partner, to_container, to_name)
+                repl.copy_start(
+                    &user.scope(),
+                    &container,
+                    &name,
+                    &partner,
+                    to_container,
+                    to_name,
+                )
             })?,
         },
         Msg::CopyStatusGet { id } => Msg::Copies {
-            list: vec![blocking(|| repl.status(&user, id))?],
+            list: vec![blocking(|| repl.status(&user.scope(), id))?],
         },
         Msg::CopyList => Msg::Copies {
-            list: blocking(|| repl.list(&user))?,
+            list: blocking(|| repl.list(&user.scope()))?,
         },
         Msg::CopyCancel { id } => {
-            blocking(|| repl.cancel(&user, id))?;
+            blocking(|| repl.cancel(&user.scope(), id))?;
             Msg::Ok
         }
         Msg::CopyAbort { id } => {
-            wan(h.version, "CopyAbort")?;
             // It may connect to the partner: off the async workers.
+            let drop_replicas = user.may(Action::DropPartialReplicas).is_ok();
             let (tx, rx) = tokio::sync::oneshot::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(repl.abort(&user, id));
+                let _ = tx.send(repl.abort(&user.scope(), drop_replicas, id));
             });
             match rx.await {
                 Ok(outcome) => outcome?,
@@ -157,8 +157,11 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                 chunking,
                 zstd_level,
             };
-            let resume = h.version >= tern_core::wire::WAN_MIN;
-            let start = blocking(|| store.replica_begin(&user, replica, resume))?;
+            let resume = Feature::WanControls.in_version(h.version);
+            let scope = user.replica_scope();
+            let group = blocking(|| store.container_group(&scope, &replica.container))?;
+            user.may(Action::ReplicateInto(&group))?;
+            let start = blocking(|| store.replica_begin(&scope, &user.name, replica, resume))?;
             match start {
                 ReplicaStart::Committed(info) => Msg::ImageCommitted {
                     info,
@@ -189,23 +192,21 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             }
         }
         Msg::ReplicaAbort { copy } => {
-            if !user.admin && user.replicate_into.is_empty() {
-                return refuse(
-                    ErrorKind::Denied,
-                    format!("user {} replicates into no storage group", user.name),
-                );
-            }
+            user.may(Action::ActAsSource)?;
             blocking(|| store.replica_abort(copy, "the source ended the copy"))?;
             Msg::Ok
         }
-        Msg::ImportStatesGet { copies } => Msg::ImportStates {
-            states: blocking(|| store.import_states(&user, &copies))?,
-        },
+        Msg::ImportStatesGet { copies } => {
+            user.may(Action::ActAsSource)?;
+            Msg::ImportStates {
+                states: blocking(|| store.import_states(&copies))?,
+            }
+        }
         Msg::EventsGet { container, max } => Msg::Events {
-            list: blocking(|| store.events(&user, &container, max))?,
+            list: blocking(|| store.events(&user.scope(), &container, max))?,
         },
         Msg::EventsAck { container, ids } => {
-            blocking(|| store.events_ack(&user, &container, &ids))?;
+            blocking(|| store.events_ack(&user.scope(), &container, &ids))?;
             Msg::Ok
         }
         other => {
@@ -216,18 +217,4 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         }
     };
     Ok(Some(reply))
-}
-
-/// Refuses a protocol-4 request in an older session.
-fn wan(version: u16, what: &str) -> Result<(), Refusal> {
-    if version < tern_core::wire::WAN_MIN {
-        return Err(Refusal(
-            ErrorKind::Incompatible,
-            format!(
-                "{what} needs protocol version {}; this session speaks {version}",
-                tern_core::wire::WAN_MIN
-            ),
-        ));
-    }
-    Ok(())
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use tern_agent::{ClientError, PendingNeed, ReplicaSpec, ReplicaStart, ReplicaWriter};
 use tern_core::wire::{ChunkRef, CopyId, RecipeEntry, ReplicaOrigin};
 
+use super::CopyRecord;
 use super::{partner, Live, Replicator};
-use crate::store::records::CopyRecord;
 use crate::store::{ReadableImage, StoreError};
 
 /// Recipe entries per `ImageAppend` (the target takes up to 4096).
@@ -51,8 +51,7 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         .store
         .copy_source(&rec.group, &rec.container, &rec.image)?;
     let partner = r
-        .store
-        .catalog()
+        .tables()
         .partner(&rec.partner)?
         .ok_or_else(|| Failure::Permanent(format!("partner {} was removed", rec.partner)))?;
     *super::lock(&live.shaped) = r.shaper.job(partner.settings.shaping.as_deref());

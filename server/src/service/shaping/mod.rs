@@ -12,6 +12,7 @@
 //! jobs at their next quantum.
 
 pub mod schedule;
+mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use tern_core::wire::{ShapingInfo, ShapingSettings};
 
 use crate::store::{Store, StoreError};
 use schedule::Clock;
+pub use table::{ShapingTable, SHAPING};
 
 /// How often the rate in force is read from the windows.
 const REFRESH: Duration = Duration::from_millis(250);
@@ -81,12 +83,17 @@ impl Shaper {
         }
     }
 
+    /// The shaping groups' table.
+    fn table(&self) -> ShapingTable<'_> {
+        ShapingTable(self.store.tables())
+    }
+
     /// The group `name`, loaded from the catalog on first use.
     fn group(&self, name: &str) -> Result<Arc<Group>, StoreError> {
         if let Some(g) = lock(&self.groups).get(name) {
             return Ok(g.clone());
         }
-        let settings = self.store.shaping_group(name)?;
+        let settings = self.table().group(name)?;
         let zone = schedule::zone(&settings.timezone).map_err(StoreError::Invalid)?;
         let mut groups = lock(&self.groups);
         let g = groups.entry(name.to_string()).or_insert_with(|| {
@@ -130,8 +137,8 @@ impl Shaper {
 
     /// Creates or replaces a group; its running jobs follow at once.
     pub fn set(&self, name: &str, settings: ShapingSettings) -> Result<(), StoreError> {
-        self.store
-            .shaping_set(name, &settings, |z| schedule::zone(z).map(|_| ()))?;
+        self.table()
+            .set(name, &settings, |z| schedule::zone(z).map(|_| ()))?;
         let zone = schedule::zone(&settings.timezone).map_err(StoreError::Invalid)?;
         if let Some(g) = lock(&self.groups).get(name) {
             let mut st = lock(&g.state);
@@ -147,7 +154,7 @@ impl Shaper {
 
     /// Removes a group no partner or user draws from.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        self.store.shaping_remove(name)?;
+        self.table().remove(name)?;
         lock(&self.groups).remove(name);
         Ok(())
     }
@@ -155,8 +162,8 @@ impl Shaper {
     /// Every group with its rate now, the window in force and its throughput.
     pub fn list(&self) -> Result<Vec<ShapingInfo>, StoreError> {
         let mut out = Vec::new();
-        for (name, settings) in self.store.shaping_groups()? {
-            let (partners, users) = self.store.shaping_assigned(&name)?;
+        for (name, settings) in self.table().groups()? {
+            let (partners, users) = self.table().assigned(&name)?;
             let group = self.group(&name)?;
             let (rate_now, window, throughput) = {
                 let mut st = lock(&group.state);

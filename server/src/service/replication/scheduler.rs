@@ -53,7 +53,7 @@ impl Replicator {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let rec = match self.store.catalog().copy(id) {
+            let rec = match self.tables().copy(id) {
                 Ok(Some(rec)) => rec,
                 Ok(None) => {
                     lock(&self.queue).retain(|(q, _)| *q != id);
@@ -92,7 +92,7 @@ impl Replicator {
     /// Runs one attempt of a copy and records how it ended.
     fn run(self: Arc<Self>, id: CopyId, live: Arc<Live>) {
         let started = now_unix();
-        let marked = self.store.catalog().update_copy(
+        let marked = self.tables().update_copy(
             id,
             |r| {
                 r.state = CopyState::Running;
@@ -150,7 +150,7 @@ impl Replicator {
         };
         entry.sent_bytes = sent;
         entry.sent_chunks = chunks;
-        let recorded = self.store.catalog().update_copy(
+        let recorded = self.tables().update_copy(
             id,
             |r| {
                 r.state = state;
@@ -196,7 +196,7 @@ impl Replicator {
     /// its own: the old session's queue may hold seconds of chunk data, and
     /// the target would keep the replica open until its grace period ends.
     fn abort_at_target(&self, id: CopyId, partner: &str) {
-        let Ok(Some(p)) = self.store.catalog().partner(partner) else {
+        let Ok(Some(p)) = self.tables().partner(partner) else {
             return;
         };
         let outcome = partner::connect(&p, &self.me).and_then(|c| c.replica_abort(id));
@@ -216,7 +216,7 @@ impl Replicator {
         let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
         let now = now_unix();
         for id in ids {
-            match self.store.catalog().copy(id) {
+            match self.tables().copy(id) {
                 Ok(Some(rec)) if !all && now.saturating_sub(rec.updated) > IMPORT_FRESH => {}
                 Ok(Some(rec)) => by_partner.entry(rec.partner).or_default().push(id),
                 _ => {
@@ -225,7 +225,7 @@ impl Replicator {
             }
         }
         for (name, ids) in by_partner {
-            let Ok(Some(p)) = self.store.catalog().partner(&name) else {
+            let Ok(Some(p)) = self.tables().partner(&name) else {
                 continue;
             };
             let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
@@ -242,7 +242,7 @@ impl Replicator {
                     ImportState::Imported => Some(CopyState::Imported),
                     ImportState::NoEvent => None,
                 };
-                let updated = self.store.catalog().update_copy(
+                let updated = self.tables().update_copy(
                     id,
                     |r| {
                         r.awaiting_import = false;

@@ -1,43 +1,87 @@
-//! Users: who may log in (argon2id password hashes), and what they may use.
+//! Users: who may log in (argon2id password hashes), and what they may
+//! use. Their table lives in the catalog beside the engine's (see
+//! `store::tables`); what a user may do is decided in [`super::access`].
 
 use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use redb::{ReadableTable, TableDefinition};
 use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
 use tern_core::names::{GroupName, UserName};
 
-use super::records::UserRecord;
-use super::{Result, Store, StoreError};
+use super::access::User;
+use super::shaping::ShapingTable;
+use crate::store::tables::{self, decode, encode};
+use crate::store::{Result, Store, StoreError};
 
-/// An authenticated user.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: UserName,
+/// User name -> [`UserRecord`].
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
     pub admin: bool,
+    /// Storage groups the user may use; admins may use all.
     pub groups: Vec<GroupName>,
-    /// Groups whose replica containers the user may replicate into.
+    /// Storage groups whose replica containers the user may replicate into.
+    #[serde(default)]
     pub replicate_into: Vec<GroupName>,
     /// The shaping group the user's backups and restores draw from.
+    #[serde(default)]
     pub shaping: Option<String>,
 }
 
-impl User {
-    /// True if the user may see and use storage group `group`.
-    pub fn may_use(&self, group: &GroupName) -> bool {
-        self.admin || self.groups.contains(group)
-    }
-
-    /// True if the user may write replicas into `group`'s replica containers.
-    pub fn may_replicate_into(&self, group: &GroupName) -> bool {
-        self.admin || self.replicate_into.contains(group)
-    }
+/// The users of a store.
+pub struct Users<'s> {
+    store: &'s Store,
 }
 
-impl Store {
+impl<'s> Users<'s> {
+    pub fn new(store: &'s Store) -> Self {
+        Self { store }
+    }
+
+    fn record(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        let tx = self.store.tables().read()?;
+        let Some(users) = tables::open(&tx, USERS)? else {
+            return Ok(None);
+        };
+        let found = users.get(name.as_str())?;
+        found.map(|v| decode("user", v.value())).transpose()
+    }
+
+    /// Changes a user's record in one transaction; `change` sees every other
+    /// user (to keep invariants such as "one admin remains") and edits this one.
+    fn update(
+        &self,
+        name: &UserName,
+        change: impl FnOnce(&mut UserRecord, &[UserRecord]) -> Result<()>,
+    ) -> Result<()> {
+        self.store.tables().write(|tx| {
+            let mut users = tx.open_table(USERS)?;
+            let mut others = Vec::new();
+            for row in users.iter()? {
+                let (k, v) = row?;
+                if k.value() != name.as_str() {
+                    others.push(decode::<UserRecord>("user", v.value())?);
+                }
+            }
+            let mut rec: UserRecord = match users.get(name.as_str())? {
+                Some(v) => decode("user", v.value())?,
+                None => return Err(StoreError::NotFound(format!("user {name} does not exist"))),
+            };
+            change(&mut rec, &others)?;
+            users.insert(name.as_str(), encode(&rec)?.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// Adds a user; `AlreadyExists` if there is one of that name (adding
     /// never changes an existing user's password, groups or rights).
-    pub fn user_add(
+    pub fn add(
         &self,
         name: &UserName,
         password: &str,
@@ -45,7 +89,7 @@ impl Store {
         groups: Vec<GroupName>,
     ) -> Result<()> {
         for g in &groups {
-            self.ensure_group(g)?;
+            self.store.ensure_group(g)?;
         }
         let rec = UserRecord {
             password_hash: hash_password(checked(password)?)?,
@@ -54,13 +98,22 @@ impl Store {
             replicate_into: Vec::new(),
             shaping: None,
         };
-        self.catalog.insert_user(name.as_str(), &rec)
+        self.store.tables().write(|tx| {
+            let mut users = tx.open_table(USERS)?;
+            if users.get(name.as_str())?.is_some() {
+                return Err(StoreError::AlreadyExists(format!(
+                    "user {name} already exists"
+                )));
+            }
+            users.insert(name.as_str(), encode(&rec)?.as_slice())?;
+            Ok(())
+        })
     }
 
     /// Sets a user's password; their groups and rights stay.
-    pub fn user_passwd(&self, name: &UserName, password: &str) -> Result<()> {
+    pub fn passwd(&self, name: &UserName, password: &str) -> Result<()> {
         let hash = hash_password(checked(password)?)?;
-        self.catalog.update_user(name.as_str(), |rec, _| {
+        self.update(name, |rec, _| {
             rec.password_hash = hash;
             Ok(())
         })
@@ -69,7 +122,7 @@ impl Store {
     /// Changes a user's storage groups, admin right and the groups they
     /// may replicate into (each if given). The last admin cannot be
     /// demoted: the server would have no one to run it.
-    pub fn user_update(
+    pub fn update_rights(
         &self,
         name: &UserName,
         groups: Option<Vec<GroupName>>,
@@ -78,13 +131,13 @@ impl Store {
         shaping: Option<String>,
     ) -> Result<()> {
         for g in groups.iter().chain(replicate_into.iter()).flatten() {
-            self.ensure_group(g)?;
+            self.store.ensure_group(g)?;
         }
         let shaping = shaping.map(|s| (!s.is_empty()).then_some(s));
         if let Some(Some(g)) = &shaping {
-            self.shaping_group(g)?;
+            ShapingTable(self.store.tables()).group(g)?;
         }
-        self.catalog.update_user(name.as_str(), |rec, others| {
+        self.update(name, |rec, others| {
             if admin == Some(false) && rec.admin && !others.iter().any(|o| o.admin) {
                 return Err(StoreError::Invalid(format!(
                     "{name} is the only admin; make another user admin first"
@@ -106,14 +159,22 @@ impl Store {
         })
     }
 
-    pub fn user_exists(&self, name: &UserName) -> Result<bool> {
-        Ok(self.catalog.user(name.as_str())?.is_some())
+    /// True if `name` is a user that may replicate into this server (a
+    /// partner's login).
+    pub fn replicates_here(&self, name: &UserName) -> Result<bool> {
+        Ok(self
+            .record(name)?
+            .is_some_and(|rec| !rec.replicate_into.is_empty()))
+    }
+
+    pub fn exists(&self, name: &UserName) -> Result<bool> {
+        Ok(self.record(name)?.is_some())
     }
 
     /// Checks a password; the same error for an unknown user and a wrong password.
     pub fn authenticate(&self, name: &UserName, password: &str) -> Result<User> {
         let refused = || StoreError::Denied("wrong user name or password".into());
-        let Some(rec) = self.catalog.user(name.as_str())? else {
+        let Some(rec) = self.record(name)? else {
             // Spend the same time as a real check so names cannot be probed.
             let _ = verify_password("x", dummy_hash());
             return Err(refused());

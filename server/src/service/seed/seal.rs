@@ -204,7 +204,7 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seed::format::{Header, KIND_VOLUME};
+    use crate::service::seed::format::{Header, KIND_VOLUME};
 
     fn key() -> Key {
         Key([7u8; 32])

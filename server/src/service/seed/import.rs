@@ -13,9 +13,10 @@ use tern_core::names::GroupName;
 
 use super::format::{damaged, file_name, volume_file, Record, SegmentReader, KIND_VOLUME};
 use super::seal::Sealer;
+use super::SeedRecord;
 use super::{read_manifest, Manifest, SeedError, VolumeEntry};
-use crate::store::records::{now_unix, SeedRecord};
-use crate::store::{LoadedBatch, Store, StoreError, Verified};
+use crate::store::records::now_unix;
+use crate::store::{LoadedBatch, SeedPin, Store, StoreError, Verified};
 
 /// Chunks are loaded and committed in batches of about this many bytes.
 const BATCH_BYTES: usize = 32 << 20;
@@ -71,7 +72,7 @@ pub fn import(
         GroupName::new(req.group.clone()).map_err(|e| SeedError::Invalid(e.to_string()))?;
     let group = store.seed_group(&group_name)?;
     let now = now_unix();
-    let mut rec = match store.catalog().seed(&m.seed)? {
+    let mut rec = match store.seed_record::<SeedRecord>(&m.seed)? {
         Some(r) if r.group != group_name => {
             return Err(SeedError::Invalid(format!(
                 "seed {} was loaded into storage group {}; import the rest there too",
@@ -162,14 +163,17 @@ pub fn import(
             Err(e) => return Err(e),
         }
     }
-    if report.loaded.is_empty() && store.catalog().seed(&m.seed)?.is_none() {
+    if report.loaded.is_empty() && store.seed_record::<SeedRecord>(&m.seed)?.is_none() {
         // Nothing loaded: still record the seed (its pins' expiry, its
         // volumes) so that status shows it.
         store.seed_load(
             group,
             &Verified::default(),
-            &header.seed,
-            &m.seed,
+            SeedPin {
+                seed: &header.seed,
+                id: &m.seed,
+                expires: rec.pin_expires,
+            },
             &mut rec,
             |_, _| {},
         )?;
@@ -295,7 +299,12 @@ fn load(
         let mut batch = Verified::default();
         let (mut chunks, mut bytes) = (0u64, 0u64);
         let mut store_batch = |batch: &mut Verified, rec: &mut SeedRecord, last: bool| {
-            let b = store.seed_load(group, batch, seed, id, rec, |r, b| {
+            let pin = SeedPin {
+                seed,
+                id,
+                expires: rec.pin_expires,
+            };
+            let b = store.seed_load(group, batch, pin, rec, |r, b| {
                 count(r, b);
                 if last {
                     r.volumes_done.push(v.number);

@@ -35,7 +35,7 @@ pub struct CleanupReport {
 pub fn status(store: &Store) -> Result<Vec<SeedStatus>, SeedError> {
     let arrived = store.replica_origins()?;
     let mut out = Vec::new();
-    for (id, rec, pins, referenced) in store.seed_list()? {
+    for (id, rec, pins, referenced) in store.seed_list::<super::SeedRecord>()? {
         let mut awaited = Vec::new();
         for c in &rec.containers {
             for image in &c.images {

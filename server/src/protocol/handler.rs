@@ -19,10 +19,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::logins::{LoginGuard, FAILURES_PER_SESSION};
-use crate::replication::Replicator;
-use crate::requests::{self, Refusal};
-use crate::store::{ReadableImage, Store, User, WriterId};
+use crate::protocol::logins::{LoginGuard, FAILURES_PER_SESSION};
+use crate::protocol::requests::{self, Refusal};
+use crate::service::access::User;
+use crate::service::replication::Replicator;
+use crate::store::{ReadableImage, Store, WriterId};
 
 /// How long a new connection may take, from accept to a completed login
 /// (TLS, Hello and Login together), whatever it sends meanwhile.
@@ -310,7 +311,7 @@ pub struct SessionHandler {
     /// The protocol version Hello and Welcome agreed on.
     pub version: u16,
     /// The shaping group the user's backups and restores draw from.
-    pub shaped: Option<Arc<crate::shaping::ShapedJob>>,
+    pub shaped: Option<Arc<crate::service::shaping::ShapedJob>>,
 }
 
 impl SessionHandler {

@@ -20,6 +20,7 @@ pub use status::{cleanup, status, CleanupReport, SeedStatus};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tern_core::names::GroupName;
 use tern_core::ChunkParams;
 
 use crate::store::StoreError;
@@ -107,6 +108,31 @@ pub struct Manifest {
 
 /// The largest manifest a reader accepts.
 const MAX_MANIFEST: usize = 64 << 20;
+
+/// A seed loaded (or being loaded) into this store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedRecord {
+    /// The source's server id (its certificate's fingerprint).
+    pub source: String,
+    /// When the source exported it, and when its first volume was loaded here.
+    pub created: u64,
+    pub imported: u64,
+    /// The storage group its chunks went into.
+    pub group: GroupName,
+    /// Its chunks are kept from GC until then (Unix seconds).
+    pub pin_expires: u64,
+    pub containers: Vec<SeedContainer>,
+    /// Chunks in the whole seed, per its manifest.
+    pub chunks_total: u64,
+    /// Chunks this store stored from it, and those it already had.
+    pub chunks_loaded: u64,
+    pub chunks_present: u64,
+    pub bytes_loaded: u64,
+    /// Volumes loaded whole, and how many the seed has (once a complete
+    /// manifest was seen).
+    pub volumes_done: Vec<u32>,
+    pub volumes_total: Option<u32>,
+}
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

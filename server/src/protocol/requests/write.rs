@@ -4,7 +4,7 @@
 use tern_core::wire::{ErrorKind, Handle, Msg, WriteMode};
 
 use super::{blocking, msg_name, refuse, Answer, Refusal};
-use crate::handler::SessionHandler;
+use crate::protocol::handler::SessionHandler;
 use crate::store::WriterId;
 
 /// Most chunks announced by one `ImageAppend`.
@@ -21,8 +21,14 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             let user = h.user()?.clone();
             let passthrough = mode == WriteMode::Passthrough;
             let (w, rec) = blocking(|| {
-                h.store
-                    .image_begin(&user, &container, &name, props, passthrough)
+                h.store.image_begin(
+                    &user.scope(),
+                    &user.name,
+                    &container,
+                    &name,
+                    props,
+                    passthrough,
+                )
             })?;
             h.store.set_session_probe(w, h.session_probe());
             let handle = h.new_handle();
@@ -38,22 +44,18 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             name,
             mode,
         } => {
-            if h.version < tern_core::wire::RESUME_MIN {
-                return refuse(
-                    ErrorKind::Incompatible,
-                    format!(
-                        "ImageResume needs protocol version {}; this session speaks {}",
-                        tern_core::wire::RESUME_MIN,
-                        h.version
-                    ),
-                );
-            }
             let user = h.user()?.clone();
             let probe = h.session_probe();
             let passthrough = mode == WriteMode::Passthrough;
             let r = blocking(|| {
-                h.store
-                    .image_resume(&user, &container, &name, passthrough, Some(probe))
+                h.store.image_resume(
+                    &user.scope(),
+                    user.owner(),
+                    &container,
+                    &name,
+                    passthrough,
+                    Some(probe),
+                )
             })?;
             tracing::info!(
                 "{}/{} resumed by {} at offset {}{}",
@@ -113,7 +115,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             if let Ok(user) = h.user() {
                 let (user, repl) = (user.clone(), h.sessions.replicator.clone());
                 blocking(|| {
-                    repl.after_commit(&user, &info);
+                    repl.after_commit(&user.replica_scope(), &info);
                     Ok(())
                 })?;
             }

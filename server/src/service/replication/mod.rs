@@ -16,6 +16,7 @@
 mod copy;
 mod partner;
 mod scheduler;
+pub mod tables;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,10 +33,11 @@ use tern_core::{ContainerName, ImageName};
 
 pub use partner::LocalIdentity;
 
-use crate::shaping::{ShapedJob, Shaper};
+use super::shaping::{ShapedJob, Shaper};
+pub use tables::{CopyRecord, PartnerRecord, ReplicationTables, DEFAULT_COPY_CONNECTIONS};
 
-use crate::store::records::{now_unix, CopyRecord, PartnerRecord};
-use crate::store::{Store, StoreError, User};
+use crate::store::records::now_unix;
+use crate::store::{Scope, Store, StoreError};
 
 /// Attempts of one copy before it fails for good (the delays between them
 /// grow to [`MAX_RETRY_DELAY`]: about an hour and a half in all).
@@ -103,6 +105,11 @@ pub struct Replicator {
 }
 
 impl Replicator {
+    /// The partner and copy tables.
+    fn tables(&self) -> ReplicationTables<'_> {
+        ReplicationTables(self.store.tables())
+    }
+
     /// Loads the copies a stop interrupted and starts the scheduler thread.
     pub fn start(
         store: Arc<Store>,
@@ -113,7 +120,7 @@ impl Replicator {
         let mut queue = Vec::new();
         let mut awaiting = HashSet::new();
         let now = Instant::now();
-        for (id, rec) in store.catalog().copies()? {
+        for (id, rec) in ReplicationTables(store.tables()).copies()? {
             match rec.state {
                 CopyState::Queued | CopyState::Running => queue.push((id, now)),
                 CopyState::Done if rec.awaiting_import => {
@@ -173,7 +180,7 @@ impl Replicator {
         if addresses.is_empty() {
             return Err(StoreError::Invalid("give the partner's address".into()).into());
         }
-        if self.store.catalog().partner(name)?.is_some() {
+        if self.tables().partner(name)?.is_some() {
             return Err(StoreError::AlreadyExists(format!("partner {name} already exists")).into());
         }
         let mut rec = PartnerRecord {
@@ -197,22 +204,21 @@ impl Replicator {
                 });
             }
         }
-        self.store.catalog().insert_partner(name, &rec)?;
+        self.tables().insert_partner(name, &rec)?;
         tracing::info!(partner = name, "replication partner added");
         Ok(())
     }
 
     fn trail_check(&self, partner: &str, started: u64, reason: &str) {
         let entry = refusal(partner, started, reason);
-        if let Err(e) = self.store.catalog().push_trail(&entry) {
+        if let Err(e) = self.store.push_trail(&entry) {
             tracing::warn!("recording a refused partner in the trail: {e}");
         }
     }
 
     pub fn partners(&self) -> Result<Vec<PartnerInfo>, StoreError> {
         Ok(self
-            .store
-            .catalog()
+            .tables()
             .partners()?
             .into_iter()
             .map(|(name, p)| PartnerInfo {
@@ -240,8 +246,7 @@ impl Replicator {
             return Err(StoreError::Invalid("give at least one address".into()));
         }
         let mut rec = self
-            .store
-            .catalog()
+            .tables()
             .partner(name)?
             .ok_or_else(|| StoreError::NotFound(format!("no partner {name}")))?;
         if let Some(a) = addresses {
@@ -254,7 +259,7 @@ impl Replicator {
             rec.settings.shaping = (!s.is_empty()).then_some(s);
         }
         self.check_settings(&rec.settings)?;
-        self.store.catalog().update_partner(name, &rec)?;
+        self.tables().update_partner(name, &rec)?;
         tracing::info!(partner = name, "replication partner changed");
         Ok(())
     }
@@ -268,13 +273,28 @@ impl Replicator {
             )));
         }
         if let Some(g) = &s.shaping {
-            self.store.shaping_group(g)?;
+            super::shaping::ShapingTable(self.store.tables()).group(g)?;
         }
         Ok(())
     }
 
+    /// Sets or ends a container's replication policy; the partner must exist.
+    pub fn set_policy(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        to: Option<(String, ContainerName)>,
+    ) -> Result<(), StoreError> {
+        if let Some((partner, _)) = &to {
+            if self.tables().partner(partner)?.is_none() {
+                return Err(StoreError::NotFound(format!("no partner {partner}")));
+            }
+        }
+        self.store.container_replicate(scope, container, to)
+    }
+
     pub fn partner_remove(&self, name: &str) -> Result<(), StoreError> {
-        if !self.store.catalog().remove_partner(name)? {
+        if !self.tables().remove_partner(name)? {
             return Err(StoreError::NotFound(format!("no partner {name}")));
         }
         Ok(())
@@ -286,7 +306,7 @@ impl Replicator {
     /// place) and queues it; returns at once.
     pub fn copy_start(
         &self,
-        user: &User,
+        scope: &Scope,
         container: &ContainerName,
         image: &ImageName,
         partner: &str,
@@ -295,10 +315,10 @@ impl Replicator {
     ) -> Result<CopyId, StoreError> {
         let started = now_unix();
         let outcome = (|| {
-            if self.store.catalog().partner(partner)?.is_none() {
+            if self.tables().partner(partner)?.is_none() {
                 return Err(StoreError::NotFound(format!("no partner {partner}")));
             }
-            let c = self.store.copy_container(user, container)?;
+            let c = self.store.container_record(scope, container)?;
             let (img, _) = self.store.copy_source(&c.group, container, image)?;
             self.enqueue(
                 c.group,
@@ -312,7 +332,7 @@ impl Replicator {
         if let Err(e) = &outcome {
             let mut entry = refusal(partner, started, &format!("copy refused: {e}"));
             entry.image = format!("{container}/{image}");
-            if let Err(t) = self.store.catalog().push_trail(&entry) {
+            if let Err(t) = self.store.push_trail(&entry) {
                 tracing::warn!("recording a refused copy in the trail: {t}");
             }
         }
@@ -348,7 +368,7 @@ impl Replicator {
             updated: now,
             awaiting_import: false,
         };
-        let (id, new) = self.store.catalog().find_or_insert_copy(rec, fresh_id()?)?;
+        let (id, new) = self.tables().find_or_insert_copy(rec, fresh_id()?)?;
         if new {
             lock(&self.queue).push((id, Instant::now()));
             self.wake();
@@ -357,9 +377,10 @@ impl Replicator {
     }
 
     /// After a commit: the copy a container's replication policy asks for.
-    pub fn after_commit(&self, user: &User, info: &ImageInfo) {
+    /// `scope` is the writer's, who named the container.
+    pub fn after_commit(&self, scope: &Scope, info: &ImageInfo) {
         let outcome = (|| {
-            let c = self.store.committed_container(user, &info.container)?;
+            let c = self.store.container_record(scope, &info.container)?;
             let Some((partner, to)) = c.replicate_to.clone() else {
                 return Ok(None);
             };
@@ -375,25 +396,25 @@ impl Replicator {
         }
     }
 
-    /// A copy of an image in a storage group the user may use (others are
-    /// as absent).
-    fn visible_copy(&self, user: &User, id: CopyId) -> Result<CopyRecord, StoreError> {
-        match self.store.catalog().copy(id)? {
-            Some(rec) if user.may_use(&rec.group) => Ok(rec),
+    /// A copy of an image in a storage group of `scope` (others are as
+    /// absent).
+    fn visible_copy(&self, scope: &Scope, id: CopyId) -> Result<CopyRecord, StoreError> {
+        match self.tables().copy(id)? {
+            Some(rec) if scope.sees(&rec.group) => Ok(rec),
             _ => Err(StoreError::NotFound(format!("no copy {id}"))),
         }
     }
 
     /// A copy's status: the catalog's record with the running attempt's counters.
-    pub fn status(&self, user: &User, id: CopyId) -> Result<CopyInfo, StoreError> {
-        let rec = self.visible_copy(user, id)?;
+    pub fn status(&self, scope: &Scope, id: CopyId) -> Result<CopyInfo, StoreError> {
+        let rec = self.visible_copy(scope, id)?;
         Ok(self.info(id, rec))
     }
 
-    /// Every copy of the user's storage groups, newest first.
-    pub fn list(&self, user: &User) -> Result<Vec<CopyInfo>, StoreError> {
-        let mut all = self.store.catalog().copies()?;
-        all.retain(|(_, rec)| user.may_use(&rec.group));
+    /// Every copy of the storage groups of `scope`, newest first.
+    pub fn list(&self, scope: &Scope) -> Result<Vec<CopyInfo>, StoreError> {
+        let mut all = self.tables().copies()?;
+        all.retain(|(_, rec)| scope.sees(&rec.group));
         all.sort_by(|a, b| b.1.created.cmp(&a.1.created).then(b.0.cmp(&a.0)));
         all.truncate(LIST_MAX);
         Ok(all
@@ -443,8 +464,8 @@ impl Replicator {
 
     /// Cancels a copy: a queued one at once, a running one as soon as its
     /// calls return (at once: they are cancelled too).
-    pub fn cancel(&self, user: &User, id: CopyId) -> Result<(), StoreError> {
-        let rec = self.visible_copy(user, id)?;
+    pub fn cancel(&self, scope: &Scope, id: CopyId) -> Result<(), StoreError> {
+        let rec = self.visible_copy(scope, id)?;
         if rec.state.is_final() {
             return Err(StoreError::Invalid(format!(
                 "copy {id} has ended ({})",
@@ -460,7 +481,7 @@ impl Replicator {
         }
         lock(&self.queue).retain(|(q, _)| *q != id);
         let entry = self.trail(id, &rec, now_unix(), "cancelled", "cancelled before it ran");
-        self.store.catalog().update_copy(
+        self.tables().update_copy(
             id,
             |r| {
                 r.state = CopyState::Cancelled;
@@ -476,11 +497,17 @@ impl Replicator {
     /// copy not yet done is cancelled (a running one stops first), then
     /// the target is told to drop its partial replica; an unreachable
     /// target is an error that says so (the copy stays cancelled). On a
-    /// target (an admin), the partial replica the copy left is dropped.
-    pub fn abort(&self, user: &User, id: CopyId) -> Result<(), ReplicationError> {
-        let rec = match self.store.catalog().copy(id)? {
-            Some(rec) if user.may_use(&rec.group) => rec,
-            _ if user.admin => {
+    /// target (when `drop_replicas`: an admin), the partial replica the
+    /// copy left is dropped.
+    pub fn abort(
+        &self,
+        scope: &Scope,
+        drop_replicas: bool,
+        id: CopyId,
+    ) -> Result<(), ReplicationError> {
+        let rec = match self.tables().copy(id)? {
+            Some(rec) if scope.sees(&rec.group) => rec,
+            _ if drop_replicas => {
                 if self.store.replica_abort(id, "aborted on this server")? {
                     tracing::info!(copy = %id, "partial replica dropped by an abort");
                     return Ok(());
@@ -500,16 +527,16 @@ impl Replicator {
             .into());
         }
         if !rec.state.is_final() {
-            self.cancel(user, id)?;
+            self.cancel(scope, id)?;
             let deadline = Instant::now() + ABORT_WAIT;
             while lock(&self.live).contains_key(&id) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let partner =
-            self.store.catalog().partner(&rec.partner)?.ok_or_else(|| {
-                StoreError::NotFound(format!("partner {} was removed", rec.partner))
-            })?;
+        let partner = self
+            .tables()
+            .partner(&rec.partner)?
+            .ok_or_else(|| StoreError::NotFound(format!("partner {} was removed", rec.partner)))?;
         let told = partner::connect(&partner, &self.me).and_then(|c| c.replica_abort(id));
         let (result, reason) = match &told {
             Ok(()) => (
@@ -519,7 +546,7 @@ impl Replicator {
             Err(e) => ("aborted", format!("aborted; the target was not told: {e}")),
         };
         let entry = self.trail(id, &rec, now_unix(), result, &reason);
-        if let Err(e) = self.store.catalog().push_trail(&entry) {
+        if let Err(e) = self.store.push_trail(&entry) {
             tracing::warn!(copy = %id, "recording the abort in the trail: {e}");
         }
         told.map_err(|e| ReplicationError::Partner {
@@ -557,7 +584,7 @@ impl Replicator {
     }
 
     pub fn history(&self, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
-        self.store.catalog().trail(max.clamp(1, 100_000) as usize)
+        self.store.trail(max.clamp(1, 100_000) as usize)
     }
 }
 
@@ -565,6 +592,7 @@ impl Replicator {
 fn client_kind(e: &ClientError) -> ErrorKind {
     match e {
         ClientError::Server { kind, .. } => *kind,
+        ClientError::ServerTooOld(_) => ErrorKind::Incompatible,
         ClientError::Untrusted(_) => ErrorKind::Denied,
         ClientError::Invalid(_) => ErrorKind::Invalid,
         _ => ErrorKind::Internal,

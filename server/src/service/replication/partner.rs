@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tern_agent::{Client, ClientError, ClientOptions};
 use tern_core::tls::Fingerprint;
-use tern_core::wire::{ErrorKind, PROTOCOL_MAX, PROTOCOL_MIN, REPLICATION_MIN};
+use tern_core::wire::{ErrorKind, Feature};
 
-use crate::store::records::PartnerRecord;
+use super::PartnerRecord;
 
 /// How long a copy's session rides out an outage before the attempt fails
 /// (and the job retries with a new session).
@@ -54,15 +54,7 @@ pub fn connect(partner: &PartnerRecord, me: &LocalIdentity) -> Result<Client, Cl
 
 fn check_version(client: &Client) -> Result<(), ClientError> {
     let theirs = client.protocol_version();
-    if theirs < REPLICATION_MIN {
-        return Err(ClientError::Server {
-            kind: ErrorKind::Incompatible,
-            message: format!(
-                "the partner speaks protocol version {theirs} at most with us; replication \
-                 needs version {REPLICATION_MIN} (this server speaks {PROTOCOL_MIN}..={PROTOCOL_MAX})"
-            ),
-        });
-    }
+    Feature::Replication.check(theirs, "copying to this partner")?;
     Ok(())
 }
 

@@ -1,0 +1,157 @@
+//! What each protocol version added, named once: a request that needs a
+//! newer version than its session speaks is refused by the server's
+//! dispatch in one place, and by the client before it is sent.
+
+use std::fmt;
+
+use super::msg::Msg;
+use super::replication::PartnerSettings;
+use super::{PROTOCOL_MAX, PROTOCOL_MIN};
+
+/// A part of the protocol that came with a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Feature {
+    /// Partners, copies, replicas and import events (version 2).
+    Replication,
+    /// Resuming incomplete images (version 3).
+    Resume,
+    /// The WAN controls of replication: copies that resume where they
+    /// stopped, `CopyAbort`, partner settings and shaping groups (version 4).
+    WanControls,
+}
+
+impl Feature {
+    /// The first protocol version with this feature.
+    pub const fn since(self) -> u16 {
+        match self {
+            Feature::Replication => 2,
+            Feature::Resume => 3,
+            Feature::WanControls => 4,
+        }
+    }
+
+    /// True if a session of protocol `version` has this feature.
+    pub const fn in_version(self, version: u16) -> bool {
+        version >= self.since()
+    }
+
+    /// `Ok` if a session of protocol `version` has this feature, else why
+    /// `what` (the request, as a user would name it) cannot be done.
+    pub fn check(self, version: u16, what: &str) -> Result<(), Missing> {
+        if self.in_version(version) {
+            return Ok(());
+        }
+        Err(Missing {
+            feature: self,
+            what: what.to_string(),
+            version,
+        })
+    }
+
+    /// The feature a request needs beyond the first version, if any.
+    pub fn needed_by(msg: &Msg) -> Option<Feature> {
+        Some(match msg {
+            Msg::ImageResume { .. } => Feature::Resume,
+            Msg::PartnerSet { .. }
+            | Msg::ShapingSet { .. }
+            | Msg::ShapingList
+            | Msg::ShapingRemove { .. }
+            | Msg::CopyAbort { .. }
+            | Msg::PartnerAdd {
+                settings:
+                    PartnerSettings {
+                        connections: 1.., ..
+                    }
+                    | PartnerSettings {
+                        shaping: Some(_), ..
+                    },
+                ..
+            }
+            | Msg::UserSet {
+                shaping: Some(_), ..
+            } => Feature::WanControls,
+            Msg::ContainerPromote { .. }
+            | Msg::ContainerReplicate { .. }
+            | Msg::PartnerAdd { .. }
+            | Msg::PartnerList
+            | Msg::PartnerRemove { .. }
+            | Msg::CopyStart { .. }
+            | Msg::CopyStatusGet { .. }
+            | Msg::CopyList
+            | Msg::CopyCancel { .. }
+            | Msg::TrailGet { .. }
+            | Msg::ReplicaCreate { .. }
+            | Msg::ReplicaAbort { .. }
+            | Msg::ImportStatesGet { .. }
+            | Msg::EventsGet { .. }
+            | Msg::EventsAck { .. } => Feature::Replication,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::Replication => "replication",
+            Feature::Resume => "resuming images",
+            Feature::WanControls => "the WAN controls of replication",
+        })
+    }
+}
+
+/// A request that its session's protocol version does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// What the request needs.
+    pub feature: Feature,
+    /// The request.
+    pub what: String,
+    /// The session's version.
+    pub version: u16,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} needs protocol version {} ({}); the session speaks version {} \
+             (this build speaks {PROTOCOL_MIN}..={PROTOCOL_MAX})",
+            self.what,
+            self.feature.since(),
+            self.feature,
+            self.version
+        )
+    }
+}
+
+impl std::error::Error for Missing {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_feature_needs_its_version_and_says_which() {
+        assert!(Feature::Replication.check(2, "CopyStart").is_ok());
+        let e = Feature::WanControls.check(3, "CopyAbort").unwrap_err();
+        assert_eq!(e.feature.since(), 4);
+        assert!(e
+            .to_string()
+            .starts_with("CopyAbort needs protocol version 4"));
+        assert_eq!(
+            Feature::needed_by(&Msg::CopyList),
+            Some(Feature::Replication)
+        );
+        assert_eq!(Feature::needed_by(&Msg::Ping), None);
+        let unshaped = Msg::UserSet {
+            name: crate::names::UserName::new("u").unwrap(),
+            groups: None,
+            admin: None,
+            replicate_into: None,
+            shaping: None,
+        };
+        assert_eq!(Feature::needed_by(&unshaped), None);
+    }
+}

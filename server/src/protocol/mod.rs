@@ -1,0 +1,15 @@
+//! The protocol layer: listeners, sessions and the requests they carry.
+//! A request is checked (`service::access`), decided by the service layer
+//! and stored by the engine; this layer only speaks the wire.
+//!
+//! - [`listen`]: the TLS and plaintext accept loops.
+//! - [`handler`]: the registry of live sessions and each session's handler.
+//! - `requests`: what each request does, one module per family.
+//! - [`control`]: the local control socket of `ternd gc|fsck|seed`.
+//! - `logins`: the slow-down of failed logins.
+
+pub mod control;
+pub mod handler;
+pub mod listen;
+mod logins;
+mod requests;
