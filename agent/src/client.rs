@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tern_core::wire::Frame;
 
-use crate::conn::Conn;
 use crate::options::ClientOptions;
 use crate::reader::ImageReader;
+use crate::session::ClientSession;
 use crate::stop::{Deadline, Stop, Stops};
 use crate::writer::ImageWriter;
 use crate::{trust, ClientError};
@@ -26,7 +26,7 @@ pub struct Client {
 }
 
 struct Inner {
-    conn: Conn,
+    conn: ClientSession,
     admin: bool,
     mode: WriteMode,
     /// Every live call's and image's stop, for [`Client::cancel`].
@@ -63,7 +63,7 @@ impl Client {
                 .map(|(c, k)| (c.as_path(), k.as_path()));
             Some(crate::identity::load_or_create(paths)?)
         };
-        let session = crate::conn::SessionOptions {
+        let session = crate::session::SessionOptions {
             plain: opts.plain,
             identity,
             allow_tls12: opts.allow_tls12,
@@ -78,7 +78,7 @@ impl Client {
                 budget: None,
             },
         };
-        let (conn, seen) = Conn::open(opts.addresses(), &session)?;
+        let (conn, seen) = ClientSession::open(opts.addresses(), &session)?;
         if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {
             if !opts.plain {
                 // Trust on first use: later connections must present the same certificate.
@@ -121,7 +121,7 @@ impl Client {
         self.conn().server_in_use()
     }
 
-    pub(crate) fn conn(&self) -> &Conn {
+    pub(crate) fn conn(&self) -> &ClientSession {
         &self.inner.conn
     }
 

@@ -12,29 +12,27 @@
 //!
 //! Public: [`Client`] and its options, [`ImageWriter`], [`ImageReader`],
 //! [`config`] (the client configuration file, `client.toml`), [`identity`]
-//! (the client's own certificate, which sessions are bound to), and the
-//! stage benchmarks behind `tern bench`. Inside: `conn` (a session over TLS
+//! (the client's own certificate, which sessions are bound to). The `tern`
+//! command is the `tern-cli` crate, so that neither this library nor
+//! `libtern` carries a command line's dependencies. Inside: `session` (a session over one or more TLS
 //! connections with pinning, request/answer matching), `writer` (the dedup
 //! and passthrough write pipelines), `reader` (random-access reads with
 //! read-ahead), `trust` (remembered server fingerprints).
 
 #![warn(missing_docs)]
 
-mod bench;
 mod client;
 pub mod config;
-mod conn;
 mod error;
 pub mod identity;
 mod options;
 mod reader;
 mod replication;
+mod session;
 mod shaping;
 mod stop;
 mod trust;
 mod writer;
-
-pub use bench::{local_stages, network_stages, sample_data, Stage};
 
 pub use client::Client;
 pub use error::ClientError;
@@ -46,4 +44,4 @@ pub use tern_core::wire::{
     ContainerInfo, ContainerSettings, CopyId, CopyInfo, CopyState, ImageInfo, ImportEvent,
     PartnerInfo, StoreStats, TrailEntry, WriteMode, WriteStats,
 };
-pub use writer::{dedup_ratio, Committed, ImageWriter};
+pub use writer::{dedup_ratio, Committed, ImageWriter, WRITE_BATCH_BYTES};

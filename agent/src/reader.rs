@@ -15,7 +15,7 @@ use tern_core::{ContainerName, ImageName};
 use crate::client::unexpected;
 use std::sync::Arc;
 
-use crate::conn::Answers;
+use crate::session::Answers;
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 

@@ -13,7 +13,7 @@ use tern_core::wire::{
 use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName};
 
 use crate::client::unexpected;
-use crate::conn::{Answers, Sender};
+use crate::session::{Answers, Sender};
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 

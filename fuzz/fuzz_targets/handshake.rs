@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use tern_core::session::CacheLimits;
-use tern_server::protocol::handler::{serve_connection, Sessions};
+use tern_server::protocol::sessions::{serve_connection, Sessions};
 use tern_server::service::replication::{LocalIdentity, Replicator};
 use tern_server::service::shaping::{schedule::Clock, Shaper};
 use tern_server::store::Store;

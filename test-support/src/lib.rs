@@ -70,7 +70,7 @@ pub fn ternd_bin() -> PathBuf {
 }
 
 pub fn tern_bin() -> PathBuf {
-    workspace_bin("tern-agent", "tern")
+    workspace_bin("tern-cli", "tern")
 }
 
 /// A running ternd; killed when dropped.

@@ -29,12 +29,12 @@ use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ChunkParams};
 
 use super::SentLog;
 use crate::client::unexpected;
-use crate::conn::Answers;
+use crate::session::Answers;
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 
 /// Chunk bytes in one `ImageAppend`.
-pub(crate) const BATCH_BYTES: usize = 4 << 20;
+pub(crate) const BATCH_BYTES: usize = crate::WRITE_BATCH_BYTES;
 /// Most chunks in one `ImageAppend` (the server takes up to 4096).
 const BATCH_CHUNKS: usize = 256;
 /// Announced batches awaiting their answer before the announcer waits.
@@ -422,7 +422,7 @@ fn settle(
 fn compress_worker(
     level: i32,
     jobs: Arc<Mutex<std_mpsc::Receiver<Job>>>,
-    queue: crate::conn::Sender,
+    queue: crate::session::Sender,
     sent: SentLog,
     abandoned: Arc<AtomicBool>,
 ) {

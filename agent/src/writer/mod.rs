@@ -5,6 +5,10 @@
 mod dedup;
 mod passthrough;
 
+/// Bytes the dedup writer chunks and announces at once (one `ImageAppend`);
+/// each image being written holds up to 12 such buffers in its pipeline.
+pub const WRITE_BATCH_BYTES: usize = 4 << 20;
+
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
@@ -12,11 +16,10 @@ use tern_core::wire::{Handle, ImageInfo, Msg, WriteMode, WriteStats};
 use tern_core::{ContainerName, ImageName};
 
 use crate::client::unexpected;
-use crate::conn::Conn;
+use crate::session::ClientSession;
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 use dedup::Pipeline;
-pub(crate) use dedup::BATCH_BYTES;
 use passthrough::Passthrough;
 
 /// What the senders report: chunk payload bytes sent, the first failure.
@@ -167,7 +170,7 @@ impl ImageWriter {
         &self.props
     }
 
-    fn conn(&self) -> &Conn {
+    fn conn(&self) -> &ClientSession {
         self.client.conn()
     }
 

@@ -7,7 +7,7 @@ use std::io::Read;
 use tern_core::wire::{Handle, Msg};
 
 use super::SentLog;
-use crate::conn::Sender;
+use crate::session::Sender;
 use crate::ClientError;
 
 /// Largest raw write.

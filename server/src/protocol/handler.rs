@@ -1,282 +1,22 @@
-//! Sessions on the server: the registry of live sessions ([`Sessions`]),
-//! the start or join of a session on a new connection, and the per-session
-//! request handler ([`SessionHandler`]) that runs a session's frames in order.
-//!
-//! Each connection has a reader loop and a writer task (in
-//! `tern_core::session`); the handler receives the session's frames in
-//! sequence order from a channel. Store calls are blocking and run under
-//! `block_in_place`. The requests themselves are in `requests/`.
+//! One session's handler: its user, its protocol version and the images it
+//! has open, behind methods; it runs the session's frames in order and
+//! hands each request to `requests/`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tern_core::session::{self, CacheLimits, Session};
-use tern_core::tls::Fingerprint;
-use tern_core::wire::{ErrorKind, Frame, FrameLimits, Handle, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tern_core::session::Session;
+use tern_core::wire::{ErrorKind, Frame, Handle, Msg};
 
-use crate::protocol::logins::{LoginGuard, FAILURES_PER_SESSION};
-use crate::protocol::requests::{self, Refusal};
+use super::logins::{LoginGuard, FAILURES_PER_SESSION};
+use super::requests::{self, Refusal};
+use super::sessions::Sessions;
 use crate::service::access::User;
 use crate::service::replication::Replicator;
-use crate::store::{ReadableImage, Store, WriterId};
-
-/// How long a new connection may take, from accept to a completed login
-/// (TLS, Hello and Login together), whatever it sends meanwhile.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames delivered in order and waiting for the session's handler.
-const INBOUND_QUEUE: usize = 32;
-
-/// Session settings and the sessions alive on this server.
-pub struct Sessions {
-    pub store: Arc<Store>,
-    /// How long a session waits for a connection before it is ended.
-    pub grace: Duration,
-    /// Where a session keeps the frames it sent until they are acknowledged.
-    pub cache: CacheLimits,
-    live: Mutex<HashMap<Vec<u8>, Registered>>,
-    logins: Arc<LoginGuard>,
-    /// Copies to partners (this server as a replication source).
-    pub replicator: Arc<Replicator>,
-    /// The newest protocol version this server offers (lower only to test
-    /// how partners handle an old server).
-    pub protocol_max: u16,
-}
-
-/// A live session and the client identity it was started with.
-struct Registered {
-    session: Arc<Session>,
-    identity: Option<Fingerprint>,
-}
-
-impl Sessions {
-    pub fn new(
-        store: Arc<Store>,
-        grace: Duration,
-        cache: CacheLimits,
-        replicator: Arc<Replicator>,
-        protocol_max: u16,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            grace,
-            cache,
-            live: Mutex::new(HashMap::new()),
-            logins: Arc::new(LoginGuard::new()),
-            replicator,
-            protocol_max,
-        })
-    }
-
-    /// Sessions alive now (logged in or not).
-    pub fn count(&self) -> usize {
-        self.live().len()
-    }
-
-    fn live(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Registered>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The session `token` names, if it was started by the same client identity.
-    fn find(&self, token: &[u8], identity: Option<Fingerprint>) -> Option<Arc<Session>> {
-        self.live()
-            .get(token)
-            .filter(|r| r.identity == identity)
-            .map(|r| r.session.clone())
-    }
-}
-
-/// Runs one connection to its end: it starts a session (Hello) or joins one
-/// (Join). `identity` is the fingerprint of the client's TLS certificate; the
-/// handshake must be over by `deadline`.
-pub async fn serve_connection<S>(
-    mut stream: S,
-    peer: SocketAddr,
-    identity: Option<Fingerprint>,
-    deadline: Instant,
-    sessions: Arc<Sessions>,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let first = Frame::read_limited(&mut stream, FrameLimits::BEFORE_LOGIN);
-    let first = match tokio::time::timeout_at(deadline, first).await {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) if e.is_disconnect() => return,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, "closing connection: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "closing connection: nothing said within the handshake timeout");
-            return;
-        }
-    };
-    match (first.env.seq, &first.env.msg) {
-        (0, Msg::Join { session, received }) => {
-            join(stream, peer, identity, session, *received, &sessions).await
-        }
-        (1, Msg::Hello { .. }) => start(stream, first, peer, identity, deadline, sessions).await,
-        _ => tracing::warn!(%peer, "closing connection: the first frame must be Hello or Join"),
-    }
-}
-
-/// Adds a connection to a live session.
-async fn join<S>(
-    mut stream: S,
-    peer: SocketAddr,
-    identity: Option<Fingerprint>,
-    token: &[u8],
-    received: u64,
-    sessions: &Sessions,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    // A token presented under another identity is treated as unknown,
-    // telling a thief nothing.
-    let Some(s) = sessions.find(token, identity) else {
-        let msg = Msg::Error {
-            kind: ErrorKind::SessionExpired,
-            message:
-                "the session is unknown, its grace period ended, or it belongs to another client"
-                    .into(),
-        };
-        let _ = session::write_control(&mut stream, msg).await;
-        return;
-    };
-    let joined = Msg::Joined {
-        received: s.received(),
-    };
-    if session::write_control(&mut stream, joined).await.is_err() {
-        return;
-    }
-    tracing::debug!(%peer, "connection joined a session");
-    let why = s.run_connection(stream, None, Some(received)).await.why;
-    tracing::debug!(%peer, "session connection ended: {why}");
-}
-
-/// Starts a session with its first connection, which sent `hello`.
-async fn start<S>(
-    stream: S,
-    hello: Frame,
-    peer: SocketAddr,
-    identity: Option<Fingerprint>,
-    deadline: Instant,
-    sessions: Arc<Sessions>,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let mut token = vec![0u8; 32];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut token).is_err() {
-        tracing::error!("the system random source failed");
-        return;
-    }
-    // The handler takes frames one at a time; a short queue keeps what a
-    // peer can make the server hold small (frames may be 4 MiB each).
-    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-    let s = Session::new(sessions.cache.clone(), tx);
-    // Small frames and few early ones until the peer logs in.
-    s.distrust();
-    sessions.live().insert(
-        token.clone(),
-        Registered {
-            session: s.clone(),
-            identity,
-        },
-    );
-    let handler = SessionHandler {
-        store: sessions.store.clone(),
-        session: s.clone(),
-        token: token.clone(),
-        grace: sessions.grace,
-        peer,
-        logins: sessions.logins.clone(),
-        failed_logins: 0,
-        phase: Phase::AwaitHello,
-        writers: HashMap::new(),
-        readers: HashMap::new(),
-        next_handle: 1,
-        sessions: sessions.clone(),
-        version: 0,
-        shaped: None,
-    };
-    tokio::spawn(run_session(handler, rx, deadline, sessions, peer));
-    let why = s.run_connection(stream, Some(hello), None).await.why;
-    tracing::debug!(%peer, "session connection ended: {why}");
-}
-
-/// The application side of a session: handles its frames in order, and ends
-/// it when the client leaves, breaks the protocol, does not log in by
-/// `deadline`, or stays away past the grace period.
-async fn run_session(
-    mut handler: SessionHandler,
-    mut rx: mpsc::Receiver<Frame>,
-    deadline: Instant,
-    sessions: Arc<Sessions>,
-    peer: SocketAddr,
-) {
-    let session = handler.session.clone();
-    let watchdog = tokio::spawn(grace_watch(session.clone(), sessions.grace));
-    let end = loop {
-        let next = if handler.logged_in() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(f) => f,
-                Err(_) => break "no login within the handshake timeout".to_string(),
-            }
-        };
-        let Some(frame) = next else {
-            break session.closed().unwrap_or_else(|| "session closed".into());
-        };
-        if let Err(Fatal(why)) = handler.handle(frame).await {
-            break why;
-        }
-    };
-    tracing::info!(%peer, "session ended: {end}");
-    // An error frame that ends the session must reach the client first.
-    session.flushed(Duration::from_secs(2)).await;
-    session.close(&end);
-    watchdog.abort();
-    tokio::task::block_in_place(|| handler.detach_all());
-    sessions.live().remove(&handler.token);
-}
-
-/// Closes the session once it has had no connection for `grace`.
-async fn grace_watch(session: Arc<Session>, grace: Duration) {
-    loop {
-        let changed = session.connections_changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if session.closed().is_some() {
-            return;
-        }
-        if session.live_connections() > 0 {
-            changed.await;
-            continue;
-        }
-        // No connection: wait for one, at most `grace`.
-        let deadline = Instant::now() + grace;
-        loop {
-            let changed = session.connections_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if session.live_connections() > 0 || session.closed().is_some() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                session.close(&format!(
-                    "no connection for {} s (the grace period)",
-                    grace.as_secs()
-                ));
-                return;
-            }
-        }
-    }
-}
+use crate::service::shaping::ShapedJob;
+use crate::store::{ReadableImage, SessionProbe, Store, WriterId};
 
 /// An error that ends the session.
 pub struct Fatal(pub String);
@@ -293,30 +33,107 @@ pub enum Phase {
 
 /// The state of one session: its user and the images it has open.
 pub struct SessionHandler {
-    pub store: Arc<Store>,
+    store: Arc<Store>,
     session: Arc<Session>,
-    pub token: Vec<u8>,
-    pub grace: Duration,
+    token: Vec<u8>,
     /// Where the session's first connection came from.
-    pub peer: SocketAddr,
-    pub logins: Arc<LoginGuard>,
+    peer: SocketAddr,
     /// Failed logins in this session; at [`FAILURES_PER_SESSION`] it ends.
-    pub failed_logins: u32,
-    pub phase: Phase,
-    pub writers: HashMap<Handle, WriterId>,
-    pub readers: HashMap<Handle, ReadableImage>,
+    failed_logins: u32,
+    phase: Phase,
+    writers: HashMap<Handle, WriterId>,
+    readers: HashMap<Handle, ReadableImage>,
     next_handle: Handle,
     /// Every session of the server, for the statistics.
-    pub sessions: Arc<Sessions>,
+    sessions: Arc<Sessions>,
     /// The protocol version Hello and Welcome agreed on.
-    pub version: u16,
+    version: u16,
     /// The shaping group the user's backups and restores draw from.
-    pub shaped: Option<Arc<crate::service::shaping::ShapedJob>>,
+    shaped: Option<Arc<ShapedJob>>,
 }
 
 impl SessionHandler {
-    fn logged_in(&self) -> bool {
+    /// The handler of a session that has just been started with `token`.
+    pub(super) fn new(
+        sessions: Arc<Sessions>,
+        session: Arc<Session>,
+        token: Vec<u8>,
+        peer: SocketAddr,
+    ) -> Self {
+        Self {
+            store: sessions.store.clone(),
+            session,
+            token,
+            peer,
+            failed_logins: 0,
+            phase: Phase::AwaitHello,
+            writers: HashMap::new(),
+            readers: HashMap::new(),
+            next_handle: 1,
+            sessions,
+            version: 0,
+            shaped: None,
+        }
+    }
+
+    pub(super) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub(super) fn token(&self) -> &[u8] {
+        &self.token
+    }
+
+    pub(super) fn logged_in(&self) -> bool {
         matches!(self.phase, Phase::Ready(_))
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn replicator(&self) -> &Arc<Replicator> {
+        &self.sessions.replicator
+    }
+
+    /// Every session of this server.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The protocol version Hello and Welcome agreed on (0 before).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Where the session's first connection came from.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn logins(&self) -> &Arc<LoginGuard> {
+        &self.sessions.logins
+    }
+
+    /// How long the session outlives its connections.
+    pub fn grace(&self) -> Duration {
+        self.sessions.grace
+    }
+
+    /// The handshake agreed on `version`: Login comes next.
+    pub fn hello_done(&mut self, version: u16) {
+        self.version = version;
+        self.phase = Phase::AwaitLogin;
+    }
+
+    /// Counts a failed login; returns how many this session has had.
+    pub fn login_failed(&mut self) -> u32 {
+        self.failed_logins += 1;
+        self.failed_logins
     }
 
     /// Sends a frame on the session.
@@ -328,13 +145,13 @@ impl SessionHandler {
     }
 
     /// Handles one frame and answers it; a protocol error ends the session.
-    async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
+    pub(super) async fn handle(&mut self, frame: Frame) -> Result<(), Fatal> {
         let req = frame.env.req;
         if matches!(frame.env.msg, Msg::Goodbye) {
             // Its images and its registration go before the answer: once the
             // client has it, the stream slots are free and the session gone.
             tokio::task::block_in_place(|| self.detach_all());
-            self.sessions.live().remove(&self.token);
+            self.sessions.unregister(&self.token);
             self.send(req, Msg::Ok, Vec::new()).await?;
             return Err(Fatal("the client said goodbye".into()));
         }
@@ -378,21 +195,75 @@ impl SessionHandler {
         }
     }
 
-    pub fn new_handle(&mut self) -> Handle {
+    fn new_handle(&mut self) -> Handle {
         let h = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
         h
     }
 
+    /// Gives image writer `w` a handle of this session.
+    pub fn add_writer(&mut self, w: WriterId) -> Handle {
+        let handle = self.new_handle();
+        self.writers.insert(handle, w);
+        handle
+    }
+
+    /// The image being written under `handle`.
+    pub fn writer(&self, handle: Handle) -> Result<WriterId, Refusal> {
+        self.writers.get(&handle).copied().ok_or_else(|| {
+            Refusal(
+                ErrorKind::Invalid,
+                format!("no image open for writing under handle {handle}"),
+            )
+        })
+    }
+
+    /// Takes the image being written under `handle` out of the session.
+    pub fn take_writer(&mut self, handle: Handle) -> Result<WriterId, Refusal> {
+        let w = self.writer(handle)?;
+        self.writers.remove(&handle);
+        Ok(w)
+    }
+
+    /// Gives an image open for reading a handle of this session.
+    pub fn add_reader(&mut self, img: ReadableImage) -> Handle {
+        let handle = self.new_handle();
+        self.readers.insert(handle, img);
+        handle
+    }
+
+    /// The image open for reading under `handle`.
+    pub fn reader(&self, handle: Handle) -> Result<ReadableImage, Refusal> {
+        self.readers.get(&handle).cloned().ok_or_else(|| {
+            Refusal(
+                ErrorKind::Invalid,
+                format!("no image open for reading under handle {handle}"),
+            )
+        })
+    }
+
+    pub fn release_reader(&mut self, handle: Handle) {
+        self.readers.remove(&handle);
+    }
+
+    /// Paces `bytes` of the user's data by their shaping group: waiting
+    /// here holds back the session's frames, so the client's sends slow down.
+    pub fn shape(&self, bytes: usize) {
+        if let Some(job) = &self.shaped {
+            let shaper = &self.sessions.replicator.shaper;
+            tokio::task::block_in_place(|| shaper.acquire(Some(job), bytes as u64, &|| false));
+        }
+    }
+
     /// Tells whether this session has a connection now.
-    pub fn session_probe(&self) -> crate::store::SessionProbe {
+    pub fn session_probe(&self) -> SessionProbe {
         let session = Arc::downgrade(&self.session);
         Arc::new(move || session.upgrade().is_some_and(|s| s.live_connections() > 0))
     }
 
     /// Leaves every image this session was writing incomplete (none of them
     /// is committed): checkpointed, resumable until it expires.
-    fn detach_all(&mut self) {
+    pub(super) fn detach_all(&mut self) {
         for (_, w) in self.writers.drain() {
             self.store.image_detach(w);
         }

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::protocol::handler::{serve_connection, Sessions, HANDSHAKE_TIMEOUT};
+use super::sessions::{serve_connection, Sessions, HANDSHAKE_TIMEOUT};
 
 /// A connection that has not finished its TLS handshake by then is closed:
 /// idle sockets must not hold file descriptors that real clients need.

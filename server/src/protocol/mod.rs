@@ -3,7 +3,8 @@
 //! and stored by the engine; this layer only speaks the wire.
 //!
 //! - [`listen`]: the TLS and plaintext accept loops.
-//! - [`handler`]: the registry of live sessions and each session's handler.
+//! - [`sessions`]: the registry of live sessions, starting and joining them.
+//! - [`handler`]: one session's handler: its user and open images.
 //! - `requests`: what each request does, one module per family.
 //! - [`control`]: the local control socket of `ternd gc|fsck|seed`.
 //! - `logins`: the slow-down of failed logins.
@@ -13,3 +14,4 @@ pub mod handler;
 pub mod listen;
 mod logins;
 mod requests;
+pub mod sessions;

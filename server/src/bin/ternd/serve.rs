@@ -1,21 +1,14 @@
-//! `ternd serve`: the process around the server (config, log, limits,
-//! the store opened as the disk allows) and its runtime.
+//! `ternd serve`: the process around a [`Server`] (the data directory,
+//! the configuration file, the log, malloc and file-descriptor limits) and
+//! its runtime.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use tern_core::names::{GroupName, UserName};
-use tern_core::session::CacheLimits;
-use tern_server::certs::{self};
 use tern_server::config::{Config, DEFAULT_CONFIG};
-use tern_server::protocol::{control, handler, listen};
-use tern_server::service::replication::{LocalIdentity, Replicator};
-use tern_server::service::shaping::{schedule::Clock, Shaper};
-use tern_server::service::users::{generate_password, Users};
-use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
+use tern_server::server::{Server, ServerOptions};
 
 use super::cert_paths;
 
@@ -48,40 +41,42 @@ pub(crate) fn serve(
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let paths = cert_paths(data, &cfg);
-    if certs::ensure_server_cert(&paths)? {
-        tracing::info!(
-            "created a self-signed certificate in {}",
-            paths.cert.display()
-        );
-    }
-    let tls = certs::server_config(&paths, cfg.allow_tls12)?;
-    let store = Arc::new(open_store_for_serve(data, cfg.reserved_space_bytes)?);
-    ensure_admin(&store)?;
-    let fingerprint = certs::fingerprint(&paths)?;
-    println!("fingerprint: {fingerprint}");
-    let me = LocalIdentity {
-        cert: paths.cert.clone(),
-        key: paths.key.clone(),
-        server_id: fingerprint.to_string(),
+    cfg.max_connections = cfg.max_connections.min(usable_descriptors());
+    let opts = ServerOptions {
+        data: data.to_path_buf(),
+        certs: cert_paths(data, &cfg),
+        config: cfg,
+        protocol_max,
+        shaping_clock,
+        admin_password: std::env::var("TERN_PASSWORD").ok(),
     };
-    let server_id = me.server_id.clone();
-    let clock = shaping_clock.map_or_else(Clock::default, Clock::starting_at);
-    let shaper = Arc::new(Shaper::new(store.clone(), clock));
-    let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner, shaper)
-        .context("starting the replication scheduler")?;
-    let retention = tern_server::upkeep::Retention {
-        images: std::time::Duration::from_secs(cfg.incomplete_retention_secs),
-        replicas: std::time::Duration::from_secs(cfg.replica_retention_secs),
-    };
-    tern_server::upkeep::start(store.clone(), retention).context("starting the upkeep thread")?;
-    run_server(
-        data,
-        &cfg,
-        store,
-        tls,
-        (replicator, protocol_max, server_id),
-    )
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ternd")
+        .build()?;
+    rt.block_on(async move {
+        let server = Server::start(opts).await?;
+        match &server.admin_created {
+            Some(p) if p.is_empty() => {
+                println!("created user admin with the password from TERN_PASSWORD")
+            }
+            Some(p) => println!("created user admin with password: {p}"),
+            None => {}
+        }
+        println!("fingerprint: {}", server.fingerprint);
+        // Printed once bound, so a script (or a test asking for port 0)
+        // learns where the server is from these lines alone.
+        println!("listening for TLS on {}", server.tls_addr);
+        if let Some(addr) = server.plain_addr {
+            println!("listening for plaintext on {addr}");
+        }
+        server
+            .serve_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("stopping on interrupt");
+            })
+            .await
+    })
 }
 
 /// stderr for the log, where a failed write is dropped: tracing's own
@@ -197,107 +192,3 @@ fn load_config(data: &Path, config: Option<PathBuf>) -> Result<Config> {
     }
     Config::load(&config_path)
 }
-
-/// Creates the user admin on first start, with the password from
-/// TERN_PASSWORD or a generated one, printed once.
-fn ensure_admin(store: &Store) -> Result<()> {
-    let admin = UserName::new("admin").expect("valid name");
-    let users = Users::new(store);
-    if users.exists(&admin)? {
-        return Ok(());
-    }
-    let (password, generated) = match std::env::var("TERN_PASSWORD") {
-        Ok(p) if !p.is_empty() => (p, false),
-        _ => (generate_password()?, true),
-    };
-    users.add(
-        &admin,
-        &password,
-        true,
-        vec![GroupName::new(DEFAULT_GROUP)?],
-    )?;
-    if generated {
-        println!("created user admin with password: {password}");
-    } else {
-        println!("created user admin with the password from TERN_PASSWORD");
-    }
-    Ok(())
-}
-
-/// Binds the listeners and the control socket, and serves until interrupted.
-fn run_server(
-    data: &Path,
-    cfg: &Config,
-    store: Arc<Store>,
-    tls: Arc<rustls::ServerConfig>,
-    (replicator, protocol_max, server_id): (Arc<Replicator>, u16, String),
-) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ternd")
-        .build()?;
-    let cache = CacheLimits {
-        memory: cfg.session_cache_bytes,
-        disk: cfg.session_spill_bytes,
-        spill_dir: data.join(&cfg.session_spill_dir),
-        budget: Some(tern_core::session::SpillBudget::new(
-            cfg.spill_bytes_total,
-            cfg.spill_bytes_per_user,
-        )),
-    };
-    let grace = std::time::Duration::from_secs(cfg.grace_period_secs);
-    let limits = listen::ConnectionLimits {
-        total: cfg.max_connections.min(usable_descriptors()),
-        per_address: cfg.max_connections_per_address,
-    };
-    rt.block_on(async move {
-        let listeners = listen::Listeners::bind(cfg.listen, cfg.plain_listen).await?;
-        // Printed once bound, so a script (or a test asking for port 0)
-        // learns where the server is from these lines alone.
-        println!("listening for TLS on {}", listeners.tls_addr()?);
-        if let Some(addr) = listeners.plain_addr()? {
-            println!("listening for plaintext on {addr}");
-        }
-        let control = control::ControlContext {
-            data: data.to_path_buf(),
-            store: store.clone(),
-            server_id,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = control::serve(control).await {
-                tracing::error!("control socket: {e:#}");
-            }
-        });
-        tokio::select! {
-            r = listeners.serve(handler::Sessions::new(store, grace, cache, replicator, protocol_max), tls, limits) => r,
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("stopping on interrupt");
-                Ok(())
-            }
-        }
-    })
-}
-
-/// The store to serve. On a disk too full to open it for writing (finishing
-/// a pack, redb's repair after a crash), it is served read-only, so that
-/// images can still be read and the operator sees why.
-fn open_store_for_serve(data: &Path, reserve: u64) -> Result<Store> {
-    match Store::open(data) {
-        Ok(store) => {
-            store.set_reserved_space(reserve)?;
-            Ok(store)
-        }
-        Err(StoreError::InUse) => bail!("{} is in use by another ternd", data.display()),
-        Err(e) if e.is_no_space() => {
-            tracing::error!(
-                "the disk is full ({e}): serving read-only, so images can be read; free space \
-                 on the filesystem (outside ternd) and restart ternd to write and delete again"
-            );
-            Ok(Store::open_read_only(data, READ_ONLY_FULL)?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-const READ_ONLY_FULL: &str = "the disk was full when ternd started; free space on the \
-                              filesystem and restart ternd";

@@ -1,24 +1,20 @@
 //! Containers, image names, users and statistics.
 
-use tern_core::wire::{ErrorKind, Msg};
+use tern_core::wire::{ContainerSettings, ErrorKind, Msg, StoreStats};
+use tern_core::ContainerName;
 
-use super::{blocking, msg_name, refuse, Answer};
+use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::protocol::handler::SessionHandler;
-use crate::service::access::Action;
+use crate::service::access::{Action, User};
 use crate::service::users::Users;
-use crate::store::{container_home, default_group};
+use crate::store::{container_home, default_group, Store};
 
 pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
     let user = h.user()?.clone();
-    let store = &h.store;
+    let store = h.store();
     let reply = match msg {
         Msg::ContainerCreate { name, settings } => {
-            let (group, bare) = container_home(&name, &settings)?;
-            user.may(Action::UseGroup(&group))?;
-            if !blocking(|| store.group_exists(&group))? {
-                user.may(Action::CreateGroup(&group))?;
-            }
-            blocking(|| store.container_create(&group, &bare, &settings))?;
+            container_create(store, &user, &name, &settings)?;
             Msg::Ok
         }
         Msg::ContainerList => Msg::Containers {
@@ -75,22 +71,9 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             })?;
             Msg::Ok
         }
-        Msg::StatsGet => {
-            let mut stats = blocking(|| store.stats(&user.scope()))?;
-            if user.admin {
-                stats.sessions = h.sessions.count() as u64;
-            }
-            if let Some(budget) = &h.sessions.cache.budget {
-                let (total, by_user) = budget.usage();
-                stats.spill_bytes = if user.admin {
-                    total
-                } else {
-                    let mine = by_user.iter().find(|(u, _)| *u == user.name.as_str());
-                    mine.map_or(0, |(_, n)| *n)
-                };
-            }
-            Msg::Stats { stats }
-        }
+        Msg::StatsGet => Msg::Stats {
+            stats: stats(h, &user)?,
+        },
         other => {
             return refuse(
                 ErrorKind::Protocol,
@@ -99,4 +82,41 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         }
     };
     Ok(Some(reply))
+}
+
+/// Creates a container where the user may: a storage group that does not
+/// exist yet only for an admin.
+fn container_create(
+    store: &Store,
+    user: &User,
+    name: &ContainerName,
+    settings: &ContainerSettings,
+) -> Result<(), Refusal> {
+    let (group, bare) = container_home(name, settings)?;
+    user.may(Action::UseGroup(&group))?;
+    if !blocking(|| store.group_exists(&group))? {
+        user.may(Action::CreateGroup(&group))?;
+    }
+    blocking(|| store.container_create(&group, &bare, settings))?;
+    Ok(())
+}
+
+/// The store's figures as the user may see them, with the server's
+/// sessions (admins) and the spill space the user's sessions take.
+fn stats(h: &SessionHandler, user: &User) -> Result<StoreStats, Refusal> {
+    let mut stats = blocking(|| h.store().stats(&user.scope()))?;
+    let sessions = h.sessions();
+    if user.admin {
+        stats.sessions = sessions.count() as u64;
+    }
+    if let Some(budget) = &sessions.cache.budget {
+        let (total, by_user) = budget.usage();
+        stats.spill_bytes = if user.admin {
+            total
+        } else {
+            let mine = by_user.iter().find(|(u, _)| *u == user.name.as_str());
+            mine.map_or(0, |(_, n)| *n)
+        };
+    }
+    Ok(stats)
 }

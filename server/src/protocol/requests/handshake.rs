@@ -11,7 +11,7 @@ use crate::store::records::now_unix;
 use crate::store::StoreError;
 
 pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
-    match (&h.phase, msg) {
+    match (h.phase(), msg) {
         (
             Phase::AwaitHello,
             Msg::Hello {
@@ -32,13 +32,13 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
 /// bounded number of verifications at once; every failure is logged (user
 /// and address, never the password).
 async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> Answer {
-    let guard = h.logins.clone();
-    let ip = h.peer.ip();
+    let guard = h.logins().clone();
+    let ip = h.peer().ip();
     let delay = guard.delay(ip);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let store = h.store.clone();
+    let store = h.store().clone();
     let name = user.clone();
     let checked = guard.verify(move || Users::new(&store).authenticate(&name, password.expose()));
     let Some(outcome) = checked.await else {
@@ -55,8 +55,8 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
         }
         Err(StoreError::Denied(_)) => {
             guard.failed(ip);
-            h.failed_logins += 1;
-            tracing::warn!(user = %user, peer = %h.peer, failures = h.failed_logins, "failed login");
+            let failures = h.login_failed();
+            tracing::warn!(user = %user, peer = %h.peer(), failures, "failed login");
             tokio::task::block_in_place(|| record_partner_refusal(h, &user));
             Err(Refusal(
                 ErrorKind::Auth,
@@ -70,7 +70,7 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
 /// A failed login as a user who may replicate here is a replication
 /// partner refused: it goes into this (target) side's trail too.
 fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
-    let partner = matches!(Users::new(&h.store).replicates_here(user), Ok(true));
+    let partner = matches!(Users::new(h.store()).replicates_here(user), Ok(true));
     if !partner {
         return;
     }
@@ -78,7 +78,7 @@ fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
     let entry = TrailEntry {
         copy: CopyId([0; 16]),
         side: "target".into(),
-        peer: h.peer.to_string(),
+        peer: h.peer().to_string(),
         image: String::new(),
         started: now,
         ended: now,
@@ -88,7 +88,7 @@ fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
         result: "failed".into(),
         reason: format!("replication login as {user} refused: wrong password"),
     };
-    if let Err(e) = h.store.push_trail(&entry) {
+    if let Err(e) = h.store().push_trail(&entry) {
         tracing::warn!("recording a refused partner login in the trail: {e}");
     }
 }
@@ -99,7 +99,7 @@ fn hello(
     max_version: u16,
     features: &[String],
 ) -> Answer {
-    let ours = h.sessions.protocol_max;
+    let ours = h.sessions().protocol_max;
     let Some(version) = wire::negotiate_version(min_version, max_version.min(ours)) else {
         return refuse(
             ErrorKind::Incompatible,
@@ -109,8 +109,7 @@ fn hello(
             ),
         );
     };
-    h.version = version;
-    h.phase = Phase::AwaitLogin;
+    h.hello_done(version);
     let features = wire::FEATURES
         .iter()
         .filter(|f| features.iter().any(|g| g == *f))
@@ -120,7 +119,7 @@ fn hello(
         version,
         features,
         server: format!("ternd {}", env!("CARGO_PKG_VERSION")),
-        session: h.token.clone(),
-        grace_secs: h.grace.as_secs(),
+        session: h.token().to_vec(),
+        grace_secs: h.grace().as_secs(),
     }))
 }

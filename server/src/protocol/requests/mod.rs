@@ -5,11 +5,13 @@
 //! - `catalog`: containers, image names, users, statistics.
 //! - `write`: writing an image (dedup and passthrough).
 //! - `read`: reading an image.
-//! - `replication`: partners, copies, replicas and import events.
+//! - `replication`: partners, shaping groups, copies and the trail (source).
+//! - `replica`: replicas and import events (target).
 
 mod catalog;
 mod handshake;
 mod read;
+mod replica;
 mod replication;
 mod write;
 
@@ -42,15 +44,15 @@ fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Refusal> 
 /// Answers one request: `Ok(Some(msg))` is the reply, `Ok(None)` means the
 /// request answered itself (chunk streams) or has no answer (chunk data).
 pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
-    if !matches!(h.phase, Phase::Ready(_)) {
+    if !matches!(h.phase(), Phase::Ready(_)) {
         return handshake::handle(h, msg).await;
     }
     // The one check of what the session's protocol version allows.
-    if let Some(feature) = Feature::needed_by(&msg).filter(|f| !f.in_version(h.version)) {
+    if let Some(feature) = Feature::needed_by(&msg).filter(|f| !f.in_version(h.version())) {
         let missing = Missing {
             feature,
             what: msg_name(&msg),
-            version: h.version,
+            version: h.version(),
         };
         return refuse(ErrorKind::Incompatible, missing.to_string());
     }
@@ -88,12 +90,12 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::CopyList
         | Msg::CopyCancel { .. }
         | Msg::CopyAbort { .. }
-        | Msg::TrailGet { .. }
-        | Msg::ReplicaCreate { .. }
+        | Msg::TrailGet { .. }) => replication::handle(h, m).await,
+        m @ (Msg::ReplicaCreate { .. }
         | Msg::ReplicaAbort { .. }
         | Msg::ImportStatesGet { .. }
         | Msg::EventsGet { .. }
-        | Msg::EventsAck { .. }) => replication::handle(h, m).await,
+        | Msg::EventsAck { .. }) => replica::handle(h, m),
         m @ (Msg::ImageOpen { .. }
         | Msg::RecipeGet { .. }
         | Msg::ChunkGet { .. }

@@ -1,10 +1,9 @@
 //! Reading an image: open, recipe, chunks, release.
 
-use tern_core::wire::{ErrorKind, Handle, Msg};
+use tern_core::wire::{ErrorKind, Msg};
 
 use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::protocol::handler::{Fatal, SessionHandler};
-use crate::store::ReadableImage;
 
 /// Most recipe entries returned by one `RecipeGet`.
 const MAX_RECIPE_BATCH: u32 = 16_384;
@@ -14,11 +13,10 @@ const MAX_CHUNK_GET: usize = 4096;
 pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
     match msg {
         Msg::ImageOpen { container, name } => {
-            let user = h.user()?.clone();
-            let img = blocking(|| h.store.image_open(&user.scope(), &container, &name))?;
-            let handle = h.new_handle();
+            let scope = h.user()?.scope();
+            let img = blocking(|| h.store().image_open(&scope, &container, &name))?;
             let info = img.info.clone();
-            h.readers.insert(handle, img);
+            let handle = h.add_reader(img);
             Ok(Some(Msg::ImageOpened { handle, info }))
         }
         Msg::RecipeGet {
@@ -26,9 +24,9 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             from_offset,
             max,
         } => {
-            let img = reader(h, handle)?;
+            let img = h.reader(handle)?;
             let max = max.clamp(1, MAX_RECIPE_BATCH) as usize;
-            let entries = blocking(|| h.store.recipe_from(img.image_id, from_offset, max))?;
+            let entries = blocking(|| h.store().recipe_from(img.image_id, from_offset, max))?;
             Ok(Some(Msg::Recipe { entries }))
         }
         Msg::ChunkGet { handle, offsets } => {
@@ -38,10 +36,10 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
                     format!("{} chunks asked at once", offsets.len()),
                 );
             }
-            let img = reader(h, handle)?;
+            let img = h.reader(handle)?;
             for offset in offsets {
-                let (entry, loc, bytes) = blocking(|| h.store.read_chunk(&img, offset))?;
-                super::write::shape(h, bytes.len());
+                let (entry, loc, bytes) = blocking(|| h.store().read_chunk(&img, offset))?;
+                h.shape(bytes.len());
                 let msg = Msg::ChunkData {
                     handle,
                     id: entry.id,
@@ -56,7 +54,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             Ok(None)
         }
         Msg::ImageRelease { handle } => {
-            h.readers.remove(&handle);
+            h.release_reader(handle);
             Ok(Some(Msg::Ok))
         }
         other => refuse(
@@ -64,13 +62,4 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             format!("not a read request: {}", msg_name(&other)),
         ),
     }
-}
-
-fn reader(h: &SessionHandler, handle: Handle) -> Result<ReadableImage, Refusal> {
-    h.readers.get(&handle).cloned().ok_or_else(|| {
-        Refusal(
-            ErrorKind::Invalid,
-            format!("no image open for reading under handle {handle}"),
-        )
-    })
 }

@@ -1,13 +1,14 @@
-//! Replication: partners and copies (this server as the source), replicas
-//! and import events (this server as the target).
+//! Replication on the source: container policies, partners, shaping groups,
+//! copies and the trail. The target's side is `replica.rs`.
 
-use tern_core::wire::{ErrorKind, Feature, Msg};
+use tern_core::names::UserName;
+use tern_core::wire::{CopyId, ErrorKind, Msg, PartnerSettings, Password};
 
 use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::protocol::handler::SessionHandler;
-use crate::service::access::Action;
-use crate::service::replication::ReplicationError;
-use crate::store::{NewReplica, ReplicaStart};
+use crate::service::access::{Action, User};
+use crate::service::replication::{ReplicationError, Replicator};
+use std::sync::Arc;
 
 impl From<ReplicationError> for Refusal {
     fn from(e: ReplicationError) -> Self {
@@ -17,12 +18,11 @@ impl From<ReplicationError> for Refusal {
 
 pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
     let user = h.user()?.clone();
-    let store = h.store.clone();
-    let repl = h.sessions.replicator.clone();
+    let repl = h.replicator().clone();
     let reply = match msg {
         Msg::ContainerPromote { name } => {
             user.may(Action::PromoteContainer)?;
-            blocking(|| store.container_promote(&user.scope(), &name))?;
+            blocking(|| h.store().container_promote(&user.scope(), &name))?;
             tracing::warn!(container = %name, by = %user.name, "replica container promoted: clients may now write into it");
             Msg::Ok
         }
@@ -35,29 +35,20 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             name,
             addresses,
             fingerprint,
-            user: partner_user,
+            user: login,
             password,
             settings,
         } => {
             user.may(Action::ChangePartners("add"))?;
-            // The check connects out through a client with its own runtime:
-            // on a thread of its own, never on this session's workers.
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::spawn(move || {
-                let outcome = repl.partner_add(
-                    &name,
-                    addresses,
-                    fingerprint,
-                    partner_user,
-                    password.expose().to_string(),
-                    settings,
-                );
-                let _ = tx.send(outcome);
-            });
-            match rx.await {
-                Ok(outcome) => outcome?,
-                Err(_) => return refuse(ErrorKind::Internal, "the partner check stopped"),
-            }
+            let partner = NewPartner {
+                name,
+                addresses,
+                fingerprint,
+                login,
+                password,
+                settings,
+            };
+            partner_add(repl, partner).await?;
             Msg::Ok
         }
         Msg::PartnerList => {
@@ -76,6 +67,48 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| repl.partner_set(&name, addresses, connections, shaping))?;
             Msg::Ok
         }
+        Msg::PartnerRemove { name } => {
+            user.may(Action::ChangePartners("remove"))?;
+            blocking(|| repl.partner_remove(&name))?;
+            Msg::Ok
+        }
+        m @ (Msg::ShapingSet { .. } | Msg::ShapingList | Msg::ShapingRemove { .. }) => {
+            shaping(&user, &repl, m)?
+        }
+        m => copies(&user, repl, m).await?,
+    };
+    Ok(Some(reply))
+}
+
+/// A partner as `PartnerAdd` names it.
+struct NewPartner {
+    name: String,
+    addresses: Vec<String>,
+    fingerprint: String,
+    login: UserName,
+    password: Password,
+    settings: PartnerSettings,
+}
+
+/// Adds a partner after connecting to it: the check connects out through
+/// a client with its own runtime, on a thread of its own, never on this
+/// session's workers.
+async fn partner_add(repl: Arc<Replicator>, p: NewPartner) -> Result<(), Refusal> {
+    off_workers(move || {
+        repl.partner_add(
+            &p.name,
+            p.addresses,
+            p.fingerprint,
+            p.login,
+            p.password.expose().to_string(),
+            p.settings,
+        )
+    })
+    .await
+}
+
+fn shaping(user: &User, repl: &Replicator, msg: Msg) -> Result<Msg, Refusal> {
+    Ok(match msg {
         Msg::ShapingSet { name, settings } => {
             user.may(Action::Shaping("change"))?;
             blocking(|| repl.shaper.set(&name, settings))?;
@@ -92,11 +125,14 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| repl.shaper.remove(&name))?;
             Msg::Ok
         }
-        Msg::PartnerRemove { name } => {
-            user.may(Action::ChangePartners("remove"))?;
-            blocking(|| repl.partner_remove(&name))?;
-            Msg::Ok
-        }
+        other => return Err(not_ours(&other)),
+    })
+}
+
+/// Copies of images in the user's storage groups, and the trail.
+async fn copies(user: &User, repl: Arc<Replicator>, msg: Msg) -> Result<Msg, Refusal> {
+    let scope = user.scope();
+    Ok(match msg {
         Msg::CopyStart {
             container,
             name,
@@ -105,116 +141,55 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             to_name,
         } => Msg::CopyStarted {
             id: blocking(|| {
-                repl.copy_start(
-                    &user.scope(),
-                    &container,
-                    &name,
-                    &partner,
-                    to_container,
-                    to_name,
-                )
+                repl.copy_start(&scope, &container, &name, &partner, to_container, to_name)
             })?,
         },
         Msg::CopyStatusGet { id } => Msg::Copies {
-            list: vec![blocking(|| repl.status(&user.scope(), id))?],
+            list: vec![blocking(|| repl.status(&scope, id))?],
         },
         Msg::CopyList => Msg::Copies {
-            list: blocking(|| repl.list(&user.scope()))?,
+            list: blocking(|| repl.list(&scope))?,
         },
         Msg::CopyCancel { id } => {
-            blocking(|| repl.cancel(&user.scope(), id))?;
+            blocking(|| repl.cancel(&scope, id))?;
             Msg::Ok
         }
         Msg::CopyAbort { id } => {
-            // It may connect to the partner: off the async workers.
-            let drop_replicas = user.may(Action::DropPartialReplicas).is_ok();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(repl.abort(&user.scope(), drop_replicas, id));
-            });
-            match rx.await {
-                Ok(outcome) => outcome?,
-                Err(_) => return refuse(ErrorKind::Internal, "the abort stopped"),
-            }
+            copy_abort(user, repl, id).await?;
             Msg::Ok
         }
         Msg::TrailGet { max } => Msg::Trail {
             list: blocking(|| repl.history(max))?,
         },
-        Msg::ReplicaCreate {
-            container,
-            name,
-            props,
-            origin,
-            chunking,
-            zstd_level,
-        } => {
-            let replica = NewReplica {
-                container,
-                name,
-                props,
-                origin,
-                chunking,
-                zstd_level,
-            };
-            let resume = Feature::WanControls.in_version(h.version);
-            let scope = user.replica_scope();
-            let group = blocking(|| store.container_group(&scope, &replica.container))?;
-            user.may(Action::ReplicateInto(&group))?;
-            let start = blocking(|| store.replica_begin(&scope, &user.name, replica, resume))?;
-            match start {
-                ReplicaStart::Committed(info) => Msg::ImageCommitted {
-                    info,
-                    stats: Default::default(),
-                },
-                ReplicaStart::Write(w) => {
-                    // The replica container's chunking is the source's (checked).
-                    let handle = h.new_handle();
-                    h.writers.insert(handle, w);
-                    Msg::ImageCreated {
-                        handle,
-                        chunking,
-                        zstd_level,
-                    }
-                }
-                ReplicaStart::Resume { writer, offset } => {
-                    let handle = h.new_handle();
-                    h.store.set_session_probe(writer, h.session_probe());
-                    h.writers.insert(handle, writer);
-                    Msg::ImageResumed {
-                        handle,
-                        chunking,
-                        zstd_level,
-                        offset,
-                        props: Vec::new(),
-                    }
-                }
-            }
-        }
-        Msg::ReplicaAbort { copy } => {
-            user.may(Action::ActAsSource)?;
-            blocking(|| store.replica_abort(copy, "the source ended the copy"))?;
-            Msg::Ok
-        }
-        Msg::ImportStatesGet { copies } => {
-            user.may(Action::ActAsSource)?;
-            Msg::ImportStates {
-                states: blocking(|| store.import_states(&copies))?,
-            }
-        }
-        Msg::EventsGet { container, max } => Msg::Events {
-            list: blocking(|| store.events(&user.scope(), &container, max))?,
-        },
-        Msg::EventsAck { container, ids } => {
-            blocking(|| store.events_ack(&user.scope(), &container, &ids))?;
-            Msg::Ok
-        }
-        other => {
-            return refuse(
-                ErrorKind::Protocol,
-                format!("not a replication request: {}", msg_name(&other)),
-            )
-        }
-    };
-    Ok(Some(reply))
+        other => return Err(not_ours(&other)),
+    })
+}
+
+/// Aborts a copy; it may connect to the partner, so off the async workers.
+async fn copy_abort(user: &User, repl: Arc<Replicator>, id: CopyId) -> Result<(), Refusal> {
+    let drop_replicas = user.may(Action::DropPartialReplicas).is_ok();
+    let scope = user.scope();
+    off_workers(move || repl.abort(&scope, drop_replicas, id)).await
+}
+
+/// Runs `f` on a thread of its own and waits for it without holding a
+/// worker of the session runtime.
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReplicationError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.await {
+        Ok(outcome) => Ok(outcome?),
+        Err(_) => refuse(ErrorKind::Internal, "the request's thread stopped"),
+    }
+}
+
+fn not_ours(msg: &Msg) -> Refusal {
+    Refusal(
+        ErrorKind::Protocol,
+        format!("not a replication request: {}", msg_name(msg)),
+    )
 }

@@ -7,8 +7,7 @@ use tern_core::chunker::{ChunkBatcher, ChunkParams};
 use tern_core::codec::{Compressor, Decoder};
 use tern_core::ChunkId;
 
-use crate::writer::BATCH_BYTES;
-use crate::{Client, ClientError};
+use tern_agent::{Client, ClientError, WRITE_BATCH_BYTES as BATCH_BYTES};
 
 /// Each local stage runs over the sample again and again for at least this long.
 const MIN_STAGE_TIME: Duration = Duration::from_millis(1500);

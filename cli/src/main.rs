@@ -11,6 +11,7 @@ use tern_core::time::rfc3339;
 use tern_core::tls::Fingerprint;
 
 mod admin;
+mod bench;
 mod replication;
 mod shaping;
 mod transfer;

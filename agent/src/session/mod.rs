@@ -51,8 +51,9 @@ pub struct SessionOptions {
     pub cache: session::CacheLimits,
 }
 
-/// An open session.
-pub struct Conn {
+/// A session with a server over one or more connections (MultiConnect),
+/// which outlives any one of them (Secure Connect).
+pub struct ClientSession {
     tx: mpsc::Sender<Outgoing>,
     routes: Routes,
     next_req: AtomicU64,
@@ -132,7 +133,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Conn {
+impl ClientSession {
     /// Connects, handshakes TLS (unless `plain`), says hello and brings up the
     /// other connections. Returns the session and the fingerprint the server presented.
     ///
@@ -160,7 +161,7 @@ impl Conn {
         }
     }
 
-    /// One attempt at [`Conn::open`]; the error says whether the connection
+    /// One attempt at [`ClientSession::open`]; the error says whether the connection
     /// was cut before Welcome (as opposed to refused or answered with an error).
     fn open_once(
         servers: Vec<String>,
@@ -212,7 +213,7 @@ impl Conn {
         };
         rt.spawn(slot.clone().run(Some(first)));
 
-        let mut conn = Conn {
+        let mut conn = ClientSession {
             tx,
             routes,
             next_req: AtomicU64::new(1),
@@ -365,7 +366,7 @@ impl Conn {
 /// How long closing a client waits for the server to take its goodbye.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 
-impl Conn {
+impl ClientSession {
     /// Tells the server the session is over, so that it frees the session's
     /// caches and stream slots at once rather than after the grace period.
     /// Waits at most [`GOODBYE_WAIT`], and not at all without a connection
@@ -393,7 +394,7 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
+impl Drop for ClientSession {
     fn drop(&mut self) {
         self.goodbye();
         self.session.close("the client closed the session");

@@ -218,12 +218,12 @@ pub(crate) fn bench(
             }
             d
         }
-        None => tern_agent::sample_data(64 << 20),
+        None => crate::bench::sample_data(64 << 20),
     };
-    let mut stages = tern_agent::local_stages(&data, ChunkParams::default(), level)?;
+    let mut stages = crate::bench::local_stages(&data, ChunkParams::default(), level)?;
     if !local {
         let client = connect(cli, WriteMode::Dedup)?;
-        stages.extend(tern_agent::network_stages(&client, upload_mib << 20)?);
+        stages.extend(crate::bench::network_stages(&client, upload_mib << 20)?);
     }
     if cli.json {
         println!("{}", serde_json::to_string(&stages)?);
