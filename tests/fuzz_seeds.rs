@@ -181,13 +181,16 @@ fn seed_volume(chunks: &[&[u8]]) -> Vec<u8> {
 
 /// A finished pack of these chunks, as ternd writes it.
 fn pack_with(chunks: &[&[u8]]) -> Vec<u8> {
+    use tern_server::store::pack_store::{DirPackStore, PackStore};
     let dir = tempfile::tempdir().unwrap();
-    let mut w = tern_server::store::pack::PackWriter::create(dir.path(), 1).unwrap();
+    let packs = DirPackStore::open(dir.path().to_path_buf(), false).unwrap();
+    let mut w = tern_server::store::pack::PackWriter::create(packs.create(1).unwrap(), 1).unwrap();
     for c in chunks {
         w.append(&ChunkId::of(c), Codec::Raw, c.len() as u32, c)
             .unwrap();
     }
-    std::fs::read(w.finish().unwrap()).unwrap()
+    w.finish().unwrap();
+    std::fs::read(packs.path(1)).unwrap()
 }
 
 #[test]

@@ -358,7 +358,36 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
     }
     ok(&src.tern(&["container", "replicate", "c", "--off"], None));
     backup(&src.client(), "c", "manual", b"", &test_data(1 << 20, 77));
-    std::thread::sleep(Duration::from_secs(3));
+    // A policy queues its copy inside the commit: the copy list, read after
+    // the commit returned, shows it if there is one. And a copy asked for
+    // later, once done, has passed any copy queued before it.
+    let copies = json(&src.tern(&["--json", "copy", "ls"], None));
+    assert!(
+        !copies
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["image"] == "manual"),
+        "a copy of manual was queued with the policy off: {copies}"
+    );
+    backup(&src.client(), "c", "later", b"", &test_data(1 << 20, 78));
+    let later = json(&src.tern(
+        &[
+            "--json",
+            "copy",
+            "--container",
+            "c",
+            "--name",
+            "later",
+            "--to",
+            "site-b",
+            "--to-container",
+            "dr",
+            "--wait",
+        ],
+        None,
+    ));
+    assert_eq!(later["state"], "done", "{later}");
     assert!(target.image_list("dr", "manual").unwrap().is_empty());
     let bad = src.tern(&["copy", "status", "not-an-id"], None);
     assert!(!bad.status.success());

@@ -19,6 +19,7 @@ pub mod names;
 pub mod session;
 pub mod time;
 pub mod tls;
+pub mod units;
 pub mod wire;
 
 pub use chunker::{ChunkBatch, ChunkBatcher, ChunkParams, StreamChunker};

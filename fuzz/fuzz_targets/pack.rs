@@ -6,6 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0000000000000001.pack");
     std::fs::write(&path, data).unwrap();
-    let _ = tern_server::store::pack::read_contents(&path, 1);
+    let file = std::fs::File::open(&path).unwrap();
+    let _ = tern_server::store::pack::read_contents(&file, 1);
     let _ = tern_server::store::pack::Location::decode(data);
 });

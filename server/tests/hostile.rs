@@ -2,6 +2,8 @@
 //! ternd spend is bounded, and guessing passwords is slow, bounded and logged.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_core::names::UserName;
@@ -115,11 +117,19 @@ fn unacknowledged_empty_frames_do_not_grow_the_server_without_bound() {
     let server = TestServer::start_with(dir, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (before, _) = rss_mib(&server);
+    let pongs = Arc::new(AtomicU64::new(0));
+    let counted = pongs.clone();
     let sent = rt.block_on(async {
         let s = connect_from(&server, loopback(50)).await;
         let (mut rd, mut wr) = s.into_split();
-        // Read and drop every answer, never acknowledging one.
-        tokio::spawn(async move { while Frame::read_from(&mut rd).await.is_ok() {} });
+        // Read and count every answer, never acknowledging one.
+        tokio::spawn(async move {
+            while let Ok(f) = Frame::read_from(&mut rd).await {
+                if matches!(f.env.msg, Msg::Pong) {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
         frame(1, hello()).write_to(&mut wr).await.unwrap();
         let mut seq = 2;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -140,7 +150,14 @@ fn unacknowledged_empty_frames_do_not_grow_the_server_without_bound() {
         seq - 2
     });
     let (_, peak) = rss_mib(&server);
-    eprintln!("sent {sent} pings; ternd {before} MiB -> peak {peak} MiB");
+    let answered = pongs.load(Ordering::Relaxed);
+    eprintln!("sent {sent} pings, {answered} answered; ternd {before} MiB -> peak {peak} MiB");
+    // The server must have taken the pings up to its cache, answering them,
+    // before it pushed back: one that just hung up answers none.
+    assert!(
+        answered >= 1_000,
+        "the server answered only {answered} of {sent} pings before it stopped reading"
+    );
     assert!(
         peak < before + 48,
         "{sent} unacknowledged pings grew ternd from {before} MiB to {peak} MiB"

@@ -159,38 +159,7 @@ fn parse_minute(s: &str) -> Result<u16, String> {
     Ok(h * 60 + m)
 }
 
-/// A rate like `20MB/s`, `500KB/s`, `1.5GB/s`, `64MiB/s` or `0`, in bytes
-/// per second (KB, MB, GB: powers of 1000; KiB, MiB, GiB: of 1024).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "rate {s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB per second)"
-            ))
-        }
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("rate {s:?}: not a number and a unit, like 20MB/s"))?;
-    let bytes = n * scale as f64;
-    if !(0.0..=1e15).contains(&bytes) {
-        return Err(format!("rate {s:?} is out of range"));
-    }
-    Ok(bytes.round() as u64)
-}
+pub use crate::units::parse_rate;
 
 /// A rate for people: `20MB/s`, `500KB/s`, `1234B/s`, `0 (paused)`.
 pub fn show_rate(rate: u64) -> String {

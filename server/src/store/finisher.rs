@@ -130,13 +130,14 @@ impl Drop for PackFinisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::pack::{pack_path, read_contents};
+    use crate::store::pack::read_contents;
+    use crate::store::pack_store::{DirPackStore, PackStore};
     use tern_core::{ChunkId, Codec};
 
     /// Hands over packs `1..=n`, one chunk each.
-    fn submit_packs(finisher: &PackFinisher, dir: &std::path::Path, n: u64) {
+    fn submit_packs(finisher: &PackFinisher, packs: &DirPackStore, n: u64) {
         for number in 1..=n {
-            let mut w = PackWriter::create(dir, number).unwrap();
+            let mut w = PackWriter::create(packs.create(number).unwrap(), number).unwrap();
             let data = number.to_le_bytes();
             w.append(&ChunkId::of(&data), Codec::Raw, 8, &data).unwrap();
             finisher.submit(w).unwrap();
@@ -146,11 +147,12 @@ mod tests {
     #[test]
     fn every_submitted_pack_is_finished_when_wait_idle_returns() {
         let dir = tempfile::tempdir().unwrap();
+        let packs = DirPackStore::open(dir.path().to_path_buf(), false).unwrap();
         let finisher = PackFinisher::start().unwrap();
-        submit_packs(&finisher, dir.path(), 10);
+        submit_packs(&finisher, &packs, 10);
         finisher.wait_idle().unwrap();
         for n in 1..=10 {
-            let c = read_contents(&pack_path(dir.path(), n), n).unwrap();
+            let c = read_contents(&*packs.open(n).unwrap(), n).unwrap();
             assert!(c.finished, "pack {n}");
             assert_eq!(c.entries.len(), 1);
         }
@@ -159,15 +161,12 @@ mod tests {
     #[test]
     fn dropping_the_finisher_finishes_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
+        let packs = DirPackStore::open(dir.path().to_path_buf(), false).unwrap();
         let finisher = PackFinisher::start().unwrap();
-        submit_packs(&finisher, dir.path(), 3);
+        submit_packs(&finisher, &packs, 3);
         drop(finisher);
         for n in 1..=3 {
-            assert!(
-                read_contents(&pack_path(dir.path(), n), n)
-                    .unwrap()
-                    .finished
-            );
+            assert!(read_contents(&*packs.open(n).unwrap(), n).unwrap().finished);
         }
     }
 }

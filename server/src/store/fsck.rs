@@ -2,7 +2,6 @@
 //! entry against the packs, every recipe against the index.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 
 use serde::Serialize;
 use tern_core::codec::Decoder;
@@ -73,10 +72,11 @@ impl Store {
         let mut verifier = Decoder::new();
         let mut intact: HashMap<ChunkKey, Vec<Location>> = HashMap::new();
         let writing: HashSet<u64> = self.packs.appender().open_packs().collect();
-        for p in self.packs.files()? {
+        for p in self.packs.packs()? {
             report.packs += 1;
-            let shown = p.path.display();
-            let contents = match pack::read_contents(&p.path, p.number) {
+            let shown = self.packs.describe(&p);
+            let file = self.packs.reader(p.group, p.number)?;
+            let contents = match pack::read_contents(&*file, p.number) {
                 Ok(c) => c,
                 Err(e) => {
                     report.damage.push(format!("pack {shown}: unreadable: {e}"));
@@ -100,10 +100,9 @@ impl Store {
                         .push(format!("pack {shown}: has no valid table"));
                 }
             }
-            let file = File::open(&p.path)?;
             for e in contents.entries {
                 report.chunks_checked += 1;
-                let ok = pack::read_stored(&file, &e.loc)
+                let ok = pack::read_stored(&*file, &e.loc)
                     .map_err(|err| err.to_string())
                     .and_then(|b| {
                         verifier

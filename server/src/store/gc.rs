@@ -1,14 +1,13 @@
 //! Garbage collection: mark from the recipes, sweep the index, then compact packs.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 
 use serde::Serialize;
 use tern_core::ChunkId;
 
 use super::live_set::LiveSet;
 use super::pack::{self, Location, ENTRY_HEADER_LEN};
-use super::packs::{PackFile, PackSet};
+use super::packs::PackRef;
 use super::records::{chunk_key, ChunkKey};
 use super::{lock, Result, Store, StoreError};
 
@@ -37,9 +36,9 @@ impl Store {
     pub fn gc(&self) -> Result<GcReport> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
         self.packs.wait_finished()?;
-        let packs = self.packs.files()?;
+        let packs = self.packs.packs()?;
         let mut report = GcReport {
-            bytes_before: PackSet::bytes(&packs),
+            bytes_before: self.packs.bytes(&packs),
             ..Default::default()
         };
         let live = self.mark()?;
@@ -73,7 +72,10 @@ impl Store {
                     self.packs.remove(p)?;
                     report.packs_deleted += 1;
                 }
-                Some(&bytes) => sparse.extend(Compaction::worth_it(p, bytes)),
+                Some(&bytes) => {
+                    let size = self.packs.size(p).unwrap_or(0);
+                    sparse.extend(Compaction::worth_it(p, size, bytes))
+                }
             }
         }
         // Then the sparsest packs, each only if its live chunks fit in the
@@ -95,7 +97,7 @@ impl Store {
                         "short of space: {free} bytes free, and moving the live chunks out of \
                          pack {} needs {needed}; delete more images, or free space, and run gc \
                          again",
-                        c.pack.path.display()
+                        self.packs.describe(c.pack)
                     ));
                     break 'batches;
                 }
@@ -103,7 +105,7 @@ impl Store {
                 report.packs_rewritten += 1;
             }
         }
-        report.bytes_after = PackSet::bytes(&self.packs.files()?);
+        report.bytes_after = self.packs.bytes(&self.packs.packs()?);
         Ok(report)
     }
 
@@ -114,7 +116,7 @@ impl Store {
     /// recipe names them. Memory: the survivors of those packs only.
     fn confirm_sparse(
         &self,
-        packs: &[PackFile],
+        packs: &[PackRef],
         busy: &HashSet<u64>,
         live_bytes: &mut HashMap<u64, u64>,
         report: &mut GcReport,
@@ -123,7 +125,7 @@ impl Store {
             .iter()
             .filter(|p| !busy.contains(&p.number))
             .filter(|p| {
-                let size = std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0);
+                let size = self.packs.size(p).unwrap_or(0);
                 live_bytes
                     .get(&p.number)
                     .is_some_and(|&b| (b as f64) <= size as f64 * CONFIRM_LIVE_SHARE)
@@ -138,21 +140,7 @@ impl Store {
             .entries_in_packs(&sparse)?
             .into_iter()
             .collect();
-        let image_groups = self.catalog.image_groups()?;
-        self.catalog.for_each_recipe_row(|image, _, id, _| {
-            if let Some(group) = image_groups.get(&image) {
-                suspects.remove(&chunk_key(*group, &id));
-            }
-            Ok(())
-        })?;
-        let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
-        for image in open {
-            let img = lock(&image);
-            for (_, id, _) in img.unflushed() {
-                suspects.remove(&chunk_key(img.group, id));
-            }
-        }
-        self.live_pins(|k| {
+        self.for_each_root(|k| {
             suspects.remove(k);
         })?;
         let dead: Vec<(ChunkKey, Option<Location>)> = suspects.keys().map(|k| (*k, None)).collect();
@@ -170,7 +158,8 @@ impl Store {
         Ok(())
     }
 
-    /// Every chunk a committed, partial or open image refers to.
+    /// Every chunk a committed, partial or open image refers to, or a
+    /// seed pins: the live set GC keeps (a Bloom filter, ~1% false positives).
     fn mark(&self) -> Result<LiveSet> {
         let totals: u64 = self
             .catalog
@@ -180,34 +169,42 @@ impl Store {
             .sum();
         let pending = lock(&self.pending).len() as u64;
         let mut live = LiveSet::with_capacity(totals + pending);
+        self.for_each_root(|k| live.insert(k))?;
+        Ok(live)
+    }
+
+    /// GC's roots, the one definition of what must survive: the recipe rows
+    /// of committed and partial images, the chunks open images have written
+    /// but not yet recorded, and the pins of seeds that have not expired.
+    /// A chunk may be visited more than once.
+    fn for_each_root(&self, mut each: impl FnMut(&ChunkKey)) -> Result<()> {
         let image_groups = self.catalog.image_groups()?;
         self.catalog.for_each_recipe_row(|image, _, id, _| {
             let group = image_groups.get(&image).ok_or_else(|| {
                 StoreError::Corrupt(format!("recipe rows for unknown image {image}"))
             })?;
-            live.insert(&chunk_key(*group, &id));
+            each(&chunk_key(*group, &id));
             Ok(())
         })?;
         let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
         for image in open {
             let img = lock(&image);
             for (_, id, _) in img.unflushed() {
-                live.insert(&chunk_key(img.group, id));
+                each(&chunk_key(img.group, id));
             }
         }
         // Seeded chunks wait for the replicas that will refer to them.
-        self.live_pins(|k| live.insert(k))?;
-        Ok(live)
+        self.live_pins(each)
     }
 
     /// Copies the live entries of a sparse pack to the group's open pack and
     /// deletes it.
-    fn compact(&self, p: &PackFile, entries: Vec<(ChunkKey, Location)>) -> Result<()> {
-        let src = File::open(&p.path)?;
+    fn compact(&self, p: &PackRef, entries: Vec<(ChunkKey, Location)>) -> Result<()> {
+        let src = self.packs.reader(p.group, p.number)?;
         let mut moved = Vec::with_capacity(entries.len());
         let mut appender = self.packs.appender();
         for (key, loc) in entries {
-            let bytes = pack::read_stored(&src, &loc)?;
+            let bytes = pack::read_stored(&*src, &loc)?;
             let mut id = [0u8; 32];
             id.copy_from_slice(&key[4..]);
             let new_loc = appender.append_within_reserve(
@@ -240,15 +237,14 @@ const COMPACT_BATCH: usize = 64;
 
 /// A pack with enough dead chunks to be rewritten.
 struct Compaction<'a> {
-    pack: &'a PackFile,
+    pack: &'a PackRef,
     size: u64,
     live_bytes: u64,
 }
 
 impl<'a> Compaction<'a> {
     /// A compaction of `pack`, if at least [`REWRITE_DEAD_SHARE`] of it is dead.
-    fn worth_it(pack: &'a PackFile, live_bytes: u64) -> Option<Self> {
-        let size = std::fs::metadata(&pack.path).map(|m| m.len()).unwrap_or(0);
+    fn worth_it(pack: &'a PackRef, size: u64, live_bytes: u64) -> Option<Self> {
         let c = Self {
             pack,
             size,

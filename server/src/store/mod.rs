@@ -1,8 +1,10 @@
 //! The chunk store: pack files per storage group, a redb catalog beside them.
 //!
 //! - [`catalog`]: the redb tables and every query on them; [`records`] their rows.
-//! - [`packs`]: the pack files of every group ([`pack`]: one file's format;
-//!   `finisher`: syncing full packs off the write path).
+//! - [`packs`]: the packs of every group, each group's kept by a
+//!   [`pack_store::PackStore`] (the one seam where pack bytes are read and
+//!   written; [`pack`]: one pack's format; `finisher`: syncing full packs
+//!   off the write path).
 //! - `write`, `read`, `containers`, `users`: the operations, each an `impl Store`.
 //! - `gc` and `fsck`: the store's own tools.
 //!
@@ -30,6 +32,7 @@ mod fsck;
 mod gc;
 mod live_set;
 pub mod pack;
+pub mod pack_store;
 pub mod packs;
 mod partial;
 mod read;

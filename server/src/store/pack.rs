@@ -9,15 +9,17 @@
 //! ```
 //! A pack without a valid footer (the one being written when the process died)
 //! is recovered by scanning its entries and cutting off a torn tail. The table
-//! makes it possible to rebuild the chunk index from packs alone.
+//! makes it possible to rebuild the chunk index from packs alone. Where a
+//! pack's bytes are kept is `pack_store.rs`'s business: everything here works
+//! on a [`PackObject`].
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 
 use tern_core::chunker::MAX_CHUNK_LIMIT;
 use tern_core::{ChunkId, Codec};
+
+use super::pack_store::PackObject;
+pub use super::pack_store::{pack_number, pack_path, sync_dir};
 
 const MAGIC: &[u8; 8] = b"TERNPACK";
 const END_MAGIC: &[u8; 8] = b"TERNPEND";
@@ -73,39 +75,18 @@ pub struct PackEntry {
     pub loc: Location,
 }
 
-pub fn pack_path(dir: &Path, pack: u64) -> PathBuf {
-    dir.join(format!("{pack:016x}.pack"))
-}
-
-/// Parses a pack file name back into its number.
-pub fn pack_number(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    let hex = name.strip_suffix(".pack")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
-}
-
 /// The pack being appended to.
 pub struct PackWriter {
     pub number: u64,
-    path: PathBuf,
-    file: File,
+    file: Box<dyn PackObject>,
     len: u64,
     entries: Vec<PackEntry>,
     synced: bool,
 }
 
 impl PackWriter {
-    pub fn create(dir: &Path, number: u64) -> io::Result<Self> {
-        let path = pack_path(dir, number);
-        // Only ternd reads packs: 0600 whatever the umask.
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
+    /// Starts pack `number` in `file`, a new, empty pack object.
+    pub fn create(file: Box<dyn PackObject>, number: u64) -> io::Result<Self> {
         let mut header = Vec::with_capacity(HEADER_LEN as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_le_bytes());
@@ -113,7 +94,6 @@ impl PackWriter {
         file.write_all_at(&header, 0)?;
         Ok(Self {
             number,
-            path,
             file,
             len: HEADER_LEN,
             entries: Vec::new(),
@@ -171,15 +151,15 @@ impl PackWriter {
     }
 
     /// Writes the table and footer and syncs: the pack is complete.
-    pub fn finish(mut self) -> io::Result<PathBuf> {
-        write_footer(&self.file, self.len, &self.entries)?;
+    pub fn finish(mut self) -> io::Result<()> {
+        write_footer(&*self.file, self.len, &self.entries)?;
         self.file.sync_all()?;
         self.synced = true;
-        Ok(self.path.clone())
+        Ok(())
     }
 }
 
-fn write_footer(file: &File, table_offset: u64, entries: &[PackEntry]) -> io::Result<()> {
+fn write_footer(file: &dyn PackObject, table_offset: u64, entries: &[PackEntry]) -> io::Result<()> {
     let mut table = Vec::with_capacity(entries.len() * TABLE_ENTRY_LEN + FOOTER_LEN as usize);
     for e in entries {
         table.extend_from_slice(e.id.as_bytes());
@@ -212,9 +192,8 @@ pub struct PackContents {
 }
 
 /// Reads a pack's entries from its table, or by scanning if it has none.
-pub fn read_contents(path: &Path, number: u64) -> io::Result<PackContents> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
+pub fn read_contents(file: &dyn PackObject, number: u64) -> io::Result<PackContents> {
+    let file_len = file.size()?;
     let mut header = [0u8; HEADER_LEN as usize];
     if file_len < HEADER_LEN {
         return Err(invalid("pack shorter than its header"));
@@ -226,13 +205,17 @@ pub fn read_contents(path: &Path, number: u64) -> io::Result<PackContents> {
     if u32::from_le_bytes([header[8], header[9], header[10], header[11]]) != VERSION {
         return Err(invalid("unknown pack version"));
     }
-    if let Some(c) = read_table(&file, file_len, number)? {
+    if let Some(c) = read_table(file, file_len, number)? {
         return Ok(c);
     }
-    scan(&file, file_len, number)
+    scan(file, file_len, number)
 }
 
-fn read_table(file: &File, file_len: u64, number: u64) -> io::Result<Option<PackContents>> {
+fn read_table(
+    file: &dyn PackObject,
+    file_len: u64,
+    number: u64,
+) -> io::Result<Option<PackContents>> {
     if file_len < HEADER_LEN + FOOTER_LEN {
         return Ok(None);
     }
@@ -287,7 +270,7 @@ fn read_table(file: &File, file_len: u64, number: u64) -> io::Result<Option<Pack
     }))
 }
 
-fn scan(file: &File, file_len: u64, number: u64) -> io::Result<PackContents> {
+fn scan(file: &dyn PackObject, file_len: u64, number: u64) -> io::Result<PackContents> {
     let mut entries = Vec::new();
     let mut pos = HEADER_LEN;
     let mut h = [0u8; ENTRY_HEADER_LEN as usize];
@@ -326,9 +309,8 @@ fn scan(file: &File, file_len: u64, number: u64) -> io::Result<PackContents> {
 }
 
 /// Completes a pack left unfinished by a crash: cuts the torn tail, writes the table.
-pub fn repair(path: &Path, contents: &PackContents) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    write_footer(&file, contents.data_end, &contents.entries)?;
+pub fn repair(file: &dyn PackObject, contents: &PackContents) -> io::Result<()> {
+    write_footer(file, contents.data_end, &contents.entries)?;
     file.sync_all()
 }
 
@@ -336,12 +318,14 @@ pub fn repair(path: &Path, contents: &PackContents) -> io::Result<()> {
 /// scanning the whole file past damage: where no intact entry starts, the scan
 /// moves on by one byte. `fsck --repair` uses it; the table is not trusted.
 pub fn salvage(
-    path: &Path,
+    file: &dyn PackObject,
     number: u64,
     mut intact: impl FnMut(&PackEntry, &[u8]) -> bool,
 ) -> io::Result<Vec<PackEntry>> {
     // Packs are a few MiB: reading one whole beats a read per candidate offset.
-    let bytes = std::fs::read(path)?;
+    let len = usize::try_from(file.size()?).map_err(|_| invalid("pack too large"))?;
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, 0)?;
     let mut entries = Vec::new();
     let mut pos = HEADER_LEN as usize;
     let head_len = ENTRY_HEADER_LEN as usize;
@@ -385,30 +369,24 @@ pub fn salvage(
 
 /// Rewrites a pack to hold exactly `entries` (intact ones, in file order):
 /// a fresh header, the data up to the last of them, a new table.
-pub fn rewrite_table(path: &Path, entries: &[PackEntry]) -> io::Result<()> {
+pub fn rewrite_table(file: &dyn PackObject, entries: &[PackEntry]) -> io::Result<()> {
     let data_end = entries
         .last()
         .map_or(HEADER_LEN, |e| e.loc.offset + u64::from(e.loc.stored_len));
-    let file = OpenOptions::new().write(true).open(path)?;
     let mut header = Vec::with_capacity(HEADER_LEN as usize);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
     file.write_all_at(&header, 0)?;
-    write_footer(&file, data_end, entries)?;
+    write_footer(file, data_end, entries)?;
     file.sync_all()
 }
 
 /// Reads a chunk's stored bytes.
-pub fn read_stored(file: &File, loc: &Location) -> io::Result<Vec<u8>> {
+pub fn read_stored(file: &dyn PackObject, loc: &Location) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.stored_len as usize];
     file.read_exact_at(&mut buf, loc.offset)?;
     Ok(buf)
-}
-
-/// Makes the entries of directory `dir` (a created or removed file) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -418,46 +396,48 @@ fn invalid(msg: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::pack_store::{DirPackStore, PackStore};
+    use std::fs::File;
+
+    fn store(dir: &tempfile::TempDir) -> DirPackStore {
+        DirPackStore::open(dir.path().to_path_buf(), false).unwrap()
+    }
 
     #[test]
     fn finished_packs_list_their_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path(), 1).unwrap();
+        let packs = store(&dir);
+        let mut w = PackWriter::create(packs.create(1).unwrap(), 1).unwrap();
         let a = w.append(&ChunkId::of(b"a"), Codec::Raw, 1, b"a").unwrap();
         let b = w.append(&ChunkId::of(b"bb"), Codec::Raw, 2, b"bb").unwrap();
-        let path = w.finish().unwrap();
-        let c = read_contents(&path, 1).unwrap();
+        w.finish().unwrap();
+        let c = read_contents(&*packs.open(1).unwrap(), 1).unwrap();
         assert!(c.finished);
         assert_eq!(
             c.entries.iter().map(|e| e.loc).collect::<Vec<_>>(),
             vec![a, b]
         );
-        let f = File::open(&path).unwrap();
-        assert_eq!(read_stored(&f, &b).unwrap(), b"bb");
+        assert_eq!(read_stored(&*packs.open(1).unwrap(), &b).unwrap(), b"bb");
     }
 
     #[test]
     fn a_torn_pack_is_recovered_up_to_its_last_whole_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path(), 2).unwrap();
+        let packs = store(&dir);
+        let mut w = PackWriter::create(packs.create(2).unwrap(), 2).unwrap();
         w.append(&ChunkId::of(b"a"), Codec::Raw, 1, b"a").unwrap();
         w.append(&ChunkId::of(b"bbbb"), Codec::Raw, 4, b"bbbb")
             .unwrap();
         w.sync().unwrap();
         drop(w);
-        let path = pack_path(dir.path(), 2);
-        let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 2)
-            .unwrap();
-        let c = read_contents(&path, 2).unwrap();
+        let len = packs.size(2).unwrap();
+        let torn = packs.open_to_change(2).unwrap();
+        torn.set_len(len - 2).unwrap();
+        let c = read_contents(&*torn, 2).unwrap();
         assert!(!c.finished);
         assert_eq!(c.entries.len(), 1);
-        repair(&path, &c).unwrap();
-        let c = read_contents(&path, 2).unwrap();
+        repair(&*torn, &c).unwrap();
+        let c = read_contents(&*packs.open(2).unwrap(), 2).unwrap();
         assert!(c.finished);
         assert_eq!(c.entries.len(), 1);
     }
@@ -465,17 +445,19 @@ mod tests {
     #[test]
     fn damaged_packs_are_refused_or_read_within_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path(), 3).unwrap();
+        let packs = store(&dir);
+        let mut w = PackWriter::create(packs.create(3).unwrap(), 3).unwrap();
         for n in 1..6u8 {
             let data = vec![n; usize::from(n) * 7];
             w.append(&ChunkId::of(&data), Codec::Raw, data.len() as u32, &data)
                 .unwrap();
         }
-        let good = std::fs::read(w.finish().unwrap()).unwrap();
+        w.finish().unwrap();
+        let good = std::fs::read(packs.path(3)).unwrap();
         let path = dir.path().join("damaged.pack");
         let check = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
-            if let Ok(c) = read_contents(&path, 3) {
+            if let Ok(c) = read_contents(&File::open(&path).unwrap(), 3) {
                 assert!(c.data_end <= c.file_len);
                 for e in &c.entries {
                     assert!(e.loc.offset >= HEADER_LEN + ENTRY_HEADER_LEN);
@@ -511,7 +493,8 @@ mod tests {
     #[test]
     fn salvage_finds_every_intact_entry_past_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path(), 4).unwrap();
+        let packs = store(&dir);
+        let mut w = PackWriter::create(packs.create(4).unwrap(), 4).unwrap();
         let chunks: Vec<Vec<u8>> = (1..=6u8).map(|n| vec![n; 300 + usize::from(n)]).collect();
         let locs: Vec<Location> = chunks
             .iter()
@@ -520,14 +503,16 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let path = w.finish().unwrap();
+        w.finish().unwrap();
+        let path = packs.path(4);
         let mut bytes = std::fs::read(&path).unwrap();
         // Break the second entry's header and the fourth entry's data.
         bytes[(locs[1].offset - ENTRY_HEADER_LEN + 40) as usize] ^= 0xff;
         bytes[locs[3].offset as usize + 5] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
         let mut verifier = tern_core::codec::Decoder::new();
-        let found = salvage(&path, 4, |e, b| {
+        let pack = packs.open_to_change(4).unwrap();
+        let found = salvage(&*pack, 4, |e, b| {
             verifier
                 .verify(&e.id, e.loc.codec, e.loc.raw_len, b)
                 .is_ok()
@@ -535,8 +520,8 @@ mod tests {
         .unwrap();
         let kept: Vec<Location> = found.iter().map(|e| e.loc).collect();
         assert_eq!(kept, vec![locs[0], locs[2], locs[4], locs[5]]);
-        rewrite_table(&path, &found).unwrap();
-        let c = read_contents(&path, 4).unwrap();
+        rewrite_table(&*pack, &found).unwrap();
+        let c = read_contents(&*packs.open(4).unwrap(), 4).unwrap();
         assert!(c.finished);
         assert_eq!(c.entries, found);
     }

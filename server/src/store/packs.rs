@@ -1,9 +1,9 @@
-//! The set of pack files: one directory per storage group, the pack being
-//! appended to in each group, the finisher for full packs, and open read handles.
+//! The set of packs: one [`PackStore`] per storage group (where its packs
+//! are kept), the pack being appended to in each group, the finisher for
+//! full packs, and open read handles. Nothing else in the engine touches
+//! pack bytes but through here and `pack.rs`.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_core::{ChunkId, Codec};
 
 use super::finisher::PackFinisher;
-use super::pack::{self, Location, PackWriter};
+use super::pack::{Location, PackWriter};
+use super::pack_store::{DirPackStore, PackObject, PackStore};
 use super::space::FreeSpace;
 use super::{lock, Result, StoreError};
 
@@ -23,28 +24,28 @@ const MAX_OPEN_PACKS: usize = 256;
 /// Every pack of a data directory.
 pub struct PackSet {
     groups_root: PathBuf,
-    /// Storage group id -> its pack directory.
-    dirs: Mutex<HashMap<u32, PathBuf>>,
+    /// Storage group id -> where its packs are kept.
+    stores: Mutex<HashMap<u32, Arc<dyn PackStore>>>,
     /// The pack being appended to in each group.
     writers: Mutex<HashMap<u32, PackWriter>>,
     /// Writes the table of full packs and syncs them, off the write path.
     finisher: PackFinisher,
     next_pack: AtomicU64,
-    read_files: Mutex<HashMap<u64, Arc<File>>>,
-    /// Groups whose pack directory gained a file since it was last synced
+    read_files: Mutex<HashMap<u64, Arc<dyn PackObject>>>,
+    /// Groups whose pack store gained a pack since it was last synced
     /// (changed only while the appender is held).
-    unsynced_dirs: Mutex<Vec<u32>>,
+    unsynced: Mutex<Vec<u32>>,
     /// Why nothing may be appended, when the store is read-only.
     read_only: Option<&'static str>,
     /// Keeps new data from taking the space reserved for deletes and GC.
     pub space: FreeSpace,
 }
 
-/// A pack file found on disk.
-pub struct PackFile {
+/// A pack, by its storage group and number (numbers are unique across groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackRef {
     pub group: u32,
     pub number: u64,
-    pub path: PathBuf,
 }
 
 impl PackSet {
@@ -63,12 +64,12 @@ impl PackSet {
             read_only,
             space: FreeSpace::new(root),
             groups_root,
-            dirs: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             finisher: PackFinisher::start()?,
             next_pack: AtomicU64::new(1),
             read_files: Mutex::new(HashMap::new()),
-            unsynced_dirs: Mutex::new(Vec::new()),
+            unsynced: Mutex::new(Vec::new()),
         };
         for (name, id) in groups {
             set.add_group(name, *id)?;
@@ -76,53 +77,62 @@ impl PackSet {
         Ok(set)
     }
 
-    /// Makes the pack directory of a storage group (if needed) and knows it.
+    /// Makes the pack store of a storage group (its directory, if needed)
+    /// and knows it.
     pub fn add_group(&self, name: &str, id: u32) -> Result<()> {
         let dir = self.groups_root.join(name).join("packs");
-        if self.read_only.is_none() {
-            std::fs::create_dir_all(&dir)?;
-        }
-        lock(&self.dirs).insert(id, dir);
+        let store = DirPackStore::open(dir, self.read_only.is_some())?;
+        lock(&self.stores).insert(id, Arc::new(store));
         Ok(())
     }
 
     pub fn group_ids(&self) -> Vec<u32> {
-        lock(&self.dirs).keys().copied().collect()
+        lock(&self.stores).keys().copied().collect()
     }
 
-    fn dir(&self, group: u32) -> Result<PathBuf> {
-        lock(&self.dirs)
+    fn store(&self, group: u32) -> Result<Arc<dyn PackStore>> {
+        lock(&self.stores)
             .get(&group)
             .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("storage group {group} has no directory")))
+            .ok_or_else(|| StoreError::Corrupt(format!("storage group {group} has no pack store")))
     }
 
     /// Every pack of every group, by number.
-    pub fn files(&self) -> Result<Vec<PackFile>> {
-        let dirs: Vec<(u32, PathBuf)> = lock(&self.dirs)
+    pub fn packs(&self) -> Result<Vec<PackRef>> {
+        let stores: Vec<(u32, Arc<dyn PackStore>)> = lock(&self.stores)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         let mut out = Vec::new();
-        for (group, dir) in dirs {
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for entry in rd {
-                let path = entry?.path();
-                if let Some(number) = pack::pack_number(&path) {
-                    out.push(PackFile {
-                        group,
-                        number,
-                        path,
-                    });
-                }
+        for (group, store) in stores {
+            for number in store.list()? {
+                out.push(PackRef { group, number });
             }
         }
         out.sort_by_key(|p| p.number);
         Ok(out)
+    }
+
+    /// Where a pack is, for messages.
+    pub fn describe(&self, p: &PackRef) -> String {
+        match self.store(p.group) {
+            Ok(store) => store.describe(p.number),
+            Err(_) => format!("pack {} of storage group {}", p.number, p.group),
+        }
+    }
+
+    /// A pack's length in bytes.
+    pub fn size(&self, p: &PackRef) -> Result<u64> {
+        Ok(self.store(p.group)?.size(p.number)?)
+    }
+
+    /// Opens a pack to change it in place (recovery and repair).
+    pub fn open_to_change(&self, p: &PackRef) -> Result<Box<dyn PackObject>> {
+        if let Some(why) = self.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
+        lock(&self.read_files).remove(&p.number);
+        Ok(self.store(p.group)?.open_to_change(p.number)?)
     }
 
     /// Continues numbering after `last`, the highest pack number on disk.
@@ -144,12 +154,12 @@ impl PackSet {
     }
 
     /// A read handle on a pack, cached.
-    pub fn file(&self, group: u32, number: u64) -> Result<Arc<File>> {
+    pub fn reader(&self, group: u32, number: u64) -> Result<Arc<dyn PackObject>> {
         let mut files = lock(&self.read_files);
         if let Some(f) = files.get(&number) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(pack::pack_path(&self.dir(group)?, number))?);
+        let f = self.store(group)?.open(number)?;
         if files.len() >= MAX_OPEN_PACKS {
             files.clear();
         }
@@ -157,22 +167,15 @@ impl PackSet {
         Ok(f)
     }
 
-    /// Deletes a pack file (GC) and makes its removal durable.
-    pub fn remove(&self, p: &PackFile) -> Result<()> {
+    /// Deletes a pack (GC) and makes its removal durable.
+    pub fn remove(&self, p: &PackRef) -> Result<()> {
         lock(&self.read_files).remove(&p.number);
-        std::fs::remove_file(&p.path)?;
-        if let Some(dir) = p.path.parent() {
-            pack::sync_dir(dir)?;
-        }
-        Ok(())
+        Ok(self.store(p.group)?.delete(p.number)?)
     }
 
-    /// Bytes held by the given packs.
-    pub fn bytes(files: &[PackFile]) -> u64 {
-        files
-            .iter()
-            .map(|p| std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0))
-            .sum()
+    /// Bytes held by the given packs (one that vanished counts 0).
+    pub fn bytes(&self, packs: &[PackRef]) -> u64 {
+        packs.iter().map(|p| self.size(p).unwrap_or(0)).sum()
     }
 }
 
@@ -216,8 +219,8 @@ impl Appender<'_> {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let number = self.set.next_pack.fetch_add(1, Ordering::SeqCst);
-                let w = PackWriter::create(&self.set.dir(group)?, number)?;
-                let mut unsynced = lock(&self.set.unsynced_dirs);
+                let w = PackWriter::create(self.set.store(group)?.create(number)?, number)?;
+                let mut unsynced = lock(&self.set.unsynced);
                 if !unsynced.contains(&group) {
                     unsynced.push(group);
                 }
@@ -244,13 +247,13 @@ impl Appender<'_> {
             w.sync()?;
         }
         self.set.wait_finished()?;
-        // New pack files' names must be durable before an image that refers
-        // to them commits (syncing a file does not persist its directory
-        // entry); one directory sync per commit, not one per pack.
-        let unsynced: Vec<u32> = lock(&self.set.unsynced_dirs).clone();
+        // New packs must be findable before an image that refers to them
+        // commits (syncing a file does not persist its directory entry); one
+        // store sync per commit, not one per pack.
+        let unsynced: Vec<u32> = lock(&self.set.unsynced).clone();
         for group in unsynced {
-            pack::sync_dir(&self.set.dir(group)?)?;
-            lock(&self.set.unsynced_dirs).retain(|g| *g != group);
+            self.set.store(group)?.sync()?;
+            lock(&self.set.unsynced).retain(|g| *g != group);
         }
         Ok(())
     }

@@ -7,7 +7,6 @@ use tern_core::{ContainerName, ImageName};
 
 use super::containers::image_info;
 use super::pack::{self, Location};
-use super::packs::PackSet;
 use super::{Result, Scope, Store, StoreError};
 
 /// A committed image opened for reading.
@@ -52,8 +51,8 @@ impl Store {
         // GC must not move the chunk between the lookup and the read.
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let (entry, loc) = self.catalog.chunk_at(img.image_id, img.group, offset)?;
-        let file = self.packs.file(img.group, loc.pack)?;
-        let bytes = pack::read_stored(&file, &loc)
+        let file = self.packs.reader(img.group, loc.pack)?;
+        let bytes = pack::read_stored(&*file, &loc)
             .map_err(|e| StoreError::Corrupt(format!("reading chunk {}: {e}", entry.id)))?;
         Ok((entry, loc, bytes))
     }
@@ -87,11 +86,11 @@ impl Store {
         }
         let packs: Vec<_> = self
             .packs
-            .files()?
+            .packs()?
             .into_iter()
             .filter(|p| visible.contains(&p.group))
             .collect();
-        s.pack_bytes = PackSet::bytes(&packs);
+        s.pack_bytes = self.packs.bytes(&packs);
         let (free, total) = self.packs.space.filesystem()?;
         s.capacity_bytes = total;
         s.free_bytes = free.saturating_sub(self.packs.space.reserve());

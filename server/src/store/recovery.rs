@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::pack::{self, Location, HEADER_LEN};
-use super::packs::PackFile;
+use super::packs::PackRef;
 use super::{Result, Store, StoreError};
 
 /// A pack recovery has to look at.
@@ -27,7 +27,7 @@ enum Suspect {
 impl Store {
     /// Continues pack numbering after the highest pack on disk.
     pub(super) fn number_packs(&self) -> Result<()> {
-        let last = self.packs.files()?.iter().map(|p| p.number).max();
+        let last = self.packs.packs()?.iter().map(|p| p.number).max();
         self.packs.number_after(last.unwrap_or(0));
         Ok(())
     }
@@ -35,10 +35,10 @@ impl Store {
     /// Finishes every pack a crash left open, within the rule above.
     pub(super) fn recover(&self) -> Result<()> {
         self.number_packs()?;
-        let mut suspects: Vec<(PackFile, Suspect)> = Vec::new();
-        for p in self.packs.files()? {
-            let len = std::fs::metadata(&p.path)?.len();
-            match pack::read_contents(&p.path, p.number) {
+        let mut suspects: Vec<(PackRef, Suspect)> = Vec::new();
+        for p in self.packs.packs()? {
+            let len = self.packs.size(&p)?;
+            match pack::read_contents(&*self.packs.reader(p.group, p.number)?, p.number) {
                 Ok(c) if c.finished => {}
                 Ok(c) => suspects.push((p, Suspect::Open(c))),
                 Err(_) if len < HEADER_LEN => suspects.push((p, Suspect::Headless)),
@@ -51,7 +51,7 @@ impl Store {
         let used = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
         for (p, suspect) in suspects {
             let used_end = used.get(&p.number).copied().unwrap_or(0);
-            let shown = p.path.display();
+            let shown = self.packs.describe(&p);
             match suspect {
                 Suspect::Open(c) if c.data_end >= used_end => {
                     tracing::warn!(
@@ -60,7 +60,7 @@ impl Store {
                         torn_bytes = c.file_len - c.data_end,
                         "finishing a pack left open by an unclean stop"
                     );
-                    pack::repair(&p.path, &c)?;
+                    pack::repair(&*self.packs.open_to_change(&p)?, &c)?;
                 }
                 Suspect::Headless if used_end == 0 => {
                     tracing::warn!(pack = %shown, "removing a pack a crash left without a header");

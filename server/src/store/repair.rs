@@ -66,20 +66,20 @@ impl Store {
     fn salvage_packs(&self, report: &mut RepairReport) -> Result<HashMap<ChunkKey, Vec<Location>>> {
         let mut verifier = Decoder::new();
         let mut intact: HashMap<ChunkKey, Vec<Location>> = HashMap::new();
-        for p in self.packs.files()? {
-            let shown = p.path.display().to_string();
+        for p in self.packs.packs()? {
+            let shown = self.packs.describe(&p);
+            let file = self.packs.open_to_change(&p)?;
             let mut verify = |e: &PackEntry, bytes: &[u8]| {
                 verifier
                     .verify(&e.id, e.loc.codec, e.loc.raw_len, bytes)
                     .is_ok()
             };
-            let listed = pack::read_contents(&p.path, p.number).ok();
+            let listed = pack::read_contents(&*file, p.number).ok();
             let sound = match &listed {
                 Some(c) if c.finished => {
-                    let file = std::fs::File::open(&p.path)?;
                     let mut all_good = true;
                     for e in &c.entries {
-                        let good = pack::read_stored(&file, &e.loc)
+                        let good = pack::read_stored(&*file, &e.loc)
                             .map(|b| verify(e, &b))
                             .unwrap_or(false);
                         all_good &= good;
@@ -91,7 +91,7 @@ impl Store {
             let entries = match sound {
                 Some(entries) => entries,
                 None => {
-                    let found = pack::salvage(&p.path, p.number, &mut verify)?;
+                    let found = pack::salvage(&*file, p.number, &mut verify)?;
                     let before = listed.map(|c| c.entries.len() as u64);
                     if found.is_empty() {
                         report.change(format!("pack {shown}: no intact entry; deleted the pack"));
@@ -108,7 +108,7 @@ impl Store {
                                 |b| format!(" of the {b} it listed"),
                             )
                         ));
-                        pack::rewrite_table(&p.path, &found)?;
+                        pack::rewrite_table(&*file, &found)?;
                         report.packs_rewritten += 1;
                     }
                     found

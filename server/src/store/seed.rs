@@ -184,8 +184,8 @@ impl Store {
                 ))
             })?,
         };
-        let file = self.packs.file(group, loc.pack)?;
-        let bytes = pack::read_stored(&file, &loc)
+        let file = self.packs.reader(group, loc.pack)?;
+        let bytes = pack::read_stored(&*file, &loc)
             .map_err(|e| StoreError::Corrupt(format!("reading chunk {id}: {e}")))?;
         Ok(Record {
             id: *id,

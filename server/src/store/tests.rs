@@ -260,9 +260,13 @@ fn gc_writes_packs_of_the_documented_size() {
     assert!(report.packs_rewritten > 0, "{report:?}");
     store.packs.wait_finished().unwrap();
     let limit = packs::PACK_TARGET + (MAX_CHUNK_LIMIT as u64) * 2;
-    for p in store.packs.files().unwrap() {
-        let len = std::fs::metadata(&p.path).unwrap().len();
-        assert!(len <= limit, "{} holds {len} bytes", p.path.display());
+    for p in store.packs.packs().unwrap() {
+        let len = store.packs.size(&p).unwrap();
+        assert!(
+            len <= limit,
+            "{} holds {len} bytes",
+            store.packs.describe(&p)
+        );
     }
     for name in ["b", "d"] {
         assert_eq!(read_image(&store, name).len(), 200 << 16);

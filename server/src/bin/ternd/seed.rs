@@ -105,8 +105,8 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
                      it in the clear)"
                 );
             }
-            let volume_size = tern_core::wire::parse_rate(&volume_size)
-                .map_err(|e| anyhow::anyhow!("--volume-size: {}", e.replace("rate", "size")))?;
+            let volume_size = tern_core::units::parse_size(&volume_size)
+                .map_err(|e| anyhow::anyhow!("--volume-size: {e}"))?;
             let req = ExportRequest {
                 containers,
                 to: to.map(absolute).transpose()?,
