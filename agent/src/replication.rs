@@ -13,7 +13,7 @@ use tern_core::wire::{
 use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName};
 
 use crate::client::unexpected;
-use crate::session::{Answers, Sender};
+use crate::session::{Answers, DataErrors, Sender};
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 
@@ -249,26 +249,22 @@ impl Client {
             };
             self.conn().call(msg, Vec::new(), &stop)?
         };
-        match answer.env.msg {
-            Msg::ImageCreated { handle, .. } => Ok(ReplicaStart::Write(ReplicaWriter {
-                sender: self.conn().sender(&stop),
-                client: self.clone(),
-                handle,
-                stop,
-                finished: false,
-                offset: 0,
-            })),
-            Msg::ImageResumed { handle, offset, .. } => Ok(ReplicaStart::Write(ReplicaWriter {
-                sender: self.conn().sender(&stop),
-                client: self.clone(),
-                handle,
-                stop,
-                finished: false,
-                offset,
-            })),
-            Msg::ImageCommitted { info, .. } => Ok(ReplicaStart::Committed(info)),
-            other => Err(unexpected(other)),
-        }
+        let (handle, offset) = match answer.env.msg {
+            Msg::ImageCreated { handle, .. } => (handle, 0),
+            Msg::ImageResumed { handle, offset, .. } => (handle, offset),
+            Msg::ImageCommitted { info, .. } => return Ok(ReplicaStart::Committed(info)),
+            other => return Err(unexpected(other)),
+        };
+        let errors = self.conn().data_errors();
+        Ok(ReplicaStart::Write(ReplicaWriter {
+            sender: self.conn().sender(&errors, &stop),
+            errors,
+            client: self.clone(),
+            handle,
+            stop,
+            finished: false,
+            offset,
+        }))
     }
 }
 
@@ -303,6 +299,8 @@ pub enum ReplicaStart {
 pub struct ReplicaWriter {
     client: Client,
     sender: Sender,
+    /// The target's refusals of this replica's chunks.
+    errors: DataErrors,
     handle: Handle,
     stop: Arc<Stop>,
     finished: bool,
@@ -388,13 +386,8 @@ impl ReplicaWriter {
                 Msg::ImageCommitted { info, stats } => Ok((info, stats)),
                 other => Err(unexpected(other)),
             },
-            Err(e) => match self.client.conn().take_unsolicited().into_iter().next() {
-                Some(first) => Err(ClientError::Server {
-                    kind: e.kind().unwrap_or(tern_core::wire::ErrorKind::Internal),
-                    message: first,
-                }),
-                None => Err(e),
-            },
+            // The target's reason for refusing a chunk, with its kind.
+            Err(e) => Err(self.errors.take().unwrap_or(e)),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tern_agent::ContainerSettings;
+use tern_core::wire::ErrorKind;
 use tern_test_support::*;
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -115,13 +116,20 @@ fn a_full_disk_can_be_read_emptied_and_written_again() {
         let mut w = client
             .create_image("c", &format!("i{stored}"), b"")
             .unwrap();
-        match w
-            .write_all(&unique(IMAGE, stored))
-            .map_err(|e| e.to_string())
-            .and_then(|()| w.commit().map_err(|e| e.to_string()))
-        {
+        // The refusal keeps its kind, through the io::Write adapter too.
+        let written = w.write_all(&unique(IMAGE, stored)).map_err(|e| {
+            let kind = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<tern_agent::ClientError>())
+                .and_then(|c| c.kind());
+            (e.to_string(), kind)
+        });
+        match written.and_then(|()| w.commit().map_err(|e| (e.to_string(), e.kind()))) {
             Ok(_) => stored += 1,
-            Err(e) => break e,
+            Err((e, kind)) => {
+                assert_eq!(kind, Some(ErrorKind::NoSpace), "{e}");
+                break e;
+            }
         }
         assert!(
             stored < 20,

@@ -59,8 +59,6 @@ pub struct ClientSession {
     next_req: AtomicU64,
     /// Why the session ended, once it has.
     closed: Arc<Mutex<Option<String>>>,
-    /// Errors the server sent about frames that have no answer (chunk data).
-    unsolicited: Arc<Mutex<Vec<String>>>,
     server: Arc<str>,
     /// Dials the server's addresses; knows the one in use.
     dialer: Arc<Dialer>,
@@ -114,6 +112,36 @@ impl Answers {
 }
 
 impl Drop for Answers {
+    fn drop(&mut self) {
+        lock(&self.routes).remove(&self.req);
+    }
+}
+
+/// The server's refusals of one image's answerless frames (chunk data, raw
+/// data): they carry this route's request number, and the server echoes it
+/// in its `Error`. Kept per image, so an image's commit reports its own
+/// error with its own kind.
+pub struct DataErrors {
+    routes: Routes,
+    req: u64,
+    rx: mpsc::UnboundedReceiver<Frame>,
+}
+
+impl DataErrors {
+    /// The first refusal the server sent for this image, if any.
+    pub fn take(&mut self) -> Option<ClientError> {
+        let frame = self.rx.try_recv().ok()?;
+        Some(match frame.env.msg {
+            Msg::Error { kind, message } => ClientError::Server { kind, message },
+            other => ClientError::Protocol(format!(
+                "the server answered a data frame with {}",
+                msg_name(&other)
+            )),
+        })
+    }
+}
+
+impl Drop for DataErrors {
     fn drop(&mut self) {
         lock(&self.routes).remove(&self.req);
     }
@@ -188,14 +216,12 @@ impl ClientSession {
 
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(Mutex::new(None));
-        let unsolicited = Arc::new(Mutex::new(Vec::new()));
         let (in_tx, in_rx) = mpsc::channel(256);
         let session = Session::new(opts.cache.clone(), in_tx);
         rt.spawn(route(
             in_rx,
             routes.clone(),
             closed.clone(),
-            unsolicited.clone(),
             session.clone(),
         ));
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
@@ -218,7 +244,6 @@ impl ClientSession {
             routes,
             next_req: AtomicU64::new(1),
             closed,
-            unsolicited,
             server: server.as_str().into(),
             dialer: dialer.clone(),
             session,
@@ -301,7 +326,15 @@ impl ClientSession {
         if lock(&self.closed).is_some() {
             return Err(self.lost());
         }
-        self.sender(stop).queue(req, msg, payload)?;
+        let sender = Sender {
+            tx: self.tx.clone(),
+            req,
+            closed: self.closed.clone(),
+            server: self.server.clone(),
+            stop: stop.clone(),
+            rt: self.runtime(),
+        };
+        sender.send(msg, payload)?;
         Ok(answers)
     }
 
@@ -321,11 +354,14 @@ impl ClientSession {
         }
     }
 
-    /// A handle for sending answerless frames from other threads; `stop`
-    /// ends its waits for room in the queue.
-    pub fn sender(&self, stop: &Arc<Stop>) -> Sender {
+    /// A handle for sending one image's answerless frames from other
+    /// threads: they carry `errors`' request number, so the server's refusal
+    /// of one reaches that image alone. `stop` ends its waits for room in
+    /// the queue.
+    pub fn sender(&self, errors: &DataErrors, stop: &Arc<Stop>) -> Sender {
         Sender {
             tx: self.tx.clone(),
+            req: errors.req,
             closed: self.closed.clone(),
             server: self.server.clone(),
             stop: stop.clone(),
@@ -333,14 +369,21 @@ impl ClientSession {
         }
     }
 
+    /// A route for the server's refusals of one image's data frames.
+    pub fn data_errors(&self) -> DataErrors {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.routes).insert(req, tx);
+        DataErrors {
+            routes: self.routes.clone(),
+            req,
+            rx,
+        }
+    }
+
     /// The runtime the connections run on.
     pub fn runtime(&self) -> tokio::runtime::Handle {
         self._rt.handle().clone()
-    }
-
-    /// Takes the errors the server reported for frames without answers.
-    pub fn take_unsolicited(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.unsolicited))
     }
 
     /// Bytes written to the network so far (frame headers and payloads).
@@ -351,10 +394,6 @@ impl ClientSession {
     /// Bytes read from the network so far.
     pub fn bytes_received(&self) -> u64 {
         self.session.bytes_received()
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     /// The protocol version of the session.
@@ -401,10 +440,12 @@ impl Drop for ClientSession {
     }
 }
 
-/// Sends frames that have no answer; cheap to clone.
+/// Sends one image's frames that have no answer; cheap to clone.
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Outgoing>,
+    /// The request number of the image's [`DataErrors`].
+    req: u64,
     closed: Arc<Mutex<Option<String>>>,
     server: Arc<str>,
     stop: Arc<Stop>,
@@ -415,7 +456,7 @@ impl Sender {
     /// Queues a frame that has no answer, waiting while the queue is full;
     /// fails once the session is gone or the stop fires.
     pub fn send(&self, msg: Msg, payload: Vec<u8>) -> Result<(), ClientError> {
-        self.queue(0, msg, payload)
+        self.queue(self.req, msg, payload)
     }
 
     fn queue(&self, req: u64, msg: Msg, payload: Vec<u8>) -> Result<(), ClientError> {
@@ -458,7 +499,6 @@ async fn route(
     mut rx: mpsc::Receiver<Frame>,
     routes: Routes,
     closed: Arc<Mutex<Option<String>>>,
-    unsolicited: Arc<Mutex<Vec<String>>>,
     session: Arc<Session>,
 ) {
     while let Some(frame) = rx.recv().await {
@@ -467,11 +507,9 @@ async fn route(
             Some(r) => {
                 let _ = r.send(frame);
             }
-            None => {
-                if let Msg::Error { message, .. } = &frame.env.msg {
-                    lock(&unsolicited).push(message.clone());
-                }
-            }
+            // An answer to a request whose caller has gone (a cancel, a
+            // time limit): nobody is left to tell.
+            None => tracing::debug!(req = frame.env.req, "an answer nobody waits for"),
         }
     }
     let why = session

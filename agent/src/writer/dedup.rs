@@ -29,7 +29,7 @@ use tern_core::{ChunkBatch, ChunkBatcher, ChunkId, ChunkParams};
 
 use super::SentLog;
 use crate::client::unexpected;
-use crate::session::Answers;
+use crate::session::{Answers, Sender};
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 
@@ -129,6 +129,7 @@ impl Pipeline {
         chunking: ChunkParams,
         level: i32,
         sent: &SentLog,
+        sender: &Sender,
         stop: &Arc<Stop>,
     ) -> Self {
         let threads = std::thread::available_parallelism()
@@ -142,7 +143,7 @@ impl Pipeline {
                 let job_rx = job_rx.clone();
                 let sent = sent.clone();
                 let abandoned = abandoned.clone();
-                let queue = client.conn().sender(stop);
+                let queue = sender.clone();
                 std::thread::spawn(move || compress_worker(level, job_rx, queue, sent, abandoned))
             })
             .collect();
@@ -429,7 +430,8 @@ fn compress_worker(
     let mut compressor = match Compressor::new(level) {
         Ok(c) => c,
         Err(e) => {
-            sent.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(format!("zstd: {e}"));
+            let e = ClientError::Invalid(format!("zstd level {level}: {e}"));
+            sent.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(e);
             return;
         }
     };
@@ -458,7 +460,7 @@ fn compress_worker(
             sent.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .1
-                .get_or_insert(e.to_string());
+                .get_or_insert(e);
         }
     }
 }

@@ -16,14 +16,15 @@ use tern_core::wire::{Handle, ImageInfo, Msg, WriteMode, WriteStats};
 use tern_core::{ContainerName, ImageName};
 
 use crate::client::unexpected;
-use crate::session::ClientSession;
+use crate::session::{ClientSession, DataErrors};
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 use dedup::Pipeline;
 use passthrough::Passthrough;
 
 /// What the senders report: chunk payload bytes sent, the first failure.
-type SentLog = Arc<Mutex<(u64, Option<String>)>>;
+/// Chunk bytes sent, and the first error of a thread that sends them.
+type SentLog = Arc<Mutex<(u64, Option<ClientError>)>>;
 
 /// What a committed image cost.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct ImageWriter {
     /// Where written bytes go; `None` once committed or aborted.
     sink: Option<Sink>,
     sent: SentLog,
+    /// The server's refusals of this image's data frames.
+    errors: DataErrors,
     finished: bool,
     /// The DMA's properties of the image.
     props: Vec<u8>,
@@ -143,12 +146,13 @@ impl ImageWriter {
             .validate()
             .map_err(|e| ClientError::Protocol(format!("server sent bad chunk parameters: {e}")))?;
         let sent: SentLog = Arc::new(Mutex::new((0, None)));
+        let errors = client.conn().data_errors();
+        let sender = client.conn().sender(&errors, &stop);
         let sink = match mode {
             WriteMode::Dedup => Sink::Dedup(Pipeline::start(
-                &client, handle, chunking, level, &sent, &stop,
+                &client, handle, chunking, level, &sent, &sender, &stop,
             )),
             WriteMode::Passthrough => {
-                let sender = client.conn().sender(&stop);
                 Sink::Passthrough(Passthrough::new(sender, handle, sent.clone()))
             }
         };
@@ -158,6 +162,7 @@ impl ImageWriter {
             stop,
             sink: Some(sink),
             sent,
+            errors,
             finished: false,
             props,
         };
@@ -195,10 +200,18 @@ impl ImageWriter {
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
-        match self.sink()? {
+        let written = match self.sink()? {
             Sink::Dedup(p) => p.write(data),
             Sink::Passthrough(r) => r.write(data),
-        }
+        };
+        written.map_err(|e| self.explained(e))
+    }
+
+    /// `e`, or the server's refusal of one of this image's chunks that
+    /// caused it (a full store refuses a chunk; the next request on the
+    /// image then finds no such image: the refusal is the error to report).
+    fn explained(&mut self, e: ClientError) -> ClientError {
+        self.errors.take().unwrap_or(e)
     }
 
     /// Writes everything `source` yields, reading it on a thread of its own
@@ -213,10 +226,11 @@ impl ImageWriter {
     ) -> Result<u64, ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
-        match self.sink()? {
+        let copied = match self.sink()? {
             Sink::Dedup(p) => p.copy_from(source, progress),
             Sink::Passthrough(r) => r.copy_from(source, progress),
-        }
+        };
+        copied.map_err(|e| self.explained(e))
     }
 
     /// Finishes the image and waits until the server has committed it.
@@ -231,32 +245,19 @@ impl ImageWriter {
         };
         // A cancel or time limit says so, whatever it broke on the way.
         self.stop.check()?;
-        finished?;
-        let (sent_bytes, worker_error) =
-            self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        finished.map_err(|e| self.explained(e))?;
+        let (sent_bytes, worker_error) = {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            (sent.0, sent.1.take())
+        };
         if let Some(e) = worker_error {
-            return Err(ClientError::Connect {
-                server: self.conn().server().to_string(),
-                reason: e,
-            });
+            return Err(self.explained(e));
         }
         let close = Msg::ImageClose {
             handle: self.handle,
         };
         let answer = self.conn().call(close, Vec::new(), &self.stop);
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                // The server's reason for failing a chunk is more useful than "no such handle".
-                if let Some(first) = self.conn().take_unsolicited().into_iter().next() {
-                    return Err(ClientError::Server {
-                        kind: e.kind().unwrap_or(tern_core::wire::ErrorKind::Internal),
-                        message: first,
-                    });
-                }
-                return Err(e);
-            }
-        };
+        let answer = answer.map_err(|e| self.explained(e))?;
         match answer.env.msg {
             Msg::ImageCommitted { info, stats } => Ok(Committed {
                 info,
