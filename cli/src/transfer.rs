@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tern_agent::{ClientError, WriteMode};
+use tern_agent::{Client, ClientError, WriteMode};
 use tern_core::ChunkParams;
 
 use super::{connect, report, Cli};
@@ -30,6 +30,15 @@ fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// True if `container` holds an incomplete image `name` (one begun and not
+/// committed, which `--resume` continues).
+fn has_incomplete(client: &Client, container: &str, name: &str) -> Result<bool> {
+    let (_, incomplete) = client
+        .image_list_all(container, name)
+        .with_context(|| format!("listing container {container}"))?;
+    Ok(incomplete.iter().any(|i| i.name.as_str() == name))
+}
+
 pub(crate) fn backup(
     cli: &Cli,
     container: &str,
@@ -47,22 +56,14 @@ pub(crate) fn backup(
     };
     let client = connect(cli, mode)?;
     let started = Instant::now();
-    let (mut writer, offset) = if resume {
-        match client.resume_image(container, name) {
-            Ok(resumed) => resumed,
-            Err(ClientError::Server {
-                kind: tern_core::wire::ErrorKind::NotFound,
-                message,
-            }) if message.contains("no incomplete image") => {
-                eprintln!("no incomplete image {container}/{name} to resume: starting a new one");
-                let w = client
-                    .create_image(container, name, &[])
-                    .with_context(|| format!("creating image {container}/{name}"))?;
-                (w, 0)
-            }
-            Err(e) => return Err(e).with_context(|| format!("resuming {container}/{name}")),
-        }
+    let (mut writer, offset) = if resume && has_incomplete(&client, container, name)? {
+        client
+            .resume_image(container, name)
+            .with_context(|| format!("resuming {container}/{name}"))?
     } else {
+        if resume {
+            eprintln!("no incomplete image {container}/{name} to resume: starting a new one");
+        }
         let w = client
             .create_image(container, name, &[])
             .with_context(|| format!("creating image {container}/{name}"))?;

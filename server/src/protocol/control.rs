@@ -1,8 +1,9 @@
 //! The control socket: `ternd gc`, `ternd fsck` and `ternd seed` reach a
 //! running server through `DATA/ternd.sock`, a Unix socket only the data
-//! directory's owner can open. One request line (`gc`, `fsck`, or a JSON
-//! [`Request`]), then answer lines: any number of `{"progress":[done,total]}`
-//! and one `{"ok":...}` or `{"error":"..."}`.
+//! directory's owner can open. One syntax, serde on both ends: one request
+//! line, a JSON [`Request`] (`"gc"`, `"fsck"`, `{"seed_export":{...}}`, ...),
+//! then [`Answer`] lines: any number of `{"progress":[done,total]}` and one
+//! `{"ok":...}` or `{"error":"..."}`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,14 +20,28 @@ pub fn socket_path(data: &Path) -> PathBuf {
     data.join("ternd.sock")
 }
 
-/// A request beyond `gc` and `fsck`.
+/// A request to the running server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
+    Gc,
+    Fsck,
     SeedExport(seed::export::ExportRequest),
     SeedImport(seed::import::ImportRequest),
     SeedStatus,
     SeedCleanup { seed: Option<String>, force: bool },
+}
+
+/// One line of the server's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// Work done of the total, so far.
+    Progress([u64; 2]),
+    /// The request's report.
+    Ok(serde_json::Value),
+    /// Why it failed.
+    Error(String),
 }
 
 /// A request line's limit: a JSON request with a password and paths.
@@ -69,6 +84,8 @@ pub fn run(
     progress: seed::Progress<'_>,
 ) -> Result<serde_json::Value> {
     Ok(match req {
+        Request::Gc => serde_json::to_value(store.gc()?)?,
+        Request::Fsck => serde_json::to_value(store.fsck()?)?,
         Request::SeedExport(r) => {
             serde_json::to_value(seed::export::export(store, data, server_id, &r, progress)?)?
         }
@@ -98,27 +115,18 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
     let work = {
         let line = line.trim().to_string();
         tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-            let s = &ctx.store;
-            match line.as_str() {
-                "gc" => Ok(serde_json::to_value(s.gc()?)?),
-                "fsck" => Ok(serde_json::to_value(s.fsck()?)?),
-                json if json.starts_with('{') || json.starts_with('"') => {
-                    let req: Request =
-                        serde_json::from_str(json).context("undecodable control request")?;
-                    // Progress at most every 1% or so: a line per chunk would flood.
-                    let last = std::cell::Cell::new(0u64);
-                    let progress = |done: u64, total: u64| {
-                        if done.saturating_sub(last.get()) >= (total / 100).max(1) || done == total
-                        {
-                            last.set(done);
-                            let _ = tx.send((done, total));
-                        }
-                        !gone.load(std::sync::atomic::Ordering::Relaxed)
-                    };
-                    run(req, &ctx.data, s, &ctx.server_id, &progress)
+            let req: Request =
+                serde_json::from_str(&line).context("undecodable control request")?;
+            // Progress at most every 1% or so: a line per chunk would flood.
+            let last = std::cell::Cell::new(0u64);
+            let progress = |done: u64, total: u64| {
+                if done.saturating_sub(last.get()) >= (total / 100).max(1) || done == total {
+                    last.set(done);
+                    let _ = tx.send((done, total));
                 }
-                other => bail!("unknown control request {other:?}"),
-            }
+                !gone.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            run(req, &ctx.data, &ctx.store, &ctx.server_id, &progress)
         })
     };
     tokio::pin!(work);
@@ -126,31 +134,34 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
         tokio::select! {
             r = &mut work => break r,
             Some((done, total)) = rx.recv() => {
-                wr.write_all(format!("{{\"progress\":[{done},{total}]}}\n").as_bytes()).await?;
+                write_line(&mut wr, &Answer::Progress([done, total])).await?;
             }
         }
     };
-    let text = match reply {
-        Ok(Ok(json)) => format!("{{\"ok\":{json}}}\n"),
-        Ok(Err(e)) => format!(
-            "{{\"error\":{}}}\n",
-            serde_json::to_string(&format!("{e:#}"))?
-        ),
-        Err(e) => format!("{{\"error\":{}}}\n", serde_json::to_string(&e.to_string())?),
+    let last = match reply {
+        Ok(Ok(json)) => Answer::Ok(json),
+        Ok(Err(e)) => Answer::Error(format!("{e:#}")),
+        Err(e) => Answer::Error(e.to_string()),
     };
-    wr.write_all(text.as_bytes()).await?;
+    write_line(&mut wr, &last).await
+}
+
+async fn write_line(wr: &mut (impl AsyncWriteExt + Unpin), answer: &Answer) -> Result<()> {
+    let mut line = serde_json::to_vec(answer)?;
+    line.push(b'\n');
+    wr.write_all(&line).await?;
     Ok(())
 }
 
 /// Asks a running server; `None` if no server answers on the socket.
-pub fn request(data: &Path, what: &str) -> Result<Option<serde_json::Value>> {
-    request_with_progress(data, what, &|_, _| true)
+pub fn request(data: &Path, req: &Request) -> Result<Option<serde_json::Value>> {
+    request_with_progress(data, req, &|_, _| true)
 }
 
 /// [`request`], passing the server's progress reports to `progress`.
 pub fn request_with_progress(
     data: &Path,
-    what: &str,
+    req: &Request,
     progress: seed::Progress<'_>,
 ) -> Result<Option<serde_json::Value>> {
     use std::io::{BufRead, Write};
@@ -159,22 +170,22 @@ pub fn request_with_progress(
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
-    stream.write_all(format!("{what}\n").as_bytes())?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
     let mut lines = std::io::BufReader::new(stream).lines();
     loop {
         let Some(line) = lines.next().transpose()? else {
             bail!("the server closed the control socket without an answer");
         };
-        let v: serde_json::Value =
+        let answer: Answer =
             serde_json::from_str(&line).context("undecodable answer from the control socket")?;
-        if let Some(p) = v.get("progress").and_then(|p| p.as_array()) {
-            let n = |i: usize| p.get(i).and_then(|x| x.as_u64()).unwrap_or(0);
-            let _ = progress(n(0), n(1));
-            continue;
+        match answer {
+            Answer::Progress([done, total]) => {
+                let _ = progress(done, total);
+            }
+            Answer::Ok(report) => return Ok(Some(report)),
+            Answer::Error(why) => bail!("{why}"),
         }
-        if let Some(e) = v.get("error") {
-            bail!("{}", e.as_str().unwrap_or("unknown error"));
-        }
-        return Ok(v.get("ok").cloned());
     }
 }

@@ -14,7 +14,7 @@ use super::UserCmd;
 
 /// `ternd gc`: through the running server if there is one.
 pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
-    let report = match control::request(data, "gc")? {
+    let report = match control::request(data, &control::Request::Gc)? {
         Some(v) => v,
         None => serde_json::to_value(open_store(data)?.gc()?)?,
     };
@@ -39,7 +39,7 @@ pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
 /// `ternd fsck`: exits 1 when anything is damaged. A stopped store is opened
 /// read-only: not a byte of it changes.
 pub(crate) fn fsck(data: &Path, json: bool) -> Result<()> {
-    let report = match control::request(data, "fsck")? {
+    let report = match control::request(data, &control::Request::Fsck)? {
         Some(v) => v,
         None => {
             require_data_dir(data)?;

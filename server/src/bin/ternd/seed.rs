@@ -203,8 +203,7 @@ fn send(data: &Path, req: Request) -> Result<serde_json::Value> {
         }
         true
     };
-    let line = serde_json::to_string(&req)?;
-    let answer = match control::request_with_progress(data, &line, &show)? {
+    let answer = match control::request_with_progress(data, &req, &show)? {
         Some(v) => v,
         None => {
             let store = super::offline::open_store(data)?;
