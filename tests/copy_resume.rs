@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tern_agent::{CopyId, CopyState};
+use tern_agent::{CopyId, CopyState, TrailResult, TrailSide};
 use tern_faultproxy::{FaultProxy, Faults};
 
 #[path = "replication_common.rs"]
@@ -174,9 +174,9 @@ fn copy_abort_drops_the_partial_replica_on_both_sides_and_gc_frees_it() {
     );
     let trail = dst.replication_history(10).unwrap();
     assert!(
-        trail
-            .iter()
-            .any(|t| t.copy == id && t.side == "target" && t.result == "failed"),
+        trail.iter().any(|t| t.copy == id
+            && t.side == TrailSide::Target
+            && t.result == TrailResult::Failed),
         "{trail:?}"
     );
     let gc = pair.target.ternd(&["gc"]);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tern_agent::{ContainerSettings, CopyState, CopyTarget};
+use tern_agent::{ContainerSettings, CopyState, CopyTarget, TrailResult, TrailSide};
 use tern_test_support::*;
 
 #[path = "replication_common.rs"]
@@ -61,11 +61,11 @@ fn a_copy_lands_whole_in_the_replica_container_and_raises_one_import_event() {
     let src_trail = src.replication_history(10).unwrap();
     assert!(src_trail
         .iter()
-        .any(|t| t.copy == id && t.result == "ok" && t.side == "source"));
+        .any(|t| t.copy == id && t.result == TrailResult::Ok && t.side == TrailSide::Source));
     let dst_trail = dst.replication_history(10).unwrap();
     assert!(dst_trail
         .iter()
-        .any(|t| t.copy == id && t.result == "ok" && t.side == "target"));
+        .any(|t| t.copy == id && t.result == TrailResult::Ok && t.side == TrailSide::Target));
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn bad_partners_and_bad_copies_fail_clearly_and_enter_the_trail() {
     );
     let trail = src.replication_history(10).unwrap();
     assert!(
-        trail.len() >= 2 && trail.iter().all(|t| t.result == "failed"),
+        trail.len() >= 2 && trail.iter().all(|t| t.result == TrailResult::Failed),
         "{trail:?}"
     );
     // The target saw the wrong partner password, and says so in its trail.
@@ -149,7 +149,7 @@ fn bad_partners_and_bad_copies_fail_clearly_and_enter_the_trail() {
     assert!(
         target_trail
             .iter()
-            .any(|t| t.side == "target" && t.reason.contains("wrong password")),
+            .any(|t| t.side == TrailSide::Target && t.reason.contains("wrong password")),
         "{target_trail:?}"
     );
 
@@ -223,7 +223,7 @@ fn bad_partners_and_bad_copies_fail_clearly_and_enter_the_trail() {
         info.reason
     );
     let dst_trail = t.replication_history(10).unwrap();
-    assert!(dst_trail.is_empty() || dst_trail.iter().all(|t| t.result != "ok"));
+    assert!(dst_trail.is_empty() || dst_trail.iter().all(|t| t.result != TrailResult::Ok));
 }
 
 #[test]

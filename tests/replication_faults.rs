@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tern_agent::{Client, CopyId, CopyState};
+use tern_agent::{Client, CopyId, CopyState, TrailResult, TrailSide};
 use tern_faultproxy::{FaultProxy, Faults};
 use tern_test_support::*;
 
@@ -150,7 +150,7 @@ fn a_cancelled_copy_stops_within_two_seconds_and_leaves_nothing_on_the_target() 
         .replication_history(10)
         .unwrap()
         .iter()
-        .any(|t| t.copy == id && t.side == "target" && t.result == "failed")
+        .any(|t| t.copy == id && t.side == TrailSide::Target && t.result == TrailResult::Failed)
     {
         assert!(
             start.elapsed() < Duration::from_secs(30),

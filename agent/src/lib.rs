@@ -42,6 +42,6 @@ pub use replication::{CopyTarget, PendingNeed, ReplicaSpec, ReplicaStart, Replic
 pub use stop::Stop;
 pub use tern_core::wire::{
     ContainerInfo, ContainerSettings, CopyId, CopyInfo, CopyState, ImageInfo, ImportEvent,
-    PartnerInfo, StoreStats, TrailEntry, WriteMode, WriteStats,
+    PartnerInfo, StoreStats, TrailEntry, TrailResult, TrailSide, WriteMode, WriteStats,
 };
 pub use writer::{dedup_ratio, Committed, ImageWriter, WRITE_BATCH_BYTES};

@@ -9,6 +9,7 @@ pub mod msg;
 pub mod password;
 pub mod replication;
 pub mod shaping;
+pub mod trail;
 
 pub use catalog::*;
 pub use feature::{Feature, Missing};
@@ -17,6 +18,7 @@ pub use msg::*;
 pub use password::Password;
 pub use replication::*;
 pub use shaping::*;
+pub use trail::{TrailEntry, TrailResult, TrailSide};
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;

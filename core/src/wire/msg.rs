@@ -10,6 +10,7 @@ use super::catalog::*;
 use super::password::Password;
 use super::replication::*;
 use super::shaping::*;
+use super::trail::TrailEntry;
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
 use crate::names::{ContainerName, GroupName, ImageName, UserName};

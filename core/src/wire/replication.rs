@@ -176,34 +176,6 @@ pub struct CopyInfo {
     pub path: String,
 }
 
-/// One attempt in the replication trail, on either side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrailEntry {
-    /// The copy (all zero for a refused partner check).
-    pub copy: CopyId,
-    /// `source` or `target`: which side recorded it.
-    pub side: String,
-    /// The other server: the partner's name on a source, the source
-    /// server's id on a target.
-    pub peer: String,
-    /// The image on this side (`container/name`; empty for a partner check).
-    pub image: String,
-    /// Seconds since the Unix epoch when the attempt began.
-    pub started: u64,
-    /// Seconds since the Unix epoch when it ended.
-    pub ended: u64,
-    /// The image's size.
-    pub logical_bytes: u64,
-    /// Chunk bytes sent (source) or received (target), as stored.
-    pub sent_bytes: u64,
-    /// Chunks sent or received.
-    pub sent_chunks: u64,
-    /// `ok`, `failed`, `cancelled` or `retrying`.
-    pub result: String,
-    /// Why it failed (empty when it did not).
-    pub reason: String,
-}
-
 /// An import event: a replica arrived in an import container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportEvent {

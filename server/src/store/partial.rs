@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use tern_core::wire::{ImageInfo, IncompleteImage, ReplicaOrigin, TrailEntry, WriteStats};
+use tern_core::wire::{
+    ImageInfo, IncompleteImage, ReplicaOrigin, TrailEntry, TrailResult, TrailSide, WriteStats,
+};
 use tern_core::{ContainerName, ImageName};
 
 use super::catalog::NewImage;
@@ -169,7 +171,7 @@ impl Store {
         let created = now_unix();
         let trail = img.replica.as_ref().map(|r| {
             let image = format!("{}/{}", img.container, img.name);
-            let mut t = replica_trail(&r.origin, r.started, &image, "ok", "");
+            let mut t = replica_trail(&r.origin, r.started, &image, TrailResult::Ok, "");
             t.ended = created;
             t.logical_bytes = img.size;
             t.sent_bytes = img.stats.new_stored_bytes;
@@ -234,7 +236,7 @@ impl Store {
         }
         if let Some(r) = &img.replica {
             let image = format!("{}/{}", img.container, img.name);
-            self.trail_replica_end(&r.origin, r.started, &image, "failed", why);
+            self.trail_replica_end(&r.origin, r.started, &image, TrailResult::Failed, why);
         }
     }
 
@@ -480,7 +482,7 @@ impl Store {
                     retention.as_secs()
                 );
                 let image = self.catalog.image_label(cid, &name);
-                self.trail_replica_end(origin, p.started, &image, "expired", &why);
+                self.trail_replica_end(origin, p.started, &image, TrailResult::Expired, &why);
             }
             dropped += 1;
         }
@@ -493,7 +495,7 @@ impl Store {
         origin: &ReplicaOrigin,
         started: u64,
         image: &str,
-        result: &str,
+        result: TrailResult,
         reason: &str,
     ) {
         let t = replica_trail(origin, started, image, result, reason);
@@ -508,12 +510,12 @@ fn replica_trail(
     origin: &ReplicaOrigin,
     started: u64,
     image: &str,
-    result: &str,
+    result: TrailResult,
     reason: &str,
 ) -> TrailEntry {
     TrailEntry {
         copy: origin.copy,
-        side: "target".into(),
+        side: TrailSide::Target,
         peer: origin.server.clone(),
         image: image.into(),
         started,
@@ -521,7 +523,7 @@ fn replica_trail(
         logical_bytes: 0,
         sent_bytes: 0,
         sent_chunks: 0,
-        result: result.into(),
+        result,
         reason: reason.into(),
     }
 }

@@ -3,7 +3,7 @@
 
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{
-    CopyId, ImageInfo, ImportEvent, ImportState, ReplicaOrigin, MAX_EVENTS_PER_POLL,
+    CopyId, ImageInfo, ImportEvent, ImportState, ReplicaOrigin, TrailResult, MAX_EVENTS_PER_POLL,
 };
 use tern_core::{ChunkParams, ContainerName, ImageName};
 
@@ -190,7 +190,7 @@ impl Store {
                 found = true;
                 tracing::info!(copy = %copy, "partial replica {name} dropped: {why}");
                 let image = self.catalog.image_label(cid, &name);
-                self.trail_replica_end(&origin, p.started, &image, "failed", why);
+                self.trail_replica_end(&origin, p.started, &image, TrailResult::Failed, why);
             }
         }
         Ok(found)

@@ -2,7 +2,7 @@
 //! is answered; the session's deadline (`HANDSHAKE_TIMEOUT`) runs meanwhile.
 
 use tern_core::names::UserName;
-use tern_core::wire::{self, CopyId, ErrorKind, Msg, Password, TrailEntry};
+use tern_core::wire::{self, CopyId, ErrorKind, Msg, Password, TrailEntry, TrailResult, TrailSide};
 
 use super::{refuse, Answer, Refusal};
 use crate::protocol::handler::{Phase, SessionHandler};
@@ -77,7 +77,7 @@ fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
     let now = now_unix();
     let entry = TrailEntry {
         copy: CopyId([0; 16]),
-        side: "target".into(),
+        side: TrailSide::Target,
         peer: h.peer().to_string(),
         image: String::new(),
         started: now,
@@ -85,7 +85,7 @@ fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
         logical_bytes: 0,
         sent_bytes: 0,
         sent_chunks: 0,
-        result: "failed".into(),
+        result: TrailResult::Failed,
         reason: format!("replication login as {user} refused: wrong password"),
     };
     if let Err(e) = h.store().push_trail(&entry) {

@@ -28,6 +28,7 @@ use tern_agent::{Client, ClientError};
 use tern_core::names::UserName;
 use tern_core::wire::{
     CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, PartnerSettings, TrailEntry,
+    TrailResult, TrailSide,
 };
 use tern_core::{ContainerName, ImageName};
 
@@ -480,7 +481,13 @@ impl Replicator {
             return Ok(());
         }
         lock(&self.queue).retain(|(q, _)| *q != id);
-        let entry = self.trail(id, &rec, now_unix(), "cancelled", "cancelled before it ran");
+        let entry = self.trail(
+            id,
+            &rec,
+            now_unix(),
+            TrailResult::Cancelled,
+            "cancelled before it ran",
+        );
         self.tables().update_copy(
             id,
             |r| {
@@ -538,14 +545,11 @@ impl Replicator {
             .partner(&rec.partner)?
             .ok_or_else(|| StoreError::NotFound(format!("partner {} was removed", rec.partner)))?;
         let told = partner::connect(&partner, &self.me).and_then(|c| c.replica_abort(id));
-        let (result, reason) = match &told {
-            Ok(()) => (
-                "aborted",
-                "aborted: the target dropped what it had".to_string(),
-            ),
-            Err(e) => ("aborted", format!("aborted; the target was not told: {e}")),
+        let reason = match &told {
+            Ok(()) => "aborted: the target dropped what it had".to_string(),
+            Err(e) => format!("aborted; the target was not told: {e}"),
         };
-        let entry = self.trail(id, &rec, now_unix(), result, &reason);
+        let entry = self.trail(id, &rec, now_unix(), TrailResult::Aborted, &reason);
         if let Err(e) = self.store.push_trail(&entry) {
             tracing::warn!(copy = %id, "recording the abort in the trail: {e}");
         }
@@ -565,12 +569,12 @@ impl Replicator {
         id: CopyId,
         rec: &CopyRecord,
         started: u64,
-        result: &str,
+        result: TrailResult,
         reason: &str,
     ) -> TrailEntry {
         TrailEntry {
             copy: id,
-            side: "source".into(),
+            side: TrailSide::Source,
             peer: rec.partner.clone(),
             image: format!("{}/{}", rec.container, rec.image),
             started,
@@ -578,7 +582,7 @@ impl Replicator {
             logical_bytes: rec.logical_bytes,
             sent_bytes: 0,
             sent_chunks: 0,
-            result: result.into(),
+            result,
             reason: reason.into(),
         }
     }
@@ -603,7 +607,7 @@ fn client_kind(e: &ClientError) -> ErrorKind {
 fn refusal(partner: &str, started: u64, reason: &str) -> TrailEntry {
     TrailEntry {
         copy: CopyId([0; 16]),
-        side: "source".into(),
+        side: TrailSide::Source,
         peer: partner.into(),
         image: String::new(),
         started,
@@ -611,7 +615,7 @@ fn refusal(partner: &str, started: u64, reason: &str) -> TrailEntry {
         logical_bytes: 0,
         sent_bytes: 0,
         sent_chunks: 0,
-        result: "failed".into(),
+        result: TrailResult::Failed,
         reason: reason.into(),
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_core::wire::{CopyId, CopyState, ImportState, TrailEntry};
+use tern_core::wire::{CopyId, CopyState, ImportState, TrailEntry, TrailResult, TrailSide};
 
 use super::{copy, lock, partner, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY};
 
@@ -118,15 +118,17 @@ impl Replicator {
             Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
         );
         let (state, result, reason) = match outcome {
-            Ok(()) => (CopyState::Done, "ok", String::new()),
-            Err(copy::Failure::Cancelled) => {
-                (CopyState::Cancelled, "cancelled", "cancelled".into())
-            }
+            Ok(()) => (CopyState::Done, TrailResult::Ok, String::new()),
+            Err(copy::Failure::Cancelled) => (
+                CopyState::Cancelled,
+                TrailResult::Cancelled,
+                "cancelled".into(),
+            ),
             Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
-                (CopyState::Queued, "retrying", r)
+                (CopyState::Queued, TrailResult::Retrying, r)
             }
             Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
-                (CopyState::Failed, "failed", r)
+                (CopyState::Failed, TrailResult::Failed, r)
             }
         };
         let sent = live.sent_bytes.load(Ordering::Relaxed);
@@ -136,7 +138,7 @@ impl Replicator {
             Ok(rec) => self.trail(id, rec, started, result, &reason),
             Err(_) => TrailEntry {
                 copy: id,
-                side: "source".into(),
+                side: TrailSide::Source,
                 peer: live.partner.clone(),
                 image: String::new(),
                 started,
@@ -144,7 +146,7 @@ impl Replicator {
                 logical_bytes: 0,
                 sent_bytes: 0,
                 sent_chunks: 0,
-                result: result.into(),
+                result,
                 reason: reason.clone(),
             },
         };
