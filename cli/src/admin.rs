@@ -3,37 +3,16 @@
 use std::io::{self, Read};
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
-use tern_agent::{ContainerSettings, WriteMode};
+use tern_agent::{Client, ContainerInfo, ContainerSettings, WriteMode};
 use tern_core::ChunkParams;
 
 use super::{connect, report, Cli};
 
 #[derive(Subcommand)]
 pub enum ContainerCmd {
-    Create {
-        name: String,
-        /// Storage group (default: "default").
-        #[arg(long)]
-        group: Option<String>,
-        /// zstd level, 1..=19.
-        #[arg(long)]
-        zstd_level: Option<i32>,
-        /// Chunk sizes in bytes as MIN,AVG,MAX.
-        #[arg(long)]
-        chunking: Option<String>,
-        /// Images that may be written at once (0: unlimited).
-        #[arg(long)]
-        stream_limit: Option<u32>,
-        /// A replica container: only copies from replication partners
-        /// write into it (its chunking comes from the first copy's source).
-        #[arg(long)]
-        replica: bool,
-        /// Replicas arriving raise import events for this side's DMA (needs --replica).
-        #[arg(long, requires = "replica")]
-        import: bool,
-    },
+    Create(CreateArgs),
     Ls,
     /// Turn a replica container into an ordinary one (for failover; admin only).
     Promote {
@@ -70,29 +49,56 @@ pub enum UserCmd {
     /// TERN_NEW_PASSWORD or stdin.
     Passwd { name: String },
     /// Change a user's storage groups and admin right (admin only).
-    Set {
-        name: String,
-        /// The storage groups the user may use (replaces the list).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-        /// Make the user an admin.
-        #[arg(long, conflicts_with = "no_admin")]
-        admin: bool,
-        /// Take the admin right away.
-        #[arg(long)]
-        no_admin: bool,
-        /// Storage groups whose replica containers the user may replicate
-        /// into (replaces the list): for the user a partner logs in as.
-        #[arg(long = "replicate-into")]
-        replicate_into: Vec<String>,
-        /// The shaping group the user's backups and restores draw from
-        /// (from their next login).
-        #[arg(long, conflicts_with = "no_shaping")]
-        shaping: Option<String>,
-        /// Take the user out of their shaping group.
-        #[arg(long)]
-        no_shaping: bool,
-    },
+    Set(SetArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    /// Storage group (default: "default").
+    #[arg(long)]
+    group: Option<String>,
+    /// zstd level, 1..=19.
+    #[arg(long)]
+    zstd_level: Option<i32>,
+    /// Chunk sizes in bytes as MIN,AVG,MAX.
+    #[arg(long)]
+    chunking: Option<String>,
+    /// Images that may be written at once (0: unlimited).
+    #[arg(long)]
+    stream_limit: Option<u32>,
+    /// A replica container: only copies from replication partners
+    /// write into it (its chunking comes from the first copy's source).
+    #[arg(long)]
+    replica: bool,
+    /// Replicas arriving raise import events for this side's DMA (needs --replica).
+    #[arg(long, requires = "replica")]
+    import: bool,
+}
+
+#[derive(Args)]
+pub struct SetArgs {
+    name: String,
+    /// The storage groups the user may use (replaces the list).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// Make the user an admin.
+    #[arg(long, conflicts_with = "no_admin")]
+    admin: bool,
+    /// Take the admin right away.
+    #[arg(long)]
+    no_admin: bool,
+    /// Storage groups whose replica containers the user may replicate
+    /// into (replaces the list): for the user a partner logs in as.
+    #[arg(long = "replicate-into")]
+    replicate_into: Vec<String>,
+    /// The shaping group the user's backups and restores draw from
+    /// (from their next login).
+    #[arg(long, conflicts_with = "no_shaping")]
+    shaping: Option<String>,
+    /// Take the user out of their shaping group.
+    #[arg(long)]
+    no_shaping: bool,
 }
 
 /// `tern user ...`: new passwords come from TERN_NEW_PASSWORD or stdin.
@@ -119,69 +125,73 @@ pub fn user(cli: &Cli, cmd: &UserCmd) -> Result<()> {
                 &format!("password of {name} set"),
             );
         }
-        UserCmd::Set {
-            name,
-            groups,
-            admin,
-            no_admin,
-            replicate_into,
-            shaping,
-            no_shaping,
-        } => {
-            if shaping.is_some() || *no_shaping {
-                let group = if *no_shaping {
-                    None
-                } else {
-                    shaping.as_deref()
-                };
-                client
-                    .user_set_shaping(name, group)
-                    .with_context(|| format!("changing user {name}"))?;
-                if replicate_into.is_empty() && groups.is_empty() && !admin && !no_admin {
-                    report(
-                        cli,
-                        json!({"user": name, "shaping": group}),
-                        &format!("user {name}: shaping group {}", group.unwrap_or("none")),
-                    );
-                    return Ok(());
-                }
-            }
-            if !replicate_into.is_empty() {
-                let into: Vec<&str> = replicate_into.iter().map(String::as_str).collect();
-                client
-                    .user_set_replicate_into(name, &into)
-                    .with_context(|| format!("changing user {name}"))?;
-                if groups.is_empty() && !admin && !no_admin {
-                    report(
-                        cli,
-                        json!({"user": name, "replicate_into": into}),
-                        &format!("user {name} may replicate into {}", into.join(", ")),
-                    );
-                    return Ok(());
-                }
-            }
-            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let groups = (!groups.is_empty()).then_some(groups.as_slice());
-            let admin = match (admin, no_admin) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            };
-            if groups.is_none() && admin.is_none() {
-                anyhow::bail!(
-                    "nothing to change: give --group, --admin, --no-admin or --replicate-into"
-                );
-            }
-            client
-                .user_set(name, groups, admin)
-                .with_context(|| format!("changing user {name}"))?;
+        UserCmd::Set(args) => set_user(cli, &client, args)?,
+    }
+    Ok(())
+}
+
+/// `tern user set`: the shaping group, the replica groups, then the
+/// storage groups and admin right, each changed only when asked for.
+fn set_user(cli: &Cli, client: &Client, args: &SetArgs) -> Result<()> {
+    let SetArgs {
+        name,
+        groups,
+        admin,
+        no_admin,
+        replicate_into,
+        shaping,
+        no_shaping,
+    } = args;
+    if shaping.is_some() || *no_shaping {
+        let group = if *no_shaping {
+            None
+        } else {
+            shaping.as_deref()
+        };
+        client
+            .user_set_shaping(name, group)
+            .with_context(|| format!("changing user {name}"))?;
+        if replicate_into.is_empty() && groups.is_empty() && !admin && !no_admin {
             report(
                 cli,
-                json!({"user": name, "groups": groups, "admin": admin}),
-                &format!("user {name} changed"),
+                json!({"user": name, "shaping": group}),
+                &format!("user {name}: shaping group {}", group.unwrap_or("none")),
             );
+            return Ok(());
         }
     }
+    if !replicate_into.is_empty() {
+        let into: Vec<&str> = replicate_into.iter().map(String::as_str).collect();
+        client
+            .user_set_replicate_into(name, &into)
+            .with_context(|| format!("changing user {name}"))?;
+        if groups.is_empty() && !admin && !no_admin {
+            report(
+                cli,
+                json!({"user": name, "replicate_into": into}),
+                &format!("user {name} may replicate into {}", into.join(", ")),
+            );
+            return Ok(());
+        }
+    }
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let groups = (!groups.is_empty()).then_some(groups.as_slice());
+    let admin = match (admin, no_admin) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    if groups.is_none() && admin.is_none() {
+        anyhow::bail!("nothing to change: give --group, --admin, --no-admin or --replicate-into");
+    }
+    client
+        .user_set(name, groups, admin)
+        .with_context(|| format!("changing user {name}"))?;
+    report(
+        cli,
+        json!({"user": name, "groups": groups, "admin": admin}),
+        &format!("user {name} changed"),
+    );
     Ok(())
 }
 
@@ -197,67 +207,8 @@ fn new_password() -> Result<String> {
 pub fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
     match cmd {
-        ContainerCmd::Create {
-            name,
-            group,
-            zstd_level,
-            chunking,
-            stream_limit,
-            replica,
-            import,
-        } => {
-            let chunking = chunking.as_deref().map(parse_chunking).transpose()?;
-            let settings = ContainerSettings {
-                group: group
-                    .clone()
-                    .map(tern_core::names::GroupName::new)
-                    .transpose()?,
-                chunking,
-                zstd_level: *zstd_level,
-                stream_limit: *stream_limit,
-                replica: *replica,
-                import: *import,
-            };
-            client
-                .container_create(name, settings)
-                .with_context(|| format!("creating container {name}"))?;
-            report(
-                cli,
-                json!({"created": name}),
-                &format!("container {name} created"),
-            );
-        }
-        ContainerCmd::Ls => {
-            let list = client.container_list()?;
-            if cli.json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|c| json!({"name": c.name.as_str(), "group": c.group.as_str(), "images": c.images,
-                        "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
-                        "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit,
-                        "replica": c.replica, "import": c.import,
-                        "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()}))}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for c in &list {
-                    let kind = match (c.replica, c.import) {
-                        (true, true) => " replica, import",
-                        (true, false) => " replica",
-                        _ => "",
-                    };
-                    let policy = c
-                        .replicate_to
-                        .as_ref()
-                        .map(|(p, to)| format!(" -> {p}:{to}"))
-                        .unwrap_or_default();
-                    println!(
-                        "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}",
-                        c.name, c.group, c.images, c.logical_bytes
-                    );
-                }
-            }
-        }
+        ContainerCmd::Create(args) => create_container(cli, &client, args)?,
+        ContainerCmd::Ls => print_containers(cli, &client.container_list()?),
         ContainerCmd::Promote { name } => {
             client
                 .container_promote(name)
@@ -300,6 +251,70 @@ pub fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn create_container(cli: &Cli, client: &Client, args: &CreateArgs) -> Result<()> {
+    let CreateArgs {
+        name,
+        group,
+        zstd_level,
+        chunking,
+        stream_limit,
+        replica,
+        import,
+    } = args;
+    let chunking = chunking.as_deref().map(parse_chunking).transpose()?;
+    let settings = ContainerSettings {
+        group: group
+            .clone()
+            .map(tern_core::names::GroupName::new)
+            .transpose()?,
+        chunking,
+        zstd_level: *zstd_level,
+        stream_limit: *stream_limit,
+        replica: *replica,
+        import: *import,
+    };
+    client
+        .container_create(name, settings)
+        .with_context(|| format!("creating container {name}"))?;
+    report(
+        cli,
+        json!({"created": name}),
+        &format!("container {name} created"),
+    );
+    Ok(())
+}
+
+fn print_containers(cli: &Cli, list: &[ContainerInfo]) {
+    if cli.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|c| json!({"name": c.name.as_str(), "group": c.group.as_str(), "images": c.images,
+                "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
+                "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit,
+                "replica": c.replica, "import": c.import,
+                "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()}))}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for c in list {
+            let kind = match (c.replica, c.import) {
+                (true, true) => " replica, import",
+                (true, false) => " replica",
+                _ => "",
+            };
+            let policy = c
+                .replicate_to
+                .as_ref()
+                .map(|(p, to)| format!(" -> {p}:{to}"))
+                .unwrap_or_default();
+            println!(
+                "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}",
+                c.name, c.group, c.images, c.logical_bytes
+            );
+        }
+    }
 }
 
 fn parse_chunking(s: &str) -> Result<ChunkParams> {

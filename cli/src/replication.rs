@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tern_agent::{CopyId, CopyInfo, CopyState, CopyTarget, WriteMode};
+use tern_agent::{CopyId, CopyInfo, CopyState, CopyTarget, PartnerInfo, WriteMode};
 
 use super::{connect, connect_as, human_bytes, report, rfc3339, Cli};
 
@@ -197,35 +197,7 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
                 &format!("partner {name} changed"),
             );
         }
-        PartnerCmd::Ls => {
-            let list = client.partner_list()?;
-            if cli.json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|p| json!({"name": p.name, "addresses": p.addresses, "fingerprint": p.fingerprint,
-                        "user": p.user.as_str(), "version": p.version, "added": p.added,
-                        "connections": p.settings.connections, "shaping": p.settings.shaping}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for p in &list {
-                    let connections = match p.settings.connections {
-                        0 => "4".to_string(),
-                        n => n.to_string(),
-                    };
-                    println!(
-                        "{:<20} {:<30} user {:<12} protocol {}  connections {}  shaping {}  {}",
-                        p.name,
-                        p.addresses.join(","),
-                        p.user,
-                        p.version,
-                        connections,
-                        p.settings.shaping.as_deref().unwrap_or("-"),
-                        p.fingerprint
-                    );
-                }
-            }
-        }
+        PartnerCmd::Ls => print_partners(cli, &client.partner_list()?),
         PartnerCmd::Rm { name } => {
             client
                 .partner_remove(name)
@@ -238,6 +210,37 @@ pub fn partner(cli: &Cli, cmd: &PartnerCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_partners(cli: &Cli, list: &[PartnerInfo]) {
+    if cli.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "addresses": p.addresses, "fingerprint": p.fingerprint,
+                "user": p.user.as_str(), "version": p.version, "added": p.added,
+                "connections": p.settings.connections, "shaping": p.settings.shaping})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for p in list {
+            let connections = match p.settings.connections {
+                0 => "4".to_string(),
+                n => n.to_string(),
+            };
+            println!(
+                "{:<20} {:<30} user {:<12} protocol {}  connections {}  shaping {}  {}",
+                p.name,
+                p.addresses.join(","),
+                p.user,
+                p.version,
+                connections,
+                p.settings.shaping.as_deref().unwrap_or("-"),
+                p.fingerprint
+            );
+        }
+    }
 }
 
 /// `--connections N` on `partner add` and `partner set`: the partner's

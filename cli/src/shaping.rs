@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 use tern_agent::WriteMode;
-use tern_core::wire::{parse_rate, show_rate, ShapingSettings, ShapingWindow};
+use tern_core::wire::{parse_rate, show_rate, ShapingInfo, ShapingSettings, ShapingWindow};
 
 use super::{connect, report, Cli};
 
@@ -62,59 +62,7 @@ pub fn shaping(cli: &Cli, cmd: &ShapingCmd) -> Result<()> {
                 &format!("shaping group {name} set"),
             );
         }
-        ShapingCmd::Ls => {
-            let list = client.shaping_list()?;
-            if cli.json {
-                let v: Vec<_> = list
-                    .iter()
-                    .map(|g| {
-                        json!({"name": g.name, "rate": g.settings.rate,
-                            "windows": g.settings.windows.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
-                            "timezone": g.settings.timezone, "rate_now": g.rate_now,
-                            "window_now": g.window_now, "throughput": g.throughput, "jobs": g.jobs,
-                            "partners": g.partners, "users": g.users})
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for g in &list {
-                    let now = if g.rate_now == 0 {
-                        "0 (paused)".to_string()
-                    } else {
-                        show_rate(g.rate_now)
-                    };
-                    let window = if g.window_now.is_empty() {
-                        "base rate".to_string()
-                    } else {
-                        format!("window {}", g.window_now)
-                    };
-                    println!(
-                        "{:<16} now {:<12} ({window}; zone {})  last 10 s {}  jobs {}",
-                        g.name,
-                        now,
-                        if g.settings.timezone.is_empty() {
-                            "server's"
-                        } else {
-                            &g.settings.timezone
-                        },
-                        show_rate(g.throughput),
-                        g.jobs
-                    );
-                    println!("{:<16} base {}", "", show_rate(g.settings.rate));
-                    for w in &g.settings.windows {
-                        println!("{:<16} window {w}", "");
-                    }
-                    if !g.partners.is_empty() || !g.users.is_empty() {
-                        println!(
-                            "{:<16} partners: {}  users: {}",
-                            "",
-                            g.partners.join(", "),
-                            g.users.join(", ")
-                        );
-                    }
-                }
-            }
-        }
+        ShapingCmd::Ls => print_groups(cli, &client.shaping_list()?),
         ShapingCmd::Rm { name } => {
             client
                 .shaping_remove(name)
@@ -127,4 +75,57 @@ pub fn shaping(cli: &Cli, cmd: &ShapingCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_groups(cli: &Cli, list: &[ShapingInfo]) {
+    if cli.json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|g| {
+                json!({"name": g.name, "rate": g.settings.rate,
+                    "windows": g.settings.windows.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+                    "timezone": g.settings.timezone, "rate_now": g.rate_now,
+                    "window_now": g.window_now, "throughput": g.throughput, "jobs": g.jobs,
+                    "partners": g.partners, "users": g.users})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for g in list {
+            let now = if g.rate_now == 0 {
+                "0 (paused)".to_string()
+            } else {
+                show_rate(g.rate_now)
+            };
+            let window = if g.window_now.is_empty() {
+                "base rate".to_string()
+            } else {
+                format!("window {}", g.window_now)
+            };
+            println!(
+                "{:<16} now {:<12} ({window}; zone {})  last 10 s {}  jobs {}",
+                g.name,
+                now,
+                if g.settings.timezone.is_empty() {
+                    "server's"
+                } else {
+                    &g.settings.timezone
+                },
+                show_rate(g.throughput),
+                g.jobs
+            );
+            println!("{:<16} base {}", "", show_rate(g.settings.rate));
+            for w in &g.settings.windows {
+                println!("{:<16} window {w}", "");
+            }
+            if !g.partners.is_empty() || !g.users.is_empty() {
+                println!(
+                    "{:<16} partners: {}  users: {}",
+                    "",
+                    g.partners.join(", "),
+                    g.users.join(", ")
+                );
+            }
+        }
+    }
 }

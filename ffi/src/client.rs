@@ -239,83 +239,8 @@ pub unsafe extern "C" fn tern_client_open(
         };
         // SAFETY: the struct_size was just checked; the fields are integers and pointers.
         let o = unsafe { read_prefix(opts, o.struct_size, default_options()) };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let server = unsafe { c_str(o.server, "options.server")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let user = unsafe { c_str(o.user, "options.user")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let password = unsafe { c_str(o.password, "options.password")? };
-        let mut options = ClientOptions::new(server, user, password);
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        if let Some(fp) = unsafe { opt_c_str(o.fingerprint, "options.fingerprint")? } {
-            options.fingerprint = Some(Fingerprint::parse(fp).ok_or_else(|| {
-                Failure::new(
-                    tern_status::TERN_INVALID_ARGUMENT,
-                    format!("options.fingerprint {fp:?} is not a SHA-256 fingerprint"),
-                )
-            })?);
-        }
-        options.mode = match o.write_mode {
-            0 => WriteMode::Dedup,
-            1 => WriteMode::Passthrough,
-            m => {
-                return Err(Failure::new(
-                    tern_status::TERN_INVALID_ARGUMENT,
-                    format!("options.write_mode {m} is not a tern_write_mode"),
-                ))
-            }
-        };
-        options.plain = o.plain != 0;
-        options.remember_servers = o.remember_server != 0;
-        if o.connections > 64 {
-            return Err(Failure::new(
-                tern_status::TERN_INVALID_ARGUMENT,
-                format!("options.connections {} is more than 64", o.connections),
-            ));
-        }
-        options.connections = o.connections as usize;
-        options.secure_connect = match o.secure_connect {
-            0 | 1 => true,
-            2 => false,
-            v => {
-                return Err(Failure::new(
-                    tern_status::TERN_INVALID_ARGUMENT,
-                    format!("options.secure_connect {v} is not 0, 1 or 2"),
-                ))
-            }
-        };
-        if o.grace_period_secs > 0 {
-            options.grace_period = std::time::Duration::from_secs(o.grace_period_secs.into());
-        }
-        options.allow_tls12 = o.allow_tls12 != 0;
-        if o.cache_memory_bytes > 0 {
-            options.cache_memory = usize::try_from(o.cache_memory_bytes).unwrap_or(usize::MAX);
-        }
-        options.cache_disk = match o.cache_disk_bytes {
-            0 => options.cache_disk,
-            TERN_CACHE_DISK_OFF => 0,
-            n => n,
-        };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        if let Some(dir) = unsafe { opt_c_str(o.spill_dir, "options.spill_dir")? } {
-            options.spill_dir = Some(dir.into());
-        }
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let cert = unsafe { opt_c_str(o.client_cert, "options.client_cert")? };
-        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
-        let key = unsafe { opt_c_str(o.client_key, "options.client_key")? };
-        options.identity =
-            match (cert, key) {
-                (Some(c), Some(k)) => Some((c.into(), k.into())),
-                (None, None) => None,
-                _ => return Err(Failure::new(
-                    tern_status::TERN_INVALID_ARGUMENT,
-                    "options.client_cert and options.client_key go together: set both or neither",
-                )),
-            };
-        if o.call_timeout_ms > 0 {
-            options.call_timeout = Some(std::time::Duration::from_millis(o.call_timeout_ms));
-        }
+        // SAFETY: `o` was read from the caller's struct: its strings are NULL or NUL-terminated and alive for the call (tern.h).
+        let options = unsafe { client_options(&o)? };
         let client = Client::connect(&options)?;
         *out_client = into_raw(tern_client {
             client: RwLock::new(Some(client)),
@@ -323,6 +248,98 @@ pub unsafe extern "C" fn tern_client_open(
         });
         Ok(())
     })
+}
+
+/// The client options a C caller's struct asks for.
+///
+/// # Safety
+/// The struct's strings are NULL or NUL-terminated and alive for the call.
+unsafe fn client_options(o: &tern_client_options) -> Result<ClientOptions, Failure> {
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    let server = unsafe { c_str(o.server, "options.server")? };
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    let user = unsafe { c_str(o.user, "options.user")? };
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    let password = unsafe { c_str(o.password, "options.password")? };
+    let mut options = ClientOptions::new(server, user, password);
+    apply_numbers(o, &mut options)?;
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    if let Some(fp) = unsafe { opt_c_str(o.fingerprint, "options.fingerprint")? } {
+        options.fingerprint = Some(Fingerprint::parse(fp).ok_or_else(|| {
+            Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                format!("options.fingerprint {fp:?} is not a SHA-256 fingerprint"),
+            )
+        })?);
+    }
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    if let Some(dir) = unsafe { opt_c_str(o.spill_dir, "options.spill_dir")? } {
+        options.spill_dir = Some(dir.into());
+    }
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    let cert = unsafe { opt_c_str(o.client_cert, "options.client_cert")? };
+    // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+    let key = unsafe { opt_c_str(o.client_key, "options.client_key")? };
+    options.identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                "options.client_cert and options.client_key go together: set both or neither",
+            ))
+        }
+    };
+    if o.call_timeout_ms > 0 {
+        options.call_timeout = Some(std::time::Duration::from_millis(o.call_timeout_ms));
+    }
+    Ok(options)
+}
+
+/// The options' numbers and flags, checked.
+fn apply_numbers(o: &tern_client_options, options: &mut ClientOptions) -> Result<(), Failure> {
+    options.mode = match o.write_mode {
+        0 => WriteMode::Dedup,
+        1 => WriteMode::Passthrough,
+        m => {
+            return Err(Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                format!("options.write_mode {m} is not a tern_write_mode"),
+            ))
+        }
+    };
+    options.plain = o.plain != 0;
+    options.remember_servers = o.remember_server != 0;
+    if o.connections > 64 {
+        return Err(Failure::new(
+            tern_status::TERN_INVALID_ARGUMENT,
+            format!("options.connections {} is more than 64", o.connections),
+        ));
+    }
+    options.connections = o.connections as usize;
+    options.secure_connect = match o.secure_connect {
+        0 | 1 => true,
+        2 => false,
+        v => {
+            return Err(Failure::new(
+                tern_status::TERN_INVALID_ARGUMENT,
+                format!("options.secure_connect {v} is not 0, 1 or 2"),
+            ))
+        }
+    };
+    if o.grace_period_secs > 0 {
+        options.grace_period = std::time::Duration::from_secs(o.grace_period_secs.into());
+    }
+    options.allow_tls12 = o.allow_tls12 != 0;
+    if o.cache_memory_bytes > 0 {
+        options.cache_memory = usize::try_from(o.cache_memory_bytes).unwrap_or(usize::MAX);
+    }
+    options.cache_disk = match o.cache_disk_bytes {
+        0 => options.cache_disk,
+        TERN_CACHE_DISK_OFF => 0,
+        n => n,
+    };
+    Ok(())
 }
 
 /// Disconnects. Later calls with this client fail with TERN_CLOSED; images

@@ -250,6 +250,20 @@ impl ClientSession {
             version: 0,
             _rt: rt,
         };
+        let (t, grace_secs) = conn.hello()?;
+        if !t.is_empty() {
+            *lock(&token) = Some(t);
+            *lock(&slot.grace) = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
+            for _ in 1..opts.connections.max(1) {
+                conn._rt.spawn(slot.clone().run(None));
+            }
+        }
+        Ok((conn, seen))
+    }
+
+    /// Hello and Welcome: the protocol version; the session's resume token
+    /// and grace period. The error says whether the connection was cut.
+    fn hello(&mut self) -> Result<(Vec<u8>, u64), (ClientError, bool)> {
         let hello = Msg::Hello {
             min_version: wire::PROTOCOL_MIN,
             max_version: wire::PROTOCOL_MAX,
@@ -257,14 +271,14 @@ impl ClientSession {
             agent: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
         };
         // The handshake has its own deadline on the server; nothing cancels it.
-        let welcome = match conn.call(hello, Vec::new(), &Arc::new(Stop::default())) {
+        let welcome = match self.call(hello, Vec::new(), &Arc::new(Stop::default())) {
             Ok(w) => w,
             // Lost before Welcome: the slot closed the session.
             Err(e @ ClientError::Connect { .. }) => return Err((e, true)),
             Err(e) => return Err((e, false)),
         };
         let Msg::Welcome {
-            session: t,
+            session,
             grace_secs,
             version,
             ..
@@ -275,15 +289,8 @@ impl ClientSession {
                 false,
             ));
         };
-        conn.version = version;
-        if !t.is_empty() {
-            *lock(&token) = Some(t);
-            *lock(&slot.grace) = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
-            for _ in 1..opts.connections.max(1) {
-                conn._rt.spawn(slot.clone().run(None));
-            }
-        }
-        Ok((conn, seen))
+        self.version = version;
+        Ok((session, grace_secs))
     }
 
     /// The server address connections go to now (one of several paths).

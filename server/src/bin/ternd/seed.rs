@@ -136,33 +136,7 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
             print_import(&report, json)
         }
         SeedCmd::Status { data, json } => {
-            let report = send(&data.data, Request::SeedStatus)?;
-            if json {
-                println!("{report}");
-                return Ok(());
-            }
-            let seeds = report.as_array().cloned().unwrap_or_default();
-            if seeds.is_empty() {
-                println!("no seeds");
-            }
-            for s in seeds {
-                println!(
-                    "{}  from {}  group {}  {} chunks pinned, {} referenced, {} bytes loaded, \
-                     volumes {}/{}  pinned until {}  images awaited: {}",
-                    s["seed"].as_str().unwrap_or(""),
-                    s["source"].as_str().unwrap_or(""),
-                    s["group"].as_str().unwrap_or(""),
-                    s["chunks"],
-                    s["referenced"],
-                    s["bytes_loaded"],
-                    s["volumes_loaded"],
-                    s["volumes_total"]
-                        .as_u64()
-                        .map_or("?".into(), |n| n.to_string()),
-                    rfc3339(s["pinned_until"].as_u64().unwrap_or(0)),
-                    s["images_awaited"].as_array().map_or(0, |a| a.len()),
-                );
-            }
+            print_status(&send(&data.data, Request::SeedStatus)?, json);
             Ok(())
         }
         SeedCmd::Cleanup {
@@ -172,25 +146,59 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
             json,
         } => {
             let report = send(&data.data, Request::SeedCleanup { seed, force })?;
-            if json {
-                println!("{report}");
-            } else {
-                println!(
-                    "dropped {} pins of seed(s) {}; the next gc frees what no image refers to",
-                    report["pins_dropped"],
-                    report["seeds"]
-                        .as_array()
-                        .map(|a| a
-                            .iter()
-                            .filter_map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default()
-                );
-            }
+            print_cleanup(&report, json);
             Ok(())
         }
     }
+}
+
+fn print_status(report: &serde_json::Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    let seeds = report.as_array().cloned().unwrap_or_default();
+    if seeds.is_empty() {
+        println!("no seeds");
+    }
+    for s in seeds {
+        println!(
+            "{}  from {}  group {}  {} chunks pinned, {} referenced, {} bytes loaded, \
+             volumes {}/{}  pinned until {}  images awaited: {}",
+            s["seed"].as_str().unwrap_or(""),
+            s["source"].as_str().unwrap_or(""),
+            s["group"].as_str().unwrap_or(""),
+            s["chunks"],
+            s["referenced"],
+            s["bytes_loaded"],
+            s["volumes_loaded"],
+            s["volumes_total"]
+                .as_u64()
+                .map_or("?".into(), |n| n.to_string()),
+            rfc3339(s["pinned_until"].as_u64().unwrap_or(0)),
+            s["images_awaited"].as_array().map_or(0, |a| a.len()),
+        );
+    }
+}
+
+fn print_cleanup(report: &serde_json::Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    let seeds = report["seeds"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    println!(
+        "dropped {} pins of seed(s) {seeds}; the next gc frees what no image refers to",
+        report["pins_dropped"],
+    );
 }
 
 /// Through the running server, else on the stopped store.

@@ -18,6 +18,7 @@ const IMPORT_POLL: Duration = Duration::from_secs(3);
 const IMPORT_FRESH: u64 = 120;
 const IMPORT_POLL_SLOW: Duration = Duration::from_secs(60);
 use crate::store::records::now_unix;
+use crate::store::StoreError;
 
 impl Replicator {
     pub(super) fn schedule_forever(self: Arc<Self>) {
@@ -117,20 +118,7 @@ impl Replicator {
             outcome,
             Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
         );
-        let (state, result, reason) = match outcome {
-            Ok(()) => (CopyState::Done, TrailResult::Ok, String::new()),
-            Err(copy::Failure::Cancelled) => (
-                CopyState::Cancelled,
-                TrailResult::Cancelled,
-                "cancelled".into(),
-            ),
-            Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
-                (CopyState::Queued, TrailResult::Retrying, r)
-            }
-            Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
-                (CopyState::Failed, TrailResult::Failed, r)
-            }
-        };
+        let (state, result, reason) = ending(outcome, attempts);
         let sent = live.sent_bytes.load(Ordering::Relaxed);
         let chunks = live.sent_chunks.load(Ordering::Relaxed);
         let done = live.done.load(Ordering::Relaxed);
@@ -174,24 +162,37 @@ impl Replicator {
             // After the state is recorded: a cancel shows at once.
             self.abort_at_target(id, &live.partner);
         }
+        self.follow_up(id, recorded.map(|_| state), attempts, &reason, sent);
+        self.wake();
+    }
+
+    /// What comes after an attempt whose end was recorded (or not): a
+    /// retry, the wait for the import, or nothing but a log line.
+    fn follow_up(
+        &self,
+        id: CopyId,
+        recorded: Result<CopyState, StoreError>,
+        attempts: u32,
+        reason: &str,
+        sent: u64,
+    ) {
         match recorded {
             Err(e) => {
                 tracing::error!(copy = %id, "recording the end of an attempt: {e}");
                 // Run it again: the catalog may take it later.
                 lock(&self.queue).push((id, Instant::now() + MAX_RETRY_DELAY));
             }
-            Ok(_) if state == CopyState::Queued => {
+            Ok(CopyState::Queued) => {
                 let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
                 tracing::warn!(copy = %id, attempts, "copy attempt failed, again in {} s: {reason}", delay.as_secs());
                 lock(&self.queue).push((id, Instant::now() + delay));
             }
-            Ok(_) if state == CopyState::Done => {
+            Ok(CopyState::Done) => {
                 tracing::info!(copy = %id, sent_bytes = sent, "copy done");
                 lock(&self.awaiting_import).insert(id);
             }
-            Ok(_) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
+            Ok(state) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
         }
-        self.wake();
     }
 
     /// Tells the target to drop what this copy wrote, through a session of
@@ -262,6 +263,25 @@ impl Replicator {
                     Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
                 }
             }
+        }
+    }
+}
+
+/// How an attempt's outcome is recorded: the copy's next state, the trail's
+/// result and the reason.
+fn ending(outcome: Result<(), copy::Failure>, attempts: u32) -> (CopyState, TrailResult, String) {
+    match outcome {
+        Ok(()) => (CopyState::Done, TrailResult::Ok, String::new()),
+        Err(copy::Failure::Cancelled) => (
+            CopyState::Cancelled,
+            TrailResult::Cancelled,
+            "cancelled".into(),
+        ),
+        Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
+            (CopyState::Queued, TrailResult::Retrying, r)
+        }
+        Err(copy::Failure::Transient(r) | copy::Failure::Permanent(r)) => {
+            (CopyState::Failed, TrailResult::Failed, r)
         }
     }
 }

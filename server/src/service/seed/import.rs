@@ -5,7 +5,7 @@
 //! loads again, and the chunks it already stored are found and skipped).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -71,41 +71,14 @@ pub fn import(
     let group_name =
         GroupName::new(req.group.clone()).map_err(|e| SeedError::Invalid(e.to_string()))?;
     let group = store.seed_group(&group_name)?;
-    let now = now_unix();
-    let mut rec = match store.seed_record::<SeedRecord>(&m.seed)? {
-        Some(r) if r.group != group_name => {
-            return Err(SeedError::Invalid(format!(
-                "seed {} was loaded into storage group {}; import the rest there too",
-                m.seed, r.group
-            )))
-        }
-        Some(r) => r,
-        None => SeedRecord {
-            source: m.source_server_id.clone(),
-            created: m.created,
-            imported: now,
-            group: group_name.clone(),
-            pin_expires: 0,
-            containers: m.containers.clone(),
-            chunks_total: m.chunks,
-            chunks_loaded: 0,
-            chunks_present: 0,
-            bytes_loaded: 0,
-            volumes_done: Vec::new(),
-            volumes_total: None,
-        },
-    };
-    rec.pin_expires = now + req.pin_days.saturating_mul(86_400);
-    if m.complete {
-        rec.volumes_total = Some(m.volumes.len() as u32);
-    }
+    let mut rec = seed_record(store, &m, &group_name, req.pin_days)?;
     let mut report = ImportReport {
         seed: m.seed.clone(),
         source: m.source_server_id.clone(),
         group: group_name.to_string(),
         loaded: Vec::new(),
         already: Vec::new(),
-        refused: Vec::new(),
+        refused: strangers(&req.from, &m)?,
         missing: Vec::new(),
         manifest_complete: m.complete,
         chunks_loaded: 0,
@@ -113,7 +86,6 @@ pub fn import(
         bytes_loaded: 0,
         pinned_until: rec.pin_expires,
     };
-    report.refused = strangers(&req.from, &m)?;
     let sealer = Sealer::new(key.as_ref());
     let todo: Vec<&VolumeEntry> = m
         .volumes
@@ -147,38 +119,86 @@ pub fn import(
         if !progress(done, total) {
             return Err(SeedError::Interrupted);
         }
+        report.add(v.number, &path, loaded)?;
+    }
+    if report.loaded.is_empty() && store.seed_record::<SeedRecord>(&m.seed)?.is_none() {
+        // Nothing loaded: still record the seed (its pins' expiry, its
+        // volumes) so that status shows it.
+        let pin = SeedPin {
+            seed: &header.seed,
+            id: &m.seed,
+            expires: rec.pin_expires,
+        };
+        store.seed_load(group, &Verified::default(), pin, &mut rec, |_, _| {})?;
+    }
+    Ok(report)
+}
+
+impl ImportReport {
+    /// Counts a volume loaded, or refused for damage; other errors end the
+    /// import.
+    fn add(
+        &mut self,
+        number: u32,
+        path: &Path,
+        loaded: Result<LoadedBatch, SeedError>,
+    ) -> Result<(), SeedError> {
         match loaded {
             Ok(batch) => {
-                report.loaded.push(v.number);
-                report.chunks_loaded += batch.loaded;
-                report.chunks_present += batch.present;
-                report.bytes_loaded += batch.bytes;
+                self.loaded.push(number);
+                self.chunks_loaded += batch.loaded;
+                self.chunks_present += batch.present;
+                self.bytes_loaded += batch.bytes;
             }
             Err(e @ (SeedError::Damaged { .. } | SeedError::Store(StoreError::Invalid(_)))) => {
-                report.refused.push(Refused {
-                    file: file_name(&path),
+                self.refused.push(Refused {
+                    file: file_name(path),
                     why: e.to_string(),
                 });
             }
             Err(e) => return Err(e),
         }
+        Ok(())
     }
-    if report.loaded.is_empty() && store.seed_record::<SeedRecord>(&m.seed)?.is_none() {
-        // Nothing loaded: still record the seed (its pins' expiry, its
-        // volumes) so that status shows it.
-        store.seed_load(
-            group,
-            &Verified::default(),
-            SeedPin {
-                seed: &header.seed,
-                id: &m.seed,
-                expires: rec.pin_expires,
-            },
-            &mut rec,
-            |_, _| {},
-        )?;
+}
+
+/// The seed's record: an earlier import's (which must have loaded into the
+/// same group), or a new one; its pins run `pin_days` from now.
+fn seed_record(
+    store: &Store,
+    m: &Manifest,
+    group: &GroupName,
+    pin_days: u64,
+) -> Result<SeedRecord, SeedError> {
+    let now = now_unix();
+    let mut rec = match store.seed_record::<SeedRecord>(&m.seed)? {
+        Some(r) if r.group != *group => {
+            return Err(SeedError::Invalid(format!(
+                "seed {} was loaded into storage group {}; import the rest there too",
+                m.seed, r.group
+            )))
+        }
+        Some(r) => r,
+        None => SeedRecord {
+            source: m.source_server_id.clone(),
+            created: m.created,
+            imported: now,
+            group: group.clone(),
+            pin_expires: 0,
+            containers: m.containers.clone(),
+            chunks_total: m.chunks,
+            chunks_loaded: 0,
+            chunks_present: 0,
+            bytes_loaded: 0,
+            volumes_done: Vec::new(),
+            volumes_total: None,
+        },
+    };
+    rec.pin_expires = now + pin_days.saturating_mul(86_400);
+    if m.complete {
+        rec.volumes_total = Some(m.volumes.len() as u32);
     }
-    Ok(report)
+    Ok(rec)
 }
 
 /// Volume files in `dir` that the manifest does not list.
@@ -265,36 +285,7 @@ fn load(
 ) -> Result<LoadedBatch, SeedError> {
     let name = file_name(path);
     std::thread::scope(|scope| {
-        let (read_tx, read_rx) = sync_channel::<Result<Vec<Record>, SeedError>>(CHECK_AHEAD);
-        let (checked_tx, checked_rx) = sync_channel::<Result<Verified, SeedError>>(CHECK_AHEAD);
-        scope.spawn(move || {
-            let read = read_volume(path, v, seed, sealer, |records| {
-                read_tx
-                    .send(Ok(records))
-                    .map_err(|_| SeedError::Interrupted)
-            });
-            if let Err(e) = read {
-                let _ = read_tx.send(Err(e));
-            }
-        });
-        // The checkers share the reader's output; once both are gone the
-        // receiver drops, and a reader blocked on a full queue stops.
-        let read_rx = Arc::new(Mutex::new(read_rx));
-        for _ in 0..CHECKERS {
-            let (rx, tx, name) = (Arc::clone(&read_rx), checked_tx.clone(), name.as_str());
-            scope.spawn(move || loop {
-                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(records) = next else { return };
-                let checked = records
-                    .and_then(|r| Verified::check(r).map_err(|e| damaged(name, e.to_string())));
-                let failed = checked.is_err();
-                if tx.send(checked).is_err() || failed {
-                    return;
-                }
-            });
-        }
-        drop((read_rx, checked_tx));
-
+        let checked_rx = read_and_check(scope, path, v, seed, sealer, &name);
         let mut sum = LoadedBatch::default();
         let mut batch = Verified::default();
         let (mut chunks, mut bytes) = (0u64, 0u64);
@@ -341,6 +332,48 @@ fn load(
         store_batch(&mut batch, rec, true)?;
         Ok(sum)
     })
+}
+
+/// Starts a volume's reader and its checkers in `scope`; the receiver
+/// yields checked segments, in no particular order, and ends when the
+/// checkers do (the volume's end, or an error).
+fn read_and_check<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    path: &'scope Path,
+    v: &'scope VolumeEntry,
+    seed: &'scope [u8; 16],
+    sealer: &'scope Sealer,
+    name: &'scope str,
+) -> Receiver<Result<Verified, SeedError>> {
+    let (read_tx, read_rx) = sync_channel::<Result<Vec<Record>, SeedError>>(CHECK_AHEAD);
+    let (checked_tx, checked_rx) = sync_channel::<Result<Verified, SeedError>>(CHECK_AHEAD);
+    scope.spawn(move || {
+        let read = read_volume(path, v, seed, sealer, |records| {
+            read_tx
+                .send(Ok(records))
+                .map_err(|_| SeedError::Interrupted)
+        });
+        if let Err(e) = read {
+            let _ = read_tx.send(Err(e));
+        }
+    });
+    // The checkers share the reader's output; once both are gone the
+    // receiver drops, and a reader blocked on a full queue stops.
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    for _ in 0..CHECKERS {
+        let (rx, tx) = (Arc::clone(&read_rx), checked_tx.clone());
+        scope.spawn(move || loop {
+            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(records) = next else { return };
+            let checked =
+                records.and_then(|r| Verified::check(r).map_err(|e| damaged(name, e.to_string())));
+            let failed = checked.is_err();
+            if tx.send(checked).is_err() || failed {
+                return;
+            }
+        });
+    }
+    checked_rx
 }
 
 fn count(r: &mut SeedRecord, b: crate::store::LoadedBatch) {
