@@ -277,14 +277,40 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
 
     let data = test_data(2 << 20, 75);
     backup(&src.client(), "c", "img", b"\x00\xffprops", &data);
-    let copy = json(&src.tern(
+    let copy = cli_copy(src, "img");
+    assert_eq!(copy["state"], "done", "{copy}");
+    assert_eq!(copy["logical_bytes"], data.len() as u64);
+    let id = copy["id"].as_str().unwrap().to_string();
+    the_cli_lists_and_acks_the_event(dst, &id);
+
+    let status = json(&src.tern(&["--json", "copy", "status", &id], None));
+    assert_eq!(status[0]["id"], id.as_str());
+    let all = json(&src.tern(&["--json", "copy", "ls"], None));
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == id.as_str()));
+    let history = json(&src.tern(&["--json", "replication", "history"], None));
+    assert_eq!(history[0]["copy_id"], id.as_str());
+    assert_eq!(history[0]["result"], "ok");
+
+    a_policy_copies_new_images_until_it_is_off(src, dst);
+    let bad = src.tern(&["copy", "status", "not-an-id"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("copy id"));
+}
+
+/// `tern copy --wait` of image `name` of container `c` to site-b's `dr`.
+fn cli_copy(src: &TestServer, name: &str) -> serde_json::Value {
+    json(&src.tern(
         &[
             "--json",
             "copy",
             "--container",
             "c",
             "--name",
-            "img",
+            name,
             "--to",
             "site-b",
             "--to-container",
@@ -292,11 +318,11 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
             "--wait",
         ],
         None,
-    ));
-    assert_eq!(copy["state"], "done", "{copy}");
-    assert_eq!(copy["logical_bytes"], data.len() as u64);
-    let id = copy["id"].as_str().unwrap().to_string();
+    ))
+}
 
+/// The copy's import event has every field and goes once acknowledged.
+fn the_cli_lists_and_acks_the_event(dst: &TestServer, id: &str) {
     let events = json(&dst.tern(&["--json", "events", "--container", "dr"], None));
     let e = &events[0];
     for key in [
@@ -314,26 +340,17 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
         assert!(!e[key].is_null(), "{key} missing: {e}");
     }
     assert_eq!(e["props"], "AP9wcm9wcw==");
-    assert_eq!(e["copy_id"], id.as_str());
+    assert_eq!(e["copy_id"], id);
     assert_eq!(e["source_image"], "img");
     let event_id = e["id"].to_string();
     ok(&dst.tern(&["events", "ack", "--container", "dr", &event_id], None));
     let left = json(&dst.tern(&["--json", "events", "--container", "dr"], None));
     assert_eq!(left.as_array().unwrap().len(), 0);
+}
 
-    let status = json(&src.tern(&["--json", "copy", "status", &id], None));
-    assert_eq!(status[0]["id"], id.as_str());
-    let all = json(&src.tern(&["--json", "copy", "ls"], None));
-    assert!(all
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["id"] == id.as_str()));
-    let history = json(&src.tern(&["--json", "replication", "history"], None));
-    assert_eq!(history[0]["copy_id"], id.as_str());
-    assert_eq!(history[0]["result"], "ok");
-
-    // A policy: new images of `c` are copied without being asked for.
+/// A policy: new images of `c` are copied without being asked for, until
+/// it is turned off.
+fn a_policy_copies_new_images_until_it_is_off(src: &TestServer, dst: &TestServer) {
     ok(&src.tern(
         &[
             "container",
@@ -371,25 +388,7 @@ fn the_cli_pairs_copies_waits_lists_events_and_a_container_policy_copies_new_ima
         "a copy of manual was queued with the policy off: {copies}"
     );
     backup(&src.client(), "c", "later", b"", &test_data(1 << 20, 78));
-    let later = json(&src.tern(
-        &[
-            "--json",
-            "copy",
-            "--container",
-            "c",
-            "--name",
-            "later",
-            "--to",
-            "site-b",
-            "--to-container",
-            "dr",
-            "--wait",
-        ],
-        None,
-    ));
+    let later = cli_copy(src, "later");
     assert_eq!(later["state"], "done", "{later}");
     assert!(target.image_list("dr", "manual").unwrap().is_empty());
-    let bad = src.tern(&["copy", "status", "not-an-id"], None);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("copy id"));
 }

@@ -122,8 +122,17 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
         unsafe { tern_container_create(client, container.as_ptr()) },
         tern_status::TERN_OK
     );
+    names_that_are_no_names_are_refused(client, container);
+    let name = c"img";
+    let data = test_data(300_000, 2);
+    a_writer_refuses_what_it_cannot_do(client, container, name, &data);
+    a_reader_reads_its_edges_and_nothing_past_them(client, container, name, &data);
+    a_closed_client_refuses_use(client, container, name, &data);
+    unsafe { tern_client_free(client) };
+}
 
-    // A non-UTF-8 name and a name with '/'.
+/// A non-UTF-8 name and a name with '/'.
+fn names_that_are_no_names_are_refused(client: *mut tern_client, container: &CStr) {
     let mut img = null_mut();
     let bad = [0xffu8, 0xfe, 0];
     assert_eq!(
@@ -155,8 +164,16 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
         tern_status::TERN_INVALID_ARGUMENT
     );
     assert!(img.is_null());
+}
 
-    let name = c"img";
+/// Zero and NULL writes, reads on a writer, use after commit.
+fn a_writer_refuses_what_it_cannot_do(
+    client: *mut tern_client,
+    container: &CStr,
+    name: &CStr,
+    data: &[u8],
+) {
+    let mut img = null_mut();
     assert_eq!(
         unsafe {
             tern_image_create(
@@ -179,7 +196,6 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
         unsafe { tern_image_write(img, null(), 5) },
         tern_status::TERN_NULL_POINTER
     );
-    let data = test_data(300_000, 2);
     assert_eq!(
         unsafe { tern_image_write(img, data.as_ptr(), data.len()) },
         tern_status::TERN_OK
@@ -212,8 +228,19 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
     );
     assert_eq!(len, 1);
     unsafe { tern_image_free(img) };
+}
 
+/// Reads at and past the end, of zero bytes, writes on a reader; an
+/// absent image.
+fn a_reader_reads_its_edges_and_nothing_past_them(
+    client: *mut tern_client,
+    container: &CStr,
+    name: &CStr,
+    data: &[u8],
+) {
     let mut reader = null_mut();
+    let mut buf = [0u8; 16];
+    let mut got;
     assert_eq!(
         unsafe { tern_image_open(client, container.as_ptr(), name.as_ptr(), &mut reader) },
         tern_status::TERN_OK
@@ -262,7 +289,16 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
         tern_status::TERN_NOT_FOUND
     );
     assert!(last_error().contains("absent"));
+}
 
+/// Statistics, then a closed client refuses further use, statistics included.
+fn a_closed_client_refuses_use(
+    client: *mut tern_client,
+    container: &CStr,
+    name: &CStr,
+    data: &[u8],
+) {
+    let mut reader = null_mut();
     let mut stats = tern_client_statistics {
         struct_size: std::mem::size_of::<tern_client_statistics>(),
         ..Default::default()
@@ -288,7 +324,6 @@ fn closed_handles_zero_lengths_reads_past_the_end_and_bad_names() {
         unsafe { tern_client_stats(client, &mut stats) },
         tern_status::TERN_CLOSED
     );
-    unsafe { tern_client_free(client) };
 }
 
 #[test]
