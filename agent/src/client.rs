@@ -77,6 +77,7 @@ impl Client {
                 spill_dir: opts.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
                 budget: None,
             },
+            handshake: opts.handshake_timeout,
         };
         let (conn, seen) = ClientSession::open(opts.addresses(), &session)?;
         if let (None, Some(fp), true) = (pin, seen, opts.remember_servers) {
@@ -89,12 +90,25 @@ impl Client {
         }
         let stops = Stops::default();
         let stop = stops.make();
-        let _limit = Deadline::arm(&conn.runtime(), &stop, opts.call_timeout);
+        // The login has the handshake's limit, or the call limit if shorter.
+        let limit = opts
+            .call_timeout
+            .map_or(opts.handshake_timeout, |c| c.min(opts.handshake_timeout));
+        let _limit = Deadline::arm(&conn.runtime(), &stop, Some(limit));
         let login = Msg::Login {
             user,
             password: Password::new(opts.password.clone()),
         };
-        let answer = conn.call(login, Vec::new(), &stop)?;
+        let answer = conn.call(login, Vec::new(), &stop).map_err(|e| match e {
+            ClientError::TimedOut(limit) => ClientError::Connect {
+                server: address.clone(),
+                reason: format!(
+                    "the server did not answer the login within {} s",
+                    limit.as_secs_f64()
+                ),
+            },
+            e => e,
+        })?;
         let admin = match answer.env.msg {
             Msg::LoggedIn { admin } => admin,
             other => return Err(unexpected(other)),

@@ -54,6 +54,11 @@ pub struct ClientOptions {
     /// an outage). Past it the call fails with [`ClientError::TimedOut`]; a
     /// call on an image loses the image, a call on the client does not.
     pub call_timeout: Option<std::time::Duration>,
+    /// The longest the server may take to say Welcome, and again to answer
+    /// the login (the TLS handshake has 10 s of its own): a server that
+    /// accepts and then says nothing fails the connect with
+    /// [`ClientError::Connect`] instead of hanging it.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("identity", &self.identity)
             .field("allow_tls12", &self.allow_tls12)
             .field("call_timeout", &self.call_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
     }
 }
@@ -103,6 +109,7 @@ impl ClientOptions {
             identity: None,
             allow_tls12: false,
             call_timeout: None,
+            handshake_timeout: tern_core::defaults::HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -114,6 +121,11 @@ impl ClientOptions {
                 "{} connections asked; at most {MAX_CONNECTIONS} (0: the default)",
                 self.connections
             )));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ClientError::Invalid(
+                "a handshake time limit of 0: no server could answer in time".into(),
+            ));
         }
         if self.grace_period.is_zero() && self.secure_connect {
             return Err(ClientError::Invalid(

@@ -10,3 +10,7 @@ pub const GRACE_PERIOD: Duration = Duration::from_secs(600);
 pub const SESSION_CACHE_MEMORY: usize = 64 << 20;
 /// Bytes more of them a session keeps in a spill file once memory is full.
 pub const SESSION_CACHE_DISK: u64 = 1 << 30;
+/// How long a peer has for its handshake (TLS, Hello and Welcome, Login):
+/// the server holds an unauthenticated connection no longer, and a client
+/// waits no longer for a server that does not answer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,7 +6,6 @@
 //! Callers are ordinary threads; the session's tasks run on a small tokio
 //! runtime it owns.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,11 +16,13 @@ use tern_core::wire::{self, ErrorKind, Feature, Frame, Msg};
 use tokio::sync::mpsc;
 
 mod dial;
+mod router;
 
 use crate::identity::Identity;
-use crate::stop::Stop;
+use crate::stop::{Deadline, Stop};
 use crate::ClientError;
 use dial::{Dialer, Stream};
+use router::{Due, Router};
 
 /// Frames queued by callers before they wait.
 const SEND_QUEUE: usize = 64;
@@ -29,7 +30,18 @@ const SEND_QUEUE: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Outgoing = (u64, Msg, Vec<u8>);
-type Routes = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+type Routes = Arc<Mutex<Router>>;
+type Closed = Arc<Mutex<Option<Ended>>>;
+
+/// Why a session ended.
+#[derive(Debug, Clone)]
+enum Ended {
+    /// Its connections were lost, or it was closed.
+    Lost(String),
+    /// The server broke the protocol (an answer to nothing, more than a
+    /// request allows).
+    Broken(String),
+}
 
 /// How a session connects and survives.
 #[derive(Debug, Clone)]
@@ -49,6 +61,8 @@ pub struct SessionOptions {
     pub grace: Duration,
     /// Where unacknowledged frames are kept for resending.
     pub cache: session::CacheLimits,
+    /// The longest the server may take to say Welcome.
+    pub handshake: Duration,
 }
 
 /// A session with a server over one or more connections (MultiConnect),
@@ -58,7 +72,7 @@ pub struct ClientSession {
     routes: Routes,
     next_req: AtomicU64,
     /// Why the session ended, once it has.
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Closed,
     server: Arc<str>,
     /// Dials the server's addresses; knows the one in use.
     dialer: Arc<Dialer>,
@@ -72,10 +86,10 @@ pub struct ClientSession {
 /// Answers to one request, as they arrive.
 pub struct Answers {
     routes: Routes,
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Closed,
     server: Arc<str>,
     req: u64,
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::Receiver<Frame>,
     /// Ends the wait early (cancel, time limit).
     stop: Arc<Stop>,
     rt: tokio::runtime::Handle,
@@ -113,7 +127,7 @@ impl Answers {
 
 impl Drop for Answers {
     fn drop(&mut self) {
-        lock(&self.routes).remove(&self.req);
+        lock(&self.routes).close(self.req);
     }
 }
 
@@ -124,7 +138,7 @@ impl Drop for Answers {
 pub struct DataErrors {
     routes: Routes,
     req: u64,
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::Receiver<Frame>,
 }
 
 impl DataErrors {
@@ -143,17 +157,21 @@ impl DataErrors {
 
 impl Drop for DataErrors {
     fn drop(&mut self) {
-        lock(&self.routes).remove(&self.req);
+        lock(&self.routes).close(self.req);
     }
 }
 
-fn lost(server: &str, closed: &Mutex<Option<String>>) -> ClientError {
-    let reason = lock(closed)
-        .clone()
-        .unwrap_or_else(|| "connection closed".into());
-    ClientError::Connect {
-        server: server.to_string(),
-        reason,
+fn lost(server: &str, closed: &Mutex<Option<Ended>>) -> ClientError {
+    match lock(closed).clone() {
+        Some(Ended::Broken(why)) => ClientError::Protocol(why),
+        Some(Ended::Lost(reason)) => ClientError::Connect {
+            server: server.to_string(),
+            reason,
+        },
+        None => ClientError::Connect {
+            server: server.to_string(),
+            reason: "connection closed".into(),
+        },
     }
 }
 
@@ -214,7 +232,7 @@ impl ClientSession {
         let first = first?;
         let seen = dialer.seen();
 
-        let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
+        let routes: Routes = Arc::new(Mutex::new(Router::default()));
         let closed = Arc::new(Mutex::new(None));
         let (in_tx, in_rx) = mpsc::channel(256);
         let session = Session::new(opts.cache.clone(), in_tx);
@@ -250,7 +268,7 @@ impl ClientSession {
             version: 0,
             _rt: rt,
         };
-        let (t, grace_secs) = conn.hello()?;
+        let (t, grace_secs) = conn.hello(opts.handshake)?;
         if !t.is_empty() {
             *lock(&token) = Some(t);
             *lock(&slot.grace) = opts.grace.min(Duration::from_secs(grace_secs.max(1)));
@@ -263,16 +281,27 @@ impl ClientSession {
 
     /// Hello and Welcome: the protocol version; the session's resume token
     /// and grace period. The error says whether the connection was cut.
-    fn hello(&mut self) -> Result<(Vec<u8>, u64), (ClientError, bool)> {
+    /// A server that says nothing for `limit` fails it: the client keeps
+    /// its own deadline, whatever the server does.
+    fn hello(&mut self, limit: Duration) -> Result<(Vec<u8>, u64), (ClientError, bool)> {
         let hello = Msg::Hello {
             min_version: wire::PROTOCOL_MIN,
             max_version: wire::PROTOCOL_MAX,
             features: wire::FEATURES.iter().map(|s| s.to_string()).collect(),
             agent: format!("tern-agent {}", env!("CARGO_PKG_VERSION")),
         };
-        // The handshake has its own deadline on the server; nothing cancels it.
-        let welcome = match self.call(hello, Vec::new(), &Arc::new(Stop::default())) {
+        let stop = Arc::new(Stop::default());
+        let _limit = Deadline::arm(&self.runtime(), &stop, Some(limit));
+        let welcome = match self.call(hello, Vec::new(), &stop) {
             Ok(w) => w,
+            Err(ClientError::TimedOut(limit)) => {
+                let reason = format!(
+                    "the server did not say Welcome within {} s of the connection",
+                    limit.as_secs_f64()
+                );
+                let server = self.server.to_string();
+                return Err((ClientError::Connect { server, reason }, false));
+            }
             // Lost before Welcome: the slot closed the session.
             Err(e @ ClientError::Connect { .. }) => return Err((e, true)),
             Err(e) => return Err((e, false)),
@@ -317,8 +346,7 @@ impl ClientSession {
             feature.check(self.version, &msg_name(&msg))?;
         }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (stx, srx) = mpsc::unbounded_channel();
-        lock(&self.routes).insert(req, stx);
+        let srx = lock(&self.routes).open(req, Due::of(&msg));
         let answers = Answers {
             routes: self.routes.clone(),
             closed: self.closed.clone(),
@@ -350,11 +378,14 @@ impl ClientSession {
         self.request(msg, payload, stop)?.recv()
     }
 
-    /// Queues a frame that has no answer, without waiting: a task sends it
+    /// Queues a request nobody waits on, without waiting: a task sends it
     /// once the queue has room (an abort during an outage must not block).
+    /// Its answer is counted and dropped.
     pub fn send_later(&self, msg: Msg) {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        lock(&self.routes).unheard(req, Due::of(&msg));
         let tx = self.tx.clone();
-        if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send((0, msg, Vec::new())) {
+        if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send((req, msg, Vec::new())) {
             self._rt.spawn(async move {
                 let _ = tx.send(frame).await;
             });
@@ -379,8 +410,7 @@ impl ClientSession {
     /// A route for the server's refusals of one image's data frames.
     pub fn data_errors(&self) -> DataErrors {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.routes).insert(req, tx);
+        let rx = lock(&self.routes).open(req, Due::Refusals);
         DataErrors {
             routes: self.routes.clone(),
             req,
@@ -422,8 +452,7 @@ impl ClientSession {
             return;
         }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (stx, mut srx) = mpsc::unbounded_channel();
-        lock(&self.routes).insert(req, stx);
+        let mut srx = lock(&self.routes).open(req, Due::ONE);
         // Not blocking_send: a client may be dropped inside an async runtime.
         if self.tx.try_send((req, Msg::Goodbye, Vec::new())).is_ok() {
             let deadline = Instant::now() + GOODBYE_WAIT;
@@ -436,7 +465,7 @@ impl ClientSession {
                 }
             }
         }
-        lock(&self.routes).remove(&req);
+        lock(&self.routes).close(req);
     }
 }
 
@@ -453,7 +482,7 @@ pub struct Sender {
     tx: mpsc::Sender<Outgoing>,
     /// The request number of the image's [`DataErrors`].
     req: u64,
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Closed,
     server: Arc<str>,
     stop: Arc<Stop>,
     rt: tokio::runtime::Handle,
@@ -501,28 +530,27 @@ async fn pump(mut rx: mpsc::Receiver<Outgoing>, session: Arc<Session>) {
     }
 }
 
-/// Hands each in-order frame to the request it answers.
+/// Hands each in-order frame to the request it answers; a frame the
+/// protocol does not allow ends the session.
 async fn route(
     mut rx: mpsc::Receiver<Frame>,
     routes: Routes,
-    closed: Arc<Mutex<Option<String>>>,
+    closed: Closed,
     session: Arc<Session>,
 ) {
     while let Some(frame) = rx.recv().await {
-        let target = lock(&routes).get(&frame.env.req).cloned();
-        match target {
-            Some(r) => {
-                let _ = r.send(frame);
-            }
-            // An answer to a request whose caller has gone (a cancel, a
-            // time limit): nobody is left to tell.
-            None => tracing::debug!(req = frame.env.req, "an answer nobody waits for"),
+        let routed = lock(&routes).route(frame);
+        if let Err(why) = routed {
+            tracing::warn!("ending the session: the server broke the protocol: {why}");
+            lock(&closed).get_or_insert(Ended::Broken(why.clone()));
+            session.close(&format!("protocol error: {why}"));
+            break;
         }
     }
     let why = session
         .closed()
         .unwrap_or_else(|| "the session ended".into());
-    *lock(&closed) = Some(why);
+    lock(&closed).get_or_insert(Ended::Lost(why));
     // Dropping the routes wakes every waiting caller with the error.
     lock(&routes).clear();
 }

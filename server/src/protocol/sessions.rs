@@ -26,7 +26,7 @@ use crate::store::Store;
 
 /// How long a new connection may take, from accept to a completed login
 /// (TLS, Hello and Login together), whatever it sends meanwhile.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use tern_core::defaults::HANDSHAKE_TIMEOUT;
 /// Frames delivered in order and waiting for the session's handler.
 const INBOUND_QUEUE: usize = 32;
 

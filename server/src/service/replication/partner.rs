@@ -16,6 +16,8 @@ use super::PartnerRecord;
 const SESSION_GRACE: Duration = Duration::from_secs(60);
 /// The longest one call to a partner may take.
 const CALL_LIMIT: Duration = Duration::from_secs(300);
+/// The longest a partner may take to say Welcome, and to answer the login.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(15);
 
 /// What this server presents to partners.
 #[derive(Debug, Clone)]
@@ -46,6 +48,7 @@ pub fn connect(partner: &PartnerRecord, me: &LocalIdentity) -> Result<Client, Cl
     opts.identity = Some((me.cert.clone(), me.key.clone()));
     opts.grace_period = SESSION_GRACE;
     opts.call_timeout = Some(CALL_LIMIT);
+    opts.handshake_timeout = HANDSHAKE_LIMIT;
     opts.connections = partner.connections();
     let client = Client::connect(&opts)?;
     check_version(&client)?;
