@@ -71,7 +71,7 @@ impl Hostile {
 
     fn options(&self) -> ClientOptions {
         let mut o = ClientOptions::new(&self.address, "admin", "whatever");
-        o.fingerprint = Some(self.fingerprint.clone());
+        o.fingerprint = Some(self.fingerprint);
         o.remember_servers = false;
         o.connections = 1;
         o.identity = Some(identity());
