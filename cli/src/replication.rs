@@ -483,15 +483,21 @@ pub fn replication(cli: &Cli, cmd: &ReplicationCmd) -> Result<()> {
                 json!({"copy_id": t.copy.to_string(), "side": t.side, "peer": t.peer,
                 "image": t.image, "started": t.started, "ended": t.ended,
                 "logical_bytes": t.logical_bytes, "sent_bytes": t.sent_bytes,
-                "sent_chunks": t.sent_chunks, "result": t.result, "reason": t.reason})
+                "sent_chunks": t.sent_chunks, "result": t.result, "reason": t.reason,
+                "group": t.group.as_ref().map(|g| g.as_str()), "repeats": t.repeats})
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
     for t in &list {
+        // Refusals held back by the trail's rate limit, counted into this one.
+        let repeats = match t.repeats {
+            0 => String::new(),
+            n => format!(" (after {n} more like it, not listed one by one)"),
+        };
         println!(
-            "{}  {:<6} {:<9} {} {:<30} {} sent  {}",
+            "{}  {:<6} {:<9} {} {:<30} {} sent  {}{repeats}",
             rfc3339(t.ended),
             t.side,
             t.result,

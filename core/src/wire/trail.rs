@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::CopyId;
+use crate::names::GroupName;
 
 /// One attempt in the replication trail, on either side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,19 @@ pub struct TrailEntry {
     pub result: TrailResult,
     /// Why it failed (empty when it did not).
     pub reason: String,
+    /// The storage group of the image on this side, which decides who sees
+    /// the entry: users of that group and admins. Absent for partner checks
+    /// and in entries older servers wrote: admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupName>,
+    /// Refusals like this one from the same party since the previous one
+    /// recorded, counted instead of written one by one (see docs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Declares a closed set of trail words: an enum that is its lowercase

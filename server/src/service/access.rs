@@ -134,6 +134,15 @@ impl User {
         Scope::Groups(groups)
     }
 
+    /// The groups whose replicas a replication source acting as this user
+    /// may abort or ask about: those it replicates into.
+    pub fn replicate_scope(&self) -> Scope {
+        if self.admin {
+            return Scope::Every;
+        }
+        Scope::Groups(self.replicate_into.clone())
+    }
+
     /// Whose incomplete images the user may resume or remove: their own, or
     /// anyone's for an admin.
     pub fn owner(&self) -> Owner<'_> {

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use tern_core::names::GroupName;
 use tern_core::wire::{
     ImageInfo, IncompleteImage, ReplicaOrigin, TrailEntry, TrailResult, TrailSide, WriteStats,
 };
@@ -171,7 +172,9 @@ impl Store {
         let created = now_unix();
         let trail = img.replica.as_ref().map(|r| {
             let image = format!("{}/{}", img.container, img.name);
-            let mut t = replica_trail(&r.origin, r.started, &image, TrailResult::Ok, "");
+            let group = Some(r.group.clone());
+            let ok = ReplicaEnd::new(TrailResult::Ok, "");
+            let mut t = replica_trail(&r.origin, group, r.started, &image, ok);
             t.ended = created;
             t.logical_bytes = img.size;
             t.sent_bytes = img.stats.new_stored_bytes;
@@ -236,7 +239,11 @@ impl Store {
         }
         if let Some(r) = &img.replica {
             let image = format!("{}/{}", img.container, img.name);
-            self.trail_replica_end(&r.origin, r.started, &image, TrailResult::Failed, why);
+            let (group, end) = (
+                Some(r.group.clone()),
+                ReplicaEnd::new(TrailResult::Failed, why),
+            );
+            self.trail_replica_end(&r.origin, group, r.started, &image, end);
         }
     }
 
@@ -481,8 +488,9 @@ impl Store {
                     "expired: no attempt of the copy continued it for {} s",
                     retention.as_secs()
                 );
-                let image = self.catalog.image_label(cid, &name);
-                self.trail_replica_end(origin, p.started, &image, TrailResult::Expired, &why);
+                let (group, image) = self.catalog.image_place(cid, &name);
+                let end = ReplicaEnd::new(TrailResult::Expired, &why);
+                self.trail_replica_end(origin, group, p.started, &image, end);
             }
             dropped += 1;
         }
@@ -493,25 +501,37 @@ impl Store {
     pub(super) fn trail_replica_end(
         &self,
         origin: &ReplicaOrigin,
+        group: Option<GroupName>,
         started: u64,
         image: &str,
-        result: TrailResult,
-        reason: &str,
+        end: ReplicaEnd<'_>,
     ) {
-        let t = replica_trail(origin, started, image, result, reason);
+        let t = replica_trail(origin, group, started, image, end);
         if let Err(e) = self.catalog.push_trail(&t) {
             tracing::warn!("recording the end of replica {image} in the trail: {e}");
         }
     }
 }
 
-/// The target side's trail entry of a replica.
+/// How a replica's attempt ended, and why.
+pub(super) struct ReplicaEnd<'a> {
+    result: TrailResult,
+    reason: &'a str,
+}
+
+impl<'a> ReplicaEnd<'a> {
+    pub(super) fn new(result: TrailResult, reason: &'a str) -> Self {
+        Self { result, reason }
+    }
+}
+
+/// The target side's trail entry of a replica in `group`.
 fn replica_trail(
     origin: &ReplicaOrigin,
+    group: Option<GroupName>,
     started: u64,
     image: &str,
-    result: TrailResult,
-    reason: &str,
+    end: ReplicaEnd<'_>,
 ) -> TrailEntry {
     TrailEntry {
         copy: origin.copy,
@@ -523,7 +543,9 @@ fn replica_trail(
         logical_bytes: 0,
         sent_bytes: 0,
         sent_chunks: 0,
-        result,
-        reason: reason.into(),
+        result: end.result,
+        reason: end.reason.into(),
+        group,
+        repeats: 0,
     }
 }

@@ -8,6 +8,7 @@ use tern_core::wire::{
 use tern_core::{ChunkParams, ContainerName, ImageName};
 
 use super::containers::image_info;
+use super::partial::ReplicaEnd;
 use super::records::{now_unix, ContainerRecord};
 use super::write::ReplicaWrite;
 use super::{lock, ReadableImage, Result, Scope, Store, StoreError, WriterId};
@@ -107,6 +108,7 @@ impl Store {
         }
         let replica = ReplicaWrite {
             origin,
+            group: rec.group.clone(),
             import: rec.import,
             started: now_unix(),
         };
@@ -140,6 +142,7 @@ impl Store {
         let owner = durable.owner.clone();
         let replica = ReplicaWrite {
             origin: origin.clone(),
+            group: rec.group.clone(),
             import: rec.import,
             started: durable.started,
         };
@@ -170,12 +173,22 @@ impl Store {
 
     /// Drops what a copy left here: the replica it is writing, or the
     /// partial replica an interrupted attempt kept. Each goes into the
-    /// trail; true if there was any.
-    pub fn replica_abort(&self, copy: CopyId, why: &str) -> Result<bool> {
-        let open: Vec<WriterId> = lock(&self.open)
+    /// trail; true if there was any. Replicas in groups `scope` does not
+    /// see are left alone, as if absent.
+    pub fn replica_abort(&self, scope: &Scope, copy: CopyId, why: &str) -> Result<bool> {
+        let candidates: Vec<_> = lock(&self.open)
             .iter()
             .filter(|(_, o)| o.copy == Some(copy))
-            .map(|(id, _)| *id)
+            .map(|(id, o)| (*id, o.image.clone()))
+            .collect();
+        // Each image's lock is taken with `open` released (the lock order).
+        let open: Vec<WriterId> = candidates
+            .into_iter()
+            .filter(|(_, image)| {
+                let img = lock(image);
+                img.replica.as_ref().is_some_and(|r| scope.sees(&r.group))
+            })
+            .map(|(id, _)| id)
             .collect();
         let mut found = !open.is_empty();
         for w in open {
@@ -186,11 +199,15 @@ impl Store {
             let Some(origin) = p.origin.filter(|o| o.copy == copy) else {
                 continue;
             };
+            let (group, image) = self.catalog.image_place(cid, &name);
+            if !group.as_ref().is_some_and(|g| scope.sees(g)) {
+                continue;
+            }
             if self.catalog.drop_partial(cid, &name, Some(p.id))?.is_some() {
                 found = true;
                 tracing::info!(copy = %copy, "partial replica {name} dropped: {why}");
-                let image = self.catalog.image_label(cid, &name);
-                self.trail_replica_end(&origin, p.started, &image, TrailResult::Failed, why);
+                let end = ReplicaEnd::new(TrailResult::Failed, why);
+                self.trail_replica_end(&origin, group, p.started, &image, end);
             }
         }
         Ok(found)
@@ -229,8 +246,11 @@ impl Store {
     }
 
     /// Whether the import events of these copies were acknowledged.
-    pub fn import_states(&self, copies: &[CopyId]) -> Result<Vec<ImportState>> {
-        self.catalog.import_states(copies)
+    pub fn import_states(&self, scope: &Scope, copies: &[CopyId]) -> Result<Vec<ImportState>> {
+        self.catalog.import_states(
+            copies,
+            |cid| matches!(self.catalog.container_place(cid), Ok(Some((g, _))) if scope.sees(&g)),
+        )
     }
 
     /// A committed image for a copy job (the server's own access, no user).

@@ -66,8 +66,12 @@ impl Store {
         self.catalog.push_trail(entry)
     }
 
-    /// The newest `max` trail entries, newest first.
-    pub fn trail(&self, max: usize) -> Result<Vec<tern_core::wire::TrailEntry>> {
-        self.catalog.trail(max)
+    /// The newest `max` trail entries that `shown` keeps, newest first.
+    pub fn trail(
+        &self,
+        max: usize,
+        shown: impl Fn(&tern_core::wire::TrailEntry) -> bool,
+    ) -> Result<Vec<tern_core::wire::TrailEntry>> {
+        self.catalog.trail(max, shown)
     }
 }

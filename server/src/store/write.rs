@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tern_core::codec::{Compressor, Decoder};
-use tern_core::names::UserName;
+use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
@@ -72,6 +72,8 @@ impl OpenImage {
 /// What the store keeps of a replica being written, for its commit.
 pub(super) struct ReplicaWrite {
     pub(super) origin: ReplicaOrigin,
+    /// The replica container's storage group (who sees its trail entries).
+    pub(super) group: GroupName,
     /// The container raises import events.
     pub(super) import: bool,
     pub(super) started: u64,

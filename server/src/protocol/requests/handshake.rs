@@ -2,10 +2,11 @@
 //! is answered; the session's deadline (`HANDSHAKE_TIMEOUT`) runs meanwhile.
 
 use tern_core::names::UserName;
-use tern_core::wire::{self, CopyId, ErrorKind, Msg, Password, TrailEntry, TrailResult, TrailSide};
+use tern_core::wire::{self, ErrorKind, Msg, Password, TrailSide};
 
 use super::{refuse, Answer, Refusal};
 use crate::protocol::handler::{Phase, SessionHandler};
+use crate::service::replication::trail::refusal;
 use crate::service::users::Users;
 use crate::store::records::now_unix;
 use crate::store::StoreError;
@@ -68,29 +69,18 @@ async fn login(h: &mut SessionHandler, user: UserName, password: Password) -> An
 }
 
 /// A failed login as a user who may replicate here is a replication
-/// partner refused: it goes into this (target) side's trail too.
+/// partner refused: it goes into this (target) side's trail too, for
+/// admins (it names no group), at the rate one address may fill it.
 fn record_partner_refusal(h: &SessionHandler, user: &UserName) {
     let partner = matches!(Users::new(h.store()).replicates_here(user), Ok(true));
     if !partner {
         return;
     }
-    let now = now_unix();
-    let entry = TrailEntry {
-        copy: CopyId([0; 16]),
-        side: TrailSide::Target,
-        peer: h.peer().to_string(),
-        image: String::new(),
-        started: now,
-        ended: now,
-        logical_bytes: 0,
-        sent_bytes: 0,
-        sent_chunks: 0,
-        result: TrailResult::Failed,
-        reason: format!("replication login as {user} refused: wrong password"),
-    };
-    if let Err(e) = h.store().push_trail(&entry) {
-        tracing::warn!("recording a refused partner login in the trail: {e}");
-    }
+    let reason = format!("replication login as {user} refused: wrong password");
+    let mut entry = refusal(&h.peer().to_string(), now_unix(), &reason);
+    entry.side = TrailSide::Target;
+    h.replicator()
+        .record_refusal(&h.peer().ip().to_string(), entry);
 }
 
 fn hello(

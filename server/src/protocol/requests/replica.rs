@@ -33,13 +33,15 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         }
         Msg::ReplicaAbort { copy } => {
             user.may(Action::ActAsSource)?;
-            blocking(|| store.replica_abort(copy, "the source ended the copy"))?;
+            let scope = user.replicate_scope();
+            blocking(|| store.replica_abort(&scope, copy, "the source ended the copy"))?;
             Msg::Ok
         }
         Msg::ImportStatesGet { copies } => {
             user.may(Action::ActAsSource)?;
+            let scope = user.replicate_scope();
             Msg::ImportStates {
-                states: blocking(|| store.import_states(&copies))?,
+                states: blocking(|| store.import_states(&scope, &copies))?,
             }
         }
         Msg::EventsGet { container, max } => Msg::Events {

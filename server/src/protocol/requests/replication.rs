@@ -7,7 +7,7 @@ use tern_core::wire::{CopyId, ErrorKind, Msg, PartnerSettings, Password};
 use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::protocol::handler::SessionHandler;
 use crate::service::access::{Action, User};
-use crate::service::replication::{ReplicationError, Replicator};
+use crate::service::replication::{CopyAsk, ReplicationError, Replicator};
 use std::sync::Arc;
 
 impl From<ReplicationError> for Refusal {
@@ -139,11 +139,18 @@ async fn copies(user: &User, repl: Arc<Replicator>, msg: Msg) -> Result<Msg, Ref
             partner,
             to_container,
             to_name,
-        } => Msg::CopyStarted {
-            id: blocking(|| {
-                repl.copy_start(&scope, &container, &name, &partner, to_container, to_name)
-            })?,
-        },
+        } => {
+            let ask = CopyAsk {
+                container,
+                image: name,
+                partner,
+                to_container,
+                to_name,
+            };
+            Msg::CopyStarted {
+                id: blocking(|| repl.copy_start(&scope, &user.name, ask))?,
+            }
+        }
         Msg::CopyStatusGet { id } => Msg::Copies {
             list: vec![blocking(|| repl.status(&scope, id))?],
         },
@@ -159,7 +166,7 @@ async fn copies(user: &User, repl: Arc<Replicator>, msg: Msg) -> Result<Msg, Ref
             Msg::Ok
         }
         Msg::TrailGet { max } => Msg::Trail {
-            list: blocking(|| repl.history(max))?,
+            list: blocking(|| repl.history(&scope, max))?,
         },
         other => return Err(not_ours(&other)),
     })

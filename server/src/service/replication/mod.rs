@@ -17,6 +17,7 @@ mod copy;
 mod partner;
 mod scheduler;
 pub mod tables;
+pub mod trail;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tern_agent::{Client, ClientError};
 use tern_core::names::UserName;
 use tern_core::wire::{
-    CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, PartnerSettings, TrailEntry,
-    TrailResult, TrailSide,
+    CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, PartnerSettings, TrailResult,
 };
 use tern_core::{ContainerName, ImageName};
 
@@ -39,6 +39,7 @@ pub use tables::{CopyRecord, PartnerRecord, ReplicationTables, DEFAULT_COPY_CONN
 
 use crate::store::records::now_unix;
 use crate::store::{Scope, Store, StoreError};
+use trail::refusal;
 
 /// Attempts of one copy before it fails for good (the delays between them
 /// grow to [`MAX_RETRY_DELAY`]: about an hour and a half in all).
@@ -74,6 +75,16 @@ impl ReplicationError {
     }
 }
 
+/// A copy a user asks for: an image, the partner, and where it goes there.
+pub struct CopyAsk {
+    pub container: ContainerName,
+    pub image: ImageName,
+    pub partner: String,
+    pub to_container: ContainerName,
+    /// The name there (default: the same).
+    pub to_name: Option<ImageName>,
+}
+
 /// A running attempt's counters, read by status requests as they change.
 #[derive(Default)]
 pub struct Live {
@@ -103,6 +114,8 @@ pub struct Replicator {
     awaiting_import: Mutex<HashSet<CopyId>>,
     wake: Condvar,
     woken: Mutex<bool>,
+    /// How many refusals each party may have written one by one.
+    refusals: trail::RefusalGate,
 }
 
 impl Replicator {
@@ -143,6 +156,7 @@ impl Replicator {
             awaiting_import: Mutex::new(awaiting),
             wake: Condvar::new(),
             woken: Mutex::new(false),
+            refusals: trail::RefusalGate::default(),
         });
         let sched = r.clone();
         std::thread::Builder::new()
@@ -304,38 +318,33 @@ impl Replicator {
     // ---- copies ------------------------------------------------------------------
 
     /// Records a copy (or finds the live one of the same image to the same
-    /// place) and queues it; returns at once.
+    /// place) and queues it; returns at once. A refusal goes into the trail,
+    /// as one of `who`'s.
     pub fn copy_start(
         &self,
         scope: &Scope,
-        container: &ContainerName,
-        image: &ImageName,
-        partner: &str,
-        to_container: ContainerName,
-        to_name: Option<ImageName>,
+        who: &UserName,
+        ask: CopyAsk,
     ) -> Result<CopyId, StoreError> {
         let started = now_unix();
+        let mut group = None;
         let outcome = (|| {
-            if self.tables().partner(partner)?.is_none() {
-                return Err(StoreError::NotFound(format!("no partner {partner}")));
+            if self.tables().partner(&ask.partner)?.is_none() {
+                return Err(StoreError::NotFound(format!("no partner {}", ask.partner)));
             }
-            let c = self.store.container_record(scope, container)?;
-            let (img, _) = self.store.copy_source(&c.group, container, image)?;
-            self.enqueue(
-                c.group,
-                container,
-                &img.info,
-                partner,
-                to_container,
-                to_name,
-            )
+            let c = self.store.container_record(scope, &ask.container)?;
+            group = Some(c.group.clone());
+            let (img, _) = self
+                .store
+                .copy_source(&c.group, &ask.container, &ask.image)?;
+            let to = (ask.to_container.clone(), ask.to_name.clone());
+            self.enqueue(c.group, &ask.container, &img.info, &ask.partner, to.0, to.1)
         })();
         if let Err(e) = &outcome {
-            let mut entry = refusal(partner, started, &format!("copy refused: {e}"));
-            entry.image = format!("{container}/{image}");
-            if let Err(t) = self.store.push_trail(&entry) {
-                tracing::warn!("recording a refused copy in the trail: {t}");
-            }
+            let mut entry = refusal(&ask.partner, started, &format!("copy refused: {e}"));
+            entry.image = format!("{}/{}", ask.container, ask.image);
+            entry.group = group;
+            self.record_refusal(who.as_str(), entry);
         }
         outcome
     }
@@ -515,7 +524,10 @@ impl Replicator {
         let rec = match self.tables().copy(id)? {
             Some(rec) if scope.sees(&rec.group) => rec,
             _ if drop_replicas => {
-                if self.store.replica_abort(id, "aborted on this server")? {
+                if self
+                    .store
+                    .replica_abort(&Scope::Every, id, "aborted on this server")?
+                {
                     tracing::info!(copy = %id, "partial replica dropped by an abort");
                     return Ok(());
                 }
@@ -563,33 +575,6 @@ impl Replicator {
             ),
         })
     }
-
-    fn trail(
-        &self,
-        id: CopyId,
-        rec: &CopyRecord,
-        started: u64,
-        result: TrailResult,
-        reason: &str,
-    ) -> TrailEntry {
-        TrailEntry {
-            copy: id,
-            side: TrailSide::Source,
-            peer: rec.partner.clone(),
-            image: format!("{}/{}", rec.container, rec.image),
-            started,
-            ended: now_unix(),
-            logical_bytes: rec.logical_bytes,
-            sent_bytes: 0,
-            sent_chunks: 0,
-            result,
-            reason: reason.into(),
-        }
-    }
-
-    pub fn history(&self, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
-        self.store.trail(max.clamp(1, 100_000) as usize)
-    }
 }
 
 /// The class of a partner's failure, for the client that asked.
@@ -600,23 +585,6 @@ fn client_kind(e: &ClientError) -> ErrorKind {
         ClientError::Untrusted(_) => ErrorKind::Denied,
         ClientError::Invalid(_) => ErrorKind::Invalid,
         _ => ErrorKind::Internal,
-    }
-}
-
-/// A trail entry for a refusal before any copy ran.
-fn refusal(partner: &str, started: u64, reason: &str) -> TrailEntry {
-    TrailEntry {
-        copy: CopyId([0; 16]),
-        side: TrailSide::Source,
-        peer: partner.into(),
-        image: String::new(),
-        started,
-        ended: now_unix(),
-        logical_bytes: 0,
-        sent_bytes: 0,
-        sent_chunks: 0,
-        result: TrailResult::Failed,
-        reason: reason.into(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_core::wire::{CopyId, CopyState, ImportState, TrailEntry, TrailResult, TrailSide};
+use tern_core::wire::{CopyId, CopyState, ImportState, TrailResult};
 
 use super::{copy, lock, partner, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY};
 
@@ -124,19 +124,12 @@ impl Replicator {
         let done = live.done.load(Ordering::Relaxed);
         let mut entry = match &marked {
             Ok(rec) => self.trail(id, rec, started, result, &reason),
-            Err(_) => TrailEntry {
-                copy: id,
-                side: TrailSide::Source,
-                peer: live.partner.clone(),
-                image: String::new(),
-                started,
-                ended: now_unix(),
-                logical_bytes: 0,
-                sent_bytes: 0,
-                sent_chunks: 0,
-                result,
-                reason: reason.clone(),
-            },
+            Err(_) => {
+                let mut e = super::trail::refusal(&live.partner, started, &reason);
+                e.copy = id;
+                e.result = result;
+                e
+            }
         };
         entry.sent_bytes = sent;
         entry.sent_chunks = chunks;

@@ -294,22 +294,27 @@ impl Catalog {
         found.map(|v| decode("container", v.value())).transpose()
     }
 
-    /// `container/image` for messages, from a container's id (the image's
-    /// name alone if the container is gone).
-    pub fn image_label(&self, container_id: u64, image: &ImageName) -> String {
-        let found = (|| -> Result<Option<String>> {
-            let t = self.db.begin_read()?.open_table(CONTAINERS)?;
-            for row in t.iter()? {
-                let (k, v) = row?;
-                if decode::<ContainerRecord>("container", v.value())?.id == container_id {
-                    return Ok(Some(k.value().1.to_string()));
-                }
+    /// The group and name of the container with id `container_id`, if it
+    /// still exists (a scan: containers are few).
+    pub fn container_place(&self, container_id: u64) -> Result<Option<(GroupName, String)>> {
+        let t = self.db.begin_read()?.open_table(CONTAINERS)?;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let rec: ContainerRecord = decode("container", v.value())?;
+            if rec.id == container_id {
+                return Ok(Some((rec.group, k.value().1.to_string())));
             }
-            Ok(None)
-        })();
-        match found {
-            Ok(Some(c)) => format!("{c}/{image}"),
-            _ => image.to_string(),
+        }
+        Ok(None)
+    }
+
+    /// The group of an image and `container/image` for messages, from its
+    /// container's id (no group, and the image's name alone, if the
+    /// container is gone).
+    pub fn image_place(&self, container_id: u64, image: &ImageName) -> (Option<GroupName>, String) {
+        match self.container_place(container_id) {
+            Ok(Some((group, c))) => (Some(group), format!("{c}/{image}")),
+            _ => (None, image.to_string()),
         }
     }
 

@@ -57,12 +57,22 @@ impl Catalog {
         Ok(())
     }
 
-    /// The newest `max` entries, newest first.
-    pub fn trail(&self, max: usize) -> Result<Vec<TrailEntry>> {
+    /// The newest `max` entries that `shown` keeps, newest first.
+    pub fn trail(
+        &self,
+        max: usize,
+        shown: impl Fn(&TrailEntry) -> bool,
+    ) -> Result<Vec<TrailEntry>> {
         let t = self.db.begin_read()?.open_table(TRAIL)?;
         let mut out = Vec::new();
-        for row in t.iter()?.rev().take(max) {
-            out.push(decode("trail", row?.1.value())?);
+        for row in t.iter()?.rev() {
+            if out.len() >= max {
+                break;
+            }
+            let entry: TrailEntry = decode("trail", row?.1.value())?;
+            if shown(&entry) {
+                out.push(entry);
+            }
         }
         Ok(out)
     }
@@ -126,7 +136,11 @@ impl Catalog {
     }
 
     /// Whether each copy's import event was acknowledged.
-    pub fn import_states(&self, copies: &[CopyId]) -> Result<Vec<ImportState>> {
+    pub fn import_states(
+        &self,
+        copies: &[CopyId],
+        visible: impl Fn(u64) -> bool,
+    ) -> Result<Vec<ImportState>> {
         let tx = self.db.begin_read()?;
         let of_copy = tx.open_table(EVENT_OF_COPY)?;
         let events = tx.open_table(EVENTS)?;
@@ -135,6 +149,8 @@ impl Catalog {
             let at = of_copy.get(key(c))?.map(|v| v.value());
             let state = match at {
                 None => ImportState::NoEvent,
+                // Another group's replica is as absent.
+                Some((container, _)) if !visible(container) => ImportState::NoEvent,
                 Some(at) => match events.get(at)? {
                     None => ImportState::NoEvent,
                     Some(v) => {
