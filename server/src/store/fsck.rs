@@ -176,10 +176,19 @@ impl Store {
                     .push(format!("recipe rows for unknown image {image}"));
                 return Ok(());
             };
-            if !index.contains(&chunk_key(*group, &id))? && damaged_images.insert(image) {
-                report.damage.push(format!(
-                    "image {name}: chunk {id} at offset {offset} is missing from the store"
-                ));
+            let problem = match index.raw_len(&chunk_key(*group, &id))? {
+                None => Some("is missing from the store".to_string()),
+                Some(stored) if stored != len => Some(format!(
+                    "is {stored} bytes long, but the recipe counts {len} for it"
+                )),
+                Some(_) => None,
+            };
+            if let Some(what) = problem {
+                if damaged_images.insert(image) {
+                    report.damage.push(format!(
+                        "image {name}: chunk {id} at offset {offset} {what}"
+                    ));
+                }
             }
             Ok(())
         })?;

@@ -22,6 +22,8 @@ use super::{lock, Owner, Result, Scope, Store, StoreError, WriterId};
 
 /// A checkpoint is taken at least every this many logical bytes...
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...and every this many recipe entries (whatever their size)...
+pub const CHECKPOINT_ENTRIES: usize = 65_536;
 /// ...and at least this often while the image is written.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// A replica is checkpointed more often: what a target loses in a crash
@@ -53,7 +55,8 @@ impl Store {
         } else {
             (CHECKPOINT_BYTES, CHECKPOINT_EVERY)
         };
-        if img.received >= bytes || img.last_checkpoint.elapsed() >= every {
+        let many = img.announced >= CHECKPOINT_ENTRIES;
+        if img.received >= bytes || many || img.last_checkpoint.elapsed() >= every {
             self.checkpoint(img)?;
         }
         Ok(())
@@ -66,6 +69,7 @@ impl Store {
     pub(super) fn checkpoint(&self, img: &mut OpenImage) -> Result<()> {
         img.last_checkpoint = Instant::now();
         img.received = 0;
+        img.announced = 0;
         let cut = img
             .recipe
             .iter()

@@ -78,12 +78,16 @@ pub(super) fn read_image(store: &Store, image: &str) -> Vec<u8> {
 pub(super) fn store_with_container() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    // The tests' chunks are 4 KiB: the minimum must allow them mid-image.
+    let settings = ContainerSettings {
+        chunking: Some(tern_core::ChunkParams {
+            min: 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     store
-        .container_create(
-            &default_group(),
-            &names("c", "x").0,
-            &ContainerSettings::default(),
-        )
+        .container_create(&default_group(), &names("c", "x").0, &settings)
         .unwrap();
     (dir, store)
 }
@@ -272,4 +276,53 @@ fn gc_writes_packs_of_the_documented_size() {
         assert_eq!(read_image(&store, name).len(), 200 << 16);
     }
     drop(dir);
+}
+
+#[test]
+fn entries_must_be_chunk_sized_and_labelled_as_the_store_holds_them() {
+    let (_dir, store) = store_with_container();
+    let data = chunks(3, 9);
+    write_image(&store, "first", &data).unwrap();
+    let (c, n) = names("c", "liar");
+    let (w, _) = store
+        .image_begin(&admin(), &admin_name(), &c, &n, Vec::new(), false)
+        .unwrap();
+    // A stored 4 KiB chunk announced longer: refused, and nothing kept.
+    let mislabelled = ChunkRef {
+        id: ChunkId::of(&data[0]),
+        len: 8192,
+    };
+    let err = store.image_append(w, &[mislabelled]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("4096 bytes long"), "{err}");
+    // The same id twice in one batch with two lengths: refused too.
+    let new = chunks(1, 10);
+    let twice = [
+        refs(&new)[0],
+        ChunkRef {
+            len: 2048,
+            ..refs(&new)[0]
+        },
+    ];
+    assert!(store.image_append(w, &twice).is_err());
+    // A short chunk may only be the last.
+    let short = ChunkRef {
+        id: ChunkId::of(&[1u8; 100]),
+        len: 100,
+    };
+    let err = store.image_append(w, &[short, refs(&data)[1]]).unwrap_err();
+    assert!(
+        err.to_string().contains("only an image's last chunk"),
+        "{err}"
+    );
+    // Refused batches left the image empty: a good one goes on from 0.
+    assert_eq!(
+        store.image_append(w, &refs(&data)).unwrap(),
+        Vec::<u32>::new()
+    );
+    store.image_append(w, &[short]).unwrap();
+    assert!(
+        store.image_append(w, &refs(&data)).is_err(),
+        "short mid-image"
+    );
 }

@@ -20,13 +20,66 @@ use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
-use super::records::{chunk_key, now_unix, ContainerRecord, PartialRecord};
+use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord, PartialRecord};
 use super::{lock, Result, Scope, Store, StoreError};
 
 thread_local! {
     /// Checks received chunks; one per thread keeps its zstd context warm.
     pub(super) static VERIFIER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new());
 }
+
+/// Checks a batch of announced entries against the container's chunk sizes
+/// and against the lengths already known for their chunks (`stored_len`:
+/// what the store holds). Returns, per entry, whether the store holds its
+/// chunk (entries whose chunk the image still awaits say false).
+fn check_batch(
+    img: &OpenImage,
+    entries: &[ChunkRef],
+    stored_len: impl Fn(&ChunkKey) -> Result<Option<u32>>,
+) -> Result<Vec<bool>> {
+    let mut seen: HashMap<ChunkId, (u32, bool)> = HashMap::new();
+    let mut short_tail = img.short_tail;
+    let mut stored = Vec::with_capacity(entries.len());
+    for e in entries {
+        if short_tail {
+            return Err(StoreError::Invalid(format!(
+                "a chunk shorter than this container's minimum of {} bytes was followed by \
+                 another: only an image's last chunk may be short",
+                img.min_chunk
+            )));
+        }
+        if e.len == 0 || e.len > img.max_chunk {
+            return Err(StoreError::Invalid(format!(
+                "chunk of {} bytes is outside this container's limit of 1..={}",
+                e.len, img.max_chunk
+            )));
+        }
+        short_tail = e.len < img.min_chunk;
+        let known = match (seen.get(&e.id), img.missing.get(&e.id)) {
+            (Some(&known), _) => known,
+            (None, Some(&len)) => (len, false),
+            (None, None) => match stored_len(&chunk_key(img.group, &e.id))? {
+                Some(len) => (len, true),
+                None => (e.len, false),
+            },
+        };
+        if known.0 != e.len {
+            return Err(StoreError::Invalid(format!(
+                "chunk {} announced as {} bytes, but it is {} bytes long",
+                e.id, e.len, known.0
+            )));
+        }
+        seen.insert(e.id, known);
+        stored.push(known.1);
+    }
+    Ok(stored)
+}
+
+/// Recipe entries an open image may hold in memory past its last
+/// checkpoint (about 48 bytes each): a checkpoint makes durable only up to
+/// the first chunk still awaited, so a writer that never sends one could
+/// otherwise grow the server without bound.
+const MAX_UNDURABLE_ENTRIES: usize = 1 << 20;
 
 /// Identifies an image being written.
 pub type WriterId = u64;
@@ -49,7 +102,12 @@ pub(super) struct OpenImage {
     /// Chunks asked of the writer and not yet received, with their lengths.
     pub(super) missing: HashMap<ChunkId, u32>,
     pub(super) stats: WriteStats,
+    /// The container's chunk size limits: only an image's last chunk may
+    /// be shorter than `min_chunk`.
+    min_chunk: u32,
     max_chunk: u32,
+    /// A chunk shorter than the minimum was announced: it must be the last.
+    short_tail: bool,
     pub(super) passthrough: Option<Passthrough>,
     /// A replica being written by a source server.
     pub(super) replica: Option<ReplicaWrite>,
@@ -60,6 +118,9 @@ pub(super) struct OpenImage {
     /// which counts announced chunks still awaited (a copy announces
     /// hundreds of MiB ahead).
     pub(super) received: u64,
+    /// Recipe entries announced since the last checkpoint: checkpoints are
+    /// due by count too, so that tiny entries cannot pile up in memory.
+    pub(super) announced: usize,
 }
 
 impl OpenImage {
@@ -243,12 +304,15 @@ impl Store {
                 ..WriteStats::default()
             },
             durable,
+            min_chunk: rec.chunking.min,
             max_chunk: rec.chunking.max,
+            short_tail: false,
             passthrough,
             replica,
             last_checkpoint: Instant::now(),
             last_write: Instant::now(),
             received: 0,
+            announced: 0,
         })
     }
 
@@ -299,32 +363,39 @@ impl Store {
                 "a passthrough image takes raw data, not chunks".into(),
             ));
         }
-        let group = img.group;
+        if img.recipe.len() + entries.len() > MAX_UNDURABLE_ENTRIES {
+            return Err(StoreError::Invalid(format!(
+                "{} recipe entries announced past a chunk still not sent; send the chunks \
+                 asked for",
+                img.recipe.len()
+            )));
+        }
         let index = self.catalog.index_snapshot()?;
         let pending = lock(&self.pending);
+        // Checked whole before anything changes: a refused batch leaves the
+        // image as it was.
+        let stored = check_batch(&img, entries, |key| match pending.get(key) {
+            Some(loc) => Ok(Some(loc.raw_len)),
+            None => index.raw_len(key),
+        })?;
         let mut missing = Vec::new();
-        for (i, e) in entries.iter().enumerate() {
-            if e.len == 0 || e.len > img.max_chunk {
-                return Err(StoreError::Invalid(format!(
-                    "chunk of {} bytes is outside this container's limit of 1..={}",
-                    e.len, img.max_chunk
-                )));
-            }
+        for (i, (e, stored)) in entries.iter().zip(stored).enumerate() {
             let offset = img.size;
             img.recipe.push((offset, e.id, e.len));
             img.size += u64::from(e.len);
             img.stats.chunks += 1;
+            img.short_tail = e.len < img.min_chunk;
             if img.missing.contains_key(&e.id) {
                 continue;
             }
-            let key = chunk_key(group, &e.id);
-            if pending.contains_key(&key) || index.contains(&key)? {
+            if stored {
                 img.received += u64::from(e.len);
                 continue;
             }
             img.missing.insert(e.id, e.len);
             missing.push(i as u32);
         }
+        img.announced += entries.len();
         drop(pending);
         img.last_write = Instant::now();
         self.checkpoint_if_due(&mut img)?;

@@ -465,6 +465,16 @@ impl IndexSnapshot {
     pub fn contains(&self, key: &ChunkKey) -> Result<bool> {
         Ok(self.0.get(key.as_slice())?.is_some())
     }
+
+    /// The plaintext length the index holds for a chunk, if it has it.
+    pub fn raw_len(&self, key: &ChunkKey) -> Result<Option<u32>> {
+        match self.0.get(key.as_slice())? {
+            None => Ok(None),
+            Some(v) => Location::decode(v.value())
+                .map(|loc| Some(loc.raw_len))
+                .ok_or_else(|| StoreError::Corrupt("an undecodable index entry".into())),
+        }
+    }
 }
 
 fn next_counter(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
