@@ -34,6 +34,39 @@ struct Inner {
     call_timeout: Option<std::time::Duration>,
 }
 
+/// Logs in within the handshake's limit (or the call limit if shorter);
+/// true if the user is an admin.
+fn login(
+    conn: &ClientSession,
+    opts: &ClientOptions,
+    user: UserName,
+    stops: &Stops,
+) -> Result<bool, ClientError> {
+    let stop = stops.make();
+    let limit = opts
+        .call_timeout
+        .map_or(opts.handshake_timeout, |c| c.min(opts.handshake_timeout));
+    let _limit = Deadline::arm(&conn.runtime(), &stop, Some(limit));
+    let login = Msg::Login {
+        user,
+        password: Password::new(opts.password.clone()),
+    };
+    let answer = conn.call(login, Vec::new(), &stop).map_err(|e| match e {
+        ClientError::TimedOut(limit) => ClientError::Connect {
+            server: opts.address(),
+            reason: format!(
+                "the server did not answer the login within {} s",
+                limit.as_secs_f64()
+            ),
+        },
+        e => e,
+    })?;
+    match answer.env.msg {
+        Msg::LoggedIn { admin } => Ok(admin),
+        other => Err(unexpected(other)),
+    }
+}
+
 impl Client {
     /// Connects, verifies the server's certificate and logs in.
     pub fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
@@ -89,30 +122,7 @@ impl Client {
             }
         }
         let stops = Stops::default();
-        let stop = stops.make();
-        // The login has the handshake's limit, or the call limit if shorter.
-        let limit = opts
-            .call_timeout
-            .map_or(opts.handshake_timeout, |c| c.min(opts.handshake_timeout));
-        let _limit = Deadline::arm(&conn.runtime(), &stop, Some(limit));
-        let login = Msg::Login {
-            user,
-            password: Password::new(opts.password.clone()),
-        };
-        let answer = conn.call(login, Vec::new(), &stop).map_err(|e| match e {
-            ClientError::TimedOut(limit) => ClientError::Connect {
-                server: address.clone(),
-                reason: format!(
-                    "the server did not answer the login within {} s",
-                    limit.as_secs_f64()
-                ),
-            },
-            e => e,
-        })?;
-        let admin = match answer.env.msg {
-            Msg::LoggedIn { admin } => admin,
-            other => return Err(unexpected(other)),
-        };
+        let admin = login(&conn, opts, user, &stops)?;
         Ok(Client {
             inner: std::sync::Arc::new(Inner {
                 conn,
