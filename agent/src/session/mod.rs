@@ -12,17 +12,19 @@ use std::time::{Duration, Instant};
 
 use tern_core::session::{self, Session};
 use tern_core::tls::Fingerprint;
-use tern_core::wire::{self, ErrorKind, Feature, Frame, Msg};
+use tern_core::wire::{self, Feature, Frame, Msg};
 use tokio::sync::mpsc;
 
 mod dial;
 mod router;
+mod slot;
 
 use crate::identity::Identity;
 use crate::stop::{Deadline, Stop};
 use crate::ClientError;
-use dial::{Dialer, Stream};
+use dial::Dialer;
 use router::{Due, Router};
+use slot::Slot;
 
 /// Frames queued by callers before they wait.
 const SEND_QUEUE: usize = 64;
@@ -553,114 +555,6 @@ async fn route(
     lock(&closed).get_or_insert(Ended::Lost(why));
     // Dropping the routes wakes every waiting caller with the error.
     lock(&routes).clear();
-}
-
-/// One connection of the session, kept up for as long as the session lives.
-#[derive(Clone)]
-struct Slot {
-    dialer: Arc<Dialer>,
-    session: Arc<Session>,
-    token: Arc<Mutex<Option<Vec<u8>>>>,
-    /// When the session last lost its last connection.
-    outage: Arc<Mutex<Option<Instant>>>,
-    resume: bool,
-    /// The client's grace period, capped by the server's once Welcome has
-    /// told it; shared, so the first connection's slot is capped too.
-    grace: Arc<Mutex<Duration>>,
-}
-
-impl Slot {
-    fn grace(&self) -> Duration {
-        *lock(&self.grace)
-    }
-
-    async fn run(self, first: Option<(Box<dyn Stream>, usize)>) {
-        let mut next = first.map(|(s, index)| (s, None, index));
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            if self.session.closed().is_some() {
-                return;
-            }
-            let (stream, peer_received, path) = match next.take() {
-                Some(n) => n,
-                None => match self.rejoin().await {
-                    Ok((s, r, index)) => (s, Some(r), index),
-                    Err(ClientError::Server {
-                        kind: ErrorKind::SessionExpired,
-                        message,
-                    }) => {
-                        self.session
-                            .close(&format!("the server ended the session: {message}"));
-                        return;
-                    }
-                    // Another certificate is no outage: retrying cannot help.
-                    Err(e @ ClientError::Untrusted(_)) => {
-                        self.session.close(&e.to_string());
-                        return;
-                    }
-                    Err(e) => {
-                        if self.outage_exceeded() {
-                            self.session.close(&format!(
-                                "no connection to the server for {} s (the grace period); last error: {e}",
-                                self.grace().as_secs()
-                            ));
-                            return;
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                },
-            };
-            backoff = Duration::from_millis(50);
-            *lock(&self.outage) = None;
-            let end = self
-                .session
-                .run_connection(stream, None, peer_received)
-                .await;
-            if end.silent {
-                // No reset, no data: a black hole. Another path may work.
-                self.dialer.abandon(path);
-            }
-            let why = end.why;
-            if self.session.closed().is_some() {
-                return;
-            }
-            if lock(&self.token).is_none() {
-                // Lost before the server said Welcome: not an outage of a
-                // working session but a server that will not talk to us
-                // (a TLS port dialed in plaintext, a refused handshake).
-                self.session.close(&format!(
-                    "the server closed the connection before the session was set up ({why}); \
-                     is it a tern server, and is --plain (or its absence) right for this port?"
-                ));
-                return;
-            }
-            tracing::info!("connection to {} lost: {why}", self.dialer.address(path));
-            if self.session.live_connections() == 0 {
-                lock(&self.outage).get_or_insert_with(Instant::now);
-                if !self.resume {
-                    self.session.close(&format!("connection lost: {why}"));
-                    return;
-                }
-            } else if !self.resume {
-                return;
-            }
-        }
-    }
-
-    async fn rejoin(&self) -> Result<(Box<dyn Stream>, u64, usize), ClientError> {
-        let token = lock(&self.token).clone();
-        let Some(token) = token else {
-            return Err(ClientError::Protocol("the session has no token yet".into()));
-        };
-        self.dialer.join(&token, self.session.received()).await
-    }
-
-    fn outage_exceeded(&self) -> bool {
-        self.session.live_connections() == 0
-            && lock(&self.outage).is_some_and(|since| since.elapsed() >= self.grace())
-    }
 }
 
 /// The name of a message's variant, for errors.
