@@ -247,11 +247,22 @@ impl SessionHandler {
     }
 
     /// Paces `bytes` of the user's data by their shaping group: waiting
-    /// here holds back the session's frames, so the client's sends slow down.
-    pub fn shape(&self, bytes: usize) {
-        if let Some(job) = &self.shaped {
-            let shaper = &self.sessions.replicator.shaper;
-            tokio::task::block_in_place(|| shaper.acquire(Some(job), bytes as u64, &|| false));
+    /// here holds back the session's frames, so the client's sends slow
+    /// down. The wait holds no thread and ends with the session.
+    pub async fn shape(&self, bytes: usize) -> Result<(), Refusal> {
+        let Some(job) = &self.shaped else {
+            return Ok(());
+        };
+        let shaper = &self.sessions.replicator.shaper;
+        let session = &self.session;
+        let ended = || session.closed().is_some();
+        if shaper.pace(job, bytes as u64, &ended).await {
+            Ok(())
+        } else {
+            Err(Refusal(
+                ErrorKind::Protocol,
+                "the session ended while its data waited for its shaping group".into(),
+            ))
         }
     }
 

@@ -75,7 +75,14 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ChunkData { .. }
         | Msg::ImageWriteRaw { .. }
         | Msg::ImageClose { .. }
-        | Msg::ImageAbort { .. }) => write::handle(h, m, &payload),
+        | Msg::ImageAbort { .. }) => {
+            // Data waits for the user's shaping group before it is stored;
+            // the wait is the task's, not a thread's.
+            if matches!(m, Msg::ChunkData { .. } | Msg::ImageWriteRaw { .. }) {
+                h.shape(payload.len()).await?;
+            }
+            write::handle(h, m, &payload)
+        }
         m @ (Msg::ContainerPromote { .. }
         | Msg::ContainerReplicate { .. }
         | Msg::PartnerAdd { .. }

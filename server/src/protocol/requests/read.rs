@@ -39,7 +39,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             let img = h.reader(handle)?;
             for offset in offsets {
                 let (entry, loc, bytes) = blocking(|| h.store().read_chunk(&img, offset))?;
-                h.shape(bytes.len());
+                h.shape(bytes.len()).await?;
                 let msg = Msg::ChunkData {
                     handle,
                     id: entry.id,

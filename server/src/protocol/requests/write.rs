@@ -32,13 +32,11 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             ..
         } => {
             let w = h.writer(handle)?;
-            h.shape(payload.len());
             let stored = blocking(|| h.store().image_put_chunk(w, &id, codec, raw_len, payload));
             detach_on_error(h, handle, stored)
         }
         Msg::ImageWriteRaw { handle } => {
             let w = h.writer(handle)?;
-            h.shape(payload.len());
             let stored = blocking(|| h.store().image_write_raw(w, payload));
             detach_on_error(h, handle, stored)
         }

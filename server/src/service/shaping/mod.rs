@@ -16,10 +16,11 @@ mod table;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tern_core::wire::{ShapingInfo, ShapingSettings};
+use tokio::sync::Notify;
 
 use crate::store::{Store, StoreError};
 use schedule::Clock;
@@ -49,8 +50,8 @@ pub struct Shaper {
 pub struct Group {
     name: String,
     state: Mutex<GroupState>,
-    /// Wakes parked jobs when the settings change.
-    changed: Condvar,
+    /// Wakes parked sessions when the settings change.
+    changed: Notify,
     jobs: AtomicU64,
 }
 
@@ -108,7 +109,7 @@ impl Shaper {
                     next_free: Instant::now(),
                     meter: [(0, 0); METER_SECS],
                 }),
-                changed: Condvar::new(),
+                changed: Notify::new(),
                 jobs: AtomicU64::new(0),
             })
         });
@@ -146,7 +147,8 @@ impl Shaper {
             st.zone = zone;
             st.refreshed = None;
             st.next_free = Instant::now();
-            g.changed.notify_all();
+            drop(st);
+            g.changed.notify_waiters();
         }
         tracing::info!(group = name, "shaping group set");
         Ok(())
@@ -186,33 +188,89 @@ impl Shaper {
 
     /// Waits until `job` may move `bytes` more (at once for no job); a
     /// paused group parks it, marked paused, until a window allows again.
-    /// `stop` ends the wait early (a cancelled copy).
+    /// `stop` ends the wait early (a cancelled copy). Blocks the thread:
+    /// for copies, which run on threads of their own.
     pub fn acquire(&self, job: Option<&ShapedJob>, bytes: u64, stop: &dyn Fn() -> bool) {
         let Some(job) = job else { return };
-        let group = &job.group;
         let mut left = bytes;
         while left > 0 && !stop() {
-            let mut st = lock(&group.state);
-            st.refresh(&self.clock, false);
-            if st.rate == 0 {
-                job.paused.store(true, Ordering::Relaxed);
-                let _ = group.changed.wait_timeout(st, REFRESH);
-                continue;
+            match self.reserve(job, left) {
+                Slot::Paused => std::thread::sleep(REFRESH),
+                Slot::At(start, q) => {
+                    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+                    left -= q;
+                }
             }
-            job.paused.store(false, Ordering::Relaxed);
-            let quantum = (st.rate / (1000 / QUANTUM.as_millis() as u64)).max(MIN_QUANTUM);
-            let q = left.min(quantum);
-            let now = Instant::now();
-            let start = st.next_free.max(now);
-            st.next_free = start + Duration::from_secs_f64(q as f64 / st.rate as f64);
-            st.count(q);
-            drop(st);
-            if start > now {
-                std::thread::sleep(start - now);
-            }
-            left -= q;
         }
     }
+
+    /// [`Shaper::acquire`] for a session's task: the wait holds no thread,
+    /// a settings change wakes a parked job at once, and `stop` is looked
+    /// at every [`REFRESH`] at the latest (a session that has ended).
+    /// False when `stop` ended the wait.
+    pub async fn pace(
+        &self,
+        job: &ShapedJob,
+        bytes: u64,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> bool {
+        let mut left = bytes;
+        while left > 0 {
+            if stop() {
+                return false;
+            }
+            let changed = job.group.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.reserve(job, left) {
+                Slot::Paused => {
+                    let _ = tokio::time::timeout(REFRESH, changed).await;
+                }
+                Slot::At(start, q) => {
+                    // Waited out in steps, so that `stop` is heard in a
+                    // slow group; the bytes are reserved already.
+                    loop {
+                        let wait = start.saturating_duration_since(Instant::now());
+                        if wait.is_zero() {
+                            break;
+                        }
+                        if stop() {
+                            return false;
+                        }
+                        tokio::time::sleep(wait.min(REFRESH)).await;
+                    }
+                    left -= q;
+                }
+            }
+        }
+        true
+    }
+
+    /// Reserves the next slot of `job`'s group for at most one quantum of
+    /// `left` bytes, or tells that the group is paused.
+    fn reserve(&self, job: &ShapedJob, left: u64) -> Slot {
+        let mut st = lock(&job.group.state);
+        st.refresh(&self.clock, false);
+        if st.rate == 0 {
+            job.paused.store(true, Ordering::Relaxed);
+            return Slot::Paused;
+        }
+        job.paused.store(false, Ordering::Relaxed);
+        let quantum = (st.rate / (1000 / QUANTUM.as_millis() as u64)).max(MIN_QUANTUM);
+        let q = left.min(quantum);
+        let start = st.next_free.max(Instant::now());
+        st.next_free = start + Duration::from_secs_f64(q as f64 / st.rate as f64);
+        st.count(q);
+        Slot::At(start, q)
+    }
+}
+
+/// What a job may do next.
+enum Slot {
+    /// The group's rate is 0: wait for a window or a settings change.
+    Paused,
+    /// Move this many bytes once this time has come.
+    At(Instant, u64),
 }
 
 impl ShapedJob {
