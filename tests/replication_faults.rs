@@ -231,3 +231,58 @@ fn at_most_four_copies_run_at_once_per_partner_and_the_rest_wait_queued() {
     }
     assert!(queued_behind_four, "no copy ever waited for a slot");
 }
+
+#[test]
+fn a_partner_whose_import_poll_stalls_delays_no_copy_to_another_partner() {
+    let pair = Pair::new();
+    let target = pair.target.address().parse().unwrap();
+    let proxy = FaultProxy::start("127.0.0.1:0", target, Faults::default()).unwrap();
+    pair.pair_at(&proxy.addr().to_string()).unwrap();
+    // A second target, honest and reached directly, as `site-c`.
+    let other = TestServer::start();
+    let o = other.client();
+    o.user_add("partner", PARTNER_PASSWORD, false).unwrap();
+    o.user_set_replicate_into("partner", &["default"]).unwrap();
+    let replica = tern_agent::ContainerSettings {
+        replica: true,
+        ..Default::default()
+    };
+    o.container_create("dr", replica).unwrap();
+    let src = pair.source.client();
+    let fp = other.fingerprint().to_string();
+    src.partner_add(
+        "site-c",
+        &[&other.address()],
+        &fp,
+        "partner",
+        PARTNER_PASSWORD,
+    )
+    .unwrap();
+
+    // A copy into site-b's import container: done, its event not yet
+    // acknowledged, so the source asks site-b about it every 3 s.
+    backup(&src, "c", "a", b"", &test_data(1 << 20, 7));
+    let id = src.copy_start("c", "a", &to_dr()).unwrap();
+    assert_eq!(wait_final(&src, id).state, CopyState::Done);
+    // site-b goes mute (connections open, nothing passes): the next poll
+    // hangs until the client's own limits end it.
+    proxy.stall();
+    std::thread::sleep(Duration::from_secs(4));
+
+    let to_c = tern_agent::CopyTarget {
+        partner: "site-c",
+        container: "dr",
+        name: None,
+    };
+    let started = std::time::Instant::now();
+    let id = src.copy_start("c", "a", &to_c).unwrap();
+    let info = wait_final(&src, id);
+    let took = started.elapsed();
+    eprintln!("a copy to site-c while site-b's import poll hung: {took:?}");
+    assert_eq!(info.state, CopyState::Done, "{info:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the copy to site-c waited {took:?} behind site-b"
+    );
+    proxy.resume();
+}

@@ -112,6 +112,8 @@ pub struct Replicator {
     queue: Mutex<Vec<(CopyId, Instant)>>,
     /// Done copies whose import the target has yet to report.
     awaiting_import: Mutex<HashSet<CopyId>>,
+    /// Partners being asked about imports now.
+    polling: Mutex<HashSet<String>>,
     wake: Condvar,
     woken: Mutex<bool>,
     /// How many refusals each party may have written one by one.
@@ -154,6 +156,7 @@ impl Replicator {
             live: Mutex::new(HashMap::new()),
             queue: Mutex::new(queue),
             awaiting_import: Mutex::new(awaiting),
+            polling: Mutex::new(HashSet::new()),
             wake: Condvar::new(),
             woken: Mutex::new(false),
             refusals: trail::RefusalGate::default(),

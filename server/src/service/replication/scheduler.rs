@@ -1,7 +1,8 @@
 //! Running copies: the scheduler thread starts queued copies within each
 //! partner's limit, runs each attempt on a thread of its own, records how it
 //! ended (queued again after a fault that may pass, with a growing delay),
-//! and asks partners about the import events of done copies.
+//! and asks partners about the import events of done copies (each partner
+//! on a thread of its own, so that one that stalls delays nothing else).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -207,7 +208,7 @@ impl Replicator {
     /// Copies done in the last [`IMPORT_FRESH`] seconds are asked about at
     /// every call, the others only when `all`: a target whose DMA takes its
     /// time is not logged into every few seconds forever.
-    fn poll_imports(&self, all: bool) {
+    fn poll_imports(self: &Arc<Self>, all: bool) {
         let ids: Vec<CopyId> = lock(&self.awaiting_import).iter().copied().collect();
         let mut by_partner: HashMap<String, Vec<CopyId>> = HashMap::new();
         let now = now_unix();
@@ -220,41 +221,63 @@ impl Replicator {
                 }
             }
         }
+        // Each partner on a thread of its own, one poll at a time: a
+        // partner that stalls delays neither the copies nor the others.
         for (name, ids) in by_partner {
-            let Ok(Some(p)) = self.tables().partner(&name) else {
+            if !lock(&self.polling).insert(name.clone()) {
                 continue;
+            }
+            let (me, key) = (self.clone(), name.clone());
+            let poll = move || {
+                me.poll_partner(&name, ids);
+                lock(&me.polling).remove(&name);
             };
-            let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
-            let states = match states {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(partner = name, "asking about imports: {e}");
-                    continue;
-                }
+            if let Err(e) = std::thread::Builder::new()
+                .name("ternd-import-poll".into())
+                .spawn(poll)
+            {
+                tracing::error!("starting an import poll: {e}");
+                lock(&self.polling).remove(&key);
+            }
+        }
+    }
+
+    /// Asks partner `name` about the import of copies `ids` and records
+    /// the answers.
+    fn poll_partner(&self, name: &str, ids: Vec<CopyId>) {
+        let Ok(Some(p)) = self.tables().partner(name) else {
+            return;
+        };
+        let states = partner::connect(&p, &self.me).and_then(|c| c.import_states(&ids));
+        let states = match states {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(partner = name, "asking about imports: {e}");
+                return;
+            }
+        };
+        for (id, state) in ids.into_iter().zip(states) {
+            let change = match state {
+                ImportState::Pending => continue,
+                ImportState::Imported => Some(CopyState::Imported),
+                ImportState::NoEvent => None,
             };
-            for (id, state) in ids.into_iter().zip(states) {
-                let change = match state {
-                    ImportState::Pending => continue,
-                    ImportState::Imported => Some(CopyState::Imported),
-                    ImportState::NoEvent => None,
-                };
-                let updated = self.tables().update_copy(
-                    id,
-                    |r| {
-                        r.awaiting_import = false;
-                        if let Some(s) = change {
-                            r.state = s;
-                            r.updated = now_unix();
-                        }
-                    },
-                    None,
-                );
-                match updated {
-                    Ok(_) => {
-                        lock(&self.awaiting_import).remove(&id);
+            let updated = self.tables().update_copy(
+                id,
+                |r| {
+                    r.awaiting_import = false;
+                    if let Some(s) = change {
+                        r.state = s;
+                        r.updated = now_unix();
                     }
-                    Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
+                },
+                None,
+            );
+            match updated {
+                Ok(_) => {
+                    lock(&self.awaiting_import).remove(&id);
                 }
+                Err(e) => tracing::warn!(copy = %id, "recording the import: {e}"),
             }
         }
     }
