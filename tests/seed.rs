@@ -2,40 +2,16 @@
 //! into a real target, damage and interruptions on purpose.
 
 mod replication_common;
+mod seed_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use replication_common::*;
+use seed_common::*;
 use tern_core::wire::CopyState;
 use tern_test_support::*;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn password_file(dir: &Path, password: &str) -> PathBuf {
-    let p = dir.join(format!("pw-{password}"));
-    std::fs::write(&p, format!("{password}\n")).unwrap();
-    p
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// `ternd seed export` on a stopped store's data directory.
 fn export_stopped(data: &Path, args: &[&str]) -> Output {
@@ -45,16 +21,6 @@ fn export_stopped(data: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn volumes(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("vol-"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -211,7 +177,16 @@ fn a_damaged_volume_is_refused_a_missing_one_reported_and_the_rest_loads_once() 
     let aside = media.path().join("aside");
     std::fs::rename(&vols[2], &aside).unwrap();
     let dev_s = dev.to_str().unwrap();
-    let out = target.ternd(&["seed", "import", "--from", dev_s, "--group", "dr", "--json"]);
+    let out = target.ternd(&[
+        "seed",
+        "import",
+        "--unencrypted",
+        "--from",
+        dev_s,
+        "--group",
+        "dr",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let r = json(&out);
     assert_eq!(r["refused"][0]["file"], "vol-000002.tern", "{r}");
@@ -222,7 +197,16 @@ fn a_damaged_volume_is_refused_a_missing_one_reported_and_the_rest_loads_once() 
     // Repaired and found: only those two load now, and no chunk twice.
     std::fs::write(&vols[1], &original).unwrap();
     std::fs::rename(&aside, &vols[2]).unwrap();
-    let out = target.ternd(&["seed", "import", "--from", dev_s, "--group", "dr", "--json"]);
+    let out = target.ternd(&[
+        "seed",
+        "import",
+        "--unencrypted",
+        "--from",
+        dev_s,
+        "--group",
+        "dr",
+        "--json",
+    ]);
     let again = json(&out);
     assert!(out.status.success(), "{again}");
     assert_eq!(again["loaded"], serde_json::json!([2, 3]), "{again}");
@@ -399,6 +383,7 @@ fn a_full_device_stops_the_export_cleanly_and_it_continues_on_the_next() {
     let a = json(&target.ternd(&[
         "seed",
         "import",
+        "--unencrypted",
         "--from",
         first.to_str().unwrap(),
         "--json",
@@ -408,6 +393,7 @@ fn a_full_device_stops_the_export_cleanly_and_it_continues_on_the_next() {
     let out = target.ternd(&[
         "seed",
         "import",
+        "--unencrypted",
         "--from",
         second.to_str().unwrap(),
         "--json",
@@ -443,7 +429,7 @@ fn an_import_killed_midway_continues_without_loading_everything_again() {
     let mut target = TestServer::start();
     target.kill();
     let mut child = Command::new(ternd_bin())
-        .args(["seed", "import", "--data"])
+        .args(["seed", "import", "--unencrypted", "--data"])
         .arg(target.data())
         .args(["--from", dev.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -461,7 +447,14 @@ fn an_import_killed_midway_continues_without_loading_everything_again() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let out = target.ternd(&["seed", "import", "--from", dev.to_str().unwrap(), "--json"]);
+    let out = target.ternd(&[
+        "seed",
+        "import",
+        "--unencrypted",
+        "--from",
+        dev.to_str().unwrap(),
+        "--json",
+    ]);
     let again = json(&out);
     assert!(out.status.success(), "{again}");
     assert!(
@@ -494,7 +487,13 @@ fn gc_keeps_pinned_chunks_until_cleanup_or_expiry_then_frees_them() {
     assert!(chunks > 100, "{chunks}");
     let gc = |t: &TestServer| json(&t.ternd(&["gc", "--json"]));
     let import = |t: &TestServer, extra: &[&str]| {
-        let mut args = vec!["seed", "import", "--from", dev.to_str().unwrap()];
+        let mut args = vec![
+            "seed",
+            "import",
+            "--unencrypted",
+            "--from",
+            dev.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         ok(&t.ternd(&args));
     };
@@ -573,7 +572,7 @@ fn an_export_through_a_running_server_stops_with_its_command_and_continues() {
     assert!(out.status.success(), "{report}");
     assert_eq!(report["resumed"], true, "{report}");
     let target = TestServer::start();
-    let out = target.ternd(&["seed", "import", "--from", dev_s, "--json"]);
+    let out = target.ternd(&["seed", "import", "--unencrypted", "--from", dev_s, "--json"]);
     let loaded = json(&out);
     assert!(out.status.success(), "{loaded}");
     assert_eq!(loaded["chunks_loaded"], report["chunks"], "{loaded}");

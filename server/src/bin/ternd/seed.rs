@@ -57,6 +57,10 @@ pub(crate) enum SeedCmd {
         from: PathBuf,
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Accept a seed written with --no-encrypt: its tags carry no key,
+        /// so anyone who could write the media could have forged them.
+        #[arg(long, conflicts_with = "password_file")]
+        unencrypted: bool,
         /// Storage group the chunks go into.
         #[arg(long, default_value = DEFAULT_GROUP)]
         group: String,
@@ -122,6 +126,7 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
             data,
             from,
             password_file,
+            unencrypted,
             group,
             pin_days,
             json,
@@ -131,6 +136,7 @@ pub(crate) fn seed(cmd: SeedCmd) -> Result<()> {
                 password: password_file.as_deref().map(read_password).transpose()?,
                 group,
                 pin_days,
+                unencrypted,
             };
             let report = send(&data.data, Request::SeedImport(req))?;
             print_import(&report, json)

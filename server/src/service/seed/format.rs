@@ -123,6 +123,44 @@ impl Record {
     }
 }
 
+/// Opens a seed file from the media for reading: a regular file only (a
+/// device, a FIFO or a socket, directly or through a symlink, is refused
+/// before a byte is read: /dev/zero would never end, and opening a FIFO
+/// would wait for a writer), and at most `limit` bytes long. Returns the
+/// file and its length.
+pub fn open_regular(path: &Path, limit: u64) -> Result<(File, u64), SeedError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let name = file_name(path);
+    // Non-blocking, so that the open of a FIFO returns at once; reads of a
+    // regular file ignore the flag.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| SeedError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| SeedError::io(path, e))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(damaged(&name, format!("it is {what}, not a regular file")));
+    }
+    if meta.len() > limit {
+        return Err(damaged(
+            &name,
+            format!("{} bytes, more than the {limit} it may have", meta.len()),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
 /// Writes one seed file: its header, then segments; hashes what it writes.
 pub struct SegmentWriter {
     out: BufWriter<File>,
@@ -135,7 +173,15 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     pub fn create(path: &Path, header: Header) -> std::io::Result<Self> {
-        let file = File::create(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Chunks in the clear are for the owner's eyes only.
+        let mode = if header.encrypted { 0o644 } else { 0o600 };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
         let h = header.encode();
         let mut w = Self {
             out: BufWriter::with_capacity(1 << 20, file),
@@ -248,7 +294,7 @@ impl SegmentWriter {
 /// Reads one seed file's segments, opening each; the file must end right
 /// after its last segment.
 pub struct SegmentReader<'a> {
-    input: BufReader<File>,
+    input: BufReader<std::io::Take<File>>,
     pub header: Header,
     raw_header: [u8; HEADER_LEN],
     number: u32,
@@ -259,12 +305,13 @@ pub struct SegmentReader<'a> {
 }
 
 impl<'a> SegmentReader<'a> {
-    /// Opens `path` and reads its header (and, for a manifest, nothing more:
-    /// the caller reads the key block with [`Self::read_raw`]).
-    pub fn open(path: &Path, sealer: &'a Sealer) -> Result<Self, SeedError> {
+    /// Opens `path` (a regular file of at most `limit` bytes, read no
+    /// further even if it grows) and reads its header (and, for a manifest,
+    /// nothing more: the caller reads the key block with [`Self::read_raw`]).
+    pub fn open(path: &Path, sealer: &'a Sealer, limit: u64) -> Result<Self, SeedError> {
         let name = file_name(path);
-        let file = File::open(path).map_err(|e| SeedError::io(path, e))?;
-        let mut input = BufReader::with_capacity(1 << 20, file);
+        let (file, _) = open_regular(path, limit)?;
+        let mut input = BufReader::with_capacity(1 << 20, file.take(limit));
         let mut raw = [0u8; HEADER_LEN];
         input
             .read_exact(&mut raw)
@@ -392,7 +439,7 @@ mod tests {
     }
     /// Reads every segment of `path`; the error's text when it fails.
     fn read_all(path: &Path, sealer: &Sealer) -> Result<Vec<Vec<u8>>, String> {
-        let mut r = SegmentReader::open(path, sealer).map_err(|e| e.to_string())?;
+        let mut r = SegmentReader::open(path, sealer, u64::MAX).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         while let Some(p) = r.next_segment().map_err(|e| e.to_string())? {
             out.push(p);

@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tern_core::names::GroupName;
 
-use super::format::{damaged, file_name, volume_file, Record, SegmentReader, KIND_VOLUME};
+use std::io::Read;
+
+use super::format::{
+    damaged, file_name, open_regular, volume_file, Record, SegmentReader, KIND_VOLUME,
+};
 use super::seal::Sealer;
 use super::SeedRecord;
 use super::{read_manifest, Manifest, SeedError, VolumeEntry};
@@ -33,6 +37,10 @@ pub struct ImportRequest {
     pub password: Option<String>,
     pub group: String,
     pub pin_days: u64,
+    /// The operator accepts a seed without encryption, whose tags anyone
+    /// who can write the media can forge.
+    #[serde(default)]
+    pub unencrypted: bool,
 }
 
 /// A volume that was not loaded, and why.
@@ -68,6 +76,14 @@ pub fn import(
     progress: super::Progress<'_>,
 ) -> Result<ImportReport, SeedError> {
     let (m, header, key) = read_manifest(&req.from, req.password.as_deref())?;
+    if !header.encrypted && !req.unencrypted {
+        return Err(SeedError::Invalid(
+            "this seed is not encrypted: its tags are keyless checksums that anyone who \
+             could write the media could have recomputed, so they prove nothing about where \
+             its chunks came from; import it with --unencrypted if you trust the media's path"
+                .into(),
+        ));
+    }
     let group_name =
         GroupName::new(req.group.clone()).map_err(|e| SeedError::Invalid(e.to_string()))?;
     let group = store.seed_group(&group_name)?;
@@ -105,11 +121,12 @@ pub fn import(
             report.missing.push(v.number);
             continue;
         }
-        let verified = verify(&path, v);
-        done += v.size;
-        if !progress(done, total) {
+        let verifying = |bytes: u64| progress(done + bytes.min(v.size), total);
+        let verified = verify(&path, v, &verifying);
+        if matches!(verified, Err(SeedError::Interrupted)) {
             return Err(SeedError::Interrupted);
         }
+        done += v.size;
         let keep_going = |bytes: u64| progress(done + bytes.min(v.size), total);
         let loaded = verified.and_then(|()| {
             let into = (group, &header.seed, m.seed.as_str());
@@ -232,10 +249,9 @@ fn strangers(dir: &Path, m: &Manifest) -> Result<Vec<Refused>, SeedError> {
 /// blake3 against the manifest's, which its seal (or tag) vouches for, so
 /// a volume that passes is the one the export wrote. Loading then opens
 /// every segment's seal all the same and checks every chunk against its id.
-fn verify(path: &Path, v: &VolumeEntry) -> Result<(), SeedError> {
+fn verify(path: &Path, v: &VolumeEntry, keep_going: &dyn Fn(u64) -> bool) -> Result<(), SeedError> {
     let name = file_name(path);
-    let file = std::fs::File::open(path).map_err(|e| SeedError::io(path, e))?;
-    let size = file.metadata().map_err(|e| SeedError::io(path, e))?.len();
+    let (file, size) = open_regular(path, v.size)?;
     if size != v.size {
         return Err(damaged(
             &name,
@@ -243,8 +259,25 @@ fn verify(path: &Path, v: &VolumeEntry) -> Result<(), SeedError> {
         ));
     }
     let mut hash = blake3::Hasher::new();
-    hash.update_reader(file)
-        .map_err(|e| SeedError::io(path, e))?;
+    let mut input = file.take(v.size);
+    let mut block = vec![0u8; 1 << 20];
+    let mut read = 0u64;
+    loop {
+        let n = input.read(&mut block).map_err(|e| SeedError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&block[..n]);
+        read += n as u64;
+        // Heard between blocks: an asker that is gone stops the job within
+        // a block's read.
+        if !keep_going(read) {
+            return Err(SeedError::Interrupted);
+        }
+    }
+    if read != v.size {
+        return Err(damaged(&name, "it shrank while it was read"));
+    }
     if hash.finalize().to_hex().as_str() != v.blake3 {
         return Err(damaged(&name, "its blake3 differs from the manifest's"));
     }
@@ -260,7 +293,7 @@ fn read_volume(
     mut each: impl FnMut(Vec<Record>) -> Result<(), SeedError>,
 ) -> Result<(), SeedError> {
     let name = file_name(path);
-    let mut r = SegmentReader::open(path, sealer)?;
+    let mut r = SegmentReader::open(path, sealer, v.size)?;
     if r.header.kind != KIND_VOLUME || r.header.number != v.number || &r.header.seed != seed {
         return Err(damaged(&name, "its header names another seed or volume"));
     }
@@ -315,9 +348,11 @@ fn load(
             batch.append(records);
             if batch.bytes() >= BATCH_BYTES {
                 store_batch(&mut batch, rec, false)?;
-                if !keep_going(bytes) {
-                    return Err(SeedError::Interrupted);
-                }
+            }
+            // After every segment (about 1 MiB): a gone asker stops the
+            // load at once; what is stored so far is found next time.
+            if !keep_going(bytes) {
+                return Err(SeedError::Interrupted);
             }
         }
         // Checked after the last record (not before the first, which would

@@ -108,6 +108,10 @@ pub struct Manifest {
 
 /// The largest manifest a reader accepts.
 const MAX_MANIFEST: usize = 64 << 20;
+/// The largest manifest file: its header, key block, revision and one
+/// sealed segment.
+const MAX_MANIFEST_FILE: u64 =
+    (format::HEADER_LEN + KEY_BLOCK_LEN + 8 + 4 + format::MAX_SEALED) as u64;
 
 /// A seed loaded (or being loaded) into this store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,7 +192,7 @@ pub fn read_manifest(
         )));
     }
     let plain = Sealer::Plain;
-    let mut r = SegmentReader::open(&path, &plain)?;
+    let mut r = SegmentReader::open(&path, &plain, MAX_MANIFEST_FILE)?;
     let header = r.header;
     if header.kind != KIND_MANIFEST {
         return Err(damaged(format::MANIFEST_FILE, "it is not a manifest"));
@@ -213,7 +217,7 @@ pub fn read_manifest(
     let sealer = Sealer::new(key.as_ref());
     // Re-read with the right sealer: the manifest's one segment carries its
     // revision as its index.
-    let mut r = SegmentReader::open(&path, &sealer)?;
+    let mut r = SegmentReader::open(&path, &sealer, MAX_MANIFEST_FILE)?;
     if header.encrypted {
         let mut block = [0u8; KEY_BLOCK_LEN];
         r.read_raw(&mut block)?;

@@ -23,6 +23,12 @@ pub struct KdfParams {
     pub salt: [u8; 16],
 }
 
+/// The most argon2id work a manifest may ask for: 256 MiB (four times
+/// what an export uses), 12 passes, 8 lanes.
+const MAX_KDF_KIB: u32 = 256 * 1024;
+const MAX_KDF_PASSES: u32 = 12;
+const MAX_KDF_LANES: u32 = 8;
+
 /// Bytes of the key block after a manifest's header (encrypted seeds only):
 /// the parameters, the salt and the key check.
 pub const KEY_BLOCK_LEN: usize = 12 + 16 + 32;
@@ -39,11 +45,23 @@ impl KdfParams {
     }
 
     pub fn derive(&self, password: &str) -> Result<Key, SeedError> {
-        // Bounds against a manifest that asks for absurd work.
-        if self.m_kib > 4 << 20 || self.t > 64 || self.p == 0 || self.p > 64 {
+        // A manifest is outside input: it may ask for what an operator
+        // would choose (up to four times our own cost), no more.
+        if self.m_kib > MAX_KDF_KIB
+            || self.t > MAX_KDF_PASSES
+            || self.p == 0
+            || self.p > MAX_KDF_LANES
+        {
             return Err(SeedError::Damaged {
                 file: "manifest.tern".into(),
-                why: "its key derivation parameters are out of range".into(),
+                why: format!(
+                    "its key derivation asks for {} MiB, {} passes and {} lanes; at most \
+                     {} MiB, {MAX_KDF_PASSES} passes and {MAX_KDF_LANES} lanes are accepted",
+                    self.m_kib / 1024,
+                    self.t,
+                    self.p,
+                    MAX_KDF_KIB / 1024
+                ),
             });
         }
         let params = argon2::Params::new(self.m_kib, self.t, self.p, Some(32))

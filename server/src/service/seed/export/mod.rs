@@ -77,6 +77,13 @@ pub fn export(
     }
     let key = unlock(&state, req)?;
     std::fs::create_dir_all(&state.to).map_err(io(&state.to))?;
+    if key.is_none() {
+        // Chunks in the clear: the volumes are 0600 (SegmentWriter) and
+        // their directory 0700, for the owner's eyes only.
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(&state.to, private).map_err(io(&state.to))?;
+    }
     let sealer = Sealer::new(key.as_ref());
     let run = Run {
         store,
