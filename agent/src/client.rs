@@ -9,7 +9,7 @@ use tern_core::{ContainerName, ImageName};
 
 use std::sync::Arc;
 
-use tern_core::wire::Frame;
+use tern_core::wire::{Frame, Listing};
 
 use crate::options::ClientOptions;
 use crate::reader::ImageReader;
@@ -236,10 +236,17 @@ impl Client {
 
     /// The containers the user may see.
     pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
-        match self.ask(Msg::ContainerList)?.env.msg {
-            Msg::Containers { list } => Ok(list),
-            other => Err(unexpected(other)),
-        }
+        self.pages(
+            Msg::ContainerList,
+            |_| Listing::Containers,
+            |msg, out| match msg {
+                Msg::Containers { mut list, next } => {
+                    out.append(&mut list);
+                    Ok(next)
+                }
+                other => Err(unexpected(other)),
+            },
+        )
     }
 
     /// Removes an empty container.
@@ -382,14 +389,35 @@ impl Client {
         prefix: &str,
     ) -> Result<(Vec<ImageInfo>, Vec<IncompleteImage>), ClientError> {
         let container = ContainerName::new(container)?;
-        let list = Msg::ImageList {
-            container,
+        let first = Msg::ImageList {
+            container: container.clone(),
             prefix: prefix.to_string(),
         };
-        match self.ask(list)?.env.msg {
-            Msg::Images { list, incomplete } => Ok((list, incomplete)),
+        let listing = |_| Listing::Images {
+            container: container.clone(),
+            prefix: prefix.to_string(),
+        };
+        // Committed images come first, then incomplete ones; one list here.
+        let all = self.pages(first, listing, |msg, out| match msg {
+            Msg::Images {
+                list,
+                incomplete,
+                next,
+            } => {
+                out.extend(list.into_iter().map(Ok));
+                out.extend(incomplete.into_iter().map(Err));
+                Ok(next)
+            }
             other => Err(unexpected(other)),
+        })?;
+        let (mut list, mut incomplete) = (Vec::new(), Vec::new());
+        for item in all {
+            match item {
+                Ok(i) => list.push(i),
+                Err(i) => incomplete.push(i),
+            }
         }
+        Ok((list, incomplete))
     }
 
     /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`

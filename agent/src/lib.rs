@@ -26,6 +26,7 @@ pub mod config;
 mod error;
 pub mod identity;
 mod options;
+mod paging;
 mod reader;
 mod replication;
 mod session;

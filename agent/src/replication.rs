@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tern_core::names::UserName;
 use tern_core::wire::{
-    ChunkRef, CopyId, CopyInfo, Handle, ImageInfo, ImportEvent, ImportState, Msg, PartnerInfo,
-    PartnerSettings, Password, ReplicaOrigin, TrailEntry, WriteStats, MAX_EVENTS_PER_POLL,
+    ChunkRef, CopyId, CopyInfo, Handle, ImageInfo, ImportEvent, ImportState, Listing, Msg,
+    PartnerInfo, PartnerSettings, Password, ReplicaOrigin, TrailEntry, WriteStats,
+    MAX_EVENTS_PER_POLL,
 };
 use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName};
 
@@ -103,10 +104,17 @@ impl Client {
 
     /// The server's replication partners.
     pub fn partner_list(&self) -> Result<Vec<PartnerInfo>, ClientError> {
-        match self.ask(Msg::PartnerList)?.env.msg {
-            Msg::Partners { list } => Ok(list),
-            other => Err(unexpected(other)),
-        }
+        self.pages(
+            Msg::PartnerList,
+            |_| Listing::Partners,
+            |msg, out| match msg {
+                Msg::Partners { mut list, next } => {
+                    out.append(&mut list);
+                    Ok(next)
+                }
+                other => Err(unexpected(other)),
+            },
+        )
     }
 
     /// Removes a partner (admins only).
@@ -139,17 +147,24 @@ impl Client {
     /// A copy's status (at most a second old).
     pub fn copy_status(&self, id: CopyId) -> Result<CopyInfo, ClientError> {
         match self.ask(Msg::CopyStatusGet { id })?.env.msg {
-            Msg::Copies { mut list } if list.len() == 1 => Ok(list.remove(0)),
+            Msg::Copies { mut list, .. } if list.len() == 1 => Ok(list.remove(0)),
             other => Err(unexpected(other)),
         }
     }
 
     /// Every copy the server knows, newest first.
     pub fn copy_list(&self) -> Result<Vec<CopyInfo>, ClientError> {
-        match self.ask(Msg::CopyList)?.env.msg {
-            Msg::Copies { list } => Ok(list),
-            other => Err(unexpected(other)),
-        }
+        self.pages(
+            Msg::CopyList,
+            |_| Listing::Copies,
+            |msg, out| match msg {
+                Msg::Copies { mut list, next } => {
+                    out.append(&mut list);
+                    Ok(next)
+                }
+                other => Err(unexpected(other)),
+            },
+        )
     }
 
     /// Cancels a copy; it shows `cancelled` within two seconds.
@@ -165,23 +180,38 @@ impl Client {
 
     /// The replication trail, newest first.
     pub fn replication_history(&self, max: u32) -> Result<Vec<TrailEntry>, ClientError> {
-        match self.ask(Msg::TrailGet { max })?.env.msg {
-            Msg::Trail { list } => Ok(list),
+        let left = |got: usize| Listing::Trail {
+            max: max.saturating_sub(got as u32),
+        };
+        self.pages(Msg::TrailGet { max }, left, |msg, out| match msg {
+            Msg::Trail { mut list, next } => {
+                out.append(&mut list);
+                Ok(next)
+            }
             other => Err(unexpected(other)),
-        }
+        })
     }
 
     /// Unacknowledged import events of a container, oldest first (at most
     /// `max`, and at most [`MAX_EVENTS_PER_POLL`]).
     pub fn events(&self, container: &str, max: u32) -> Result<Vec<ImportEvent>, ClientError> {
-        let msg = Msg::EventsGet {
-            container: ContainerName::new(container)?,
-            max: max.min(MAX_EVENTS_PER_POLL),
+        let container = ContainerName::new(container)?;
+        let max = max.min(MAX_EVENTS_PER_POLL);
+        let first = Msg::EventsGet {
+            container: container.clone(),
+            max,
         };
-        match self.ask(msg)?.env.msg {
-            Msg::Events { list } => Ok(list),
+        let left = |got: usize| Listing::Events {
+            container: container.clone(),
+            max: max.saturating_sub(got as u32),
+        };
+        self.pages(first, left, |msg, out| match msg {
+            Msg::Events { mut list, next } => {
+                out.append(&mut list);
+                Ok(next)
+            }
             other => Err(unexpected(other)),
-        }
+        })
     }
 
     /// Acknowledges import events: they are never returned again.

@@ -482,3 +482,46 @@ fn c_copy_waits_for_the_replica_and_c_import_acknowledges_its_event() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a replica container"));
 }
+
+#[test]
+fn twenty_images_with_64_kib_properties_list_in_pages_through_c_the_cli_and_rust() {
+    let server = TestServer::start();
+    let admin = server.client();
+    admin.container_create("c", Default::default()).unwrap();
+    // 20 x 64 KiB of properties: 1.3 MB, more than one answer may carry.
+    let props = |i: usize| vec![b'a' + i as u8; tern_core::wire::MAX_PROPS_LEN];
+    for i in 0..20 {
+        let mut w = admin
+            .create_image("c", &format!("img-{i:02}"), &props(i))
+            .unwrap();
+        std::io::Write::write_all(&mut w, b"data").unwrap();
+        w.commit().unwrap();
+    }
+    let listed = admin.image_list("c", "").unwrap();
+    assert_eq!(listed.len(), 20);
+    for (i, info) in listed.iter().enumerate() {
+        assert_eq!(info.name.as_str(), format!("img-{i:02}"));
+        assert_eq!(info.props, props(i), "{}", info.name);
+    }
+
+    let build = tempfile::tempdir().unwrap();
+    let list = cc("list.c", build.path());
+    let out = run(&server, &list, &["c"], None);
+    assert_ok("list", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 20, "one line per image");
+    for (i, line) in lines.iter().enumerate() {
+        let want = String::from_utf8(props(i)).unwrap();
+        assert!(line.starts_with(&format!("img-{i:02}\t")), "{i}");
+        assert!(
+            line.ends_with(&format!("props={want}")),
+            "image {i}'s properties"
+        );
+    }
+
+    let out = server.tern(&["ls", "--container", "c"], None);
+    assert!(out.status.success(), "{out:?}");
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(names.matches("img-").count(), 20, "{names}");
+}

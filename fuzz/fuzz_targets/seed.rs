@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let path = dir.path().join("vol-000001.tern");
     std::fs::write(&path, data).unwrap();
     let plain = Sealer::Plain;
-    if let Ok(mut r) = SegmentReader::open(&path, &plain) {
+    if let Ok(mut r) = SegmentReader::open(&path, &plain, u64::MAX) {
         while let Ok(Some(segment)) = r.next_segment() {
             let _ = Record::decode_all(&segment);
         }

@@ -19,6 +19,8 @@ pub enum Feature {
     /// The WAN controls of replication: copies that resume where they
     /// stopped, `CopyAbort`, partner settings and shaping groups (version 4).
     WanControls,
+    /// Listings in pages, `ListMore` (version 5).
+    Paging,
 }
 
 impl Feature {
@@ -28,6 +30,7 @@ impl Feature {
             Feature::Replication => 2,
             Feature::Resume => 3,
             Feature::WanControls => 4,
+            Feature::Paging => 5,
         }
     }
 
@@ -52,6 +55,7 @@ impl Feature {
     /// The feature a request needs beyond the first version, if any.
     pub fn needed_by(msg: &Msg) -> Option<Feature> {
         Some(match msg {
+            Msg::ListMore { .. } => Feature::Paging,
             Msg::ImageResume { .. } => Feature::Resume,
             Msg::PartnerSet { .. }
             | Msg::ShapingSet { .. }
@@ -97,6 +101,7 @@ impl fmt::Display for Feature {
             Feature::Replication => "replication",
             Feature::Resume => "resuming images",
             Feature::WanControls => "the WAN controls of replication",
+            Feature::Paging => "listings in pages",
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod feature;
 pub mod frame;
 pub mod msg;
+pub mod paging;
 pub mod password;
 pub mod replication;
 pub mod shaping;
@@ -15,6 +16,7 @@ pub use catalog::*;
 pub use feature::{Feature, Missing};
 pub use frame::{Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use msg::*;
+pub use paging::{Listing, MAX_CURSOR_LEN, PAGE_BYTES};
 pub use password::Password;
 pub use replication::*;
 pub use shaping::*;
@@ -24,7 +26,7 @@ pub use trail::{TrailEntry, TrailResult, TrailSide};
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. What each version added
 /// is a [`Feature`].
-pub const PROTOCOL_MAX: u16 = 4;
+pub const PROTOCOL_MAX: u16 = 5;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::*;
+use super::paging::Listing;
 use super::password::Password;
 use super::replication::*;
 use super::shaping::*;
@@ -123,6 +124,10 @@ pub enum Msg {
     Containers {
         /// The containers, by name.
         list: Vec<ContainerInfo>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// Removes an empty container; answered by `Ok`.
     ContainerRemove {
@@ -320,6 +325,10 @@ pub enum Msg {
         /// (resumable), by name.
         #[serde(default)]
         incomplete: Vec<IncompleteImage>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// Deletes an image (its space returns at the next GC); answered by `Ok`.
     ImageRemove {
@@ -417,6 +426,10 @@ pub enum Msg {
     Partners {
         /// The partners, by name.
         list: Vec<PartnerInfo>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// Removes a partner (admins only); answered by `Ok`.
     PartnerRemove {
@@ -453,6 +466,10 @@ pub enum Msg {
     Copies {
         /// The copies.
         list: Vec<CopyInfo>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// Cancels a copy that has not ended; answered by `Ok`.
     CopyCancel {
@@ -476,6 +493,10 @@ pub enum Msg {
     Trail {
         /// The attempts, newest first.
         list: Vec<TrailEntry>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     /// From a source server: opens a replica for writing in a replica
     /// container; answered by `ImageCreated` (then written like a dedup
@@ -528,6 +549,18 @@ pub enum Msg {
     Events {
         /// The events, oldest first.
         list: Vec<ImportEvent>,
+        /// (protocol 5) The cursor of the next page, while more remain:
+        /// ask `ListMore` with it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
+    /// (protocol 5) The next page of a listing, after the cursor its last
+    /// page ended with; answered as the listing's first request is.
+    ListMore {
+        /// The listing, with what its first request said.
+        listing: Listing,
+        /// The `next` of the page before.
+        after: String,
     },
     /// Acknowledges import events; acknowledging one twice is fine, an
     /// unknown id is `NotFound`; answered by `Ok`.

@@ -219,10 +219,11 @@ impl Store {
         scope: &Scope,
         container: &ContainerName,
         max: u32,
+        after: Option<u64>,
     ) -> Result<Vec<ImportEvent>> {
         let rec = self.import_container(scope, container)?;
         let max = max.clamp(1, MAX_EVENTS_PER_POLL) as usize;
-        self.catalog.events(rec.id, container, max)
+        self.catalog.events(rec.id, container, max, after)
     }
 
     /// Acknowledges import events of a container `scope` sees.

@@ -66,12 +66,14 @@ impl Store {
         self.catalog.push_trail(entry)
     }
 
-    /// The newest `max` trail entries that `shown` keeps, newest first.
+    /// The newest `max` trail entries older than row `before` that `shown`
+    /// keeps, newest first, with their row numbers.
     pub fn trail(
         &self,
         max: usize,
+        before: Option<u64>,
         shown: impl Fn(&tern_core::wire::TrailEntry) -> bool,
-    ) -> Result<Vec<tern_core::wire::TrailEntry>> {
-        self.catalog.trail(max, shown)
+    ) -> Result<Vec<(u64, tern_core::wire::TrailEntry)>> {
+        self.catalog.trail(max, before, shown)
     }
 }

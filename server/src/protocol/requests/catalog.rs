@@ -17,19 +17,9 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             container_create(store, &user, &name, &settings)?;
             Msg::Ok
         }
-        Msg::ContainerList => Msg::Containers {
-            list: blocking(|| store.container_list(&user.scope()))?,
-        },
         Msg::ContainerRemove { name } => {
             blocking(|| store.container_remove(&user.scope(), &name))?;
             Msg::Ok
-        }
-        Msg::ImageList { container, prefix } => {
-            let scope = user.scope();
-            Msg::Images {
-                list: blocking(|| store.image_list(&scope, &container, &prefix))?,
-                incomplete: blocking(|| store.incomplete_images(&scope, &container, &prefix))?,
-            }
         }
         Msg::ImageRemove { container, name } => {
             blocking(|| store.image_remove(&user.scope(), user.owner(), &container, &name))?;

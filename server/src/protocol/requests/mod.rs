@@ -3,6 +3,7 @@
 //!
 //! - `handshake`: Hello and Login (the only requests before login, with Ping).
 //! - `catalog`: containers, image names, users, statistics.
+//! - `listings`: every listing, in pages.
 //! - `write`: writing an image (dedup and passthrough).
 //! - `read`: reading an image.
 //! - `replication`: partners, shaping groups, copies and the trail (source).
@@ -10,6 +11,7 @@
 
 mod catalog;
 mod handshake;
+mod listings;
 mod read;
 mod replica;
 mod replication;
@@ -59,10 +61,15 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
     match msg {
         Msg::Ping => Ok(Some(Msg::Pong)),
         Msg::Login { .. } => handshake::handle(h, msg).await,
-        m @ (Msg::ContainerCreate { .. }
-        | Msg::ContainerList
-        | Msg::ContainerRemove { .. }
+        m @ (Msg::ContainerList
         | Msg::ImageList { .. }
+        | Msg::PartnerList
+        | Msg::CopyList
+        | Msg::TrailGet { .. }
+        | Msg::EventsGet { .. }
+        | Msg::ListMore { .. }) => listings::handle(h, m),
+        m @ (Msg::ContainerCreate { .. }
+        | Msg::ContainerRemove { .. }
         | Msg::ImageRemove { .. }
         | Msg::ImagePropsSet { .. }
         | Msg::UserAdd { .. }
@@ -86,7 +93,6 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         m @ (Msg::ContainerPromote { .. }
         | Msg::ContainerReplicate { .. }
         | Msg::PartnerAdd { .. }
-        | Msg::PartnerList
         | Msg::PartnerRemove { .. }
         | Msg::PartnerSet { .. }
         | Msg::ShapingSet { .. }
@@ -94,14 +100,11 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ShapingRemove { .. }
         | Msg::CopyStart { .. }
         | Msg::CopyStatusGet { .. }
-        | Msg::CopyList
         | Msg::CopyCancel { .. }
-        | Msg::CopyAbort { .. }
-        | Msg::TrailGet { .. }) => replication::handle(h, m).await,
+        | Msg::CopyAbort { .. }) => replication::handle(h, m).await,
         m @ (Msg::ReplicaCreate { .. }
         | Msg::ReplicaAbort { .. }
         | Msg::ImportStatesGet { .. }
-        | Msg::EventsGet { .. }
         | Msg::EventsAck { .. }) => replica::handle(h, m),
         m @ (Msg::ImageOpen { .. }
         | Msg::RecipeGet { .. }

@@ -44,9 +44,6 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
                 states: blocking(|| store.import_states(&scope, &copies))?,
             }
         }
-        Msg::EventsGet { container, max } => Msg::Events {
-            list: blocking(|| store.events(&user.scope(), &container, max))?,
-        },
         Msg::EventsAck { container, ids } => {
             blocking(|| store.events_ack(&user.scope(), &container, &ids))?;
             Msg::Ok

@@ -51,12 +51,6 @@ pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             partner_add(repl, partner).await?;
             Msg::Ok
         }
-        Msg::PartnerList => {
-            user.may(Action::ListPartners)?;
-            Msg::Partners {
-                list: blocking(|| repl.partners())?,
-            }
-        }
         Msg::PartnerSet {
             name,
             addresses,
@@ -153,9 +147,7 @@ async fn copies(user: &User, repl: Arc<Replicator>, msg: Msg) -> Result<Msg, Ref
         }
         Msg::CopyStatusGet { id } => Msg::Copies {
             list: vec![blocking(|| repl.status(&scope, id))?],
-        },
-        Msg::CopyList => Msg::Copies {
-            list: blocking(|| repl.list(&scope))?,
+            next: None,
         },
         Msg::CopyCancel { id } => {
             blocking(|| repl.cancel(&scope, id))?;
@@ -165,9 +157,6 @@ async fn copies(user: &User, repl: Arc<Replicator>, msg: Msg) -> Result<Msg, Ref
             copy_abort(user, repl, id).await?;
             Msg::Ok
         }
-        Msg::TrailGet { max } => Msg::Trail {
-            list: blocking(|| repl.history(&scope, max))?,
-        },
         other => return Err(not_ours(&other)),
     })
 }

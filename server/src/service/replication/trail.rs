@@ -106,9 +106,17 @@ impl Replicator {
     }
 
     /// The newest `max` entries `scope` sees, newest first.
-    pub fn history(&self, scope: &Scope, max: u32) -> Result<Vec<TrailEntry>, StoreError> {
+    /// The newest `max` entries `scope` sees older than row `before`,
+    /// newest first, with their row numbers (a page's cursor).
+    pub fn history(
+        &self,
+        scope: &Scope,
+        max: u32,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, TrailEntry)>, StoreError> {
         let max = max.clamp(1, MAX_HISTORY) as usize;
-        self.store.trail(max, |e| sees(scope, e.group.as_ref()))
+        self.store
+            .trail(max, before, |e| sees(scope, e.group.as_ref()))
     }
 }
 

@@ -57,21 +57,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// The newest `max` entries that `shown` keeps, newest first.
+    /// The newest `max` entries older than row `before` that `shown`
+    /// keeps, newest first, with their row numbers.
     pub fn trail(
         &self,
         max: usize,
+        before: Option<u64>,
         shown: impl Fn(&TrailEntry) -> bool,
-    ) -> Result<Vec<TrailEntry>> {
+    ) -> Result<Vec<(u64, TrailEntry)>> {
         let t = self.db.begin_read()?.open_table(TRAIL)?;
         let mut out = Vec::new();
-        for row in t.iter()?.rev() {
+        for row in t.range(..before.unwrap_or(u64::MAX))?.rev() {
             if out.len() >= max {
                 break;
             }
-            let entry: TrailEntry = decode("trail", row?.1.value())?;
+            let row = row?;
+            let entry: TrailEntry = decode("trail", row.1.value())?;
             if shown(&entry) {
-                out.push(entry);
+                out.push((row.0.value(), entry));
             }
         }
         Ok(out)
@@ -79,16 +82,19 @@ impl Catalog {
 
     // ---- import events -------------------------------------------------------
 
-    /// Unacknowledged events of a container, oldest first, at most `max`.
+    /// Unacknowledged events of a container after event `after`, oldest
+    /// first, at most `max`.
     pub fn events(
         &self,
         container_id: u64,
         container: &ContainerName,
         max: usize,
+        after: Option<u64>,
     ) -> Result<Vec<ImportEvent>> {
         let t = self.db.begin_read()?.open_table(EVENTS)?;
         let mut out = Vec::new();
-        for row in t.range((container_id, 0)..=(container_id, u64::MAX))? {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        for row in t.range((container_id, from)..=(container_id, u64::MAX))? {
             if out.len() >= max {
                 break;
             }
