@@ -413,6 +413,15 @@ typedef struct {
    * libtern 0.2; an older struct_size leaves it 0.
    */
   uint64_t call_timeout_ms;
+  /**
+   * The longest each step of opening a connection may take, in
+   * milliseconds, enforced by the client whatever the server does: the
+   * TLS handshake, Hello until Welcome, and Login until its answer. 0
+   * means the default (30 s). Past it tern_client_open returns
+   * TERN_CONNECT (or TERN_TIMEOUT) naming the step. Added in libtern
+   * 0.3; an older struct_size leaves it 0.
+   */
+  uint64_t handshake_timeout_ms;
 } tern_client_options;
 
 /**

@@ -24,8 +24,12 @@ impl Pair {
     }
 
     pub fn with_target_args(args: &[&str]) -> Self {
-        let target = TestServer::start_with(tempfile::tempdir().unwrap(), args);
-        let source = TestServer::start();
+        Self::of(TestServer::start(), args)
+    }
+
+    /// A pair around `source` (started with a config of its own, say).
+    pub fn of(source: TestServer, target_args: &[&str]) -> Self {
+        let target = TestServer::start_with(tempfile::tempdir().unwrap(), target_args);
         let t = target.client();
         t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
         t.user_set_replicate_into("partner", &["default"]).unwrap();

@@ -81,6 +81,13 @@ pub struct tern_client_options {
     /// free it), a call on the client leaves the client usable. Added in
     /// libtern 0.2; an older struct_size leaves it 0.
     pub call_timeout_ms: u64,
+    /// The longest each step of opening a connection may take, in
+    /// milliseconds, enforced by the client whatever the server does: the
+    /// TLS handshake, Hello until Welcome, and Login until its answer. 0
+    /// means the default (30 s). Past it tern_client_open returns
+    /// TERN_CONNECT (or TERN_TIMEOUT) naming the step. Added in libtern
+    /// 0.3; an older struct_size leaves it 0.
+    pub handshake_timeout_ms: u64,
 }
 
 /// The size of the first tern_client_options (libtern 0.1): shorter ones are refused.
@@ -106,6 +113,7 @@ fn default_options() -> tern_client_options {
         client_cert: std::ptr::null(),
         client_key: std::ptr::null(),
         call_timeout_ms: 0,
+        handshake_timeout_ms: 0,
     }
 }
 
@@ -292,6 +300,9 @@ unsafe fn client_options(o: &tern_client_options) -> Result<ClientOptions, Failu
     };
     if o.call_timeout_ms > 0 {
         options.call_timeout = Some(std::time::Duration::from_millis(o.call_timeout_ms));
+    }
+    if o.handshake_timeout_ms > 0 {
+        options.handshake_timeout = std::time::Duration::from_millis(o.handshake_timeout_ms);
     }
     Ok(options)
 }

@@ -179,6 +179,27 @@ fn a_call_past_its_time_limit_returns_timeout_and_the_client_goes_on() {
 }
 
 #[test]
+fn an_open_against_a_mute_server_fails_within_the_handshake_limit() {
+    let server = TestServer::start();
+    let mut o = options(&server);
+    o.raw.handshake_timeout_ms = 1000;
+    // Frozen: the kernel still accepts the connection, nobody answers.
+    let frozen = Frozen::server(&server);
+    let started = std::time::Instant::now();
+    let mut c = null_mut();
+    let st = unsafe { tern_client_open(&o.raw, &mut c) };
+    let took = started.elapsed();
+    drop(frozen);
+    assert_ne!(st, tern_status::TERN_OK);
+    assert!(c.is_null());
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the 1 s handshake limit fired after {took:?}: {}",
+        last_error()
+    );
+}
+
+#[test]
 fn capacity_matches_tern_stats_and_closed_clients_say_so() {
     let server = TestServer::start();
     let (c, img) = client_and_image(&server, "i");

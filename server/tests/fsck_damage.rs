@@ -135,6 +135,41 @@ fn fsck_names_a_recipe_that_lost_its_last_chunk() {
     assert_fsck_finds(&server, "recipe ends at offset");
 }
 
+#[test]
+fn fsck_names_a_recipe_row_labelled_with_another_length_than_its_chunk() {
+    let server = stopped_store_with_an_image();
+    // Two rows of different lengths trade chunk ids: the offsets still add
+    // up, but each row now counts a length its chunk does not have (as an
+    // announce that labelled a 64 KiB chunk 200,000 bytes long would).
+    let db = redb::Database::open(server.data().join("catalog.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut t = tx.open_table(RECIPES).unwrap();
+        let rows: Vec<_> = t
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        let len = |v: &[u8]| u32::from_le_bytes(v[32..36].try_into().unwrap());
+        let (a, b) = rows
+            .iter()
+            .zip(rows.iter().skip(1))
+            .find(|(a, b)| len(&a.1) != len(&b.1))
+            .expect("two rows of different lengths");
+        let (mut va, mut vb) = (a.1.clone(), b.1.clone());
+        va[..32].copy_from_slice(&b.1[..32]);
+        vb[..32].copy_from_slice(&a.1[..32]);
+        t.insert(a.0, va.as_slice()).unwrap();
+        t.insert(b.0, vb.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    assert_fsck_finds(&server, "but the recipe counts");
+}
+
 /// Every file of the data directory (path -> contents), to prove nothing changed.
 fn snapshot(server: &TestServer) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {

@@ -82,6 +82,8 @@ pub(super) struct Dialer {
     current: AtomicUsize,
     plain: bool,
     tls: Option<(tokio_rustls::TlsConnector, Arc<PinnedServer>)>,
+    /// The longest a TLS handshake may take (the client's handshake limit).
+    tls_limit: std::time::Duration,
 }
 
 impl Dialer {
@@ -97,6 +99,7 @@ impl Dialer {
                 current: AtomicUsize::new(0),
                 plain,
                 tls: None,
+                tls_limit: opts.handshake,
             });
         }
         let verifier = PinnedServer::new(opts.pin);
@@ -117,6 +120,7 @@ impl Dialer {
             current: AtomicUsize::new(0),
             plain,
             tls: Some((connector, verifier)),
+            tls_limit: opts.handshake.min(CONNECT_TIMEOUT),
         })
     }
 
@@ -192,7 +196,7 @@ impl Dialer {
             return Err((connect_err("no TLS configuration".into()), false));
         };
         let name = server_name(server).map_err(|e| (e, false))?;
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        let tls = tokio::time::timeout(self.tls_limit, connector.connect(name, tcp))
             .await
             .map_err(|_| (connect_err("TLS handshake timed out".into()), false))?;
         let tls = tls.map_err(|e| {

@@ -1,0 +1,87 @@
+//! Listings of any size, in pages: 5,000 copies and a full replication
+//! trail (11,000 entries) list whole through the CLI and the Rust API,
+//! though neither fits one answer.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tern_agent::CopyTarget;
+use tern_test_support::*;
+
+#[path = "replication_common.rs"]
+mod common;
+use common::*;
+
+const COPIES: usize = 5000;
+/// What the source's trail keeps at least once full (`TRAIL_KEEP`; it
+/// grows to 11,000 and is cut back to this).
+const TRAIL_FULL: usize = 10_000;
+
+#[test]
+fn five_thousand_copies_and_a_full_trail_list_whole_through_the_cli_and_rust() {
+    // Many attempts at once, so that the trail fills in a minute or two.
+    let dir = tempfile::tempdir().unwrap();
+    let config = "max_copies_per_partner = 64\n";
+    std::fs::write(dir.path().join("ternd.toml"), config).unwrap();
+    let mut pair = Pair::of(TestServer::start_with(dir, &[]), &[]);
+    pair.pair().unwrap();
+    let src = pair.source.client();
+    backup(&src, "c", "a", b"", &test_data(1 << 16, 3));
+    // The partner dies: every copy to it fails attempt after attempt, and
+    // each attempt is a trail entry.
+    pair.target.kill();
+    let started = Instant::now();
+    for i in 0..COPIES {
+        let name = format!("a-{i:05}");
+        let to = CopyTarget {
+            partner: "site-b",
+            container: "dr",
+            name: Some(&name),
+        };
+        src.copy_start("c", "a", &to).unwrap();
+    }
+    eprintln!("{COPIES} copies asked for in {:?}", started.elapsed());
+
+    let copies = src.copy_list().unwrap();
+    assert_eq!(copies.len(), COPIES);
+    let out = pair.source.tern(&["--json", "copy", "ls"], None);
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        COPIES,
+        "the CLI's copy ls"
+    );
+
+    // Wait for the trail to fill (attempts of copies to a dead partner)...
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while src.replication_history(20_000).unwrap().len() < TRAIL_FULL - 200 {
+        assert!(Instant::now() < deadline, "the trail did not fill in 600 s");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // ...then stop the attempts, so that it holds still while it is listed.
+    for c in &copies {
+        src.copy_cancel(c.id).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!("trail full after {:?}", started.elapsed());
+    let trail = src.replication_history(20_000).unwrap();
+    assert_eq!(trail.len(), TRAIL_FULL, "the Rust API's listing");
+    // Each attempt once: none listed on two pages.
+    let attempts: HashSet<_> = trail
+        .iter()
+        .map(|e| (e.copy, e.started, e.ended, e.result.to_string()))
+        .collect();
+    assert_eq!(attempts.len(), trail.len(), "entries listed twice");
+    let out = pair.source.tern(
+        &["--json", "replication", "history", "--max", "20000"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        TRAIL_FULL,
+        "the CLI's trail"
+    );
+}
