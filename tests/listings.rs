@@ -13,9 +13,9 @@ mod common;
 use common::*;
 
 const COPIES: usize = 5000;
-/// What the source's trail keeps at least once full (`TRAIL_KEEP`; it
-/// grows to 11,000 and is cut back to this).
-const TRAIL_FULL: usize = 10_000;
+/// What a full trail holds: once 11,000 entries were written, every entry
+/// written cuts it back to its newest `TRAIL_KEEP` (10,000) rows and itself.
+const TRAIL_FULL: usize = 10_001;
 
 #[test]
 fn five_thousand_copies_and_a_full_trail_list_whole_through_the_cli_and_rust() {
