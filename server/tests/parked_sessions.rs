@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tern_agent::ContainerSettings;
 use tern_core::names::{ContainerName, ImageName, UserName};
-use tern_core::wire::{Frame, Msg, Password, ShapingSettings, WriteMode, PROTOCOL_MAX};
+use tern_core::wire::{Frame, Handle, Msg, Password, ShapingSettings, WriteMode, PROTOCOL_MAX};
 use tern_test_support::*;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -31,34 +31,48 @@ enum Step {
     Failed(String),
 }
 
-/// A raw session of user `dma` that writes one passthrough image of 64 KiB
-/// and closes it; the close is answered only once the data has passed the
-/// shaping group.
-async fn parked_writer(
-    port: u16,
-    i: usize,
-    logins: Arc<Semaphore>,
-    report: mpsc::UnboundedSender<Step>,
-) {
-    // Logins queue for the server's password checks (argon2, one core
-    // each): a few at a time, so that none misses its handshake deadline.
-    let Ok(login_turn) = logins.acquire_owned().await else {
-        return;
-    };
-    let fail = |why: String| {
-        let _ = report.send(Step::Failed(why));
-    };
-    let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return fail(format!("session {i}: connect"));
-    };
-    let (mut rd, mut wr) = s.into_split();
-    let mut seq = 0;
-    let mut send = |msg: Msg, payload: Vec<u8>| {
-        seq += 1;
-        let mut f = frame(seq, msg);
+type Reader = tokio::net::tcp::OwnedReadHalf;
+type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+/// Frames of one raw session, numbered in order.
+struct Raw {
+    rd: Reader,
+    wr: Writer,
+    seq: u64,
+}
+
+impl Raw {
+    async fn send(&mut self, msg: Msg, payload: Vec<u8>) -> Result<(), String> {
+        self.seq += 1;
+        let mut f = frame(self.seq, msg);
         f.payload = payload;
-        f
-    };
+        f.write_to(&mut self.wr).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Reads frames until `pick` takes one; an error frame fails.
+async fn read_until<T>(rd: &mut Reader, pick: impl Fn(Msg) -> Option<T>) -> Result<T, String> {
+    loop {
+        match Frame::read_from(rd).await.map(|f| f.env.msg) {
+            Ok(Msg::Error { message, .. }) => return Err(message),
+            Ok(msg) => {
+                if let Some(t) = pick(msg) {
+                    return Ok(t);
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Logs in as `dma` and creates passthrough image `img-I`; its handle.
+async fn log_in_and_create(port: u16, i: usize) -> Result<(Raw, Handle), String> {
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (rd, wr) = s.into_split();
+    let mut raw = Raw { rd, wr, seq: 0 };
     let hello = Msg::Hello {
         min_version: 1,
         max_version: PROTOCOL_MAX,
@@ -76,50 +90,60 @@ async fn parked_writer(
         mode: WriteMode::Passthrough,
     };
     for msg in [hello, login, create] {
-        if let Err(e) = send(msg, Vec::new()).write_to(&mut wr).await {
-            return fail(format!("session {i}: sending the handshake: {e}"));
-        }
+        raw.send(msg, Vec::new()).await?;
     }
-    let handle = loop {
-        match Frame::read_from(&mut rd).await.map(|f| f.env.msg) {
-            Ok(Msg::ImageCreated { handle, .. }) => break handle,
-            Ok(Msg::Error { message, .. }) => return fail(format!("session {i}: {message}")),
-            Ok(_) => {}
-            Err(e) => return fail(format!("session {i}: {e}")),
-        }
-    };
-    drop(login_turn);
-    let data = send(Msg::ImageWriteRaw { handle }, test_data(64 << 10, i as u64));
-    let close = send(Msg::ImageClose { handle }, Vec::new());
-    for f in [data, close] {
-        if f.write_to(&mut wr).await.is_err() {
-            return fail(format!("session {i}: send data"));
-        }
-    }
-    let _ = report.send(Step::Parked);
-    // A live client's connection is never silent: an Ack every 2 s keeps
-    // it (the server drops a connection it hears nothing from for 8 s).
-    let keepalive = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let mut ack = frame(0, Msg::Ack);
-            ack.env.req = 0;
-            if ack.write_to(&mut wr).await.is_err() {
-                return;
+    let handle = read_until(&mut raw.rd, |m| match m {
+        Msg::ImageCreated { handle, .. } => Some(handle),
+        _ => None,
+    })
+    .await?;
+    Ok((raw, handle))
+}
+
+/// A raw session of user `dma` that writes one passthrough image of 64 KiB
+/// and closes it; the close is answered only once the data has passed the
+/// shaping group.
+async fn parked_writer(
+    port: u16,
+    i: usize,
+    logins: Arc<Semaphore>,
+    report: mpsc::UnboundedSender<Step>,
+) {
+    let outcome = async {
+        // Logins queue for the server's password checks (argon2, one core
+        // each): a few at a time, so that none misses its handshake deadline.
+        let login_turn = logins.acquire_owned().await.map_err(|e| e.to_string())?;
+        let (mut raw, handle) = log_in_and_create(port, i).await?;
+        drop(login_turn);
+        let data = test_data(64 << 10, i as u64);
+        raw.send(Msg::ImageWriteRaw { handle }, data).await?;
+        raw.send(Msg::ImageClose { handle }, Vec::new()).await?;
+        let _ = report.send(Step::Parked);
+        let Raw { mut rd, mut wr, .. } = raw;
+        // A live client's connection is never silent: an Ack every 2 s keeps
+        // it (the server drops a connection it hears nothing from for 8 s).
+        let keepalive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut ack = frame(0, Msg::Ack);
+                ack.env.req = 0;
+                if ack.write_to(&mut wr).await.is_err() {
+                    return;
+                }
             }
-        }
-    });
-    loop {
-        match Frame::read_from(&mut rd).await.map(|f| f.env.msg) {
-            Ok(Msg::ImageCommitted { .. }) => break,
-            Ok(Msg::Error { message, .. }) => return fail(format!("session {i}: {message}")),
-            Ok(_) => {}
-            Err(e) => return fail(format!("session {i}: {e}")),
-        }
+        });
+        read_until(&mut rd, |m| {
+            matches!(m, Msg::ImageCommitted { .. }).then_some(())
+        })
+        .await?;
+        let _ = report.send(Step::Committed);
+        // Hold the connection until the test is over.
+        let _ = keepalive.await;
+        Ok::<(), String>(())
+    };
+    if let Err(why) = outcome.await {
+        let _ = report.send(Step::Failed(format!("session {i}: {why}")));
     }
-    let _ = report.send(Step::Committed);
-    // Hold the connection until the test is over.
-    let _ = keepalive.await;
 }
 
 #[test]

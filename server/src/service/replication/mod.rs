@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tern_agent::{Client, ClientError};
+use tern_agent::Client;
 use tern_core::names::UserName;
 use tern_core::wire::{
     CopyId, CopyInfo, CopyState, ErrorKind, ImageInfo, PartnerInfo, PartnerSettings, TrailResult,
@@ -217,7 +217,7 @@ impl Replicator {
                 let reason = format!("partner {name} refused: {e}");
                 self.trail_check(name, started, &reason);
                 return Err(ReplicationError::Partner {
-                    kind: client_kind(&e),
+                    kind: partner::client_kind(&e),
                     message: reason,
                 });
             }
@@ -569,7 +569,7 @@ impl Replicator {
             tracing::warn!(copy = %id, "recording the abort in the trail: {e}");
         }
         told.map_err(|e| ReplicationError::Partner {
-            kind: client_kind(&e),
+            kind: partner::client_kind(&e),
             message: format!(
                 "copy {id} is cancelled here, but partner {} could not be told to drop its \
                  partial replica ({e}); it drops it after its retention period, or run \
@@ -577,17 +577,6 @@ impl Replicator {
                 rec.partner
             ),
         })
-    }
-}
-
-/// The class of a partner's failure, for the client that asked.
-fn client_kind(e: &ClientError) -> ErrorKind {
-    match e {
-        ClientError::Server { kind, .. } => *kind,
-        ClientError::ServerTooOld(_) => ErrorKind::Incompatible,
-        ClientError::Untrusted(_) => ErrorKind::Denied,
-        ClientError::Invalid(_) => ErrorKind::Invalid,
-        _ => ErrorKind::Internal,
     }
 }
 

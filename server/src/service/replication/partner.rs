@@ -72,3 +72,14 @@ pub fn is_transient(e: &ClientError) -> bool {
         _ => false,
     }
 }
+
+/// The class of a partner's failure, for the client that asked.
+pub(super) fn client_kind(e: &ClientError) -> ErrorKind {
+    match e {
+        ClientError::Server { kind, .. } => *kind,
+        ClientError::ServerTooOld(_) => ErrorKind::Incompatible,
+        ClientError::Untrusted(_) => ErrorKind::Denied,
+        ClientError::Invalid(_) => ErrorKind::Invalid,
+        _ => ErrorKind::Internal,
+    }
+}
