@@ -1,0 +1,154 @@
+//! A logged-in writer that lies about its chunks: an entry labelled with
+//! another length than the store holds for its chunk is refused, and 30 s
+//! of 1-byte entries cost the server no memory to speak of.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use tern_core::names::{ContainerName, ImageName, UserName};
+use tern_core::wire::{ChunkRef, ErrorKind, Frame, Msg, Password, WriteMode, PROTOCOL_MAX};
+use tern_core::ChunkId;
+use tern_test_support::*;
+use tokio::net::TcpStream;
+
+/// One raw session, frames numbered in order; answers read one by one.
+struct Raw {
+    s: TcpStream,
+    seq: u64,
+}
+
+impl Raw {
+    async fn ask(&mut self, msg: Msg) -> Msg {
+        self.seq += 1;
+        frame(self.seq, msg).write_to(&mut self.s).await.unwrap();
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(60), Frame::read_from(&mut self.s))
+                .await
+                .expect("an answer within 60 s")
+                .expect("the session goes on");
+            if !matches!(f.env.msg, Msg::Ack) {
+                return f.env.msg;
+            }
+        }
+    }
+}
+
+fn rss_mib(server: &TestServer) -> u64 {
+    let pid = server.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+fn refused_as_invalid(m: &Msg) -> bool {
+    matches!(
+        m,
+        Msg::Error {
+            kind: ErrorKind::Invalid,
+            ..
+        }
+    )
+}
+
+#[test]
+fn mislabelled_and_one_byte_entries_are_refused_and_cost_no_memory() {
+    let server = TestServer::start();
+    let client = server.client();
+    client.container_create("c", Default::default()).unwrap();
+    let mut w = client.create_image("c", "a", b"").unwrap();
+    w.write_all(&test_data(4 << 20, 9)).unwrap();
+    w.commit().unwrap();
+    drop(client);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = TcpStream::connect(("127.0.0.1", server.plain_port))
+            .await
+            .unwrap();
+        let mut raw = Raw { s, seq: 0 };
+        let hello = Msg::Hello {
+            min_version: 1,
+            max_version: PROTOCOL_MAX,
+            features: Vec::new(),
+            agent: "liar".into(),
+        };
+        assert!(matches!(raw.ask(hello).await, Msg::Welcome { .. }));
+        let login = Msg::Login {
+            user: UserName::new("admin").unwrap(),
+            password: Password::new(PASSWORD),
+        };
+        assert!(matches!(raw.ask(login).await, Msg::LoggedIn { .. }));
+        // A real chunk of `a`, with its true length.
+        let open = Msg::ImageOpen {
+            container: ContainerName::new("c").unwrap(),
+            name: ImageName::new("a").unwrap(),
+        };
+        let Msg::ImageOpened { handle, .. } = raw.ask(open).await else {
+            panic!("open")
+        };
+        let get = Msg::RecipeGet {
+            handle,
+            from_offset: 0,
+            max: 4,
+        };
+        let Msg::Recipe { entries } = raw.ask(get).await else {
+            panic!("recipe")
+        };
+        let real = entries[0];
+
+        let new_image = |name: &str| Msg::ImageCreate {
+            container: ContainerName::new("c").unwrap(),
+            name: ImageName::new(name).unwrap(),
+            props: Vec::new(),
+            mode: WriteMode::Dedup,
+        };
+        let Msg::ImageCreated { handle, .. } = raw.ask(new_image("liar")).await else {
+            panic!("create")
+        };
+        // The stored chunk, announced 200,000 bytes long.
+        let lie = vec![ChunkRef {
+            id: real.id,
+            len: 200_000,
+        }];
+        let answer = raw
+            .ask(Msg::ImageAppend {
+                handle,
+                entries: lie,
+            })
+            .await;
+        assert!(
+            refused_as_invalid(&answer),
+            "a mislabelled entry: {answer:?}"
+        );
+
+        // 30 s of announces of 4,096 one-byte entries each.
+        let before = rss_mib(&server);
+        let started = Instant::now();
+        let (mut sent, mut n) = (0u64, 0u64);
+        while started.elapsed() < Duration::from_secs(30) {
+            n += 1;
+            let Msg::ImageCreated { handle, .. } = raw.ask(new_image(&format!("tiny-{n}"))).await
+            else {
+                panic!("create")
+            };
+            let entries = (0..4096u32)
+                .map(|i| ChunkRef {
+                    id: ChunkId(*blake3::hash(&[(n as u32 ^ i) as u8; 7]).as_bytes()),
+                    len: 1,
+                })
+                .collect();
+            let answer = raw.ask(Msg::ImageAppend { handle, entries }).await;
+            assert!(refused_as_invalid(&answer), "1-byte entries: {answer:?}");
+            sent += 4096;
+        }
+        let peak = rss_mib(&server);
+        eprintln!("{sent} one-byte entries refused in 30 s; ternd peak RSS {before} -> {peak} MiB");
+        assert!(peak < 600, "ternd grew to {peak} MiB");
+        assert!(matches!(raw.ask(Msg::Ping).await, Msg::Pong));
+    });
+}
