@@ -211,3 +211,21 @@ fn the_index_totals_follow_commits_and_gc() {
     assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 5);
     assert_eq!(store.stats(&admin()).unwrap().unique_chunks, 5);
 }
+
+#[test]
+fn a_resumed_image_that_ended_in_a_short_chunk_takes_no_chunk_after_it() {
+    let (_dir, store) = store_with_container();
+    let mut data = chunks(2, 5);
+    data[1].truncate(100);
+    let w = begin(&store, "short");
+    send(&store, w, &data);
+    store.image_detach(w);
+    let r = resume(&store, Owner::Any, "short").unwrap();
+    assert_eq!(r.offset, 4096 + 100);
+    let more = chunks(1, 6);
+    let refused = store.image_append(r.writer, &refs(&more));
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(ref why)) if why.contains("only an image's last chunk")),
+        "{refused:?}"
+    );
+}

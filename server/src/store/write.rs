@@ -289,6 +289,14 @@ impl Store {
         } else {
             None
         };
+        // A resumed image whose durable recipe ends in a short chunk may
+        // take no chunk after it, as if it had never stopped.
+        let short_tail = durable.size > 0
+            && self
+                .catalog
+                .recipe_from(durable.id, durable.size - 1, 1)?
+                .first()
+                .is_some_and(|e| e.len < rec.chunking.min);
         Ok(OpenImage {
             container_id: rec.id,
             container: container.clone(),
@@ -306,7 +314,7 @@ impl Store {
             durable,
             min_chunk: rec.chunking.min,
             max_chunk: rec.chunking.max,
-            short_tail: false,
+            short_tail,
             passthrough,
             replica,
             last_checkpoint: Instant::now(),
