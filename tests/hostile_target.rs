@@ -27,6 +27,9 @@ enum Misbehaviour {
     Oversized,
     /// Answers a Ping with two Pongs.
     AnswersTwice,
+    /// Serves a one-chunk image of 100 bytes, and sends that chunk with a
+    /// megabyte of payload.
+    FatChunk,
 }
 
 /// A TLS server on loopback that misbehaves; it stops with the value.
@@ -128,11 +131,56 @@ where
                 }
             }
             (Msg::Ping, _) => session.send(req, Msg::Pong, Vec::new()).await,
+            (msg, Misbehaviour::FatChunk) => match fat_chunk(msg) {
+                Some((answer, payload)) => session.send(req, answer, payload).await,
+                None => Ok(()),
+            },
             _ => Ok(()),
         };
         if answered.is_err() {
             return;
         }
+    }
+}
+
+/// The fat-chunk server's answers: a one-chunk image of 100 bytes whose
+/// chunk comes with a megabyte of payload.
+fn fat_chunk(msg: Msg) -> Option<(Msg, Vec<u8>)> {
+    let id = tern_core::ChunkId::of(&[7; 100]);
+    match msg {
+        Msg::ImageOpen { container, name } => {
+            let info = wire::ImageInfo {
+                container,
+                name,
+                size: 100,
+                chunks: 1,
+                props: Vec::new(),
+                created: 0,
+            };
+            Some((Msg::ImageOpened { handle: 1, info }, Vec::new()))
+        }
+        Msg::RecipeGet { from_offset, .. } => {
+            let entries = match from_offset {
+                0 => vec![wire::RecipeEntry {
+                    offset: 0,
+                    id,
+                    len: 100,
+                }],
+                _ => Vec::new(),
+            };
+            Some((Msg::Recipe { entries }, Vec::new()))
+        }
+        Msg::ChunkGet { handle, .. } => {
+            let data = Msg::ChunkData {
+                handle,
+                id,
+                codec: tern_core::Codec::Raw,
+                raw_len: 100,
+                offset: 0,
+            };
+            Some((data, vec![7; 1 << 20]))
+        }
+        _ => None,
     }
 }
 
@@ -200,6 +248,18 @@ fn an_answer_bigger_than_its_request_can_use_is_refused() {
     let hostile = Hostile::start(Misbehaviour::Oversized);
     let client = Client::connect(&hostile.options()).unwrap();
     let err = client.ping().expect_err("an oversized Pong was taken");
+    assert!(is_protocol_error(&err), "{err}");
+    assert!(err.to_string().contains("payload"), "{err}");
+}
+
+#[test]
+fn a_chunk_bigger_than_its_recipe_entry_could_be_stored_is_refused() {
+    let hostile = Hostile::start(Misbehaviour::FatChunk);
+    let client = Client::connect(&hostile.options()).unwrap();
+    let mut reader = client.open_image("c", "i").unwrap();
+    let err = reader
+        .copy_to(&mut std::io::sink())
+        .expect_err("a 1 MiB answer for a 100-byte chunk was taken");
     assert!(is_protocol_error(&err), "{err}");
     assert!(err.to_string().contains("payload"), "{err}");
 }

@@ -15,7 +15,7 @@ use tern_core::{ContainerName, ImageName};
 use crate::client::unexpected;
 use std::sync::Arc;
 
-use crate::session::Answers;
+use crate::session::{Answers, Due};
 use crate::stop::Stop;
 use crate::{Client, ClientError};
 
@@ -223,7 +223,14 @@ impl ImageReader {
                 handle: self.handle,
                 offsets,
             };
-            let answers = self.client.conn().request(get, Vec::new(), &self.stop)?;
+            // No answer may carry more than its chunk could take stored.
+            let longest = entries.iter().map(|e| e.len as usize).max().unwrap_or(0);
+            let due = Due::Answers {
+                frames: n,
+                payload: stored_bound(longest),
+            };
+            let conn = self.client.conn();
+            let answers = conn.request_due(get, Vec::new(), &self.stop, due)?;
             self.requests.push_back((entries, answers));
         }
         Ok(())
@@ -373,4 +380,10 @@ impl Seek for ImageReader {
         self.pos = target;
         Ok(target)
     }
+}
+
+/// The most bytes a chunk of `len` bytes may take as stored: raw, or zstd's
+/// worst case (its `ZSTD_compressBound`: `len + len/256` and a little).
+fn stored_bound(len: usize) -> usize {
+    len + len / 256 + 512
 }

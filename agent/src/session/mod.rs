@@ -17,13 +17,15 @@ use tokio::sync::mpsc;
 
 mod dial;
 mod router;
+
+pub use router::Due;
 mod slot;
 
 use crate::identity::Identity;
 use crate::stop::{Deadline, Stop};
 use crate::ClientError;
 use dial::Dialer;
-use router::{Due, Router};
+use router::Router;
 use slot::Slot;
 
 /// Frames queued by callers before they wait.
@@ -341,6 +343,19 @@ impl ClientSession {
         payload: Vec<u8>,
         stop: &Arc<Stop>,
     ) -> Result<Answers, ClientError> {
+        let due = Due::of(&msg);
+        self.request_due(msg, payload, stop, due)
+    }
+
+    /// [`Self::request`] for a caller that knows better than the message
+    /// what its answers may be (a reader knows its chunks' lengths).
+    pub fn request_due(
+        &self,
+        msg: Msg,
+        payload: Vec<u8>,
+        stop: &Arc<Stop>,
+        due: Due,
+    ) -> Result<Answers, ClientError> {
         stop.check()?;
         // The one check of what the server's protocol version allows: a
         // request it lacks fails here, before anything is sent.
@@ -348,7 +363,7 @@ impl ClientSession {
             feature.check(self.version, &msg_name(&msg))?;
         }
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let srx = lock(&self.routes).open(req, Due::of(&msg));
+        let srx = lock(&self.routes).open(req, due);
         let answers = Answers {
             routes: self.routes.clone(),
             closed: self.closed.clone(),
