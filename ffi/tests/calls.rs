@@ -19,6 +19,13 @@ impl Frozen {
     fn server(server: &TestServer) -> Self {
         let pid = server.child.as_ref().expect("running").id();
         signal(pid, "-STOP");
+        // kill(2) returns once the signal is sent; a thread running on
+        // another core stops a moment later. Frozen means every thread is.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(std::time::Instant::now() < deadline, "ternd did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         Frozen(pid)
     }
 }
@@ -27,6 +34,20 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         signal(self.0, "-CONT");
     }
+}
+
+/// True when every thread of `pid` is stopped (state `T` in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -65,6 +65,7 @@ pub struct Started {
     tls: Arc<rustls::ServerConfig>,
     limits: ConnectionLimits,
     control: control::ControlContext,
+    control_socket: tokio::net::UnixListener,
 }
 
 impl Server {
@@ -95,6 +96,7 @@ impl Server {
         };
         let tls = certs::server_config(&paths, cfg.allow_tls12)?;
         let listeners = Listeners::bind(cfg.listen, cfg.plain_listen).await?;
+        let control_socket = control::bind(&data)?;
         let cache = CacheLimits {
             memory: cfg.session_cache_bytes,
             disk: cfg.session_spill_bytes,
@@ -123,6 +125,7 @@ impl Server {
                 store,
                 server_id: fingerprint.to_string(),
             },
+            control_socket,
         })
     }
 }
@@ -131,9 +134,9 @@ impl Started {
     /// Serves clients and the control socket until `stop` completes (or a
     /// listener fails).
     pub async fn serve_until(self, stop: impl Future<Output = ()>) -> Result<()> {
-        let control = self.control;
+        let (control, socket) = (self.control, self.control_socket);
         let control = tokio::spawn(async move {
-            if let Err(e) = control::serve(control).await {
+            if let Err(e) = control::serve(socket, control).await {
                 tracing::error!("control socket: {e:#}");
             }
         });

@@ -56,14 +56,21 @@ pub struct ControlContext {
     pub server_id: String,
 }
 
-/// Serves control requests until the process ends.
-pub async fn serve(ctx: ControlContext) -> Result<()> {
-    let path = socket_path(&ctx.data);
+/// Binds the control socket of data directory `data` (owner only). Done
+/// at start, before the server says where it listens: a command run right
+/// after that must find the socket, not fall back to the (locked) store.
+pub fn bind(data: &Path) -> Result<UnixListener> {
+    let path = socket_path(data);
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves control requests on `listener` until the process ends.
+pub async fn serve(listener: UnixListener, ctx: ControlContext) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let ctx = ctx.clone();
