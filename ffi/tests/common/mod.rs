@@ -11,6 +11,8 @@ use std::ptr::{null, null_mut};
 use tern::*;
 use tern_test_support::*;
 
+pub mod frozen;
+
 pub fn last_error() -> String {
     unsafe { CStr::from_ptr(tern_last_error()) }
         .to_string_lossy()
