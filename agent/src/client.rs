@@ -239,13 +239,7 @@ impl Client {
         self.pages(
             Msg::ContainerList,
             |_| Listing::Containers,
-            |msg, out| match msg {
-                Msg::Containers { mut list, next } => {
-                    out.append(&mut list);
-                    Ok(next)
-                }
-                other => Err(unexpected(other)),
-            },
+            crate::paging::each_page!(Msg::Containers),
         )
     }
 

@@ -8,6 +8,20 @@ use tern_core::wire::{Listing, Msg, MAX_CURSOR_LEN};
 use crate::client::Client;
 use crate::ClientError;
 
+/// The `take` of [`Client::pages`] for an answer `$variant { list, next }`.
+macro_rules! each_page {
+    ($variant:path) => {
+        |msg, out: &mut Vec<_>| match msg {
+            $variant { mut list, next } => {
+                out.append(&mut list);
+                Ok(next)
+            }
+            other => Err($crate::client::unexpected(other)),
+        }
+    };
+}
+pub(crate) use each_page;
+
 /// The most pages one listing follows (at least one item each).
 const MAX_PAGES: usize = 100_000;
 

@@ -107,13 +107,7 @@ impl Client {
         self.pages(
             Msg::PartnerList,
             |_| Listing::Partners,
-            |msg, out| match msg {
-                Msg::Partners { mut list, next } => {
-                    out.append(&mut list);
-                    Ok(next)
-                }
-                other => Err(unexpected(other)),
-            },
+            crate::paging::each_page!(Msg::Partners),
         )
     }
 
@@ -157,13 +151,7 @@ impl Client {
         self.pages(
             Msg::CopyList,
             |_| Listing::Copies,
-            |msg, out| match msg {
-                Msg::Copies { mut list, next } => {
-                    out.append(&mut list);
-                    Ok(next)
-                }
-                other => Err(unexpected(other)),
-            },
+            crate::paging::each_page!(Msg::Copies),
         )
     }
 
@@ -183,13 +171,11 @@ impl Client {
         let left = |got: usize| Listing::Trail {
             max: max.saturating_sub(got as u32),
         };
-        self.pages(Msg::TrailGet { max }, left, |msg, out| match msg {
-            Msg::Trail { mut list, next } => {
-                out.append(&mut list);
-                Ok(next)
-            }
-            other => Err(unexpected(other)),
-        })
+        self.pages(
+            Msg::TrailGet { max },
+            left,
+            crate::paging::each_page!(Msg::Trail),
+        )
     }
 
     /// Unacknowledged import events of a container, oldest first (at most
@@ -205,13 +191,7 @@ impl Client {
             container: container.clone(),
             max: max.saturating_sub(got as u32),
         };
-        self.pages(first, left, |msg, out| match msg {
-            Msg::Events { mut list, next } => {
-                out.append(&mut list);
-                Ok(next)
-            }
-            other => Err(unexpected(other)),
-        })
+        self.pages(first, left, crate::paging::each_page!(Msg::Events))
     }
 
     /// Acknowledges import events: they are never returned again.
