@@ -30,6 +30,11 @@ impl Pair {
     /// A pair around `source` (started with a config of its own, say).
     pub fn of(source: TestServer, target_args: &[&str]) -> Self {
         let target = TestServer::start_with(tempfile::tempdir().unwrap(), target_args);
+        Self::around(source, target)
+    }
+
+    /// A pair of two servers started by the caller (with configs of their own, say).
+    pub fn around(source: TestServer, target: TestServer) -> Self {
         let t = target.client();
         t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
         t.user_set_replicate_into("partner", &["default"]).unwrap();

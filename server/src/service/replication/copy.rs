@@ -19,6 +19,9 @@ const WINDOW: usize = 4;
 
 /// How an attempt ended, when it did not commit.
 pub enum Failure {
+    /// The partner could not be reached: it says nothing about the copy,
+    /// and the partner's delay decides when any of its copies tries again.
+    Unreachable(String),
     /// Worth another attempt later (the link, the target's restart).
     Transient(String),
     /// Another attempt would fail the same way.
@@ -55,7 +58,13 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         .partner(&rec.partner)?
         .ok_or_else(|| Failure::Permanent(format!("partner {} was removed", rec.partner)))?;
     *super::lock(&live.shaped) = r.shaper.job(partner.settings.shaping.as_deref());
-    let client = partner::connect(&partner, &r.me).map_err(|e| from_client(e, live))?;
+    let client = partner::connect(&partner, &r.me).map_err(|e| {
+        if partner::is_unreachable(&e) && !live.cancelled.load(Ordering::SeqCst) {
+            Failure::Unreachable(format!("at the partner: {e}"))
+        } else {
+            from_client(e, live)
+        }
+    })?;
     *super::lock(&live.client) = Some(client.clone());
     if live.cancelled.load(Ordering::SeqCst) {
         return Err(Failure::Cancelled);

@@ -15,6 +15,7 @@
 
 mod copy;
 mod partner;
+mod queue;
 mod scheduler;
 pub mod tables;
 pub mod trail;
@@ -108,8 +109,8 @@ pub struct Replicator {
     me: LocalIdentity,
     max_per_partner: usize,
     live: Mutex<HashMap<CopyId, Arc<Live>>>,
-    /// Copies waiting to run, with the earliest time they may.
-    queue: Mutex<Vec<(CopyId, Instant)>>,
+    /// Copies waiting to run, and the partners found down.
+    queue: Mutex<queue::CopyQueue>,
     /// Done copies whose import the target has yet to report.
     awaiting_import: Mutex<HashSet<CopyId>>,
     /// Partners being asked about imports now.
@@ -133,12 +134,12 @@ impl Replicator {
         max_per_partner: usize,
         shaper: Arc<Shaper>,
     ) -> Result<Arc<Self>, StoreError> {
-        let mut queue = Vec::new();
+        let mut queue = queue::CopyQueue::default();
         let mut awaiting = HashSet::new();
         let now = Instant::now();
         for (id, rec) in ReplicationTables(store.tables()).copies()? {
             match rec.state {
-                CopyState::Queued | CopyState::Running => queue.push((id, now)),
+                CopyState::Queued | CopyState::Running => queue.push(id, &rec.partner, now),
                 CopyState::Done if rec.awaiting_import => {
                     awaiting.insert(id);
                 }
@@ -383,7 +384,7 @@ impl Replicator {
         };
         let (id, new) = self.tables().find_or_insert_copy(rec, fresh_id()?)?;
         if new {
-            lock(&self.queue).push((id, Instant::now()));
+            lock(&self.queue).push(id, partner, Instant::now());
             self.wake();
         }
         Ok(id)
@@ -492,7 +493,7 @@ impl Replicator {
             }
             return Ok(());
         }
-        lock(&self.queue).retain(|(q, _)| *q != id);
+        lock(&self.queue).remove(id);
         let entry = self.trail(
             id,
             &rec,

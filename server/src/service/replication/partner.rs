@@ -62,6 +62,14 @@ fn check_version(client: &Client) -> Result<(), ClientError> {
 }
 
 /// True if an attempt that failed this way may succeed later.
+/// A failed dial: the partner did not answer (refused, silent, cut).
+pub fn is_unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Io(_) | ClientError::TimedOut(_)
+    )
+}
+
 pub fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Connect { .. } | ClientError::Io(_) | ClientError::TimedOut(_) => true,

@@ -47,35 +47,32 @@ impl Replicator {
     }
 
     /// Starts the queued copies that are due, within each partner's limit.
+    /// Copies of a partner that is down are not even read (see `queue.rs`).
     fn start_due(self: &Arc<Self>) {
         let now = Instant::now();
-        let due: Vec<CopyId> = lock(&self.queue)
-            .iter()
-            .filter(|(_, at)| *at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            let rec = match self.tables().copy(id) {
-                Ok(Some(rec)) => rec,
+        let due = lock(&self.queue).due(now);
+        for (id, partner) in due {
+            let running = {
+                let live = lock(&self.live);
+                live.values().filter(|l| l.partner == partner).count()
+            };
+            if running >= self.max_per_partner {
+                continue;
+            }
+            match self.tables().copy(id) {
+                Ok(Some(_)) => {}
                 Ok(None) => {
-                    lock(&self.queue).retain(|(q, _)| *q != id);
+                    lock(&self.queue).remove(id);
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(copy = %id, "reading the copy: {e}");
                     continue;
                 }
-            };
-            let running = {
-                let live = lock(&self.live);
-                live.values().filter(|l| l.partner == rec.partner).count()
-            };
-            if running >= self.max_per_partner {
-                continue;
             }
-            lock(&self.queue).retain(|(q, _)| *q != id);
+            lock(&self.queue).take(id);
             let live = Arc::new(Live {
-                partner: rec.partner.clone(),
+                partner: partner.clone(),
                 ..Live::default()
             });
             lock(&self.live).insert(id, live.clone());
@@ -86,7 +83,9 @@ impl Replicator {
             if let Err(e) = spawned {
                 tracing::error!(copy = %id, "starting the copy's thread: {e}");
                 lock(&self.live).remove(&id);
-                lock(&self.queue).push((id, now + Duration::from_secs(5)));
+                let mut queue = lock(&self.queue);
+                queue.answered(&partner, now);
+                queue.push(id, &partner, now + Duration::from_secs(5));
             }
         }
     }
@@ -115,6 +114,7 @@ impl Replicator {
         lock(&live.shaped).take();
 
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
+        let unreachable = matches!(outcome, Err(copy::Failure::Unreachable(_)));
         let drop_replica = matches!(
             outcome,
             Err(copy::Failure::Cancelled | copy::Failure::Permanent(_))
@@ -139,6 +139,11 @@ impl Replicator {
             |r| {
                 r.state = state;
                 r.reason = reason.clone();
+                if unreachable {
+                    // A dial that found nobody is the partner's failure,
+                    // not an attempt of this copy.
+                    r.attempts = r.attempts.saturating_sub(1);
+                }
                 r.sent_bytes += sent;
                 r.sent_chunks += chunks;
                 r.done_bytes = r.done_bytes.max(done);
@@ -156,32 +161,54 @@ impl Replicator {
             // After the state is recorded: a cancel shows at once.
             self.abort_at_target(id, &live.partner);
         }
-        self.follow_up(id, recorded.map(|_| state), attempts, &reason, sent);
+        self.follow_up(
+            id,
+            &live,
+            recorded.map(|_| state),
+            unreachable,
+            attempts,
+            &reason,
+        );
         self.wake();
     }
 
     /// What comes after an attempt whose end was recorded (or not): a
-    /// retry, the wait for the import, or nothing but a log line.
+    /// retry (when its partner may be dialled again, if the dial failed),
+    /// the wait for the import, or nothing but a log line.
     fn follow_up(
         &self,
         id: CopyId,
+        live: &Live,
         recorded: Result<CopyState, StoreError>,
+        unreachable: bool,
         attempts: u32,
         reason: &str,
-        sent: u64,
     ) {
+        let (partner, now) = (live.partner.as_str(), Instant::now());
+        let mut queue = lock(&self.queue);
+        if unreachable {
+            let again = queue.unreachable(partner, now);
+            tracing::warn!(copy = %id, partner, "partner unreachable, its copies wait {} s: {reason}", (again - now).as_secs());
+            queue.push(id, partner, again);
+            return;
+        }
+        if queue.answered(partner, now) {
+            tracing::info!(partner, "partner reachable again: its queued copies run");
+        }
         match recorded {
             Err(e) => {
                 tracing::error!(copy = %id, "recording the end of an attempt: {e}");
                 // Run it again: the catalog may take it later.
-                lock(&self.queue).push((id, Instant::now() + MAX_RETRY_DELAY));
+                queue.push(id, partner, now + MAX_RETRY_DELAY);
             }
             Ok(CopyState::Queued) => {
                 let delay = Duration::from_secs(1 << attempts.min(6)).min(MAX_RETRY_DELAY);
                 tracing::warn!(copy = %id, attempts, "copy attempt failed, again in {} s: {reason}", delay.as_secs());
-                lock(&self.queue).push((id, Instant::now() + delay));
+                queue.push(id, partner, now + delay);
             }
             Ok(CopyState::Done) => {
+                drop(queue);
+                let sent = live.sent_bytes.load(Ordering::Relaxed);
                 tracing::info!(copy = %id, sent_bytes = sent, "copy done");
                 lock(&self.awaiting_import).insert(id);
             }
@@ -223,7 +250,11 @@ impl Replicator {
         }
         // Each partner on a thread of its own, one poll at a time: a
         // partner that stalls delays neither the copies nor the others.
+        let now = Instant::now();
         for (name, ids) in by_partner {
+            if lock(&self.queue).is_down(&name, now) {
+                continue;
+            }
             if !lock(&self.polling).insert(name.clone()) {
                 continue;
             }
@@ -293,6 +324,7 @@ fn ending(outcome: Result<(), copy::Failure>, attempts: u32) -> (CopyState, Trai
             TrailResult::Cancelled,
             "cancelled".into(),
         ),
+        Err(copy::Failure::Unreachable(r)) => (CopyState::Queued, TrailResult::Retrying, r),
         Err(copy::Failure::Transient(r)) if attempts < MAX_ATTEMPTS => {
             (CopyState::Queued, TrailResult::Retrying, r)
         }
