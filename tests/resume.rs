@@ -199,6 +199,66 @@ fn a_client_killed_halfway_resumes_sending_at_most_a_quarter_more() {
     assert_eq!(listed(&server), (vec!["big".to_string()], vec![]));
 }
 
+/// A client that vanished without closing its connections (killed while
+/// the proxy keeps them open and silent, as a NAT keeps the flow of a
+/// machine that lost power): `tern backup --resume` started at once takes
+/// the image over (the server hears nothing from the old client within its
+/// 3 s liveness bound) and completes, byte-identical, without a retry.
+#[test]
+fn a_resume_right_after_a_client_vanished_with_its_connections_open_completes() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", Default::default())
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let file = data_file(files.path(), 64 << 20, 41);
+    let half_open = Faults {
+        keep_server_side: true,
+        link_rate: Some(8 << 20),
+        ..Faults::default()
+    };
+    let proxy =
+        FaultProxy::start("127.0.0.1:0", server.address().parse().unwrap(), half_open).unwrap();
+    let mut client = spawn_backup(&server, &proxy.addr().to_string(), "gone", &file);
+    wait_until(60, "16 MiB sent", || proxy.bytes_to_server() >= 16 << 20);
+    let resume = [
+        "--json",
+        "backup",
+        "--resume",
+        "--container",
+        "c",
+        "--name",
+        "gone",
+        file.to_str().unwrap(),
+    ];
+    // While the client is alive and writing, it keeps its image.
+    let out = tern_at(&server, &server.address(), &resume);
+    assert!(
+        !out.status.success(),
+        "a live writer's image was taken over"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still answers"), "{err}");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    wait_until(5, "the server's side kept open", || {
+        proxy.kept_connections() > 0
+    });
+
+    let started = Instant::now();
+    let out = tern_at(&server, &server.address(), &resume);
+    assert_ok("backup --resume right after the client vanished", &out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "resumed at {} and done in {:?}",
+        v["resumed_at"],
+        started.elapsed()
+    );
+    assert!(v["resumed_at"].as_u64().unwrap() > 0, "{v}");
+    assert_restores_identical(&server, "gone", &file);
+}
+
 #[test]
 fn a_server_killed_halfway_restarts_and_the_backup_resumes() {
     let mut server = TestServer::start();

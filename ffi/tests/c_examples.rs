@@ -342,8 +342,29 @@ fn a_crashed_writers_stream_slot_comes_back_when_its_grace_period_ends() {
 /// stream goes, and the image reads back the same as one written in one go.
 #[test]
 fn a_c_backup_killed_midway_resumes_and_restores_identical() {
+    c_backup_killed_midway_resumes(false);
+}
+
+/// The same when the killed DMA's connections stay open and silent (a power
+/// cut behind a NAT that keeps the flow): the resume, started at once, takes
+/// the image over without a retry.
+#[test]
+fn a_c_backup_killed_with_its_connections_left_open_resumes_at_once() {
+    c_backup_killed_midway_resumes(true);
+}
+
+fn c_backup_killed_midway_resumes(half_open: bool) {
     use std::io::Write;
     let server = TestServer::start();
+    let proxy = tern_faultproxy::FaultProxy::start(
+        "127.0.0.1:0",
+        server.address().parse().unwrap(),
+        tern_faultproxy::Faults {
+            keep_server_side: half_open,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let admin = server.client();
     admin.container_create("c", Default::default()).unwrap();
     let build = tempfile::tempdir().unwrap();
@@ -357,7 +378,7 @@ fn a_c_backup_killed_midway_resumes_and_restores_identical() {
             .env("TERN_CONFIG_DIR", server.data().join("client-config"));
     };
     let mut cmd = Command::new(&backup);
-    cmd.args([&server.address(), "c", "killed"]);
+    cmd.args([&proxy.addr().to_string(), "c", "killed"]);
     env(&mut cmd);
     let mut crashing = cmd.stdin(std::process::Stdio::piped()).spawn().unwrap();
     crashing
@@ -379,12 +400,21 @@ fn a_c_backup_killed_midway_resumes_and_restores_identical() {
     }
     crashing.kill().unwrap();
     crashing.wait().unwrap();
+    if half_open {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            proxy.kept_connections() > 0,
+            "the proxy closed the dead client's connections to the server"
+        );
+    }
 
+    let started = std::time::Instant::now();
     let mut cmd = Command::new(&backup);
     cmd.args(["--resume", &server.address(), "c", "killed"]);
     env(&mut cmd);
     let out = run_with_stdin(cmd, Some(&data));
     assert_ok("backup --resume", &out);
+    eprintln!("resumed and finished in {:?}", started.elapsed());
     let text = String::from_utf8_lossy(&out.stderr);
     let offset: u64 = text
         .split("resuming c/killed at offset ")

@@ -33,6 +33,10 @@ pub struct Faults {
     /// answers, before any of the answer passes: a link lost in the middle of
     /// a handshake. Counts down as connections are cut.
     pub cut_at_first_answer: u32,
+    /// When a client's side of a connection closes, leave the server's side
+    /// open and silent (nothing more is read from or written to it), as a
+    /// NAT that keeps the flow of a client that lost power does.
+    pub keep_server_side: bool,
 }
 
 /// A running proxy. Dropping it stops accepting and cuts every connection.
@@ -54,6 +58,8 @@ struct Shared {
     accepted: AtomicU64,
     /// Bytes delivered to the server, over every connection.
     upstream_bytes: AtomicU64,
+    /// Server sides kept open after their client left (`keep_server_side`).
+    kept: Mutex<Vec<TcpStream>>,
 }
 
 struct Bucket {
@@ -83,6 +89,7 @@ impl FaultProxy {
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             upstream_bytes: AtomicU64::new(0),
+            kept: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         thread::spawn(move || accept_loop(listener, s));
@@ -144,6 +151,11 @@ impl FaultProxy {
         self.shared.upstream_bytes.load(Ordering::Relaxed)
     }
 
+    /// Server sides kept open after their client left (`keep_server_side`).
+    pub fn kept_connections(&self) -> usize {
+        lock(&self.shared.kept).len()
+    }
+
     pub fn open_connections(&self) -> usize {
         lock(&self.shared.conns).len()
     }
@@ -154,6 +166,9 @@ impl Drop for FaultProxy {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.resume();
         self.shared.cut_all();
+        for s in lock(&self.shared.kept).drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
         // Wake the accept loop so it sees `stopping`.
         let _ = TcpStream::connect(self.addr);
     }
@@ -170,6 +185,18 @@ impl Shared {
             let _ = s.shutdown(Shutdown::Both);
             self.cuts.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps `server` (the server's side of a connection whose client
+    /// left) open and untouched, if the faults say so; true if it did.
+    fn keep(&self, server: &TcpStream) -> bool {
+        if !lock(&self.faults).keep_server_side {
+            return false;
+        }
+        if let Ok(s) = server.try_clone() {
+            lock(&self.kept).push(s);
+        }
+        true
     }
 
     fn wait_while_stalled(&self) {
@@ -291,7 +318,9 @@ fn pump(
     }
     drop(tx);
     let _ = writer.join();
-    let _ = from.shutdown(Shutdown::Both);
+    if upstream || !shared.keep(&from) {
+        let _ = from.shutdown(Shutdown::Both);
+    }
     lock(&shared.conns).remove(&id);
 }
 
@@ -332,7 +361,9 @@ fn deliver(
             }
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    if !upstream || !shared.keep(&to) {
+        let _ = to.shutdown(Shutdown::Write);
+    }
 }
 
 /// Cuts everything every `cut_every`, while that is set.

@@ -28,6 +28,7 @@ impl Session {
         let mut rd = Counted {
             inner: rd,
             count: &self.bytes_received,
+            heard: &self.heard,
         };
         let mut inflight: VecDeque<Arc<Outgoing>> = VecDeque::new();
         let why = {
@@ -41,6 +42,7 @@ impl Session {
                         .await
                         .map_err(|_| SessionError::Silent)?
                         .map_err(frame_error)?;
+                    let _delivering = Delivering::start(&self.delivering);
                     self.on_frame(f).await?;
                 }
                 #[allow(unreachable_code)]
@@ -158,10 +160,28 @@ fn forget_acked(inflight: &mut VecDeque<Arc<Outgoing>>, acked: u64) {
     }
 }
 
-/// A reader that adds what it reads to a counter.
+/// Counts a reader waiting to hand a frame on, until dropped (the reader
+/// may be dropped mid-wait when its connection ends).
+struct Delivering<'a>(&'a AtomicUsize);
+
+impl<'a> Delivering<'a> {
+    fn start(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A reader that adds what it reads to a counter and notes when bytes came.
 struct Counted<'a, R> {
     inner: R,
     count: &'a AtomicU64,
+    heard: &'a AtomicU64,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counted<'_, R> {
@@ -173,7 +193,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counted<'_, R> {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            self.count.fetch_add(n as u64, Ordering::Relaxed);
+            self.heard.store(clock_ms(), Ordering::Relaxed);
+        }
         r
     }
 }

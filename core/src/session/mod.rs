@@ -193,6 +193,25 @@ pub struct Session {
     trusted: AtomicBool,
     /// Woken when the number of live connections changes.
     pub connections_changed: Notify,
+    /// When bytes last arrived on any connection, by [`clock_ms`].
+    heard: AtomicU64,
+    /// Readers waiting for the application to take a frame they read.
+    delivering: AtomicUsize,
+}
+
+/// A moment of a session, for [`Session::answered_since`].
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    at_ms: u64,
+    sent: u64,
+    unacked: bool,
+}
+
+/// The clock of [`Session::answered_since`]: milliseconds since the first use.
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    epoch.elapsed().as_millis() as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,6 +246,8 @@ impl Session {
             inbound: Mutex::new(Some(inbound)),
             limits,
             live: AtomicUsize::new(0),
+            heard: AtomicU64::new(clock_ms()),
+            delivering: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             flushed_to: AtomicU64::new(0),
@@ -434,6 +455,38 @@ impl Session {
     /// The highest sequence number delivered in order.
     pub fn received(&self) -> u64 {
         lock(&self.state).received
+    }
+
+    /// Where the peer stood now, to ask later with
+    /// [`answered_since`](Self::answered_since).
+    pub fn mark(&self) -> Mark {
+        let st = lock(&self.state);
+        let sent = st.next_seq.saturating_sub(1);
+        Mark {
+            at_ms: clock_ms(),
+            sent,
+            unacked: st.peer_acked < sent,
+        }
+    }
+
+    /// True if the peer has shown since `mark` that it is there: it
+    /// acknowledged every frame sent before the mark, or, if it had them
+    /// all then, something arrived from it (each connection brings at least
+    /// a heartbeat every [`HEARTBEAT`]). Bytes a dead peer left in the
+    /// network still arrive, but they do not acknowledge what it never saw.
+    pub fn answered_since(&self, mark: &Mark) -> bool {
+        if mark.unacked {
+            lock(&self.state).peer_acked >= mark.sent
+        } else {
+            self.heard.load(Ordering::Relaxed) >= mark.at_ms
+        }
+    }
+
+    /// True while a connection holds a frame the application has not taken
+    /// yet: the peer is not silent, this side is behind (and reads nothing
+    /// meanwhile, so [`answered_since`](Self::answered_since) cannot tell).
+    pub fn is_delivering(&self) -> bool {
+        self.delivering.load(Ordering::SeqCst) > 0
     }
 
     /// Connections currently carrying the session.

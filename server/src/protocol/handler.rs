@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tern_core::session::Session;
@@ -16,7 +16,7 @@ use super::sessions::Sessions;
 use crate::service::access::User;
 use crate::service::replication::Replicator;
 use crate::service::shaping::ShapedJob;
-use crate::store::{ReadableImage, SessionProbe, Store, WriterId};
+use crate::store::{Liveness, ReadableImage, SessionProbe, Store, WriterId};
 
 /// An error that ends the session.
 pub struct Fatal(pub String);
@@ -266,10 +266,9 @@ impl SessionHandler {
         }
     }
 
-    /// Tells whether this session has a connection now.
+    /// What the store may ask about this session (see [`SessionLiveness`]).
     pub fn session_probe(&self) -> SessionProbe {
-        let session = Arc::downgrade(&self.session);
-        Arc::new(move || session.upgrade().is_some_and(|s| s.live_connections() > 0))
+        Arc::new(SessionLiveness(Arc::downgrade(&self.session)))
     }
 
     /// Leaves every image this session was writing incomplete (none of them
@@ -277,6 +276,47 @@ impl SessionHandler {
     pub(super) fn detach_all(&mut self) {
         for (_, w) in self.writers.drain() {
             self.store.image_detach(w);
+        }
+    }
+}
+
+/// How long a resume waits to hear from the client of a session that holds
+/// the image: each of its connections sends at least a heartbeat a second,
+/// so three seconds of silence on all of them means the client is gone
+/// (a power cut, a crashed VM) even if its connections look open.
+pub const LIVENESS_PROBE: Duration = Duration::from_secs(3);
+
+/// The liveness of a session, for the store.
+struct SessionLiveness(Weak<Session>);
+
+impl Liveness for SessionLiveness {
+    fn connected(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.live_connections() > 0)
+    }
+
+    /// Waits up to [`LIVENESS_PROBE`] for the client to show it is there
+    /// (see [`Session::answered_since`]). A session whose frames still wait
+    /// for its handler at the end (a parked or busy handler reads nothing
+    /// meanwhile) is taken to be alive.
+    fn answers(&self) -> bool {
+        let Some(mark) = self.0.upgrade().map(|s| s.mark()) else {
+            return false;
+        };
+        let asked = std::time::Instant::now();
+        loop {
+            let Some(s) = self.0.upgrade() else {
+                return false;
+            };
+            if s.live_connections() == 0 {
+                return false;
+            }
+            if s.answered_since(&mark) {
+                return true;
+            }
+            if asked.elapsed() >= LIVENESS_PROBE {
+                return s.is_delivering();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -68,7 +68,7 @@ pub use replica::{NewReplica, ReplicaStart};
 pub use scope::{Owner, Scope};
 pub use seed::{LoadedBatch, SeedPin, SeedSource, StoredChunk, Verified};
 pub use space::{statvfs, DEFAULT_RESERVE};
-pub use write::{SessionProbe, WriterId};
+pub use write::{Liveness, SessionProbe, WriterId};
 
 /// The default zstd level of new containers (see the benchmark in the README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;

@@ -345,8 +345,9 @@ impl Store {
         })
     }
 
-    /// Takes image `name` out of the open set if a disconnected session
-    /// holds it, checkpointing it first; true if it did.
+    /// Takes image `name` out of the open set if the session that holds it
+    /// is disconnected or does not answer, checkpointing it first; true if
+    /// it did.
     fn take_over(
         &self,
         owner_may: Owner<'_>,
@@ -354,7 +355,6 @@ impl Store {
         container: &ContainerName,
         name: &ImageName,
     ) -> Result<bool> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let found = lock(&self.open)
             .iter()
             .find(|(_, e)| e.container_id == container_id && e.name == *name)
@@ -372,19 +372,21 @@ impl Store {
                 "image {name} is being written by user {owner}; only they or an admin may resume it"
             )));
         }
-        if probe.as_ref().is_some_and(|connected| connected()) {
+        // Asked without the gate: the answer may take a moment.
+        if probe.as_ref().is_some_and(|p| p.answers()) {
             return Err(StoreError::Busy(format!(
-                "image {name} is being written by a session that is still connected; resume it \
-                 once that client is gone"
+                "image {name} is being written by a session whose client still answers; resume \
+                 it once that client is gone"
             )));
         }
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = lock(&self.open).remove(&w) else {
             return Ok(false);
         };
         let mut img = lock(&entry.image);
         self.checkpoint(&mut img)?;
         tracing::info!(
-            "image {container}/{name} taken over from a disconnected session at {} bytes",
+            "image {container}/{name} taken over from a session that did not answer, at {} bytes",
             img.durable.size
         );
         Ok(true)
@@ -419,7 +421,7 @@ impl Store {
         // its grace period shows as stopped: a resume may take it over).
         let open: Vec<ImageName> = lock(&self.open)
             .values()
-            .filter(|e| e.container_id == rec.id && e.probe.as_ref().is_some_and(|p| p()))
+            .filter(|e| e.container_id == rec.id && e.probe.as_ref().is_some_and(|p| p.connected()))
             .map(|e| e.name.clone())
             .collect();
         Ok(self

@@ -166,6 +166,18 @@ fn resume_refuses_what_it_cannot_resume() {
     );
 }
 
+/// A session that answers while its flag is set.
+struct Flag(Arc<std::sync::atomic::AtomicBool>);
+
+impl super::write::Liveness for Flag {
+    fn connected(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn answers(&self) -> bool {
+        self.connected()
+    }
+}
+
 #[test]
 fn resume_takes_an_image_from_a_disconnected_session_only() {
     let (_dir, store) = store_with_container();
@@ -173,10 +185,7 @@ fn resume_takes_an_image_from_a_disconnected_session_only() {
     let w = begin(&store, "held");
     let connected = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let probe = connected.clone();
-    store.set_session_probe(
-        w,
-        Arc::new(move || probe.load(std::sync::atomic::Ordering::SeqCst)),
-    );
+    store.set_session_probe(w, Arc::new(Flag(probe)));
     send(&store, w, &data[..5]);
     assert_eq!(
         resume(&store, Owner::Any, "held").err().map(|e| e.kind()),

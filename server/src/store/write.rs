@@ -84,9 +84,19 @@ const MAX_UNDURABLE_ENTRIES: usize = 1 << 20;
 /// Identifies an image being written.
 pub type WriterId = u64;
 
-/// Tells whether the session writing an image still has a connection: an
-/// image whose session is in its grace period may be taken over by a resume.
-pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+/// What the store may ask about the session writing an image: a resume
+/// takes over an image whose session does not answer.
+pub trait Liveness: Send + Sync {
+    /// The session has a connection now (no waiting).
+    fn connected(&self) -> bool;
+    /// The session is connected and its client answers: it may wait a
+    /// short, fixed bound to find out (a client that vanished without
+    /// closing its connections leaves them open and silent).
+    fn answers(&self) -> bool;
+}
+
+/// The liveness of the session writing an image.
+pub type SessionProbe = Arc<dyn Liveness>;
 
 /// An image being written, behind its own lock (see the lock order in `mod.rs`).
 pub(super) struct OpenImage {
