@@ -30,14 +30,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn five_thousand_copies_to_a_dead_partner_leave_the_source_idle_and_run_when_it_returns() {
-    // Copies run 16 at a time once the partner is back, to keep the test short.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("ternd.toml"),
-        "max_copies_per_partner = 16\n",
-    )
-    .unwrap();
-    let pair = Pair::of(TestServer::start_with(dir, &[]), &[]);
+    let pair = Pair::new();
     let proxy = FaultProxy::start(
         "127.0.0.1:0",
         pair.target.address().parse().unwrap(),
@@ -100,25 +93,7 @@ fn five_thousand_copies_to_a_dead_partner_leave_the_source_idle_and_run_when_it_
     // delay, a minute) and every copy runs.
     proxy.set(Faults::default());
     let back = Instant::now();
-    let deadline = back + Duration::from_secs(600);
-    loop {
-        let copies = src.copy_list().unwrap();
-        let failed: Vec<_> = copies
-            .iter()
-            .filter(|c| matches!(c.state, CopyState::Failed | CopyState::Cancelled))
-            .collect();
-        assert!(failed.is_empty(), "{:?}", failed.first());
-        let done = copies.iter().filter(|c| c.state.is_final()).count();
-        if done == ids.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of {} copies done 600 s after the partner came back",
-            ids.len()
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_all_final(&src, ids.len());
     eprintln!(
         "all {COPIES} copies done {:?} after the partner came back",
         back.elapsed()
@@ -126,4 +101,25 @@ fn five_thousand_copies_to_a_dead_partner_leave_the_source_idle_and_run_when_it_
     let dst = pair.target.client();
     let (images, _) = dst.image_list_all("dr", "").unwrap();
     assert_eq!(images.len(), COPIES);
+}
+
+/// Waits until `n` copies have ended, none of them failed (600 s at most).
+fn wait_all_final(src: &tern_agent::Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let copies = src.copy_list().unwrap();
+        let failed = copies
+            .iter()
+            .find(|c| matches!(c.state, CopyState::Failed | CopyState::Cancelled));
+        assert!(failed.is_none(), "{failed:?}");
+        let done = copies.iter().filter(|c| c.state.is_final()).count();
+        if done == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} copies done 600 s after the partner came back"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
