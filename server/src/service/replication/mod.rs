@@ -486,14 +486,17 @@ impl Replicator {
                 rec.state.as_str()
             )));
         }
-        if let Some(l) = lock(&self.live).get(&id).cloned() {
+        // Queued or running: the scheduler moves a copy from the queue to
+        // the running set under the queue's lock.
+        let queued = lock(&self.queue).remove(id);
+        let running = lock(&self.live).get(&id).cloned();
+        if let (false, Some(l)) = (queued, running) {
             l.cancelled.store(true, Ordering::SeqCst);
             if let Some(c) = lock(&l.client).as_ref() {
                 c.cancel();
             }
             return Ok(());
         }
-        lock(&self.queue).remove(id);
         let entry = self.trail(
             id,
             &rec,

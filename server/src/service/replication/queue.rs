@@ -51,8 +51,11 @@ impl CopyQueue {
         });
     }
 
-    pub fn remove(&mut self, id: CopyId) {
+    /// Takes copy `id` out of the queue; true if it was there.
+    pub fn remove(&mut self, id: CopyId) -> bool {
+        let before = self.waiting.len();
         self.waiting.retain(|w| w.id != id);
+        self.waiting.len() < before
     }
 
     pub fn len(&self) -> usize {
@@ -82,15 +85,17 @@ impl CopyQueue {
     }
 
     /// Takes copy `id` out of the queue to run it; if its partner is down,
-    /// it is that partner's probe.
-    pub fn take(&mut self, id: CopyId) {
+    /// it is that partner's probe. False if it was not queued (cancelled
+    /// meanwhile).
+    pub fn take(&mut self, id: CopyId) -> bool {
         let Some(i) = self.waiting.iter().position(|w| w.id == id) else {
-            return;
+            return false;
         };
         let w = self.waiting.remove(i);
         if let Some(d) = self.down.get_mut(&w.partner) {
             d.probing = true;
         }
+        true
     }
 
     /// A dial of `partner` failed: it is down until the returned time.
@@ -122,6 +127,15 @@ impl CopyQueue {
             w.at = w.at.min(now);
         }
         true
+    }
+
+    /// An attempt to `partner` ended without a dial (cancelled, or failed
+    /// on this server): if it was the partner's probe, another copy may
+    /// dial in its place.
+    pub fn no_dial(&mut self, partner: &str) {
+        if let Some(d) = self.down.get_mut(partner) {
+            d.probing = false;
+        }
     }
 
     /// True while `partner` is down and not due for a dial.

@@ -60,8 +60,8 @@ impl Replicator {
                 continue;
             }
             match self.tables().copy(id) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
+                Ok(Some(rec)) if !rec.state.is_final() => {}
+                Ok(_) => {
                     lock(&self.queue).remove(id);
                     continue;
                 }
@@ -70,12 +70,19 @@ impl Replicator {
                     continue;
                 }
             }
-            lock(&self.queue).take(id);
             let live = Arc::new(Live {
                 partner: partner.clone(),
                 ..Live::default()
             });
-            lock(&self.live).insert(id, live.clone());
+            {
+                // Taken and live in one step: a cancel finds it in one or
+                // the other (see `Replicator::cancel`).
+                let mut queue = lock(&self.queue);
+                if !queue.take(id) {
+                    continue;
+                }
+                lock(&self.live).insert(id, live.clone());
+            }
             let me = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("ternd-copy".into())
@@ -84,7 +91,7 @@ impl Replicator {
                 tracing::error!(copy = %id, "starting the copy's thread: {e}");
                 lock(&self.live).remove(&id);
                 let mut queue = lock(&self.queue);
-                queue.answered(&partner, now);
+                queue.no_dial(&partner);
                 queue.push(id, &partner, now + Duration::from_secs(5));
             }
         }
@@ -112,6 +119,9 @@ impl Replicator {
         // to 2 s behind a congested link, and a cancel must show at once.
         let client = lock(&live.client).take();
         lock(&live.shaped).take();
+        // Only an attempt that got through says the partner is up (a copy
+        // cancelled before its dial says nothing).
+        let reached = client.is_some();
 
         let attempts = marked.as_ref().map_or(1, |r| r.attempts);
         let unreachable = matches!(outcome, Err(copy::Failure::Unreachable(_)));
@@ -161,14 +171,14 @@ impl Replicator {
             // After the state is recorded: a cancel shows at once.
             self.abort_at_target(id, &live.partner);
         }
-        self.follow_up(
-            id,
-            &live,
-            recorded.map(|_| state),
-            unreachable,
-            attempts,
-            &reason,
-        );
+        let dial = if unreachable {
+            Dial::Failed
+        } else if reached {
+            Dial::Reached
+        } else {
+            Dial::None
+        };
+        self.follow_up(id, &live, recorded.map(|_| state), dial, attempts, &reason);
         self.wake();
     }
 
@@ -180,20 +190,24 @@ impl Replicator {
         id: CopyId,
         live: &Live,
         recorded: Result<CopyState, StoreError>,
-        unreachable: bool,
+        dial: Dial,
         attempts: u32,
         reason: &str,
     ) {
         let (partner, now) = (live.partner.as_str(), Instant::now());
         let mut queue = lock(&self.queue);
-        if unreachable {
+        if dial == Dial::Failed {
             let again = queue.unreachable(partner, now);
             tracing::warn!(copy = %id, partner, "partner unreachable, its copies wait {} s: {reason}", (again - now).as_secs());
             queue.push(id, partner, again);
             return;
         }
-        if queue.answered(partner, now) {
-            tracing::info!(partner, "partner reachable again: its queued copies run");
+        match dial {
+            Dial::Reached if queue.answered(partner, now) => {
+                tracing::info!(partner, "partner reachable again: its queued copies run");
+            }
+            Dial::None => queue.no_dial(partner),
+            _ => {}
         }
         match recorded {
             Err(e) => {
@@ -312,6 +326,17 @@ impl Replicator {
             }
         }
     }
+}
+
+/// What an attempt's dial of its partner found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dial {
+    /// Nobody answered.
+    Failed,
+    /// The partner answered.
+    Reached,
+    /// No dial (cancelled or failed before it).
+    None,
 }
 
 /// How an attempt's outcome is recorded: the copy's next state, the trail's
