@@ -119,11 +119,26 @@ impl TestServer {
         self.data().with_extension("client-id")
     }
 
+    /// Starts ternd on the ports it had before (any, the first time). A
+    /// restart may find its old port taken for a moment by another test's
+    /// connection (the port was free while the server was down): it tries
+    /// again for up to 10 s before it fails.
     pub fn spawn(&mut self) {
         let (cert, key) = self.client_identity();
         if !cert.exists() {
             tern_agent::identity::create(&cert, &key).unwrap();
         }
+        let mut tries = 0;
+        while let Err(log) = self.try_spawn() {
+            tries += 1;
+            if self.port == 0 || tries >= 20 || !log.contains("Address already in use") {
+                panic!("ternd did not start; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(ternd_bin())
             .args(["serve", "--data"])
             .arg(self.data())
@@ -168,13 +183,18 @@ impl TestServer {
                         plain = Some(port_of(a));
                     }
                 }
-                Err(e) => panic!(
-                    "ternd did not start ({e}); its log:\n{}",
-                    std::fs::read_to_string(self.log_path()).unwrap_or_default()
-                ),
+                Err(e) => {
+                    if let Some(mut c) = self.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                    return Err(format!("({e})\n{log}"));
+                }
             }
         }
         (self.port, self.plain_port) = (tls.unwrap(), plain.unwrap());
+        Ok(())
     }
 
     /// SIGKILL: no chance to flush anything.
