@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tern_agent::{CopyState, CopyTarget};
+use tern_agent::CopyState;
 use tern_faultproxy::{FaultProxy, Faults};
 use tern_test_support::*;
 
@@ -47,17 +47,7 @@ fn five_thousand_copies_to_a_dead_partner_leave_the_source_idle_and_run_when_it_
         ..Faults::default()
     });
     let started = Instant::now();
-    let ids: Vec<_> = (0..COPIES)
-        .map(|i| {
-            let name = format!("a-{i:05}");
-            let to = CopyTarget {
-                partner: "site-b",
-                container: "dr",
-                name: Some(&name),
-            };
-            src.copy_start("c", "a", &to).unwrap()
-        })
-        .collect();
+    let ids = queue_copies(&src, "a", COPIES);
     eprintln!("{COPIES} copies queued in {:?}", started.elapsed());
     // The attempts under way when the partner was found down end; this
     // client's session (its heartbeats) goes, so that only the queue counts.

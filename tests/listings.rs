@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tern_agent::CopyTarget;
 use tern_test_support::*;
 
 #[path = "replication_common.rs"]
@@ -18,21 +17,6 @@ const COPIES: usize = 5000;
 const TRAIL_FULL: usize = 10_001;
 /// Entries written to fill it.
 const TRAIL_WRITTEN: usize = 11_000;
-
-/// Asks for `n` copies of image `a` to the partner, named `PREFIX-N`.
-fn queue_copies(src: &tern_agent::Client, prefix: &str, n: usize) -> Vec<tern_agent::CopyId> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}-{i:05}");
-            let to = CopyTarget {
-                partner: "site-b",
-                container: "dr",
-                name: Some(&name),
-            };
-            src.copy_start("c", "a", &to).unwrap()
-        })
-        .collect()
-}
 
 #[test]
 fn five_thousand_copies_and_a_full_trail_list_whole_through_the_cli_and_rust() {

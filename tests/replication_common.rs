@@ -131,3 +131,18 @@ pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Asks for `n` copies of image `a` to the partner, named `PREFIX-N`.
+pub fn queue_copies(src: &Client, prefix: &str, n: usize) -> Vec<CopyId> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}-{i:05}");
+            let to = CopyTarget {
+                partner: "site-b",
+                container: "dr",
+                name: Some(&name),
+            };
+            src.copy_start("c", "a", &to).unwrap()
+        })
+        .collect()
+}

@@ -24,9 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod connection;
+mod liveness;
 mod spill;
 
 pub use connection::write_control;
+use liveness::clock_ms;
+pub use liveness::Mark;
 pub use spill::SpillBudget;
 use spill::{Payer, Spill};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -197,21 +200,6 @@ pub struct Session {
     heard: AtomicU64,
     /// Readers waiting for the application to take a frame they read.
     delivering: AtomicUsize,
-}
-
-/// A moment of a session, for [`Session::answered_since`].
-#[derive(Debug, Clone, Copy)]
-pub struct Mark {
-    at_ms: u64,
-    sent: u64,
-    unacked: bool,
-}
-
-/// The clock of [`Session::answered_since`]: milliseconds since the first use.
-fn clock_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    epoch.elapsed().as_millis() as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -455,38 +443,6 @@ impl Session {
     /// The highest sequence number delivered in order.
     pub fn received(&self) -> u64 {
         lock(&self.state).received
-    }
-
-    /// Where the peer stood now, to ask later with
-    /// [`answered_since`](Self::answered_since).
-    pub fn mark(&self) -> Mark {
-        let st = lock(&self.state);
-        let sent = st.next_seq.saturating_sub(1);
-        Mark {
-            at_ms: clock_ms(),
-            sent,
-            unacked: st.peer_acked < sent,
-        }
-    }
-
-    /// True if the peer has shown since `mark` that it is there: it
-    /// acknowledged every frame sent before the mark, or, if it had them
-    /// all then, something arrived from it (each connection brings at least
-    /// a heartbeat every [`HEARTBEAT`]). Bytes a dead peer left in the
-    /// network still arrive, but they do not acknowledge what it never saw.
-    pub fn answered_since(&self, mark: &Mark) -> bool {
-        if mark.unacked {
-            lock(&self.state).peer_acked >= mark.sent
-        } else {
-            self.heard.load(Ordering::Relaxed) >= mark.at_ms
-        }
-    }
-
-    /// True while a connection holds a frame the application has not taken
-    /// yet: the peer is not silent, this side is behind (and reads nothing
-    /// meanwhile, so [`answered_since`](Self::answered_since) cannot tell).
-    pub fn is_delivering(&self) -> bool {
-        self.delivering.load(Ordering::SeqCst) > 0
     }
 
     /// Connections currently carrying the session.
