@@ -7,11 +7,21 @@
 //! and the pack is finished there. Otherwise the pack is damaged where the
 //! crash cannot explain it, and start-up stops with a message pointing at
 //! `ternd fsck --repair`, which salvages past damage instead of cutting at it.
+//!
+//! What a crash of the process alone (`kill -9`, not a power cut) leaves in an
+//! open pack after its last checkpoint is whole in the page cache: each such
+//! chunk that verifies against its id is indexed again, so the writer that
+//! resumes (a copy above all, whose resends cross a WAN) does not send it
+//! twice. A chunk that does not verify is left to GC.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use tern_core::codec::Decoder;
 
 use super::pack::{self, Location, HEADER_LEN};
+use super::pack_store::PackObject;
 use super::packs::PackRef;
+use super::records::{chunk_key, ChunkKey};
 use super::{Result, Store, StoreError};
 
 /// A pack recovery has to look at.
@@ -36,10 +46,11 @@ impl Store {
     pub(super) fn recover(&self) -> Result<()> {
         self.number_packs()?;
         let mut suspects: Vec<(PackRef, Suspect)> = Vec::new();
+        let mut finished = Vec::new();
         for p in self.packs.packs()? {
             let len = self.packs.size(&p)?;
             match pack::read_contents(&*self.packs.reader(p.group, p.number)?, p.number) {
-                Ok(c) if c.finished => {}
+                Ok(c) if c.finished => finished.push(p),
                 Ok(c) => suspects.push((p, Suspect::Open(c))),
                 Err(_) if len < HEADER_LEN => suspects.push((p, Suspect::Headless)),
                 Err(e) => suspects.push((p, Suspect::Unreadable(e))),
@@ -48,7 +59,7 @@ impl Store {
         if suspects.is_empty() {
             return Ok(());
         }
-        let used = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
+        let (used, last_indexed) = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
         for (p, suspect) in suspects {
             let used_end = used.get(&p.number).copied().unwrap_or(0);
             let shown = self.packs.describe(&p);
@@ -60,7 +71,9 @@ impl Store {
                         torn_bytes = c.file_len - c.data_end,
                         "finishing a pack left open by an unclean stop"
                     );
-                    pack::repair(&*self.packs.open_to_change(&p)?, &c)?;
+                    let file = self.packs.open_to_change(&p)?;
+                    pack::repair(&*file, &c)?;
+                    self.index_unindexed(&p, &*file, &c)?;
                 }
                 Suspect::Headless if used_end == 0 => {
                     tracing::warn!(pack = %shown, "removing a pack a crash left without a header");
@@ -83,21 +96,78 @@ impl Store {
                 }
             }
         }
+        // Every checkpoint indexes every chunk written before it, so packs
+        // the finisher completed since the last one hold chunks no index
+        // entry names: they are numbered from the last pack indexed on.
+        for p in finished {
+            if last_indexed.is_none_or(|last| p.number >= last) {
+                let file = self.packs.reader(p.group, p.number)?;
+                let contents = pack::read_contents(&*file, p.number)?;
+                self.index_unindexed(&p, &*file, &contents)?;
+            }
+        }
         Ok(())
     }
 
-    /// For each of `packs`, the end of the furthest bytes the index points at.
-    fn used_ends(&self, packs: impl Iterator<Item = u64>) -> Result<HashMap<u64, u64>> {
+    /// Indexes the entries of pack `p` past its last checkpoint that are
+    /// intact (they verify against their ids) and that the index lacks.
+    fn index_unindexed(
+        &self,
+        p: &PackRef,
+        file: &dyn PackObject,
+        contents: &pack::PackContents,
+    ) -> Result<()> {
+        let index = self.catalog.index_snapshot()?;
+        let mut verifier = Decoder::new();
+        let mut found: Vec<(ChunkKey, Option<Location>)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut bytes = 0;
+        for e in &contents.entries {
+            let key = chunk_key(p.group, &e.id);
+            if !seen.insert(key) || index.contains(&key)? {
+                continue;
+            }
+            let intact = pack::read_stored(file, &e.loc).is_ok_and(|b| {
+                verifier
+                    .verify(&e.id, e.loc.codec, e.loc.raw_len, &b)
+                    .is_ok()
+            });
+            if intact {
+                bytes += u64::from(e.loc.stored_len);
+                found.push((key, Some(e.loc)));
+            }
+        }
+        drop(index);
+        if !found.is_empty() {
+            tracing::info!(
+                pack = %self.packs.describe(p),
+                chunks = found.len(),
+                bytes,
+                "kept the intact chunks written after the last checkpoint"
+            );
+            self.catalog.set_index_entries(&found)?;
+        }
+        Ok(())
+    }
+
+    /// For each of `packs`, the end of the furthest bytes the index points
+    /// at; and the highest pack number it points into.
+    fn used_ends(
+        &self,
+        packs: impl Iterator<Item = u64>,
+    ) -> Result<(HashMap<u64, u64>, Option<u64>)> {
         let mut used: HashMap<u64, u64> = packs.map(|n| (n, 0)).collect();
+        let mut last = None;
         self.catalog.for_each_index_entry(|_, v| {
             if let Some(loc) = Location::decode(v) {
+                last = last.max(Some(loc.pack));
                 if let Some(end) = used.get_mut(&loc.pack) {
                     *end = (*end).max(loc.offset + u64::from(loc.stored_len));
                 }
             }
             Ok(())
         })?;
-        Ok(used)
+        Ok((used, last))
     }
 }
 

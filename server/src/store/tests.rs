@@ -237,7 +237,7 @@ fn passthrough_writers_of_different_images_do_not_wait_for_each_other() {
 }
 
 /// Incompressible chunks of 64 KiB, distinct per salt.
-fn big_chunks(n: u32, salt: u32) -> Vec<Vec<u8>> {
+pub(super) fn big_chunks(n: u32, salt: u32) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let mut h = blake3::Hasher::new();
