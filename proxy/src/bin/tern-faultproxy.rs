@@ -30,6 +30,9 @@ struct Cli {
     /// Cap the whole link at this many bytes per second.
     #[arg(long)]
     link_rate: Option<u64>,
+    /// Print the counters every this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    report_ms: u64,
 }
 
 fn main() -> Result<()> {
@@ -48,11 +51,12 @@ fn main() -> Result<()> {
     let proxy = FaultProxy::start(&cli.listen, target, faults).context("starting the proxy")?;
     println!("forwarding {} -> {target}", proxy.addr());
     loop {
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(cli.report_ms.max(1)));
         println!(
-            "accepted {} connections, cut {}",
+            "accepted {} connections, cut {}, {} bytes to the server",
             proxy.accepted(),
-            proxy.cuts()
+            proxy.cuts(),
+            proxy.bytes_to_server()
         );
     }
 }
