@@ -348,7 +348,7 @@ impl Store {
     /// Takes image `name` out of the open set if the session that holds it
     /// is disconnected or does not answer, checkpointing it first; true if
     /// it did.
-    fn take_over(
+    pub(super) fn take_over(
         &self,
         owner_may: Owner<'_>,
         container_id: u64,

@@ -21,7 +21,7 @@ use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
 use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
 
 use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord, PartialRecord};
-use super::{lock, Result, Scope, Store, StoreError};
+use super::{lock, Owner, Result, Scope, Store, StoreError};
 
 thread_local! {
     /// Checks received chunks; one per thread keeps its zstd context warm.
@@ -197,6 +197,15 @@ impl Store {
                 "container {container} is a replica container: only replication writes into it \
                  (promote it to write into it)"
             )));
+        }
+        // A writer killed before it could say so (its connections silent or
+        // half open) still holds the name: its image is taken over, as a
+        // resume would, and this new one replaces it. One whose client
+        // answers keeps it, and so does another user's ("already being
+        // written", below).
+        match self.take_over(Owner::Only(owner), rec.id, container, name) {
+            Ok(_) | Err(StoreError::Denied(_) | StoreError::Busy(_)) => {}
+            Err(e) => return Err(e),
         }
         let id = self.open_writer(&rec, container, name, props, passthrough, None, owner)?;
         Ok((id, rec))
