@@ -17,10 +17,10 @@
  * write past it fills the gap with zeros, zero and trim requests append
  * zeros (which dedup to nothing), a write behind the end fails naming the
  * offset. The image is made once 1 MiB has arrived, so a connection that
- * only probes and zeroes a sector (qemu-img's first) leaves nothing. A flush
- * as the client's last request, with every byte up to `size` written, then
- * a clean close commits the image; any other end (a disconnect, a short
- * disk, a crash) never commits it. Thread model SERIALIZE_REQUESTS: one
+ * only probes and zeroes a sector (qemu-img's first) leaves nothing. The
+ * first flush with every byte up to `size` written commits the image, and
+ * its answer tells the client whether that worked; any other end (a
+ * disconnect, a short disk, no flush, a crash) never commits it. Thread model SERIALIZE_REQUESTS: one
  * request at a time, in arrival order.
  *
  * Memory is bounded whatever the image size: the readers' buffers, and for
@@ -169,7 +169,7 @@ struct handle {
   uint8_t *staged;  /* the first bytes, until STAGE_LEN make it a backup */
   size_t staged_len;
   uint64_t end;     /* bytes appended so far */
-  bool flushed;     /* the last request was a flush */
+  bool committed;   /* a flush with the whole disk written committed it */
   bool failed;      /* a write failed: the image is lost, never committed */
 };
 
@@ -250,23 +250,30 @@ static int append(struct handle *h, const void *buf, uint64_t len) {
   return 0;
 }
 
+/* Commits the image: at a flush once every byte up to `size` is written,
+ * so that the client hears whether its backup is safe. */
+static int commit(struct handle *h) {
+  if (!h->writer && start_image(h) == -1) return -1;
+  tern_image_statistics stats = {.struct_size = sizeof stats};
+  tern_status st = tern_image_commit(h->writer, &stats);
+  if (st != TERN_OK) {
+    h->failed = true;
+    return fail("committing", st);
+  }
+  h->committed = true;
+  nbdkit_debug("tern: committed %s/%s: %" PRIu64 " bytes", container, image, h->end);
+  return 0;
+}
+
 static void tern_close(void *handle) {
   struct handle *h = handle;
-  bool whole = h->flushed && !h->failed && h->end == h->size;
-  if (whole && (h->writer || start_image(h) == 0)) {
-    tern_image_statistics stats = {.struct_size = sizeof stats};
-    tern_status st = tern_image_commit(h->writer, &stats);
-    if (st == TERN_OK)
-      nbdkit_debug("tern: committed %s/%s: %" PRIu64 " bytes", container, image, h->end);
-    else
-      fail("committing", st);
-  } else if (h->writer) {
+  if (h->writer && !h->committed) {
     nbdkit_error("tern: %s/%s not committed: the client left at %" PRIu64 " of %" PRIu64
                  " bytes%s",
                  container, image, h->end, h->size,
-                 h->flushed ? "" : " without a final flush");
+                 h->end == h->size ? " without a final flush" : "");
     tern_image_abort(h->writer);
-  } else if (write_mode) {
+  } else if (write_mode && !h->committed) {
     nbdkit_debug("tern: %s/%s: %" PRIu64 " bytes staged and dropped; no image was made",
                  container, image, h->end);
   }
@@ -369,7 +376,11 @@ static int tern_pread(void *handle, void *buf, uint32_t count, uint64_t offset, 
 
 /* Appends `count` bytes at `offset` (NULL: zeros), in order. */
 static int write_at(struct handle *h, const void *buf, uint32_t count, uint64_t offset) {
-  h->flushed = false;
+  if (h->committed) {
+    nbdkit_error("tern: %s/%s is committed: no more writes", container, image);
+    errno = EROFS;
+    return -1;
+  }
   if (h->failed) {
     nbdkit_error("tern: an earlier write failed; the image is not written further");
     errno = EIO;
@@ -410,8 +421,9 @@ static int tern_trim(void *handle, uint32_t count, uint64_t offset, uint32_t fla
 
 static int tern_flush(void *handle, uint32_t flags) {
   (void)flags;
-  ((struct handle *)handle)->flushed = true;
-  return 0;
+  struct handle *h = handle;
+  if (h->committed || h->failed || h->end < h->size) return 0;
+  return commit(h);
 }
 
 static struct nbdkit_plugin plugin = {
