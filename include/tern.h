@@ -744,6 +744,7 @@ typedef struct {
   tern_status (*image_resume)(const tern_client*, const char*, const char*, tern_image**, uint64_t*);
   tern_status (*copy_abort)(const tern_client*, const char*);
   void (*client_options_init_sized)(tern_client_options*, size_t);
+  tern_status (*image_suspend)(tern_image*, uint64_t*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -982,6 +983,25 @@ tern_status tern_image_write(tern_image *image, const uint8_t *buf, size_t len);
  * `image` is NULL or a live handle used by no other thread at the time; `stats` is NULL or points to at least `stats->struct_size` writable bytes.
  */
 tern_status tern_image_commit(tern_image *image, tern_image_statistics *stats);
+
+/**
+ * Stops writing an image without committing or abandoning it: the server
+ * makes durable what it received and keeps the image incomplete, to be
+ * continued by tern_image_resume() (from this or another client of the same
+ * user) at `*out_offset`, which is at most the bytes written (the last chunk
+ * boundary the library had sent; the rest is written again after the
+ * resume). For a host whose source went away before the end (a client that
+ * disconnected) and may come back. The image must still be freed. On
+ * failure the image is closed; unless the server refused it, it stays
+ * incomplete and resumable all the same.
+ * Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE (opened for
+ * reading), TERN_PROTOCOL (a server older than protocol 6: nothing is done,
+ * the image may still be written), TERN_CONNECT, TERN_NO_SPACE.
+ *
+ * # Safety
+ * `image` is NULL or a live handle used by no other thread at the time; `out_offset` is NULL or writable.
+ */
+tern_status tern_image_suspend(tern_image *image, uint64_t *out_offset);
 
 /**
  * Abandons an image being written (nothing of it becomes visible), or stops

@@ -1,7 +1,8 @@
 /* nbdkit-tern-plugin: tern images as NBD exports, through libtern.
  *
  *   nbdkit tern server=HOST[:PORT] container=C image=N [mode=read|write]
- *               [size=BYTES] [user=U] [fingerprint=sha256:...] [readers=N]
+ *               [size=BYTES] [resume=on] [user=U] [fingerprint=sha256:...]
+ *               [readers=N]
  *
  * Credentials as the tern CLI takes them: TERN_PASSWORD (required),
  * TERN_FINGERPRINT (or fingerprint=), TERN_USER (or user=, default admin).
@@ -9,8 +10,10 @@
  * mode=read (the default): the committed image as a read-only export of its
  * size (instant access). Thread model PARALLEL: a tern_image belongs to one
  * thread at a time, so each request borrows a reader from a pool of at most
- * `readers` (default 8) opened on the one shared client; requests beyond
- * that wait for a free reader, never for another's long call on the same one.
+ * `readers` (default 8) opened on the one shared client. A request that
+ * continues the one before it waits up to 200 ms for that one's reader (a
+ * stream stays on one reader, whose read-ahead grows); others take a free
+ * reader, never waiting on another's long call on the same one.
  *
  * mode=write: a new image of `size` bytes (a backup). Writes must come in
  * order, as `qemu-img convert` sends them: a write at the end is appended, a
@@ -20,8 +23,12 @@
  * only probes and zeroes a sector (qemu-img's first) leaves nothing. The
  * first flush with every byte up to `size` written commits the image, and
  * its answer tells the client whether that worked; any other end (a
- * disconnect, a short disk, no flush, a crash) never commits it. Thread model SERIALIZE_REQUESTS: one
- * request at a time, in arrival order.
+ * disconnect, a short disk, no flush, a crash) never commits it. A client
+ * that leaves before that leaves the image incomplete (suspended: durable
+ * up to the last chunk boundary sent), and a run with resume=on continues
+ * it: the writes up to where it stopped are taken as the bytes the server
+ * holds already (the same disk must be read again) and skipped. Thread
+ * model SERIALIZE_REQUESTS: one request at a time, in arrival order.
  *
  * Memory is bounded whatever the image size: the readers' buffers, and for
  * writing libtern's pipeline, 1 MiB staged and one 1 MiB buffer of zeros.
@@ -35,6 +42,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tern.h"
 
@@ -44,7 +52,7 @@
 #define MAX_READERS 64
 
 static char *server, *container, *image, *user, *fingerprint;
-static bool write_mode;
+static bool write_mode, resume;
 static int64_t declared_size = -1;
 static unsigned readers_max = 8;
 static tern_client *client;
@@ -92,6 +100,12 @@ static int tern_config(const char *key, const char *value) {
     }
     return 0;
   }
+  if (strcmp(key, "resume") == 0) {
+    int r = nbdkit_parse_bool(value);
+    if (r == -1) return -1;
+    resume = r;
+    return 0;
+  }
   if (strcmp(key, "size") == 0) {
     declared_size = nbdkit_parse_size(value);
     return declared_size < 0 ? -1 : 0;
@@ -121,8 +135,8 @@ static int tern_config_complete(void) {
     nbdkit_error("mode=write needs size=BYTES (the disk's size)");
     return -1;
   }
-  if (!write_mode && declared_size >= 0) {
-    nbdkit_error("size= is for mode=write; a read export has its image's size");
+  if (!write_mode && (declared_size >= 0 || resume)) {
+    nbdkit_error("size= and resume= are for mode=write; a read export has its image's size");
     return -1;
   }
   return 0;
@@ -162,6 +176,9 @@ struct handle {
   pthread_cond_t freed;
   tern_image *readers[MAX_READERS];
   bool lent[MAX_READERS];
+  uint64_t read_end[MAX_READERS];  /* where each reader's last read was to end */
+  uint64_t chain_end[MAX_READERS]; /* where the last read lent or waiting on it ends */
+  unsigned waiting[MAX_READERS];   /* reads waiting their turn on it */
   unsigned opened;
   uint64_t size;
   /* mode=write */
@@ -169,6 +186,7 @@ struct handle {
   uint8_t *staged;  /* the first bytes, until STAGE_LEN make it a backup */
   size_t staged_len;
   uint64_t end;     /* bytes appended so far */
+  uint64_t resumed_at; /* bytes the server held when the image was resumed */
   bool committed;   /* a flush with the whole disk written committed it */
   bool failed;      /* a write failed: the image is lost, never committed */
 };
@@ -205,10 +223,37 @@ static void *tern_open(int readonly) {
   return h;
 }
 
-/* Creates the image and sends it what was staged. */
+/* Resumes the incomplete image (resume=on); 1 if there is none. */
+static int resume_image(struct handle *h) {
+  tern_status st = tern_image_resume(client, container, image, &h->writer, &h->resumed_at);
+  if (st == TERN_NOT_FOUND) {
+    nbdkit_debug("tern: no incomplete image %s/%s to resume: starting a new one", container, image);
+    return 1;
+  }
+  if (st != TERN_OK) return fail("resuming the image", st);
+  if (h->resumed_at > h->size) {
+    nbdkit_error("tern: %s/%s holds %" PRIu64 " bytes already, more than size=%" PRIu64,
+                 container, image, h->resumed_at, h->size);
+    errno = EINVAL;
+    return -1;
+  }
+  nbdkit_debug("tern: resumed %s/%s at offset %" PRIu64 ": the bytes before it are skipped",
+               container, image, h->resumed_at);
+  return 0;
+}
+
+/* Creates (or resumes) the image and sends it what was staged and is not
+ * there already. */
 static int start_image(struct handle *h) {
-  tern_status st = tern_image_create(client, container, image, NULL, 0, &h->writer);
-  if (st == TERN_OK && h->staged_len > 0) st = tern_image_write(h->writer, h->staged, h->staged_len);
+  tern_status st = TERN_OK;
+  int resumed = resume ? resume_image(h) : 1;
+  if (resumed == -1) {
+    h->failed = true;
+    return -1;
+  }
+  if (resumed == 1) st = tern_image_create(client, container, image, NULL, 0, &h->writer);
+  if (st == TERN_OK && h->staged_len > h->resumed_at)
+    st = tern_image_write(h->writer, h->staged + h->resumed_at, h->staged_len - h->resumed_at);
   free(h->staged);
   h->staged = NULL;
   if (st != TERN_OK) {
@@ -236,6 +281,13 @@ static int append(struct handle *h, const void *buf, uint64_t len) {
     return 0;
   }
   if (!h->writer && start_image(h) == -1) return -1;
+  if (h->end < h->resumed_at) {
+    /* The resumed image holds these bytes already. */
+    uint64_t skip = h->resumed_at - h->end < len ? h->resumed_at - h->end : len;
+    h->end += skip;
+    len -= skip;
+    if (p) p += skip;
+  }
   while (len > 0) {
     size_t n = len > ZEROS_LEN ? ZEROS_LEN : (size_t)len;
     tern_status st = tern_image_write(h->writer, p ? p : zeros, n);
@@ -261,18 +313,35 @@ static int commit(struct handle *h) {
     return fail("committing", st);
   }
   h->committed = true;
-  nbdkit_debug("tern: committed %s/%s: %" PRIu64 " bytes", container, image, h->end);
+  nbdkit_debug("tern: committed %s/%s: %" PRIu64 " bytes, %" PRIu64 " sent (resumed at %" PRIu64
+               ")", container, image, h->end, stats.sent_bytes, h->resumed_at);
   return 0;
+}
+
+/* A client left before the image was committed: it stays incomplete, for
+ * a run with resume=on (unless a write failed: then it is lost). */
+static void suspend(struct handle *h) {
+  nbdkit_error("tern: %s/%s not committed: the client left at %" PRIu64 " of %" PRIu64
+               " bytes%s", container, image, h->end, h->size,
+               h->end == h->size ? " without a final flush" : "");
+  if (h->failed) {
+    tern_image_abort(h->writer);
+    return;
+  }
+  uint64_t offset = 0;
+  tern_status st = tern_image_suspend(h->writer, &offset);
+  if (st != TERN_OK) {
+    fail("suspending the image (the server keeps it from its last checkpoint)", st);
+    return;
+  }
+  nbdkit_error("tern: %s/%s left incomplete at %" PRIu64 " bytes: the same backup with "
+               "resume=on continues from there", container, image, offset);
 }
 
 static void tern_close(void *handle) {
   struct handle *h = handle;
   if (h->writer && !h->committed) {
-    nbdkit_error("tern: %s/%s not committed: the client left at %" PRIu64 " of %" PRIu64
-                 " bytes%s",
-                 container, image, h->end, h->size,
-                 h->end == h->size ? " without a final flush" : "");
-    tern_image_abort(h->writer);
+    suspend(h);
   } else if (write_mode && !h->committed) {
     nbdkit_debug("tern: %s/%s: %" PRIu64 " bytes staged and dropped; no image was made",
                  container, image, h->end);
@@ -296,42 +365,114 @@ static int tern_can_zero(void *handle) { (void)handle; return write_mode; }
 /* Every connection of a read export sees the same committed bytes. */
 static int tern_can_multi_conn(void *handle) { (void)handle; return !write_mode; }
 
-/* Borrows a reader: a free one, a new one while fewer than readers_max are
- * open (opened under the lock: it happens at most readers_max times, and
- * requests holding readers read on meanwhile), or else the first one
- * given back. */
-static int borrow(struct handle *h, unsigned *slot) {
-  int r = 0;
+/* How far behind a request a reader's last read may have ended for the
+ * reader to go on to it: libtern then skips to it within what it has asked
+ * for already, instead of starting over. */
+#define NEAR (1 << 20)
+
+/* How long a read waits its turn on the reader of the requests before it
+ * (see borrow) before it takes another: longer than such a read takes when
+ * all is well, short enough that a stalled one holds up nobody else. */
+#define TURN_WAIT_NS (200 * 1000 * 1000L)
+
+/* Free, with no request waiting for it. */
+static bool available(struct handle *h, unsigned i) {
+  return !h->lent[i] && h->waiting[i] == 0;
+}
+
+/* The available reader whose last read ended closest before `offset`,
+ * within NEAR; else -1. */
+static int nearest_available(struct handle *h, uint64_t offset) {
+  int best = -1;
+  for (unsigned i = 0; i < h->opened; i++) {
+    if (!available(h, i) || h->read_end[i] > offset || offset - h->read_end[i] > NEAR) continue;
+    if (best == -1 || h->read_end[i] > h->read_end[best]) best = (int)i;
+  }
+  return best;
+}
+
+/* The reader whose requests (served or waiting) end at `offset`; else -1. */
+static int chain_ending_at(struct handle *h, uint64_t offset) {
+  for (unsigned i = 0; i < h->opened; i++)
+    if (h->chain_end[i] == offset) return (int)i;
+  return -1;
+}
+
+/* Waits, up to TURN_WAIT_NS, until reader `i` is free with its last read
+ * ending at `offset`; true if it is. */
+static bool wait_turn(struct handle *h, unsigned i, uint64_t offset) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += TURN_WAIT_NS;
+  until.tv_sec += until.tv_nsec / 1000000000L;
+  until.tv_nsec %= 1000000000L;
+  h->waiting[i]++;
+  while (h->lent[i] || h->read_end[i] != offset)
+    if (pthread_cond_timedwait(&h->freed, &h->lock, &until) == ETIMEDOUT) break;
+  h->waiting[i]--;
+  return !h->lent[i] && h->read_end[i] == offset;
+}
+
+/* Borrows a reader for a read of `count` bytes at `offset`.
+ *
+ * A read that continues the requests of one reader (served or waiting)
+ * waits its turn on that reader: a client reading in order with many
+ * requests in flight (nbdcopy, qemu-img, the kernel's read-ahead) stays on
+ * one reader per stream, so libtern's read-ahead grows and the chunk across
+ * two requests' boundary is fetched once. A turn that does not come within
+ * TURN_WAIT_NS (the read before is slow, or failed) is given up.
+ *
+ * Otherwise: an available reader that read just before `offset`, else a
+ * new one while fewer than readers_max are open (opened under the lock: at
+ * most readers_max times, and requests holding readers read on meanwhile),
+ * else any available one, else the first one given back. */
+static int borrow(struct handle *h, uint64_t offset, uint32_t count, unsigned *slot) {
+  int r = 0, found;
+  bool chained = false;
   pthread_mutex_lock(&h->lock);
-  for (;;) {
-    unsigned i;
-    for (i = 0; i < h->opened && h->lent[i]; i++)
-      ;
-    if (i < h->opened) break;
+  if ((found = chain_ending_at(h, offset)) != -1) {
+    h->chain_end[found] = offset + count;
+    chained = wait_turn(h, (unsigned)found, offset);
+    if (!chained) {
+      /* The reads after this one follow it to the reader it takes. */
+      if (h->chain_end[found] == offset + count) h->chain_end[found] = offset;
+      found = -1;
+    }
+  }
+  while (found == -1) {
+    if ((found = nearest_available(h, offset)) != -1) break;
     if (h->opened < readers_max) {
-      tern_status st = tern_image_open(client, container, image, &h->readers[i]);
+      tern_status st = tern_image_open(client, container, image, &h->readers[h->opened]);
       if (st != TERN_OK) {
         r = fail("opening another reader", st);
         break;
       }
-      h->opened++;
+      found = (int)h->opened++;
       break;
     }
+    for (found = 0; found < (int)h->opened && !available(h, (unsigned)found); found++)
+      ;
+    if (found < (int)h->opened) break;
+    found = -1;
     pthread_cond_wait(&h->freed, &h->lock);
   }
   if (r == 0) {
-    for (*slot = 0; h->lent[*slot]; (*slot)++)
-      ;
-    h->lent[*slot] = true;
+    *slot = (unsigned)found;
+    h->lent[found] = true;
+    if (!chained) h->chain_end[found] = offset + count;
   }
   pthread_mutex_unlock(&h->lock);
   return r;
 }
 
-static void give_back(struct handle *h, unsigned slot) {
+/* Gives a reader back after a read that was to end at `end`, done or not:
+ * a request waiting its turn on this reader begins there. */
+static void give_back(struct handle *h, unsigned slot, uint64_t end) {
   pthread_mutex_lock(&h->lock);
+  h->read_end[slot] = end;
   h->lent[slot] = false;
-  pthread_cond_signal(&h->freed);
+  /* Every waiter: the one whose turn it is may not be first. */
+  pthread_cond_broadcast(&h->freed);
   pthread_mutex_unlock(&h->lock);
 }
 
@@ -350,7 +491,8 @@ static int tern_pread(void *handle, void *buf, uint32_t count, uint64_t offset, 
     return -1;
   }
   unsigned slot = 0;
-  if (borrow(h, &slot) == -1) return -1;
+  if (borrow(h, offset, count, &slot) == -1) return -1;
+  uint64_t end = offset + count;
   uint8_t *p = buf;
   int r = 0;
   while (count > 0) {
@@ -370,7 +512,7 @@ static int tern_pread(void *handle, void *buf, uint32_t count, uint64_t offset, 
     offset += n;
     count -= (uint32_t)n;
   }
-  give_back(h, slot);
+  give_back(h, slot, end);
   return r;
 }
 
@@ -439,6 +581,7 @@ static struct nbdkit_plugin plugin = {
     "image=NAME           (required) the image\n"
     "mode=read|write      read a committed image (default) or write a new one\n"
     "size=BYTES           (mode=write) the disk's size\n"
+    "resume=on            (mode=write) continue an image a client left incomplete\n"
     "user=NAME            the tern user (default TERN_USER, else admin)\n"
     "fingerprint=sha256:… the server's (default TERN_FINGERPRINT)\n"
     "readers=N            (mode=read) readers per connection, 1-64 (default 8)\n"

@@ -192,6 +192,7 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
         plain_port: 0,
         child: None,
         args: Vec::new(),
+        metrics_url: None,
     };
     b.spawn();
     let out = tern(&b);

@@ -76,7 +76,8 @@ fn replica() -> Vec<u8> {
 }
 
 /// A resume of an incomplete image and the server's answer (protocol 3),
-/// and the abort of a copy (protocol 4).
+/// the abort of a copy (protocol 4), a suspend and its answer and an
+/// audit listing (6).
 fn resume() -> Vec<u8> {
     let ask = Msg::ImageResume {
         container: tern_core::ContainerName::new("c").unwrap(),
@@ -97,6 +98,9 @@ fn resume() -> Vec<u8> {
         bytes(5, 0, ask, b""),
         bytes(6, 0, answer, b""),
         bytes(7, 0, abort, b""),
+        bytes(8, 0, Msg::ImageSuspend { handle: 1 }, b""),
+        bytes(9, 0, Msg::ImageSuspended { offset: 65536 }, b""),
+        bytes(10, 0, Msg::AuditGet { since: 1 }, b""),
     ]
     .concat()
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tern_agent::{Client, ClientOptions};
+use tern_core::wire::WriteMode;
 use tern_faultproxy::{FaultProxy, Faults};
 use tern_test_support::*;
 
@@ -482,4 +484,48 @@ fn server_memory_does_not_grow_with_the_image() {
         big as f64 <= small as f64 * 1.25,
         "peak RSS grew from {small} KiB (256 MiB image) to {big} KiB (2 GiB image)"
     );
+}
+
+#[test]
+fn a_suspended_image_resumes_where_it_stopped_in_dedup_and_passthrough() {
+    let server = TestServer::start();
+    server
+        .client()
+        .container_create("c", Default::default())
+        .unwrap();
+    let data = test_data(12 << 20, 91);
+    let half = 7 << 20;
+    for mode in [WriteMode::Dedup, WriteMode::Passthrough] {
+        let name = format!("{mode:?}");
+        let client = Client::connect(&ClientOptions {
+            mode,
+            ..server.options()
+        })
+        .unwrap();
+        let mut w = client.create_image("c", &name, b"props").unwrap();
+        w.write_all(&data[..half]).unwrap();
+        let offset = w.suspend().unwrap();
+        // Durable up to a chunk boundary: at most a chunk's maximum (256
+        // KiB) short of what was written.
+        assert!(
+            half as u64 - (256 << 10) <= offset && offset <= half as u64,
+            "{mode:?}: suspended at {offset} after {half} bytes"
+        );
+        let (committed, incomplete) = client.image_list_all("c", &name).unwrap();
+        assert!(committed.is_empty());
+        let listed: Vec<_> = incomplete.iter().map(|i| i.resume_offset).collect();
+        assert_eq!(listed, [offset], "{mode:?}");
+        drop(client);
+
+        // Another client continues it from there.
+        let (mut w, at) = server.client().resume_image("c", &name).unwrap();
+        assert_eq!(at, offset, "{mode:?}");
+        w.write_all(&data[at as usize..]).unwrap();
+        let done = w.commit().unwrap();
+        assert_eq!(done.info.props, b"props");
+        let mut back = Vec::new();
+        let mut r = server.client().open_image("c", &name).unwrap();
+        r.read_to_end(&mut back).unwrap();
+        assert!(back == data, "{mode:?}: the resumed image differs");
+    }
 }

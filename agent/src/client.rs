@@ -446,6 +446,19 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// The audit log's acts at or after `since` (unix seconds), oldest
+    /// first, each the JSON line the server keeps (admins; protocol 6).
+    pub fn audit(&self, since: u64) -> Result<Vec<String>, ClientError> {
+        let take = |msg, out: &mut Vec<String>| match msg {
+            Msg::Audit { mut lines, next } => {
+                out.append(&mut lines);
+                Ok(next)
+            }
+            other => Err(unexpected(other)),
+        };
+        self.pages(Msg::AuditGet { since }, |_| Listing::Audit { since }, take)
+    }
 }
 
 /// Plain mode sends the password unencrypted: only to this machine, as the

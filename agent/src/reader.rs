@@ -3,6 +3,13 @@
 //! The reader asks for recipe entries from the current position, then for the
 //! chunks themselves in groups, keeping a few groups in flight so the network
 //! and the server's disk work while the caller decompresses and verifies.
+//!
+//! The read-ahead grows with the reading: after a seek the reader asks for
+//! the chunks the read wants and no more (a random 4 KiB read fetches one
+//! chunk, not megabytes it will throw away), and as reads go on in order it
+//! asks ahead as far as it has read since the seek, up to [`MAX_AHEAD`]. A
+//! read a little ahead of the one before, inside what is already asked for,
+//! skips to it without starting over.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,6 +32,11 @@ const RECIPE_BATCH: u32 = 2048;
 const GET_BATCH: usize = 32;
 /// `ChunkGet` requests in flight.
 const READ_AHEAD: usize = 8;
+/// The farthest the reader asks ahead of the position, in image bytes.
+const MAX_AHEAD: u64 = 16 << 20;
+/// Recipe entries fetched after a seek: a few MiB of image; more once the
+/// read-ahead calls for them.
+const SEEK_RECIPE_BATCH: u32 = 64;
 
 /// A committed image opened for reading; implements `Read` and `Seek`.
 pub struct ImageReader {
@@ -37,6 +49,14 @@ pub struct ImageReader {
     /// Where the plan continues once it runs dry.
     plan_next: u64,
     requests: VecDeque<(VecDeque<RecipeEntry>, Answers)>,
+    /// Where the chunks asked for end.
+    asked_end: u64,
+    /// Where the current run of in-order reads began (the last seek).
+    run_start: u64,
+    /// The end of what the run's reads asked for.
+    wanted_end: u64,
+    /// The length of the read in progress.
+    want_len: u64,
     /// The chunk holding the most recent read position.
     current: Option<(u64, Vec<u8>)>,
     decoder: Decoder,
@@ -69,6 +89,10 @@ impl ImageReader {
             plan: VecDeque::new(),
             plan_next: 0,
             requests: VecDeque::new(),
+            asked_end: 0,
+            run_start: 0,
+            wanted_end: 0,
+            want_len: 0,
             current: None,
             decoder: Decoder::new(),
             stop,
@@ -103,6 +127,7 @@ impl ImageReader {
             return Ok(0);
         }
         let _limit = self.client.limit(&self.stop);
+        self.want_len = buf.len() as u64;
         loop {
             if let Some((start, data)) = &self.current {
                 let end = start + data.len() as u64;
@@ -130,18 +155,7 @@ impl ImageReader {
 
     /// The next chunk at or after the read position, as the server sent it.
     fn next_encoded(&mut self) -> Result<Encoded, ClientError> {
-        let in_pipeline = self
-            .requests
-            .front()
-            .and_then(|(entries, _)| entries.front())
-            .or_else(|| self.plan.front())
-            .is_some_and(|e| e.offset <= self.pos && self.pos < e.offset + e.len as u64);
-        if !in_pipeline {
-            // A seek, or the first read: start the pipeline at the position.
-            self.requests.clear();
-            self.plan.clear();
-            self.plan_next = self.pos;
-        }
+        self.follow_position();
         loop {
             self.fill()?;
             let Some((entries, answers)) = self.requests.front_mut() else {
@@ -187,14 +201,61 @@ impl ImageReader {
         }
     }
 
-    /// Keeps the recipe plan and the chunk requests topped up.
+    /// Moves the pipeline to the read position: on in the same run if it
+    /// lies between the first chunk in flight and the end of those asked
+    /// for (the ones before it are skipped as they arrive), else a seek:
+    /// the chunks in flight are dropped, and the recipe already fetched is
+    /// kept if it covers the position.
+    fn follow_position(&mut self) {
+        let pos = self.pos;
+        let in_flight_from = self
+            .requests
+            .front()
+            .and_then(|(entries, _)| entries.front())
+            .map_or(self.asked_end, |e| e.offset);
+        if in_flight_from <= pos && pos <= self.asked_end {
+            self.wanted_end = self.wanted_end.max(pos + self.want_len);
+            return;
+        }
+        self.requests.clear();
+        self.run_start = pos;
+        self.wanted_end = pos + self.want_len;
+        while self
+            .plan
+            .front()
+            .is_some_and(|e| e.offset + u64::from(e.len) <= pos)
+        {
+            self.plan.pop_front();
+        }
+        match self.plan.front() {
+            Some(e) if e.offset <= pos => self.asked_end = e.offset,
+            _ => {
+                self.plan.clear();
+                self.plan_next = pos;
+                self.asked_end = pos;
+            }
+        }
+    }
+
+    /// Where the chunks asked for should reach: what the run's reads want,
+    /// and as far ahead again as the run has read, up to [`MAX_AHEAD`].
+    fn ahead_target(&self) -> u64 {
+        let read = (self.pos - self.run_start.min(self.pos)).min(MAX_AHEAD);
+        self.wanted_end.max(self.pos + read)
+    }
+
+    /// Keeps the recipe plan and the chunk requests topped up to
+    /// [`Self::ahead_target`].
     fn fill(&mut self) -> Result<(), ClientError> {
-        while self.requests.len() < READ_AHEAD {
+        let target = self.ahead_target();
+        while self.requests.len() < READ_AHEAD && self.asked_end < target {
             if self.plan.is_empty() && self.plan_next < self.info.size {
+                // About one entry per 16 KiB wanted: a seek's few, a stream's many.
+                let wanted = ((target - self.pos) >> 14).min(u64::from(RECIPE_BATCH)) as u32;
                 let get = Msg::RecipeGet {
                     handle: self.handle,
                     from_offset: self.plan_next,
-                    max: RECIPE_BATCH,
+                    max: wanted.max(SEEK_RECIPE_BATCH),
                 };
                 let answer = self.client.conn().call(get, Vec::new(), &self.stop)?;
                 let Msg::Recipe { entries } = answer.env.msg else {
@@ -216,8 +277,17 @@ impl ImageReader {
             if self.plan.is_empty() {
                 break;
             }
-            let n = self.plan.len().min(GET_BATCH);
+            let n = self
+                .plan
+                .iter()
+                .take(GET_BATCH)
+                .take_while(|e| e.offset < target)
+                .count()
+                .max(1);
             let entries: VecDeque<RecipeEntry> = self.plan.drain(..n).collect();
+            if let Some(last) = entries.back() {
+                self.asked_end = last.offset + u64::from(last.len);
+            }
             let offsets = entries.iter().map(|e| e.offset).collect();
             let get = Msg::ChunkGet {
                 handle: self.handle,
@@ -242,6 +312,8 @@ impl ImageReader {
     pub fn copy_to(&mut self, out: &mut dyn io::Write) -> Result<u64, ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
+        // The whole image is wanted: read ahead as far as allowed from the start.
+        self.want_len = self.info.size;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let limit = threads * DECODE_AHEAD;
         let (jobs, job_queue) = mpsc::sync_channel::<(u64, Encoded)>(limit);

@@ -11,6 +11,7 @@ use tern_core::time::rfc3339;
 use tern_core::tls::Fingerprint;
 
 mod admin;
+mod audit;
 mod bench;
 mod replication;
 mod shaping;
@@ -144,6 +145,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ReplicationCmd,
     },
+    /// The server's audit log: logins, user, container, image, partner and
+    /// shaping changes, GC, repairs, seed jobs (admin only).
+    Audit(audit::AuditArgs),
     /// Measure this machine's speed at each stage of the data path, and the
     /// link to the server (unless --local).
     Bench {
@@ -270,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Copy(args) => replication::copy(&cli, args),
         Cmd::Events(args) => replication::events(&cli, args),
         Cmd::Replication { cmd } => replication::replication(&cli, cmd),
+        Cmd::Audit(args) => audit::audit(&cli, args),
     }
 }
 

@@ -32,6 +32,8 @@ enum ImageState {
     },
     Reading(Box<ImageReader>),
     Committed(Box<Committed>),
+    /// Suspended: incomplete on the server, resumable from this offset.
+    Suspended(u64),
     Aborted,
     /// Writing failed after the library or the server took the data: the
     /// image is aborted; why.
@@ -88,6 +90,12 @@ fn wrong_state(state: &ImageState, want: &str) -> Failure {
         ImageState::Committed(_) => Failure::new(
             tern_status::TERN_CLOSED,
             format!("the image was committed; cannot {want}"),
+        ),
+        ImageState::Suspended(offset) => Failure::new(
+            tern_status::TERN_CLOSED,
+            format!(
+                "the image was suspended at offset {offset} (resume it to go on); cannot {want}"
+            ),
         ),
         ImageState::Aborted => Failure::new(
             tern_status::TERN_CLOSED,
@@ -312,6 +320,56 @@ pub unsafe extern "C" fn tern_image_commit(
         drop(state);
         img.progress.report(now, true);
         Ok(())
+    })
+}
+
+/// Stops writing an image without committing or abandoning it: the server
+/// makes durable what it received and keeps the image incomplete, to be
+/// continued by tern_image_resume() (from this or another client of the same
+/// user) at `*out_offset`, which is at most the bytes written (the last chunk
+/// boundary the library had sent; the rest is written again after the
+/// resume). For a host whose source went away before the end (a client that
+/// disconnected) and may come back. The image must still be freed. On
+/// failure the image is closed; unless the server refused it, it stays
+/// incomplete and resumable all the same.
+/// Errors: TERN_NULL_POINTER, TERN_CLOSED, TERN_WRONG_STATE (opened for
+/// reading), TERN_PROTOCOL (a server older than protocol 6: nothing is done,
+/// the image may still be written), TERN_CONNECT, TERN_NO_SPACE.
+///
+/// # Safety
+/// `image` is NULL or a live handle used by no other thread at the time; `out_offset` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_suspend(
+    image: *mut tern_image,
+    out_offset: *mut u64,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let img = unsafe { borrow(image)? };
+        // SAFETY: tern.h: an out-pointer is NULL (refused by `out`) or points to writable storage of its type.
+        let out_offset = unsafe { out(out_offset, "out_offset")? };
+        let mut state = img.lock();
+        let ImageState::Writing { writer, .. } = &*state else {
+            return Err(wrong_state(&state, "suspend"));
+        };
+        writer.check_feature(tern_core::wire::Feature::Suspend, "tern_image_suspend")?;
+        let ImageState::Writing { writer, .. } =
+            std::mem::replace(&mut *state, ImageState::Aborted)
+        else {
+            unreachable!("checked just above");
+        };
+        match writer.suspend() {
+            Ok(offset) => {
+                *out_offset = offset;
+                *state = ImageState::Suspended(offset);
+                Ok(())
+            }
+            Err(e) => {
+                let failure = Failure::from(e);
+                *state = ImageState::Lost(failure.1.clone());
+                Err(failure)
+            }
+        }
     })
 }
 

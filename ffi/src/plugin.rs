@@ -124,6 +124,8 @@ pub struct tern_plugin_api {
     // above fills only the first version of the options (libtern 0.1); this
     // one fills `size` bytes: pass sizeof(tern_client_options).
     pub client_options_init_sized: unsafe extern "C" fn(*mut tern_client_options, usize),
+    // Appended in libtern 0.5 (check struct_size).
+    pub image_suspend: unsafe extern "C" fn(*mut tern_image, *mut u64) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -164,6 +166,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     image_resume: crate::image::tern_image_resume,
     copy_abort: crate::tern_copy_abort,
     client_options_init_sized: tern_client_options_init_sized,
+    image_suspend: tern_image_suspend,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use tern_test_support::*;
 
+mod common;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -212,22 +214,12 @@ fn c_examples_run_clean_under_valgrind() {
     let build = tempfile::tempdir().unwrap();
     let backup = cc("backup.c", build.path());
     let restore = cc("restore.c", build.path());
-    let supp = format!(
-        "--suppressions={}/tests/valgrind.supp",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let vg: &[&str] = &[
-        "valgrind",
-        &supp,
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--errors-for-leak-kinds=definite",
-        "--quiet",
-    ];
+    let valgrind = common::valgrind();
+    let vg: Vec<&str> = valgrind.iter().map(String::as_str).collect();
     let data = test_data(1 << 20, 8);
-    let out = run_wrapped(&server, Some(vg), &backup, &["c", "vg"], Some(&data));
+    let out = run_wrapped(&server, Some(&vg), &backup, &["c", "vg"], Some(&data));
     assert_ok("backup under valgrind", &out);
-    let out = run_wrapped(&server, Some(vg), &restore, &["c", "vg"], None);
+    let out = run_wrapped(&server, Some(&vg), &restore, &["c", "vg"], None);
     assert_ok("restore under valgrind", &out);
     assert!(out.stdout == data);
 }

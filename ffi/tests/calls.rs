@@ -391,3 +391,86 @@ fn container_flags_say_replica_and_import() {
     );
     unsafe { tern_client_free(c) };
 }
+
+/// tern_image_suspend: the image stays incomplete, its handle is closed for
+/// writing, and tern_image_resume continues it at the offset it gave.
+#[test]
+fn a_suspended_image_is_closed_here_and_resumes_at_the_offset_given() {
+    let server = TestServer::start();
+    let (c, img) = client_and_image(&server, "s");
+    let data = test_data(3 << 20, 12);
+    let mut offset = u64::MAX;
+    assert_eq!(
+        unsafe { tern_image_suspend(null_mut(), &mut offset) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert_eq!(
+        unsafe { tern_image_suspend(img, null_mut()) },
+        tern_status::TERN_NULL_POINTER
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), 2 << 20) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_suspend(img, &mut offset) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    assert!(
+        ((2 << 20) - (256 << 10)..=2 << 20).contains(&offset),
+        "suspended at {offset}"
+    );
+    assert_eq!(
+        unsafe { tern_image_write(img, data.as_ptr(), 1) },
+        tern_status::TERN_CLOSED
+    );
+    assert!(
+        last_error().contains("suspended at offset"),
+        "{}",
+        last_error()
+    );
+    unsafe { tern_image_free(img) };
+
+    let (container, name) = (CString::new("c").unwrap(), CString::new("s").unwrap());
+    let mut again = null_mut();
+    let mut at = 0;
+    assert_eq!(
+        unsafe { tern_image_resume(c, container.as_ptr(), name.as_ptr(), &mut again, &mut at) },
+        tern_status::TERN_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(at, offset);
+    let rest = &data[at as usize..];
+    assert_eq!(
+        unsafe { tern_image_write(again, rest.as_ptr(), rest.len()) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_commit(again, null_mut()) },
+        tern_status::TERN_OK
+    );
+    unsafe { tern_image_free(again) };
+
+    // A reader cannot be suspended.
+    let mut reader = null_mut();
+    assert_eq!(
+        unsafe { tern_image_open(c, container.as_ptr(), name.as_ptr(), &mut reader) },
+        tern_status::TERN_OK
+    );
+    assert_eq!(
+        unsafe { tern_image_suspend(reader, &mut offset) },
+        tern_status::TERN_WRONG_STATE
+    );
+    let mut back = vec![0u8; data.len()];
+    let mut got = 0;
+    assert_eq!(
+        unsafe { tern_image_read(reader, 0, back.as_mut_ptr(), back.len(), &mut got) },
+        tern_status::TERN_OK
+    );
+    assert!(got == data.len() && back == data);
+    unsafe { tern_image_free(reader) };
+    unsafe { tern_client_free(c) };
+}

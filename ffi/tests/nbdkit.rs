@@ -2,12 +2,16 @@
 //! Debian's nbdkit loads it, and qemu-img, nbdcopy, nbdinfo and libnbd
 //! clients back VM disks up into tern images and read them back.
 
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tern_test_support::*;
+
+mod common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,6 +99,47 @@ impl Setup {
         cmd
     }
 
+    /// `nbdkit -f` on a socket of its own until killed, its log read as
+    /// it comes: unlike `--run`, nbdkit stays up while `.close` works.
+    fn serve(&self, args: &[&str]) -> Served {
+        let socket = self.path("nbd.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new("nbdkit")
+            .args(["-f", "--exit-with-parent", "-U"])
+            .arg(&socket)
+            .arg(&self.plugin)
+            .arg(format!("server={}", self.server.address()))
+            .arg("container=vm")
+            .args(args)
+            .current_dir(self.build.path())
+            .env("TERN_PASSWORD", PASSWORD)
+            .env("TERN_FINGERPRINT", self.server.fingerprint().to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("nbdkit: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nbdkit made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let uri = format!("nbd+unix:///?socket={}", socket.display());
+        Served { child, uri, log }
+    }
+
     fn run(&self, args: &[&str], script: &str) -> Output {
         self.nbdkit(&[], args, script).output().unwrap()
     }
@@ -102,6 +147,49 @@ impl Setup {
     fn path(&self, name: &str) -> PathBuf {
         self.build.path().join(name)
     }
+}
+
+struct Served {
+    child: Child,
+    uri: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// The first line of the log containing `what`; fails after 60 s.
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("nbdkit never logged {what:?} ({e})"),
+            }
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number after `key` in `line`.
+fn number_after(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} in {line:?}"))
+        + key.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number after {key:?} in {line:?}"))
 }
 
 fn assert_ok(what: &str, out: &Output) {
@@ -289,19 +377,9 @@ fn random_reads_run_clean_under_valgrind() {
     }
     let s = Setup::new();
     write_source(&s, 8 << 20);
-    let supp = format!(
-        "--suppressions={}/tests/valgrind.supp",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let vg: &[&str] = &[
-        "valgrind",
-        &supp,
-        "--error-exitcode=99",
-        "--leak-check=full",
-        "--errors-for-leak-kinds=definite",
-        "--quiet",
-    ];
-    let out = random_reads(&s, vg, "10");
+    let valgrind = common::valgrind();
+    let vg: Vec<&str> = valgrind.iter().map(String::as_str).collect();
+    let out = random_reads(&s, &vg, "10");
     assert_ok("random reads under valgrind", &out);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("ok 60 reads"),
@@ -398,4 +476,77 @@ fn a_write_behind_the_end_or_a_short_disk_commits_nothing() {
     assert!(out.status.success(), "{out:?}");
     let images = s.server.client().image_list("vm", "").unwrap();
     assert!(images.is_empty(), "{images:?}");
+}
+
+#[test]
+fn a_client_that_leaves_early_leaves_the_image_resumable_and_resume_on_sends_only_the_rest() {
+    if let Some(why) = tools_missing() {
+        return cannot_run(&why);
+    }
+    let s = Setup::new();
+    let data = test_data(48 << 20, 83);
+    std::fs::write(s.path("disk.raw"), &data).unwrap();
+    // nbdcopy from a pipe that ends with half the disk sent, no flush: the
+    // client leaves, nbdkit stays up.
+    let served = s.serve(&["image=vm1", "mode=write", "size=48M"]);
+    sh(
+        "the first half",
+        &format!("head -c 25165824 disk.raw | nbdcopy - '{}'", served.uri),
+        s.build.path(),
+    );
+    let line = served.wait_for("left incomplete at");
+    drop(served);
+    let kept = number_after(&line, "left incomplete at ");
+    // All but the bytes after the last chunk boundary (at most a chunk's
+    // maximum, 256 KiB) are kept.
+    assert!(
+        ((24 << 20) - (256 << 10)..=24 << 20).contains(&kept),
+        "{line}"
+    );
+    let client = s.server.client();
+    let (committed, incomplete) = client.image_list_all("vm", "").unwrap();
+    assert!(committed.is_empty(), "nothing is committed: {committed:?}");
+    let offsets: Vec<_> = incomplete
+        .iter()
+        .map(|i| (i.name.as_str(), i.resume_offset))
+        .collect();
+    assert_eq!(offsets, [("vm1", kept)]);
+
+    // The same backup with resume=on: the bytes before `kept` are skipped,
+    // only the rest is sent, and the image is the whole disk.
+    let out = s.run(
+        &["image=vm1", "mode=write", "size=48M", "resume=on", "-v"],
+        "nbdcopy --flush disk.raw \"$uri\"",
+    );
+    assert_ok("the resumed run", &out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let done = log
+        .lines()
+        .find(|l| l.contains("committed vm/vm1"))
+        .unwrap_or_else(|| panic!("no commit in the log: {log}"));
+    assert_eq!(number_after(done, "resumed at "), kept, "{done}");
+    let sent = number_after(done, "bytes, ");
+    let rest = (48 << 20) - kept;
+    assert!(
+        sent <= rest + (256 << 10),
+        "the resumed run sent {sent} bytes for the {rest} the server lacked: {done}"
+    );
+    let out = s.run(&["image=vm1"], "nbdcopy \"$uri\" back.raw");
+    assert_ok("reading it back", &out);
+    assert!(std::fs::read(s.path("back.raw")).unwrap() == data);
+
+    // resume=on with nothing to resume starts a new image.
+    std::fs::write(s.path("small.raw"), &data[..8 << 20]).unwrap();
+    let out = s.run(
+        &["image=vm2", "mode=write", "size=8M", "resume=on"],
+        "nbdcopy --flush small.raw \"$uri\"",
+    );
+    assert_ok("resume=on of a new image", &out);
+    let names: Vec<_> = client
+        .image_list("vm", "")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
 }

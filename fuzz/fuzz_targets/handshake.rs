@@ -10,6 +10,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tern_core::session::CacheLimits;
 use tern_server::protocol::sessions::{serve_connection, Sessions};
+use tern_server::service::audit::AuditLog;
 use tern_server::service::replication::{LocalIdentity, Replicator};
 use tern_server::service::shaping::{schedule::Clock, Shaper};
 use tern_server::store::Store;
@@ -43,6 +44,7 @@ fn world() -> &'static World {
             cache,
             replicator,
             tern_core::wire::PROTOCOL_MAX,
+            Arc::new(AuditLog::new(dir.path())),
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -16,6 +16,11 @@ listen = "0.0.0.0:9443"
 # Optional plaintext listener; it may only bind to a loopback address.
 # plain_listen = "127.0.0.1:9080"
 
+# Optional metrics for Prometheus (OpenMetrics text at http://ADDR/metrics,
+# plain HTTP without authentication: keep it on loopback or a management
+# network).
+# metrics_listen = "127.0.0.1:9464"
+
 # The server certificate and key (PEM). Relative paths are taken from the data
 # directory. When both are absent, ternd creates a self-signed pair there.
 cert = "tls/server.crt"
@@ -80,6 +85,7 @@ replica_retention_secs = 604800
 pub struct Config {
     pub listen: SocketAddr,
     pub plain_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub allow_tls12: bool,
@@ -103,6 +109,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], defaults::PORT)),
             plain_listen: None,
+            metrics_listen: None,
             cert: "tls/server.crt".into(),
             key: "tls/server.key".into(),
             allow_tls12: false,

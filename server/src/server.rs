@@ -16,9 +16,10 @@ use tern_core::tls::Fingerprint;
 
 use crate::certs::{self, CertPaths};
 use crate::config::Config;
-use crate::protocol::control;
 use crate::protocol::listen::{ConnectionLimits, Listeners};
 use crate::protocol::sessions::Sessions;
+use crate::protocol::{control, metrics};
+use crate::service::audit::AuditLog;
 use crate::service::replication::{LocalIdentity, Replicator};
 use crate::service::shaping::{schedule::Clock, Shaper};
 use crate::service::users::{generate_password, Users};
@@ -55,6 +56,8 @@ pub struct Started {
     /// Where the TLS listener and the loopback plaintext one (if enabled) are.
     pub tls_addr: SocketAddr,
     pub plain_addr: Option<SocketAddr>,
+    /// Where the metrics endpoint listens, if `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The server certificate's fingerprint, which clients pin.
     pub fingerprint: Fingerprint,
     /// On first start: the user admin was made, with this password if it
@@ -66,6 +69,7 @@ pub struct Started {
     limits: ConnectionLimits,
     control: control::ControlContext,
     control_socket: tokio::net::UnixListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
@@ -97,6 +101,14 @@ impl Server {
         let tls = certs::server_config(&paths, cfg.allow_tls12)?;
         let listeners = Listeners::bind(cfg.listen, cfg.plain_listen).await?;
         let control_socket = control::bind(&data)?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {addr}"))?,
+            ),
+            None => None,
+        };
         let cache = CacheLimits {
             memory: cfg.session_cache_bytes,
             disk: cfg.session_spill_bytes,
@@ -107,10 +119,24 @@ impl Server {
             )),
         };
         let grace = Duration::from_secs(cfg.grace_period_secs);
-        let sessions = Sessions::new(store.clone(), grace, cache, replicator, protocol_max);
+        let audit = Arc::new(AuditLog::new(&data));
+        let sessions = Sessions::new(
+            store.clone(),
+            grace,
+            cache,
+            replicator,
+            protocol_max,
+            audit.clone(),
+        );
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
+        let metrics = sessions.metrics.clone();
         Ok(Started {
             tls_addr: listeners.tls_addr()?,
             plain_addr: listeners.plain_addr()?,
+            metrics_addr,
             fingerprint,
             admin_created,
             listeners,
@@ -124,8 +150,11 @@ impl Server {
                 data,
                 store,
                 server_id: fingerprint.to_string(),
+                audit,
+                metrics,
             },
             control_socket,
+            metrics_listener,
         })
     }
 }
@@ -140,11 +169,17 @@ impl Started {
                 tracing::error!("control socket: {e:#}");
             }
         });
+        let metrics = self
+            .metrics_listener
+            .map(|l| tokio::spawn(metrics::serve(l, self.sessions.clone())));
         let served = tokio::select! {
             r = self.listeners.serve(self.sessions, self.tls, self.limits) => r,
             () = stop => Ok(()),
         };
         control.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         served
     }
 }

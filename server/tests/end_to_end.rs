@@ -355,3 +355,61 @@ fn gc_while_a_backup_runs_keeps_the_backup_whole() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// Reads of any pattern return the image's bytes, and a random small read
+/// fetches the chunk it needs, not the megabytes of read-ahead a stream gets.
+#[test]
+fn random_reads_return_the_right_bytes_and_fetch_only_what_they_need() {
+    let server = TestServer::start();
+    let client = server.client();
+    client
+        .container_create("c", ContainerSettings::default())
+        .unwrap();
+    let data = test_data(24 << 20, 31);
+    backup(&client, "c", "img", &data);
+    let mut r = client.open_image("c", "img").unwrap();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // Seeks, runs in order, small skips ahead, steps back.
+    let mut off = 0u64;
+    for _ in 0..400 {
+        off = match next(4) {
+            0 => next(data.len() as u64),
+            1 => off,
+            2 => off + next(300_000),
+            _ => off.saturating_sub(next(100_000)),
+        }
+        .min(data.len() as u64 - 1);
+        let mut buf = vec![0u8; 1 + next(400_000) as usize];
+        let n = r.read_at(off, &mut buf).unwrap();
+        assert!(n > 0);
+        assert_eq!(&buf[..n], &data[off as usize..off as usize + n], "at {off}");
+        off += n as u64;
+    }
+
+    // 50 random 4 KiB reads: at most a chunk (256 KiB at most) and the
+    // recipe each, far from the 16 MiB a stream reads ahead.
+    let mut r = client.open_image("c", "img").unwrap();
+    let before = client.bytes_received();
+    for _ in 0..50 {
+        let off = next(data.len() as u64 - 4096);
+        let mut buf = [0u8; 4096];
+        let n = r.read_at(off, &mut buf).unwrap();
+        assert_eq!(&buf[..n], &data[off as usize..off as usize + n]);
+    }
+    let fetched = client.bytes_received() - before;
+    assert!(
+        fetched < 50 * (256 << 10) + (1 << 20),
+        "50 random 4 KiB reads fetched {fetched} bytes"
+    );
+    // A stream still reads the whole image back.
+    let mut all = Vec::new();
+    r.seek(SeekFrom::Start(0)).unwrap();
+    r.read_to_end(&mut all).unwrap();
+    assert!(all == data);
+}

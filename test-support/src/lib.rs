@@ -85,6 +85,8 @@ pub struct TestServer {
     pub child: Option<Child>,
     /// Extra arguments for `ternd serve`.
     pub args: Vec<String>,
+    /// The metrics endpoint's URL, when `--metrics-listen` is among them.
+    pub metrics_url: Option<String>,
 }
 
 impl TestServer {
@@ -99,6 +101,7 @@ impl TestServer {
             plain_port: 0,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            metrics_url: None,
         };
         s.spawn();
         s
@@ -173,7 +176,9 @@ impl TestServer {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut tls, mut plain) = (None, None);
-        while tls.is_none() || plain.is_none() {
+        let metrics = self.args.iter().any(|a| a == "--metrics-listen");
+        self.metrics_url = None;
+        while tls.is_none() || plain.is_none() || (metrics && self.metrics_url.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
@@ -181,6 +186,8 @@ impl TestServer {
                         tls = Some(port_of(a));
                     } else if let Some(a) = line.strip_prefix("listening for plaintext on ") {
                         plain = Some(port_of(a));
+                    } else if let Some(url) = line.strip_prefix("serving metrics on ") {
+                        self.metrics_url = Some(url.to_string());
                     }
                 }
                 Err(e) => {

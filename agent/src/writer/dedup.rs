@@ -287,6 +287,18 @@ impl Pipeline {
     /// Ships the rest of the stream and waits until every needed chunk is sent.
     pub(super) fn finish(&mut self) -> Result<(), ClientError> {
         self.batcher.finish();
+        self.drain()
+    }
+
+    /// Ships every chunk whose end is known and waits until every needed
+    /// chunk is sent; the bytes after the last cut point (less than a
+    /// chunk's maximum) are not sent: an image suspended here is resumed
+    /// from a content-defined boundary, as if never stopped.
+    pub(super) fn suspend(&mut self) -> Result<(), ClientError> {
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<(), ClientError> {
         loop {
             self.batcher.cut(BATCH_CHUNKS);
             if self.batcher.chunk_count() == 0 {

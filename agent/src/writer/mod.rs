@@ -12,7 +12,7 @@ pub const WRITE_BATCH_BYTES: usize = 4 << 20;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-use tern_core::wire::{Handle, ImageInfo, Msg, WriteMode, WriteStats};
+use tern_core::wire::{Feature, Handle, ImageInfo, Msg, WriteMode, WriteStats};
 use tern_core::{ContainerName, ImageName};
 
 use crate::client::unexpected;
@@ -237,28 +237,11 @@ impl ImageWriter {
     pub fn commit(mut self) -> Result<Committed, ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
-        self.finished = true;
-        let finished = match self.sink.take() {
-            Some(Sink::Dedup(mut p)) => p.finish(),
-            Some(Sink::Passthrough(mut r)) => r.finish(),
-            None => Ok(()),
-        };
-        // A cancel or time limit says so, whatever it broke on the way.
-        self.stop.check()?;
-        finished.map_err(|e| self.explained(e))?;
-        let (sent_bytes, worker_error) = {
-            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-            (sent.0, sent.1.take())
-        };
-        if let Some(e) = worker_error {
-            return Err(self.explained(e));
-        }
+        let sent_bytes = self.drain(true)?;
         let close = Msg::ImageClose {
             handle: self.handle,
         };
-        let answer = self.conn().call(close, Vec::new(), &self.stop);
-        let answer = answer.map_err(|e| self.explained(e))?;
-        match answer.env.msg {
+        match self.ask(close)? {
             Msg::ImageCommitted { info, stats } => Ok(Committed {
                 info,
                 stats,
@@ -266,6 +249,64 @@ impl ImageWriter {
             }),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// `Ok` if the server's protocol has `feature`, else why `what` cannot
+    /// be done, before anything is done.
+    pub fn check_feature(&self, feature: Feature, what: &str) -> Result<(), ClientError> {
+        Ok(feature.check(self.conn().version(), what)?)
+    }
+
+    /// Stops writing without committing or dropping the image: the server
+    /// makes what it received durable and keeps the image incomplete, to be
+    /// continued by [`Client::resume_image`] (of this client or another of
+    /// the same user) from the offset returned: at most the bytes written,
+    /// a chunk boundary. Needs protocol version 6
+    /// ([`ClientError::ServerTooOld`] before anything is done otherwise).
+    pub fn suspend(mut self) -> Result<u64, ClientError> {
+        self.stop.check()?;
+        self.check_feature(Feature::Suspend, "ImageSuspend")?;
+        let _limit = self.client.limit(&self.stop);
+        self.drain(false)?;
+        let suspend = Msg::ImageSuspend {
+            handle: self.handle,
+        };
+        match self.ask(suspend)? {
+            Msg::ImageSuspended { offset } => Ok(offset),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends the sink: sends the rest of the image (`whole`), or up to its
+    /// last known chunk boundary (a dedup sink keeps its uncut tail), and
+    /// waits until every chunk the server asked for is sent. Returns the
+    /// chunk bytes sent. Either way the writer is done: no abort on drop.
+    fn drain(&mut self, whole: bool) -> Result<u64, ClientError> {
+        self.finished = true;
+        let drained = match self.sink.take() {
+            Some(Sink::Dedup(mut p)) if whole => p.finish(),
+            Some(Sink::Dedup(mut p)) => p.suspend(),
+            Some(Sink::Passthrough(mut r)) => r.finish(),
+            None => Ok(()),
+        };
+        // A cancel or time limit says so, whatever it broke on the way.
+        self.stop.check()?;
+        drained.map_err(|e| self.explained(e))?;
+        let (sent_bytes, worker_error) = {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            (sent.0, sent.1.take())
+        };
+        match worker_error {
+            Some(e) => Err(self.explained(e)),
+            None => Ok(sent_bytes),
+        }
+    }
+
+    /// The server's answer to `msg` about this image; a failure explained
+    /// by the refusal of one of its chunks if there was one.
+    fn ask(&mut self, msg: Msg) -> Result<Msg, ClientError> {
+        let answer = self.conn().call(msg, Vec::new(), &self.stop);
+        Ok(answer.map_err(|e| self.explained(e))?.env.msg)
     }
 
     /// Abandons the image: nothing of it becomes visible, and nothing of it

@@ -21,6 +21,10 @@ pub enum Feature {
     WanControls,
     /// Listings in pages, `ListMore` (version 5).
     Paging,
+    /// Suspending an image being written, `ImageSuspend` (version 6).
+    Suspend,
+    /// The audit log, `AuditGet` (version 6).
+    Audit,
 }
 
 impl Feature {
@@ -31,6 +35,7 @@ impl Feature {
             Feature::Resume => 3,
             Feature::WanControls => 4,
             Feature::Paging => 5,
+            Feature::Suspend | Feature::Audit => 6,
         }
     }
 
@@ -55,6 +60,8 @@ impl Feature {
     /// The feature a request needs beyond the first version, if any.
     pub fn needed_by(msg: &Msg) -> Option<Feature> {
         Some(match msg {
+            Msg::ImageSuspend { .. } => Feature::Suspend,
+            Msg::AuditGet { .. } => Feature::Audit,
             Msg::ListMore { .. } => Feature::Paging,
             Msg::ImageResume { .. } => Feature::Resume,
             Msg::PartnerSet { .. }
@@ -102,6 +109,8 @@ impl fmt::Display for Feature {
             Feature::Resume => "resuming images",
             Feature::WanControls => "the WAN controls of replication",
             Feature::Paging => "listings in pages",
+            Feature::Suspend => "suspending images",
+            Feature::Audit => "the audit log",
         })
     }
 }

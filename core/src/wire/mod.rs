@@ -26,7 +26,7 @@ pub use trail::{TrailEntry, TrailResult, TrailSide};
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. What each version added
 /// is a [`Feature`].
-pub const PROTOCOL_MAX: u16 = 5;
+pub const PROTOCOL_MAX: u16 = 6;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;
@@ -49,7 +49,8 @@ mod tests {
 
     #[test]
     fn versions_negotiate_to_the_highest_common() {
-        assert_eq!(negotiate_version(1, 5), Some(PROTOCOL_MAX));
+        assert_eq!(negotiate_version(1, PROTOCOL_MAX), Some(PROTOCOL_MAX));
+        assert_eq!(negotiate_version(1, 5), Some(5));
         assert_eq!(negotiate_version(PROTOCOL_MAX + 1, PROTOCOL_MAX + 3), None);
     }
 }

@@ -267,6 +267,18 @@ pub enum Msg {
         /// The image being written.
         handle: Handle,
     },
+    /// Stops writing an image without committing or dropping it (version
+    /// 6): the server makes what it holds durable and keeps the image
+    /// incomplete, for an `ImageResume`; answered by `ImageSuspended`.
+    ImageSuspend {
+        /// The image being written.
+        handle: Handle,
+    },
+    /// The image is incomplete and durable up to `offset`.
+    ImageSuspended {
+        /// Where a resume continues (a chunk boundary).
+        offset: u64,
+    },
 
     /// Opens a committed image for reading.
     ImageOpen {
@@ -569,5 +581,19 @@ pub enum Msg {
         container: ContainerName,
         /// The events.
         ids: Vec<u64>,
+    },
+    /// Asks for the audit log, oldest first (admins; version 6); answered
+    /// by `Audit`, in pages.
+    AuditGet {
+        /// Only acts at or after this time (unix seconds).
+        since: u64,
+    },
+    /// The answer to `AuditGet`.
+    Audit {
+        /// The acts, each the JSON line of the log.
+        lines: Vec<String>,
+        /// The cursor of the next page, while more remain: ask `ListMore`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
 }

@@ -45,6 +45,11 @@ pub enum Listing {
         /// Events still wanted.
         max: u32,
     },
+    /// `AuditGet`, oldest first (protocol 6).
+    Audit {
+        /// Only acts at or after this time (unix seconds).
+        since: u64,
+    },
 }
 
 /// Picks, from `items` (key and item, in any order), those whose key

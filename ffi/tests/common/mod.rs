@@ -13,6 +13,25 @@ use tern_test_support::*;
 
 pub mod frozen;
 
+/// valgrind with the suppressions of this crate's tests, failing a run
+/// (exit 99) on any error or definite leak.
+pub fn valgrind() -> Vec<String> {
+    let supp = format!(
+        "--suppressions={}/tests/valgrind.supp",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    [
+        "valgrind",
+        &supp,
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn last_error() -> String {
     unsafe { CStr::from_ptr(tern_last_error()) }
         .to_string_lossy()

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::metrics::Metrics;
+use crate::service::audit::{Actor, AuditLog};
 use crate::service::seed;
 use crate::store::Store;
 
@@ -54,6 +56,10 @@ pub struct ControlContext {
     pub store: Arc<Store>,
     /// This server's id (its certificate's fingerprint), for seeds.
     pub server_id: String,
+    /// Where GC, seed imports and seed cleanups are recorded.
+    pub audit: Arc<AuditLog>,
+    /// GC runs count there.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Binds the control socket of data directory `data` (owner only). Done
@@ -82,8 +88,58 @@ pub async fn serve(listener: UnixListener, ctx: ControlContext) -> Result<()> {
     }
 }
 
-/// Runs a [`Request`] on `store`, reporting progress.
+/// Runs a [`Request`] on `store`, reporting progress; GC and the seed
+/// jobs that change or copy out the store are recorded in `audit`.
 pub fn run(
+    req: Request,
+    data: &Path,
+    store: &Store,
+    server_id: &str,
+    progress: seed::Progress<'_>,
+    audit: &AuditLog,
+) -> Result<serde_json::Value> {
+    let act = audited(&req);
+    let done = run_request(req, data, store, server_id, progress);
+    if let Some((act, mut details)) = act {
+        let why = done.as_ref().err().map(|e| format!("{e:#}"));
+        if let Ok(report) = &done {
+            details["report"] = report.clone();
+        }
+        let command = format!("ternd {}", act.replace('_', " "));
+        audit.record(
+            Actor::Local(&command),
+            act,
+            why.as_deref().map_or(Ok(()), Err),
+            details,
+        );
+    }
+    done
+}
+
+/// The act a request is, for the audit log, with its fields (never the
+/// seed password).
+fn audited(req: &Request) -> Option<(&'static str, serde_json::Value)> {
+    Some(match req {
+        Request::Gc => ("gc", serde_json::json!({})),
+        Request::SeedExport(r) => (
+            "seed_export",
+            serde_json::json!({"containers": r.containers, "to": r.to, "resume": r.resume,
+                "encrypted": r.password.is_some()}),
+        ),
+        Request::SeedImport(r) => (
+            "seed_import",
+            serde_json::json!({"from": r.from, "group": r.group, "pin_days": r.pin_days,
+                "encrypted": r.password.is_some()}),
+        ),
+        Request::SeedCleanup { seed, force } => (
+            "seed_cleanup",
+            serde_json::json!({"seed": seed, "force": force}),
+        ),
+        Request::Fsck | Request::SeedStatus => return None,
+    })
+}
+
+fn run_request(
     req: Request,
     data: &Path,
     store: &Store,
@@ -124,6 +180,7 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
         tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
             let req: Request =
                 serde_json::from_str(&line).context("undecodable control request")?;
+            let gc = matches!(req, Request::Gc);
             // Progress at most every 1% or so: a line per chunk would flood.
             let last = std::cell::Cell::new(0u64);
             let progress = |done: u64, total: u64| {
@@ -133,7 +190,12 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
                 }
                 !gone.load(std::sync::atomic::Ordering::Relaxed)
             };
-            run(req, &ctx.data, &ctx.store, &ctx.server_id, &progress)
+            let (data, store, id) = (&ctx.data, &ctx.store, &ctx.server_id);
+            let report = run(req, data, store, id, &progress, &ctx.audit)?;
+            if gc {
+                ctx.metrics.gc(&report);
+            }
+            Ok(report)
         })
     };
     tokio::pin!(work);

@@ -11,9 +11,11 @@ use tern_core::session::Session;
 use tern_core::wire::{ErrorKind, Frame, Handle, Msg};
 
 use super::logins::{LoginGuard, FAILURES_PER_SESSION};
+use super::metrics::Metrics;
 use super::requests::{self, Refusal};
 use super::sessions::Sessions;
 use crate::service::access::User;
+use crate::service::audit::{Actor, AuditLog, Outcome};
 use crate::service::replication::Replicator;
 use crate::service::shaping::ShapedJob;
 use crate::store::{Liveness, ReadableImage, SessionProbe, Store, WriterId};
@@ -113,6 +115,30 @@ impl SessionHandler {
     /// Where the session's first connection came from.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.sessions.metrics
+    }
+
+    /// The server's audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.sessions.audit
+    }
+
+    /// Records an act of this session's user (or of a login attempt) in the
+    /// audit log.
+    pub fn audit(&self, act: &str, outcome: Outcome<'_>, details: serde_json::Value) {
+        let user = match &self.phase {
+            Phase::Ready(u) => Some(u.name.as_str()),
+            _ => None,
+        };
+        let actor = Actor::Session {
+            user,
+            address: self.peer,
+        };
+        self.sessions.audit.record(actor, act, outcome, details);
     }
 
     pub fn logins(&self) -> &Arc<LoginGuard> {

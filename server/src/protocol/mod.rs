@@ -7,11 +7,13 @@
 //! - [`handler`]: one session's handler: its user and open images.
 //! - `requests`: what each request does, one module per family.
 //! - [`control`]: the local control socket of `ternd gc|fsck|seed`.
+//! - [`metrics`]: counters and gauges for Prometheus, and their endpoint.
 //! - `logins`: the slow-down of failed logins.
 
 pub mod control;
 pub mod handler;
 pub mod listen;
 mod logins;
+pub mod metrics;
 mod requests;
 pub mod sessions;

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 use super::handler::{Fatal, SessionHandler};
 use super::logins::LoginGuard;
+use super::metrics::Metrics;
+use crate::service::audit::AuditLog;
 use crate::service::replication::Replicator;
 use crate::store::Store;
 
@@ -44,6 +46,10 @@ pub struct Sessions {
     /// The newest protocol version this server offers (lower only to test
     /// how partners handle an old server).
     pub protocol_max: u16,
+    /// Where security-relevant acts are recorded.
+    pub audit: Arc<AuditLog>,
+    /// What Prometheus scrapes.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A live session and the client identity it was started with.
@@ -59,6 +65,7 @@ impl Sessions {
         cache: CacheLimits,
         replicator: Arc<Replicator>,
         protocol_max: u16,
+        audit: Arc<AuditLog>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -68,6 +75,8 @@ impl Sessions {
             logins: Arc::new(LoginGuard::new()),
             replicator,
             protocol_max,
+            audit,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 

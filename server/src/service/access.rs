@@ -51,6 +51,8 @@ pub enum Action<'a> {
     ActAsSource,
     /// Drop the partial replica a copy left on this (target) server.
     DropPartialReplicas,
+    /// Read the audit log.
+    ReadAudit,
 }
 
 impl User {
@@ -69,7 +71,8 @@ impl User {
             | Action::ChangePartners(_)
             | Action::ListPartners
             | Action::Shaping(_)
-            | Action::DropPartialReplicas => self.admin,
+            | Action::DropPartialReplicas
+            | Action::ReadAudit => self.admin,
         };
         if allowed {
             return Ok(());
@@ -100,6 +103,7 @@ impl User {
             ),
             Action::ActAsSource => format!("user {name} replicates into no storage group"),
             Action::DropPartialReplicas => "only an admin may drop partial replicas".into(),
+            Action::ReadAudit => "only an admin may read the audit log".into(),
         }
     }
 

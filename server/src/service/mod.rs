@@ -3,6 +3,7 @@
 //! neither, and the protocol layer (`protocol`) only carries requests here.
 //!
 //! - [`access`]: who may do what, decided in one place.
+//! - [`audit`]: the audit log of security-relevant acts.
 //! - [`users`]: user records and logins.
 //! - [`replication`]: partners and copies (this server as a source); the
 //!   target's side of a copy is the engine's replicas and import events.
@@ -10,6 +11,7 @@
 //! - [`shaping`]: bandwidth groups for copies, backups and restores.
 
 pub mod access;
+pub mod audit;
 pub mod replication;
 pub mod seed;
 pub mod shaping;

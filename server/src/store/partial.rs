@@ -219,6 +219,11 @@ impl Store {
         Ok((info, stats))
     }
 
+    /// Images being written now.
+    pub fn open_images(&self) -> usize {
+        lock(&self.open).len()
+    }
+
     /// Drops an image being written, durable part and all (its client
     /// asked to); its chunks are left for GC. A replica's end goes into
     /// the trail.
@@ -252,13 +257,13 @@ impl Store {
     }
 
     /// An image whose session ended without commit or abort (the client
-    /// died, or stayed away past the grace period): checkpointed and kept
-    /// as incomplete, for a resume.
-    pub fn image_detach(&self, w: WriterId) {
+    /// died, or stayed away past the grace period), or whose client
+    /// suspended it: checkpointed and kept as incomplete, for a resume.
+    /// Returns the offset a resume continues from; `None` if the image is
+    /// no longer this writer's (a resume took it).
+    pub fn image_detach(&self, w: WriterId) -> Option<u64> {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = lock(&self.open).remove(&w) else {
-            return;
-        };
+        let entry = lock(&self.open).remove(&w)?;
         let mut img = lock(&entry.image);
         match self.checkpoint(&mut img) {
             Ok(()) => tracing::info!(
@@ -275,6 +280,7 @@ impl Store {
                 img.durable.size
             ),
         }
+        Some(img.durable.size)
     }
 
     /// Reopens an incomplete image for writing from its last checkpoint.

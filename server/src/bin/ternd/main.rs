@@ -1,7 +1,6 @@
 //! `ternd`: run and administer a tern server.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -9,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tern_server::certs::{self, CertPaths};
 use tern_server::config::Config;
 
+mod notify;
 mod offline;
 mod seed;
 mod serve;
@@ -30,30 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (initializing the data directory on first start).
-    Serve {
-        #[command(flatten)]
-        data: DataArg,
-        /// TLS listen address (default from the config: 0.0.0.0:9443).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Plaintext listen address; loopback only.
-        #[arg(long)]
-        plain_listen: Option<SocketAddr>,
-        /// Configuration file (default: DATA/ternd.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Secure Connect grace period in seconds (overrides the config).
-        #[arg(long)]
-        grace_period: Option<u64>,
-        /// Offer clients no protocol version newer than this (to test how
-        /// partners meet an older server).
-        #[arg(long, hide = true, default_value_t = tern_core::wire::PROTOCOL_MAX)]
-        protocol_max: u16,
-        /// Read shaping windows on a clock that starts at this Unix time
-        /// (to test a window's boundary without waiting for it).
-        #[arg(long, hide = true)]
-        shaping_clock: Option<i64>,
-    },
+    Serve(serve::ServeArgs),
     /// Print the server certificate's fingerprint.
     Fingerprint {
         #[command(flatten)]
@@ -156,23 +133,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Serve {
-            data,
-            listen,
-            plain_listen,
-            config,
-            grace_period,
-            protocol_max,
-            shaping_clock,
-        } => serve(
-            &data.data,
-            listen,
-            plain_listen,
-            config,
-            grace_period,
-            protocol_max,
-            shaping_clock,
-        ),
+        Cmd::Serve(args) => serve(args),
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use tern_core::names::{GroupName, UserName};
 use tern_server::protocol::control;
+use tern_server::service::audit::{Actor, AuditLog};
 use tern_server::service::users::Users;
 use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
 
@@ -16,7 +17,14 @@ use super::UserCmd;
 pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
     let report = match control::request(data, &control::Request::Gc)? {
         Some(v) => v,
-        None => serde_json::to_value(open_store(data)?.gc()?)?,
+        None => control::run(
+            control::Request::Gc,
+            data,
+            &open_store(data)?,
+            "",
+            &|_, _| true,
+            &AuditLog::new(data),
+        )?,
     };
     if json {
         println!("{report}");
@@ -77,7 +85,19 @@ pub(crate) fn fsck_repair(data: &Path, json: bool) -> Result<()> {
                  intact copies, and chunks with none are removed from it; images are kept"
             );
         }
-        let report = store.repair()?;
+        let repaired = store.repair();
+        let why = repaired.as_ref().err().map(|e| format!("{e:#}"));
+        let details = match &repaired {
+            Ok(r) => serde_json::json!({ "report": r }),
+            Err(_) => serde_json::json!({}),
+        };
+        AuditLog::new(data).record(
+            Actor::Local("ternd fsck --repair"),
+            "fsck_repair",
+            why.as_deref().map_or(Ok(()), Err),
+            details,
+        );
+        let report = repaired?;
         if !json {
             for c in &report.changes {
                 println!("repaired: {c}");
@@ -147,18 +167,21 @@ pub(crate) fn user(cmd: UserCmd) -> Result<()> {
                 groups
             };
             let password = read_password()?;
-            Users::new(&open_store(&data.data)?).add(
-                &name,
-                &password,
-                admin,
-                group_names(groups)?,
-            )?;
+            let groups = group_names(groups)?;
+            let details = serde_json::json!({"user": name.to_string(), "admin": admin,
+                "groups": groups.iter().map(ToString::to_string).collect::<Vec<_>>()});
+            let added = Users::new(&open_store(&data.data)?).add(&name, &password, admin, groups);
+            audit_local(&data.data, "user_add", &added, details);
+            added?;
             println!("user {name} added");
         }
         UserCmd::Passwd { data, name } => {
             let name = UserName::new(name)?;
             let password = read_password()?;
-            Users::new(&open_store(&data.data)?).passwd(&name, &password)?;
+            let set = Users::new(&open_store(&data.data)?).passwd(&name, &password);
+            let details = serde_json::json!({ "user": name.to_string() });
+            audit_local(&data.data, "user_passwd", &set, details);
+            set?;
             println!("password of {name} set");
         }
         UserCmd::Set {
@@ -180,11 +203,33 @@ pub(crate) fn user(cmd: UserCmd) -> Result<()> {
             if groups.is_none() && admin.is_none() {
                 bail!("nothing to change: give --group, --admin or --no-admin");
             }
-            Users::new(&open_store(&data.data)?).update_rights(&name, groups, admin, None, None)?;
+            let details = serde_json::json!({"user": name.to_string(), "admin": admin,
+                "groups": groups.as_ref().map(|g| g.iter().map(ToString::to_string).collect::<Vec<_>>())});
+            let set = Users::new(&open_store(&data.data)?)
+                .update_rights(&name, groups, admin, None, None);
+            audit_local(&data.data, "user_set", &set, details);
+            set?;
             println!("user {name} changed");
         }
     }
     Ok(())
+}
+
+/// Records a `ternd user` act in the audit log, done or failed.
+fn audit_local<T>(
+    data: &Path,
+    act: &str,
+    outcome: &Result<T, StoreError>,
+    details: serde_json::Value,
+) {
+    let why = outcome.as_ref().err().map(ToString::to_string);
+    let command = format!("ternd {}", act.replace('_', " "));
+    AuditLog::new(data).record(
+        Actor::Local(&command),
+        act,
+        why.as_deref().map_or(Ok(()), Err),
+        details,
+    );
 }
 
 fn group_names(groups: Vec<String>) -> Result<Vec<GroupName>> {

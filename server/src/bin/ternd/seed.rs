@@ -9,6 +9,7 @@ use clap::Subcommand;
 use tern_core::time::rfc3339;
 use tern_server::config::Config;
 use tern_server::protocol::control::{self, Request};
+use tern_server::service::audit::AuditLog;
 use tern_server::service::seed::export::ExportRequest;
 use tern_server::service::seed::import::{ImportRequest, DEFAULT_PIN_DAYS};
 use tern_server::store::DEFAULT_GROUP;
@@ -225,7 +226,7 @@ fn send(data: &Path, req: Request) -> Result<serde_json::Value> {
             let id = tern_server::certs::fingerprint(&super::cert_paths(data, &cfg))
                 .context("reading this server's certificate (its id goes into a seed)")?
                 .to_string();
-            control::run(req, data, &store, &id, &show)?
+            control::run(req, data, &store, &id, &show, &AuditLog::new(data))?
         }
     };
     if let Some(b) = bar {

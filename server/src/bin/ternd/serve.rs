@@ -10,27 +10,54 @@ use anyhow::{bail, Context, Result};
 use tern_server::config::{Config, DEFAULT_CONFIG};
 use tern_server::server::{Server, ServerOptions};
 
-use super::cert_paths;
+use super::notify::notify;
+use super::{cert_paths, DataArg};
+use tokio::signal::unix::{signal, SignalKind};
 
-pub(crate) fn serve(
-    data: &Path,
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// TLS listen address (default from the config: 0.0.0.0:9443).
+    #[arg(long)]
     listen: Option<SocketAddr>,
-    plain: Option<SocketAddr>,
+    /// Plaintext listen address; loopback only.
+    #[arg(long)]
+    plain_listen: Option<SocketAddr>,
+    /// Metrics endpoint for Prometheus (overrides metrics_listen).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Configuration file (default: DATA/ternd.toml).
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// Secure Connect grace period in seconds (overrides the config).
+    #[arg(long)]
     grace_period: Option<u64>,
+    /// Offer clients no protocol version newer than this (to test how
+    /// partners meet an older server).
+    #[arg(long, hide = true, default_value_t = tern_core::wire::PROTOCOL_MAX)]
     protocol_max: u16,
+    /// Read shaping windows on a clock that starts at this Unix time
+    /// (to test a window's boundary without waiting for it).
+    #[arg(long, hide = true)]
     shaping_clock: Option<i64>,
-) -> Result<()> {
+}
+
+pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    let data = args.data.data.as_path();
     tune_malloc();
     private_data_dir(data)?;
-    let mut cfg = load_config(data, config)?;
-    if let Some(l) = listen {
+    let mut cfg = load_config(data, args.config)?;
+    if let Some(l) = args.listen {
         cfg.listen = l;
     }
-    if plain.is_some() {
-        cfg.plain_listen = plain;
+    if args.plain_listen.is_some() {
+        cfg.plain_listen = args.plain_listen;
     }
-    if let Some(g) = grace_period {
+    if args.metrics_listen.is_some() {
+        cfg.metrics_listen = args.metrics_listen;
+    }
+    if let Some(g) = args.grace_period {
         cfg.grace_period_secs = g;
     }
     cfg.validate()?;
@@ -46,8 +73,8 @@ pub(crate) fn serve(
         data: data.to_path_buf(),
         certs: cert_paths(data, &cfg),
         config: cfg,
-        protocol_max,
-        shaping_clock,
+        protocol_max: args.protocol_max,
+        shaping_clock: args.shaping_clock,
         admin_password: std::env::var("TERN_PASSWORD").ok(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -70,12 +97,27 @@ pub(crate) fn serve(
         if let Some(addr) = server.plain_addr {
             println!("listening for plaintext on {addr}");
         }
-        server
+        if let Some(addr) = server.metrics_addr {
+            println!("serving metrics on http://{addr}/metrics");
+        }
+        notify(&format!(
+            "READY=1\nSTATUS=listening for TLS on {}",
+            server.tls_addr
+        ));
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let served = server
             .serve_until(async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("stopping on interrupt");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("stopping on interrupt"),
+                    _ = term.recv() => tracing::info!("stopping on SIGTERM"),
+                }
+                notify("STOPPING=1");
             })
-            .await
+            .await;
+        // What is in flight is durable as far as a crash leaves it; the
+        // sessions' images are resumable from their last checkpoints.
+        println!("stopped");
+        served
     })
 }
 

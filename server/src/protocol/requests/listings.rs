@@ -1,5 +1,6 @@
 //! Every listing, in pages (protocol 5): containers, images (committed,
-//! then incomplete), partners, copies, the trail and import events. The
+//! then incomplete), partners, copies, the trail, import events and (6)
+//! the audit log. The
 //! first page answers the listing's own request, the next ones `ListMore`;
 //! each item has a key that ascends in the listing's order, and the last
 //! key sent is the cursor (`tern_core::wire::paging`). A session of an
@@ -23,6 +24,7 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         Msg::CopyList => (Listing::Copies, None),
         Msg::TrailGet { max } => (Listing::Trail { max }, None),
         Msg::EventsGet { container, max } => (Listing::Events { container, max }, None),
+        Msg::AuditGet { since } => (Listing::Audit { since }, None),
         Msg::ListMore { after, .. } if after.len() > MAX_CURSOR_LEN => {
             return refuse(ErrorKind::Protocol, "a page cursor longer than any sent");
         }
@@ -138,6 +140,14 @@ impl Pages<'_> {
                 let all = blocking(|| store.events(&scope, &container, max, after))?;
                 let (list, next) = self.cut(keyed(all, |e| format!("{:016x}", e.id)));
                 Msg::Events { list, next }
+            }
+            Listing::Audit { since } => {
+                user.may(Action::ReadAudit)?;
+                let budget = self.budget.unwrap_or(usize::MAX);
+                let read =
+                    tokio::task::block_in_place(|| h.audit_log().read(since, self.after, budget));
+                let (lines, next) = read.map_err(|e| Refusal(ErrorKind::Invalid, e.to_string()))?;
+                Msg::Audit { lines, next }
             }
         })
     }

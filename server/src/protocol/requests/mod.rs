@@ -8,7 +8,9 @@
 //! - `read`: reading an image.
 //! - `replication`: partners, shaping groups, copies and the trail (source).
 //! - `replica`: replicas and import events (target).
+//! - `audited`: which requests the audit log records, with which fields.
 
+mod audited;
 mod catalog;
 mod handshake;
 mod listings;
@@ -45,7 +47,76 @@ fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Refusal> 
 
 /// Answers one request: `Ok(Some(msg))` is the reply, `Ok(None)` means the
 /// request answered itself (chunk streams) or has no answer (chunk data).
+/// A security-relevant request is recorded in the audit log, done or
+/// refused, before it is answered.
 pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
+    let act = audited::act_of(&msg);
+    // Data frames are counted in bytes; every other request is timed.
+    let data = matches!(msg, Msg::ChunkData { .. } | Msg::ImageWriteRaw { .. });
+    let kind = (!data).then(|| variant_name(&msg));
+    let login = matches!(msg, Msg::Login { .. });
+    if data {
+        h.metrics().received(payload.len());
+    }
+    let started = std::time::Instant::now();
+    let answer = answer(h, req, msg, payload).await;
+    if let Some(kind) = kind {
+        let error = answer.as_ref().err().map(|r| error_kind(r.0));
+        h.metrics().request(&kind, started.elapsed(), error);
+    }
+    if login {
+        h.metrics().login(answer.is_ok());
+    }
+    if let Some((act, details)) = act {
+        let outcome = answer.as_ref().map(|_| ()).map_err(|r| r.1.as_str());
+        tokio::task::block_in_place(|| h.audit(act, outcome, details));
+    }
+    answer
+}
+
+/// The name of an error kind, for the metrics.
+fn error_kind(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Auth => "auth",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::AlreadyExists => "already_exists",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::Denied => "denied",
+        ErrorKind::Busy => "busy",
+        ErrorKind::NoSpace => "no_space",
+        ErrorKind::Incompatible => "incompatible",
+        ErrorKind::Protocol => "protocol",
+        ErrorKind::Internal => "internal",
+        ErrorKind::Corrupt => "corrupt",
+        ErrorKind::SessionExpired => "session_expired",
+        _ => "other",
+    }
+}
+
+/// A message's variant name, without formatting its fields: the Debug
+/// output is cut at the name (an `ImageAppend` holds thousands of entries).
+fn variant_name(m: &Msg) -> String {
+    struct Name(String);
+    impl std::fmt::Write for Name {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match s.find([' ', '{', '(']) {
+                Some(end) => {
+                    self.0.push_str(&s[..end]);
+                    Err(std::fmt::Error)
+                }
+                None => {
+                    self.0.push_str(s);
+                    Ok(())
+                }
+            }
+        }
+    }
+    let mut name = Name(String::new());
+    let _ = std::fmt::write(&mut name, format_args!("{m:?}"));
+    name.0
+}
+
+async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) -> Answer {
     if !matches!(h.phase(), Phase::Ready(_)) {
         return handshake::handle(h, msg).await;
     }
@@ -67,6 +138,7 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::CopyList
         | Msg::TrailGet { .. }
         | Msg::EventsGet { .. }
+        | Msg::AuditGet { .. }
         | Msg::ListMore { .. }) => listings::handle(h, m),
         m @ (Msg::ContainerCreate { .. }
         | Msg::ContainerRemove { .. }
@@ -82,7 +154,8 @@ pub async fn dispatch(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u
         | Msg::ChunkData { .. }
         | Msg::ImageWriteRaw { .. }
         | Msg::ImageClose { .. }
-        | Msg::ImageAbort { .. }) => {
+        | Msg::ImageAbort { .. }
+        | Msg::ImageSuspend { .. }) => {
             // Data waits for the user's shaping group before it is stored;
             // the wait is the task's, not a thread's.
             if matches!(m, Msg::ChunkData { .. } | Msg::ImageWriteRaw { .. }) {

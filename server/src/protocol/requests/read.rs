@@ -40,6 +40,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
             for offset in offsets {
                 let (entry, loc, bytes) = blocking(|| h.store().read_chunk(&img, offset))?;
                 h.shape(bytes.len()).await?;
+                h.metrics().sent(bytes.len());
                 let msg = Msg::ChunkData {
                     handle,
                     id: entry.id,

@@ -1,5 +1,5 @@
 //! Writing an image: create, resume, append (dedup), chunk data, raw data
-//! (passthrough), close (commit) and abort.
+//! (passthrough), close (commit), abort and suspend.
 
 use tern_core::wire::{ChunkRef, ErrorKind, Handle, Msg, WriteMode};
 use tern_core::{ContainerName, ImageName};
@@ -45,6 +45,16 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             let w = h.take_writer(handle)?;
             h.store().image_abort(w);
             Ok(Some(Msg::Ok))
+        }
+        Msg::ImageSuspend { handle } => {
+            let w = h.take_writer(handle)?;
+            match blocking(|| Ok(h.store().image_detach(w)))? {
+                Some(offset) => Ok(Some(Msg::ImageSuspended { offset })),
+                None => refuse(
+                    ErrorKind::NotFound,
+                    "the image was taken from this session by a resume",
+                ),
+            }
         }
         other => refuse(
             ErrorKind::Protocol,
@@ -135,6 +145,8 @@ fn append(h: &mut SessionHandler, handle: Handle, entries: &[ChunkRef]) -> Answe
 fn close(h: &mut SessionHandler, handle: Handle) -> Answer {
     let w = h.take_writer(handle)?;
     let (info, stats) = blocking(|| h.store().image_commit(w))?;
+    h.metrics()
+        .committed(stats.chunks, stats.new_chunks, stats.new_stored_bytes);
     let scope = h.user()?.replica_scope();
     let repl = h.replicator().clone();
     blocking(|| {
