@@ -206,6 +206,12 @@ typedef enum {
    * The call took longer than the client's call_timeout_ms.
    */
   TERN_TIMEOUT = 21,
+  /**
+   * A retention lock of the image's container forbids it (deleting or
+   * changing a locked image, weakening a compliance lock). Servers
+   * older than protocol 6 say TERN_DENIED.
+   */
+  TERN_LOCKED = 22,
 } tern_status;
 
 /**
@@ -313,6 +319,13 @@ typedef struct {
    */
   const uint8_t *props;
   size_t props_len;
+  /**
+   * Seconds since the Unix epoch until which its container's retention
+   * lock holds it (it can be neither deleted nor changed); 0 if it is
+   * not locked (0 from servers older than protocol 6). Appended last, so
+   * callbacks built against older headers are unaffected.
+   */
+  uint64_t lock_until;
 } tern_image_info;
 
 /**
@@ -779,7 +792,8 @@ tern_status tern_image_list(const tern_client *client, const char *container, co
 
 /**
  * Deletes a committed image; its space returns at the server's next GC.
- * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+ * Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_LOCKED
+ * (its container's retention lock holds it), TERN_CLOSED, TERN_CONNECT.
  *
  * # Safety
  * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
@@ -790,7 +804,7 @@ tern_status tern_image_delete(const tern_client *client, const char *container, 
  * Replaces a committed image's DMA properties (`props` may be NULL when
  * `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
  * before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
- * TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ * TERN_NOT_FOUND, TERN_LOCKED, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
  *
  * # Safety
  * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).

@@ -193,6 +193,7 @@ fn trust_on_first_use_remembers_and_refuses_a_changed_certificate() {
         child: None,
         args: Vec::new(),
         metrics_url: None,
+        env: Vec::new(),
     };
     b.spawn();
     let out = tern(&b);

@@ -156,6 +156,7 @@ fn fat_chunk(msg: Msg) -> Option<(Msg, Vec<u8>)> {
                 chunks: 1,
                 props: Vec::new(),
                 created: 0,
+                lock_until: 0,
             };
             Some((Msg::ImageOpened { handle: 1, info }, Vec::new()))
         }

@@ -2,8 +2,8 @@
 
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{
-    ContainerInfo, ContainerSettings, ImageInfo, IncompleteImage, Msg, Password, StoreStats,
-    WriteMode,
+    ContainerInfo, ContainerSettings, ImageInfo, IncompleteImage, Msg, Password, RetentionLock,
+    StoreStats, WriteMode,
 };
 use tern_core::{ContainerName, ImageName};
 
@@ -436,7 +436,41 @@ impl Client {
     pub fn image_remove(&self, container: &str, name: &str) -> Result<(), ClientError> {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
-        self.expect_ok(Msg::ImageRemove { container, name })
+        self.expect_ok(Msg::ImageRemove {
+            container,
+            name,
+            bypass_lock: false,
+        })
+    }
+
+    /// Deletes an image that its container's governance retention lock
+    /// still holds (admins; protocol 6); the audit log records it. A
+    /// compliance lock refuses it like any delete.
+    pub fn image_remove_bypassing_lock(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        self.expect_ok(Msg::ImageRemove {
+            container,
+            name,
+            bypass_lock: true,
+        })
+    }
+
+    /// Sets, lengthens or (governance only) removes a container's retention
+    /// lock (admins; protocol 6).
+    pub fn container_lock(
+        &self,
+        container: &str,
+        lock: Option<RetentionLock>,
+    ) -> Result<(), ClientError> {
+        self.expect_ok(Msg::ContainerLock {
+            name: ContainerName::new(container)?,
+            lock,
+        })
     }
 
     /// What the store holds, as far as the user may see.

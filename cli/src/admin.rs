@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use tern_agent::{Client, ContainerInfo, ContainerSettings, WriteMode};
+use tern_core::wire::{LockMode, RetentionLock};
 use tern_core::ChunkParams;
 
 use super::{connect, report, Cli};
@@ -34,6 +35,26 @@ pub enum ContainerCmd {
     Rm {
         name: String,
     },
+    /// Lock a container's images against deletion and change for DAYS
+    /// after each one's commit (admin only). Compliance: nobody can shorten
+    /// or remove it afterwards, or remove the container; governance: an
+    /// admin may (and may delete a locked image with `rm --bypass-lock`).
+    Lock {
+        name: String,
+        #[arg(long, required_unless_present = "off")]
+        days: Option<u32>,
+        #[arg(long, value_enum, required_unless_present = "off")]
+        mode: Option<LockModeArg>,
+        /// Remove a governance lock.
+        #[arg(long, conflicts_with_all = ["days", "mode"])]
+        off: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LockModeArg {
+    Governance,
+    Compliance,
 }
 
 #[derive(Subcommand)]
@@ -239,6 +260,12 @@ pub fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
                 &text,
             );
         }
+        ContainerCmd::Lock {
+            name,
+            days,
+            mode,
+            off: _,
+        } => lock_container(cli, &client, name, days.zip(*mode))?,
         ContainerCmd::Rm { name } => {
             client
                 .container_remove(name)
@@ -251,6 +278,52 @@ pub fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn lock_container(
+    cli: &Cli,
+    client: &Client,
+    name: &str,
+    lock: Option<(u32, LockModeArg)>,
+) -> Result<()> {
+    let lock = lock.map(|(days, mode)| RetentionLock {
+        days,
+        mode: match mode {
+            LockModeArg::Governance => LockMode::Governance,
+            LockModeArg::Compliance => LockMode::Compliance,
+        },
+    });
+    client
+        .container_lock(name, lock)
+        .with_context(|| format!("setting the retention lock of container {name}"))?;
+    let text = match lock {
+        Some(l) => format!(
+            "images of {name} are locked for {} days after their commit ({})",
+            l.days,
+            mode_name(l.mode)
+        ),
+        None => format!("container {name} has no retention lock"),
+    };
+    report(
+        cli,
+        json!({"container": name, "lock": lock_json(lock)}),
+        &text,
+    );
+    Ok(())
+}
+
+fn mode_name(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Governance => "governance",
+        LockMode::Compliance => "compliance",
+    }
+}
+
+fn lock_json(lock: Option<RetentionLock>) -> serde_json::Value {
+    lock.map_or(
+        serde_json::Value::Null,
+        |l| json!({"days": l.days, "mode": mode_name(l.mode)}),
+    )
 }
 
 fn create_container(cli: &Cli, client: &Client, args: &CreateArgs) -> Result<()> {
@@ -294,7 +367,8 @@ fn print_containers(cli: &Cli, list: &[ContainerInfo]) {
                 "logical_bytes": c.logical_bytes, "zstd_level": c.zstd_level,
                 "chunking": [c.chunking.min, c.chunking.avg, c.chunking.max], "stream_limit": c.stream_limit,
                 "replica": c.replica, "import": c.import,
-                "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()}))}))
+                "replicate_to": c.replicate_to.as_ref().map(|(p, c)| json!({"partner": p, "container": c.as_str()})),
+                "lock": lock_json(c.lock)}))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
@@ -309,8 +383,12 @@ fn print_containers(cli: &Cli, list: &[ContainerInfo]) {
                 .as_ref()
                 .map(|(p, to)| format!(" -> {p}:{to}"))
                 .unwrap_or_default();
+            let lock = c
+                .lock
+                .map(|l| format!(", locked {} days ({})", l.days, mode_name(l.mode)))
+                .unwrap_or_default();
             println!(
-                "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}",
+                "{:<30} group {:<12} {:>6} images {:>16} bytes{kind}{policy}{lock}",
                 c.name, c.group, c.images, c.logical_bytes
             );
         }

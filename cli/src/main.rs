@@ -123,6 +123,10 @@ enum Cmd {
         container: String,
         #[arg(long)]
         name: String,
+        /// Delete it even though its container's governance retention lock
+        /// holds it (admin only; the audit log records it).
+        #[arg(long)]
+        bypass_lock: bool,
     },
     /// Show what the store holds and how well it dedups.
     Stats,
@@ -250,11 +254,18 @@ fn run(cli: Cli) -> Result<()> {
             prefix,
             incomplete,
         } => ls(&cli, container, prefix, *incomplete),
-        Cmd::Rm { container, name } => {
+        Cmd::Rm {
+            container,
+            name,
+            bypass_lock,
+        } => {
             let client = connect(&cli, WriteMode::Dedup)?;
-            client
-                .image_remove(container, name)
-                .with_context(|| format!("deleting {container}/{name}"))?;
+            let removed = if *bypass_lock {
+                client.image_remove_bypassing_lock(container, name)
+            } else {
+                client.image_remove(container, name)
+            };
+            removed.with_context(|| format!("deleting {container}/{name}"))?;
             report(
                 &cli,
                 json!({"deleted": name}),
@@ -293,7 +304,8 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
                 .collect()
         } else {
             list.iter()
-                .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len()}))
+                .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len(),
+                    "lock_until": (i.lock_until > 0).then_some(i.lock_until)}))
                 .collect()
         };
         println!("{}", serde_json::Value::Array(v));
@@ -301,12 +313,16 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
     }
     if !only_incomplete {
         println!(
-            "{:<40} {:>10} {:>9}  CREATED (UTC)",
-            "NAME", "SIZE", "CHUNKS"
+            "{:<40} {:>10} {:>9}  {:<20}  LOCKED UNTIL (UTC)",
+            "NAME", "SIZE", "CHUNKS", "CREATED (UTC)"
         );
         for i in &list {
+            let locked = match i.lock_until {
+                0 => "-".to_string(),
+                t => rfc3339(t),
+            };
             println!(
-                "{:<40} {:>10} {:>9}  {}",
+                "{:<40} {:>10} {:>9}  {:<20}  {locked}",
                 i.name,
                 human_bytes(i.size),
                 i.chunks,

@@ -20,6 +20,11 @@ pub struct tern_image_info {
     /// The DMA's properties, as given to tern_image_create().
     pub props: *const u8,
     pub props_len: usize,
+    /// Seconds since the Unix epoch until which its container's retention
+    /// lock holds it (it can be neither deleted nor changed); 0 if it is
+    /// not locked (0 from servers older than protocol 6). Appended last, so
+    /// callbacks built against older headers are unaffected.
+    pub lock_until: u64,
 }
 
 /// Called once per image; return 0 to go on, nonzero to stop.
@@ -60,6 +65,7 @@ pub unsafe extern "C" fn tern_image_list(
                 created: info.created,
                 props: info.props.as_ptr(),
                 props_len: info.props.len(),
+                lock_until: info.lock_until,
             };
             // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ii) } != 0 {
@@ -71,7 +77,8 @@ pub unsafe extern "C" fn tern_image_list(
 }
 
 /// Deletes a committed image; its space returns at the server's next GC.
-/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT.
+/// Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT, TERN_NOT_FOUND, TERN_LOCKED
+/// (its container's retention lock holds it), TERN_CLOSED, TERN_CONNECT.
 ///
 /// # Safety
 /// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
@@ -96,7 +103,7 @@ pub unsafe extern "C" fn tern_image_delete(
 /// Replaces a committed image's DMA properties (`props` may be NULL when
 /// `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
 /// before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,
-/// TERN_NOT_FOUND, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+/// TERN_NOT_FOUND, TERN_LOCKED, TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
 ///
 /// # Safety
 /// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `props` is valid for `props_len` bytes (NULL only with 0).

@@ -57,6 +57,10 @@ pub enum tern_status {
     TERN_CANCELLED = 20,
     /// The call took longer than the client's call_timeout_ms.
     TERN_TIMEOUT = 21,
+    /// A retention lock of the image's container forbids it (deleting or
+    /// changing a locked image, weakening a compliance lock). Servers
+    /// older than protocol 6 say TERN_DENIED.
+    TERN_LOCKED = 22,
 }
 
 /// An error on its way to the C caller.
@@ -92,6 +96,7 @@ impl From<ClientError> for Failure {
                 ErrorKind::Busy => tern_status::TERN_BUSY,
                 ErrorKind::Incompatible | ErrorKind::Protocol => tern_status::TERN_PROTOCOL,
                 ErrorKind::Corrupt => tern_status::TERN_CORRUPT,
+                ErrorKind::Locked => tern_status::TERN_LOCKED,
                 _ => tern_status::TERN_INTERNAL,
             },
             _ => tern_status::TERN_INTERNAL,
@@ -148,6 +153,7 @@ fn status_name(status: c_int) -> &'static CStr {
         tern_status::TERN_PANIC,
         tern_status::TERN_CANCELLED,
         tern_status::TERN_TIMEOUT,
+        tern_status::TERN_LOCKED,
     ];
     // Compared as integers: turning an unknown int into the enum would be
     // undefined behaviour.
@@ -181,6 +187,7 @@ fn known_name(status: tern_status) -> &'static CStr {
         tern_status::TERN_PANIC => c"TERN_PANIC",
         tern_status::TERN_CANCELLED => c"TERN_CANCELLED",
         tern_status::TERN_TIMEOUT => c"TERN_TIMEOUT",
+        tern_status::TERN_LOCKED => c"TERN_LOCKED",
     }
 }
 

@@ -357,7 +357,8 @@ fn status_names_cover_every_code_and_any_other_integer() {
     assert_eq!(name(tern_status::TERN_NOT_FOUND as _), "TERN_NOT_FOUND");
     assert_eq!(name(tern_status::TERN_PANIC as _), "TERN_PANIC");
     assert_eq!(name(tern_status::TERN_TIMEOUT as _), "TERN_TIMEOUT");
-    for unknown in [22, 99, -1, std::ffi::c_int::MAX, std::ffi::c_int::MIN] {
+    assert_eq!(name(tern_status::TERN_LOCKED as _), "TERN_LOCKED");
+    for unknown in [23, 99, -1, std::ffi::c_int::MAX, std::ffi::c_int::MIN] {
         assert_eq!(name(unknown), "TERN_UNKNOWN_STATUS", "{unknown}");
     }
 }

@@ -261,6 +261,20 @@ fn containers_tell_their_settings_and_go_and_properties_change() {
         tern_status::TERN_NOT_FOUND
     );
 
+    // Under a retention lock the image can be neither deleted nor changed.
+    let lock = tern_core::wire::RetentionLock {
+        days: 1,
+        mode: tern_core::wire::LockMode::Governance,
+    };
+    server.client().container_lock("c", Some(lock)).unwrap();
+    assert_eq!(
+        unsafe { tern_image_delete(c, name.as_ptr(), image.as_ptr()) },
+        tern_status::TERN_LOCKED
+    );
+    assert!(last_error().contains("retention lock"), "{}", last_error());
+    assert_eq!(set(b"version three"), tern_status::TERN_LOCKED);
+    server.client().container_lock("c", None).unwrap();
+
     // A container with images stays; an empty one goes.
     assert_eq!(
         unsafe { tern_container_remove(c, name.as_ptr()) },

@@ -87,6 +87,8 @@ pub struct TestServer {
     pub args: Vec<String>,
     /// The metrics endpoint's URL, when `--metrics-listen` is among them.
     pub metrics_url: Option<String>,
+    /// Extra environment for `ternd serve` (such as a skewed clock).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestServer {
@@ -102,6 +104,7 @@ impl TestServer {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             metrics_url: None,
+            env: Vec::new(),
         };
         s.spawn();
         s
@@ -148,6 +151,7 @@ impl TestServer {
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--plain-listen", &format!("127.0.0.1:{}", self.plain_port)])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TERN_PASSWORD", PASSWORD)
             // TERN_TEST_LOG=info shows more of a failing test's server.
             .env(

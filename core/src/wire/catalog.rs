@@ -73,6 +73,35 @@ pub struct ContainerInfo {
     /// Where its new images are copied automatically: (partner, container).
     #[serde(default)]
     pub replicate_to: Option<(String, ContainerName)>,
+    /// (protocol 6) Its retention lock, if it has one.
+    #[serde(default)]
+    pub lock: Option<RetentionLock>,
+}
+
+/// A container's retention lock: each of its images can be neither deleted
+/// nor changed until `days` after its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionLock {
+    /// How long after its commit an image stays locked.
+    pub days: u32,
+    /// Who may lift it.
+    pub mode: LockMode,
+}
+
+/// Who may lift a retention lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LockMode {
+    /// An admin may delete a locked image (`bypass_lock`, audited), change
+    /// the period or remove the lock.
+    Governance,
+    /// Nobody may: the period can only grow, the mode never goes back to
+    /// governance, and the container cannot be removed.
+    Compliance,
+}
+
+impl RetentionLock {
+    /// The longest period a lock may have: 100 years.
+    pub const MAX_DAYS: u32 = 36_500;
 }
 
 /// A committed image.
@@ -91,6 +120,11 @@ pub struct ImageInfo {
     pub props: Vec<u8>,
     /// Seconds since the Unix epoch when the image was committed.
     pub created: u64,
+    /// (protocol 6) Seconds since the Unix epoch until which its container's
+    /// retention lock holds it; 0 if it is not locked (now, by the server's
+    /// clock).
+    #[serde(default)]
+    pub lock_until: u64,
 }
 
 /// An image begun and not committed: being written, or left incomplete by
@@ -188,6 +222,9 @@ pub enum ErrorKind {
     Internal,
     /// The session to join is unknown or its grace period ran out.
     SessionExpired,
+    /// (protocol 6) A retention lock forbids it; sessions of older versions
+    /// hear `Denied`.
+    Locked,
 }
 
 /// How a writer sends data.

@@ -25,6 +25,9 @@ pub enum Feature {
     Suspend,
     /// The audit log, `AuditGet` (version 6).
     Audit,
+    /// Retention locks: `ContainerLock`, `ImageRemove` with `bypass_lock`,
+    /// the `Locked` error (version 6).
+    Lock,
 }
 
 impl Feature {
@@ -35,7 +38,7 @@ impl Feature {
             Feature::Resume => 3,
             Feature::WanControls => 4,
             Feature::Paging => 5,
-            Feature::Suspend | Feature::Audit => 6,
+            Feature::Suspend | Feature::Audit | Feature::Lock => 6,
         }
     }
 
@@ -62,6 +65,10 @@ impl Feature {
         Some(match msg {
             Msg::ImageSuspend { .. } => Feature::Suspend,
             Msg::AuditGet { .. } => Feature::Audit,
+            Msg::ContainerLock { .. }
+            | Msg::ImageRemove {
+                bypass_lock: true, ..
+            } => Feature::Lock,
             Msg::ListMore { .. } => Feature::Paging,
             Msg::ImageResume { .. } => Feature::Resume,
             Msg::PartnerSet { .. }
@@ -111,6 +118,7 @@ impl fmt::Display for Feature {
             Feature::Paging => "listings in pages",
             Feature::Suspend => "suspending images",
             Feature::Audit => "the audit log",
+            Feature::Lock => "retention locks",
         })
     }
 }

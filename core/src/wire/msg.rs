@@ -348,6 +348,10 @@ pub enum Msg {
         container: ContainerName,
         /// The image's name.
         name: ImageName,
+        /// (protocol 6; admins) Deletes it even though a governance
+        /// retention lock holds it; the audit log records it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bypass_lock: bool,
     },
     /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`);
     /// answered by `Ok`.
@@ -595,5 +599,13 @@ pub enum Msg {
         /// The cursor of the next page, while more remain: ask `ListMore`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
+    },
+    /// Sets, lengthens or (governance only) removes a container's retention
+    /// lock (admins; version 6); answered by `Ok`.
+    ContainerLock {
+        /// The container.
+        name: ContainerName,
+        /// The new lock, or `None` to remove a governance lock.
+        lock: Option<RetentionLock>,
     },
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tern_core::session::Session;
-use tern_core::wire::{ErrorKind, Frame, Handle, Msg};
+use tern_core::wire::{ErrorKind, Feature, Frame, Handle, Msg};
 
 use super::logins::{LoginGuard, FAILURES_PER_SESSION};
 use super::metrics::Metrics;
@@ -195,6 +195,13 @@ impl SessionHandler {
                 Err(Fatal(why))
             }
             Err(Refusal(kind, message)) => {
+                // An older client could not decode the newer kind.
+                let kind = match kind {
+                    ErrorKind::Locked if !Feature::Lock.in_version(self.version) => {
+                        ErrorKind::Denied
+                    }
+                    kind => kind,
+                };
                 self.send(req, Msg::Error { kind, message }, Vec::new())
                     .await?;
                 if self.failed_logins >= FAILURES_PER_SESSION {

@@ -53,6 +53,10 @@ pub enum Action<'a> {
     DropPartialReplicas,
     /// Read the audit log.
     ReadAudit,
+    /// Set, lengthen or remove a container's retention lock.
+    LockContainer,
+    /// Delete an image a governance retention lock holds.
+    BypassLock,
 }
 
 impl User {
@@ -72,7 +76,9 @@ impl User {
             | Action::ListPartners
             | Action::Shaping(_)
             | Action::DropPartialReplicas
-            | Action::ReadAudit => self.admin,
+            | Action::ReadAudit
+            | Action::LockContainer
+            | Action::BypassLock => self.admin,
         };
         if allowed {
             return Ok(());
@@ -104,6 +110,8 @@ impl User {
             Action::ActAsSource => format!("user {name} replicates into no storage group"),
             Action::DropPartialReplicas => "only an admin may drop partial replicas".into(),
             Action::ReadAudit => "only an admin may read the audit log".into(),
+            Action::LockContainer => "only an admin may change a retention lock".into(),
+            Action::BypassLock => "only an admin may bypass a governance retention lock".into(),
         }
     }
 

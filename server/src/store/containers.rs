@@ -1,7 +1,7 @@
 //! Containers and the names in them: create, list, remove; list and delete images.
 
 use tern_core::names::GroupName;
-use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo};
+use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, LockMode};
 use tern_core::{ContainerName, ImageName};
 
 use super::records::{now_unix, ContainerRecord, ImageRecord};
@@ -69,6 +69,7 @@ impl Store {
                 // Chunking given by the creator stays; else the first copy sets it.
                 inherited: s.chunking.is_some(),
                 replicate_to: None,
+                lock: None,
             })?;
         Ok(container_info(name, &rec, 0, 0))
     }
@@ -170,9 +171,15 @@ impl Store {
             .collect())
     }
 
-    /// Removes an empty container.
+    /// Removes an empty container; never one under a compliance lock.
     pub fn container_remove(&self, scope: &Scope, name: &ContainerName) -> Result<()> {
         let rec = self.container(scope, name)?;
+        if let Some(l) = rec.lock.filter(|l| l.mode == LockMode::Compliance) {
+            return Err(StoreError::Locked(format!(
+                "container {name} has a compliance retention lock of {} days: nobody can remove it",
+                l.days
+            )));
+        }
         if lock(&self.open).values().any(|o| o.container_id == rec.id) {
             return Err(StoreError::Busy(format!(
                 "container {name} has images being written"
@@ -193,7 +200,7 @@ impl Store {
             .catalog
             .images(c.id, prefix)?
             .into_iter()
-            .map(|(name, rec)| image_info(container.clone(), name, rec))
+            .map(|(name, rec)| self.image_info(&c, container.clone(), name, rec))
             .collect())
     }
 
@@ -213,7 +220,9 @@ impl Store {
             )));
         }
         let c = self.container(scope, container)?;
-        if !self.catalog.set_image_props(c.id, name, props)? {
+        let allowed =
+            |rec: &ImageRecord| self.check_unlocked(&c, name, rec.created, "changed", false);
+        if !self.catalog.set_image_props(c.id, name, props, allowed)? {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
             )));
@@ -222,16 +231,21 @@ impl Store {
     }
 
     /// Deletes an image, or an incomplete one of `owner`'s; its chunks are
-    /// reclaimed by the next GC.
+    /// reclaimed by the next GC. An image under its container's retention
+    /// lock stays, unless `bypass_lock` and the lock is governance (the
+    /// caller checked that an admin asked).
     pub fn image_remove(
         &self,
         scope: &Scope,
         owner: Owner<'_>,
         container: &ContainerName,
         name: &ImageName,
+        bypass_lock: bool,
     ) -> Result<()> {
         let c = self.container(scope, container)?;
-        if !self.catalog.remove_image(c.id, name)?
+        let allowed =
+            |rec: &ImageRecord| self.check_unlocked(&c, name, rec.created, "deleted", bypass_lock);
+        if !self.catalog.remove_image(c.id, name, allowed)?
             && !self.remove_incomplete(owner, c.id, container, name)?
         {
             return Err(StoreError::NotFound(format!(
@@ -267,6 +281,7 @@ impl Store {
                     import: false,
                     inherited: false,
                     replicate_to: None,
+                    lock: None,
                 })?,
         };
         let gid = self.group_of(&rec)?;
@@ -296,16 +311,27 @@ fn container_info(
         replica: rec.replica,
         import: rec.import,
         replicate_to: rec.replicate_to.clone(),
+        lock: rec.lock,
     }
 }
 
-pub(super) fn image_info(container: ContainerName, name: ImageName, rec: ImageRecord) -> ImageInfo {
-    ImageInfo {
-        container,
-        name,
-        size: rec.size,
-        chunks: rec.chunks,
-        props: rec.props,
-        created: rec.created,
+impl Store {
+    /// What a client is told of image `rec` of container `c`.
+    pub(super) fn image_info(
+        &self,
+        c: &ContainerRecord,
+        container: ContainerName,
+        name: ImageName,
+        rec: ImageRecord,
+    ) -> ImageInfo {
+        ImageInfo {
+            lock_until: self.lock_until(c, rec.created),
+            container,
+            name,
+            size: rec.size,
+            chunks: rec.chunks,
+            props: rec.props,
+            created: rec.created,
+        }
     }
 }

@@ -25,6 +25,9 @@ pub enum StoreError {
     /// The request itself is wrong (a bad setting, an unannounced chunk).
     #[error("{0}")]
     Invalid(String),
+    /// A retention lock forbids it.
+    #[error("{0}")]
+    Locked(String),
     /// A limit such as the stream limit is reached; trying later can help.
     #[error("{0}")]
     Busy(String),
@@ -70,6 +73,7 @@ impl StoreError {
             StoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             StoreError::Denied(_) => ErrorKind::Denied,
             StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Locked(_) => ErrorKind::Locked,
             StoreError::Busy(_) | StoreError::InUse => ErrorKind::Busy,
             StoreError::Corrupt(_) | StoreError::NeedsRepair(_) => ErrorKind::Corrupt,
             StoreError::ReadOnly(_) | StoreError::Full { .. } => ErrorKind::NoSpace,

@@ -40,6 +40,7 @@ pub mod records;
 mod recovery;
 mod repair;
 mod replica;
+mod retention;
 mod scope;
 mod seed;
 mod space;
@@ -88,6 +89,8 @@ pub struct Store {
     next_writer: AtomicU64,
     /// Why nothing may change, when opened read-only.
     read_only: Option<&'static str>,
+    /// Now, for retention locks and commit times: never goes back.
+    clock: retention::Clock,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,7 +114,7 @@ impl Store {
     pub fn open_read_only(root: &Path, why: &'static str) -> Result<Self> {
         let catalog = Catalog::open_read_only(&root.join("catalog.redb"), why)?;
         let packs = PackSet::open(root, &catalog.groups()?, Some(why))?;
-        let store = Self::assemble(catalog, packs, Some(why));
+        let store = Self::assemble(catalog, packs, Some(why))?;
         store.number_packs()?;
         Ok(store)
     }
@@ -132,11 +135,12 @@ impl Store {
             catalog.insert_group(&default)?;
         }
         let packs = PackSet::open(root, &catalog.groups()?, None)?;
-        Ok(Self::assemble(catalog, packs, None))
+        Self::assemble(catalog, packs, None)
     }
 
-    fn assemble(catalog: Catalog, packs: PackSet, read_only: Option<&'static str>) -> Self {
-        Self {
+    fn assemble(catalog: Catalog, packs: PackSet, read_only: Option<&'static str>) -> Result<Self> {
+        let clock = retention::Clock::new(catalog.meta("clock")?.unwrap_or(0));
+        Ok(Self {
             catalog,
             packs,
             gate: RwLock::new(()),
@@ -145,7 +149,8 @@ impl Store {
             begin_lock: Mutex::new(()),
             next_writer: AtomicU64::new(1),
             read_only,
-        }
+            clock,
+        })
     }
 
     /// The catalog, for the replication engine's own tables (partners,

@@ -173,7 +173,7 @@ impl Store {
             self.cut_raw(&mut img, &[], true)?;
         }
         let durable = self.sync_pending()?;
-        let created = now_unix();
+        let created = self.now();
         let trail = img.replica.as_ref().map(|r| {
             let image = format!("{}/{}", img.container, img.name);
             let group = Some(r.group.clone());
@@ -210,6 +210,8 @@ impl Store {
             chunks,
             props: std::mem::take(&mut img.durable.props),
             created,
+            // Listing or opening the image tells its lock.
+            lock_until: 0,
         };
         let stats = WriteStats {
             logical_bytes: img.size,

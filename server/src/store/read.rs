@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use tern_core::wire::{ImageInfo, RecipeEntry, StoreStats};
 use tern_core::{ContainerName, ImageName};
 
-use super::containers::image_info;
 use super::pack::{self, Location};
 use super::{Result, Scope, Store, StoreError};
 
@@ -33,7 +32,7 @@ impl Store {
         Ok(ReadableImage {
             image_id: rec.id,
             group: self.group_of(&c)?,
-            info: image_info(container.clone(), name.clone(), rec),
+            info: self.image_info(&c, container.clone(), name.clone(), rec),
         })
     }
 

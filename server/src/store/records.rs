@@ -37,6 +37,9 @@ pub struct ContainerRecord {
     /// Its new images are copied to (partner, container).
     #[serde(default)]
     pub replicate_to: Option<(String, ContainerName)>,
+    /// Its retention lock.
+    #[serde(default)]
+    pub lock: Option<tern_core::wire::RetentionLock>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

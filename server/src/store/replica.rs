@@ -7,7 +7,6 @@ use tern_core::wire::{
 };
 use tern_core::{ChunkParams, ContainerName, ImageName};
 
-use super::containers::image_info;
 use super::partial::ReplicaEnd;
 use super::records::{now_unix, ContainerRecord};
 use super::write::ReplicaWrite;
@@ -94,7 +93,8 @@ impl Store {
         }
         if let Some(existing) = self.catalog.image(rec.id, name)? {
             if existing.origin.as_ref().map(|o| o.copy) == Some(origin.copy) {
-                return Ok(ReplicaStart::Committed(image_info(
+                return Ok(ReplicaStart::Committed(self.image_info(
+                    &rec,
                     container.clone(),
                     name.clone(),
                     existing,
@@ -274,7 +274,7 @@ impl Store {
         let readable = ReadableImage {
             image_id: img.id,
             group: self.group_of(&rec)?,
-            info: image_info(container.clone(), name.clone(), img),
+            info: self.image_info(&rec, container.clone(), name.clone(), img),
         };
         Ok((readable, rec))
     }

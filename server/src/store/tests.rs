@@ -161,7 +161,13 @@ fn gc_frees_deleted_images_and_keeps_open_ones() {
     }];
     assert!(store.image_append(w, &refs).unwrap().is_empty());
     store
-        .image_remove(&admin(), Owner::Any, &c, &ImageName::new("gone").unwrap())
+        .image_remove(
+            &admin(),
+            Owner::Any,
+            &c,
+            &ImageName::new("gone").unwrap(),
+            false,
+        )
         .unwrap();
     let report = store.gc().unwrap();
     assert_eq!(report.chunks_removed, 19);
@@ -258,7 +264,9 @@ fn gc_writes_packs_of_the_documented_size() {
     }
     for name in ["a", "c"] {
         let (c, n) = names("c", name);
-        store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
+        store
+            .image_remove(&admin(), Owner::Any, &c, &n, false)
+            .unwrap();
     }
     let report = store.gc().unwrap();
     assert!(report.packs_rewritten > 0, "{report:?}");

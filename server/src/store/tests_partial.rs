@@ -222,7 +222,9 @@ fn rm_removes_an_incomplete_image_and_a_new_create_replaces_one() {
     send(&store, w, &chunks(3, 6));
     store.image_detach(w);
     let (c, n) = names("c", "gone");
-    store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
+    store
+        .image_remove(&admin(), Owner::Any, &c, &n, false)
+        .unwrap();
     assert!(incomplete(&store).is_empty());
 
     let w = begin(&store, "again");
@@ -302,7 +304,9 @@ fn the_index_totals_follow_commits_and_gc() {
     assert_eq!(kept, store.catalog.counted_totals().unwrap());
     assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 12);
     let (c, n) = names("c", "a");
-    store.image_remove(&admin(), Owner::Any, &c, &n).unwrap();
+    store
+        .image_remove(&admin(), Owner::Any, &c, &n, false)
+        .unwrap();
     store.gc().unwrap();
     let kept = store.catalog.group_totals().unwrap();
     assert_eq!(kept, store.catalog.counted_totals().unwrap());

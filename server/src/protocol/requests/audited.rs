@@ -38,9 +38,18 @@ pub fn act_of(msg: &Msg) -> Option<(&'static str, Value)> {
         Msg::ContainerRemove { name } => {
             ("container_remove", json!({ "container": name.to_string() }))
         }
-        Msg::ImageRemove { container, name } => (
+        Msg::ImageRemove {
+            container,
+            name,
+            bypass_lock,
+        } => (
             "image_remove",
-            json!({ "container": container.to_string(), "image": name.to_string() }),
+            json!({ "container": container.to_string(), "image": name.to_string(),
+                "bypass_lock": bypass_lock }),
+        ),
+        Msg::ContainerLock { name, lock } => (
+            "container_lock",
+            json!({ "container": name.to_string(), "lock": lock }),
         ),
         Msg::ContainerPromote { name } => (
             "container_promote",

@@ -21,8 +21,21 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             blocking(|| store.container_remove(&user.scope(), &name))?;
             Msg::Ok
         }
-        Msg::ImageRemove { container, name } => {
-            blocking(|| store.image_remove(&user.scope(), user.owner(), &container, &name))?;
+        Msg::ImageRemove {
+            container,
+            name,
+            bypass_lock,
+        } => {
+            if bypass_lock {
+                user.may(Action::BypassLock)?;
+            }
+            let (scope, owner) = (user.scope(), user.owner());
+            blocking(|| store.image_remove(&scope, owner, &container, &name, bypass_lock))?;
+            Msg::Ok
+        }
+        Msg::ContainerLock { name, lock } => {
+            user.may(Action::LockContainer)?;
+            blocking(|| store.container_lock(&user.scope(), &name, lock))?;
             Msg::Ok
         }
         Msg::ImagePropsSet {

@@ -89,6 +89,7 @@ fn error_kind(kind: ErrorKind) -> &'static str {
         ErrorKind::Internal => "internal",
         ErrorKind::Corrupt => "corrupt",
         ErrorKind::SessionExpired => "session_expired",
+        ErrorKind::Locked => "locked",
         _ => "other",
     }
 }
@@ -143,6 +144,7 @@ async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) ->
         m @ (Msg::ContainerCreate { .. }
         | Msg::ContainerRemove { .. }
         | Msg::ImageRemove { .. }
+        | Msg::ContainerLock { .. }
         | Msg::ImagePropsSet { .. }
         | Msg::UserAdd { .. }
         | Msg::UserPasswd { .. }

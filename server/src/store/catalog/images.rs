@@ -58,13 +58,14 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Removes an image and its recipe; false if there was none.
     /// Replaces an image's properties; false if there is no such image.
+    /// `allowed` sees the record first and may refuse the change.
     pub fn set_image_props(
         &self,
         container_id: u64,
         name: &ImageName,
         props: Vec<u8>,
+        allowed: impl FnOnce(&ImageRecord) -> Result<()>,
     ) -> Result<bool> {
         let tx = self.begin_write()?;
         {
@@ -74,6 +75,7 @@ impl Catalog {
                 Some(v) => decode("image", v.value())?,
                 None => return Ok(false),
             };
+            allowed(&rec)?;
             rec.props = props;
             images.insert(key, encode(&rec)?.as_slice())?;
         }
@@ -81,7 +83,14 @@ impl Catalog {
         Ok(true)
     }
 
-    pub fn remove_image(&self, container_id: u64, name: &ImageName) -> Result<bool> {
+    /// Removes an image and its recipe; false if there was none. `allowed`
+    /// sees the record first and may refuse (nothing changes then).
+    pub fn remove_image(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+        allowed: impl FnOnce(&ImageRecord) -> Result<()>,
+    ) -> Result<bool> {
         let tx = self.begin_write()?;
         {
             let mut images = tx.open_table(IMAGES)?;
@@ -89,6 +98,7 @@ impl Catalog {
                 Some(v) => decode("image", v.value())?,
                 None => return Ok(false),
             };
+            allowed(&rec)?;
             let mut recipes = tx.open_table(RECIPES)?;
             recipes.retain_in((rec.id, 0)..=(rec.id, u64::MAX), |_, _| false)?;
         }

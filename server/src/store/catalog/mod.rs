@@ -378,6 +378,24 @@ impl Catalog {
         Ok(rec)
     }
 
+    /// A number kept in the `meta` table, if set.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>> {
+        let tx = self.db.begin_read()?;
+        match tx.open_table(META) {
+            Ok(meta) => Ok(meta.get(key)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets a number in the `meta` table.
+    pub fn set_meta(&self, key: &str, value: u64) -> Result<()> {
+        let tx = self.begin_write()?;
+        tx.open_table(META)?.insert(key, value)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Changes a container's record in one transaction; `change` also
     /// learns whether the container holds images.
     pub fn update_container(
