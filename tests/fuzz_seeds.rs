@@ -64,6 +64,10 @@ fn replica() -> Vec<u8> {
             server: "sha256:00".into(),
             container: tern_core::ContainerName::new("c").unwrap(),
             image: tern_core::ImageName::new("img").unwrap(),
+            lock: Some(tern_core::wire::ImageLock {
+                until: 1_900_000_000,
+                mode: tern_core::wire::LockMode::Compliance,
+            }),
         },
         chunking: Default::default(),
         zstd_level: 1,

@@ -91,6 +91,7 @@ fn origin(copy: u8) -> ReplicaOrigin {
         server: "a-source".into(),
         container: ContainerName::new("c").unwrap(),
         image: ImageName::new("img").unwrap(),
+        lock: None,
     }
 }
 

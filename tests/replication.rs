@@ -392,3 +392,49 @@ fn a_policy_copies_new_images_until_it_is_off(src: &TestServer, dst: &TestServer
     assert_eq!(later["state"], "done", "{later}");
     assert!(target.image_list("dr", "manual").unwrap().is_empty());
 }
+
+#[test]
+fn a_replica_of_a_locked_image_is_locked_alike_on_the_target() {
+    let pair = Pair::new();
+    pair.pair().unwrap();
+    let src = pair.source.client();
+    let lock = |days, mode| Some(tern_core::wire::RetentionLock { days, mode });
+    src.container_lock("c", lock(30, tern_core::wire::LockMode::Compliance))
+        .unwrap();
+    let data = test_data(4 << 20, 79);
+    backup(&src, "c", "v1", b"p", &data);
+    let until = src.image_list("c", "").unwrap()[0].lock_until;
+    assert!(until > 0, "the source image is not locked");
+
+    let id = src.copy_start("c", "v1", &to_dr()).unwrap();
+    assert_eq!(wait_final(&src, id).state, CopyState::Done);
+
+    // The target's container has no lock of its own: the replica carries
+    // its source's end and mode.
+    let dst = pair.target.client();
+    let replica = &dst.image_list("dr", "").unwrap()[0];
+    assert_eq!(replica.lock_until, until, "{replica:?}");
+    let locked = |e: tern_agent::ClientError| {
+        assert_eq!(e.kind(), Some(tern_core::wire::ErrorKind::Locked), "{e}");
+    };
+    locked(dst.image_remove("dr", "v1").unwrap_err());
+    locked(dst.image_remove_bypassing_lock("dr", "v1").unwrap_err());
+    locked(dst.image_set_props("dr", "v1", b"other").unwrap_err());
+    // GC after the attempts frees nothing of it.
+    let gc = pair.target.ternd(&["gc"]);
+    assert!(gc.status.success(), "{gc:?}");
+    assert!(restore(&dst, "dr", "v1") == data, "the replica differs");
+
+    // A governance lock travels as governance: the target's admin may
+    // delete the replica by bypassing it, and only so.
+    src.container_create("g", ContainerSettings::default())
+        .unwrap();
+    src.container_lock("g", lock(7, tern_core::wire::LockMode::Governance))
+        .unwrap();
+    backup(&src, "g", "v2", b"", &data);
+    let id = src.copy_start("g", "v2", &to_dr()).unwrap();
+    assert_eq!(wait_final(&src, id).state, CopyState::Done);
+    locked(dst.image_remove("dr", "v2").unwrap_err());
+    dst.image_remove_bypassing_lock("dr", "v2").unwrap();
+    assert_eq!(dst.image_list("dr", "").unwrap().len(), 1);
+}

@@ -104,6 +104,16 @@ impl RetentionLock {
     pub const MAX_DAYS: u32 = 36_500;
 }
 
+/// The retention lock holding one image: until when, and who may lift it.
+/// A copy carries it to the replica, which the target holds alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLock {
+    /// Seconds since the Unix epoch until which the image is held.
+    pub until: u64,
+    /// Who may lift it.
+    pub mode: LockMode,
+}
+
 /// A committed image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageInfo {
@@ -120,9 +130,9 @@ pub struct ImageInfo {
     pub props: Vec<u8>,
     /// Seconds since the Unix epoch when the image was committed.
     pub created: u64,
-    /// (protocol 6) Seconds since the Unix epoch until which its container's
-    /// retention lock holds it; 0 if it is not locked (now, by the server's
-    /// clock).
+    /// (protocol 6) Seconds since the Unix epoch until which a retention
+    /// lock holds it (its container's, or the one its source had if it is a
+    /// replica); 0 if it is not locked (now, by the server's clock).
     #[serde(default)]
     pub lock_until: u64,
 }

@@ -69,6 +69,8 @@ impl Feature {
             | Msg::ImageRemove {
                 bypass_lock: true, ..
             } => Feature::Lock,
+            // A target that cannot hold the replica locked must not get it.
+            Msg::ReplicaCreate { origin, .. } if origin.lock.is_some() => Feature::Lock,
             Msg::ListMore { .. } => Feature::Paging,
             Msg::ImageResume { .. } => Feature::Resume,
             Msg::PartnerSet { .. }
@@ -175,5 +177,36 @@ mod tests {
             shaping: None,
         };
         assert_eq!(Feature::needed_by(&unshaped), None);
+    }
+
+    #[test]
+    fn a_replica_that_carries_a_lock_needs_a_target_that_can_hold_it() {
+        let name = |s| crate::names::ContainerName::new(s).unwrap();
+        let create = |lock| Msg::ReplicaCreate {
+            container: name("dr"),
+            name: crate::names::ImageName::new("i").unwrap(),
+            props: Vec::new(),
+            origin: crate::wire::ReplicaOrigin {
+                copy: crate::wire::CopyId([1; 16]),
+                server: "s".into(),
+                container: name("c"),
+                image: crate::names::ImageName::new("i").unwrap(),
+                lock,
+            },
+            chunking: Default::default(),
+            zstd_level: 1,
+        };
+        assert_eq!(
+            Feature::needed_by(&create(None)),
+            Some(Feature::Replication)
+        );
+        let locked = crate::wire::ImageLock {
+            until: 1,
+            mode: crate::wire::LockMode::Governance,
+        };
+        assert_eq!(
+            Feature::needed_by(&create(Some(locked))),
+            Some(Feature::Lock)
+        );
     }
 }

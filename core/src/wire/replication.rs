@@ -61,6 +61,10 @@ pub struct ReplicaOrigin {
     pub container: ContainerName,
     /// The image on the source.
     pub image: ImageName,
+    /// (protocol 6) The retention lock holding the image on the source when
+    /// the copy began: the target holds the replica alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::wire::ImageLock>,
 }
 
 /// A replication partner as listed (never its password).

@@ -220,8 +220,7 @@ impl Store {
             )));
         }
         let c = self.container(scope, container)?;
-        let allowed =
-            |rec: &ImageRecord| self.check_unlocked(&c, name, rec.created, "changed", false);
+        let allowed = |rec: &ImageRecord| self.check_unlocked(&c, name, rec, "changed", false);
         if !self.catalog.set_image_props(c.id, name, props, allowed)? {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
@@ -244,7 +243,7 @@ impl Store {
     ) -> Result<()> {
         let c = self.container(scope, container)?;
         let allowed =
-            |rec: &ImageRecord| self.check_unlocked(&c, name, rec.created, "deleted", bypass_lock);
+            |rec: &ImageRecord| self.check_unlocked(&c, name, rec, "deleted", bypass_lock);
         if !self.catalog.remove_image(c.id, name, allowed)?
             && !self.remove_incomplete(owner, c.id, container, name)?
         {
@@ -325,7 +324,7 @@ impl Store {
         rec: ImageRecord,
     ) -> ImageInfo {
         ImageInfo {
-            lock_until: self.lock_until(c, rec.created),
+            lock_until: self.image_lock(c, &rec).map_or(0, |l| l.until),
             container,
             name,
             size: rec.size,

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use tern_core::wire::{ImageInfo, RecipeEntry, StoreStats};
+use tern_core::wire::{ImageInfo, ImageLock, RecipeEntry, StoreStats};
 use tern_core::{ContainerName, ImageName};
 
 use super::pack::{self, Location};
@@ -14,6 +14,8 @@ pub struct ReadableImage {
     pub info: ImageInfo,
     pub image_id: u64,
     pub group: u32,
+    /// The retention lock holding it when it was opened: a copy carries it.
+    pub lock: Option<ImageLock>,
 }
 
 impl Store {
@@ -32,6 +34,7 @@ impl Store {
         Ok(ReadableImage {
             image_id: rec.id,
             group: self.group_of(&c)?,
+            lock: self.image_lock(&c, &rec),
             info: self.image_info(&c, container.clone(), name.clone(), rec),
         })
     }

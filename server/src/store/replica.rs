@@ -57,6 +57,7 @@ impl Store {
             zstd_level,
         } = replica;
         let (container, name) = (&container, &name);
+        self.check_carried_lock(&origin)?;
         if props.len() > tern_core::wire::MAX_PROPS_LEN {
             return Err(StoreError::Invalid(format!(
                 "image properties of {} bytes; the limit is {}",
@@ -274,6 +275,7 @@ impl Store {
         let readable = ReadableImage {
             image_id: img.id,
             group: self.group_of(&rec)?,
+            lock: self.image_lock(&rec, &img),
             info: self.image_info(&rec, container.clone(), name.clone(), img),
         };
         Ok((readable, rec))

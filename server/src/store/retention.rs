@@ -1,5 +1,6 @@
 //! Retention locks: a container's lock holds each of its images, from its
-//! commit, for the lock's days; a held image can be neither deleted nor
+//! commit, for the lock's days, and a replica is held as long as its
+//! source was when copied; a held image can be neither deleted nor
 //! changed. The checks run here, in the engine, right before the catalog
 //! change they guard.
 //!
@@ -12,10 +13,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tern_core::wire::{LockMode, RetentionLock};
+use tern_core::wire::{ImageLock, LockMode, ReplicaOrigin, RetentionLock};
 use tern_core::{ContainerName, ImageName};
 
-use super::records::{now_unix, ContainerRecord};
+use super::records::{now_unix, ContainerRecord, ImageRecord};
 use super::scope::Scope;
 use super::{Result, Store, StoreError};
 
@@ -72,52 +73,78 @@ impl Store {
         now
     }
 
-    /// Until when (unix seconds) `container`'s lock holds an image committed
-    /// at `created`; 0 if it does not hold it now.
-    pub(crate) fn lock_until(&self, container: &ContainerRecord, created: u64) -> u64 {
-        match container.lock {
-            Some(lock) => {
-                let until = created.saturating_add(u64::from(lock.days) * DAY);
-                if until > self.now() {
-                    until
-                } else {
-                    0
-                }
-            }
-            None => 0,
-        }
+    /// The retention lock holding image `rec` of `container` now, if any:
+    /// its container's (from its commit, for the lock's days) and, for a
+    /// replica, the one its source had. Held until the later of the two;
+    /// compliance if either holding one is.
+    pub(crate) fn image_lock(
+        &self,
+        container: &ContainerRecord,
+        rec: &ImageRecord,
+    ) -> Option<ImageLock> {
+        let own = container.lock.map(|l| ImageLock {
+            until: rec.created.saturating_add(u64::from(l.days) * DAY),
+            mode: l.mode,
+        });
+        let carried = rec.origin.as_ref().and_then(|o| o.lock);
+        let now = self.now();
+        [own, carried]
+            .into_iter()
+            .flatten()
+            .filter(|l| l.until > now)
+            .reduce(|a, b| ImageLock {
+                until: a.until.max(b.until),
+                mode: a.mode.max(b.mode),
+            })
     }
 
-    /// `Ok` unless `container`'s lock holds the image committed at
-    /// `created`; `bypass` lifts a governance lock (the caller checked that
-    /// an admin asked).
+    /// `Ok` unless a retention lock holds image `rec`; `bypass` lifts a
+    /// governance lock (the caller checked that an admin asked).
     pub(crate) fn check_unlocked(
         &self,
         container: &ContainerRecord,
         image: &ImageName,
-        created: u64,
+        rec: &ImageRecord,
         what: &str,
         bypass: bool,
     ) -> Result<()> {
-        let until = self.lock_until(container, created);
-        if until == 0 {
+        let Some(lock) = self.image_lock(container, rec) else {
+            return Ok(());
+        };
+        if bypass && lock.mode == LockMode::Governance {
             return Ok(());
         }
-        let mode = container.lock.map(|l| l.mode);
-        if bypass && mode == Some(LockMode::Governance) {
-            return Ok(());
-        }
-        let how = match mode {
-            Some(LockMode::Governance) if what == "deleted" => {
+        let how = match lock.mode {
+            LockMode::Governance if what == "deleted" => {
                 "; an admin may delete it with --bypass-lock (governance mode)"
             }
-            Some(LockMode::Compliance) => "; nobody can lift a compliance lock",
-            _ => "",
+            LockMode::Compliance => "; nobody can lift a compliance lock",
+            LockMode::Governance => "",
         };
         Err(StoreError::Locked(format!(
-            "image {image} is under its container's retention lock until {}: it cannot be {what}{how}",
-            tern_core::time::rfc3339(until)
+            "image {image} is under a retention lock until {}: it cannot be {what}{how}",
+            tern_core::time::rfc3339(lock.until)
         )))
+    }
+
+    /// The lock a replica carries from its source: refused if it ends
+    /// further ahead than any lock could (a source may not make an image
+    /// undeletable for ever).
+    pub(crate) fn check_carried_lock(&self, origin: &ReplicaOrigin) -> Result<()> {
+        let Some(lock) = origin.lock else {
+            return Ok(());
+        };
+        let limit = self
+            .now()
+            .saturating_add(u64::from(RetentionLock::MAX_DAYS) * DAY);
+        if lock.until > limit {
+            return Err(StoreError::Invalid(format!(
+                "the source's retention lock ends at {}, more than {} days ahead",
+                lock.until,
+                RetentionLock::MAX_DAYS
+            )));
+        }
+        Ok(())
     }
 
     /// Sets, lengthens or (governance only) removes a container's lock.

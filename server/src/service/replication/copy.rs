@@ -78,6 +78,7 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
             server: r.me.server_id.clone(),
             container: rec.container.clone(),
             image: rec.image.clone(),
+            lock: img.lock,
         },
         chunking: container.chunking,
         zstd_level: container.zstd_level,
