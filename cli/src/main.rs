@@ -168,6 +168,10 @@ enum Cmd {
         #[arg(long, default_value_t = 256)]
         upload_mib: u64,
     },
+    /// Write the man pages (tern.1 and one per subcommand) into DIR; the
+    /// package build runs it.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -280,6 +284,11 @@ fn run(cli: Cli) -> Result<()> {
             upload_mib,
         } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
         Cmd::Stats => stats(&cli),
+        Cmd::GenerateMan { dir } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
+        }
         Cmd::Partner { cmd } => replication::partner(&cli, cmd),
         Cmd::Shaping { cmd } => shaping::shaping(&cli, cmd),
         Cmd::Copy(args) => replication::copy(&cli, args),

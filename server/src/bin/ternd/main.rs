@@ -76,6 +76,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Write the man pages (ternd.1 and one per subcommand) into DIR; the
+    /// package build runs it.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +138,11 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve(args) => serve(args),
+        Cmd::GenerateMan { dir } => {
+            use clap::CommandFactory;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
+        }
         Cmd::Fingerprint { data } => {
             let cfg = Config::load(&data.data.join("ternd.toml"))?;
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
