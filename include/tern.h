@@ -320,9 +320,9 @@ typedef struct {
   const uint8_t *props;
   size_t props_len;
   /**
-   * Seconds since the Unix epoch until which its container's retention
-   * lock holds it (it can be neither deleted nor changed); 0 if it is
-   * not locked (0 from servers older than protocol 6). Appended last, so
+   * Seconds since the Unix epoch until which a retention lock (its
+   * container's, or for a replica its source's) holds it (it can be
+   * neither deleted nor changed); 0 if it is not locked (0 from servers older than protocol 6). Appended last, so
    * callbacks built against older headers are unaffected.
    */
   uint64_t lock_until;

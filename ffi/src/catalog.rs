@@ -20,9 +20,9 @@ pub struct tern_image_info {
     /// The DMA's properties, as given to tern_image_create().
     pub props: *const u8,
     pub props_len: usize,
-    /// Seconds since the Unix epoch until which its container's retention
-    /// lock holds it (it can be neither deleted nor changed); 0 if it is
-    /// not locked (0 from servers older than protocol 6). Appended last, so
+    /// Seconds since the Unix epoch until which a retention lock (its
+    /// container's, or for a replica its source's) holds it (it can be
+    /// neither deleted nor changed); 0 if it is not locked (0 from servers older than protocol 6). Appended last, so
     /// callbacks built against older headers are unaffected.
     pub lock_until: u64,
 }

@@ -125,6 +125,11 @@ fn a_compliance_lock_keeps_an_image_from_everyone_and_only_grows() {
     let containers: Value =
         serde_json::from_str(&ok("container ls", t(&["--json", "container", "ls"]))).unwrap();
     assert_eq!(containers[0]["lock"]["days"], 90, "{containers}");
+    // A commit into the locked container tells its lock at once.
+    let mut w = bob.create_image("c", "j", b"").unwrap();
+    w.write_all(&data[..1 << 20]).unwrap();
+    let done = w.commit().unwrap();
+    assert_eq!(done.info.lock_until, done.info.created + 90 * DAY);
 
     // GC after the attempts frees nothing of it; fsck finds it whole.
     ok("gc", server.ternd(&["gc"]));

@@ -16,7 +16,7 @@ use tern_core::wire::{
 use tern_core::{ContainerName, ImageName};
 
 use super::catalog::NewImage;
-use super::records::now_unix;
+use super::records::{now_unix, ImageRecord};
 use super::write::{no_such_image, OpenImage, SessionProbe};
 use super::{lock, Owner, Result, Scope, Store, StoreError, WriterId};
 
@@ -186,7 +186,7 @@ impl Store {
             t
         });
         let chunks = img.durable.chunks + img.recipe.len() as u64;
-        self.catalog.commit_image(
+        let rec = self.catalog.commit_image(
             &NewImage {
                 id: img.durable.id,
                 container_id: img.container_id,
@@ -210,8 +210,7 @@ impl Store {
             chunks,
             props: std::mem::take(&mut img.durable.props),
             created,
-            // Listing or opening the image tells its lock.
-            lock_until: 0,
+            lock_until: self.committed_lock(img.container_id, &rec),
         };
         let stats = WriteStats {
             logical_bytes: img.size,
@@ -219,6 +218,28 @@ impl Store {
             ..img.stats
         };
         Ok((info, stats))
+    }
+
+    /// Until when a retention lock holds the image `rec` just committed
+    /// into container `container_id` (read again: a lock set while the
+    /// image was written holds it too); 0 if none, or if the container
+    /// cannot be read now (the commit stands; listing the image tells).
+    fn committed_lock(&self, container_id: u64, rec: &ImageRecord) -> u64 {
+        let container = match self.catalog.container_place(container_id) {
+            Ok(Some((group, name))) => ContainerName::new(&name)
+                .ok()
+                .and_then(|name| self.catalog.container(&group, &name).transpose()),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        match container {
+            Some(Ok(c)) => self.image_lock(&c, rec).map_or(0, |l| l.until),
+            Some(Err(e)) => {
+                tracing::warn!("could not read the lock of a committed image: {e}");
+                0
+            }
+            None => 0,
+        }
     }
 
     /// Images being written now.
