@@ -7,14 +7,29 @@
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::msg::Envelope;
+use super::msg::Msg;
 
 /// The largest header a peer may send.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
 /// The largest payload a peer may send: a maximal chunk plus slack.
 pub const MAX_PAYLOAD_LEN: u32 = (4 << 20) + 4096;
+
+/// The header of every frame: sequencing (Secure Connect resends and
+/// acknowledges by `seq` and `ack`), the request it belongs to, the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender's sequence number for this frame (starting at 1).
+    pub seq: u64,
+    /// The highest sequence number the sender has received in order.
+    pub ack: u64,
+    /// The request this frame belongs to (0 for none).
+    pub req: u64,
+    /// The message.
+    pub msg: Msg,
+}
 
 /// How large a frame a reader accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Protocol messages: the header of every frame.
+//! Protocol messages: what a frame's header ([`Envelope`](super::Envelope)) carries.
 //!
 //! Requests carry a request id (`req`) chosen by the client; every answer to a
 //! request echoes it. Bulk bytes (chunk data, passthrough data) travel in the
@@ -16,19 +16,6 @@ use crate::chunker::ChunkParams;
 use crate::codec::Codec;
 use crate::names::{ContainerName, GroupName, ImageName, UserName};
 use crate::ChunkId;
-
-/// The header of every frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The sender's sequence number for this frame (starting at 1).
-    pub seq: u64,
-    /// The highest sequence number the sender has received in order.
-    pub ack: u64,
-    /// The request this frame belongs to (0 for none).
-    pub req: u64,
-    /// The message.
-    pub msg: Msg,
-}
 
 /// Handle of an open image within one session.
 pub type Handle = u32;
