@@ -1,11 +1,13 @@
 //! Containers and the names in them: create, list, remove; list and delete images.
 
 use tern_core::names::GroupName;
-use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, LockMode};
+use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, ImageLock, LockMode};
 use tern_core::{ContainerName, ImageName};
 
 use super::records::{now_unix, ContainerRecord, ImageRecord};
-use super::{lock, Owner, Result, Scope, Store, StoreError, DEFAULT_GROUP, DEFAULT_ZSTD_LEVEL};
+use super::{
+    lock, Owner, ReadableImage, Result, Scope, Store, StoreError, DEFAULT_GROUP, DEFAULT_ZSTD_LEVEL,
+};
 
 /// The storage group a new container goes into, and its name there: the
 /// group it is named in (`GROUP/NAME`), else the one its settings give,
@@ -323,14 +325,42 @@ impl Store {
         name: ImageName,
         rec: ImageRecord,
     ) -> ImageInfo {
-        ImageInfo {
-            lock_until: self.image_lock(c, &rec).map_or(0, |l| l.until),
-            container,
-            name,
-            size: rec.size,
-            chunks: rec.chunks,
-            props: rec.props,
-            created: rec.created,
-        }
+        let lock = self.image_lock(c, &rec);
+        info_of(container, name, rec, lock)
+    }
+
+    /// Image `rec` of container `c` opened for reading, with the lock
+    /// holding it (a copy carries it).
+    pub(super) fn readable(
+        &self,
+        c: &ContainerRecord,
+        container: ContainerName,
+        name: ImageName,
+        rec: ImageRecord,
+    ) -> Result<ReadableImage> {
+        let lock = self.image_lock(c, &rec);
+        Ok(ReadableImage {
+            image_id: rec.id,
+            group: self.group_of(c)?,
+            lock,
+            info: info_of(container, name, rec, lock),
+        })
+    }
+}
+
+fn info_of(
+    container: ContainerName,
+    name: ImageName,
+    rec: ImageRecord,
+    lock: Option<ImageLock>,
+) -> ImageInfo {
+    ImageInfo {
+        lock_until: lock.map_or(0, |l| l.until),
+        container,
+        name,
+        size: rec.size,
+        chunks: rec.chunks,
+        props: rec.props,
+        created: rec.created,
     }
 }

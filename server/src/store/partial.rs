@@ -16,7 +16,7 @@ use tern_core::wire::{
 use tern_core::{ContainerName, ImageName};
 
 use super::catalog::NewImage;
-use super::records::{now_unix, ImageRecord};
+use super::records::{now_unix, ContainerRecord, ImageRecord};
 use super::write::{no_such_image, OpenImage, SessionProbe};
 use super::{lock, Owner, Result, Scope, Store, StoreError, WriterId};
 
@@ -225,20 +225,23 @@ impl Store {
     /// image was written holds it too); 0 if none, or if the container
     /// cannot be read now (the commit stands; listing the image tells).
     fn committed_lock(&self, container_id: u64, rec: &ImageRecord) -> u64 {
-        let container = match self.catalog.container_place(container_id) {
-            Ok(Some((group, name))) => ContainerName::new(&name)
-                .ok()
-                .and_then(|name| self.catalog.container(&group, &name).transpose()),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
+        let container = || -> Result<Option<ContainerRecord>> {
+            let Some((group, name)) = self.catalog.container_place(container_id)? else {
+                return Ok(None);
+            };
+            match ContainerName::new(&name) {
+                Ok(name) => self.catalog.container(&group, &name),
+                Err(_) => Ok(None),
+            }
         };
-        match container {
-            Some(Ok(c)) => self.image_lock(&c, rec).map_or(0, |l| l.until),
-            Some(Err(e)) => {
+        match container() {
+            Ok(c) => c
+                .and_then(|c| self.image_lock(&c, rec))
+                .map_or(0, |l| l.until),
+            Err(e) => {
                 tracing::warn!("could not read the lock of a committed image: {e}");
                 0
             }
-            None => 0,
         }
     }
 

@@ -31,12 +31,7 @@ impl Store {
                 "image {name} does not exist in container {container}"
             ))
         })?;
-        Ok(ReadableImage {
-            image_id: rec.id,
-            group: self.group_of(&c)?,
-            lock: self.image_lock(&c, &rec),
-            info: self.image_info(&c, container.clone(), name.clone(), rec),
-        })
+        self.readable(&c, container.clone(), name.clone(), rec)
     }
 
     /// Recipe entries from the one holding `offset`, at most `max`.

@@ -272,12 +272,7 @@ impl Store {
                 "image {name} is not (or no longer) in container {container}"
             ))
         })?;
-        let readable = ReadableImage {
-            image_id: img.id,
-            group: self.group_of(&rec)?,
-            lock: self.image_lock(&rec, &img),
-            info: self.image_info(&rec, container.clone(), name.clone(), img),
-        };
+        let readable = self.readable(&rec, container.clone(), name.clone(), img)?;
         Ok((readable, rec))
     }
 

@@ -94,6 +94,7 @@ impl Store {
             .filter(|l| l.until > now)
             .reduce(|a, b| ImageLock {
                 until: a.until.max(b.until),
+                // Compliance orders after governance: the stricter wins.
                 mode: a.mode.max(b.mode),
             })
     }
@@ -140,7 +141,7 @@ impl Store {
         if lock.until > limit {
             return Err(StoreError::Invalid(format!(
                 "the source's retention lock ends at {}, more than {} days ahead",
-                lock.until,
+                tern_core::time::rfc3339(lock.until),
                 RetentionLock::MAX_DAYS
             )));
         }
