@@ -27,6 +27,7 @@
 pub mod catalog;
 mod containers;
 mod error;
+mod extent;
 mod finisher;
 mod fsck;
 mod gc;
@@ -57,6 +58,7 @@ use tern_core::names::GroupName;
 use catalog::Catalog;
 pub use containers::{container_home, default_group};
 pub use error::{Result, StoreError};
+pub use extent::ExtentStats;
 pub use fsck::FsckReport;
 pub use gc::GcReport;
 use pack::Location;
@@ -182,5 +184,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_extent;
 #[cfg(test)]
 mod tests_partial;

@@ -18,7 +18,7 @@ use std::time::Instant;
 use tern_core::codec::{Compressor, Decoder};
 use tern_core::names::{GroupName, UserName};
 use tern_core::wire::{ChunkRef, CopyId, ReplicaOrigin, WriteStats};
-use tern_core::{ChunkId, Codec, ContainerName, ImageName, StreamChunker};
+use tern_core::{ChunkId, ChunkParams, Codec, ContainerName, ImageName, StreamChunker};
 
 use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord, PartialRecord};
 use super::{lock, Owner, Result, Scope, Store, StoreError};
@@ -38,7 +38,9 @@ fn check_batch(
     stored_len: impl Fn(&ChunkKey) -> Result<Option<u32>>,
 ) -> Result<Vec<bool>> {
     let mut seen: HashMap<ChunkId, (u32, bool)> = HashMap::new();
-    let mut short_tail = img.short_tail;
+    // A replica's recipe is its source image's, whose extents may have
+    // left short chunks anywhere.
+    let mut short_tail = img.short_tail && img.replica.is_none();
     let mut stored = Vec::with_capacity(entries.len());
     for e in entries {
         if short_tail {
@@ -54,7 +56,7 @@ fn check_batch(
                 e.len, img.max_chunk
             )));
         }
-        short_tail = e.len < img.min_chunk;
+        short_tail = e.len < img.min_chunk && img.replica.is_none();
         let known = match (seen.get(&e.id), img.missing.get(&e.id)) {
             (Some(&known), _) => known,
             (None, Some(&len)) => (len, false),
@@ -116,8 +118,11 @@ pub(super) struct OpenImage {
     /// be shorter than `min_chunk`.
     min_chunk: u32,
     max_chunk: u32,
-    /// A chunk shorter than the minimum was announced: it must be the last.
-    short_tail: bool,
+    /// A chunk shorter than the minimum was announced: it must be the last,
+    /// or the last before an extent.
+    pub(super) short_tail: bool,
+    /// The container's zstd level, for chunks the server makes (extent edges).
+    pub(super) zstd_level: i32,
     pub(super) passthrough: Option<Passthrough>,
     /// A replica being written by a source server.
     pub(super) replica: Option<ReplicaWrite>,
@@ -152,7 +157,8 @@ pub(super) struct ReplicaWrite {
 
 /// The server's half of a passthrough image: it chunks and compresses.
 pub(super) struct Passthrough {
-    chunker: StreamChunker,
+    pub(super) chunker: StreamChunker,
+    pub(super) chunking: ChunkParams,
     compressor: Compressor,
 }
 
@@ -303,19 +309,12 @@ impl Store {
         let passthrough = if durable.passthrough {
             Some(Passthrough {
                 chunker: StreamChunker::new(rec.chunking),
+                chunking: rec.chunking,
                 compressor: Compressor::new(rec.zstd_level)?,
             })
         } else {
             None
         };
-        // A resumed image whose durable recipe ends in a short chunk may
-        // take no chunk after it, as if it had never stopped.
-        let short_tail = durable.size > 0
-            && self
-                .catalog
-                .recipe_from(durable.id, durable.size - 1, 1)?
-                .first()
-                .is_some_and(|e| e.len < rec.chunking.min);
         Ok(OpenImage {
             container_id: rec.id,
             container: container.clone(),
@@ -333,7 +332,12 @@ impl Store {
             durable,
             min_chunk: rec.chunking.min,
             max_chunk: rec.chunking.max,
-            short_tail,
+            // A resume starts the chunker afresh, as an extent does: a
+            // short chunk at the durable end may be followed (each such
+            // chunk costs the writer a round trip, so rows per byte stay
+            // bounded).
+            short_tail: false,
+            zstd_level: rec.zstd_level,
             passthrough,
             replica,
             last_checkpoint: Instant::now(),
@@ -411,7 +415,7 @@ impl Store {
             img.recipe.push((offset, e.id, e.len));
             img.size += u64::from(e.len);
             img.stats.chunks += 1;
-            img.short_tail = e.len < img.min_chunk;
+            img.short_tail = e.len < img.min_chunk && img.replica.is_none();
             if img.missing.contains_key(&e.id) {
                 continue;
             }
@@ -523,7 +527,7 @@ impl Store {
         Ok(())
     }
 
-    fn has_chunk(&self, group: u32, id: &ChunkId) -> Result<bool> {
+    pub(super) fn has_chunk(&self, group: u32, id: &ChunkId) -> Result<bool> {
         let key = chunk_key(group, id);
         if lock(&self.pending).contains_key(&key) {
             return Ok(true);

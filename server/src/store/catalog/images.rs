@@ -214,3 +214,76 @@ impl Catalog {
         Ok((RecipeEntry { offset, id, len }, loc))
     }
 }
+
+/// One committed image and its recipe, as of one read snapshot: what an
+/// extent write reads, so that a deletion of the image meanwhile changes
+/// nothing it sees (GC, which could free the chunks, waits on the gate).
+pub struct RecipeSnapshot {
+    recipes: redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    pub image: ImageRecord,
+}
+
+impl Catalog {
+    /// The committed image `name` of a container with its recipe, from one
+    /// snapshot; `None` if there is no such committed image.
+    pub fn recipe_snapshot(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+    ) -> Result<Option<RecipeSnapshot>> {
+        let tx = self.db.begin_read()?;
+        let Some(image) = tx
+            .open_table(IMAGES)?
+            .get((container_id, name.as_str()))?
+            .map(|v| decode::<ImageRecord>("image", v.value()))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let recipes = tx.open_table(RECIPES)?;
+        Ok(Some(RecipeSnapshot { recipes, image }))
+    }
+}
+
+impl RecipeSnapshot {
+    /// Calls `each` with every recipe row that overlaps `[from, to)`, in
+    /// image order. The rows must cover the range without a gap.
+    pub fn rows(
+        &self,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(RecipeEntry) -> Result<()>,
+    ) -> Result<()> {
+        let id = self.image.id;
+        if from >= to {
+            return Ok(());
+        }
+        let start = match self.recipes.range((id, 0)..=(id, from))?.next_back() {
+            Some(row) => row?.0.value().1,
+            None => from,
+        };
+        let mut next = start;
+        for row in self.recipes.range((id, start)..(id, to))? {
+            let (k, v) = row?;
+            let (chunk, len) = split_recipe_value(v.value())?;
+            let offset = k.value().1;
+            if offset != next {
+                return Err(StoreError::Corrupt(format!(
+                    "the recipe of image {id} has a gap at offset {next}"
+                )));
+            }
+            next = offset + u64::from(len);
+            each(RecipeEntry {
+                offset,
+                id: chunk,
+                len,
+            })?;
+        }
+        if next < to {
+            return Err(StoreError::Corrupt(format!(
+                "the recipe of image {id} ends at {next}, short of {to}"
+            )));
+        }
+        Ok(())
+    }
+}

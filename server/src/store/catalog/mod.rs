@@ -53,7 +53,7 @@ pub mod replication;
 pub mod seeds;
 mod synthetic;
 
-pub use images::NewImage;
+pub use images::{NewImage, RecipeSnapshot};
 pub use index::{GroupTotals, GROUP_TOTALS};
 pub use partials::PARTIALS;
 
