@@ -758,6 +758,7 @@ typedef struct {
   tern_status (*copy_abort)(const tern_client*, const char*);
   void (*client_options_init_sized)(tern_client_options*, size_t);
   tern_status (*image_suspend)(tern_image*, uint64_t*);
+  tern_status (*image_write_from)(tern_image*, const char*, const char*, uint64_t, uint64_t);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -1203,6 +1204,26 @@ tern_status tern_events_ack(const tern_client *client, const char *container, co
  * `client` is NULL or a live handle; `cb` is NULL (refused) or a valid function; `ctx` is passed to it untouched.
  */
 tern_status tern_partner_list(const tern_client *client, tern_partner_cb cb, void *ctx);
+
+/**
+ * Appends `len` bytes of the committed image `image` of `container`,
+ * starting at its byte `offset`, to an image being written: a synthetic
+ * full. The server takes the source's chunks as they are, so none of these
+ * bytes cross the network. Interleaves freely with tern_image_write(). The
+ * source lies in the same storage group as the image written (`container`
+ * may be another container of that group).
+ * A refusal leaves the image as it was, to be written on: TERN_NOT_FOUND (no
+ * such committed image), TERN_INVALID_ARGUMENT (a bad name, another storage
+ * group, or a source shorter than offset + len), TERN_DENIED, TERN_PROTOCOL
+ * (a server older than protocol 7: nothing is done). Any other error loses
+ * the image (abort or free it): TERN_NULL_POINTER, TERN_CLOSED,
+ * TERN_WRONG_STATE (opened for reading), TERN_CONNECT, TERN_NO_SPACE.
+ *
+ * # Safety
+ * `img` is NULL or a live handle used by no other thread at the time;
+ * `container` and `image` are NULL (refused) or NUL-terminated strings.
+ */
+tern_status tern_image_write_from(tern_image *img, const char *container, const char *image, uint64_t offset, uint64_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

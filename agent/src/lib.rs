@@ -45,4 +45,4 @@ pub use tern_core::wire::{
     ContainerInfo, ContainerSettings, CopyId, CopyInfo, CopyState, ImageInfo, ImportEvent,
     PartnerInfo, StoreStats, TrailEntry, TrailResult, TrailSide, WriteMode, WriteStats,
 };
-pub use writer::{dedup_ratio, Committed, ImageWriter, WRITE_BATCH_BYTES};
+pub use writer::{dedup_ratio, Committed, ExtentWritten, ImageWriter, WRITE_BATCH_BYTES};

@@ -15,6 +15,7 @@ mod audit;
 mod bench;
 mod replication;
 mod shaping;
+mod synth;
 mod transfer;
 
 use admin::{container, user, ContainerCmd, UserCmd};
@@ -91,6 +92,20 @@ enum Cmd {
         resume: bool,
         #[arg(default_value = "-")]
         input: PathBuf,
+    },
+    /// Build a synthetic full on the server: a new image from extents of
+    /// committed images (no data crosses the network for them) and bytes
+    /// from files, in the order given.
+    Synth {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+        /// A piece of the image: IMAGE:OFFSET:LEN (an extent of a committed
+        /// image of --container), CONTAINER/IMAGE:OFFSET:LEN (of another
+        /// container of its storage group) or @FILE (a file's bytes).
+        #[arg(long = "from", value_name = "SPEC", value_parser = synth::parse_piece, required = true)]
+        pieces: Vec<synth::Piece>,
     },
     /// Restore an image to a file or stdout ("-").
     Restore {
@@ -247,6 +262,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             backup(&cli, container, name, mode, *resume, input)
         }
+        Cmd::Synth {
+            container,
+            name,
+            pieces,
+        } => synth::synth(&cli, container, name, pieces),
         Cmd::Restore {
             container,
             name,

@@ -24,7 +24,7 @@ pub struct tern_image {
     counters: std::sync::Arc<Counters>,
 }
 
-enum ImageState {
+pub(crate) enum ImageState {
     Writing {
         writer: Box<ImageWriter>,
         written: u64,
@@ -80,12 +80,12 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize, what: &str) -> FfiResul
 }
 
 impl tern_image {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ImageState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ImageState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-fn wrong_state(state: &ImageState, want: &str) -> Failure {
+pub(crate) fn wrong_state(state: &ImageState, want: &str) -> Failure {
     match state {
         ImageState::Committed(_) => Failure::new(
             tern_status::TERN_CLOSED,

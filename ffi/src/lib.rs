@@ -16,6 +16,7 @@ mod image;
 mod plugin;
 mod progress;
 mod replication;
+mod synth;
 
 pub use capacity::*;
 pub use catalog::*;
@@ -25,6 +26,7 @@ pub use image::*;
 pub use plugin::*;
 pub use progress::*;
 pub use replication::*;
+pub use synth::*;
 
 /// The ABI version this library implements; pass it to tern_plugin_entry().
 pub const TERN_ABI_VERSION: u32 = 1;

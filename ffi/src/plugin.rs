@@ -126,6 +126,14 @@ pub struct tern_plugin_api {
     pub client_options_init_sized: unsafe extern "C" fn(*mut tern_client_options, usize),
     // Appended in libtern 0.5 (check struct_size).
     pub image_suspend: unsafe extern "C" fn(*mut tern_image, *mut u64) -> tern_status,
+    // Appended in libtern 0.6 (check struct_size): synthetic fulls.
+    pub image_write_from: unsafe extern "C" fn(
+        *mut tern_image,
+        *const c_char,
+        *const c_char,
+        u64,
+        u64,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -167,6 +175,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     copy_abort: crate::tern_copy_abort,
     client_options_init_sized: tern_client_options_init_sized,
     image_suspend: tern_image_suspend,
+    image_write_from: crate::tern_image_write_from,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

@@ -194,7 +194,7 @@ fn the_makefile_builds_every_example_with_pkg_config() {
         .status()
         .expect("running make");
     assert!(status.success());
-    for bin in ["backup", "restore", "list", "dma_host"] {
+    for bin in ["backup", "restore", "list", "synth", "dma_host"] {
         assert!(build.path().join(bin).exists(), "{bin} not built");
     }
     let pc = std::fs::read_to_string(build.path().join("tern.pc")).unwrap();
@@ -222,6 +222,82 @@ fn c_examples_run_clean_under_valgrind() {
     let out = run_wrapped(&server, Some(&vg), &restore, &["c", "vg"], None);
     assert_ok("restore under valgrind", &out);
     assert!(out.stdout == data);
+}
+
+/// examples/synth.c merges a full and an incremental (the changed blocks,
+/// back to back) into a synthetic full from the DMA's runs, under valgrind:
+/// the result is the new full byte for byte, and no run's data was sent.
+#[test]
+fn c_synth_builds_the_new_full_from_a_full_and_an_incremental_under_valgrind() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return cannot_run("valgrind is not installed");
+    }
+    let server = TestServer::start();
+    let client = server.client();
+    client.container_create("c", Default::default()).unwrap();
+    let full = test_data(3 << 20, 61);
+    let edits = [
+        (10_001usize, 5_000usize),
+        (1_500_000, 70_000),
+        ((3 << 20) - 100, 100),
+    ];
+    let mut new_full = full.clone();
+    let mut incr = Vec::new();
+    let mut runs = String::new();
+    let mut at = 0;
+    for (i, &(offset, len)) in edits.iter().enumerate() {
+        let changed = test_data(len, 70 + i as u64);
+        new_full[offset..offset + len].copy_from_slice(&changed);
+        runs += &format!("full {at} {}\nincr {} {len}\n", offset - at, incr.len());
+        incr.extend_from_slice(&changed);
+        at = offset + len;
+    }
+    for (name, data) in [("full", &full), ("incr", &incr)] {
+        let mut w = client.create_image("c", name, b"").unwrap();
+        std::io::Write::write_all(&mut w, data).unwrap();
+        w.commit().unwrap();
+    }
+    let build = tempfile::tempdir().unwrap();
+    let synth = cc("synth.c", build.path());
+    let valgrind = common::valgrind();
+    let vg: Vec<&str> = valgrind.iter().map(String::as_str).collect();
+    let out = run_wrapped(
+        &server,
+        Some(&vg),
+        &synth,
+        &["c", "synthetic"],
+        Some(runs.as_bytes()),
+    );
+    assert_ok("synth under valgrind", &out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("from 6 runs") && said.contains(" 0 bytes sent"),
+        "{said}"
+    );
+    let mut back = Vec::new();
+    let mut r = client.open_image("c", "synthetic").unwrap();
+    std::io::Read::read_to_end(&mut r, &mut back).unwrap();
+    assert!(
+        back == new_full,
+        "the synthetic full differs from the new full"
+    );
+    // A run past its source's end is refused, and the example says which.
+    let out = run(
+        &server,
+        &synth,
+        &["c", "bad"],
+        Some(b"full 0 4096\nincr 0 999999999\n"),
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("run 1") && said.contains("TERN_INVALID_ARGUMENT"),
+        "{said}"
+    );
+    assert!(
+        client.image_list("c", "bad").unwrap().is_empty(),
+        "the failed image was committed"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
 use tern_core::wire::{Feature, Handle, ImageInfo, Msg, WriteMode, WriteStats};
-use tern_core::{ContainerName, ImageName};
+use tern_core::{ChunkParams, ContainerName, ImageName};
 
 use crate::client::unexpected;
 use crate::session::{ClientSession, DataErrors};
@@ -73,6 +73,20 @@ pub struct ImageWriter {
     finished: bool,
     /// The DMA's properties of the image.
     props: Vec<u8>,
+    /// The container's chunking and zstd level: a dedup sink starts
+    /// afresh with them after an extent.
+    chunking: ChunkParams,
+    zstd_level: i32,
+}
+
+/// What an extent write ([`ImageWriter::write_from`]) cost the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtentWritten {
+    /// Bytes taken as whole chunks of the source: no data moved.
+    pub referenced_bytes: u64,
+    /// Bytes of the source's chunks the extent cuts, sliced on the server
+    /// (no byte of them crossed the network either).
+    pub sliced_bytes: u64,
 }
 
 /// The two ways bytes reach the server.
@@ -165,6 +179,8 @@ impl ImageWriter {
             errors,
             finished: false,
             props,
+            chunking,
+            zstd_level: level,
         };
         Ok((writer, offset))
     }
@@ -231,6 +247,70 @@ impl ImageWriter {
             Sink::Passthrough(r) => r.copy_from(source, progress),
         };
         copied.map_err(|e| self.explained(e))
+    }
+
+    /// Appends `len` bytes of committed image `image` of `container` (in
+    /// this image's storage group), from its byte `offset`: the server
+    /// takes the source's chunks as they are, so no data crosses the
+    /// network (a synthetic full). Interleaves freely with
+    /// [`write_bytes`](Self::write_bytes). A refusal (no such committed
+    /// image, another storage group, a source shorter than
+    /// `offset + len`) leaves the image as it was. Needs protocol version 7
+    /// ([`ClientError::ServerTooOld`] before anything is done otherwise).
+    pub fn write_from(
+        &mut self,
+        container: &str,
+        image: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ExtentWritten, ClientError> {
+        let container = ContainerName::new(container)?;
+        let image = ImageName::new(image)?;
+        self.stop.check()?;
+        self.check_feature(Feature::Extents, "write_from")?;
+        let _limit = self.client.limit(&self.stop);
+        // The bytes written so far end their chunk stream here: each is
+        // announced and every chunk asked for sent before the extent, and
+        // the bytes after it start a stream of their own.
+        let ended = match self.sink()? {
+            Sink::Dedup(p) => p.finish(),
+            Sink::Passthrough(r) => r.finish(),
+        };
+        ended.map_err(|e| self.explained(e))?;
+        let worker_error = self.sent.lock().unwrap_or_else(|e| e.into_inner()).1.take();
+        if let Some(e) = worker_error {
+            return Err(self.explained(e));
+        }
+        if let Some(Sink::Dedup(p)) = self.sink.as_mut() {
+            let sender = self.client.conn().sender(&self.errors, &self.stop);
+            *p = Pipeline::start(
+                &self.client,
+                self.handle,
+                self.chunking,
+                self.zstd_level,
+                &self.sent,
+                &sender,
+                &self.stop,
+            );
+        }
+        let extent = Msg::ImageAppendExtent {
+            handle: self.handle,
+            container,
+            name: image,
+            offset,
+            len,
+        };
+        match self.ask(extent)? {
+            Msg::ExtentAppended {
+                referenced_bytes,
+                sliced_bytes,
+                ..
+            } => Ok(ExtentWritten {
+                referenced_bytes,
+                sliced_bytes,
+            }),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Finishes the image and waits until the server has committed it.

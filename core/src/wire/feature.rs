@@ -28,6 +28,8 @@ pub enum Feature {
     /// Retention locks: `ContainerLock`, `ImageRemove` with `bypass_lock`,
     /// the `Locked` error (version 6).
     Lock,
+    /// Synthetic fulls: `ImageAppendExtent` (version 7).
+    Extents,
 }
 
 impl Feature {
@@ -39,6 +41,7 @@ impl Feature {
             Feature::WanControls => 4,
             Feature::Paging => 5,
             Feature::Suspend | Feature::Audit | Feature::Lock => 6,
+            Feature::Extents => 7,
         }
     }
 
@@ -64,6 +67,7 @@ impl Feature {
     pub fn needed_by(msg: &Msg) -> Option<Feature> {
         Some(match msg {
             Msg::ImageSuspend { .. } => Feature::Suspend,
+            Msg::ImageAppendExtent { .. } => Feature::Extents,
             Msg::AuditGet { .. } => Feature::Audit,
             Msg::ContainerLock { .. }
             | Msg::ImageRemove {
@@ -121,6 +125,7 @@ impl fmt::Display for Feature {
             Feature::Suspend => "suspending images",
             Feature::Audit => "the audit log",
             Feature::Lock => "retention locks",
+            Feature::Extents => "synthetic fulls (extent writes)",
         })
     }
 }

@@ -26,7 +26,7 @@ pub use trail::{TrailEntry, TrailResult, TrailSide};
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. What each version added
 /// is a [`Feature`].
-pub const PROTOCOL_MAX: u16 = 6;
+pub const PROTOCOL_MAX: u16 = 7;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

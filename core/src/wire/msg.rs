@@ -595,4 +595,29 @@ pub enum Msg {
         /// The new lock, or `None` to remove a governance lock.
         lock: Option<RetentionLock>,
     },
+    /// Appends `len` bytes of committed image `name` of `container` (in
+    /// the image's storage group), from its byte `offset`, to the image
+    /// being written (version 7: synthetic fulls); answered by
+    /// `ExtentAppended`. The writer first sends every chunk asked for.
+    ImageAppendExtent {
+        /// The image being written.
+        handle: Handle,
+        /// The source's container.
+        container: ContainerName,
+        /// The source image, committed.
+        name: ImageName,
+        /// Where the extent starts in the source.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The answer to `ImageAppendExtent`: the extent is in the image.
+    ExtentAppended {
+        /// The image being written.
+        handle: Handle,
+        /// Bytes taken as whole chunks of the source (no data moved).
+        referenced_bytes: u64,
+        /// Bytes of the source's chunks the extent cuts, sliced on the server.
+        sliced_bytes: u64,
+    },
 }

@@ -157,7 +157,8 @@ async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) ->
         | Msg::ImageWriteRaw { .. }
         | Msg::ImageClose { .. }
         | Msg::ImageAbort { .. }
-        | Msg::ImageSuspend { .. }) => {
+        | Msg::ImageSuspend { .. }
+        | Msg::ImageAppendExtent { .. }) => {
             // Data waits for the user's shaping group before it is stored;
             // the wait is the task's, not a thread's.
             if matches!(m, Msg::ChunkData { .. } | Msg::ImageWriteRaw { .. }) {

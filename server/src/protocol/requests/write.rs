@@ -1,5 +1,6 @@
-//! Writing an image: create, resume, append (dedup), chunk data, raw data
-//! (passthrough), close (commit), abort and suspend.
+//! Writing an image: create, resume, append (dedup), extents of committed
+//! images (synthetic fulls), chunk data, raw data (passthrough), close
+//! (commit), abort and suspend.
 
 use tern_core::wire::{ChunkRef, ErrorKind, Handle, Msg, WriteMode};
 use tern_core::{ContainerName, ImageName};
@@ -24,6 +25,25 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             mode,
         } => resume(h, container, name, mode),
         Msg::ImageAppend { handle, entries } => append(h, handle, &entries),
+        Msg::ImageAppendExtent {
+            handle,
+            container,
+            name,
+            offset,
+            len,
+        } => {
+            let w = h.writer(handle)?;
+            let scope = h.user()?.scope();
+            let stats = blocking(|| {
+                h.store()
+                    .image_append_extent(&scope, w, &container, &name, offset, len)
+            })?;
+            Ok(Some(Msg::ExtentAppended {
+                handle,
+                referenced_bytes: stats.referenced_bytes,
+                sliced_bytes: stats.sliced_bytes,
+            }))
+        }
         Msg::ChunkData {
             handle,
             id,
