@@ -77,6 +77,10 @@ pub struct ImageWriter {
     /// afresh with them after an extent.
     chunking: ChunkParams,
     zstd_level: i32,
+    /// Nothing was written since the last extent: the next extent need
+    /// not end the sink's stream (consecutive extents cost one round trip
+    /// each, no thread restarts).
+    ended: bool,
 }
 
 /// What an extent write ([`ImageWriter::write_from`]) cost the server.
@@ -181,6 +185,7 @@ impl ImageWriter {
             props,
             chunking,
             zstd_level: level,
+            ended: false,
         };
         Ok((writer, offset))
     }
@@ -216,6 +221,7 @@ impl ImageWriter {
     pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
+        self.ended = false;
         let written = match self.sink()? {
             Sink::Dedup(p) => p.write(data),
             Sink::Passthrough(r) => r.write(data),
@@ -242,6 +248,7 @@ impl ImageWriter {
     ) -> Result<u64, ClientError> {
         self.stop.check()?;
         let _limit = self.client.limit(&self.stop);
+        self.ended = false;
         let copied = match self.sink()? {
             Sink::Dedup(p) => p.copy_from(source, progress),
             Sink::Passthrough(r) => r.copy_from(source, progress),
@@ -269,9 +276,33 @@ impl ImageWriter {
         self.stop.check()?;
         self.check_feature(Feature::Extents, "write_from")?;
         let _limit = self.client.limit(&self.stop);
-        // The bytes written so far end their chunk stream here: each is
-        // announced and every chunk asked for sent before the extent, and
-        // the bytes after it start a stream of their own.
+        if !self.ended {
+            self.end_stream()?;
+        }
+        let extent = Msg::ImageAppendExtent {
+            handle: self.handle,
+            container,
+            name: image,
+            offset,
+            len,
+        };
+        match self.ask(extent)? {
+            Msg::ExtentAppended {
+                referenced_bytes,
+                sliced_bytes,
+                ..
+            } => Ok(ExtentWritten {
+                referenced_bytes,
+                sliced_bytes,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Ends the stream of bytes written so far, before an extent: each is
+    /// announced and every chunk asked for sent, and the bytes after the
+    /// extent start a stream (a dedup pipeline) of their own.
+    fn end_stream(&mut self) -> Result<(), ClientError> {
         let ended = match self.sink()? {
             Sink::Dedup(p) => p.finish(),
             Sink::Passthrough(r) => r.finish(),
@@ -293,24 +324,8 @@ impl ImageWriter {
                 &self.stop,
             );
         }
-        let extent = Msg::ImageAppendExtent {
-            handle: self.handle,
-            container,
-            name: image,
-            offset,
-            len,
-        };
-        match self.ask(extent)? {
-            Msg::ExtentAppended {
-                referenced_bytes,
-                sliced_bytes,
-                ..
-            } => Ok(ExtentWritten {
-                referenced_bytes,
-                sliced_bytes,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.ended = true;
+        Ok(())
     }
 
     /// Finishes the image and waits until the server has committed it.

@@ -125,7 +125,7 @@ impl Store {
         let mut stats = ExtentStats::default();
         // The cut chunks first: storing them changes nothing the image
         // shows, so a failure here (a full disk) leaves it as it was.
-        let slices = self.slice_edges(&img, &snap, offset, end, &mut stats)?;
+        let slices = self.slice_edges(&mut img, &snap, offset, end, &mut stats)?;
         if let Some(pt) = img.passthrough.as_ref() {
             // The server's chunker ends its stream where the extent begins.
             let chunking = pt.chunking;
@@ -190,7 +190,7 @@ impl Store {
     /// storing each slice unless the store has it.
     fn slice_edges(
         &self,
-        img: &OpenImage,
+        img: &mut OpenImage,
         snap: &RecipeSnapshot,
         offset: u64,
         end: u64,
@@ -212,7 +212,12 @@ impl Store {
             if from == e.offset && to == e.offset + u64::from(e.len) {
                 continue;
             }
-            let plain = self.chunk_plaintext(img.group, &e.id)?;
+            // An edit between two extents often lies inside one source
+            // chunk: the second extent starts in the chunk the first ended in.
+            let plain = match img.last_cut.take() {
+                Some((id, plain)) if id == e.id => plain,
+                _ => self.chunk_plaintext(img.group, &e.id)?,
+            };
             let cut = &plain[(from - e.offset) as usize..(to - e.offset) as usize];
             let id = ChunkId::of(cut);
             if !self.has_chunk(img.group, &id)? {
@@ -229,6 +234,7 @@ impl Store {
                 id,
                 len: cut.len() as u32,
             });
+            img.last_cut = Some((e.id, plain));
         }
         Ok(slices)
     }

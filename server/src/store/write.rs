@@ -123,6 +123,9 @@ pub(super) struct OpenImage {
     pub(super) short_tail: bool,
     /// The container's zstd level, for chunks the server makes (extent edges).
     pub(super) zstd_level: i32,
+    /// The plaintext of the source chunk the last extent cut, by id: the
+    /// next extent often cuts the same one.
+    pub(super) last_cut: Option<(ChunkId, Vec<u8>)>,
     pub(super) passthrough: Option<Passthrough>,
     /// A replica being written by a source server.
     pub(super) replica: Option<ReplicaWrite>,
@@ -338,6 +341,7 @@ impl Store {
             // bounded).
             short_tail: false,
             zstd_level: rec.zstd_level,
+            last_cut: None,
             passthrough,
             replica,
             last_checkpoint: Instant::now(),
