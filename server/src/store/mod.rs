@@ -5,7 +5,8 @@
 //!   [`pack_store::PackStore`] (the one seam where pack bytes are read and
 //!   written; [`pack`]: one pack's format; `finisher`: syncing full packs
 //!   off the write path).
-//! - `write`, `read`, `containers`, `users`: the operations, each an `impl Store`.
+//! - `write`, `extent` (synthetic fulls), `read`, `containers`, `users`: the
+//!   operations, each an `impl Store`.
 //! - `gc` and `fsck`: the store's own tools.
 //!
 //! Durability rule: see `write.rs` and `docs/store-format.md`.
