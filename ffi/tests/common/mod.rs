@@ -11,6 +11,7 @@ use std::ptr::{null, null_mut};
 use tern::*;
 use tern_test_support::*;
 
+pub mod examples;
 pub mod frozen;
 
 /// valgrind with the suppressions of this crate's tests, failing a run
