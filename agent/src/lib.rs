@@ -24,6 +24,7 @@
 mod client;
 pub mod config;
 mod error;
+mod groups;
 pub mod identity;
 mod options;
 mod paging;

@@ -13,6 +13,7 @@ use tern_core::tls::Fingerprint;
 mod admin;
 mod audit;
 mod bench;
+mod groups;
 mod replication;
 mod shaping;
 mod synth;
@@ -145,6 +146,12 @@ enum Cmd {
     },
     /// Show what the store holds and how well it dedups.
     Stats,
+    /// Storage groups: add one on a volume of its own, see what each holds
+    /// and has left, remove an empty one.
+    Group {
+        #[command(subcommand)]
+        cmd: groups::GroupCmd,
+    },
     /// Replication partners of the server (admin only).
     Partner {
         #[command(subcommand)]
@@ -303,7 +310,8 @@ fn run(cli: Cli) -> Result<()> {
             input,
             upload_mib,
         } => bench(&cli, *local, *zstd_level, input.as_deref(), *upload_mib),
-        Cmd::Stats => stats(&cli),
+        Cmd::Stats => groups::stats(&cli),
+        Cmd::Group { cmd } => groups::group(&cli, cmd),
         Cmd::GenerateMan { dir } => {
             use clap::CommandFactory;
             clap_mangen::generate_to(Cli::command(), dir)
@@ -380,51 +388,8 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
     Ok(())
 }
 
-/// `tern stats`: dedup (logical bytes per unique byte) and compression
-/// (unique bytes per stored byte) by their names; their product is the
-/// whole reduction.
-fn stats(cli: &Cli) -> Result<()> {
-    let client = connect(cli, WriteMode::Dedup)?;
-    let s = client.stats()?;
-    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-    let dedup = ratio(s.logical_bytes, s.unique_bytes);
-    let compression = ratio(s.unique_bytes, s.stored_bytes);
-    let reduction = ratio(s.logical_bytes, s.stored_bytes);
-    report(
-        cli,
-        json!({
-            "containers": s.containers, "images": s.images, "logical_bytes": s.logical_bytes,
-            "unique_chunks": s.unique_chunks, "unique_bytes": s.unique_bytes,
-            "stored_bytes": s.stored_bytes, "pack_bytes": s.pack_bytes,
-            "spill_bytes": s.spill_bytes, "sessions": s.sessions,
-            "capacity_bytes": s.capacity_bytes, "free_bytes": s.free_bytes,
-            "dedup_ratio": dedup, "compression_ratio": compression, "reduction_ratio": reduction,
-        }),
-        &format!(
-            "containers          {}\nimages              {}\nlogical             {}\n\
-             unique chunks       {}\nunique (deduped)    {}\nstored (compressed) {}\n\
-             pack files          {}\ndedup ratio         {dedup:.2}\n\
-             compression ratio   {compression:.2}\ntotal reduction     {reduction:.2}\n\
-             session spill files {}\nsessions            {}\n\
-             filesystem          {}\nfree for new data   {}",
-            s.containers,
-            s.images,
-            human_bytes(s.logical_bytes),
-            s.unique_chunks,
-            human_bytes(s.unique_bytes),
-            human_bytes(s.stored_bytes),
-            human_bytes(s.pack_bytes),
-            human_bytes(s.spill_bytes),
-            s.sessions,
-            human_bytes(s.capacity_bytes),
-            human_bytes(s.free_bytes)
-        ),
-    );
-    Ok(())
-}
-
 /// Bytes for people: "1.5 GiB"; exact figures stay in `--json`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut unit = 0;

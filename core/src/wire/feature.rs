@@ -30,6 +30,9 @@ pub enum Feature {
     Lock,
     /// Synthetic fulls: `ImageAppendExtent` (version 7).
     Extents,
+    /// Storage groups by name, on volumes of their own: `GroupAdd`,
+    /// `GroupList`, `GroupRemove` (version 8).
+    Groups,
 }
 
 impl Feature {
@@ -42,6 +45,7 @@ impl Feature {
             Feature::Paging => 5,
             Feature::Suspend | Feature::Audit | Feature::Lock => 6,
             Feature::Extents => 7,
+            Feature::Groups => 8,
         }
     }
 
@@ -68,6 +72,7 @@ impl Feature {
         Some(match msg {
             Msg::ImageSuspend { .. } => Feature::Suspend,
             Msg::ImageAppendExtent { .. } => Feature::Extents,
+            Msg::GroupAdd { .. } | Msg::GroupList | Msg::GroupRemove { .. } => Feature::Groups,
             Msg::AuditGet { .. } => Feature::Audit,
             Msg::ContainerLock { .. }
             | Msg::ImageRemove {
@@ -126,6 +131,7 @@ impl fmt::Display for Feature {
             Feature::Audit => "the audit log",
             Feature::Lock => "retention locks",
             Feature::Extents => "synthetic fulls (extent writes)",
+            Feature::Groups => "storage groups on volumes of their own",
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod feature;
 pub mod frame;
+pub mod groups;
 pub mod msg;
 pub mod paging;
 pub mod password;
@@ -15,6 +16,7 @@ pub mod trail;
 pub use catalog::*;
 pub use feature::{Feature, Missing};
 pub use frame::{Envelope, Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use groups::{GroupInfo, GroupSettings};
 pub use msg::*;
 pub use paging::{Listing, MAX_CURSOR_LEN, PAGE_BYTES};
 pub use password::Password;
@@ -26,7 +28,7 @@ pub use trail::{TrailEntry, TrailResult, TrailSide};
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. What each version added
 /// is a [`Feature`].
-pub const PROTOCOL_MAX: u16 = 7;
+pub const PROTOCOL_MAX: u16 = 8;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

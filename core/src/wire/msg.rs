@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::*;
+use super::groups::{GroupInfo, GroupSettings};
 use super::paging::Listing;
 use super::password::Password;
 use super::replication::*;
@@ -619,5 +620,25 @@ pub enum Msg {
         referenced_bytes: u64,
         /// Bytes of the source's chunks the extent cuts, sliced on the server.
         sliced_bytes: u64,
+    },
+    /// Creates a storage group where `settings` say (admins; version 8);
+    /// answered by `Ok`.
+    GroupAdd {
+        /// Its name.
+        name: GroupName,
+        /// Where its packs live.
+        settings: GroupSettings,
+    },
+    /// Lists the storage groups the user may use (admins: all); answered by `Groups`.
+    GroupList,
+    /// The answer to `GroupList`.
+    Groups {
+        /// By name.
+        list: Vec<GroupInfo>,
+    },
+    /// Removes an empty storage group (admins; version 8); answered by `Ok`.
+    GroupRemove {
+        /// Its name.
+        name: GroupName,
     },
 }

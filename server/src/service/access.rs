@@ -57,6 +57,8 @@ pub enum Action<'a> {
     LockContainer,
     /// Delete an image a governance retention lock holds.
     BypassLock,
+    /// Add or remove storage groups.
+    ManageGroups(&'static str),
 }
 
 impl User {
@@ -78,7 +80,8 @@ impl User {
             | Action::DropPartialReplicas
             | Action::ReadAudit
             | Action::LockContainer
-            | Action::BypassLock => self.admin,
+            | Action::BypassLock
+            | Action::ManageGroups(_) => self.admin,
         };
         if allowed {
             return Ok(());
@@ -112,6 +115,7 @@ impl User {
             Action::ReadAudit => "only an admin may read the audit log".into(),
             Action::LockContainer => "only an admin may change a retention lock".into(),
             Action::BypassLock => "only an admin may bypass a governance retention lock".into(),
+            Action::ManageGroups(what) => format!("only an admin may {what} storage groups"),
         }
     }
 

@@ -167,6 +167,23 @@ impl<'s> Users<'s> {
             .is_some_and(|rec| !rec.replicate_into.is_empty()))
     }
 
+    /// The users granted storage group `group` (to use, or to replicate into).
+    pub fn granted(&self, group: &GroupName) -> Result<Vec<String>> {
+        let tx = self.store.tables().read()?;
+        let Some(users) = tables::open(&tx, USERS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in users.iter()? {
+            let (k, v) = row?;
+            let rec: UserRecord = decode("user", v.value())?;
+            if rec.groups.contains(group) || rec.replicate_into.contains(group) {
+                out.push(k.value().to_string());
+            }
+        }
+        Ok(out)
+    }
+
     pub fn exists(&self, name: &UserName) -> Result<bool> {
         Ok(self.record(name)?.is_some())
     }

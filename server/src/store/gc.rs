@@ -90,7 +90,7 @@ impl Store {
                 entries.entry(loc.pack).or_default().push((key, loc));
             }
             for c in batch {
-                let free = self.packs.space.free()?;
+                let free = self.packs.space_of(c.pack.group).free()?;
                 let needed = c.live_bytes + COMPACT_MARGIN;
                 if free < needed {
                     report.stopped = Some(format!(

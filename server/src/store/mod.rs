@@ -32,6 +32,7 @@ mod extent;
 mod finisher;
 mod fsck;
 mod gc;
+mod groups;
 mod live_set;
 pub mod pack;
 pub mod pack_store;
@@ -47,6 +48,7 @@ mod scope;
 mod seed;
 mod space;
 pub mod tables;
+mod volume;
 mod write;
 
 use std::collections::HashMap;
@@ -66,7 +68,7 @@ use pack::Location;
 use packs::PackSet;
 pub use partial::{Resumed, CHECKPOINT_BYTES};
 pub use read::ReadableImage;
-use records::ChunkKey;
+use records::{ChunkKey, GroupRecord};
 pub use repair::RepairReport;
 pub use replica::{NewReplica, ReplicaStart};
 pub use scope::{Owner, Scope};
@@ -169,7 +171,7 @@ impl Store {
 
     /// Keeps `bytes` of the filesystem free of new data (capped at 5% of it).
     pub fn set_reserved_space(&self, bytes: u64) -> Result<()> {
-        self.packs.space.set_reserve(bytes)
+        self.packs.set_reserve(bytes)
     }
 
     /// Creates a storage group if it does not exist; returns its id.
@@ -178,7 +180,8 @@ impl Store {
             return Ok(id);
         }
         let id = self.catalog.insert_group(name)?;
-        self.packs.add_group(name.as_str(), id)?;
+        let rec = GroupRecord { id, volume: None };
+        self.packs.add_group(name.as_str(), &rec)?;
         Ok(id)
     }
 }

@@ -13,7 +13,9 @@ use tern_core::{ChunkId, Codec};
 use super::finisher::PackFinisher;
 use super::pack::{Location, PackWriter};
 use super::pack_store::{DirPackStore, PackObject, PackStore};
+use super::records::GroupRecord;
 use super::space::FreeSpace;
+use super::volume;
 use super::{lock, Result, StoreError};
 
 /// A pack is finished once it grows past this size.
@@ -37,8 +39,11 @@ pub struct PackSet {
     unsynced: Mutex<Vec<u32>>,
     /// Why nothing may be appended, when the store is read-only.
     read_only: Option<&'static str>,
-    /// Keeps new data from taking the space reserved for deletes and GC.
-    pub space: FreeSpace,
+    /// Keeps new data from taking the space reserved for deletes and GC:
+    /// the data directory's filesystem.
+    pub space: Arc<FreeSpace>,
+    /// The same for each group on a volume of its own.
+    volumes: Mutex<HashMap<u32, Arc<FreeSpace>>>,
 }
 
 /// A pack, by its storage group and number (numbers are unique across groups).
@@ -49,11 +54,12 @@ pub struct PackRef {
 }
 
 impl PackSet {
-    /// The packs under `root/groups`; `groups` names the storage groups (name,
-    /// id). A read-only set creates no directory and appends nothing.
+    /// The packs under `root/groups` and on the groups' own volumes; `groups`
+    /// names the storage groups. A read-only set creates no directory and
+    /// appends nothing.
     pub fn open(
         root: &Path,
-        groups: &[(String, u32)],
+        groups: &[(String, GroupRecord)],
         read_only: Option<&'static str>,
     ) -> Result<Self> {
         let groups_root = root.join("groups");
@@ -62,7 +68,8 @@ impl PackSet {
         }
         let set = Self {
             read_only,
-            space: FreeSpace::new(root),
+            space: Arc::new(FreeSpace::new(root)),
+            volumes: Mutex::new(HashMap::new()),
             groups_root,
             stores: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
@@ -71,18 +78,64 @@ impl PackSet {
             read_files: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(Vec::new()),
         };
-        for (name, id) in groups {
-            set.add_group(name, *id)?;
+        for (name, rec) in groups {
+            set.add_group(name, rec)?;
         }
         Ok(set)
     }
 
     /// Makes the pack store of a storage group (its directory, if needed)
-    /// and knows it.
-    pub fn add_group(&self, name: &str, id: u32) -> Result<()> {
-        let dir = self.groups_root.join(name).join("packs");
+    /// and knows it. A group on a volume of its own is checked to be on
+    /// that volume first.
+    pub fn add_group(&self, name: &str, rec: &GroupRecord) -> Result<()> {
+        let dir = match &rec.volume {
+            Some(vol) => {
+                volume::check(vol, name)?;
+                let space = Arc::new(FreeSpace::new(&vol.path));
+                space.set_reserve(self.space.reserve())?;
+                lock(&self.volumes).insert(rec.id, space);
+                volume::packs_dir(vol)
+            }
+            None => self.groups_root.join(name).join("packs"),
+        };
         let store = DirPackStore::open(dir, self.read_only.is_some())?;
-        lock(&self.stores).insert(id, Arc::new(store));
+        lock(&self.stores).insert(rec.id, Arc::new(store));
+        Ok(())
+    }
+
+    /// The data directory the set's groups live under (unless on volumes of their own).
+    pub fn data_dir(&self) -> &Path {
+        self.groups_root.parent().unwrap_or(&self.groups_root)
+    }
+
+    /// Deletes what a removed group left in its directory (packs with
+    /// nothing indexed) and forgets its pack store.
+    pub fn remove_group(&self, id: u32) -> Result<()> {
+        if let Ok(store) = self.store(id) {
+            for number in store.list()? {
+                store.delete(number)?;
+            }
+        }
+        lock(&self.writers).remove(&id);
+        lock(&self.stores).remove(&id);
+        lock(&self.volumes).remove(&id);
+        Ok(())
+    }
+
+    /// The free space that group `group`'s new packs take from.
+    pub fn space_of(&self, group: u32) -> Arc<FreeSpace> {
+        lock(&self.volumes)
+            .get(&group)
+            .cloned()
+            .unwrap_or_else(|| self.space.clone())
+    }
+
+    /// Sets the reserve on every filesystem packs are on.
+    pub fn set_reserve(&self, bytes: u64) -> Result<()> {
+        self.space.set_reserve(bytes)?;
+        for space in lock(&self.volumes).values() {
+            space.set_reserve(bytes)?;
+        }
         Ok(())
     }
 
@@ -197,7 +250,7 @@ impl Appender<'_> {
         raw_len: u32,
         bytes: &[u8],
     ) -> Result<Location> {
-        self.set.space.check(bytes.len() as u64)?;
+        self.set.space_of(group).check(bytes.len() as u64)?;
         self.append_within_reserve(group, id, codec, raw_len, bytes)
     }
 

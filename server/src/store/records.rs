@@ -14,6 +14,18 @@ use super::StoreError;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub id: u32,
+    /// Where its packs live when not under the data directory: a directory
+    /// on another volume (a performance tier), marked by a volume file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<GroupVolume>,
+}
+
+/// A storage group's own directory and the id its volume file must hold
+/// (see `store/volume.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupVolume {
+    pub path: std::path::PathBuf,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

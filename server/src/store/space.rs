@@ -61,6 +61,15 @@ impl FreeSpace {
         Ok(statvfs(&self.root)?)
     }
 
+    /// Bytes in use on the filesystem, by anything.
+    pub fn used(&self) -> Result<u64> {
+        let st = raw_statvfs(&self.root)?;
+        let unit = st.f_frsize as u64;
+        Ok((st.f_blocks as u64)
+            .saturating_sub(st.f_bfree as u64)
+            .saturating_mul(unit))
+    }
+
     /// Refuses `bytes` of new data when they would take reserved space.
     pub fn check(&self, bytes: u64) -> Result<()> {
         let mut budget = lock(&self.budget);
@@ -83,6 +92,15 @@ impl FreeSpace {
 /// (bytes available to an unprivileged writer, total bytes) of the
 /// filesystem holding `path`.
 pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
+    let st = raw_statvfs(path)?;
+    let unit = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(unit),
+        (st.f_blocks as u64).saturating_mul(unit),
+    ))
+}
+
+fn raw_statvfs(path: &Path) -> io::Result<libc::statvfs> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
     // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st`
@@ -94,11 +112,7 @@ pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
         }
         st
     };
-    let unit = st.f_frsize as u64;
-    Ok((
-        (st.f_bavail as u64).saturating_mul(unit),
-        (st.f_blocks as u64).saturating_mul(unit),
-    ))
+    Ok(st)
 }
 
 #[cfg(test)]

@@ -77,6 +77,38 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         Msg::StatsGet => Msg::Stats {
             stats: stats(h, &user)?,
         },
+        Msg::GroupAdd { name, settings } => {
+            user.may(Action::ManageGroups("add"))?;
+            let Some(path) = settings.path else {
+                return refuse(
+                    ErrorKind::Invalid,
+                    "say where the group's packs live (--path DIR); a group under the data \
+                     directory is made by creating a container in it"
+                        .to_string(),
+                );
+            };
+            blocking(|| store.group_add_volume(&name, std::path::Path::new(&path)))?;
+            Msg::Ok
+        }
+        Msg::GroupList => Msg::Groups {
+            list: blocking(|| store.group_list(&user.scope(), user.admin))?,
+        },
+        Msg::GroupRemove { name } => {
+            user.may(Action::ManageGroups("remove"))?;
+            let granted = blocking(|| Users::new(store).granted(&name))?;
+            if !granted.is_empty() {
+                return refuse(
+                    ErrorKind::Invalid,
+                    format!(
+                        "storage group {name} is granted to {}: take it from them first \
+                         (tern user set)",
+                        granted.join(", ")
+                    ),
+                );
+            }
+            blocking(|| store.group_remove(&name))?;
+            Msg::Ok
+        }
         other => {
             return refuse(
                 ErrorKind::Protocol,

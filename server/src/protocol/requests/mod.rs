@@ -149,7 +149,10 @@ async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) ->
         | Msg::UserAdd { .. }
         | Msg::UserPasswd { .. }
         | Msg::UserSet { .. }
-        | Msg::StatsGet) => catalog::handle(h, m),
+        | Msg::StatsGet
+        | Msg::GroupAdd { .. }
+        | Msg::GroupList
+        | Msg::GroupRemove { .. }) => catalog::handle(h, m),
         m @ (Msg::ImageCreate { .. }
         | Msg::ImageResume { .. }
         | Msg::ImageAppend { .. }

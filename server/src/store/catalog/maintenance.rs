@@ -140,7 +140,7 @@ impl Catalog {
         mut kept: impl FnMut(&ChunkKey, &Location),
     ) -> Result<u64> {
         let mut removed = 0;
-        for (_, group) in self.groups()? {
+        for group in self.groups()?.into_iter().map(|(_, g)| g.id) {
             for b in 0..=255u8 {
                 let mut lo = group.to_be_bytes().to_vec();
                 lo.push(b);

@@ -44,6 +44,7 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 /// 6: seeds and their pins.
 const FORMAT_VERSION: u64 = 6;
 
+mod groups;
 mod images;
 mod index;
 mod maintenance;
@@ -233,52 +234,6 @@ impl Catalog {
         tx.commit()?;
         tracing::info!("catalog migrated to format 2: container names per storage group");
         Ok(())
-    }
-
-    // ---- storage groups ----------------------------------------------------
-
-    /// Every storage group: name and id.
-    pub fn groups(&self) -> Result<Vec<(String, u32)>> {
-        let t = self.db.begin_read()?.open_table(GROUPS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (name, rec) = row?;
-            let rec: GroupRecord = decode("group", rec.value())?;
-            out.push((name.value().to_string(), rec.id));
-        }
-        Ok(out)
-    }
-
-    pub fn group_id(&self, name: &GroupName) -> Result<Option<u32>> {
-        let groups = self.db.begin_read()?.open_table(GROUPS)?;
-        let found = groups.get(name.as_str())?;
-        found
-            .map(|rec| decode::<GroupRecord>("group", rec.value()).map(|r| r.id))
-            .transpose()
-    }
-
-    /// The id of group `name`, recorded with a new id if it is not there yet.
-    pub fn insert_group(&self, name: &GroupName) -> Result<u32> {
-        let tx = self.begin_write()?;
-        let id = {
-            let mut groups = tx.open_table(GROUPS)?;
-            let existing = groups
-                .get(name.as_str())?
-                .map(|rec| decode::<GroupRecord>("group", rec.value()))
-                .transpose()?;
-            match existing {
-                Some(rec) => rec.id,
-                None => {
-                    let id = u32::try_from(next_counter(&tx, "next_group")?).map_err(|_| {
-                        StoreError::Corrupt("storage group ids are exhausted".into())
-                    })?;
-                    groups.insert(name.as_str(), encode(&GroupRecord { id })?.as_slice())?;
-                    id
-                }
-            }
-        };
-        tx.commit()?;
-        Ok(id)
     }
 
     // ---- containers ----------------------------------------------------------

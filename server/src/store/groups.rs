@@ -1,0 +1,135 @@
+//! Storage groups by name: add one on a volume of its own, list what each
+//! holds and has left, remove an empty one.
+
+use std::path::Path;
+
+use tern_core::names::GroupName;
+use tern_core::wire::GroupInfo;
+
+use super::records::GroupRecord;
+use super::{lock, volume, Result, Scope, Store, StoreError, DEFAULT_GROUP};
+
+impl Store {
+    /// Creates group `name` with its packs in `dir`, a directory of another
+    /// volume (see `volume.rs` for what is checked).
+    pub fn group_add_volume(&self, name: &GroupName, dir: &Path) -> Result<GroupInfo> {
+        if let Some(why) = self.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
+        if self.catalog.group(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("storage group {name} exists")));
+        }
+        let vol = volume::claim(dir, name, self.packs.data_dir())?;
+        let added = self
+            .catalog
+            .insert_volume_group(name, vol.clone())
+            .and_then(|id| {
+                let rec = GroupRecord {
+                    id,
+                    volume: Some(vol.clone()),
+                };
+                self.packs.add_group(name.as_str(), &rec)
+            });
+        if let Err(e) = added {
+            // Not recorded: the directory is free again.
+            let _ = volume::release(&vol);
+            return Err(e);
+        }
+        tracing::info!("storage group {name} added in {}", vol.path.display());
+        self.group_list(&Scope::Every, true)?
+            .into_iter()
+            .find(|g| g.name == name.as_str())
+            .ok_or_else(|| StoreError::Corrupt(format!("storage group {name} vanished")))
+    }
+
+    /// Removes group `name`: only one with no container and no chunk left
+    /// (GC takes the chunks of deleted images), and never the default group.
+    pub fn group_remove(&self, name: &GroupName) -> Result<()> {
+        if let Some(why) = self.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
+        if name.as_str() == DEFAULT_GROUP {
+            return Err(StoreError::Invalid(
+                "the default storage group cannot be removed".into(),
+            ));
+        }
+        let rec = self
+            .catalog
+            .group(name)?
+            .ok_or_else(|| StoreError::NotFound(format!("no storage group {name}")))?;
+        let prefix = rec.id.to_be_bytes();
+        if lock(&self.pending).keys().any(|k| k[..4] == prefix) {
+            return Err(StoreError::Busy(format!(
+                "storage group {name} holds chunks of an image still being written or \
+                 aborted: run `ternd gc` and try again"
+            )));
+        }
+        let rec = self.catalog.remove_group(name)?;
+        self.packs.remove_group(rec.id)?;
+        match &rec.volume {
+            Some(vol) => {
+                let packs = volume::packs_dir(vol);
+                if packs.exists() {
+                    std::fs::remove_dir(&packs)?;
+                }
+                volume::release(vol)?;
+            }
+            None => {
+                let dir = self.packs.data_dir().join("groups").join(name.as_str());
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+            }
+        }
+        tracing::info!("storage group {name} removed");
+        Ok(())
+    }
+
+    /// The groups `scope` sees, with what each holds and the space of the
+    /// filesystem its packs are on; `locations` says where they are.
+    pub fn group_list(&self, scope: &Scope, locations: bool) -> Result<Vec<GroupInfo>> {
+        let totals = self.catalog.group_totals()?;
+        let containers = self.container_list(&Scope::Every)?;
+        let packs = self.packs.packs()?;
+        let mut out = Vec::new();
+        for (name, rec) in self.catalog.groups()? {
+            let group = GroupName::new(name.as_str())
+                .map_err(|e| StoreError::Corrupt(format!("storage group name {name:?}: {e}")))?;
+            if !scope.sees(&group) {
+                continue;
+            }
+            let t = totals.get(&rec.id).cloned().unwrap_or_default();
+            let theirs: Vec<_> = packs
+                .iter()
+                .filter(|p| p.group == rec.id)
+                .copied()
+                .collect();
+            let space = self.packs.space_of(rec.id);
+            let (free, total) = space.filesystem()?;
+            let (kind, location) = match &rec.volume {
+                Some(v) => ("volume", v.path.clone()),
+                None => ("data", self.packs.data_dir().join("groups").join(&name)),
+            };
+            let mine = containers.iter().filter(|c| c.group == group);
+            out.push(GroupInfo {
+                name,
+                kind: kind.into(),
+                location: if locations {
+                    location.display().to_string()
+                } else {
+                    String::new()
+                },
+                containers: mine.clone().count() as u64,
+                images: mine.map(|c| c.images).sum(),
+                chunks: t.chunks,
+                stored_bytes: t.stored_bytes,
+                pack_bytes: self.packs.bytes(&theirs),
+                fs_total_bytes: total,
+                fs_used_bytes: space.used()?,
+                free_bytes: free.saturating_sub(space.reserve()),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
