@@ -144,7 +144,8 @@ impl TestServer {
         }
     }
 
-    fn try_spawn(&mut self) -> Result<(), String> {
+    /// Starts ternd on the ports it had before; its log if it did not start.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(ternd_bin())
             .args(["serve", "--data"])
             .arg(self.data())
@@ -297,7 +298,8 @@ pub fn run_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     out
 }
 
-fn walk(p: &Path) -> u64 {
+/// Bytes of the files under `p`.
+pub fn walk(p: &Path) -> u64 {
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {

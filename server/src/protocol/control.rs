@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use tern_core::names::GroupName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -26,12 +27,23 @@ pub fn socket_path(data: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
-    Gc,
-    Fsck,
+    /// GC of every storage group, or of `group` only.
+    Gc {
+        #[serde(default)]
+        group: Option<GroupName>,
+    },
+    /// fsck of every storage group, or of `group` only.
+    Fsck {
+        #[serde(default)]
+        group: Option<GroupName>,
+    },
     SeedExport(seed::export::ExportRequest),
     SeedImport(seed::import::ImportRequest),
     SeedStatus,
-    SeedCleanup { seed: Option<String>, force: bool },
+    SeedCleanup {
+        seed: Option<String>,
+        force: bool,
+    },
 }
 
 /// One line of the server's answer.
@@ -120,7 +132,7 @@ pub fn run(
 /// seed password).
 fn audited(req: &Request) -> Option<(&'static str, serde_json::Value)> {
     Some(match req {
-        Request::Gc => ("gc", serde_json::json!({})),
+        Request::Gc { group } => ("gc", serde_json::json!({ "group": group })),
         Request::SeedExport(r) => (
             "seed_export",
             serde_json::json!({"containers": r.containers, "to": r.to, "resume": r.resume,
@@ -135,7 +147,7 @@ fn audited(req: &Request) -> Option<(&'static str, serde_json::Value)> {
             "seed_cleanup",
             serde_json::json!({"seed": seed, "force": force}),
         ),
-        Request::Fsck | Request::SeedStatus => return None,
+        Request::Fsck { .. } | Request::SeedStatus => return None,
     })
 }
 
@@ -147,8 +159,8 @@ fn run_request(
     progress: seed::Progress<'_>,
 ) -> Result<serde_json::Value> {
     Ok(match req {
-        Request::Gc => serde_json::to_value(store.gc()?)?,
-        Request::Fsck => serde_json::to_value(store.fsck()?)?,
+        Request::Gc { group } => serde_json::to_value(store.gc(group.as_ref())?)?,
+        Request::Fsck { group } => serde_json::to_value(store.fsck(group.as_ref())?)?,
         Request::SeedExport(r) => {
             serde_json::to_value(seed::export::export(store, data, server_id, &r, progress)?)?
         }
@@ -180,7 +192,7 @@ async fn answer(stream: UnixStream, ctx: ControlContext) -> Result<()> {
         tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
             let req: Request =
                 serde_json::from_str(&line).context("undecodable control request")?;
-            let gc = matches!(req, Request::Gc);
+            let gc = matches!(req, Request::Gc { .. });
             // Progress at most every 1% or so: a line per chunk would flood.
             let last = std::cell::Cell::new(0u64);
             let progress = |done: u64, total: u64| {

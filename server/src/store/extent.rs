@@ -75,7 +75,7 @@ impl Store {
             ))
         })?;
         let source = self.container(scope, container)?;
-        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let gate = self.gates.shared(self.open_group(w)?);
         let image = self.open_image(w)?;
         let mut img = lock(&image);
         if img.replica.is_some() {

@@ -5,10 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use tern_core::codec::Decoder;
+use tern_core::names::GroupName;
 
 use super::pack::{self, Location};
 use super::records::{chunk_key, split_chunk_key, ChunkKey};
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 
 /// What fsck found.
 #[derive(Debug, Default, Serialize)]
@@ -32,26 +33,40 @@ impl Store {
     /// Reads every pack entry and checks its hash, every index entry and every
     /// recipe. Changes nothing: a stopped store is checked through
     /// [`Store::open_read_only`].
-    pub fn fsck(&self) -> Result<FsckReport> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+    /// `only` checks one storage group (its packs, its index entries, its
+    /// images' recipes) and holds off GC of that group only.
+    pub fn fsck(&self, only: Option<&GroupName>) -> Result<FsckReport> {
+        let only = match only {
+            Some(name) => Some(
+                self.catalog
+                    .group_id(name)?
+                    .ok_or_else(|| StoreError::NotFound(format!("no storage group {name}")))?,
+            ),
+            None => None,
+        };
+        let _gates = match only {
+            Some(g) => vec![self.gates.shared(g)],
+            None => self.gates.all_shared(),
+        };
+        let scope = FsckScope(only);
         // Packs still being finished would look unfinished.
         self.packs.wait_finished()?;
         let mut report = FsckReport::default();
-        let intact = self.check_packs(&mut report)?;
-        self.check_index(&intact, &mut report)?;
-        self.check_recipes(&mut report)?;
-        self.check_totals(&mut report)?;
+        let intact = self.check_packs(scope, &mut report)?;
+        self.check_index(scope, &intact, &mut report)?;
+        self.check_recipes(scope, &mut report)?;
+        self.check_totals(scope, &mut report)?;
         Ok(report)
     }
 
     /// The totals `tern stats` reads must be what the index holds.
-    fn check_totals(&self, report: &mut FsckReport) -> Result<()> {
+    fn check_totals(&self, scope: FsckScope, report: &mut FsckReport) -> Result<()> {
         let kept = self.catalog.group_totals()?;
         let counted = self.catalog.counted_totals()?;
         let mut groups: Vec<u32> = kept.keys().chain(counted.keys()).copied().collect();
         groups.sort_unstable();
         groups.dedup();
-        for g in groups {
+        for g in groups.into_iter().filter(|g| scope.has(*g)) {
             let (k, c) = (
                 kept.get(&g).copied().unwrap_or_default(),
                 counted.get(&g).copied().unwrap_or_default(),
@@ -68,11 +83,20 @@ impl Store {
     }
 
     /// Verifies every entry of every pack; returns where intact copies are.
-    fn check_packs(&self, report: &mut FsckReport) -> Result<HashMap<ChunkKey, Vec<Location>>> {
+    fn check_packs(
+        &self,
+        scope: FsckScope,
+        report: &mut FsckReport,
+    ) -> Result<HashMap<ChunkKey, Vec<Location>>> {
         let mut verifier = Decoder::new();
         let mut intact: HashMap<ChunkKey, Vec<Location>> = HashMap::new();
         let writing: HashSet<u64> = self.packs.appender().open_packs().collect();
-        for p in self.packs.packs()? {
+        for p in self
+            .packs
+            .packs()?
+            .into_iter()
+            .filter(|p| scope.has(p.group))
+        {
             report.packs += 1;
             let shown = self.packs.describe(&p);
             let file = self.packs.reader(p.group, p.number)?;
@@ -127,14 +151,18 @@ impl Store {
     /// Every index entry must point at an intact pack entry.
     fn check_index(
         &self,
+        scope: FsckScope,
         intact: &HashMap<ChunkKey, Vec<Location>>,
         report: &mut FsckReport,
     ) -> Result<()> {
         self.catalog.for_each_index_entry(|k, v| {
-            let Some((_, id)) = split_chunk_key(k) else {
+            let Some((group, id)) = split_chunk_key(k) else {
                 report.damage.push("index: key of the wrong size".into());
                 return Ok(());
             };
+            if !scope.has(group) {
+                return Ok(());
+            }
             let Some(loc) = Location::decode(v) else {
                 report
                     .damage
@@ -152,13 +180,17 @@ impl Store {
     }
 
     /// Every recipe must be gapless and name chunks the index has.
-    fn check_recipes(&self, report: &mut FsckReport) -> Result<()> {
-        let image_groups = self.catalog.image_groups()?;
+    fn check_recipes(&self, scope: FsckScope, report: &mut FsckReport) -> Result<()> {
+        let mut image_groups = self.catalog.image_groups()?;
+        image_groups.retain(|_, g| scope.has(*g));
         let names = self.catalog.image_names()?;
         let index = self.catalog.index_snapshot()?;
         let mut damaged_images = HashSet::new();
         let mut expected_offset: HashMap<u64, u64> = HashMap::new();
         self.catalog.for_each_recipe_row(|image, offset, id, len| {
+            if scope.0.is_some() && !image_groups.contains_key(&image) {
+                return Ok(());
+            }
             let name = names
                 .get(&image)
                 .cloned()
@@ -194,6 +226,9 @@ impl Store {
         })?;
         // A recipe must reach its image's recorded size: a lost last row leaves no gap.
         for (image, size) in self.catalog.image_sizes()? {
+            if scope.0.is_some() && !image_groups.contains_key(&image) {
+                continue;
+            }
             let end = expected_offset.get(&image).copied().unwrap_or(0);
             if end != size && !damaged_images.contains(&image) {
                 let name = names.get(&image).cloned().unwrap_or_default();
@@ -204,5 +239,15 @@ impl Store {
         }
         report.images_checked = image_groups.len() as u64;
         Ok(())
+    }
+}
+
+/// The storage group an fsck checks, or all of them.
+#[derive(Clone, Copy)]
+struct FsckScope(Option<u32>);
+
+impl FsckScope {
+    fn has(self, group: u32) -> bool {
+        self.0.is_none_or(|g| g == group)
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
+use tern_core::names::GroupName;
 use tern_core::ChunkId;
 
 use super::live_set::LiveSet;
@@ -10,6 +11,11 @@ use super::pack::{self, Location, ENTRY_HEADER_LEN};
 use super::packs::PackRef;
 use super::records::{chunk_key, ChunkKey};
 use super::{lock, Result, Store, StoreError};
+
+/// The storage group a chunk key belongs to.
+fn key_group(k: &ChunkKey) -> u32 {
+    u32::from_be_bytes([k[0], k[1], k[2], k[3]])
+}
 
 /// A pack is rewritten when at least this share of it is dead: reclaiming space
 /// soon after deletes matters more to a backup target than the rewrite I/O.
@@ -32,28 +38,55 @@ pub struct GcReport {
 }
 
 impl Store {
-    /// Removes unreferenced chunks and compacts packs. Writers pause while it runs.
-    pub fn gc(&self) -> Result<GcReport> {
-        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+    /// Removes unreferenced chunks and compacts packs, in every storage
+    /// group or only in `only`, one group at a time: the group's writers
+    /// and readers pause while its turn runs, other groups' do not.
+    pub fn gc(&self, only: Option<&GroupName>) -> Result<GcReport> {
+        let groups: Vec<u32> = match only {
+            Some(name) => vec![self
+                .catalog
+                .group_id(name)?
+                .ok_or_else(|| StoreError::NotFound(format!("no storage group {name}")))?],
+            None => {
+                let mut ids = self.packs.group_ids();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        let mut report = GcReport::default();
+        for group in groups {
+            let r = self.gc_group(group)?;
+            report.add(r);
+            if report.stopped.is_some() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    fn gc_group(&self, group: u32) -> Result<GcReport> {
+        let _gate = self.gates.exclusive(group);
         self.packs.wait_finished()?;
-        let packs = self.packs.packs()?;
+        let packs = self.packs.packs_of(group)?;
         let mut report = GcReport {
             bytes_before: self.packs.bytes(&packs),
             ..Default::default()
         };
-        let live = self.mark()?;
+        let live = self.mark(group)?;
         report.mark_bytes = live.bytes();
         // Uncommitted chunks that no open image names belong to aborted
         // images (a cancelled copy, a client gone): garbage now. Under the
-        // exclusive gate no writer is between storing a chunk and naming it.
-        lock(&self.pending).retain(|k, _| live.contains(k));
+        // exclusive gate no writer of the group is between storing a chunk
+        // and naming it.
+        lock(&self.pending).retain(|k, _| key_group(k) != group || live.contains(k));
         // Open packs are finished so that the dead chunks in them can go too.
-        self.packs.appender().seal_all()?;
+        self.packs.appender().seal_group(group)?;
         // Packs that hold uncommitted chunks stay as they are.
         let busy_packs: HashSet<u64> = lock(&self.pending).values().map(|l| l.pack).collect();
         // Live bytes per pack: memory per pack, not per chunk.
         let mut live_bytes: HashMap<u64, u64> = HashMap::new();
         report.chunks_removed = self.catalog.sweep_index(
+            group,
             |key| live.contains(key),
             |_, loc| {
                 report.live_chunks += 1;
@@ -62,7 +95,7 @@ impl Store {
             },
         )?;
         drop(live);
-        self.confirm_sparse(&packs, &busy_packs, &mut live_bytes, &mut report)?;
+        self.confirm_sparse(group, &packs, &busy_packs, &mut live_bytes, &mut report)?;
         // Packs with nothing live go first: deleting them frees space without
         // needing any, which is what a full disk needs.
         let mut sparse = Vec::new();
@@ -105,7 +138,7 @@ impl Store {
                 report.packs_rewritten += 1;
             }
         }
-        report.bytes_after = self.packs.bytes(&self.packs.packs()?);
+        report.bytes_after = self.packs.bytes(&self.packs.packs_of(group)?);
         Ok(report)
     }
 
@@ -116,6 +149,7 @@ impl Store {
     /// recipe names them. Memory: the survivors of those packs only.
     fn confirm_sparse(
         &self,
+        group: u32,
         packs: &[PackRef],
         busy: &HashSet<u64>,
         live_bytes: &mut HashMap<u64, u64>,
@@ -140,7 +174,7 @@ impl Store {
             .entries_in_packs(&sparse)?
             .into_iter()
             .collect();
-        self.for_each_root(|k| {
+        self.for_each_root(group, |k| {
             suspects.remove(k);
         })?;
         let dead: Vec<(ChunkKey, Option<Location>)> = suspects.keys().map(|k| (*k, None)).collect();
@@ -160,16 +194,18 @@ impl Store {
 
     /// Every chunk a committed, partial or open image refers to, or a
     /// seed pins: the live set GC keeps (a Bloom filter, ~1% false positives).
-    fn mark(&self) -> Result<LiveSet> {
-        let totals: u64 = self
+    fn mark(&self, group: u32) -> Result<LiveSet> {
+        let totals = self
             .catalog
             .group_totals()?
-            .values()
-            .map(|t| t.chunks)
-            .sum();
-        let pending = lock(&self.pending).len() as u64;
+            .get(&group)
+            .map_or(0, |t| t.chunks);
+        let pending = lock(&self.pending)
+            .keys()
+            .filter(|k| key_group(k) == group)
+            .count() as u64;
         let mut live = LiveSet::with_capacity(totals + pending);
-        self.for_each_root(|k| live.insert(k))?;
+        self.for_each_root(group, |k| live.insert(k))?;
         Ok(live)
     }
 
@@ -177,24 +213,34 @@ impl Store {
     /// of committed and partial images, the chunks open images have written
     /// but not yet recorded, and the pins of seeds that have not expired.
     /// A chunk may be visited more than once.
-    fn for_each_root(&self, mut each: impl FnMut(&ChunkKey)) -> Result<()> {
+    fn for_each_root(&self, group: u32, mut each: impl FnMut(&ChunkKey)) -> Result<()> {
         let image_groups = self.catalog.image_groups()?;
         self.catalog.for_each_recipe_row(|image, _, id, _| {
-            let group = image_groups.get(&image).ok_or_else(|| {
+            let g = image_groups.get(&image).ok_or_else(|| {
                 StoreError::Corrupt(format!("recipe rows for unknown image {image}"))
             })?;
-            each(&chunk_key(*group, &id));
+            if *g == group {
+                each(&chunk_key(group, &id));
+            }
             Ok(())
         })?;
-        let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
+        let open: Vec<_> = lock(&self.open)
+            .values()
+            .filter(|e| e.group == group)
+            .map(|e| e.image.clone())
+            .collect();
         for image in open {
             let img = lock(&image);
             for (_, id, _) in img.unflushed() {
-                each(&chunk_key(img.group, id));
+                each(&chunk_key(group, id));
             }
         }
         // Seeded chunks wait for the replicas that will refer to them.
-        self.live_pins(each)
+        self.live_pins(|k| {
+            if key_group(k) == group {
+                each(k)
+            }
+        })
     }
 
     /// Copies the live entries of a sparse pack to the group's open pack and
@@ -221,6 +267,20 @@ impl Store {
         self.catalog.relocate(&moved)?;
         self.packs.remove(p)?;
         Ok(())
+    }
+}
+
+impl GcReport {
+    /// Adds the run of one more group.
+    fn add(&mut self, r: GcReport) {
+        self.live_chunks += r.live_chunks;
+        self.chunks_removed += r.chunks_removed;
+        self.packs_deleted += r.packs_deleted;
+        self.packs_rewritten += r.packs_rewritten;
+        self.bytes_before += r.bytes_before;
+        self.bytes_after += r.bytes_after;
+        self.mark_bytes = self.mark_bytes.max(r.mark_bytes);
+        self.stopped = self.stopped.take().or(r.stopped);
     }
 }
 

@@ -17,7 +17,9 @@ impl Store {
             return Err(StoreError::ReadOnly(why));
         }
         if self.catalog.group(name)?.is_some() {
-            return Err(StoreError::AlreadyExists(format!("storage group {name} exists")));
+            return Err(StoreError::AlreadyExists(format!(
+                "storage group {name} exists"
+            )));
         }
         let vol = volume::claim(dir, name, self.packs.data_dir())?;
         let added = self

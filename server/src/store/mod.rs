@@ -15,7 +15,9 @@
 //! 0. `begin_lock`: held by image begins, resumes and the removal of
 //!    partial images, so that the open set and the partial records change
 //!    together.
-//! 1. `gate`: shared by every data operation, exclusive by GC.
+//! 1. a group's gate (`gates.rs`): shared by every data operation on the
+//!    group, exclusive by its GC; a thread holds one group's gate at most,
+//!    or all of them (fsck, repair) taken in order.
 //! 2. `open`: the set of images being written; held only to find, add or
 //!    remove an entry, never across work.
 //! 3. one open image's own mutex: held while that image's data is processed
@@ -31,6 +33,7 @@ mod error;
 mod extent;
 mod finisher;
 mod fsck;
+mod gates;
 mod gc;
 mod groups;
 mod live_set;
@@ -54,7 +57,7 @@ mod write;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard};
 
 use tern_core::names::GroupName;
 
@@ -85,8 +88,8 @@ pub const DEFAULT_GROUP: &str = "default";
 pub struct Store {
     catalog: Catalog,
     packs: PackSet,
-    /// Held shared by every data operation and exclusively by GC.
-    gate: RwLock<()>,
+    /// Per group: held shared by every data operation and exclusively by GC.
+    gates: gates::Gates,
     /// Chunks in packs that no committed image has indexed yet.
     pending: Mutex<HashMap<ChunkKey, Location>>,
     open: Mutex<HashMap<WriterId, write::OpenEntry>>,
@@ -148,7 +151,7 @@ impl Store {
         Ok(Self {
             catalog,
             packs,
-            gate: RwLock::new(()),
+            gates: gates::Gates::new(),
             pending: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
             begin_lock: Mutex::new(()),
@@ -190,5 +193,7 @@ impl Store {
 mod tests;
 #[cfg(test)]
 mod tests_extent;
+#[cfg(test)]
+mod tests_groups;
 #[cfg(test)]
 mod tests_partial;

@@ -166,6 +166,18 @@ impl PackSet {
         Ok(out)
     }
 
+    /// Every pack of group `group`.
+    pub fn packs_of(&self, group: u32) -> Result<Vec<PackRef>> {
+        let mut out: Vec<PackRef> = self
+            .store(group)?
+            .list()?
+            .into_iter()
+            .map(|number| PackRef { group, number })
+            .collect();
+        out.sort_by_key(|p| p.number);
+        Ok(out)
+    }
+
     /// Where a pack is, for messages.
     pub fn describe(&self, p: &PackRef) -> String {
         match self.store(p.group) {
@@ -311,10 +323,11 @@ impl Appender<'_> {
         Ok(())
     }
 
-    /// Finishes every open pack (trailer, sync) and waits for it: GC may
-    /// then delete or compact them like any other. The next append opens new ones.
-    pub fn seal_all(&mut self) -> Result<()> {
-        for (_, w) in self.writers.drain() {
+    /// Finishes group `group`'s open pack (trailer, sync) and waits for it:
+    /// GC may then delete or compact it like any other. The next append
+    /// opens a new one.
+    pub fn seal_group(&mut self, group: u32) -> Result<()> {
+        if let Some(w) = self.writers.remove(&group) {
             self.set
                 .finisher
                 .submit(w)

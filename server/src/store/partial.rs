@@ -122,7 +122,7 @@ impl Store {
     /// A checkpoint of one open image now, for tests.
     #[cfg(test)]
     pub(super) fn checkpoint_now(&self, w: WriterId) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(self.open_group(w)?);
         let image = self.open_image(w)?;
         let mut img = lock(&image);
         self.checkpoint(&mut img)
@@ -133,10 +133,13 @@ impl Store {
     /// and any whose last checkpoint is older than [`CHECKPOINT_EVERY`].
     /// Images busy with a write are skipped (their writes checkpoint them).
     pub fn checkpoint_idle(&self) -> Result<usize> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let open: Vec<_> = lock(&self.open).values().map(|e| e.image.clone()).collect();
+        let open: Vec<_> = lock(&self.open)
+            .values()
+            .map(|e| (e.group, e.image.clone()))
+            .collect();
         let mut done = 0;
-        for image in open {
+        for (group, image) in open {
+            let _gate = self.gates.shared(group);
             let Ok(mut img) = image.try_lock() else {
                 continue;
             };
@@ -160,7 +163,7 @@ impl Store {
     pub fn image_commit(&self, w: WriterId) -> Result<(ImageInfo, WriteStats)> {
         // Held from here to the catalog commit: GC must not sweep chunks this
         // image refers to once it has left the open set.
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(self.open_group(w)?);
         let image = lock(&self.open).remove(&w).ok_or_else(no_such_image)?.image;
         let mut img = lock(&image);
         if !img.missing.is_empty() {
@@ -288,7 +291,8 @@ impl Store {
     /// Returns the offset a resume continues from; `None` if the image is
     /// no longer this writer's (a resume took it).
     pub fn image_detach(&self, w: WriterId) -> Option<u64> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let group = lock(&self.open).get(&w)?.group;
+        let _gate = self.gates.shared(group);
         let entry = lock(&self.open).remove(&w)?;
         let mut img = lock(&entry.image);
         match self.checkpoint(&mut img) {
@@ -411,7 +415,10 @@ impl Store {
                  it once that client is gone"
             )));
         }
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let Ok(group) = self.open_group(w) else {
+            return Ok(false);
+        };
+        let _gate = self.gates.shared(group);
         let Some(entry) = lock(&self.open).remove(&w) else {
             return Ok(false);
         };

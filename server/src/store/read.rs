@@ -46,7 +46,7 @@ impl Store {
         offset: u64,
     ) -> Result<(RecipeEntry, Location, Vec<u8>)> {
         // GC must not move the chunk between the lookup and the read.
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(img.group);
         let (entry, loc) = self.catalog.chunk_at(img.image_id, img.group, offset)?;
         let file = self.packs.reader(img.group, loc.pack)?;
         let bytes = pack::read_stored(&*file, &loc)

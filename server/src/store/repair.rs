@@ -51,7 +51,7 @@ impl Store {
         if let Some(why) = self.read_only {
             return Err(StoreError::ReadOnly(why));
         }
-        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _gates = self.gates.all_exclusive();
         let mut report = RepairReport::default();
         let intact = self.salvage_packs(&mut report)?;
         self.repair_index(&intact, &mut report)?;

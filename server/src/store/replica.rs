@@ -131,7 +131,7 @@ impl Store {
     ) -> Result<Option<ReplicaStart>> {
         let group = self.group_of(rec)?;
         let _begin = lock(&self.begin_lock);
-        self.take_over_replica(rec.id, name, origin.copy)?;
+        self.take_over_replica(group, rec.id, name, origin.copy)?;
         let Some(durable) = self.catalog.partial(rec.id, name)? else {
             return Ok(None);
         };
@@ -155,8 +155,14 @@ impl Store {
 
     /// Takes the replica `copy` is writing out of the session that holds it
     /// (the source gave that session up), checkpointing it first.
-    fn take_over_replica(&self, container_id: u64, name: &ImageName, copy: CopyId) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+    fn take_over_replica(
+        &self,
+        group: u32,
+        container_id: u64,
+        name: &ImageName,
+        copy: CopyId,
+    ) -> Result<()> {
+        let _gate = self.gates.shared(group);
         let mut open = lock(&self.open);
         let found = open
             .iter()

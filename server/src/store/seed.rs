@@ -173,7 +173,7 @@ impl Store {
 
     /// A chunk's stored bytes, as a seed carries them.
     pub fn seed_read_chunk(&self, group: u32, id: &ChunkId) -> Result<Record> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(group);
         let key = chunk_key(group, id);
         let loc = match lock(&self.pending).get(&key) {
             Some(l) => *l,
@@ -208,7 +208,7 @@ impl Store {
         finish: impl FnOnce(&mut R, LoadedBatch),
     ) -> Result<LoadedBatch> {
         let records = &records.records;
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(group);
         let mut batch = LoadedBatch::default();
         let mut pins: Vec<ChunkKey> = Vec::with_capacity(records.len());
         for r in records {

@@ -107,7 +107,7 @@ fn a_committed_image_reads_back_and_a_second_one_stores_only_new_chunks() {
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(read_image(&store, "two"), second.concat());
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -169,13 +169,13 @@ fn gc_frees_deleted_images_and_keeps_open_ones() {
             false,
         )
         .unwrap();
-    let report = store.gc().unwrap();
+    let report = store.gc(None).unwrap();
     assert_eq!(report.chunks_removed, 19);
     assert_eq!(report.live_chunks, 6);
     store.image_commit(w).unwrap();
     assert_eq!(read_image(&store, "open"), shared.clone());
     assert_eq!(read_image(&store, "kept"), kept.concat());
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn gc_writes_packs_of_the_documented_size() {
             .image_remove(&admin(), Owner::Any, &c, &n, false)
             .unwrap();
     }
-    let report = store.gc().unwrap();
+    let report = store.gc(None).unwrap();
     assert!(report.packs_rewritten > 0, "{report:?}");
     store.packs.wait_finished().unwrap();
     let limit = packs::PACK_TARGET + (MAX_CHUNK_LIMIT as u64) * 2;

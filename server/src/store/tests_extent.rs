@@ -142,7 +142,7 @@ fn random_extent_plans_make_the_image_the_same_plan_makes_of_the_bytes() {
             "plan {plan}: bytes differ"
         );
     }
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -249,13 +249,13 @@ fn gc_after_the_source_is_deleted_keeps_every_chunk_the_new_image_names() {
         .image_remove(&admin(), Owner::Any, &c, &n, false)
         .unwrap();
     // The rows are in memory only: GC's mark must find them there.
-    store.gc().unwrap();
+    store.gc(None).unwrap();
     store.image_commit(w).unwrap();
-    store.gc().unwrap();
+    store.gc(None).unwrap();
     let mut expected = data[777..100_777].to_vec();
     expected.extend_from_slice(b"tail bytes");
     assert!(read_image(&store, "synth") == expected);
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]

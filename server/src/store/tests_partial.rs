@@ -75,7 +75,7 @@ fn an_image_whose_session_ended_resumes_after_a_restart_and_commits_whole() {
     assert!(incomplete(&store).is_empty());
     let listed = store.image_list(&admin(), &names("c", "x").0, "").unwrap();
     assert_eq!(listed.len(), 1, "listed once");
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -90,15 +90,15 @@ fn a_crash_keeps_what_the_last_checkpoint_made_durable_and_gc_drops_the_rest() {
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
     let r = resume(&store, Owner::Any, "crashy").unwrap();
     assert_eq!(r.offset, 10 * 4096, "resumes from the last checkpoint");
     send(&store, r.writer, &data[10..]);
     store.image_commit(r.writer).unwrap();
     assert_eq!(read_image(&store, "crashy"), data.concat());
-    let gc = store.gc().unwrap();
+    let gc = store.gc(None).unwrap();
     assert_eq!(gc.live_chunks, 30);
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 /// The pack file numbered `number`, wherever its group keeps it under `dir`.
@@ -177,9 +177,9 @@ fn a_crash_of_the_process_keeps_the_intact_chunks_written_after_the_last_checkpo
     }
     store.image_commit(r.writer).unwrap();
     assert_eq!(read_image(&store, "killed"), data.concat());
-    store.gc().unwrap();
+    store.gc(None).unwrap();
     // The damaged entries stay in their packs, unused, and fsck names them.
-    let report = store.fsck().unwrap();
+    let report = store.fsck(None).unwrap();
     assert_eq!(report.damage.len(), 2, "{report:?}");
     assert!(report
         .damage
@@ -194,7 +194,7 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
     let w = begin(&store, "kept");
     send(&store, w, &data);
     store.image_detach(w);
-    let gc = store.gc().unwrap();
+    let gc = store.gc(None).unwrap();
     assert_eq!((gc.live_chunks, gc.chunks_removed), (12, 0));
     // Not yet expired: a long retention keeps it.
     assert_eq!(
@@ -210,9 +210,9 @@ fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
         1
     );
     assert!(incomplete(&store).is_empty());
-    let gc = store.gc().unwrap();
+    let gc = store.gc(None).unwrap();
     assert_eq!((gc.live_chunks, gc.chunks_removed), (0, 12));
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn rm_removes_an_incomplete_image_and_a_new_create_replaces_one() {
     let (info, _) = store.image_commit(w).unwrap();
     assert_eq!(info.size, 2 * 4096, "the new image, not the old one");
     assert!(incomplete(&store).is_empty());
-    assert!(store.fsck().unwrap().is_clean());
+    assert!(store.fsck(None).unwrap().is_clean());
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn the_index_totals_follow_commits_and_gc() {
     store
         .image_remove(&admin(), Owner::Any, &c, &n, false)
         .unwrap();
-    store.gc().unwrap();
+    store.gc(None).unwrap();
     let kept = store.catalog.group_totals().unwrap();
     assert_eq!(kept, store.catalog.counted_totals().unwrap());
     assert_eq!(kept.values().map(|t| t.chunks).sum::<u64>(), 5);

@@ -83,11 +83,15 @@ pub fn check(vol: &GroupVolume, group: &str) -> Result<()> {
     };
     match read(&vol.path) {
         Ok((_, id)) if id == vol.id => Ok(()),
-        Ok((g, _)) => Err(offline(format!("holds the volume file of another group ({g})"))),
+        Ok((g, _)) => Err(offline(format!(
+            "holds the volume file of another group ({g})"
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Err(offline(format!("has no {VOLUME_FILE} file")))
         }
-        Err(e) => Err(offline(format!("has an unreadable {VOLUME_FILE} file ({e})"))),
+        Err(e) => Err(offline(format!(
+            "has an unreadable {VOLUME_FILE} file ({e})"
+        ))),
     }
 }
 
@@ -148,13 +152,6 @@ fn random_id() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Whether `dir`'s permissions let other users write (for tests).
-#[cfg(test)]
-pub fn world_writable(dir: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +188,6 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let open = tempfile::tempdir().unwrap();
         fs::set_permissions(open.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(world_writable(open.path()));
         let e = claim(open.path(), &group("g"), data.path()).unwrap_err();
         assert!(e.to_string().contains("world-writable"), "{e}");
         let inside = data.path().join("sub");

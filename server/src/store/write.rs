@@ -169,6 +169,8 @@ pub(super) struct Passthrough {
 /// image's own lock (which passthrough CPU work may hold for a while).
 pub(super) struct OpenEntry {
     pub(super) container_id: u64,
+    /// The image's storage group, whose gate its operations hold.
+    pub(super) group: u32,
     pub(super) name: ImageName,
     /// The copy writing it, for a replica: a retry of the copy replaces it.
     pub(super) copy: Option<CopyId>,
@@ -364,6 +366,7 @@ impl Store {
             id,
             OpenEntry {
                 container_id,
+                group: image.group,
                 name: name.clone(),
                 copy,
                 owner: owner.clone(),
@@ -388,9 +391,17 @@ impl Store {
             .ok_or_else(no_such_image)
     }
 
+    /// The storage group of the image `w` writes, whose gate to hold.
+    pub(super) fn open_group(&self, w: WriterId) -> Result<u32> {
+        lock(&self.open)
+            .get(&w)
+            .map(|e| e.group)
+            .ok_or_else(no_such_image)
+    }
+
     /// Appends chunks to an image's recipe; returns the indexes of those the store lacks.
     pub fn image_append(&self, w: WriterId, entries: &[ChunkRef]) -> Result<Vec<u32>> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(self.open_group(w)?);
         let image = self.open_image(w)?;
         let mut img = lock(&image);
         if img.passthrough.is_some() {
@@ -464,7 +475,7 @@ impl Store {
         VERIFIER
             .with_borrow_mut(|d| d.verify(id, codec, raw_len, bytes))
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(group);
         let stored = self.store_chunk(group, id, codec, raw_len, bytes)?;
         let mut img = lock(&image);
         if img.missing.remove(id).is_some() {
@@ -480,7 +491,7 @@ impl Store {
 
     /// Passthrough: takes raw image bytes; the store chunks, dedups and compresses them.
     pub fn image_write_raw(&self, w: WriterId, data: &[u8]) -> Result<()> {
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _gate = self.gates.shared(self.open_group(w)?);
         let image = self.open_image(w)?;
         // Only this image's lock is held while it is chunked and compressed:
         // other writers go on in parallel.

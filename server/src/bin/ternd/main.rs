@@ -13,7 +13,7 @@ mod offline;
 mod seed;
 mod serve;
 
-use offline::{fsck, fsck_repair, gc, user};
+use offline::{fsck, fsck_repair, gc, group_arg, user};
 use serve::serve;
 
 #[derive(Parser)]
@@ -36,12 +36,17 @@ enum Cmd {
         #[command(flatten)]
         data: DataArg,
     },
-    /// Reclaim space of deleted images (through the running server if there is one).
+    /// Reclaim space of deleted images (through the running server if there
+    /// is one), one storage group at a time: a group's reads and writes
+    /// pause during its turn only.
     Gc {
         #[command(flatten)]
         data: DataArg,
         #[arg(long)]
         json: bool,
+        /// Only this storage group.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Verify every pack, index entry and recipe, changing nothing; exits 1 on damage.
     Fsck {
@@ -49,6 +54,9 @@ enum Cmd {
         data: DataArg,
         #[arg(long)]
         json: bool,
+        /// Only this storage group (its packs, index entries and images).
+        #[arg(long, conflicts_with = "repair")]
+        group: Option<String>,
         /// Repair a stopped store: keep every intact chunk, drop damaged ones,
         /// and list each change.
         #[arg(long)]
@@ -148,16 +156,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", certs::fingerprint(&cert_paths(&data.data, &cfg))?);
             Ok(())
         }
-        Cmd::Gc { data, json } => gc(&data.data, json),
+        Cmd::Gc { data, json, group } => gc(&data.data, json, group_arg(group)?),
         Cmd::Fsck {
             data,
             json,
+            group,
             repair: false,
-        } => fsck(&data.data, json),
+        } => fsck(&data.data, json, group_arg(group)?),
         Cmd::Fsck {
             data,
             json,
             repair: true,
+            ..
         } => fsck_repair(&data.data, json),
         Cmd::SyntheticFill {
             data,

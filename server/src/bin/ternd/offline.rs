@@ -13,12 +13,18 @@ use tern_server::store::{Store, StoreError, DEFAULT_GROUP};
 
 use super::UserCmd;
 
+/// A `--group` argument, checked.
+pub(crate) fn group_arg(group: Option<String>) -> Result<Option<GroupName>> {
+    Ok(group.map(GroupName::new).transpose()?)
+}
+
 /// `ternd gc`: through the running server if there is one.
-pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
-    let report = match control::request(data, &control::Request::Gc)? {
+pub(crate) fn gc(data: &Path, json: bool, group: Option<GroupName>) -> Result<()> {
+    let req = control::Request::Gc { group };
+    let report = match control::request(data, &req)? {
         Some(v) => v,
         None => control::run(
-            control::Request::Gc,
+            req,
             data,
             &open_store(data)?,
             "",
@@ -46,13 +52,16 @@ pub(crate) fn gc(data: &Path, json: bool) -> Result<()> {
 
 /// `ternd fsck`: exits 1 when anything is damaged. A stopped store is opened
 /// read-only: not a byte of it changes.
-pub(crate) fn fsck(data: &Path, json: bool) -> Result<()> {
-    let report = match control::request(data, &control::Request::Fsck)? {
+pub(crate) fn fsck(data: &Path, json: bool, group: Option<GroupName>) -> Result<()> {
+    let req = control::Request::Fsck {
+        group: group.clone(),
+    };
+    let report = match control::request(data, &req)? {
         Some(v) => v,
         None => {
             require_data_dir(data)?;
             let store = Store::open_read_only(data, "opened by fsck").map_err(in_use)?;
-            serde_json::to_value(store.fsck()?)?
+            serde_json::to_value(store.fsck(group.as_ref())?)?
         }
     };
     if json {
@@ -71,7 +80,7 @@ pub(crate) fn fsck(data: &Path, json: bool) -> Result<()> {
 pub(crate) fn fsck_repair(data: &Path, json: bool) -> Result<()> {
     require_data_dir(data)?;
     let store = Store::open_for_repair(data).map_err(in_use)?;
-    let before = serde_json::to_value(store.fsck()?)?;
+    let before = serde_json::to_value(store.fsck(None)?)?;
     if !json {
         print_fsck(&before, "damaged");
     }
@@ -105,7 +114,7 @@ pub(crate) fn fsck_repair(data: &Path, json: bool) -> Result<()> {
         }
         serde_json::to_value(report)?
     };
-    let after = serde_json::to_value(store.fsck()?)?;
+    let after = serde_json::to_value(store.fsck(None)?)?;
     if json {
         println!(
             "{}",

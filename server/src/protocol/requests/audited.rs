@@ -100,10 +100,9 @@ pub fn act_of(msg: &Msg) -> Option<(&'static str, Value)> {
             json!({ "group": name, "settings": settings }),
         ),
         Msg::ShapingRemove { name } => ("shaping_remove", json!({ "group": name })),
-        Msg::GroupAdd { name, settings } => (
-            "group_add",
-            json!({ "group": name, "path": settings.path }),
-        ),
+        Msg::GroupAdd { name, settings } => {
+            ("group_add", json!({ "group": name, "path": settings.path }))
+        }
         Msg::GroupRemove { name } => ("group_remove", json!({ "group": name })),
         _ => return None,
     })

@@ -82,11 +82,7 @@ impl Catalog {
             let mut groups = tx.open_table(GROUPS)?;
             let rec: GroupRecord = match groups.get(name.as_str())? {
                 Some(v) => decode("group", v.value())?,
-                None => {
-                    return Err(StoreError::NotFound(format!(
-                        "no storage group {name}"
-                    )))
-                }
+                None => return Err(StoreError::NotFound(format!("no storage group {name}"))),
             };
             let containers = tx.open_table(CONTAINERS)?;
             let held = containers

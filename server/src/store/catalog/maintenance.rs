@@ -136,11 +136,12 @@ impl Catalog {
     /// dead entries for the next run.)
     pub fn sweep_index(
         &self,
+        group: u32,
         live: impl Fn(&ChunkKey) -> bool,
         mut kept: impl FnMut(&ChunkKey, &Location),
     ) -> Result<u64> {
         let mut removed = 0;
-        for group in self.groups()?.into_iter().map(|(_, g)| g.id) {
+        {
             for b in 0..=255u8 {
                 let mut lo = group.to_be_bytes().to_vec();
                 lo.push(b);

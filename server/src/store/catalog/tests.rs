@@ -30,7 +30,11 @@ fn format_1_catalog(path: &Path) {
             .unwrap()
             .insert("nightly", encode(&rec).unwrap().as_slice())
             .unwrap();
-        let group = encode(&GroupRecord { id: 2 }).unwrap();
+        let group = encode(&GroupRecord {
+            id: 2,
+            volume: None,
+        })
+        .unwrap();
         tx.open_table(GROUPS)
             .unwrap()
             .insert("acme", group.as_slice())
