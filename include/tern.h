@@ -759,6 +759,7 @@ typedef struct {
   void (*client_options_init_sized)(tern_client_options*, size_t);
   tern_status (*image_suspend)(tern_image*, uint64_t*);
   tern_status (*image_write_from)(tern_image*, const char*, const char*, uint64_t, uint64_t);
+  tern_status (*client_group_capacity)(const tern_client*, const char*, tern_capacity*);
 } tern_plugin_api;
 
 #ifdef __cplusplus
@@ -780,6 +781,21 @@ const char *tern_version(void);
  * `client` is NULL or a live handle; `capacity` is NULL or points to at least `capacity->struct_size` writable bytes.
  */
 tern_status tern_client_capacity(const tern_client *client, tern_capacity *capacity);
+
+/**
+ * Asks the server what storage group `group` holds and has left, and fills
+ * *capacity with the figures of that group alone: total_bytes, and
+ * free_bytes, are those of the filesystem the group's packs are on (a
+ * group on a volume of its own has its own). Set capacity->struct_size
+ * first. Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a bad name),
+ * TERN_NOT_FOUND (no such group, or not one the user may use),
+ * TERN_UNSUPPORTED_VERSION (struct_size), TERN_PROTOCOL (a server older
+ * than protocol 8), TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `group` is NULL (refused) or a NUL-terminated string; `capacity` is NULL or points to at least `capacity->struct_size` writable bytes.
+ */
+tern_status tern_client_group_capacity(const tern_client *client, const char *group, tern_capacity *capacity);
 
 /**
  * Calls `cb` for each image in `container` whose name starts with `prefix`

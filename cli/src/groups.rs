@@ -70,7 +70,8 @@ pub fn group(cli: &Cli, cmd: &GroupCmd) -> Result<()> {
 
 fn group_json(g: &GroupInfo) -> serde_json::Value {
     json!({"name": g.name, "kind": g.kind, "location": g.location,
-        "containers": g.containers, "images": g.images, "chunks": g.chunks,
+        "containers": g.containers, "images": g.images, "logical_bytes": g.logical_bytes,
+        "chunks": g.chunks, "unique_bytes": g.unique_bytes,
         "stored_bytes": g.stored_bytes, "pack_bytes": g.pack_bytes,
         "fs_total_bytes": g.fs_total_bytes, "fs_used_bytes": g.fs_used_bytes,
         "free_bytes": g.free_bytes})

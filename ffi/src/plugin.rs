@@ -134,6 +134,13 @@ pub struct tern_plugin_api {
         u64,
         u64,
     ) -> tern_status,
+    // Appended in libtern 0.7 (check struct_size): storage groups on
+    // volumes of their own.
+    pub client_group_capacity: unsafe extern "C" fn(
+        *const tern_client,
+        *const c_char,
+        *mut crate::tern_capacity,
+    ) -> tern_status,
 }
 
 static API_V1: tern_plugin_api = tern_plugin_api {
@@ -176,6 +183,7 @@ static API_V1: tern_plugin_api = tern_plugin_api {
     client_options_init_sized: tern_client_options_init_sized,
     image_suspend: tern_image_suspend,
     image_write_from: crate::tern_image_write_from,
+    client_group_capacity: crate::tern_client_group_capacity,
 };
 
 /// Returns the function table of ABI version `abi_version`, or NULL if this

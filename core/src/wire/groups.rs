@@ -36,8 +36,12 @@ pub struct GroupInfo {
     pub containers: u64,
     /// Committed images in them.
     pub images: u64,
+    /// Sum of the sizes of its images.
+    pub logical_bytes: u64,
     /// Chunks stored once each in it.
     pub chunks: u64,
+    /// Sum of the plaintext sizes of those chunks.
+    pub unique_bytes: u64,
     /// Compressed bytes of those chunks.
     pub stored_bytes: u64,
     /// Bytes of its pack files, including space GC has yet to reclaim.

@@ -122,8 +122,10 @@ impl Store {
                     String::new()
                 },
                 containers: mine.clone().count() as u64,
-                images: mine.map(|c| c.images).sum(),
+                images: mine.clone().map(|c| c.images).sum(),
+                logical_bytes: mine.map(|c| c.logical_bytes).sum(),
                 chunks: t.chunks,
+                unique_bytes: t.raw_bytes,
                 stored_bytes: t.stored_bytes,
                 pack_bytes: self.packs.bytes(&theirs),
                 fs_total_bytes: total,
