@@ -787,7 +787,7 @@ tern_status tern_client_capacity(const tern_client *client, tern_capacity *capac
  * *capacity with the figures of that group alone: total_bytes, and
  * free_bytes, are those of the filesystem the group's packs are on (a
  * group on a volume of its own has its own). Set capacity->struct_size
- * first. Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (a bad name),
+ * first. Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT (not UTF-8),
  * TERN_NOT_FOUND (no such group, or not one the user may use),
  * TERN_UNSUPPORTED_VERSION (struct_size), TERN_PROTOCOL (a server older
  * than protocol 8), TERN_CLOSED, TERN_CONNECT, TERN_CANCELLED, TERN_TIMEOUT.
