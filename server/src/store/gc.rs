@@ -66,7 +66,9 @@ impl Store {
 
     fn gc_group(&self, group: u32) -> Result<GcReport> {
         let _gate = self.gates.exclusive(group);
-        self.packs.wait_finished()?;
+        // The open pack is finished first, so that the dead chunks in it can
+        // go too, and so that its table is in the size before as after.
+        self.packs.appender().seal_group(group)?;
         let packs = self.packs.packs_of(group)?;
         let mut report = GcReport {
             bytes_before: self.packs.bytes(&packs),
@@ -79,8 +81,6 @@ impl Store {
         // exclusive gate no writer of the group is between storing a chunk
         // and naming it.
         lock(&self.pending).retain(|k, _| key_group(k) != group || live.contains(k));
-        // Open packs are finished so that the dead chunks in them can go too.
-        self.packs.appender().seal_group(group)?;
         // Packs that hold uncommitted chunks stay as they are.
         let busy_packs: HashSet<u64> = lock(&self.pending).values().map(|l| l.pack).collect();
         // Live bytes per pack: memory per pack, not per chunk.

@@ -110,7 +110,10 @@ impl Store {
             let (free, total) = space.filesystem()?;
             let (kind, location) = match &rec.volume {
                 Some(v) => ("volume", v.path.clone()),
-                None => ("data", self.packs.data_dir().join("groups").join(&name)),
+                None => {
+                    let dir = self.packs.data_dir().join("groups").join(&name);
+                    ("data", std::fs::canonicalize(&dir).unwrap_or(dir))
+                }
             };
             let mine = containers.iter().filter(|c| c.group == group);
             out.push(GroupInfo {

@@ -97,6 +97,7 @@ fn gc_and_fsck_of_one_group_touch_only_that_group() {
         "gc of fast changed default"
     );
     assert_eq!(after[1].chunks, 4);
+    assert!(std::path::Path::new(&after[0].location).is_absolute());
     let fsck = store.fsck(Some(&group("fast"))).unwrap();
     assert!(fsck.is_clean(), "{fsck:?}");
     assert_eq!(fsck.chunks_checked, 4);
@@ -182,4 +183,28 @@ fn a_group_is_removed_only_when_empty_and_then_leaves_nothing_behind() {
     assert!(e.to_string().contains("default"), "{e}");
     // The directory may hold a new group.
     store.group_add_volume(&group("fast2"), vol.path()).unwrap();
+}
+
+#[test]
+fn a_gc_with_nothing_to_do_reports_the_packs_as_they_were() {
+    let (_data, _vol, store) = two_groups();
+    // Incompressible 64 KiB chunks: one open pack, nothing dead.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<Vec<u8>> = (0..24)
+        .map(|_| {
+            (0..64 << 10)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        })
+        .collect();
+    write(&store, "fast/c", "a", &big);
+    let gc = store.gc(Some(&group("fast"))).unwrap();
+    assert_eq!((gc.chunks_removed, gc.packs_rewritten), (0, 0), "{gc:?}");
+    // The open pack's table is counted before as after.
+    assert_eq!(gc.bytes_before, gc.bytes_after, "{gc:?}");
 }
