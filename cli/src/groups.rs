@@ -6,21 +6,33 @@ use clap::Subcommand;
 use serde_json::json;
 use tern_agent::{ClientError, WriteMode};
 use tern_core::names::GroupName;
-use tern_core::wire::{GroupInfo, GroupSettings};
+use tern_core::wire::{CloudSettings, GroupInfo, GroupSettings};
 
 use super::{connect, human_bytes, report, Cli};
 
 #[derive(Subcommand)]
 pub enum GroupCmd {
-    /// Create a storage group whose packs live in a directory of another
-    /// volume (admin only): an absolute path on the server, empty, not
-    /// world-writable. ternd marks it with a volume file and, at every
-    /// start, refuses to run if the file is gone (the volume not mounted).
+    /// Create a storage group (admin only) whose packs live in a directory
+    /// of another volume (--path: an absolute path on the server, empty,
+    /// not world-writable; ternd marks it with a volume file and, at every
+    /// start, refuses to run if the file is gone: the volume not mounted),
+    /// or in an S3 bucket (--s3: a cloud group, every object encrypted;
+    /// credentials from TERN_S3_ACCESS_KEY_ID and TERN_S3_SECRET_ACCESS_KEY,
+    /// the passphrase that wraps the group's key from TERN_GROUP_PASSPHRASE).
     Add {
         name: String,
         /// The directory on the server.
+        #[arg(long, conflicts_with = "s3", required_unless_present = "s3")]
+        path: Option<String>,
+        /// The bucket: http(s)://host:port/bucket.
         #[arg(long)]
-        path: String,
+        s3: Option<String>,
+        /// The bucket's region (default: garage).
+        #[arg(long, requires = "s3", default_value = "")]
+        region: String,
+        /// A path in the bucket that every object of the group goes under.
+        #[arg(long, requires = "s3", default_value = "")]
+        prefix: String,
     },
     /// Each group you may use: kind, location, what it holds, and the size,
     /// use and free space of the filesystem it is on.
@@ -33,15 +45,44 @@ pub enum GroupCmd {
 pub fn group(cli: &Cli, cmd: &GroupCmd) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
     match cmd {
-        GroupCmd::Add { name, path } => {
+        GroupCmd::Add {
+            name,
+            path,
+            s3,
+            region,
+            prefix,
+        } => {
             let group = GroupName::new(name.as_str())?;
+            let (settings, at) = match (path, s3) {
+                (Some(path), _) => (GroupSettings::at_path(path), path.clone()),
+                (None, Some(url)) => {
+                    let env = |var: &str| {
+                        std::env::var(var).with_context(|| {
+                            format!("a cloud group needs {var} in the environment")
+                        })
+                    };
+                    let settings = CloudSettings::new(
+                        url,
+                        env("TERN_S3_ACCESS_KEY_ID")?,
+                        env("TERN_S3_SECRET_ACCESS_KEY")?,
+                        env("TERN_GROUP_PASSPHRASE")?,
+                    )
+                    .with_region(region)
+                    .with_prefix(prefix);
+                    (
+                        GroupSettings::in_bucket(settings),
+                        format!("{url} {prefix}"),
+                    )
+                }
+                (None, None) => anyhow::bail!("say where: --path DIR or --s3 URL"),
+            };
             client
-                .group_add(&group, GroupSettings::at_path(path))
-                .with_context(|| format!("adding storage group {name} in {path}"))?;
+                .group_add(&group, settings)
+                .with_context(|| format!("adding storage group {name} in {at}"))?;
             report(
                 cli,
-                json!({"group": name, "path": path, "added": true}),
-                &format!("storage group {name} added in {path}"),
+                json!({"group": name, "path": path, "s3": s3, "prefix": prefix, "added": true}),
+                &format!("storage group {name} added in {}", at.trim_end()),
             );
         }
         GroupCmd::Ls => {
@@ -74,7 +115,12 @@ fn group_json(g: &GroupInfo) -> serde_json::Value {
         "chunks": g.chunks, "unique_bytes": g.unique_bytes,
         "stored_bytes": g.stored_bytes, "pack_bytes": g.pack_bytes,
         "fs_total_bytes": g.fs_total_bytes, "fs_used_bytes": g.fs_used_bytes,
-        "free_bytes": g.free_bytes})
+        "free_bytes": g.free_bytes, "objects": g.objects, "object_bytes": g.object_bytes,
+        "doomed_objects": g.doomed_objects, "staged_bytes": g.staged_bytes,
+        "cache_bytes": g.cache_bytes,
+        "requests": {"put": g.puts, "get": g.gets, "delete": g.deletes, "head": g.heads,
+            "errors": g.request_errors},
+        "bytes_up": g.bytes_up, "bytes_down": g.bytes_down})
 }
 
 fn print_groups(list: &[GroupInfo]) {
@@ -94,6 +140,25 @@ fn print_groups(list: &[GroupInfo]) {
             human_bytes(g.fs_used_bytes),
             human_bytes(g.free_bytes),
             g.location
+        );
+    }
+    for g in list.iter().filter(|g| g.kind == "cloud") {
+        println!(
+            "{}: {} objects ({}, {} doomed), staged {}, cache {}; requests since start: \
+             {} put, {} get, {} delete, {} head, {} failed; sent {}, read {}",
+            g.name,
+            g.objects,
+            human_bytes(g.object_bytes),
+            g.doomed_objects,
+            human_bytes(g.staged_bytes),
+            human_bytes(g.cache_bytes),
+            g.puts,
+            g.gets,
+            g.deletes,
+            g.heads,
+            g.request_errors,
+            human_bytes(g.bytes_up),
+            human_bytes(g.bytes_down)
         );
     }
 }

@@ -1,5 +1,7 @@
 //! Test support: real `ternd` processes on loopback with temporary data directories.
 
+pub mod garage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

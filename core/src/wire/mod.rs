@@ -16,7 +16,7 @@ pub mod trail;
 pub use catalog::*;
 pub use feature::{Feature, Missing};
 pub use frame::{Envelope, Frame, FrameError, FrameLimits, MAX_HEADER_LEN, MAX_PAYLOAD_LEN};
-pub use groups::{GroupInfo, GroupSettings};
+pub use groups::{CloudSettings, GroupInfo, GroupSettings};
 pub use msg::*;
 pub use paging::{Listing, MAX_CURSOR_LEN, PAGE_BYTES};
 pub use password::Password;

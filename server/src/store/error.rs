@@ -65,6 +65,13 @@ pub enum StoreError {
 /// A store result.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl From<super::cloud::bucket::BucketError> for StoreError {
+    /// A failed bucket request is the store's I/O failing.
+    fn from(e: super::cloud::bucket::BucketError) -> Self {
+        StoreError::Io(e.into())
+    }
+}
+
 impl StoreError {
     /// What the client is told.
     pub fn kind(&self) -> ErrorKind {

@@ -17,6 +17,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::pack::PackWriter;
+use super::pack_store::PackStore;
+
+/// A full pack and the store that keeps it (which may move it elsewhere
+/// once it is finished: a cloud group uploads it).
+type Job = (PackWriter, Arc<dyn PackStore>);
+/// A finished pack its store has yet to seal.
+type Unsealed = (u64, Arc<dyn PackStore>);
 
 /// Full packs waiting for the finisher before `submit` waits: bounds the
 /// unsynced data when the disk is slower than the network.
@@ -27,6 +34,9 @@ struct Progress {
     submitted: u64,
     finished: u64,
     failed: Option<String>,
+    /// Packs finished and synced locally whose store could not seal them
+    /// (a cloud group's bucket unreachable): tried again by `wait_idle`.
+    unsealed: Vec<Unsealed>,
 }
 
 #[derive(Default)]
@@ -42,25 +52,33 @@ impl Shared {
 }
 
 pub(crate) struct PackFinisher {
-    queue: Option<SyncSender<PackWriter>>,
+    queue: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PackFinisher {
     pub(crate) fn start() -> std::io::Result<Self> {
-        let (queue, packs) = sync_channel::<PackWriter>(QUEUE);
+        let (queue, packs) = sync_channel::<Job>(QUEUE);
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("pack-finisher".into())
             .spawn(move || {
-                for pack in packs {
+                for (pack, store) in packs {
                     let number = pack.number;
-                    let outcome = pack.finish();
+                    let finished = pack.finish();
+                    let sealed = match &finished {
+                        Ok(()) => store.seal(number),
+                        Err(_) => Ok(()),
+                    };
                     let mut p = worker.lock();
                     p.finished += 1;
-                    if let Err(e) = outcome {
+                    if let Err(e) = sealed {
+                        tracing::warn!(pack = number, "could not seal pack: {e}");
+                        p.unsealed.push((number, store));
+                    }
+                    if let Err(e) = finished {
                         tracing::error!(pack = number, "could not finish pack: {e}");
                         p.failed
                             .get_or_insert(format!("pack {number} could not be made durable: {e}"));
@@ -76,11 +94,11 @@ impl PackFinisher {
     }
 
     /// Hands a full pack over; waits only while [`QUEUE`] packs are already waiting.
-    pub(crate) fn submit(&self, pack: PackWriter) -> Result<(), String> {
+    pub(crate) fn submit(&self, pack: PackWriter, store: Arc<dyn PackStore>) -> Result<(), String> {
         self.check()?;
         let queue = self.queue.as_ref().ok_or("the pack finisher has stopped")?;
         self.shared.lock().submitted += 1;
-        if queue.send(pack).is_err() {
+        if queue.send((pack, store)).is_err() {
             let mut p = self.shared.lock();
             p.submitted -= 1;
             return Err("the pack finisher has stopped".into());
@@ -88,7 +106,9 @@ impl PackFinisher {
         Ok(())
     }
 
-    /// Waits until every pack submitted so far is finished and durable.
+    /// Waits until every pack submitted so far is finished and durable, and
+    /// sealed where its store keeps it: a pack whose sealing failed before
+    /// is tried once more here, and while it still fails, so does this.
     pub(crate) fn wait_idle(&self) -> Result<(), String> {
         let mut p = self.shared.lock();
         while p.finished < p.submitted {
@@ -98,10 +118,24 @@ impl PackFinisher {
                 .wait(p)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        match &p.failed {
-            Some(why) => Err(stopped(why)),
-            None => Ok(()),
+        if let Some(why) = &p.failed {
+            return Err(stopped(why));
         }
+        let unsealed = std::mem::take(&mut p.unsealed);
+        drop(p);
+        let mut first_error = None;
+        let mut still = Vec::new();
+        for (number, store) in unsealed {
+            if let Err(e) = store.seal(number) {
+                first_error.get_or_insert(format!(
+                    "pack {number} is finished but could not be sealed: {e}; it stays \
+                     staged and is sealed again at the next commit"
+                ));
+                still.push((number, store));
+            }
+        }
+        self.shared.lock().unsealed.extend(still);
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Fails once a pack could not be finished.
@@ -135,19 +169,19 @@ mod tests {
     use tern_core::{ChunkId, Codec};
 
     /// Hands over packs `1..=n`, one chunk each.
-    fn submit_packs(finisher: &PackFinisher, packs: &DirPackStore, n: u64) {
+    fn submit_packs(finisher: &PackFinisher, packs: &Arc<DirPackStore>, n: u64) {
         for number in 1..=n {
             let mut w = PackWriter::create(packs.create(number).unwrap(), number).unwrap();
             let data = number.to_le_bytes();
             w.append(&ChunkId::of(&data), Codec::Raw, 8, &data).unwrap();
-            finisher.submit(w).unwrap();
+            finisher.submit(w, packs.clone()).unwrap();
         }
     }
 
     #[test]
     fn every_submitted_pack_is_finished_when_wait_idle_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let packs = DirPackStore::open(dir.path().to_path_buf(), false).unwrap();
+        let packs = Arc::new(DirPackStore::open(dir.path().to_path_buf(), false).unwrap());
         let finisher = PackFinisher::start().unwrap();
         submit_packs(&finisher, &packs, 10);
         finisher.wait_idle().unwrap();
@@ -161,7 +195,7 @@ mod tests {
     #[test]
     fn dropping_the_finisher_finishes_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
-        let packs = DirPackStore::open(dir.path().to_path_buf(), false).unwrap();
+        let packs = Arc::new(DirPackStore::open(dir.path().to_path_buf(), false).unwrap());
         let finisher = PackFinisher::start().unwrap();
         submit_packs(&finisher, &packs, 3);
         drop(finisher);

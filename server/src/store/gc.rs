@@ -32,6 +32,9 @@ pub struct GcReport {
     pub bytes_after: u64,
     /// Memory the mark phase's live set took.
     pub mark_bytes: u64,
+    /// Objects deleted from a cloud group's bucket: those GC dropped in an
+    /// earlier run, once the grace period was over.
+    pub objects_deleted: u64,
     /// Why compaction stopped before the end (too little space to move a
     /// pack's live chunks); the packs left are compacted by a later run.
     pub stopped: Option<String>,
@@ -139,6 +142,7 @@ impl Store {
             }
         }
         report.bytes_after = self.packs.bytes(&self.packs.packs_of(group)?);
+        report.objects_deleted = self.packs.purge(group)?;
         Ok(report)
     }
 
@@ -280,6 +284,7 @@ impl GcReport {
         self.bytes_before += r.bytes_before;
         self.bytes_after += r.bytes_after;
         self.mark_bytes = self.mark_bytes.max(r.mark_bytes);
+        self.objects_deleted += r.objects_deleted;
         self.stopped = self.stopped.take().or(r.stopped);
     }
 }

@@ -6,6 +6,9 @@ use std::path::Path;
 use tern_core::names::GroupName;
 use tern_core::wire::GroupInfo;
 
+use super::catalog::groups::Place;
+use super::cloud::bucket::{BucketSpec, Credentials};
+use super::cloud::{self, GroupPassphrase};
 use super::records::GroupRecord;
 use super::{lock, volume, Result, Scope, Store, StoreError, DEFAULT_GROUP};
 
@@ -22,13 +25,18 @@ impl Store {
             )));
         }
         let vol = volume::claim(dir, name, self.packs.data_dir())?;
+        let place = Place {
+            volume: Some(vol.clone()),
+            cloud: None,
+        };
         let added = self
             .catalog
-            .insert_volume_group(name, vol.clone())
+            .insert_placed_group(name, place)
             .and_then(|id| {
                 let rec = GroupRecord {
                     id,
                     volume: Some(vol.clone()),
+                    cloud: None,
                 };
                 self.packs.add_group(name.as_str(), &rec)
             });
@@ -38,6 +46,58 @@ impl Store {
             return Err(e);
         }
         tracing::info!("storage group {name} added in {}", vol.path.display());
+        self.group_info(name)
+    }
+
+    /// Creates group `name` with its packs in the bucket `spec` names: the
+    /// bucket is probed and given the group's key (see `cloud/setup.rs`).
+    pub fn group_add_cloud(
+        &self,
+        name: &GroupName,
+        spec: BucketSpec,
+        credentials: Credentials,
+        passphrase: &GroupPassphrase,
+    ) -> Result<GroupInfo> {
+        if let Some(why) = self.read_only {
+            return Err(StoreError::ReadOnly(why));
+        }
+        if self.catalog.group(name)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!(
+                "storage group {name} exists"
+            )));
+        }
+        let dir = self.packs.data_dir().join("groups").join(name.as_str());
+        if dir.exists() {
+            return Err(StoreError::AlreadyExists(format!(
+                "{} exists though no storage group {name} does: move it away first",
+                dir.display()
+            )));
+        }
+        let created = cloud::create_group(&dir, &spec, credentials, passphrase).and_then(|()| {
+            let place = Place {
+                volume: None,
+                cloud: Some(spec.clone()),
+            };
+            let id = self.catalog.insert_placed_group(name, place)?;
+            let rec = GroupRecord {
+                id,
+                volume: None,
+                cloud: Some(spec.clone()),
+            };
+            self.packs.add_group(name.as_str(), &rec)
+        });
+        if let Err(e) = created {
+            // Nothing recorded: the name and the directory are free again.
+            if self.catalog.group(name)?.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
+        tracing::info!("storage group {name} added in {}", spec.location());
+        self.group_info(name)
+    }
+
+    fn group_info(&self, name: &GroupName) -> Result<GroupInfo> {
         self.group_list(&Scope::Every, true)?
             .into_iter()
             .find(|g| g.name == name.as_str())
@@ -108,22 +168,21 @@ impl Store {
                 .collect();
             let space = self.packs.space_of(rec.id);
             let (free, total) = space.filesystem()?;
-            let (kind, location) = match &rec.volume {
-                Some(v) => ("volume", v.path.clone()),
-                None => {
+            let (kind, location) = match (&rec.volume, &rec.cloud) {
+                (_, Some(spec)) => ("cloud", spec.location()),
+                (Some(v), None) => ("volume", v.path.display().to_string()),
+                (None, None) => {
                     let dir = self.packs.data_dir().join("groups").join(&name);
-                    ("data", std::fs::canonicalize(&dir).unwrap_or(dir))
+                    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+                    ("data", dir.display().to_string())
                 }
             };
+            let cloud = self.packs.cloud_usage(rec.id).unwrap_or_default();
             let mine = containers.iter().filter(|c| c.group == group);
             out.push(GroupInfo {
                 name,
                 kind: kind.into(),
-                location: if locations {
-                    location.display().to_string()
-                } else {
-                    String::new()
-                },
+                location: if locations { location } else { String::new() },
                 containers: mine.clone().count() as u64,
                 images: mine.clone().map(|c| c.images).sum(),
                 logical_bytes: mine.map(|c| c.logical_bytes).sum(),
@@ -134,6 +193,18 @@ impl Store {
                 fs_total_bytes: total,
                 fs_used_bytes: space.used()?,
                 free_bytes: free.saturating_sub(space.reserve()),
+                objects: cloud.objects,
+                object_bytes: cloud.object_bytes,
+                doomed_objects: cloud.doomed,
+                staged_bytes: cloud.staged_bytes,
+                cache_bytes: cloud.cache_bytes,
+                puts: cloud.puts,
+                gets: cloud.gets,
+                deletes: cloud.deletes,
+                heads: cloud.heads,
+                request_errors: cloud.errors,
+                bytes_up: cloud.bytes_up,
+                bytes_down: cloud.bytes_down,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

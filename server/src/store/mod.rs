@@ -28,6 +28,7 @@
 //! 6. leaves: the pack set's directory and read-handle maps, the finisher's state.
 
 pub mod catalog;
+pub mod cloud;
 mod containers;
 mod error;
 mod extent;
@@ -101,6 +102,11 @@ pub struct Store {
     clock: retention::Clock,
 }
 
+/// Lowercase hex of `bytes` (seed ids, object names).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not wedge the store; the data under these locks
     // stays consistent because every update is a single insert or remove.
@@ -114,6 +120,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self> {
         let store = Self::open_writable(root)?;
         store.recover()?;
+        store.packs.seal_staged()?;
         Ok(store)
     }
 
@@ -183,7 +190,11 @@ impl Store {
             return Ok(id);
         }
         let id = self.catalog.insert_group(name)?;
-        let rec = GroupRecord { id, volume: None };
+        let rec = GroupRecord {
+            id,
+            volume: None,
+            cloud: None,
+        };
         self.packs.add_group(name.as_str(), &rec)?;
         Ok(id)
     }

@@ -1,8 +1,7 @@
 //! Where packs are kept: the one seam through which the engine reads and
-//! writes pack bytes. A storage group has one [`PackStore`]; today every
-//! group's is a [`DirPackStore`] (a directory under the data directory),
-//! and another volume or an object store is another implementation of the
-//! same trait. The pack format itself (`pack.rs`) works on a
+//! writes pack bytes. A storage group has one [`PackStore`]: a
+//! [`DirPackStore`] (a directory under the data directory or on a volume of
+//! its own) or a `cloud::CloudPackStore` (objects in an S3 bucket). The pack format itself (`pack.rs`) works on a
 //! [`PackObject`], whatever keeps it.
 
 use std::fs::{File, OpenOptions};
@@ -72,6 +71,38 @@ pub trait PackStore: Send + Sync {
     /// Makes the packs created so far findable after a crash (their
     /// names, as syncing a pack's bytes does not persist its directory entry).
     fn sync(&self) -> io::Result<()>;
+    /// True if a pack must be sealed before a commit may refer to its
+    /// chunks: the store cannot make an open pack durable where it keeps it.
+    fn seals_open_packs(&self) -> bool {
+        false
+    }
+    /// True if pack `number` has been sealed for good (it is finished by
+    /// construction and never changes in place, so recovery skips it).
+    fn sealed(&self, _number: u64) -> bool {
+        false
+    }
+    /// Pack `number` is finished and synced where it was built: a store
+    /// that keeps packs elsewhere moves it there now (the finisher's thread).
+    fn seal(&self, _number: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Deletes for good what earlier deletes only doomed, once their grace
+    /// period is over; the number of objects deleted.
+    fn purge(&self) -> io::Result<u64> {
+        Ok(0)
+    }
+    /// Deletes every pack now, for a group being removed (which holds no
+    /// chunk any more).
+    fn clear(&self) -> io::Result<()> {
+        for number in self.list()? {
+            self.delete(number)?;
+        }
+        Ok(())
+    }
+    /// A cloud group's bucket figures.
+    fn cloud_usage(&self) -> Option<super::cloud::CloudUsage> {
+        None
+    }
 }
 
 /// Packs as files `{number:016x}.pack` in one directory.

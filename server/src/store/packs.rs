@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_core::{ChunkId, Codec};
 
+use super::cloud::{CloudPackStore, CloudUsage};
 use super::finisher::PackFinisher;
 use super::pack::{Location, PackWriter};
 use super::pack_store::{DirPackStore, PackObject, PackStore};
@@ -88,6 +89,12 @@ impl PackSet {
     /// and knows it. A group on a volume of its own is checked to be on
     /// that volume first.
     pub fn add_group(&self, name: &str, rec: &GroupRecord) -> Result<()> {
+        if let Some(spec) = &rec.cloud {
+            let dir = self.groups_root.join(name);
+            let store = CloudPackStore::open(&dir, spec.clone(), self.read_only.is_some())?;
+            lock(&self.stores).insert(rec.id, Arc::new(store));
+            return Ok(());
+        }
         let dir = match &rec.volume {
             Some(vol) => {
                 volume::check(vol, name)?;
@@ -112,9 +119,7 @@ impl PackSet {
     /// nothing indexed) and forgets its pack store.
     pub fn remove_group(&self, id: u32) -> Result<()> {
         if let Ok(store) = self.store(id) {
-            for number in store.list()? {
-                store.delete(number)?;
-            }
+            store.clear()?;
         }
         lock(&self.writers).remove(&id);
         lock(&self.stores).remove(&id);
@@ -143,7 +148,7 @@ impl PackSet {
         lock(&self.stores).keys().copied().collect()
     }
 
-    fn store(&self, group: u32) -> Result<Arc<dyn PackStore>> {
+    pub(super) fn store(&self, group: u32) -> Result<Arc<dyn PackStore>> {
         lock(&self.stores)
             .get(&group)
             .cloned()
@@ -232,6 +237,36 @@ impl PackSet {
         Ok(f)
     }
 
+    /// True if pack `p` is sealed for good (a cloud group's uploaded pack):
+    /// recovery need not look at it.
+    pub fn sealed(&self, p: &PackRef) -> bool {
+        self.store(p.group).is_ok_and(|s| s.sealed(p.number))
+    }
+
+    /// Seals every finished pack a cloud group still has staged (a crash or
+    /// an unreachable bucket left them): start-up, after recovery.
+    pub fn seal_staged(&self) -> Result<()> {
+        for p in self.packs()? {
+            let store = self.store(p.group)?;
+            if store.seals_open_packs() && !store.sealed(p.number) {
+                lock(&self.read_files).remove(&p.number);
+                store.seal(p.number)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what group `group`'s earlier deletes only doomed, once their
+    /// grace period is over (a cloud group's objects).
+    pub fn purge(&self, group: u32) -> Result<u64> {
+        Ok(self.store(group)?.purge()?)
+    }
+
+    /// A cloud group's bucket figures; `None` for other groups.
+    pub fn cloud_usage(&self, group: u32) -> Option<CloudUsage> {
+        self.store(group).ok()?.cloud_usage()
+    }
+
     /// Deletes a pack (GC) and makes its removal durable.
     pub fn remove(&self, p: &PackRef) -> Result<()> {
         lock(&self.read_files).remove(&p.number);
@@ -295,19 +330,35 @@ impl Appender<'_> {
         let loc = writer.append(id, codec, raw_len, bytes)?;
         if writer.size() >= PACK_TARGET {
             if let Some(full) = self.writers.remove(&group) {
-                self.set
-                    .finisher
-                    .submit(full)
-                    .map_err(StoreError::NotDurable)?;
+                self.finish(group, full)?;
             }
         }
         Ok(loc)
+    }
+
+    /// Hands a pack to the finisher, which seals it in its group's store.
+    fn finish(&mut self, group: u32, pack: PackWriter) -> Result<()> {
+        let store = self.set.store(group)?;
+        self.set
+            .finisher
+            .submit(pack, store)
+            .map_err(StoreError::NotDurable)
     }
 
     /// Makes every chunk appended so far durable: syncs the open packs and
     /// waits for the finisher. Packs reach the finisher only under this lock,
     /// so nothing appended before this call is left unsynced.
     pub fn sync_all(&mut self) -> Result<()> {
+        // A store that cannot make an open pack durable where it keeps it (a
+        // bucket) gets it sealed instead: the next append opens a new one.
+        let groups: Vec<u32> = self.writers.keys().copied().collect();
+        for group in groups {
+            if self.set.store(group)?.seals_open_packs() {
+                if let Some(w) = self.writers.remove(&group) {
+                    self.finish(group, w)?;
+                }
+            }
+        }
         for w in self.writers.values_mut() {
             w.sync()?;
         }
@@ -328,10 +379,7 @@ impl Appender<'_> {
     /// opens a new one.
     pub fn seal_group(&mut self, group: u32) -> Result<()> {
         if let Some(w) = self.writers.remove(&group) {
-            self.set
-                .finisher
-                .submit(w)
-                .map_err(StoreError::NotDurable)?;
+            self.finish(group, w)?;
         }
         self.set.wait_finished()
     }

@@ -18,6 +18,9 @@ pub struct GroupRecord {
     /// on another volume (a performance tier), marked by a volume file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<GroupVolume>,
+    /// Where its packs live when in S3 object storage (a cloud group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<super::cloud::bucket::BucketSpec>,
 }
 
 /// A storage group's own directory and the id its volume file must hold

@@ -48,6 +48,12 @@ impl Store {
         let mut suspects: Vec<(PackRef, Suspect)> = Vec::new();
         let mut finished = Vec::new();
         for p in self.packs.packs()? {
+            if self.packs.sealed(&p) {
+                // Uploaded whole after it was finished: nothing to look at
+                // (and no request to the bucket for it at start-up).
+                finished.push(p);
+                continue;
+            }
             let len = self.packs.size(&p)?;
             match pack::read_contents(&*self.packs.reader(p.group, p.number)?, p.number) {
                 Ok(c) if c.finished => finished.push(p),

@@ -9,7 +9,7 @@ use super::catalog::seeds::pin_value;
 use super::pack;
 use super::records::{chunk_key, now_unix, ChunkKey, ContainerRecord};
 use super::write::VERIFIER;
-use super::{lock, Result, Store, StoreError};
+use super::{hex, lock, Result, Store, StoreError};
 
 /// A chunk as a pack holds it: its id, codec, raw length and stored
 /// (compressed or raw) bytes. Seeds carry chunks in this form.
@@ -310,9 +310,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// A seed id as its table keys it: lowercase hex.
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

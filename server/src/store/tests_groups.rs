@@ -12,11 +12,11 @@ use tern_core::{ChunkId, ImageName};
 use super::tests::{admin, admin_name, chunks, names, refs};
 use super::*;
 
-fn group(name: &str) -> GroupName {
+pub(super) fn group(name: &str) -> GroupName {
     GroupName::new(name).unwrap()
 }
 
-fn settings() -> ContainerSettings {
+pub(super) fn settings() -> ContainerSettings {
     ContainerSettings {
         chunking: Some(tern_core::ChunkParams {
             min: 1024,
@@ -42,7 +42,7 @@ fn two_groups() -> (tempfile::TempDir, tempfile::TempDir, Store) {
     (data, vol, store)
 }
 
-fn write(store: &Store, container: &str, image: &str, data: &[Vec<u8>]) {
+pub(super) fn write(store: &Store, container: &str, image: &str, data: &[Vec<u8>]) {
     let (c, n) = names(container, image);
     let (w, _) = store
         .image_begin(&admin(), &admin_name(), &c, &n, Vec::new(), false)
@@ -58,7 +58,7 @@ fn write(store: &Store, container: &str, image: &str, data: &[Vec<u8>]) {
     store.image_commit(w).unwrap();
 }
 
-fn read(store: &Store, container: &str, image: &str) -> Vec<u8> {
+pub(super) fn read(store: &Store, container: &str, image: &str) -> Vec<u8> {
     let (c, n) = names(container, image);
     let img = store.image_open(&admin(), &c, &n).unwrap();
     let mut out = Vec::new();

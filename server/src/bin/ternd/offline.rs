@@ -43,6 +43,12 @@ pub(crate) fn gc(data: &Path, json: bool, group: Option<GroupName>) -> Result<()
             report["bytes_before"],
             report["bytes_after"]
         );
+        if report["objects_deleted"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "deleted {} objects of cloud groups whose grace period was over",
+                report["objects_deleted"]
+            );
+        }
         if let Some(why) = report["stopped"].as_str() {
             println!("gc stopped early: {why}");
         }

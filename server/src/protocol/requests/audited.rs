@@ -100,9 +100,15 @@ pub fn act_of(msg: &Msg) -> Option<(&'static str, Value)> {
             json!({ "group": name, "settings": settings }),
         ),
         Msg::ShapingRemove { name } => ("shaping_remove", json!({ "group": name })),
-        Msg::GroupAdd { name, settings } => {
-            ("group_add", json!({ "group": name, "path": settings.path }))
-        }
+        Msg::GroupAdd { name, settings } => (
+            "group_add",
+            json!({
+                "group": name,
+                "path": settings.path,
+                // Where, never the keys or the passphrase.
+                "s3": settings.s3.as_ref().map(|s| format!("{} {}", s.url, s.prefix)),
+            }),
+        ),
         Msg::GroupRemove { name } => ("group_remove", json!({ "group": name })),
         _ => return None,
     })

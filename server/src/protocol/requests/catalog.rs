@@ -1,5 +1,7 @@
 //! Containers, image names, users and statistics.
 
+use crate::store::cloud::bucket::{BucketSpec, Credentials};
+use crate::store::cloud::GroupPassphrase;
 use tern_core::wire::{ContainerSettings, ErrorKind, Msg, StoreStats};
 use tern_core::ContainerName;
 
@@ -79,15 +81,39 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
         },
         Msg::GroupAdd { name, settings } => {
             user.may(Action::ManageGroups("add"))?;
-            let Some(path) = settings.path else {
-                return refuse(
-                    ErrorKind::Invalid,
-                    "say where the group's packs live (--path DIR); a group under the data \
-                     directory is made by creating a container in it"
-                        .to_string(),
-                );
-            };
-            blocking(|| store.group_add_volume(&name, std::path::Path::new(&path)))?;
+            match (settings.path, settings.s3) {
+                (Some(path), None) => {
+                    blocking(|| store.group_add_volume(&name, std::path::Path::new(&path)))?;
+                }
+                (None, Some(s3)) => {
+                    let spec = match BucketSpec::parse(&s3.url, &s3.region, &s3.prefix) {
+                        Ok(spec) => spec,
+                        Err(why) => return refuse(ErrorKind::Invalid, why),
+                    };
+                    let credentials = Credentials {
+                        access_key_id: s3.access_key_id,
+                        secret_access_key: s3.secret_access_key,
+                    };
+                    let passphrase = GroupPassphrase(s3.passphrase);
+                    blocking(|| store.group_add_cloud(&name, spec, credentials, &passphrase))?;
+                }
+                (Some(_), Some(_)) => {
+                    return refuse(
+                        ErrorKind::Invalid,
+                        "a group lives either in a directory (--path) or in a bucket (--s3), \
+                         not both"
+                            .to_string(),
+                    )
+                }
+                (None, None) => {
+                    return refuse(
+                        ErrorKind::Invalid,
+                        "say where the group's packs live (--path DIR or --s3 URL); a group \
+                         under the data directory is made by creating a container in it"
+                            .to_string(),
+                    )
+                }
+            }
             Msg::Ok
         }
         Msg::GroupList => Msg::Groups {

@@ -138,9 +138,7 @@ pub struct SeedRecord {
     pub volumes_total: Option<u32>,
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::store::hex;
 
 /// Writes the manifest to `dir` (through a temporary file and a rename, so
 /// a device never holds half a manifest). Its nonce is taken from what it

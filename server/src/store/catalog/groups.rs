@@ -4,8 +4,17 @@ use redb::{ReadableDatabase, ReadableTable};
 use tern_core::names::GroupName;
 
 use super::{next_counter, Catalog, CONTAINERS, GROUPS, GROUP_TOTALS};
+use crate::store::cloud::bucket::BucketSpec;
 use crate::store::records::{decode, encode, GroupRecord, GroupVolume};
 use crate::store::{Result, StoreError};
+
+/// Where a new group keeps its packs: neither field set means under the
+/// data directory.
+#[derive(Debug, Default)]
+pub struct Place {
+    pub volume: Option<GroupVolume>,
+    pub cloud: Option<BucketSpec>,
+}
 
 impl Catalog {
     /// Every storage group: name and record.
@@ -33,20 +42,16 @@ impl Catalog {
     /// The id of group `name`, recorded with a new id (packs under the data
     /// directory) if it is not there yet.
     pub fn insert_group(&self, name: &GroupName) -> Result<u32> {
-        self.insert_group_with(name, None, false)
+        self.insert_group_with(name, Place::default(), false)
     }
 
-    /// Records group `name` with its packs on `volume`; refused if the name is taken.
-    pub fn insert_volume_group(&self, name: &GroupName, volume: GroupVolume) -> Result<u32> {
-        self.insert_group_with(name, Some(volume), true)
+    /// Records group `name` with its packs on a volume of its own or in a
+    /// bucket; refused if the name is taken.
+    pub fn insert_placed_group(&self, name: &GroupName, place: Place) -> Result<u32> {
+        self.insert_group_with(name, place, true)
     }
 
-    fn insert_group_with(
-        &self,
-        name: &GroupName,
-        volume: Option<GroupVolume>,
-        must_be_new: bool,
-    ) -> Result<u32> {
+    fn insert_group_with(&self, name: &GroupName, place: Place, must_be_new: bool) -> Result<u32> {
         let tx = self.begin_write()?;
         let id = {
             let mut groups = tx.open_table(GROUPS)?;
@@ -65,7 +70,11 @@ impl Catalog {
                     let id = u32::try_from(next_counter(&tx, "next_group")?).map_err(|_| {
                         StoreError::Corrupt("storage group ids are exhausted".into())
                     })?;
-                    let rec = GroupRecord { id, volume };
+                    let rec = GroupRecord {
+                        id,
+                        volume: place.volume,
+                        cloud: place.cloud,
+                    };
                     groups.insert(name.as_str(), encode(&rec)?.as_slice())?;
                     id
                 }

@@ -44,7 +44,7 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 /// 6: seeds and their pins.
 const FORMAT_VERSION: u64 = 6;
 
-mod groups;
+pub mod groups;
 mod images;
 mod index;
 mod maintenance;

@@ -33,6 +33,7 @@ fn format_1_catalog(path: &Path) {
         let group = encode(&GroupRecord {
             id: 2,
             volume: None,
+            cloud: None,
         })
         .unwrap();
         tx.open_table(GROUPS)

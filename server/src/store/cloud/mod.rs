@@ -1,0 +1,288 @@
+//! Cloud storage groups: packs kept in an S3 bucket, sealed.
+//!
+//! A pack is built in the group's local staging directory like any other;
+//! when it is finished (full, or sealed for a commit) the finisher uploads
+//! it whole as one object under a random name ([`CloudPackStore::seal`]),
+//! records the name in the group's journal and deletes the staged file. An
+//! image commits only after every pack it references is sealed, so the
+//! commit point stays one catalog transaction. Reads fetch sealed segments
+//! by range through a bounded cache, reading ahead when a pack is read in
+//! order. GC's deletes doom an object; it is deleted a grace period later
+//! ([`CloudPackStore::purge`]), so a read that found it still finds it.
+//!
+//! - `sealed`: the object and key formats (ChaCha20-Poly1305, argon2id).
+//! - `bucket`: the S3 requests, retried, counted.
+//! - `journal`: pack number -> object name, locally.
+//! - `reader`: ranged reads and the segment cache.
+
+pub mod bucket;
+pub mod journal;
+mod reader;
+pub mod sealed;
+mod setup;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bucket::Bucket;
+use journal::Journal;
+use reader::{ObjectReader, SegmentCache};
+use sealed::DataKey;
+
+use super::hex;
+use super::pack_store::{DirPackStore, PackObject, PackStore};
+pub use setup::{create as create_group, CloudSecrets, GroupPassphrase};
+
+/// How long a doomed object stays in the bucket after GC dropped its pack,
+/// unless `TERND_CLOUD_GRACE_SECS` says otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// Decrypted segments kept for reads, per group.
+const CACHE_BYTES: usize = 64 << 20;
+
+/// What a cloud group did with its bucket since ternd started, and holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloudUsage {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub doomed: u64,
+    pub staged_bytes: u64,
+    pub cache_bytes: u64,
+    pub puts: u64,
+    pub gets: u64,
+    pub deletes: u64,
+    pub heads: u64,
+    pub errors: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// The packs of one cloud group.
+pub struct CloudPackStore {
+    bucket: Arc<Bucket>,
+    key: DataKey,
+    staging: DirPackStore,
+    journal: Mutex<Journal>,
+    cache: Arc<SegmentCache>,
+    grace: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The grace period: `TERND_CLOUD_GRACE_SECS`, or [`DEFAULT_GRACE`].
+pub fn grace() -> Duration {
+    std::env::var("TERND_CLOUD_GRACE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_GRACE, Duration::from_secs)
+}
+
+impl CloudPackStore {
+    /// The store of the group whose local files are in `dir` (staging,
+    /// journal, secrets) and whose objects are in `spec`'s bucket.
+    pub fn open(dir: &Path, spec: bucket::BucketSpec, read_only: bool) -> io::Result<Self> {
+        let secrets = CloudSecrets::load(dir)?;
+        let bucket = Bucket::new(spec, &secrets.credentials)?;
+        let staging = DirPackStore::open(staging_dir(dir), read_only)?;
+        let journal = Journal::open(&dir.join("objects"))?;
+        Ok(Self {
+            bucket: Arc::new(bucket),
+            key: secrets.data_key()?,
+            staging,
+            journal: Mutex::new(journal),
+            cache: Arc::new(SegmentCache::new(CACHE_BYTES)),
+            grace: grace(),
+        })
+    }
+
+    /// Where it is, for `tern group ls`.
+    pub fn location(&self) -> String {
+        self.bucket.spec().location()
+    }
+
+    /// Deletes the objects doomed longer ago than the grace period.
+    fn purge_older_than(&self, grace: Duration) -> io::Result<u64> {
+        let cutoff = now_unix().saturating_sub(grace.as_secs());
+        let due: Vec<_> = lock(&self.journal)
+            .doomed()
+            .iter()
+            .filter(|d| d.since <= cutoff)
+            .copied()
+            .collect();
+        for d in &due {
+            self.bucket.delete(&hex(&d.name))?;
+            lock(&self.journal).gone(d.name)?;
+        }
+        Ok(due.len() as u64)
+    }
+
+    pub fn usage(&self) -> CloudUsage {
+        use std::sync::atomic::Ordering::Relaxed;
+        let j = lock(&self.journal);
+        let c = &self.bucket.counters;
+        let object_len = |plain: u64| {
+            sealed::ObjectHeader {
+                segment: sealed::SEGMENT,
+                plain_len: plain,
+            }
+            .object_len()
+        };
+        CloudUsage {
+            objects: (j.live().len() + j.doomed().len()) as u64,
+            object_bytes: j.live().values().map(|e| object_len(e.plain_len)).sum(),
+            doomed: j.doomed().len() as u64,
+            staged_bytes: self
+                .staging
+                .list()
+                .unwrap_or_default()
+                .iter()
+                .map(|n| self.staging.size(*n).unwrap_or(0))
+                .sum(),
+            cache_bytes: self.cache.bytes() as u64,
+            puts: c.put.load(Relaxed),
+            gets: c.get.load(Relaxed),
+            deletes: c.delete.load(Relaxed),
+            heads: c.head.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+            bytes_up: c.bytes_up.load(Relaxed),
+            bytes_down: c.bytes_down.load(Relaxed),
+        }
+    }
+}
+
+/// Where a cloud group builds its packs before they are uploaded.
+pub fn staging_dir(group_dir: &Path) -> PathBuf {
+    group_dir.join("staging")
+}
+
+fn sealed_in_bucket(number: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("pack {number} is sealed in the bucket and cannot be changed in place"),
+    )
+}
+
+impl PackStore for CloudPackStore {
+    fn describe(&self, number: u64) -> String {
+        match lock(&self.journal).get(number) {
+            Some(e) => format!(
+                "object {} (pack {number}) in {}",
+                hex(&e.name),
+                self.location()
+            ),
+            None => self.staging.describe(number),
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<u64>> {
+        let mut out: Vec<u64> = lock(&self.journal).live().keys().copied().collect();
+        for n in self.staging.list()? {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    fn create(&self, number: u64) -> io::Result<Box<dyn PackObject>> {
+        self.staging.create(number)
+    }
+
+    fn open(&self, number: u64) -> io::Result<Arc<dyn PackObject>> {
+        match lock(&self.journal).get(number) {
+            Some(e) => Ok(Arc::new(ObjectReader::new(
+                self.bucket.clone(),
+                self.key.clone(),
+                self.cache.clone(),
+                e,
+            ))),
+            None => self.staging.open(number),
+        }
+    }
+
+    fn open_to_change(&self, number: u64) -> io::Result<Box<dyn PackObject>> {
+        if self.sealed(number) {
+            return Err(sealed_in_bucket(number));
+        }
+        self.staging.open_to_change(number)
+    }
+
+    fn size(&self, number: u64) -> io::Result<u64> {
+        match lock(&self.journal).get(number) {
+            Some(e) => Ok(e.plain_len),
+            None => self.staging.size(number),
+        }
+    }
+
+    fn delete(&self, number: u64) -> io::Result<()> {
+        if self.sealed(number) {
+            lock(&self.journal).doom(number, now_unix())?;
+            return Ok(());
+        }
+        self.staging.delete(number)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.staging.sync()
+    }
+
+    fn seals_open_packs(&self) -> bool {
+        true
+    }
+
+    fn sealed(&self, number: u64) -> bool {
+        lock(&self.journal).get(number).is_some()
+    }
+
+    /// Uploads finished pack `number` as a new object, records it, and drops
+    /// the staged file. A crash before the record leaves the staged file
+    /// (uploaded again at the next start, under a new name; the first object
+    /// is then unreferenced); after it, a staged file already recorded is
+    /// simply deleted.
+    fn seal(&self, number: u64) -> io::Result<()> {
+        let path = self.staging.path(number);
+        if self.sealed(number) {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let plain = std::fs::read(&path)?;
+        let name: [u8; 16] = sealed::random().map_err(io::Error::other)?;
+        let object = sealed::seal_object(&self.key, &name, &plain);
+        self.bucket.put(&hex(&name), object)?;
+        lock(&self.journal).uploaded(number, name, plain.len() as u64)?;
+        std::fs::remove_file(&path)?;
+        Ok(())
+    }
+
+    /// Deletes every object of the group now, the key object last.
+    fn clear(&self) -> io::Result<()> {
+        for number in self.list()? {
+            self.delete(number)?;
+        }
+        self.purge_older_than(Duration::ZERO)?;
+        self.bucket.delete(setup::KEY_OBJECT)?;
+        Ok(())
+    }
+
+    fn purge(&self) -> io::Result<u64> {
+        self.purge_older_than(self.grace)
+    }
+
+    fn cloud_usage(&self) -> Option<CloudUsage> {
+        Some(self.usage())
+    }
+}
+
+#[cfg(test)]
+mod tests;
