@@ -261,13 +261,19 @@ impl TestServer {
 
     /// Runs the `tern` CLI against this server.
     pub fn tern(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run_with_stdin(self.tern_command(args), stdin)
+    }
+
+    /// `tern` against this server, to run as the caller likes (with more
+    /// environment, or in the background).
+    pub fn tern_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(tern_bin());
         cmd.args(["--server", &self.address()])
             .args(["--fingerprint", &self.fingerprint().to_string()])
             .args(args)
             .env("TERN_PASSWORD", PASSWORD)
             .env("TERN_CONFIG_DIR", self.data().join("client-config"));
-        run_with_stdin(cmd, stdin)
+        cmd
     }
 
     pub fn pack_bytes(&self) -> u64 {

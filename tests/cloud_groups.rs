@@ -1,0 +1,178 @@
+//! Cloud storage groups on a real Garage, through real ternd processes and
+//! the tern CLI: backup, restore, resume, GC and fsck in a bucket; what the
+//! bucket, the audit log and the data directory hold of the secrets; the
+//! object store stopped in the middle of a backup.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use tern_test_support::garage::{Garage, SECRET};
+use tern_test_support::*;
+
+const PASSPHRASE: &str = "the group's long passphrase";
+
+fn ok(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn with_env(mut cmd: Command, passphrase: &str) -> Output {
+    cmd.envs(Garage::env(passphrase));
+    run_with_stdin(cmd, None)
+}
+
+/// A ternd with group `cloud` in `g`'s bucket (under `prefix`) and
+/// container `cloud/c`; doomed objects go at once.
+fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
+    let mut server = TestServer::start();
+    server.env.push(("TERND_CLOUD_GRACE_SECS".into(), "0".into()));
+    server.kill();
+    server.spawn();
+    let args = ["group", "add", "cloud", "--s3", &g.url(), "--prefix", prefix];
+    ok(
+        "group add",
+        &with_env(server.tern_command(&args), PASSPHRASE),
+    );
+    ok(
+        "container create",
+        &server.tern(&["container", "create", "cloud/c"], None),
+    );
+    server
+}
+
+fn data_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, test_data(len, seed)).unwrap();
+    path
+}
+
+fn cloud_group(server: &TestServer) -> Value {
+    let list = json(&ok(
+        "group ls",
+        &server.tern(&["--json", "group", "ls"], None),
+    ));
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "cloud")
+        .cloned()
+        .unwrap()
+}
+
+fn read(server: &TestServer, name: &str) -> Vec<u8> {
+    let mut back = Vec::new();
+    let mut r = server.client().open_image("cloud/c", name).unwrap();
+    r.read_to_end(&mut back).unwrap();
+    back
+}
+
+#[test]
+fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
+    let Some(g) = Garage::start() else { return };
+    let mut server = server_with_cloud_group(&g, "site-a");
+    let files = tempfile::tempdir().unwrap();
+    let one = data_file(files.path(), "one", 12 << 20, 1);
+    let file = one.to_str().unwrap();
+    let args = ["backup", "--container", "cloud/c", "--name", "one", file];
+    ok("backup", &server.tern(&args, None));
+
+    // A resume: half an image, suspended, continued by another client.
+    let data = test_data(5 << 20, 3);
+    let client = server.client();
+    let mut w = client.create_image("cloud/c", "two", b"").unwrap();
+    w.write_all(&data[..3 << 20]).unwrap();
+    let at = w.suspend().unwrap();
+    drop(client);
+    let (mut w, resumed_at) = server.client().resume_image("cloud/c", "two").unwrap();
+    assert_eq!(resumed_at, at);
+    w.write_all(&data[at as usize..]).unwrap();
+    w.commit().unwrap();
+
+    let restored = files.path().join("one.restored");
+    let args = ["restore", "--container", "cloud/c", "--name", "one"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(restored.to_str().unwrap());
+    ok("restore", &server.tern(&args, None));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&one).unwrap());
+    assert!(read(&server, "two") == data, "the resumed image differs");
+
+    let g1 = cloud_group(&server);
+    assert_eq!(g1["kind"], "cloud");
+    assert_eq!(g1["location"], format!("{}/site-a/", g.url()));
+    assert_eq!(g1["images"], 2);
+    assert!(g1["objects"].as_u64().unwrap() >= 2, "{g1}");
+    assert!(g1["requests"]["put"].as_u64().unwrap() >= 2, "{g1}");
+    assert_eq!(g1["staged_bytes"], 0, "{g1}");
+    // Packs sent to the bucket: about what is stored, not more.
+    let up = g1["bytes_up"].as_u64().unwrap();
+    let stored = g1["pack_bytes"].as_u64().unwrap();
+    assert!(up <= stored + stored / 20 + 4096, "{up} sent for {stored} stored");
+
+    // The secrets: the key file only ternd reads, nothing in the audit log.
+    let secret = server.data().join("groups/cloud/cloud.secret");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let audit = std::fs::read_to_string(server.data().join("audit.log")).unwrap();
+    assert!(audit.contains("group_add"), "{audit}");
+    assert!(!audit.contains(SECRET) && !audit.contains(PASSPHRASE));
+
+    // GC: the deleted image's objects leave the bucket (grace period 0 here).
+    let args = ["rm", "--container", "cloud/c", "--name", "one"];
+    ok("rm", &server.tern(&args, None));
+    let gc = json(&ok(
+        "gc",
+        &server.ternd(&["gc", "--group", "cloud", "--json"]),
+    ));
+    assert!(gc["objects_deleted"].as_u64().unwrap() >= 1, "{gc}");
+    let g2 = cloud_group(&server);
+    assert!(g2["objects"].as_u64() < g1["objects"].as_u64(), "{g2}");
+    let fsck = json(&ok(
+        "fsck",
+        &server.ternd(&["fsck", "--group", "cloud", "--json"]),
+    ));
+    assert_eq!(fsck["packs"], g2["objects"], "{fsck}");
+
+    // A restart needs no passphrase: the image reads back.
+    server.kill();
+    server.spawn();
+    assert!(read(&server, "two") == data);
+}
+
+#[test]
+fn a_backup_waits_out_the_object_store_going_down_and_comes_back_whole() {
+    let Some(mut g) = Garage::start() else { return };
+    let server = server_with_cloud_group(&g, "");
+    let files = tempfile::tempdir().unwrap();
+    let big = data_file(files.path(), "big", 48 << 20, 7);
+    let file = big.to_str().unwrap();
+    let args = ["backup", "--container", "cloud/c", "--name", "big", file];
+    let mut backup = server.tern_command(&args).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    g.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    g.restart();
+    let status = backup.wait().unwrap();
+    assert!(status.success(), "the backup failed across the outage");
+    let restored = files.path().join("big.restored");
+    let args = ["restore", "--container", "cloud/c", "--name", "big"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(restored.to_str().unwrap());
+    ok("restore", &server.tern(&args, None));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&big).unwrap());
+    let g1 = cloud_group(&server);
+    assert_eq!(g1["staged_bytes"], 0, "{g1}");
+    ok("fsck", &server.ternd(&["fsck", "--group", "cloud"]));
+}
