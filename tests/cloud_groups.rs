@@ -38,10 +38,20 @@ fn with_env(mut cmd: Command, passphrase: &str) -> Output {
 /// container `cloud/c`; doomed objects go at once.
 fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
     let mut server = TestServer::start();
-    server.env.push(("TERND_CLOUD_GRACE_SECS".into(), "0".into()));
+    server
+        .env
+        .push(("TERND_CLOUD_GRACE_SECS".into(), "0".into()));
     server.kill();
     server.spawn();
-    let args = ["group", "add", "cloud", "--s3", &g.url(), "--prefix", prefix];
+    let args = [
+        "group",
+        "add",
+        "cloud",
+        "--s3",
+        &g.url(),
+        "--prefix",
+        prefix,
+    ];
     ok(
         "group add",
         &with_env(server.tern_command(&args), PASSPHRASE),
@@ -119,7 +129,10 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
     // Packs sent to the bucket: about what is stored, not more.
     let up = g1["bytes_up"].as_u64().unwrap();
     let stored = g1["pack_bytes"].as_u64().unwrap();
-    assert!(up <= stored + stored / 20 + 4096, "{up} sent for {stored} stored");
+    assert!(
+        up <= stored + stored / 20 + 4096,
+        "{up} sent for {stored} stored"
+    );
 
     // The secrets: the key file only ternd reads, nothing in the audit log.
     let secret = server.data().join("groups/cloud/cloud.secret");
@@ -162,7 +175,20 @@ fn a_backup_waits_out_the_object_store_going_down_and_comes_back_whole() {
     let mut backup = server.tern_command(&args).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     g.stop();
-    std::thread::sleep(Duration::from_secs(4));
+    // Meanwhile a backup into a group on disk commits: the bucket's outage
+    // holds up only its own group's commits.
+    ok(
+        "container create",
+        &server.tern(&["container", "create", "local"], None),
+    );
+    let small = data_file(files.path(), "small", 3 << 20, 8);
+    let small = small.to_str().unwrap();
+    let args = ["backup", "--container", "local", "--name", "s", small];
+    ok(
+        "backup to disk during the outage",
+        &server.tern(&args, None),
+    );
+    std::thread::sleep(Duration::from_secs(3));
     g.restart();
     let status = backup.wait().unwrap();
     assert!(status.success(), "the backup failed across the outage");

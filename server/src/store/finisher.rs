@@ -22,8 +22,6 @@ use super::pack_store::PackStore;
 /// A full pack and the store that keeps it (which may move it elsewhere
 /// once it is finished: a cloud group uploads it).
 type Job = (PackWriter, Arc<dyn PackStore>);
-/// A finished pack its store has yet to seal.
-type Unsealed = (u64, Arc<dyn PackStore>);
 
 /// Full packs waiting for the finisher before `submit` waits: bounds the
 /// unsynced data when the disk is slower than the network.
@@ -34,9 +32,6 @@ struct Progress {
     submitted: u64,
     finished: u64,
     failed: Option<String>,
-    /// Packs finished and synced locally whose store could not seal them
-    /// (a cloud group's bucket unreachable): tried again by `wait_idle`.
-    unsealed: Vec<Unsealed>,
 }
 
 #[derive(Default)]
@@ -67,18 +62,10 @@ impl PackFinisher {
             .spawn(move || {
                 for (pack, store) in packs {
                     let number = pack.number;
-                    let finished = pack.finish();
-                    let sealed = match &finished {
-                        Ok(()) => store.seal(number),
-                        Err(_) => Ok(()),
-                    };
+                    let outcome = pack.finish().and_then(|()| store.seal(number));
                     let mut p = worker.lock();
                     p.finished += 1;
-                    if let Err(e) = sealed {
-                        tracing::warn!(pack = number, "could not seal pack: {e}");
-                        p.unsealed.push((number, store));
-                    }
-                    if let Err(e) = finished {
+                    if let Err(e) = outcome {
                         tracing::error!(pack = number, "could not finish pack: {e}");
                         p.failed
                             .get_or_insert(format!("pack {number} could not be made durable: {e}"));
@@ -106,9 +93,8 @@ impl PackFinisher {
         Ok(())
     }
 
-    /// Waits until every pack submitted so far is finished and durable, and
-    /// sealed where its store keeps it: a pack whose sealing failed before
-    /// is tried once more here, and while it still fails, so does this.
+    /// Waits until every pack submitted so far is finished and durable (and
+    /// handed to its store's `seal`).
     pub(crate) fn wait_idle(&self) -> Result<(), String> {
         let mut p = self.shared.lock();
         while p.finished < p.submitted {
@@ -118,24 +104,10 @@ impl PackFinisher {
                 .wait(p)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        if let Some(why) = &p.failed {
-            return Err(stopped(why));
+        match &p.failed {
+            Some(why) => Err(stopped(why)),
+            None => Ok(()),
         }
-        let unsealed = std::mem::take(&mut p.unsealed);
-        drop(p);
-        let mut first_error = None;
-        let mut still = Vec::new();
-        for (number, store) in unsealed {
-            if let Err(e) = store.seal(number) {
-                first_error.get_or_insert(format!(
-                    "pack {number} is finished but could not be sealed: {e}; it stays \
-                     staged and is sealed again at the next commit"
-                ));
-                still.push((number, store));
-            }
-        }
-        self.shared.lock().unsealed.extend(still);
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Fails once a pack could not be finished.

@@ -72,6 +72,7 @@ impl Store {
         // The open pack is finished first, so that the dead chunks in it can
         // go too, and so that its table is in the size before as after.
         self.packs.appender().seal_group(group)?;
+        self.packs.wait_sealed(group)?;
         let packs = self.packs.packs_of(group)?;
         let mut report = GcReport {
             bytes_before: self.packs.bytes(&packs),
@@ -268,6 +269,7 @@ impl Store {
         }
         appender.sync_all()?;
         drop(appender);
+        self.packs.wait_sealed(p.group)?;
         self.catalog.relocate(&moved)?;
         self.packs.remove(p)?;
         Ok(())

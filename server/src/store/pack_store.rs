@@ -82,8 +82,15 @@ pub trait PackStore: Send + Sync {
         false
     }
     /// Pack `number` is finished and synced where it was built: a store
-    /// that keeps packs elsewhere moves it there now (the finisher's thread).
+    /// that keeps packs elsewhere starts moving it there (without waiting on
+    /// the network: the finisher calls this for every group).
     fn seal(&self, _number: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Waits until every pack handed to `seal` is where the store keeps
+    /// packs for good; an error if one could not be moved there (it is tried
+    /// again later).
+    fn wait_sealed(&self) -> io::Result<()> {
         Ok(())
     }
     /// Deletes for good what earlier deletes only doomed, once their grace

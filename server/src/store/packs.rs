@@ -91,7 +91,7 @@ impl PackSet {
     pub fn add_group(&self, name: &str, rec: &GroupRecord) -> Result<()> {
         if let Some(spec) = &rec.cloud {
             let dir = self.groups_root.join(name);
-            let store = CloudPackStore::open(&dir, spec.clone(), self.read_only.is_some())?;
+            let store = CloudPackStore::open(name, &dir, spec.clone(), self.read_only.is_some())?;
             lock(&self.stores).insert(rec.id, Arc::new(store));
             return Ok(());
         }
@@ -243,13 +243,13 @@ impl PackSet {
         self.store(p.group).is_ok_and(|s| s.sealed(p.number))
     }
 
-    /// Seals every finished pack a cloud group still has staged (a crash or
-    /// an unreachable bucket left them): start-up, after recovery.
+    /// Hands every finished pack a cloud group still has staged (a crash or
+    /// an unreachable bucket left them) to its uploads: start-up, after
+    /// recovery. The next commit in the group waits for them.
     pub fn seal_staged(&self) -> Result<()> {
         for p in self.packs()? {
             let store = self.store(p.group)?;
             if store.seals_open_packs() && !store.sealed(p.number) {
-                lock(&self.read_files).remove(&p.number);
                 store.seal(p.number)?;
             }
         }
@@ -260,6 +260,14 @@ impl PackSet {
     /// grace period is over (a cloud group's objects).
     pub fn purge(&self, group: u32) -> Result<u64> {
         Ok(self.store(group)?.purge()?)
+    }
+
+    /// Waits until group `group`'s finished packs are where its store keeps
+    /// them for good (a cloud group's: uploaded). Called without the
+    /// appender, so that a slow or unreachable bucket holds up only the
+    /// commits of its own group.
+    pub fn wait_sealed(&self, group: u32) -> Result<()> {
+        Ok(self.store(group)?.wait_sealed()?)
     }
 
     /// A cloud group's bucket figures; `None` for other groups.
@@ -345,17 +353,20 @@ impl Appender<'_> {
             .map_err(StoreError::NotDurable)
     }
 
-    /// Makes every chunk appended so far durable: syncs the open packs and
-    /// waits for the finisher. Packs reach the finisher only under this lock,
-    /// so nothing appended before this call is left unsynced.
+    /// Makes every chunk appended so far durable where it was written:
+    /// syncs the open packs and waits for the finisher. Packs reach the
+    /// finisher only under this lock, so nothing appended before this call
+    /// is left unsynced. A group that keeps its packs in a bucket has its
+    /// open pack sealed instead; that its uploads are done is
+    /// [`PackSet::wait_sealed`]'s business, after this lock is released.
     pub fn sync_all(&mut self) -> Result<()> {
         // A store that cannot make an open pack durable where it keeps it (a
         // bucket) gets it sealed instead: the next append opens a new one.
         let groups: Vec<u32> = self.writers.keys().copied().collect();
-        for group in groups {
-            if self.set.store(group)?.seals_open_packs() {
-                if let Some(w) = self.writers.remove(&group) {
-                    self.finish(group, w)?;
+        for g in groups {
+            if self.set.store(g)?.seals_open_packs() {
+                if let Some(w) = self.writers.remove(&g) {
+                    self.finish(g, w)?;
                 }
             }
         }
@@ -367,9 +378,9 @@ impl Appender<'_> {
         // commits (syncing a file does not persist its directory entry); one
         // store sync per commit, not one per pack.
         let unsynced: Vec<u32> = lock(&self.set.unsynced).clone();
-        for group in unsynced {
-            self.set.store(group)?.sync()?;
-            lock(&self.set.unsynced).retain(|g| *g != group);
+        for g in unsynced {
+            self.set.store(g)?.sync()?;
+            lock(&self.set.unsynced).retain(|u| *u != g);
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ impl Store {
             .iter()
             .position(|(_, id, _)| img.missing.contains_key(id))
             .unwrap_or(img.recipe.len());
-        let durable = self.sync_pending()?;
+        let durable = self.sync_pending(img.group)?;
         let mut rec = img.durable.clone();
         if let Some((offset, _, len)) = img.recipe[..cut].last() {
             rec.size = offset + u64::from(*len);
@@ -97,13 +97,21 @@ impl Store {
         Ok(())
     }
 
-    /// Syncs every open pack; returns the pending chunks, all durable now.
+    /// Syncs every open pack (and waits for group `group`'s uploads, if it
+    /// is a cloud group); returns the pending chunks, all durable now.
     pub(super) fn sync_pending(
         &self,
+        group: u32,
     ) -> Result<Vec<(super::records::ChunkKey, super::pack::Location)>> {
         let mut appender = self.packs.appender();
         appender.sync_all()?;
-        Ok(lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect())
+        let durable = lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect();
+        drop(appender);
+        // Chunks of a cloud group are durable once uploaded. Other groups'
+        // chunks in `durable` may still be on their way: an image of theirs
+        // that names them waits for them at its own commit.
+        self.packs.wait_sealed(group)?;
+        Ok(durable)
     }
 
     /// Drops from the pending map what an index transaction just recorded.
@@ -175,7 +183,7 @@ impl Store {
         if img.passthrough.is_some() {
             self.cut_raw(&mut img, &[], true)?;
         }
-        let durable = self.sync_pending()?;
+        let durable = self.sync_pending(img.group)?;
         let created = self.now();
         let trail = img.replica.as_ref().map(|r| {
             let image = format!("{}/{}", img.container, img.name);

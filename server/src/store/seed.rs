@@ -222,7 +222,7 @@ impl Store {
         }
         let mut next = rec.clone();
         finish(&mut next, batch);
-        let durable = self.sync_pending()?;
+        let durable = self.sync_pending(group)?;
         let value = pin_value(pin.seed, pin.expires);
         self.catalog
             .seed_commit(pin.id, &next, &durable, &pins, &value)?;

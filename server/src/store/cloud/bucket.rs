@@ -120,13 +120,13 @@ pub enum BucketError {
         name: String,
         location: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("the S3 client for {location}: {source}")]
     Client {
         location: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("the S3 runtime is gone")]
     Runtime,
@@ -178,7 +178,9 @@ impl Bucket {
         // ring, as ternd's own TLS. An error means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let retry = RetryConfig {
-            max_retries: 30,
+            // The time bound governs, not the count: refused connections
+            // fail fast, and 30 of them took 17 s.
+            max_retries: 10_000,
             retry_timeout: RETRY_FOR,
             ..RetryConfig::default()
         };
@@ -194,7 +196,7 @@ impl Bucket {
             .build()
             .map_err(|source| BucketError::Client {
                 location: spec.location(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(Self {
             spec,
@@ -225,7 +227,7 @@ impl Bucket {
                 what,
                 name,
                 location,
-                source,
+                source: Box::new(source),
             },
         }
     }

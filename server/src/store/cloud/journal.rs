@@ -83,7 +83,7 @@ pub fn replay(bytes: &[u8]) -> Result<Replayed, String> {
         let r = &bytes[i * RECORD..(i + 1) * RECORD];
         let good = blake3::hash(&r[..41]).as_bytes()[..8] == r[41..];
         if !good {
-            if i + 1 == whole && bytes.len() % RECORD == 0 {
+            if i + 1 == whole && bytes.len().is_multiple_of(RECORD) {
                 // The last record, torn by a crash.
                 return Ok((live, doomed, i, i * RECORD));
             }

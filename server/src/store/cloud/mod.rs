@@ -20,6 +20,7 @@ pub mod journal;
 mod reader;
 pub mod sealed;
 mod setup;
+mod uploads;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use bucket::Bucket;
 use journal::Journal;
 use reader::{ObjectReader, SegmentCache};
 use sealed::DataKey;
+use uploads::Uploads;
 
 use super::hex;
 use super::pack_store::{DirPackStore, PackObject, PackStore};
@@ -60,6 +62,11 @@ pub struct CloudUsage {
 
 /// The packs of one cloud group.
 pub struct CloudPackStore {
+    inner: Arc<Inner>,
+    uploads: Uploads,
+}
+
+struct Inner {
     bucket: Arc<Bucket>,
     key: DataKey,
     staging: DirPackStore,
@@ -87,26 +94,62 @@ pub fn grace() -> Duration {
 }
 
 impl CloudPackStore {
-    /// The store of the group whose local files are in `dir` (staging,
+    /// The store of group `name`, whose local files are in `dir` (staging,
     /// journal, secrets) and whose objects are in `spec`'s bucket.
-    pub fn open(dir: &Path, spec: bucket::BucketSpec, read_only: bool) -> io::Result<Self> {
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        spec: bucket::BucketSpec,
+        read_only: bool,
+    ) -> io::Result<Self> {
         let secrets = CloudSecrets::load(dir)?;
         let bucket = Bucket::new(spec, &secrets.credentials)?;
         let staging = DirPackStore::open(staging_dir(dir), read_only)?;
         let journal = Journal::open(&dir.join("objects"))?;
-        Ok(Self {
+        let inner = Arc::new(Inner {
             bucket: Arc::new(bucket),
             key: secrets.data_key()?,
             staging,
             journal: Mutex::new(journal),
             cache: Arc::new(SegmentCache::new(CACHE_BYTES)),
             grace: grace(),
-        })
+        });
+        let worker = inner.clone();
+        let uploads = Uploads::start(name, move |n| worker.upload(n))?;
+        Ok(Self { inner, uploads })
     }
 
     /// Where it is, for `tern group ls`.
     pub fn location(&self) -> String {
-        self.bucket.spec().location()
+        self.inner.bucket.spec().location()
+    }
+}
+
+impl Inner {
+    fn sealed(&self, number: u64) -> bool {
+        lock(&self.journal).get(number).is_some()
+    }
+
+    /// Uploads finished pack `number` as a new object, records it, and drops
+    /// the staged file. A crash before the record leaves the staged file
+    /// (uploaded again at the next start, under a new name; the first object
+    /// is then unreferenced); after it, a staged file already recorded is
+    /// simply deleted.
+    fn upload(&self, number: u64) -> io::Result<()> {
+        let path = self.staging.path(number);
+        if self.sealed(number) {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let plain = std::fs::read(&path)?;
+        let name: [u8; 16] = sealed::random().map_err(io::Error::other)?;
+        let object = sealed::seal_object(&self.key, &name, &plain);
+        self.bucket.put(&hex(&name), object)?;
+        lock(&self.journal).uploaded(number, name, plain.len() as u64)?;
+        std::fs::remove_file(&path)?;
+        Ok(())
     }
 
     /// Deletes the objects doomed longer ago than the grace period.
@@ -173,19 +216,20 @@ fn sealed_in_bucket(number: u64) -> io::Error {
 
 impl PackStore for CloudPackStore {
     fn describe(&self, number: u64) -> String {
-        match lock(&self.journal).get(number) {
+        let entry = lock(&self.inner.journal).get(number);
+        match entry {
             Some(e) => format!(
                 "object {} (pack {number}) in {}",
                 hex(&e.name),
                 self.location()
             ),
-            None => self.staging.describe(number),
+            None => self.inner.staging.describe(number),
         }
     }
 
     fn list(&self) -> io::Result<Vec<u64>> {
-        let mut out: Vec<u64> = lock(&self.journal).live().keys().copied().collect();
-        for n in self.staging.list()? {
+        let mut out: Vec<u64> = lock(&self.inner.journal).live().keys().copied().collect();
+        for n in self.inner.staging.list()? {
             if !out.contains(&n) {
                 out.push(n);
             }
@@ -194,45 +238,47 @@ impl PackStore for CloudPackStore {
     }
 
     fn create(&self, number: u64) -> io::Result<Box<dyn PackObject>> {
-        self.staging.create(number)
+        self.inner.staging.create(number)
     }
 
     fn open(&self, number: u64) -> io::Result<Arc<dyn PackObject>> {
-        match lock(&self.journal).get(number) {
+        let this = &self.inner;
+        let entry = lock(&this.journal).get(number);
+        match entry {
             Some(e) => Ok(Arc::new(ObjectReader::new(
-                self.bucket.clone(),
-                self.key.clone(),
-                self.cache.clone(),
+                this.bucket.clone(),
+                this.key.clone(),
+                this.cache.clone(),
                 e,
             ))),
-            None => self.staging.open(number),
+            None => this.staging.open(number),
         }
     }
 
     fn open_to_change(&self, number: u64) -> io::Result<Box<dyn PackObject>> {
-        if self.sealed(number) {
+        if self.inner.sealed(number) {
             return Err(sealed_in_bucket(number));
         }
-        self.staging.open_to_change(number)
+        self.inner.staging.open_to_change(number)
     }
 
     fn size(&self, number: u64) -> io::Result<u64> {
-        match lock(&self.journal).get(number) {
+        let entry = lock(&self.inner.journal).get(number);
+        match entry {
             Some(e) => Ok(e.plain_len),
-            None => self.staging.size(number),
+            None => self.inner.staging.size(number),
         }
     }
 
     fn delete(&self, number: u64) -> io::Result<()> {
-        if self.sealed(number) {
-            lock(&self.journal).doom(number, now_unix())?;
-            return Ok(());
+        if self.inner.sealed(number) {
+            return lock(&self.inner.journal).doom(number, now_unix());
         }
-        self.staging.delete(number)
+        self.inner.staging.delete(number)
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.staging.sync()
+        self.inner.staging.sync()
     }
 
     fn seals_open_packs(&self) -> bool {
@@ -240,29 +286,17 @@ impl PackStore for CloudPackStore {
     }
 
     fn sealed(&self, number: u64) -> bool {
-        lock(&self.journal).get(number).is_some()
+        self.inner.sealed(number)
     }
 
-    /// Uploads finished pack `number` as a new object, records it, and drops
-    /// the staged file. A crash before the record leaves the staged file
-    /// (uploaded again at the next start, under a new name; the first object
-    /// is then unreferenced); after it, a staged file already recorded is
-    /// simply deleted.
+    /// Queues finished pack `number` for the group's upload thread.
     fn seal(&self, number: u64) -> io::Result<()> {
-        let path = self.staging.path(number);
-        if self.sealed(number) {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
-        }
-        let plain = std::fs::read(&path)?;
-        let name: [u8; 16] = sealed::random().map_err(io::Error::other)?;
-        let object = sealed::seal_object(&self.key, &name, &plain);
-        self.bucket.put(&hex(&name), object)?;
-        lock(&self.journal).uploaded(number, name, plain.len() as u64)?;
-        std::fs::remove_file(&path)?;
+        self.uploads.push(number);
         Ok(())
+    }
+
+    fn wait_sealed(&self) -> io::Result<()> {
+        self.uploads.wait_queued()
     }
 
     /// Deletes every object of the group now, the key object last.
@@ -270,17 +304,17 @@ impl PackStore for CloudPackStore {
         for number in self.list()? {
             self.delete(number)?;
         }
-        self.purge_older_than(Duration::ZERO)?;
-        self.bucket.delete(setup::KEY_OBJECT)?;
+        self.inner.purge_older_than(Duration::ZERO)?;
+        self.inner.bucket.delete(setup::KEY_OBJECT)?;
         Ok(())
     }
 
     fn purge(&self) -> io::Result<u64> {
-        self.purge_older_than(self.grace)
+        self.inner.purge_older_than(self.inner.grace)
     }
 
     fn cloud_usage(&self) -> Option<CloudUsage> {
-        Some(self.usage())
+        Some(self.inner.usage())
     }
 }
 
