@@ -32,10 +32,13 @@ pub enum Request {
         #[serde(default)]
         group: Option<GroupName>,
     },
-    /// fsck of every storage group, or of `group` only.
+    /// fsck of every storage group, or of `group` only; a cloud group's
+    /// objects read whole only for a sample unless `full`.
     Fsck {
         #[serde(default)]
         group: Option<GroupName>,
+        #[serde(default)]
+        full: bool,
     },
     SeedExport(seed::export::ExportRequest),
     SeedImport(seed::import::ImportRequest),
@@ -160,7 +163,9 @@ fn run_request(
 ) -> Result<serde_json::Value> {
     Ok(match req {
         Request::Gc { group } => serde_json::to_value(store.gc(group.as_ref())?)?,
-        Request::Fsck { group } => serde_json::to_value(store.fsck(group.as_ref())?)?,
+        Request::Fsck { group, full } => {
+            serde_json::to_value(store.fsck_with(group.as_ref(), full)?)?
+        }
         Request::SeedExport(r) => {
             serde_json::to_value(seed::export::export(store, data, server_id, &r, progress)?)?
         }

@@ -7,7 +7,7 @@ use tern_core::names::GroupName;
 use tern_core::ChunkId;
 
 use super::live_set::LiveSet;
-use super::pack::{self, Location, ENTRY_HEADER_LEN};
+use super::pack::{self, Location, ENTRY_OVERHEAD, FOOTER_LEN, HEADER_LEN};
 use super::packs::PackRef;
 use super::records::{chunk_key, ChunkKey};
 use super::{lock, Result, Store, StoreError};
@@ -35,6 +35,8 @@ pub struct GcReport {
     /// Objects deleted from a cloud group's bucket: those GC dropped in an
     /// earlier run, once the grace period was over.
     pub objects_deleted: u64,
+    /// Requests made to buckets while GC ran (by anyone).
+    pub bucket_requests: u64,
     /// Why compaction stopped before the end (too little space to move a
     /// pack's live chunks); the packs left are compacted by a later run.
     pub stopped: Option<String>,
@@ -69,6 +71,7 @@ impl Store {
 
     fn gc_group(&self, group: u32) -> Result<GcReport> {
         let _gate = self.gates.exclusive(group);
+        let requests_before = self.packs.bucket_requests();
         // The open pack is finished first, so that the dead chunks in it can
         // go too, and so that its table is in the size before as after.
         self.packs.appender().seal_group(group)?;
@@ -95,7 +98,7 @@ impl Store {
             |_, loc| {
                 report.live_chunks += 1;
                 *live_bytes.entry(loc.pack).or_default() +=
-                    u64::from(loc.stored_len) + ENTRY_HEADER_LEN;
+                    u64::from(loc.stored_len) + ENTRY_OVERHEAD;
             },
         )?;
         drop(live);
@@ -144,6 +147,7 @@ impl Store {
         }
         report.bytes_after = self.packs.bytes(&self.packs.packs_of(group)?);
         report.objects_deleted = self.packs.purge(group)?;
+        report.bucket_requests = self.packs.bucket_requests() - requests_before;
         Ok(report)
     }
 
@@ -186,7 +190,7 @@ impl Store {
         self.catalog.set_index_entries(&dead)?;
         for loc in suspects.values() {
             if let Some(b) = live_bytes.get_mut(&loc.pack) {
-                *b = b.saturating_sub(u64::from(loc.stored_len) + ENTRY_HEADER_LEN);
+                *b = b.saturating_sub(u64::from(loc.stored_len) + ENTRY_OVERHEAD);
                 if *b == 0 {
                     live_bytes.remove(&loc.pack);
                 }
@@ -287,6 +291,7 @@ impl GcReport {
         self.bytes_after += r.bytes_after;
         self.mark_bytes = self.mark_bytes.max(r.mark_bytes);
         self.objects_deleted += r.objects_deleted;
+        self.bucket_requests += r.bucket_requests;
         self.stopped = self.stopped.take().or(r.stopped);
     }
 }
@@ -310,12 +315,16 @@ struct Compaction<'a> {
 }
 
 impl<'a> Compaction<'a> {
-    /// A compaction of `pack`, if at least [`REWRITE_DEAD_SHARE`] of it is dead.
+    /// A compaction of `pack`, if at least [`REWRITE_DEAD_SHARE`] of it is
+    /// dead. `live_bytes` counts each live entry with its header and table
+    /// row; the pack's header and footer count as live too, since a rewrite
+    /// has them as well (else a pack of a few small chunks, all live, looked
+    /// 15% dead and was rewritten by every run).
     fn worth_it(pack: &'a PackRef, size: u64, live_bytes: u64) -> Option<Self> {
         let c = Self {
             pack,
             size,
-            live_bytes,
+            live_bytes: live_bytes + HEADER_LEN + FOOTER_LEN,
         };
         (c.dead_share() >= REWRITE_DEAD_SHARE).then_some(c)
     }

@@ -28,7 +28,10 @@ pub const HEADER_LEN: u64 = 16;
 /// Bytes of an entry's header before its stored bytes.
 pub const ENTRY_HEADER_LEN: u64 = 44;
 const TABLE_ENTRY_LEN: usize = 49;
-const FOOTER_LEN: u64 = 36;
+pub const FOOTER_LEN: u64 = 36;
+/// What one entry takes in a finished pack besides its stored bytes: its
+/// header before them and its row in the table.
+pub const ENTRY_OVERHEAD: u64 = ENTRY_HEADER_LEN + TABLE_ENTRY_LEN as u64;
 
 /// Where a chunk's stored bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

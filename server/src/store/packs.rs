@@ -270,6 +270,15 @@ impl PackSet {
         Ok(self.store(group)?.wait_sealed()?)
     }
 
+    /// Requests made to every cloud group's bucket since ternd started.
+    pub fn bucket_requests(&self) -> u64 {
+        self.group_ids()
+            .into_iter()
+            .filter_map(|g| self.cloud_usage(g))
+            .map(|u| u.puts + u.gets + u.deletes + u.heads)
+            .sum()
+    }
+
     /// A cloud group's bucket figures; `None` for other groups.
     pub fn cloud_usage(&self, group: u32) -> Option<CloudUsage> {
         self.store(group).ok()?.cloud_usage()

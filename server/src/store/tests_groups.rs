@@ -189,22 +189,23 @@ fn a_group_is_removed_only_when_empty_and_then_leaves_nothing_behind() {
 fn a_gc_with_nothing_to_do_reports_the_packs_as_they_were() {
     let (_data, _vol, store) = two_groups();
     // Incompressible 64 KiB chunks: one open pack, nothing dead.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<Vec<u8>> = (0..24)
-        .map(|_| {
-            (0..64 << 10)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        })
-        .collect();
-    write(&store, "fast/c", "a", &big);
+    write(&store, "fast/c", "a", &super::tests::big_chunks(24, 5));
     let gc = store.gc(Some(&group("fast"))).unwrap();
     assert_eq!((gc.chunks_removed, gc.packs_rewritten), (0, 0), "{gc:?}");
     // The open pack's table is counted before as after.
     assert_eq!(gc.bytes_before, gc.bytes_after, "{gc:?}");
+}
+
+#[test]
+fn gc_leaves_a_pack_of_a_few_small_live_chunks_as_it_is() {
+    let (_data, _vol, store) = two_groups();
+    // Four 4 KiB chunks that compress to a few dozen bytes: the pack's
+    // header, table and footer are most of it, and none of it is dead.
+    write(&store, "fast/c", "a", &chunks(4, 9));
+    for run in 0..2 {
+        let gc = store.gc(Some(&group("fast"))).unwrap();
+        assert_eq!(gc.packs_rewritten, 0, "run {run}: {gc:?}");
+        assert_eq!(gc.bytes_before, gc.bytes_after, "run {run}: {gc:?}");
+    }
+    assert_eq!(read(&store, "fast/c", "a"), chunks(4, 9).concat());
 }

@@ -57,6 +57,10 @@ enum Cmd {
         /// Only this storage group (its packs, index entries and images).
         #[arg(long, conflicts_with = "repair")]
         group: Option<String>,
+        /// Read every object of cloud groups whole (by default: their tables,
+        /// and a sample of about one in 16 whole).
+        #[arg(long)]
+        full: bool,
         /// Repair a stopped store: keep every intact chunk, drop damaged ones,
         /// and list each change.
         #[arg(long)]
@@ -161,8 +165,9 @@ fn run(cli: Cli) -> Result<()> {
             data,
             json,
             group,
+            full,
             repair: false,
-        } => fsck(&data.data, json, group_arg(group)?),
+        } => fsck(&data.data, json, group_arg(group)?, full),
         Cmd::Fsck {
             data,
             json,

@@ -58,16 +58,17 @@ pub(crate) fn gc(data: &Path, json: bool, group: Option<GroupName>) -> Result<()
 
 /// `ternd fsck`: exits 1 when anything is damaged. A stopped store is opened
 /// read-only: not a byte of it changes.
-pub(crate) fn fsck(data: &Path, json: bool, group: Option<GroupName>) -> Result<()> {
+pub(crate) fn fsck(data: &Path, json: bool, group: Option<GroupName>, full: bool) -> Result<()> {
     let req = control::Request::Fsck {
         group: group.clone(),
+        full,
     };
     let report = match control::request(data, &req)? {
         Some(v) => v,
         None => {
             require_data_dir(data)?;
             let store = Store::open_read_only(data, "opened by fsck").map_err(in_use)?;
-            serde_json::to_value(store.fsck(group.as_ref())?)?
+            serde_json::to_value(store.fsck_with(group.as_ref(), full)?)?
         }
     };
     if json {
@@ -154,6 +155,14 @@ fn print_fsck(report: &serde_json::Value, label: &str) {
             format!("{} problems", damage.len())
         }
     );
+    let table_only = report["packs_table_only"].as_u64().unwrap_or(0);
+    if table_only > 0 || report["bucket_requests"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "cloud groups: {table_only} packs checked by their table only (--full reads them \
+             whole); {} requests to buckets",
+            report["bucket_requests"]
+        );
+    }
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
