@@ -152,9 +152,15 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
     assert!(gc["objects_deleted"].as_u64().unwrap() >= 1, "{gc}");
     let g2 = cloud_group(&server);
     assert!(g2["objects"].as_u64() < g1["objects"].as_u64(), "{g2}");
+    // fsck of the stopped store reads the bucket and changes nothing local.
+    server.kill();
+    let journal = server.data().join("groups/cloud/objects");
+    let before = std::fs::read(&journal).unwrap();
+    ok("fsck, stopped", &server.ternd(&["fsck", "--group", "cloud"]));
+    assert!(std::fs::read(&journal).unwrap() == before);
+
     // A restart needs no passphrase. fsck (the read cache empty now) asks
     // for every object, reading its table, and reads a sample whole.
-    server.kill();
     server.spawn();
     let fsck = json(&ok(
         "fsck",

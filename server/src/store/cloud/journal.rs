@@ -114,6 +114,15 @@ pub fn replay(bytes: &[u8]) -> Result<Replayed, String> {
     Ok((live, doomed, whole, whole * RECORD))
 }
 
+fn replay_file(path: &Path, bytes: &[u8]) -> io::Result<Replayed> {
+    replay(bytes).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        )
+    })
+}
+
 impl Journal {
     /// Opens (creating) the journal at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
@@ -125,12 +134,7 @@ impl Journal {
             .open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (live, doomed, records, good) = replay(&bytes).map_err(|why| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {why}", path.display()),
-            )
-        })?;
+        let (live, doomed, records, good) = replay_file(path, &bytes)?;
         if good < bytes.len() {
             file.set_len(good as u64)?;
             file.sync_all()?;
@@ -146,6 +150,22 @@ impl Journal {
             j.rewrite()?;
         }
         Ok(j)
+    }
+
+    /// Reads the journal at `path` without changing it (fsck of a stopped
+    /// store): a torn last record is ignored, not cut, and nothing can be
+    /// appended.
+    pub fn open_read_only(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let bytes = std::fs::read(path)?;
+        let (live, doomed, records, _) = replay_file(path, &bytes)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            live,
+            doomed,
+            records,
+        })
     }
 
     fn append(&mut self, record: [u8; RECORD]) -> io::Result<()> {

@@ -1,10 +1,10 @@
 //! Cloud storage groups: packs kept in an S3 bucket, sealed.
 //!
 //! A pack is built in the group's local staging directory like any other;
-//! when it is finished (full, or sealed for a commit) the finisher uploads
-//! it whole as one object under a random name ([`CloudPackStore::seal`]),
+//! when it is finished (full, or sealed for a commit) the group's upload
+//! thread (`uploads`) puts it whole as one object under a random name,
 //! records the name in the group's journal and deletes the staged file. An
-//! image commits only after every pack it references is sealed, so the
+//! image commits only after every pack it references is uploaded, so the
 //! commit point stays one catalog transaction. Reads fetch sealed segments
 //! by range through a bounded cache, reading ahead when a pack is read in
 //! order. GC's deletes doom an object; it is deleted a grace period later
@@ -14,6 +14,8 @@
 //! - `bucket`: the S3 requests, retried, counted.
 //! - `journal`: pack number -> object name, locally.
 //! - `reader`: ranged reads and the segment cache.
+//! - `uploads`: the upload thread and what a commit waits for.
+//! - `setup`: making a group (probe, key object, secrets).
 
 pub mod bucket;
 pub mod journal;
@@ -105,7 +107,11 @@ impl CloudPackStore {
         let secrets = CloudSecrets::load(dir)?;
         let bucket = Bucket::new(spec, &secrets.credentials)?;
         let staging = DirPackStore::open(staging_dir(dir), read_only)?;
-        let journal = Journal::open(&dir.join("objects"))?;
+        let journal = if read_only {
+            Journal::open_read_only(&dir.join("objects"))?
+        } else {
+            Journal::open(&dir.join("objects"))?
+        };
         let inner = Arc::new(Inner {
             bucket: Arc::new(bucket),
             key: secrets.data_key()?,
