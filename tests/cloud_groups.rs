@@ -134,6 +134,14 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
         "{up} sent for {stored} stored"
     );
 
+    // The same figures for Prometheus.
+    let (_, metrics) = http_get(server.metrics_url.as_ref().unwrap());
+    let puts = metric_sample(
+        &metrics,
+        "tern_group_bucket_requests{group=\"cloud\",kind=\"put\"}",
+    );
+    assert_eq!(puts, g1["requests"]["put"].as_f64(), "{metrics}");
+
     // The secrets: the key file only ternd reads, nothing in the audit log.
     let secret = server.data().join("groups/cloud/cloud.secret");
     let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
@@ -156,7 +164,10 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
     server.kill();
     let journal = server.data().join("groups/cloud/objects");
     let before = std::fs::read(&journal).unwrap();
-    ok("fsck, stopped", &server.ternd(&["fsck", "--group", "cloud"]));
+    ok(
+        "fsck, stopped",
+        &server.ternd(&["fsck", "--group", "cloud"]),
+    );
     assert!(std::fs::read(&journal).unwrap() == before);
 
     // A restart needs no passphrase. fsck (the read cache empty now) asks

@@ -10,28 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tern_test_support::*;
 
-/// GET `url` (`http://HOST:PORT/PATH`): the status line and the body.
-fn get(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-/// A sample's value in the exposition text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 struct Prometheus {
     child: Child,
     _dir: tempfile::TempDir,
@@ -132,7 +110,7 @@ fn promtool_passes_the_metrics_and_prometheus_reads_a_backup_back() {
     let client = server.client();
     client.container_create("c", Default::default()).unwrap();
 
-    let (status, text) = get(&url);
+    let (status, text) = http_get(&url);
     assert_eq!(status, "HTTP/1.1 200 OK");
     let mut lint = Command::new("promtool")
         .args(["check", "metrics"])
@@ -154,10 +132,10 @@ fn promtool_passes_the_metrics_and_prometheus_reads_a_backup_back() {
         String::from_utf8_lossy(&linted.stderr)
     );
     assert!(
-        sample(&text, "tern_logins_total{result=\"ok\"}").is_some_and(|v| v >= 1.0),
+        metric_sample(&text, "tern_logins_total{result=\"ok\"}").is_some_and(|v| v >= 1.0),
         "{text}"
     );
-    let (status, _) = get(&url.replace("/metrics", "/other"));
+    let (status, _) = http_get(&url.replace("/metrics", "/other"));
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
     let target = url
@@ -185,6 +163,8 @@ fn promtool_passes_the_metrics_and_prometheus_reads_a_backup_back() {
     prometheus.wait_for("tern_chunks_total{how=\"new\"}", new);
     let stored = done.stats.new_stored_bytes as f64;
     prometheus.wait_for("tern_store_bytes{kind=\"stored\"}", stored);
+    prometheus.wait_for("tern_group_bytes{group=\"default\",kind=\"packs\"}", stored);
+    prometheus.wait_for("tern_group_bytes{group=\"default\",kind=\"free\"}", 1.0);
     let latency = "tern_request_duration_seconds_count{kind=\"ImageClose\"}";
     prometheus.wait_for(latency, 1.0);
 }

@@ -25,6 +25,8 @@ use super::sessions::Sessions;
 use crate::store::Scope;
 
 type Labels = [(&'static str, String); 1];
+/// A storage group and a kind.
+type GroupLabels = [(&'static str, String); 2];
 
 fn label(key: &'static str, value: impl Into<String>) -> Labels {
     [(key, value.into())]
@@ -47,6 +49,8 @@ pub struct Metrics {
     sessions: Gauge,
     open_images: Gauge,
     store_bytes: Family<Labels, Gauge>,
+    group_bytes: Family<GroupLabels, Gauge>,
+    group_requests: Family<GroupLabels, Gauge>,
     copies: Family<Labels, Gauge>,
     /// One scrape at a time sets the gauges it reads back.
     rendering: std::sync::Mutex<()>,
@@ -80,6 +84,8 @@ impl Metrics {
             sessions: Gauge::default(),
             open_images: Gauge::default(),
             store_bytes: Family::default(),
+            group_bytes: Family::default(),
+            group_requests: Family::default(),
             copies: Family::default(),
             rendering: std::sync::Mutex::new(()),
         };
@@ -133,6 +139,18 @@ impl Metrics {
             "The store's bytes: logical, unique, stored (compressed), packs, \
              filesystem capacity and free space",
             m.store_bytes.clone(),
+        );
+        r.register(
+            "group_bytes",
+            "Per storage group: its packs, and the size, use and free space of the \
+             filesystem they are on (a cloud group: its objects, staged and cached bytes too)",
+            m.group_bytes.clone(),
+        );
+        r.register(
+            "group_bucket_requests",
+            "Per cloud group: requests made to its bucket since ternd started, by kind \
+             (put, get, delete, head; failed: those that failed after their retries)",
+            m.group_requests.clone(),
         );
         r.register("copies", "Copy jobs by state", m.copies.clone());
         m
@@ -203,6 +221,41 @@ impl Metrics {
                 }
             }
             Err(e) => tracing::warn!("metrics: reading the store's totals: {e}"),
+        }
+        self.group_bytes.clear();
+        self.group_requests.clear();
+        match sessions.store.group_list(&Scope::Every, false) {
+            Ok(groups) => {
+                for g in groups {
+                    let of = |kind: &str| [("group", g.name.clone()), ("kind", kind.to_string())];
+                    let mut bytes = vec![
+                        ("packs", g.pack_bytes),
+                        ("fs_total", g.fs_total_bytes),
+                        ("fs_used", g.fs_used_bytes),
+                        ("free", g.free_bytes),
+                    ];
+                    if g.kind == "cloud" {
+                        bytes.extend([
+                            ("objects", g.object_bytes),
+                            ("staged", g.staged_bytes),
+                            ("cached", g.cache_bytes),
+                        ]);
+                        for (kind, v) in [
+                            ("put", g.puts),
+                            ("get", g.gets),
+                            ("delete", g.deletes),
+                            ("head", g.heads),
+                            ("failed", g.request_errors),
+                        ] {
+                            self.group_requests.get_or_create(&of(kind)).set(v as i64);
+                        }
+                    }
+                    for (kind, v) in bytes {
+                        self.group_bytes.get_or_create(&of(kind)).set(v as i64);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("metrics: listing storage groups: {e}"),
         }
         self.copies.clear();
         match sessions.replicator.list(&Scope::Every) {
