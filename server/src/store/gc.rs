@@ -271,7 +271,7 @@ impl Store {
             )?;
             moved.push((key, new_loc));
         }
-        appender.sync_all()?;
+        appender.sync_all(p.group)?;
         drop(appender);
         self.packs.wait_sealed(p.group)?;
         self.catalog.relocate(&moved)?;

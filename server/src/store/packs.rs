@@ -365,18 +365,16 @@ impl Appender<'_> {
     /// Makes every chunk appended so far durable where it was written:
     /// syncs the open packs and waits for the finisher. Packs reach the
     /// finisher only under this lock, so nothing appended before this call
-    /// is left unsynced. A group that keeps its packs in a bucket has its
-    /// open pack sealed instead; that its uploads are done is
-    /// [`PackSet::wait_sealed`]'s business, after this lock is released.
-    pub fn sync_all(&mut self) -> Result<()> {
-        // A store that cannot make an open pack durable where it keeps it (a
-        // bucket) gets it sealed instead: the next append opens a new one.
-        let groups: Vec<u32> = self.writers.keys().copied().collect();
-        for g in groups {
-            if self.set.store(g)?.seals_open_packs() {
-                if let Some(w) = self.writers.remove(&g) {
-                    self.finish(g, w)?;
-                }
+    /// is left unsynced. If group `committing` keeps its packs in a bucket,
+    /// its open pack is sealed instead of synced (other cloud groups' open
+    /// packs are synced where they are built, and sealed at their own
+    /// group's commits, so that one group's checkpoints do not cut another's
+    /// objects small); that its uploads are done is [`PackSet::wait_sealed`]'s
+    /// business, after this lock is released.
+    pub fn sync_all(&mut self, committing: u32) -> Result<()> {
+        if self.set.store(committing)?.seals_open_packs() {
+            if let Some(w) = self.writers.remove(&committing) {
+                self.finish(committing, w)?;
             }
         }
         for w in self.writers.values_mut() {

@@ -104,7 +104,7 @@ impl Store {
         group: u32,
     ) -> Result<Vec<(super::records::ChunkKey, super::pack::Location)>> {
         let mut appender = self.packs.appender();
-        appender.sync_all()?;
+        appender.sync_all(group)?;
         let durable = lock(&self.pending).iter().map(|(k, v)| (*k, *v)).collect();
         drop(appender);
         // Chunks of a cloud group are durable once uploaded. Other groups'
