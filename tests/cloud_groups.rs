@@ -41,6 +41,9 @@ fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
     server
         .env
         .push(("TERND_CLOUD_GRACE_SECS".into(), "0".into()));
+    server
+        .args
+        .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     server.kill();
     server.spawn();
     let args = [
