@@ -22,7 +22,7 @@ use tern_core::wire::RecipeEntry;
 use tern_core::{ChunkId, ContainerName, ImageName, StreamChunker};
 
 use super::catalog::RecipeSnapshot;
-use super::partial::CHECKPOINT_ENTRIES;
+use super::checkpoint::CHECKPOINT_ENTRIES;
 use super::records::chunk_key;
 use super::write::{OpenImage, VERIFIER};
 use super::{lock, pack, Result, Scope, Store, StoreError, WriterId};

@@ -219,7 +219,8 @@ impl Store {
     }
 
     /// GC's roots, the one definition of what must survive: the recipe rows
-    /// of committed and partial images, the chunks open images have written
+    /// of committed and partial images, the chunks partial images hold past
+    /// their recipes, the chunks open images have written
     /// but not yet recorded, and the pins of seeds that have not expired.
     /// A chunk may be visited more than once.
     fn for_each_root(&self, group: u32, mut each: impl FnMut(&ChunkKey)) -> Result<()> {
@@ -233,6 +234,14 @@ impl Store {
             }
             Ok(())
         })?;
+        for (_, _, partial) in self.catalog.all_partials()? {
+            if image_groups.get(&partial.id) == Some(&group) {
+                partial
+                    .held
+                    .iter()
+                    .for_each(|id| each(&chunk_key(group, id)));
+            }
+        }
         let open: Vec<_> = lock(&self.open)
             .values()
             .filter(|e| e.group == group)

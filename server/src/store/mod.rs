@@ -28,6 +28,7 @@
 //! 6. leaves: the pack set's directory and read-handle maps, the finisher's state.
 
 pub mod catalog;
+mod checkpoint;
 pub mod cloud;
 mod containers;
 mod error;
@@ -63,6 +64,7 @@ use std::sync::{Mutex, MutexGuard};
 use tern_core::names::GroupName;
 
 use catalog::Catalog;
+pub use checkpoint::CHECKPOINT_BYTES;
 pub use containers::{container_home, default_group};
 pub use error::{Result, StoreError};
 pub use extent::ExtentStats;
@@ -70,7 +72,7 @@ pub use fsck::FsckReport;
 pub use gc::GcReport;
 use pack::Location;
 use packs::PackSet;
-pub use partial::{Resumed, CHECKPOINT_BYTES};
+pub use partial::Resumed;
 pub use read::ReadableImage;
 use records::{ChunkKey, GroupRecord};
 pub use repair::RepairReport;

@@ -95,6 +95,11 @@ pub struct PartialRecord {
     /// A replica being written by a copy.
     #[serde(default)]
     pub origin: Option<ReplicaOrigin>,
+    /// Chunks it has received past the first one it still awaits (several
+    /// connections deliver out of order): no recipe row names them yet, so
+    /// they are listed here for GC to keep until a resume names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<ChunkId>,
 }
 
 /// An import event on the target server.

@@ -334,3 +334,49 @@ fn a_resumed_image_that_ended_in_a_short_chunk_goes_on_after_it() {
         [data.concat(), more.concat()].concat()
     );
 }
+
+#[test]
+fn chunks_received_past_the_first_missing_one_survive_gc_until_the_resume() {
+    let (_dir, store) = store_with_container();
+    let data = chunks(20, 9);
+    let w = begin(&store, "ooo");
+    // All twenty announced; every chunk but the fifth arrives (one of
+    // several connections stalled), and then the session ends.
+    let missing = store.image_append(w, &refs(&data)).unwrap();
+    assert_eq!(missing.len(), 20);
+    let mut z = Compressor::new(1).unwrap();
+    for (i, d) in data.iter().enumerate().filter(|(i, _)| *i != 4) {
+        let enc = z.encode(d);
+        let id = ChunkId::of(d);
+        store
+            .image_put_chunk(w, &id, enc.codec, enc.raw_len, &enc.bytes)
+            .unwrap_or_else(|e| panic!("chunk {i}: {e}"));
+    }
+    store.image_detach(w);
+    assert_eq!(incomplete(&store)[0].resume_offset, 4 * 4096);
+
+    // GC while the writer is away frees none of what arrived.
+    let gc = store.gc(None).unwrap();
+    assert_eq!(gc.chunks_removed, 0, "{gc:?}");
+    let r = resume(&store, Owner::Any, "ooo").unwrap();
+    assert_eq!(r.offset, 4 * 4096);
+    let again = store.image_append(r.writer, &refs(&data[4..])).unwrap();
+    assert_eq!(
+        again,
+        vec![0],
+        "only the chunk that never arrived is asked for"
+    );
+    let enc = z.encode(&data[4]);
+    store
+        .image_put_chunk(
+            r.writer,
+            &ChunkId::of(&data[4]),
+            enc.codec,
+            enc.raw_len,
+            &enc.bytes,
+        )
+        .unwrap();
+    store.image_commit(r.writer).unwrap();
+    assert_eq!(read_image(&store, "ooo"), data.concat());
+    assert!(store.fsck(None).unwrap().is_clean());
+}

@@ -290,6 +290,7 @@ impl Store {
                 new_chunks: 0,
                 new_stored_bytes: 0,
                 origin: replica.as_ref().map(|r| r.origin.clone()),
+                held: Vec::new(),
             })?;
         if let Some(old) = replaced {
             tracing::info!(
