@@ -1,7 +1,8 @@
 //! Cloud storage groups on a real Garage, through real ternd processes and
 //! the tern CLI: backup, restore, resume, GC and fsck in a bucket; what the
 //! bucket, the audit log and the data directory hold of the secrets; the
-//! object store stopped in the middle of a backup; one node of three killed.
+//! object store stopped in the middle of a backup; one node of three killed;
+//! a copy from one cloud group into another server's.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,10 +11,12 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
+use tern_agent::{ContainerSettings, CopyState, CopyTarget};
 use tern_test_support::garage::{Garage, SECRET};
 use tern_test_support::*;
 
 const PASSPHRASE: &str = "the group's long passphrase";
+const PARTNER_PASSWORD: &str = "partner-secret-1";
 
 fn ok(what: &str, out: &Output) -> String {
     assert!(
@@ -259,4 +262,65 @@ fn a_backup_completes_while_one_of_three_garage_nodes_is_killed() {
     // takes more than one request).
     let packs = fsck["packs"].as_u64().unwrap();
     assert!(fsck["bucket_requests"].as_u64().unwrap() > packs, "{fsck}");
+}
+
+#[test]
+fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
+    let Some(g) = Garage::start() else { return };
+    let source = server_with_cloud_group(&g, "site-a");
+    let target = server_with_cloud_group(&g, "site-b");
+    let t = target.client();
+    t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
+    t.user_set_replicate_into("partner", &["cloud"]).unwrap();
+    let replica = ContainerSettings {
+        replica: true,
+        import: true,
+        ..Default::default()
+    };
+    t.container_create("cloud/dr", replica).unwrap();
+    let s = source.client();
+    let fingerprint = target.fingerprint().to_string();
+    let address = target.address();
+    s.partner_add("b", &[&address], &fingerprint, "partner", PARTNER_PASSWORD)
+        .unwrap();
+
+    let data = test_data(20 << 20, 11);
+    let mut w = s.create_image("cloud/c", "img", b"props").unwrap();
+    w.write_all(&data).unwrap();
+    w.commit().unwrap();
+    let to = CopyTarget {
+        partner: "b",
+        container: "cloud/dr",
+        name: None,
+    };
+    let id = s.copy_start("cloud/c", "img", &to).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let info = loop {
+        let info = s.copy_status(id).unwrap();
+        if info.state.is_final() {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(info.state, CopyState::Done, "{info:?}");
+
+    // The replica's packs are in the target's bucket, none left staged, and
+    // it reads back from there after a restart (an empty read cache).
+    let group = cloud_group(&target);
+    assert_eq!(group["images"], 1, "{group}");
+    assert_eq!(group["staged_bytes"], 0, "{group}");
+    assert!(group["objects"].as_u64().unwrap() >= 1, "{group}");
+    let mut target = target;
+    target.kill();
+    target.spawn();
+    let mut back = Vec::new();
+    target
+        .client()
+        .open_image("cloud/dr", info.to_name.as_str())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data, "the replica differs");
+    ok("fsck", &target.ternd(&["fsck", "--group", "cloud"]));
 }
