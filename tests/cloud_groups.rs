@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -17,20 +16,6 @@ use tern_test_support::*;
 
 const PASSPHRASE: &str = "the group's long passphrase";
 const PARTNER_PASSWORD: &str = "partner-secret-1";
-
-fn ok(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap()
-}
 
 fn with_env(mut cmd: Command, passphrase: &str) -> Output {
     cmd.envs(Garage::env(passphrase));
@@ -67,12 +52,6 @@ fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
         &server.tern(&["container", "create", "cloud/c"], None),
     );
     server
-}
-
-fn data_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, test_data(len, seed)).unwrap();
-    path
 }
 
 fn cloud_group(server: &TestServer) -> Value {
@@ -117,12 +96,7 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
     w.write_all(&data[at as usize..]).unwrap();
     w.commit().unwrap();
 
-    let restored = files.path().join("one.restored");
-    let args = ["restore", "--container", "cloud/c", "--name", "one"];
-    let mut args: Vec<&str> = args.to_vec();
-    args.push(restored.to_str().unwrap());
-    ok("restore", &server.tern(&args, None));
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&one).unwrap());
+    server.assert_restores_as("cloud/c", "one", &one);
     assert!(read(&server, "two") == data, "the resumed image differs");
 
     let g1 = cloud_group(&server);
@@ -217,12 +191,7 @@ fn a_backup_waits_out_the_object_store_going_down_and_comes_back_whole() {
     g.restart();
     let status = backup.wait().unwrap();
     assert!(status.success(), "the backup failed across the outage");
-    let restored = files.path().join("big.restored");
-    let args = ["restore", "--container", "cloud/c", "--name", "big"];
-    let mut args: Vec<&str> = args.to_vec();
-    args.push(restored.to_str().unwrap());
-    ok("restore", &server.tern(&args, None));
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&big).unwrap());
+    server.assert_restores_as("cloud/c", "big", &big);
     let g1 = cloud_group(&server);
     assert_eq!(g1["staged_bytes"], 0, "{g1}");
     ok("fsck", &server.ternd(&["fsck", "--group", "cloud"]));
@@ -244,12 +213,7 @@ fn a_backup_completes_while_one_of_three_garage_nodes_is_killed() {
     g.nodes[2].kill();
     let status = backup.wait().unwrap();
     assert!(status.success(), "the backup failed with a node down");
-    let restored = files.path().join("big.restored");
-    let args = ["restore", "--container", "cloud/c", "--name", "big"];
-    let mut args: Vec<&str> = args.to_vec();
-    args.push(restored.to_str().unwrap());
-    ok("restore", &server.tern(&args, None));
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&big).unwrap());
+    server.assert_restores_as("cloud/c", "big", &big);
     server.kill();
     server.spawn();
     let fsck = json(&ok(

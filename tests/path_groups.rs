@@ -6,22 +6,12 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
 use tern_agent::{Client, ClientOptions};
 use tern_test_support::*;
-
-fn ok(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} exited {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 fn refused(what: &str, out: &Output, says: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -29,21 +19,11 @@ fn refused(what: &str, out: &Output, says: &str) {
     assert!(err.contains(says), "{what}: {err:?} does not say {says:?}");
 }
 
-fn json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap()
-}
-
 /// An empty directory only its owner may write, as a mounted volume's would be.
 fn volume() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     dir
-}
-
-fn data_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, test_data(len, seed)).unwrap();
-    path
 }
 
 fn group<'a>(list: &'a Value, name: &str) -> &'a Value {
@@ -116,12 +96,7 @@ fn a_group_on_its_own_volume_backs_up_restores_resumes_and_is_collected_and_chec
         read(&server, "two") == data,
         "the resumed image reads back differently"
     );
-    let restored = files.path().join("one.restored");
-    let args = ["restore", "--container", "fast/c", "--name", "one"];
-    let mut args: Vec<&str> = args.to_vec();
-    args.push(restored.to_str().unwrap());
-    ok("restore", &server.tern(&args, None));
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&one).unwrap());
+    server.assert_restores_as("fast/c", "one", &one);
 
     // What each group holds, and the filesystem it is on.
     let list = json(&ok(

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use replication_common::*;
 use seed_common::*;
+use seed_common::{json, ok};
 use tern_core::wire::CopyState;
 use tern_test_support::*;
 

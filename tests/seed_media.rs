@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use seed_common::*;
+use seed_common::{json, ok};
 use tern_test_support::*;
 
 /// A source holding `len` bytes in container `c`, exported to a new device

@@ -264,6 +264,20 @@ impl TestServer {
         run_with_stdin(self.tern_command(args), stdin)
     }
 
+    /// Restores `container`/`name` with `tern restore` to a file beside
+    /// `original` and asserts that it equals it, byte for byte.
+    pub fn assert_restores_as(&self, container: &str, name: &str, original: &Path) {
+        let restored = original.with_extension("restored");
+        let to = restored.to_str().unwrap();
+        let args = ["restore", "--container", container, "--name", name, to];
+        ok("restore", &self.tern(&args, None));
+        assert!(
+            std::fs::read(&restored).unwrap() == std::fs::read(original).unwrap(),
+            "{container}/{name} restores differently from {}",
+            original.display()
+        );
+    }
+
     /// `tern` against this server, to run as the caller likes (with more
     /// environment, or in the background).
     pub fn tern_command(&self, args: &[&str]) -> Command {
@@ -350,6 +364,30 @@ pub fn frame(seq: u64, msg: tern_core::wire::Msg) -> tern_core::wire::Frame {
         msg,
     };
     tern_core::wire::Frame::new(env, Vec::new())
+}
+
+/// The standard output of a command that must have succeeded (`what` names
+/// it in the failure, with its standard error).
+pub fn ok(what: &str, out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// A command's `--json` output, parsed.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Writes [`test_data`] to `dir/name`.
+pub fn data_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, test_data(len, seed)).unwrap();
+    path
 }
 
 /// Deterministic data that compresses about 2:1 and dedups only where repeated.
