@@ -26,9 +26,10 @@ fn with_env(mut cmd: Command, passphrase: &str) -> Output {
 /// container `cloud/c`; doomed objects go at once.
 fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
     let mut server = TestServer::start();
-    server
-        .env
-        .push(("TERND_CLOUD_GRACE_SECS".into(), "0".into()));
+    let config = server.data().join("ternd.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("cloud_grace_secs = 3600", "cloud_grace_secs = 0");
+    std::fs::write(&config, text).unwrap();
     server
         .args
         .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);

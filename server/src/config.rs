@@ -78,6 +78,12 @@ incomplete_retention_secs = 86400
 # copy continues without resending it; then it is dropped, with a trail
 # entry. `tern copy abort ID` drops it at once.
 replica_retention_secs = 604800
+
+# GC in a cloud storage group rewrites sparse packs as new objects and drops
+# the old ones from the catalog at once, but deletes them from the bucket
+# only this long after (at a later GC), so that a read in flight still finds
+# its object.
+cloud_grace_secs = 3600
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +108,7 @@ pub struct Config {
     pub max_copies_per_partner: usize,
     pub incomplete_retention_secs: u64,
     pub replica_retention_secs: u64,
+    pub cloud_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -126,6 +133,7 @@ impl Default for Config {
             max_copies_per_partner: 4,
             incomplete_retention_secs: 24 * 3600,
             replica_retention_secs: 7 * 24 * 3600,
+            cloud_grace_secs: crate::store::cloud::DEFAULT_GRACE.as_secs(),
         }
     }
 }
@@ -172,6 +180,7 @@ mod tests {
         assert_eq!(cfg.cert, def.cert);
         assert_eq!(cfg.allow_tls12, def.allow_tls12);
         assert_eq!(cfg.grace_period_secs, def.grace_period_secs);
+        assert_eq!(cfg.cloud_grace_secs, def.cloud_grace_secs);
         assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
         assert_eq!(cfg.session_spill_bytes, def.session_spill_bytes);
         assert_eq!(cfg.session_spill_dir, def.session_spill_dir);

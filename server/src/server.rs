@@ -206,7 +206,7 @@ fn engine_and_services(
             paths.cert.display()
         );
     }
-    let store = Arc::new(open_store(data, cfg.reserved_space_bytes)?);
+    let store = Arc::new(open_store(data, cfg)?);
     let admin_created = ensure_admin(&store, admin_password)?;
     let fingerprint = certs::fingerprint(paths)?;
     let me = LocalIdentity {
@@ -258,10 +258,11 @@ fn ensure_admin(store: &Store, password: Option<String>) -> Result<Option<String
 /// The store to serve. On a disk too full to open it for writing (finishing
 /// a pack, redb's repair after a crash), it is served read-only, so that
 /// images can still be read and the operator sees why.
-fn open_store(data: &Path, reserve: u64) -> Result<Store> {
+fn open_store(data: &Path, cfg: &Config) -> Result<Store> {
     match Store::open(data) {
         Ok(store) => {
-            store.set_reserved_space(reserve)?;
+            store.set_reserved_space(cfg.reserved_space_bytes)?;
+            store.set_cloud_grace(Duration::from_secs(cfg.cloud_grace_secs));
             Ok(store)
         }
         Err(StoreError::InUse) => bail!("{} is in use by another ternd", data.display()),

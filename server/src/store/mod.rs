@@ -186,6 +186,12 @@ impl Store {
         self.packs.set_reserve(bytes)
     }
 
+    /// How long an object GC dropped from a cloud group stays in its bucket
+    /// (so that a read in flight still finds it).
+    pub fn set_cloud_grace(&self, grace: std::time::Duration) {
+        self.packs.set_cloud_grace(grace)
+    }
+
     /// Creates a storage group if it does not exist; returns its id.
     pub fn ensure_group(&self, name: &GroupName) -> Result<u32> {
         if let Some(id) = self.catalog.group_id(name)? {

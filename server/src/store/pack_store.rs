@@ -93,9 +93,9 @@ pub trait PackStore: Send + Sync {
     fn wait_sealed(&self) -> io::Result<()> {
         Ok(())
     }
-    /// Deletes for good what earlier deletes only doomed, once their grace
-    /// period is over; the number of objects deleted.
-    fn purge(&self) -> io::Result<u64> {
+    /// Deletes for good what earlier deletes only doomed, once `grace` has
+    /// passed since; the number of objects deleted.
+    fn purge(&self, _grace: std::time::Duration) -> io::Result<u64> {
         Ok(0)
     }
     /// Deletes every pack now, for a group being removed (which holds no

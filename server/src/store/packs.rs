@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tern_core::{ChunkId, Codec};
 
@@ -45,6 +46,8 @@ pub struct PackSet {
     pub space: Arc<FreeSpace>,
     /// The same for each group on a volume of its own.
     volumes: Mutex<HashMap<u32, Arc<FreeSpace>>>,
+    /// Seconds a cloud group's doomed object stays in its bucket.
+    cloud_grace: AtomicU64,
 }
 
 /// A pack, by its storage group and number (numbers are unique across groups).
@@ -78,6 +81,7 @@ impl PackSet {
             next_pack: AtomicU64::new(1),
             read_files: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(Vec::new()),
+            cloud_grace: AtomicU64::new(super::cloud::DEFAULT_GRACE.as_secs()),
         };
         for (name, rec) in groups {
             set.add_group(name, rec)?;
@@ -259,7 +263,13 @@ impl PackSet {
     /// Deletes what group `group`'s earlier deletes only doomed, once their
     /// grace period is over (a cloud group's objects).
     pub fn purge(&self, group: u32) -> Result<u64> {
-        Ok(self.store(group)?.purge()?)
+        let grace = Duration::from_secs(self.cloud_grace.load(Ordering::Relaxed));
+        Ok(self.store(group)?.purge(grace)?)
+    }
+
+    /// How long GC's deletes in cloud groups wait before the objects go.
+    pub fn set_cloud_grace(&self, grace: Duration) {
+        self.cloud_grace.store(grace.as_secs(), Ordering::Relaxed);
     }
 
     /// Waits until group `group`'s finished packs are where its store keeps

@@ -40,7 +40,7 @@ use super::pack_store::{DirPackStore, PackObject, PackStore};
 pub use setup::{create as create_group, CloudSecrets, GroupPassphrase};
 
 /// How long a doomed object stays in the bucket after GC dropped its pack,
-/// unless `TERND_CLOUD_GRACE_SECS` says otherwise.
+/// unless ternd.toml's `cloud_grace_secs` says otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// Decrypted segments kept for reads, per group.
 const CACHE_BYTES: usize = 64 << 20;
@@ -74,7 +74,6 @@ struct Inner {
     staging: DirPackStore,
     journal: Mutex<Journal>,
     cache: Arc<SegmentCache>,
-    grace: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,14 +84,6 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The grace period: `TERND_CLOUD_GRACE_SECS`, or [`DEFAULT_GRACE`].
-pub fn grace() -> Duration {
-    std::env::var("TERND_CLOUD_GRACE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(DEFAULT_GRACE, Duration::from_secs)
 }
 
 impl CloudPackStore {
@@ -118,7 +109,6 @@ impl CloudPackStore {
             staging,
             journal: Mutex::new(journal),
             cache: Arc::new(SegmentCache::new(CACHE_BYTES)),
-            grace: grace(),
         });
         let worker = inner.clone();
         let uploads = Uploads::start(name, move |n| worker.upload(n))?;
@@ -315,8 +305,8 @@ impl PackStore for CloudPackStore {
         Ok(())
     }
 
-    fn purge(&self) -> io::Result<u64> {
-        self.inner.purge_older_than(self.inner.grace)
+    fn purge(&self, grace: Duration) -> io::Result<u64> {
+        self.inner.purge_older_than(grace)
     }
 
     fn cloud_usage(&self) -> Option<CloudUsage> {
