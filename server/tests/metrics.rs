@@ -135,6 +135,11 @@ fn promtool_passes_the_metrics_and_prometheus_reads_a_backup_back() {
         metric_sample(&text, "tern_logins_total{result=\"ok\"}").is_some_and(|v| v >= 1.0),
         "{text}"
     );
+    // The client's session and its connection, while it is logged in.
+    assert!(
+        metric_sample(&text, "tern_connections").is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
     let (status, _) = http_get(&url.replace("/metrics", "/other"));
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 

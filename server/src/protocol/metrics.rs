@@ -47,6 +47,7 @@ pub struct Metrics {
     gc_bytes_freed: Counter,
     // Read at each scrape.
     sessions: Gauge,
+    connections: Gauge,
     open_images: Gauge,
     store_bytes: Family<Labels, Gauge>,
     group_bytes: Family<GroupLabels, Gauge>,
@@ -82,6 +83,7 @@ impl Metrics {
             gc_runs: Counter::default(),
             gc_bytes_freed: Counter::default(),
             sessions: Gauge::default(),
+            connections: Gauge::default(),
             open_images: Gauge::default(),
             store_bytes: Family::default(),
             group_bytes: Family::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             m.gc_bytes_freed.clone(),
         );
         r.register("sessions", "Client sessions alive", m.sessions.clone());
+        r.register(
+            "connections",
+            "Connections of the sessions alive",
+            m.connections.clone(),
+        );
         r.register("open_images", "Images being written", m.open_images.clone());
         r.register(
             "store_bytes",
@@ -204,6 +211,7 @@ impl Metrics {
     pub fn render(&self, sessions: &Sessions) -> String {
         let _one = self.rendering.lock().unwrap_or_else(|e| e.into_inner());
         self.sessions.set(sessions.count() as i64);
+        self.connections.set(sessions.connection_count() as i64);
         self.open_images.set(sessions.store.open_images() as i64);
         match sessions.store.stats(&Scope::Every) {
             Ok(s) => {

@@ -85,6 +85,14 @@ impl Sessions {
         self.live().len()
     }
 
+    /// The connections those sessions have now (MultiConnect: several each).
+    pub fn connection_count(&self) -> usize {
+        self.live()
+            .values()
+            .map(|r| r.session.live_connections())
+            .sum()
+    }
+
     /// Forgets a session that ended.
     pub(super) fn unregister(&self, token: &[u8]) {
         self.live().remove(token);
