@@ -82,6 +82,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         .thread_name("ternd")
         .build()?;
     rt.block_on(async move {
+        // Before READY=1: a SIGTERM right after it must stop ternd cleanly,
+        // not kill it by the signal's default action.
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let server = Server::start(opts).await?;
         match &server.admin_created {
             Some(p) if p.is_empty() => {
@@ -104,7 +107,6 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             "READY=1\nSTATUS=listening for TLS on {}",
             server.tls_addr
         ));
-        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let served = server
             .serve_until(async {
                 tokio::select! {
