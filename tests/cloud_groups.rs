@@ -2,10 +2,12 @@
 //! the tern CLI: backup, restore, resume, GC and fsck in a bucket; what the
 //! bucket, the audit log and the data directory hold of the secrets; the
 //! object store stopped in the middle of a backup; one node of three killed;
-//! a copy from one cloud group into another server's.
+//! a copy from one cloud group into another server's; a lost data
+//! directory rebuilt from the bucket alone.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -23,12 +25,15 @@ fn with_env(mut cmd: Command, passphrase: &str) -> Output {
 }
 
 /// A ternd with group `cloud` in `g`'s bucket (under `prefix`) and
-/// container `cloud/c`; doomed objects go at once.
+/// container `cloud/c`; doomed objects go at once, and the group's catalog
+/// is saved to the bucket every second.
 fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
     let mut server = TestServer::start();
     let config = server.data().join("ternd.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("cloud_grace_secs = 3600", "cloud_grace_secs = 0");
+    let text = text
+        .replace("cloud_grace_secs = 3600", "cloud_grace_secs = 0")
+        .replace("cloud_catalog_secs = 10", "cloud_catalog_secs = 1");
     std::fs::write(&config, text).unwrap();
     server
         .args
@@ -288,4 +293,150 @@ fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
         .unwrap();
     assert!(back == data, "the replica differs");
     ok("fsck", &target.ternd(&["fsck", "--group", "cloud"]));
+}
+
+/// `ternd group recover` of group `cloud` (prefix `prefix`) into `data`.
+fn recover(g: &Garage, data: &Path, prefix: &str, passphrase: &str, more: &[&str]) -> Output {
+    let mut cmd = Command::new(ternd_bin());
+    cmd.args([
+        "group",
+        "recover",
+        "cloud",
+        "--s3",
+        &g.url(),
+        "--prefix",
+        prefix,
+    ])
+    .arg("--data")
+    .arg(data)
+    .args(more);
+    with_env(cmd, passphrase)
+}
+
+#[test]
+fn a_lost_data_directory_is_rebuilt_from_the_bucket_and_its_old_server_is_fenced_off() {
+    let Some(g) = Garage::start() else { return };
+    let mut old = server_with_cloud_group(&g, "dr");
+    ok(
+        "container create",
+        &old.tern(&["container", "create", "cloud/d"], None),
+    );
+    let files = tempfile::tempdir().unwrap();
+    let images = [
+        ("cloud/c", "one", 12 << 20),
+        ("cloud/c", "two", 3 << 20),
+        ("cloud/d", "three", 5 << 20),
+    ];
+    let mut originals = Vec::new();
+    for (i, (container, name, len)) in images.iter().enumerate() {
+        let f = data_file(files.path(), name, *len, 20 + i as u64);
+        let args = [
+            "backup",
+            "--container",
+            container,
+            "--name",
+            name,
+            f.to_str().unwrap(),
+        ];
+        ok("backup", &old.tern(&args, None));
+        originals.push(f);
+    }
+    // The catalog thread saves within a second or so of the commits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let group = cloud_group(&old);
+        if group["catalog_images"] == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "catalog not saved: {group}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The machine is lost: ternd killed, its data directory never seen again.
+    old.kill();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Its lease still stands; a wrong passphrase is told as such.
+    let held = recover(&g, dir.path(), "dr", PASSPHRASE, &[]);
+    assert!(!held.status.success());
+    let said = String::from_utf8_lossy(&held.stderr);
+    assert!(said.contains("--take-over"), "{said}");
+    let wrong = recover(
+        &g,
+        dir.path(),
+        "dr",
+        "not the passphrase at all",
+        &["--take-over"],
+    );
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("passphrase does not open"), "{said}");
+
+    let report = json(&ok(
+        "recover",
+        &recover(&g, dir.path(), "dr", PASSPHRASE, &["--take-over", "--json"]),
+    ));
+    assert_eq!(report["containers"], 2, "{report}");
+    assert_eq!(report["images"], 3, "{report}");
+    assert!(report["chunks"].as_u64().unwrap() > 0, "{report}");
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(audit.contains("group_recover"), "{audit}");
+    assert!(!audit.contains(SECRET) && !audit.contains(PASSPHRASE));
+
+    // The new machine serves every image, byte for byte, and takes more.
+    let new = TestServer::start_with(dir, &[]);
+    for ((container, name, _), original) in images.iter().zip(&originals) {
+        new.assert_restores_as(container, name, original);
+    }
+    let four = data_file(files.path(), "four", 4 << 20, 30);
+    let args = [
+        "backup",
+        "--container",
+        "cloud/c",
+        "--name",
+        "four",
+        four.to_str().unwrap(),
+    ];
+    ok("backup after the recovery", &new.tern(&args, None));
+    new.assert_restores_as("cloud/c", "four", &four);
+    let fsck = json(&ok(
+        "fsck",
+        &new.ternd(&["fsck", "--group", "cloud", "--json"]),
+    ));
+    assert_eq!(fsck["damage"].as_array().unwrap().len(), 0, "{fsck}");
+
+    // The old machine comes back: it finds the lease taken and writes no
+    // more to the bucket.
+    old.spawn();
+    let log = old.data().with_extension("log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("another server took over")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old server did not notice the take-over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let five = data_file(files.path(), "five", 2 << 20, 31);
+    let args = [
+        "backup",
+        "--container",
+        "cloud/c",
+        "--name",
+        "five",
+        five.to_str().unwrap(),
+    ];
+    let refused = old.tern(&args, None);
+    assert!(
+        !refused.status.success(),
+        "the old server still writes to the bucket"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("took over"), "{said}");
+    new.assert_restores_as("cloud/c", "four", &four);
 }

@@ -120,7 +120,8 @@ fn group_json(g: &GroupInfo) -> serde_json::Value {
         "cache_bytes": g.cache_bytes,
         "requests": {"put": g.puts, "get": g.gets, "delete": g.deletes, "head": g.heads,
             "errors": g.request_errors},
-        "bytes_up": g.bytes_up, "bytes_down": g.bytes_down})
+        "bytes_up": g.bytes_up, "bytes_down": g.bytes_down,
+        "catalog_saved": g.catalog_saved, "catalog_images": g.catalog_images})
 }
 
 fn print_groups(list: &[GroupInfo]) {
@@ -160,7 +161,22 @@ fn print_groups(list: &[GroupInfo]) {
             human_bytes(g.bytes_up),
             human_bytes(g.bytes_down)
         );
+        match g.catalog_saved {
+            0 => println!("{}: catalog not saved to the bucket yet", g.name),
+            t => println!(
+                "{}: catalog saved to the bucket {} s ago ({} images)",
+                g.name,
+                now_unix().saturating_sub(t),
+                g.catalog_images
+            ),
+        }
     }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `tern stats`: dedup (logical bytes per unique byte) and compression

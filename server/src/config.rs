@@ -84,6 +84,11 @@ replica_retention_secs = 604800
 # only this long after (at a later GC), so that a read in flight still finds
 # its object.
 cloud_grace_secs = 3600
+# Cloud groups: how often each one's catalog (containers, images, recipes,
+# its live objects) is saved to its bucket when it changed, so that
+# `ternd group recover` can rebuild the group on a new machine. A lost
+# machine loses at most the commits of this interval.
+cloud_catalog_secs = 10
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +114,7 @@ pub struct Config {
     pub incomplete_retention_secs: u64,
     pub replica_retention_secs: u64,
     pub cloud_grace_secs: u64,
+    pub cloud_catalog_secs: u64,
 }
 
 impl Default for Config {
@@ -134,6 +140,7 @@ impl Default for Config {
             incomplete_retention_secs: 24 * 3600,
             replica_retention_secs: 7 * 24 * 3600,
             cloud_grace_secs: crate::store::cloud::DEFAULT_GRACE.as_secs(),
+            cloud_catalog_secs: 10,
         }
     }
 }
@@ -181,6 +188,7 @@ mod tests {
         assert_eq!(cfg.allow_tls12, def.allow_tls12);
         assert_eq!(cfg.grace_period_secs, def.grace_period_secs);
         assert_eq!(cfg.cloud_grace_secs, def.cloud_grace_secs);
+        assert_eq!(cfg.cloud_catalog_secs, def.cloud_catalog_secs);
         assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
         assert_eq!(cfg.session_spill_bytes, def.session_spill_bytes);
         assert_eq!(cfg.session_spill_dir, def.session_spill_dir);

@@ -223,6 +223,9 @@ fn engine_and_services(
         replicas: Duration::from_secs(cfg.replica_retention_secs),
     };
     upkeep::start(store.clone(), retention).context("starting the upkeep thread")?;
+    let every = Duration::from_secs(cfg.cloud_catalog_secs.max(1));
+    upkeep::start_catalog_saver(store.clone(), every)
+        .context("starting the cloud catalog thread")?;
     Ok(Engine {
         store,
         replicator,

@@ -1,5 +1,7 @@
 //! The store's background upkeep while ternd serves: checkpoints of images
-//! whose writers paused or vanished, and the expiry of incomplete images.
+//! whose writers paused or vanished, the expiry of incomplete images, and
+//! (on a thread of its own, as it waits on buckets) the saving of cloud
+//! groups' catalogs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,20 @@ pub fn start(store: Arc<Store>, retention: Retention) -> std::io::Result<()> {
                     }
                 }
             }
+        })?;
+    Ok(())
+}
+
+/// Starts the thread that saves cloud groups' catalogs to their buckets
+/// every `every` (`cloud_catalog_secs`), first right away; it runs as long
+/// as the process.
+pub fn start_catalog_saver(store: Arc<Store>, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("tern-catalogs".into())
+        .spawn(move || loop {
+            // Each group's failure is logged where it happens.
+            let _ = store.save_cloud_catalogs();
+            std::thread::sleep(every);
         })?;
     Ok(())
 }

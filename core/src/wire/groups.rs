@@ -165,4 +165,11 @@ pub struct GroupInfo {
     /// Bytes read from it.
     #[serde(default)]
     pub bytes_down: u64,
+    /// When the group's catalog was last saved to its bucket (Unix
+    /// seconds; 0: not yet): what `ternd group recover` would rebuild.
+    #[serde(default)]
+    pub catalog_saved: u64,
+    /// The images that saved catalog lists.
+    #[serde(default)]
+    pub catalog_images: u64,
 }

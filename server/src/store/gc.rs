@@ -146,7 +146,7 @@ impl Store {
             }
         }
         report.bytes_after = self.packs.bytes(&self.packs.packs_of(group)?);
-        report.objects_deleted = self.packs.purge(group)?;
+        report.objects_deleted = self.purge_objects(group)?;
         report.bucket_requests = self.packs.bucket_requests() - requests_before;
         Ok(report)
     }

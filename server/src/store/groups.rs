@@ -205,6 +205,8 @@ impl Store {
                 request_errors: cloud.errors,
                 bytes_up: cloud.bytes_up,
                 bytes_down: cloud.bytes_down,
+                catalog_saved: cloud.catalog_saved,
+                catalog_images: cloud.catalog_images,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -8,6 +8,8 @@
 //! - `write`, `extent` (synthetic fulls), `read`, `containers`, `users`: the
 //!   operations, each an `impl Store`.
 //! - `gc` and `fsck`: the store's own tools.
+//! - `cloud_catalog`, `cloud_recover`: cloud groups' catalogs saved to
+//!   their buckets, and a group rebuilt from one.
 //!
 //! Durability rule: see `write.rs` and `docs/store-format.md`.
 //!
@@ -30,6 +32,8 @@
 pub mod catalog;
 mod checkpoint;
 pub mod cloud;
+mod cloud_catalog;
+mod cloud_recover;
 mod containers;
 mod error;
 mod extent;
@@ -65,6 +69,7 @@ use tern_core::names::GroupName;
 
 use catalog::Catalog;
 pub use checkpoint::CHECKPOINT_BYTES;
+pub use cloud_recover::{recover_cloud_group, RecoverFrom, RecoveredGroup};
 pub use containers::{container_home, default_group};
 pub use error::{Result, StoreError};
 pub use extent::ExtentStats;

@@ -110,6 +110,11 @@ pub trait PackStore: Send + Sync {
     fn cloud_usage(&self) -> Option<super::cloud::CloudUsage> {
         None
     }
+    /// The cloud group's own store, for what only a bucket has (its
+    /// catalog objects).
+    fn cloud(&self) -> Option<&super::cloud::CloudPackStore> {
+        None
+    }
 }
 
 /// Packs as files `{number:016x}.pack` in one directory.

@@ -214,6 +214,12 @@ impl PackSet {
         self.next_pack.store(last + 1, Ordering::SeqCst);
     }
 
+    /// Takes `n` pack numbers no pack has (for packs a recovered group
+    /// adopts); the first of them.
+    pub fn reserve_numbers(&self, n: u64) -> u64 {
+        self.next_pack.fetch_add(n, Ordering::SeqCst)
+    }
+
     /// Exclusive use of the packs being appended to.
     pub fn appender(&self) -> Appender<'_> {
         Appender {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tern_server::certs::{self, CertPaths};
 use tern_server::config::Config;
 
+mod group;
 mod notify;
 mod offline;
 mod seed;
@@ -77,6 +78,11 @@ enum Cmd {
         entries: u64,
         #[arg(long, default_value_t = 2)]
         live_every: u64,
+    },
+    /// Storage groups on a stopped server: recover a cloud group from its bucket.
+    Group {
+        #[command(subcommand)]
+        cmd: group::GroupCmd,
     },
     /// Seed a new replica from portable media: export, import, status, cleanup.
     Seed {
@@ -181,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
         } => offline::open_store(&data.data)?
             .synthetic_fill(entries, live_every)
             .context("filling the store"),
+        Cmd::Group { cmd } => group::group(cmd),
         Cmd::Seed { cmd } => seed::seed(cmd),
         Cmd::User { cmd } => user(cmd),
     }

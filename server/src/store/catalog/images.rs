@@ -165,6 +165,36 @@ impl Catalog {
         Ok(rec)
     }
 
+    /// Records an image rebuilt from a bucket's catalog (`ternd group
+    /// recover`) under a fresh image id, with its recipe, in one
+    /// transaction; its chunks are indexed already.
+    pub fn insert_recovered_image(
+        &self,
+        container_id: u64,
+        name: &ImageName,
+        record: &ImageRecord,
+        recipe: RecipeRows<'_>,
+    ) -> Result<u64> {
+        let tx = self.begin_write()?;
+        let id = {
+            let mut images = tx.open_table(IMAGES)?;
+            let key = (container_id, name.as_str());
+            if images.get(key)?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("image {name} exists")));
+            }
+            let id = super::next_counter(&tx, "next_image")?;
+            write_rows(&tx, id, recipe, &[])?;
+            let rec = ImageRecord {
+                id,
+                ..record.clone()
+            };
+            images.insert(key, encode(&rec)?.as_slice())?;
+            id
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
     // ---- recipes ---------------------------------------------------------------
 
     /// Recipe entries from the one holding `offset`, at most `max`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::store::hex;
@@ -100,6 +100,7 @@ pub struct Counters {
     pub get: AtomicU64,
     pub delete: AtomicU64,
     pub head: AtomicU64,
+    pub list: AtomicU64,
     pub errors: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -292,6 +293,20 @@ impl Bucket {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.fail("deleting object", name, e)),
         }
+    }
+
+    /// The names of the objects in `dir/` under the prefix: one LIST (paged
+    /// by the store), made only when a group is recovered.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>, BucketError> {
+        self.counters.list.fetch_add(1, Ordering::Relaxed);
+        let (s3, path) = (self.s3.clone(), self.path(dir));
+        let listed = run(async move { s3.list_with_delimiter(Some(&path)).await })?
+            .map_err(|e| self.fail("listing", dir, e))?;
+        Ok(listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .collect())
     }
 
     /// Writes, reads back and deletes a probe object: proves the endpoint,

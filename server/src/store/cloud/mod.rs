@@ -16,20 +16,27 @@
 //! - `reader`: ranged reads and the segment cache.
 //! - `uploads`: the upload thread and what a commit waits for.
 //! - `setup`: making a group (probe, key object, secrets).
+//! - `catalog_objects`, `saving`: the group's catalog in its bucket, for
+//!   disaster recovery (the engine's `cloud_catalog.rs` drives them).
 
 pub mod bucket;
+pub mod catalog_objects;
 pub mod journal;
 mod reader;
+mod saving;
 pub mod sealed;
 mod setup;
 mod uploads;
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bucket::Bucket;
+use catalog_objects::SavedState;
 use journal::Journal;
 use reader::{ObjectReader, SegmentCache};
 use sealed::DataKey;
@@ -37,7 +44,7 @@ use uploads::Uploads;
 
 use super::hex;
 use super::pack_store::{DirPackStore, PackObject, PackStore};
-pub use setup::{create as create_group, CloudSecrets, GroupPassphrase};
+pub use setup::{adopt, create as create_group, open_key, CloudSecrets, GroupPassphrase};
 
 /// How long a doomed object stays in the bucket after GC dropped its pack,
 /// unless ternd.toml's `cloud_grace_secs` says otherwise.
@@ -51,6 +58,10 @@ pub struct CloudUsage {
     pub objects: u64,
     pub object_bytes: u64,
     pub doomed: u64,
+    /// When the group's catalog was last saved to the bucket (0: never),
+    /// and the images it listed.
+    pub catalog_saved: u64,
+    pub catalog_images: u64,
     pub staged_bytes: u64,
     pub cache_bytes: u64,
     pub puts: u64,
@@ -74,6 +85,20 @@ struct Inner {
     staging: DirPackStore,
     journal: Mutex<Journal>,
     cache: Arc<SegmentCache>,
+    /// The group's directory (staging, journal, secrets, catalog-saved).
+    dir: PathBuf,
+    /// What was saved of the group's catalog (`saving.rs`).
+    saved: Mutex<SavedState>,
+    /// The objects that were doomed already when the last manifest's
+    /// snapshot was taken: it does not list them, so a recovery never looks
+    /// for them, and only they may be purged.
+    purgeable: Mutex<HashSet<[u8; 16]>>,
+    /// Why this server no longer writes to the bucket, once another server
+    /// took the prefix's lease.
+    taken_over: Mutex<Option<String>>,
+    lease_checked: AtomicBool,
+    /// Held by whoever saves the catalog (the catalog thread, GC): one at a time.
+    saving: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,12 +128,19 @@ impl CloudPackStore {
         } else {
             Journal::open(&dir.join("objects"))?
         };
+        let saved = saving::load_state(dir, read_only)?;
         let inner = Arc::new(Inner {
             bucket: Arc::new(bucket),
             key: secrets.data_key()?,
             staging,
             journal: Mutex::new(journal),
             cache: Arc::new(SegmentCache::new(CACHE_BYTES)),
+            dir: dir.to_path_buf(),
+            purgeable: Mutex::new(HashSet::new()),
+            saved: Mutex::new(saved),
+            taken_over: Mutex::new(None),
+            lease_checked: AtomicBool::new(false),
+            saving: Mutex::new(()),
         });
         let worker = inner.clone();
         let uploads = Uploads::start(name, move |n| worker.upload(n))?;
@@ -132,6 +164,9 @@ impl Inner {
     /// is then unreferenced); after it, a staged file already recorded is
     /// simply deleted.
     fn upload(&self, number: u64) -> io::Result<()> {
+        if let Some(why) = lock(&self.taken_over).clone() {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
         let path = self.staging.path(number);
         if self.sealed(number) {
             return match std::fs::remove_file(&path) {
@@ -148,13 +183,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes the objects doomed longer ago than the grace period.
+    /// Deletes the objects doomed longer ago than the grace period that the
+    /// last saved manifest does not list.
     fn purge_older_than(&self, grace: Duration) -> io::Result<u64> {
         let cutoff = now_unix().saturating_sub(grace.as_secs());
+        let purgeable = lock(&self.purgeable).clone();
+        self.purge_doomed(|d| d.since <= cutoff && purgeable.contains(&d.name))
+    }
+
+    /// Deletes the doomed objects `due` picks.
+    fn purge_doomed(&self, due: impl Fn(&journal::Doomed) -> bool) -> io::Result<u64> {
         let due: Vec<_> = lock(&self.journal)
             .doomed()
             .iter()
-            .filter(|d| d.since <= cutoff)
+            .filter(|d| due(d))
             .copied()
             .collect();
         for d in &due {
@@ -175,10 +217,13 @@ impl Inner {
             }
             .object_len()
         };
+        let saved = lock(&self.saved);
         CloudUsage {
             objects: (j.live().len() + j.doomed().len()) as u64,
             object_bytes: j.live().values().map(|e| object_len(e.plain_len)).sum(),
             doomed: j.doomed().len() as u64,
+            catalog_saved: if saved.seq > 0 { saved.saved_at } else { 0 },
+            catalog_images: saved.images,
             staged_bytes: self
                 .staging
                 .list()
@@ -295,12 +340,14 @@ impl PackStore for CloudPackStore {
         self.uploads.wait_queued()
     }
 
-    /// Deletes every object of the group now, the key object last.
+    /// Deletes every object of the group now (its catalog objects and
+    /// lease too), the key object last.
     fn clear(&self) -> io::Result<()> {
         for number in self.list()? {
             self.delete(number)?;
         }
-        self.inner.purge_older_than(Duration::ZERO)?;
+        self.inner.purge_doomed(|_| true)?;
+        self.clear_catalog()?;
         self.inner.bucket.delete(setup::KEY_OBJECT)?;
         Ok(())
     }
@@ -311,6 +358,10 @@ impl PackStore for CloudPackStore {
 
     fn cloud_usage(&self) -> Option<CloudUsage> {
         Some(self.inner.usage())
+    }
+
+    fn cloud(&self) -> Option<&CloudPackStore> {
+        Some(self)
     }
 }
 

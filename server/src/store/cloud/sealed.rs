@@ -184,6 +184,24 @@ pub fn open_segment(
     Ok(sealed)
 }
 
+/// Opens a whole object `name` from its sealed bytes: every segment, and
+/// nothing after the last.
+pub fn open_object(key: &DataKey, name: &[u8; 16], object: &[u8]) -> Result<Vec<u8>, SealError> {
+    let h = ObjectHeader::decode(object)?;
+    if object.len() as u64 != h.object_len() {
+        return Err(SealError::Segment(h.segments()));
+    }
+    let mut out = Vec::with_capacity(h.plain_len as usize);
+    for i in 0..h.segments() {
+        let (start, len) = h.sealed_range(i);
+        let part = object
+            .get(start as usize..(start + len) as usize)
+            .ok_or(SealError::Segment(i))?;
+        out.extend(open_segment(key, name, &h, i, part.to_vec())?);
+    }
+    Ok(out)
+}
+
 /// argon2id's cost for the passphrase: 64 MiB, 3 passes (OWASP's choice,
 /// about 0.2 s here). Fixed, so the key object need not carry it.
 fn passphrase_key(passphrase: &str, salt: &[u8; 16]) -> Result<LessSafeKey, SealError> {
@@ -247,19 +265,6 @@ pub fn unwrap_key(object: &[u8], passphrase: &str) -> Result<DataKey, SealError>
 mod tests {
     use super::*;
 
-    fn open_all(key: &DataKey, name: &[u8; 16], object: &[u8]) -> Result<Vec<u8>, SealError> {
-        let h = ObjectHeader::decode(object)?;
-        let mut out = Vec::new();
-        for i in 0..h.segments() {
-            let (start, len) = h.sealed_range(i);
-            let part = object
-                .get(start as usize..(start + len) as usize)
-                .ok_or(SealError::Segment(i))?;
-            out.extend(open_segment(key, name, &h, i, part.to_vec())?);
-        }
-        Ok(out)
-    }
-
     #[test]
     fn a_sealed_object_opens_to_its_plaintext_and_shows_none_of_it() {
         let key = DataKey([7; 32]);
@@ -271,7 +276,7 @@ mod tests {
                 object.len() as u64,
                 ObjectHeader::decode(&object).unwrap().object_len()
             );
-            assert_eq!(open_all(&key, &name, &object).unwrap(), plain);
+            assert_eq!(open_object(&key, &name, &object).unwrap(), plain);
             if len >= 64 {
                 assert!(!object.windows(32).any(|w| w == &plain[..32]));
             }
@@ -287,18 +292,18 @@ mod tests {
         let mut flipped = object.clone();
         flipped[HEADER_LEN as usize + 5] ^= 1;
         assert!(matches!(
-            open_all(&key, &name, &flipped),
+            open_object(&key, &name, &flipped),
             Err(SealError::Segment(0))
         ));
         let h = ObjectHeader::decode(&object).unwrap();
         let (s1, l1) = h.sealed_range(1);
         let second = object[s1 as usize..(s1 + l1) as usize].to_vec();
         assert!(open_segment(&key, &name, &h, 0, second).is_err());
-        assert!(open_all(&key, &[2; 16], &object).is_err());
-        assert!(open_all(&DataKey([8; 32]), &name, &object).is_err());
+        assert!(open_object(&key, &[2; 16], &object).is_err());
+        assert!(open_object(&DataKey([8; 32]), &name, &object).is_err());
         let mut short = object.clone();
         short[16] = 1; // claims fewer bytes than are there
-        assert!(open_all(&key, &name, &short).is_err());
+        assert!(open_object(&key, &name, &short).is_err());
     }
 
     #[test]

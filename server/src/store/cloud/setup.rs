@@ -85,6 +85,47 @@ impl CloudSecrets {
     }
 }
 
+/// Opens the key object of `bucket` with `passphrase`, saying which of
+/// "no group there" and "wrong passphrase" it is.
+pub fn open_key(bucket: &Bucket, passphrase: &GroupPassphrase) -> Result<DataKey, StoreError> {
+    let at = bucket.spec().location();
+    let object = match bucket.get(KEY_OBJECT) {
+        Err(super::bucket::BucketError::NotFound { .. }) => {
+            return Err(StoreError::NotFound(format!(
+                "{at} holds no tern storage group (no {KEY_OBJECT} object)"
+            )))
+        }
+        other => other?,
+    };
+    sealed::unwrap_key(&object, &passphrase.0).map_err(|e| match e {
+        SealError::WrongPassphrase => StoreError::Invalid(format!(
+            "the passphrase does not open the key of the storage group at {at}"
+        )),
+        e => StoreError::Corrupt(format!("{at}/{KEY_OBJECT}: {e}")),
+    })
+}
+
+/// Makes the local files of a group rebuilt from its bucket in `dir`: the
+/// secrets and a journal naming its live objects as packs `(number, name,
+/// plaintext length)`.
+pub fn adopt(
+    dir: &Path,
+    credentials: Credentials,
+    key: &DataKey,
+    packs: &[(u64, [u8; 16], u64)],
+) -> io::Result<()> {
+    CloudSecrets {
+        credentials,
+        data_key: hex(&key.0),
+    }
+    .save(dir)?;
+    let mut journal = super::journal::Journal::open(&dir.join("objects"))?;
+    for (number, name, plain_len) in packs {
+        journal.uploaded(*number, *name, *plain_len)?;
+    }
+    Ok(())
+}
+
 /// Probes `spec`'s bucket with `credentials`, writes a new data key there
 /// wrapped by `passphrase`, and keeps the secrets in `dir`. A prefix that
 /// already holds a group's key is refused (and says whether the
