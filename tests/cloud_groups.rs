@@ -2,8 +2,8 @@
 //! the tern CLI: backup, restore, resume, GC and fsck in a bucket; what the
 //! bucket, the audit log and the data directory hold of the secrets; the
 //! object store stopped in the middle of a backup; one node of three killed;
-//! a copy from one cloud group into another server's; a lost data
-//! directory rebuilt from the bucket alone.
+//! a copy from one cloud group into another server's; a seed loaded into a
+//! cloud group; a lost data directory rebuilt from the bucket alone.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use tern_agent::{ContainerSettings, CopyState, CopyTarget};
+use tern_agent::{ContainerSettings, CopyInfo, CopyState, CopyTarget};
 use tern_test_support::garage::{Garage, SECRET};
 use tern_test_support::*;
 
@@ -234,11 +234,23 @@ fn a_backup_completes_while_one_of_three_garage_nodes_is_killed() {
     assert!(fsck["bucket_requests"].as_u64().unwrap() > packs, "{fsck}");
 }
 
-#[test]
-fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
-    let Some(g) = Garage::start() else { return };
-    let source = server_with_cloud_group(&g, "site-a");
-    let target = server_with_cloud_group(&g, "site-b");
+/// Waits for copy `id` to end and asserts that it is done.
+fn copy_done(client: &tern_agent::Client, id: tern_agent::CopyId) -> CopyInfo {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = client.copy_status(id).unwrap();
+        if info.state.is_final() {
+            assert_eq!(info.state, CopyState::Done, "{info:?}");
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The target's side of a pair: user `partner` may replicate into group
+/// `cloud`, and `cloud/dr` takes replicas.
+fn replica_target(target: &TestServer) {
     let t = target.client();
     t.user_add("partner", PARTNER_PASSWORD, false).unwrap();
     t.user_set_replicate_into("partner", &["cloud"]).unwrap();
@@ -248,11 +260,31 @@ fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
         ..Default::default()
     };
     t.container_create("cloud/dr", replica).unwrap();
-    let s = source.client();
+}
+
+/// Makes `target` partner "b" of `source`.
+fn pair(source: &TestServer, target: &TestServer) {
     let fingerprint = target.fingerprint().to_string();
-    let address = target.address();
-    s.partner_add("b", &[&address], &fingerprint, "partner", PARTNER_PASSWORD)
+    source
+        .client()
+        .partner_add(
+            "b",
+            &[&target.address()],
+            &fingerprint,
+            "partner",
+            PARTNER_PASSWORD,
+        )
         .unwrap();
+}
+
+#[test]
+fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
+    let Some(g) = Garage::start() else { return };
+    let source = server_with_cloud_group(&g, "site-a");
+    let target = server_with_cloud_group(&g, "site-b");
+    replica_target(&target);
+    pair(&source, &target);
+    let s = source.client();
 
     let data = test_data(20 << 20, 11);
     let mut w = s.create_image("cloud/c", "img", b"props").unwrap();
@@ -263,17 +295,7 @@ fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
         container: "cloud/dr",
         name: None,
     };
-    let id = s.copy_start("cloud/c", "img", &to).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let info = loop {
-        let info = s.copy_status(id).unwrap();
-        if info.state.is_final() {
-            break info;
-        }
-        assert!(std::time::Instant::now() < deadline, "{info:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(info.state, CopyState::Done, "{info:?}");
+    let info = copy_done(&s, s.copy_start("cloud/c", "img", &to).unwrap());
 
     // The replica's packs are in the target's bucket, none left staged, and
     // it reads back from there after a restart (an empty read cache).
@@ -293,6 +315,81 @@ fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
         .unwrap();
     assert!(back == data, "the replica differs");
     ok("fsck", &target.ternd(&["fsck", "--group", "cloud"]));
+}
+
+#[test]
+fn a_seed_loads_into_a_cloud_group_and_the_copy_after_it_sends_only_the_recipe() {
+    let Some(g) = Garage::start() else { return };
+    let source = TestServer::start();
+    let s = source.client();
+    s.container_create("c", Default::default()).unwrap();
+    let data = test_data(24 << 20, 23);
+    let mut w = s.create_image("c", "v1", b"").unwrap();
+    w.write_all(&data).unwrap();
+    w.commit().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    let dev = media.path().join("dev");
+    let dev = dev.to_str().unwrap();
+    let export = [
+        "seed",
+        "export",
+        "--containers",
+        "c",
+        "--to",
+        dev,
+        "--volume-size",
+        "8MiB",
+        "--no-encrypt",
+        "--json",
+    ];
+    let report = json(&ok("seed export", &source.ternd(&export)));
+
+    let target = server_with_cloud_group(&g, "seeded");
+    replica_target(&target);
+    let import = [
+        "seed",
+        "import",
+        "--unencrypted",
+        "--from",
+        dev,
+        "--group",
+        "cloud",
+        "--json",
+    ];
+    let imported = json(&ok("seed import", &target.ternd(&import)));
+    assert_eq!(imported["chunks_loaded"], report["chunks"], "{imported}");
+    // Loaded means in the bucket: nothing left staged.
+    let group = cloud_group(&target);
+    assert_eq!(group["staged_bytes"], 0, "{group}");
+    assert!(group["objects"].as_u64().unwrap() >= 1, "{group}");
+    // GC in the bucket keeps the pinned chunks no image refers to yet.
+    ok("gc", &target.ternd(&["gc", "--group", "cloud"]));
+
+    pair(&source, &target);
+    let to = CopyTarget {
+        partner: "b",
+        container: "cloud/dr",
+        name: None,
+    };
+    let info = copy_done(&s, s.copy_start("c", "v1", &to).unwrap());
+    assert_eq!((info.sent_chunks, info.sent_bytes), (0, 0), "{info:?}");
+    // The replica reads back from the bucket after a restart.
+    let mut target = target;
+    target.kill();
+    target.spawn();
+    let mut back = Vec::new();
+    target
+        .client()
+        .open_image("cloud/dr", info.to_name.as_str())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data, "the replica differs");
+    let fsck = json(&ok(
+        "fsck",
+        &target.ternd(&["fsck", "--group", "cloud", "--json"]),
+    ));
+    assert_eq!(fsck["damage"].as_array().unwrap().len(), 0, "{fsck}");
 }
 
 /// `ternd group recover` of group `cloud` (prefix `prefix`) into `data`.
