@@ -284,13 +284,20 @@ impl PackStore for CloudPackStore {
 
     fn open(&self, number: u64) -> io::Result<Arc<dyn PackObject>> {
         let this = &self.inner;
-        let entry = lock(&this.journal).get(number);
+        // The group's next object: packs are written in the order backups
+        // write, so a restore that reads to the end of one goes on there.
+        let (entry, successor) = {
+            let journal = lock(&this.journal);
+            let next = journal.live().range(number + 1..).next();
+            (journal.get(number), next.map(|(_, e)| *e))
+        };
         match entry {
             Some(e) => Ok(Arc::new(ObjectReader::new(
                 this.bucket.clone(),
                 this.key.clone(),
                 this.cache.clone(),
                 e,
+                successor,
             ))),
             None => this.staging.open(number),
         }

@@ -1,13 +1,18 @@
 //! Reading packs out of the bucket: a read fetches the sealed segments it
 //! covers in one ranged GET, opens them and keeps them in a bounded cache.
 //! A read that continues where the last one on the same object ended also
-//! fetches the segments after it ([`READ_AHEAD`]), so a restore, which reads
-//! a pack front to back, makes one request per few MiB.
+//! fetches the segments after it ([`READ_AHEAD`]) and keeps up to
+//! [`AHEAD_WINDOWS`] such requests' worth ahead of the reader in flight on
+//! threads of their own, into the group's next object when the reader nears
+//! the end of this one, so a restore, which reads packs front to back in the
+//! order they were written, makes one request per few MiB and rarely waits
+//! for one. A segment being fetched is fetched once: other readers of it
+//! wait for that request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::bucket::Bucket;
 use super::journal::ObjectEntry;
@@ -17,13 +22,23 @@ use crate::store::pack_store::PackObject;
 
 /// Segments fetched in one request when a pack is read in order.
 const READ_AHEAD: u64 = 4;
+/// Requests' worth of segments kept fetched or in flight ahead of a reader
+/// that reads in order: one to read from while the next arrives.
+const AHEAD_WINDOWS: u64 = 2;
+/// Background fetches in flight at most, over every reader of a cache: a
+/// restore of many streams must not open a request per stream and segment.
+const MAX_PREFETCHES: usize = 4;
 
 type SegmentKey = ([u8; 16], u64);
 
-/// Opened segments, first in first out, up to a byte bound.
+/// Opened segments, first in first out, up to a byte bound; and the
+/// segments requests are fetching now.
 pub struct SegmentCache {
     limit: usize,
     inner: Mutex<CacheInner>,
+    /// Signalled when a fetch ends (its segments cached, or it failed).
+    fetched: Condvar,
+    prefetches: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -31,6 +46,52 @@ struct CacheInner {
     map: HashMap<SegmentKey, Arc<Vec<u8>>>,
     order: VecDeque<SegmentKey>,
     bytes: usize,
+    fetching: HashSet<SegmentKey>,
+}
+
+impl CacheInner {
+    fn put(&mut self, limit: usize, key: SegmentKey, seg: Arc<Vec<u8>>) {
+        if self.map.contains_key(&key) {
+            return;
+        }
+        self.bytes += seg.len();
+        self.map.insert(key, seg);
+        self.order.push_back(key);
+        while self.bytes > limit {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.map.remove(&old) {
+                self.bytes -= s.len();
+            }
+        }
+    }
+
+    fn known(&self, key: &SegmentKey) -> bool {
+        self.map.contains_key(key) || self.fetching.contains(key)
+    }
+
+    /// Marks `first..=last` as being fetched, up to the first of them that
+    /// is cached or being fetched already; returns the last one marked.
+    fn claim(&mut self, name: [u8; 16], first: u64, last: u64) -> u64 {
+        let mut end = first;
+        self.fetching.insert((name, first));
+        for j in first + 1..=last {
+            if self.known(&(name, j)) {
+                break;
+            }
+            self.fetching.insert((name, j));
+            end = j;
+        }
+        end
+    }
+}
+
+/// What a reader finds for a segment it needs.
+enum Found {
+    Cached(Arc<Vec<u8>>),
+    /// Not cached and nobody fetching it: the reader fetches `first..=last`.
+    Claimed(u64),
 }
 
 impl SegmentCache {
@@ -38,29 +99,38 @@ impl SegmentCache {
         Self {
             limit,
             inner: Mutex::new(CacheInner::default()),
+            fetched: Condvar::new(),
+            prefetches: AtomicUsize::new(0),
         }
     }
 
-    fn get(&self, key: &SegmentKey) -> Option<Arc<Vec<u8>>> {
-        lock(&self.inner).map.get(key).cloned()
-    }
-
-    fn put(&self, key: SegmentKey, seg: Arc<Vec<u8>>) {
+    /// Segment `first` of object `name` if cached, after waiting for a fetch
+    /// of it in flight; else claims it and up to `last` for the caller.
+    fn find_or_claim(&self, name: [u8; 16], first: u64, last: u64) -> Found {
         let mut c = lock(&self.inner);
-        if c.map.contains_key(&key) {
-            return;
-        }
-        c.bytes += seg.len();
-        c.map.insert(key, seg);
-        c.order.push_back(key);
-        while c.bytes > self.limit {
-            let Some(old) = c.order.pop_front() else {
-                break;
-            };
-            if let Some(s) = c.map.remove(&old) {
-                c.bytes -= s.len();
+        loop {
+            if let Some(s) = c.map.get(&(name, first)) {
+                return Found::Cached(s.clone());
             }
+            if !c.fetching.contains(&(name, first)) {
+                return Found::Claimed(c.claim(name, first, last));
+            }
+            c = self.fetched.wait(c).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Ends a fetch of `first..=last`: caches what it opened (all of them,
+    /// or nothing if it failed) and wakes the readers waiting for them.
+    fn fetch_ended(&self, name: [u8; 16], first: u64, last: u64, segs: Option<&[Arc<Vec<u8>>]>) {
+        let mut c = lock(&self.inner);
+        for j in first..=last {
+            c.fetching.remove(&(name, j));
+        }
+        for (j, seg) in (first..).zip(segs.unwrap_or_default()) {
+            c.put(self.limit, (name, j), seg.clone());
+        }
+        drop(c);
+        self.fetched.notify_all();
     }
 
     pub fn bytes(&self) -> usize {
@@ -68,37 +138,18 @@ impl SegmentCache {
     }
 }
 
-/// One pack object, read by range.
-pub struct ObjectReader {
+/// Where one pack object's segments come from: what a fetch needs, owned,
+/// so that a background thread can fetch ahead of the reader.
+#[derive(Clone)]
+struct ObjectSource {
     bucket: Arc<Bucket>,
     key: DataKey,
     cache: Arc<SegmentCache>,
     name: [u8; 16],
     header: ObjectHeader,
-    /// The segment after the last one read (for read-ahead).
-    next: AtomicU64,
 }
 
-impl ObjectReader {
-    pub fn new(
-        bucket: Arc<Bucket>,
-        key: DataKey,
-        cache: Arc<SegmentCache>,
-        entry: ObjectEntry,
-    ) -> Self {
-        Self {
-            bucket,
-            key,
-            cache,
-            name: entry.name,
-            header: ObjectHeader {
-                segment: SEGMENT,
-                plain_len: entry.plain_len,
-            },
-            next: AtomicU64::new(u64::MAX),
-        }
-    }
-
+impl ObjectSource {
     fn damaged(&self, why: impl std::fmt::Display) -> io::Error {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -110,8 +161,19 @@ impl ObjectReader {
         )
     }
 
-    /// Fetches and opens segments `first..=last`, caching them.
-    fn fetch(&self, first: u64, last: u64) -> io::Result<Vec<Arc<Vec<u8>>>> {
+    /// Fetches and opens segments `first..=last`, which the caller claimed,
+    /// and caches them; a failed fetch caches nothing.
+    fn fetch(&self, first: u64, last: u64) -> io::Result<Arc<Vec<u8>>> {
+        let segs = self.get_and_open(first, last);
+        self.cache
+            .fetch_ended(self.name, first, last, segs.as_deref().ok());
+        segs?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.damaged("no segment"))
+    }
+
+    fn get_and_open(&self, first: u64, last: u64) -> io::Result<Vec<Arc<Vec<u8>>>> {
         let (start, _) = self.header.sealed_range(first);
         let (last_start, last_len) = self.header.sealed_range(last);
         let len = last_start + last_len - start;
@@ -135,36 +197,111 @@ impl ObjectReader {
             )
             .map_err(|e| self.damaged(e))?;
             at += n;
-            let seg = Arc::new(plain);
-            self.cache.put((self.name, i), seg.clone());
-            out.push(seg);
+            out.push(Arc::new(plain));
         }
         Ok(out)
     }
 
-    /// Segment `i`, from the cache or the bucket (with read-ahead when the
-    /// reads go in order).
-    fn segment(&self, i: u64) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(s) = self.cache.get(&(self.name, i)) {
-            return Ok(s);
+    /// Segment `i`, from the cache, a fetch in flight, or a fetch of
+    /// `i..=last` (fewer if some of them are cached or being fetched).
+    fn segment(&self, i: u64, last: u64) -> io::Result<Arc<Vec<u8>>> {
+        match self.cache.find_or_claim(self.name, i, last) {
+            Found::Cached(s) => Ok(s),
+            Found::Claimed(last) => self.fetch(i, last),
         }
-        let sequential = self.next.load(Ordering::Relaxed) == i;
-        let mut last = i;
-        if sequential || i == 0 {
-            let end = self.header.segments().saturating_sub(1);
-            last = (i + READ_AHEAD - 1).min(end);
-            // Stop before what is already cached.
-            for j in i + 1..=last {
-                if self.cache.get(&(self.name, j)).is_some() {
-                    last = j - 1;
-                    break;
-                }
+    }
+
+    /// Starts a background fetch of the first segments in `from..=horizon`
+    /// that are neither cached nor being fetched, if there are any and fewer
+    /// than [`MAX_PREFETCHES`] run. Its failure is only logged: a reader that
+    /// needs the segment fetches it again and reports what goes wrong.
+    fn prefetch(&self, from: u64, horizon: u64) {
+        let end = self.header.segments().saturating_sub(1);
+        let (first, last) = {
+            let mut c = lock(&self.cache.inner);
+            let Some(first) = (from..=horizon.min(end)).find(|j| !c.known(&(self.name, *j))) else {
+                return;
+            };
+            let prefetches = &self.cache.prefetches;
+            if prefetches.fetch_add(1, Ordering::AcqRel) >= MAX_PREFETCHES {
+                prefetches.fetch_sub(1, Ordering::AcqRel);
+                return;
             }
+            let last = c.claim(self.name, first, (first + READ_AHEAD - 1).min(end));
+            (first, last)
+        };
+        let source = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tern-prefetch".into())
+            .spawn(move || {
+                if let Err(e) = source.fetch(first, last) {
+                    tracing::debug!("read-ahead of object {}: {e}", hex(&source.name));
+                }
+                source.cache.prefetches.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.cache.fetch_ended(self.name, first, last, None);
+            self.cache.prefetches.fetch_sub(1, Ordering::AcqRel);
         }
-        let segs = self.fetch(i, last)?;
-        segs.into_iter()
-            .next()
-            .ok_or_else(|| self.damaged("no segment"))
+    }
+}
+
+/// One pack object, read by range.
+pub struct ObjectReader {
+    source: ObjectSource,
+    /// The group's next object, read ahead into when a reader nears the end.
+    successor: Option<ObjectSource>,
+    /// The segment after the last one read (for read-ahead).
+    next: AtomicU64,
+}
+
+impl ObjectReader {
+    pub fn new(
+        bucket: Arc<Bucket>,
+        key: DataKey,
+        cache: Arc<SegmentCache>,
+        entry: ObjectEntry,
+        successor: Option<ObjectEntry>,
+    ) -> Self {
+        let source = |entry: ObjectEntry| ObjectSource {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            cache: cache.clone(),
+            name: entry.name,
+            header: ObjectHeader {
+                segment: SEGMENT,
+                plain_len: entry.plain_len,
+            },
+        };
+        Self {
+            source: source(entry),
+            successor: successor.map(source),
+            next: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Segment `i`: with the segments after it when it is the first or
+    /// continues in order, and reading ahead in the background only once
+    /// the reads have gone on in order (a pack's table is read at its start
+    /// and then its end: that reads no further).
+    fn segment(&self, i: u64) -> io::Result<Arc<Vec<u8>>> {
+        let next = self.next.load(Ordering::Relaxed);
+        // In the segment the last read ended in, or the one after it.
+        let continued = next != u64::MAX && (next == i || next == i + 1);
+        if !continued && i != 0 {
+            return self.source.segment(i, i);
+        }
+        let end = self.source.header.segments().saturating_sub(1);
+        let seg = self.source.segment(i, (i + READ_AHEAD - 1).min(end))?;
+        if !continued {
+            return Ok(seg);
+        }
+        let horizon = i + AHEAD_WINDOWS * READ_AHEAD;
+        self.source.prefetch(i + 1, horizon);
+        if let Some(next) = self.successor.as_ref().filter(|_| horizon > end) {
+            next.prefetch(0, horizon - end - 1);
+        }
+        Ok(seg)
     }
 }
 
@@ -172,14 +309,14 @@ impl PackObject for ObjectReader {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|e| *e <= self.header.plain_len)
+            .filter(|e| *e <= self.source.header.plain_len)
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
                         "read past the end of object {} ({} bytes)",
-                        hex(&self.name),
-                        self.header.plain_len
+                        hex(&self.source.name),
+                        self.source.header.plain_len
                     ),
                 )
             })?;
@@ -203,7 +340,7 @@ impl PackObject for ObjectReader {
     }
 
     fn size(&self) -> io::Result<u64> {
-        Ok(self.header.plain_len)
+        Ok(self.source.header.plain_len)
     }
 
     fn set_len(&self, _len: u64) -> io::Result<()> {
@@ -216,5 +353,162 @@ impl PackObject for ObjectReader {
 
     fn sync_all(&self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tern_test_support::garage::{Garage, KEY_ID, SECRET};
+
+    use super::*;
+    use crate::store::cloud::bucket::{BucketSpec, Credentials};
+    use crate::store::cloud::sealed::{seal_object, TAG_LEN};
+
+    const SEGMENTS: usize = 24;
+
+    /// A sealed object of [`SEGMENTS`] full segments in `g`'s bucket, and a
+    /// second one of the same bytes (its successor): their entries, the
+    /// bucket, the key and the plaintext.
+    fn object(g: &Garage) -> (ObjectEntry, ObjectEntry, Arc<Bucket>, DataKey, Vec<u8>) {
+        let spec = BucketSpec::parse(&g.url(), "", "reader").unwrap();
+        let creds = Credentials {
+            access_key_id: KEY_ID.into(),
+            secret_access_key: SECRET.into(),
+        };
+        let bucket = Arc::new(Bucket::new(spec, &creds).unwrap());
+        let key = DataKey([7; 32]);
+        let name = [9u8; 16];
+        let plain: Vec<u8> = (0..SEGMENTS * SEGMENT as usize)
+            .map(|i| (i / 4093) as u8 ^ i as u8)
+            .collect();
+        let entries = [name, [10u8; 16]].map(|name| {
+            bucket
+                .put(&hex(&name), seal_object(&key, &name, &plain))
+                .unwrap();
+            ObjectEntry {
+                name,
+                plain_len: plain.len() as u64,
+            }
+        });
+        (entries[0], entries[1], bucket, key, plain)
+    }
+
+    /// Reads the whole object front to back, 64 KiB at a time, and checks it.
+    fn read_in_order(reader: &ObjectReader, plain: &[u8]) {
+        let mut buf = vec![0u8; 64 << 10];
+        for at in (0..plain.len()).step_by(buf.len()) {
+            reader.read_exact_at(&mut buf, at as u64).unwrap();
+            assert!(buf[..] == plain[at..at + buf.len()], "bytes at {at} differ");
+        }
+    }
+
+    #[test]
+    fn an_object_read_in_order_is_fetched_once_in_few_requests_and_its_successor_read_ahead() {
+        let Some(g) = Garage::start() else { return };
+        let (entry, successor, bucket, key, plain) = object(&g);
+        let sealed_len = ObjectHeader {
+            segment: SEGMENT,
+            plain_len: entry.plain_len,
+        }
+        .object_len();
+        let counted = |bucket: &Bucket| {
+            (
+                bucket.counters.get.load(Ordering::Relaxed),
+                bucket.counters.bytes_down.load(Ordering::Relaxed),
+            )
+        };
+
+        // One reader: a request per READ_AHEAD segments (a few more where a
+        // read-ahead and the reader met), and no segment twice.
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        let reader = ObjectReader::new(
+            bucket.clone(),
+            key.clone(),
+            cache.clone(),
+            entry,
+            Some(successor),
+        );
+        let before = counted(&bucket);
+        read_in_order(&reader, &plain);
+        let (gets, down) = counted(&bucket);
+        let (gets, down) = (gets - before.0, down - before.1);
+        // Besides the object, at most the first segments of its successor.
+        let ahead = AHEAD_WINDOWS * READ_AHEAD * (SEGMENT as u64 + TAG_LEN);
+        assert!(
+            down <= sealed_len + ahead,
+            "{down} bytes fetched of a {sealed_len}-byte object"
+        );
+        let fewest = SEGMENTS as u64 / READ_AHEAD;
+        assert!(
+            (fewest..=2 * fewest + AHEAD_WINDOWS).contains(&gets),
+            "{gets} requests for {SEGMENTS} segments"
+        );
+        // A restore that goes on into the successor finds its start fetched.
+        // (Its own read-aheads go on meanwhile: waited for below.)
+        wait_for_read_aheads(&cache);
+        let next = ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), successor, None);
+        let before = counted(&bucket);
+        let mut buf = vec![0u8; 64 << 10];
+        next.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf[..] == plain[..buf.len()]);
+        assert_eq!(
+            counted(&bucket).0,
+            before.0,
+            "the successor's start was not read ahead"
+        );
+        // (That read reads ahead in the successor in turn.)
+        wait_for_read_aheads(&cache);
+
+        // Four readers of it at once, each with a reader of its own over one
+        // cache: each segment still crosses once.
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        let before = counted(&bucket);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let reader =
+                    ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), entry, None);
+                let plain = &plain;
+                s.spawn(move || read_in_order(&reader, plain));
+            }
+        });
+        let down = counted(&bucket).1 - before.1;
+        assert!(
+            down <= sealed_len,
+            "four readers fetched {down} bytes of a {sealed_len}-byte object"
+        );
+        wait_for_read_aheads(&cache);
+        assert!(lock(&cache.inner).fetching.is_empty());
+    }
+
+    #[test]
+    fn reading_a_packs_header_and_then_its_end_reads_no_further() {
+        let Some(g) = Garage::start() else { return };
+        let (entry, successor, bucket, key, _) = object(&g);
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, Some(successor));
+        let mut head = [0u8; 16];
+        reader.read_exact_at(&mut head, 0).unwrap();
+        reader
+            .read_exact_at(&mut head, entry.plain_len - 16)
+            .unwrap();
+        wait_for_read_aheads(&cache);
+        // The first segments (as for a restore starting there) and the last.
+        let got = bucket.counters.bytes_down.load(Ordering::Relaxed);
+        let most = (READ_AHEAD + 1) * (SEGMENT as u64 + TAG_LEN);
+        assert!(got <= most, "{got} bytes fetched for a header and a footer");
+        assert_eq!(bucket.counters.get.load(Ordering::Relaxed), 2);
+    }
+
+    /// Waits for every read-ahead to end (its thread counts itself out
+    /// just after the segments it fetched are cached).
+    fn wait_for_read_aheads(cache: &SegmentCache) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cache.prefetches.load(Ordering::Acquire) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a read-ahead never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
