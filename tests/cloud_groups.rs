@@ -277,6 +277,22 @@ fn pair(source: &TestServer, target: &TestServer) {
         .unwrap();
 }
 
+/// Restarts `target` (its read cache empty) and asserts that the replica
+/// `info` made in `cloud/dr` reads back as `data`, from the bucket.
+fn restarted_reads_replica(mut target: TestServer, info: &CopyInfo, data: &[u8]) -> TestServer {
+    target.kill();
+    target.spawn();
+    let mut back = Vec::new();
+    target
+        .client()
+        .open_image("cloud/dr", info.to_name.as_str())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data, "the replica differs");
+    target
+}
+
 #[test]
 fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
     let Some(g) = Garage::start() else { return };
@@ -303,17 +319,7 @@ fn a_copy_from_a_cloud_group_into_a_cloud_group_restores_on_the_target() {
     assert_eq!(group["images"], 1, "{group}");
     assert_eq!(group["staged_bytes"], 0, "{group}");
     assert!(group["objects"].as_u64().unwrap() >= 1, "{group}");
-    let mut target = target;
-    target.kill();
-    target.spawn();
-    let mut back = Vec::new();
-    target
-        .client()
-        .open_image("cloud/dr", info.to_name.as_str())
-        .unwrap()
-        .read_to_end(&mut back)
-        .unwrap();
-    assert!(back == data, "the replica differs");
+    let target = restarted_reads_replica(target, &info, &data);
     ok("fsck", &target.ternd(&["fsck", "--group", "cloud"]));
 }
 
@@ -374,17 +380,7 @@ fn a_seed_loads_into_a_cloud_group_and_the_copy_after_it_sends_only_the_recipe()
     let info = copy_done(&s, s.copy_start("c", "v1", &to).unwrap());
     assert_eq!((info.sent_chunks, info.sent_bytes), (0, 0), "{info:?}");
     // The replica reads back from the bucket after a restart.
-    let mut target = target;
-    target.kill();
-    target.spawn();
-    let mut back = Vec::new();
-    target
-        .client()
-        .open_image("cloud/dr", info.to_name.as_str())
-        .unwrap()
-        .read_to_end(&mut back)
-        .unwrap();
-    assert!(back == data, "the replica differs");
+    let target = restarted_reads_replica(target, &info, &data);
     let fsck = json(&ok(
         "fsck",
         &target.ternd(&["fsck", "--group", "cloud", "--json"]),
