@@ -1,8 +1,9 @@
 //! A logged-in writer that lies about its chunks: an entry labelled with
-//! another length than the store holds for its chunk is refused, and 30 s
-//! of 1-byte entries cost the server no memory to speak of.
+//! another length than the store holds for its chunk is refused, 30 s of
+//! 1-byte entries cost the server no memory to speak of, and chunk bytes
+//! that are not their id's are refused and never stored.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use tern_core::names::{ContainerName, ImageName, UserName};
@@ -18,6 +19,35 @@ struct Raw {
 }
 
 impl Raw {
+    /// Logs in as the admin over the test server's plaintext port.
+    async fn login(server: &TestServer) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", server.plain_port))
+            .await
+            .unwrap();
+        let mut raw = Raw { s, seq: 0 };
+        let hello = Msg::Hello {
+            min_version: 1,
+            max_version: PROTOCOL_MAX,
+            features: Vec::new(),
+            agent: "liar".into(),
+        };
+        assert!(matches!(raw.ask(hello).await, Msg::Welcome { .. }));
+        let login = Msg::Login {
+            user: UserName::new("admin").unwrap(),
+            password: Password::new(PASSWORD),
+        };
+        assert!(matches!(raw.ask(login).await, Msg::LoggedIn { .. }));
+        raw
+    }
+
+    /// Sends a frame that has no answer (chunk data).
+    async fn send(&mut self, msg: Msg, payload: Vec<u8>) {
+        self.seq += 1;
+        let mut f = frame(self.seq, msg);
+        f.payload = payload;
+        f.write_to(&mut self.s).await.unwrap();
+    }
+
     async fn ask(&mut self, msg: Msg) -> Msg {
         self.seq += 1;
         frame(self.seq, msg).write_to(&mut self.s).await.unwrap();
@@ -45,6 +75,15 @@ fn rss_mib(server: &TestServer) -> u64 {
     kib / 1024
 }
 
+fn new_image(name: &str) -> Msg {
+    Msg::ImageCreate {
+        container: ContainerName::new("c").unwrap(),
+        name: ImageName::new(name).unwrap(),
+        props: Vec::new(),
+        mode: WriteMode::Dedup,
+    }
+}
+
 fn refused_as_invalid(m: &Msg) -> bool {
     matches!(
         m,
@@ -67,22 +106,7 @@ fn mislabelled_and_one_byte_entries_are_refused_and_cost_no_memory() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let s = TcpStream::connect(("127.0.0.1", server.plain_port))
-            .await
-            .unwrap();
-        let mut raw = Raw { s, seq: 0 };
-        let hello = Msg::Hello {
-            min_version: 1,
-            max_version: PROTOCOL_MAX,
-            features: Vec::new(),
-            agent: "liar".into(),
-        };
-        assert!(matches!(raw.ask(hello).await, Msg::Welcome { .. }));
-        let login = Msg::Login {
-            user: UserName::new("admin").unwrap(),
-            password: Password::new(PASSWORD),
-        };
-        assert!(matches!(raw.ask(login).await, Msg::LoggedIn { .. }));
+        let mut raw = Raw::login(&server).await;
         // A real chunk of `a`, with its true length.
         let open = Msg::ImageOpen {
             container: ContainerName::new("c").unwrap(),
@@ -101,12 +125,6 @@ fn mislabelled_and_one_byte_entries_are_refused_and_cost_no_memory() {
         };
         let real = entries[0];
 
-        let new_image = |name: &str| Msg::ImageCreate {
-            container: ContainerName::new("c").unwrap(),
-            name: ImageName::new(name).unwrap(),
-            props: Vec::new(),
-            mode: WriteMode::Dedup,
-        };
         let Msg::ImageCreated { handle, .. } = raw.ask(new_image("liar")).await else {
             panic!("create")
         };
@@ -151,4 +169,97 @@ fn mislabelled_and_one_byte_entries_are_refused_and_cost_no_memory() {
         assert!(peak < 600, "ternd grew to {peak} MiB");
         assert!(matches!(raw.ask(Msg::Ping).await, Msg::Pong));
     });
+}
+
+/// The session's intake checks chunks off its request task: a forged chunk
+/// (another chunk's bytes under an id the store lacks) among good ones is
+/// still refused, reported at the image's next request, the image is not
+/// committed, the store still lacks the forged id, and the true bytes sent
+/// later under it restore as they are.
+#[test]
+fn forged_chunk_bytes_are_refused_at_the_next_request_and_never_stored() {
+    let server = TestServer::start();
+    let client = server.client();
+    client.container_create("c", Default::default()).unwrap();
+    let chunks: Vec<Vec<u8>> = (0..16).map(|i| test_data(20_000, 100 + i)).collect();
+    let forged = 7;
+    let entries: Vec<ChunkRef> = chunks
+        .iter()
+        .map(|c| ChunkRef {
+            id: ChunkId::of(c),
+            len: c.len() as u32,
+        })
+        .collect();
+    let data = |handle, c: &[u8]| Msg::ChunkData {
+        handle,
+        id: ChunkId::of(c),
+        codec: tern_core::Codec::Raw,
+        raw_len: c.len() as u32,
+        offset: 0,
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut raw = Raw::login(&server).await;
+        let Msg::ImageCreated { handle, .. } = raw.ask(new_image("forged")).await else {
+            panic!("create")
+        };
+        let append = Msg::ImageAppend {
+            handle,
+            entries: entries.clone(),
+        };
+        let Msg::ImageNeed { missing, .. } = raw.ask(append).await else {
+            panic!("append")
+        };
+        assert_eq!(missing.len(), chunks.len());
+        for (i, c) in chunks.iter().enumerate() {
+            // The forged one carries its neighbour's bytes: the same
+            // length, a valid encoding, another id.
+            let bytes = if i == forged { &chunks[i + 1] } else { c };
+            raw.send(data(handle, c), bytes.clone()).await;
+        }
+        let answer = raw.ask(Msg::ImageClose { handle }).await;
+        assert!(
+            refused_as_invalid(&answer),
+            "an image with a forged chunk: {answer:?}"
+        );
+        // The image left the session with the failure.
+        let again = raw.ask(Msg::ImageClose { handle }).await;
+        assert!(refused_as_invalid(&again), "{again:?}");
+
+        // The store lacks the forged id; sent true, the image commits.
+        let Msg::ImageCreated { handle, .. } = raw.ask(new_image("true")).await else {
+            panic!("create")
+        };
+        let append = Msg::ImageAppend { handle, entries };
+        let Msg::ImageNeed { missing, .. } = raw.ask(append).await else {
+            panic!("append")
+        };
+        assert!(
+            missing.contains(&(forged as u32)),
+            "the forged chunk's id is stored: {missing:?}"
+        );
+        for i in missing {
+            let c = &chunks[i as usize];
+            raw.send(data(handle, c), c.clone()).await;
+        }
+        let answer = raw.ask(Msg::ImageClose { handle }).await;
+        assert!(matches!(answer, Msg::ImageCommitted { .. }), "{answer:?}");
+    });
+
+    let listed = client.image_list("c", "").unwrap();
+    assert!(
+        listed.iter().all(|i| i.name.as_str() != "forged"),
+        "the image with a forged chunk is listed as committed"
+    );
+    let mut back = Vec::new();
+    client
+        .open_image("c", "true")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(
+        back == chunks.concat(),
+        "the restore differs from what was written"
+    );
 }

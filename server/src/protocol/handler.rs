@@ -10,6 +10,7 @@ use std::time::Duration;
 use tern_core::session::Session;
 use tern_core::wire::{ErrorKind, Feature, Frame, Handle, Msg};
 
+use super::intake::ChunkIntake;
 use super::logins::{LoginGuard, FAILURES_PER_SESSION};
 use super::metrics::Metrics;
 use super::requests::{self, Refusal};
@@ -44,6 +45,8 @@ pub struct SessionHandler {
     failed_logins: u32,
     phase: Phase,
     writers: HashMap<Handle, WriterId>,
+    /// Where the chunks of the images it writes are checked and stored.
+    intake: ChunkIntake,
     readers: HashMap<Handle, ReadableImage>,
     next_handle: Handle,
     /// Every session of the server, for the statistics.
@@ -70,6 +73,7 @@ impl SessionHandler {
             failed_logins: 0,
             phase: Phase::AwaitHello,
             writers: HashMap::new(),
+            intake: ChunkIntake::new(sessions.store.clone()),
             readers: HashMap::new(),
             next_handle: 1,
             sessions,
@@ -251,11 +255,66 @@ impl SessionHandler {
         })
     }
 
-    /// Takes the image being written under `handle` out of the session.
+    /// Takes the image being written under `handle` out of the session,
+    /// once none of its chunks is in flight; a failure of one of them not
+    /// yet reported is dropped (see [`Self::settle_chunks`]).
     pub fn take_writer(&mut self, handle: Handle) -> Result<WriterId, Refusal> {
         let w = self.writer(handle)?;
+        tokio::task::block_in_place(|| self.intake.settle(handle));
         self.writers.remove(&handle);
         Ok(w)
+    }
+
+    /// Hands a received chunk of the image under `handle` to the session's
+    /// intake (checked against its id and stored off this task). A chunk
+    /// of the image that failed before is reported instead, and the image
+    /// leaves the session (resumable from its last checkpoint).
+    pub fn submit_chunk(
+        &mut self,
+        handle: Handle,
+        id: tern_core::ChunkId,
+        codec: tern_core::Codec,
+        raw_len: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        self.chunks_ok(handle)?;
+        let w = self.writer(handle)?;
+        tokio::task::block_in_place(|| self.intake.submit(handle, w, id, codec, raw_len, bytes));
+        Ok(())
+    }
+
+    /// The session has no frame waiting: the chunks its intake took go to
+    /// the intake's threads now, not when more arrive.
+    pub(super) fn idle(&mut self) {
+        if self.intake.holds_chunks() {
+            tokio::task::block_in_place(|| self.intake.flush());
+        }
+    }
+
+    /// Reports the failure of a chunk of the image under `handle` not yet
+    /// reported, without waiting for those in flight; the image then
+    /// leaves the session (resumable from its last checkpoint).
+    pub fn chunks_ok(&mut self, handle: Handle) -> Result<(), Refusal> {
+        match self.intake.failure(handle) {
+            Some(e) => Err(self.detach_failed(handle, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every chunk of the image under `handle` is stored, and
+    /// reports a failure of one of them as [`Self::chunks_ok`] does.
+    pub fn settle_chunks(&mut self, handle: Handle) -> Result<(), Refusal> {
+        match tokio::task::block_in_place(|| self.intake.settle(handle)) {
+            Some(e) => Err(self.detach_failed(handle, e)),
+            None => Ok(()),
+        }
+    }
+
+    fn detach_failed(&mut self, handle: Handle, e: Refusal) -> Refusal {
+        if let Ok(w) = self.take_writer(handle) {
+            tokio::task::block_in_place(|| self.store.image_detach(w));
+        }
+        e
     }
 
     /// Gives an image open for reading a handle of this session.
@@ -307,6 +366,9 @@ impl SessionHandler {
     /// Leaves every image this session was writing incomplete (none of them
     /// is committed): checkpointed, resumable until it expires.
     pub(super) fn detach_all(&mut self) {
+        for handle in self.writers.keys() {
+            self.intake.settle(*handle);
+        }
         for (_, w) in self.writers.drain() {
             self.store.image_detach(w);
         }

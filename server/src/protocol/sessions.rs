@@ -228,7 +228,13 @@ async fn run_session(
     let watchdog = tokio::spawn(grace_watch(session.clone(), sessions.grace));
     let end = loop {
         let next = if handler.logged_in() {
-            rx.recv().await
+            match rx.try_recv() {
+                Ok(frame) => Some(frame),
+                Err(_) => {
+                    handler.idle();
+                    rx.recv().await
+                }
+            }
         } else {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(f) => f,

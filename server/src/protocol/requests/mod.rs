@@ -167,7 +167,7 @@ async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) ->
             if matches!(m, Msg::ChunkData { .. } | Msg::ImageWriteRaw { .. }) {
                 h.shape(payload.len()).await?;
             }
-            write::handle(h, m, &payload)
+            write::handle(h, m, payload)
         }
         m @ (Msg::ContainerPromote { .. }
         | Msg::ContainerReplicate { .. }

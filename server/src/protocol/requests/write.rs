@@ -11,7 +11,7 @@ use crate::protocol::handler::SessionHandler;
 /// Most chunks announced by one `ImageAppend`.
 pub const MAX_APPEND: usize = 4096;
 
-pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
+pub fn handle(h: &mut SessionHandler, msg: Msg, payload: Vec<u8>) -> Answer {
     match msg {
         Msg::ImageCreate {
             container,
@@ -32,6 +32,8 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             offset,
             len,
         } => {
+            // An extent follows only stored chunks.
+            h.settle_chunks(handle)?;
             let w = h.writer(handle)?;
             let scope = h.user()?.scope();
             let stats = blocking(|| {
@@ -51,13 +53,12 @@ pub fn handle(h: &mut SessionHandler, msg: Msg, payload: &[u8]) -> Answer {
             raw_len,
             ..
         } => {
-            let w = h.writer(handle)?;
-            let stored = blocking(|| h.store().image_put_chunk(w, &id, codec, raw_len, payload));
-            detach_on_error(h, handle, stored)
+            h.submit_chunk(handle, id, codec, raw_len, payload)?;
+            Ok(None)
         }
         Msg::ImageWriteRaw { handle } => {
             let w = h.writer(handle)?;
-            let stored = blocking(|| h.store().image_write_raw(w, payload));
+            let stored = blocking(|| h.store().image_write_raw(w, &payload));
             detach_on_error(h, handle, stored)
         }
         Msg::ImageClose { handle } => close(h, handle),
@@ -156,6 +157,7 @@ fn append(h: &mut SessionHandler, handle: Handle, entries: &[ChunkRef]) -> Answe
             format!("{} entries in one append", entries.len()),
         );
     }
+    h.chunks_ok(handle)?;
     let w = h.writer(handle)?;
     let missing = blocking(|| h.store().image_append(w, entries))?;
     Ok(Some(Msg::ImageNeed { handle, missing }))
@@ -163,6 +165,7 @@ fn append(h: &mut SessionHandler, handle: Handle, entries: &[ChunkRef]) -> Answe
 
 /// Commits the image, then queues the copy its container's policy asks for.
 fn close(h: &mut SessionHandler, handle: Handle) -> Answer {
+    h.settle_chunks(handle)?;
     let w = h.take_writer(handle)?;
     let (info, stats) = blocking(|| h.store().image_commit(w))?;
     h.metrics()
@@ -178,7 +181,8 @@ fn close(h: &mut SessionHandler, handle: Handle) -> Answer {
 
 /// Data frames have no answer of their own: an error ends the image's
 /// writing (it stays incomplete, resumable from its last checkpoint), and
-/// the client hears of it at its next request on the image.
+/// the client hears of it at once (raw data) or at its next request on the
+/// image (chunks, which the session's intake checks off this task).
 fn detach_on_error(h: &mut SessionHandler, handle: Handle, outcome: Result<(), Refusal>) -> Answer {
     if let Err(e) = outcome {
         if let Ok(w) = h.take_writer(handle) {
