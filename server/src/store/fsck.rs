@@ -26,6 +26,11 @@ pub struct FsckReport {
     pub packs_table_only: u64,
     /// Requests made to buckets while fsck ran (by anyone).
     pub bucket_requests: u64,
+    /// Objects in cloud groups' buckets that no record names (orphans of
+    /// interrupted uploads; not damage: `ternd gc` deletes them once older
+    /// than the grace period), and their bytes.
+    pub orphan_objects: u64,
+    pub orphan_bytes: u64,
     /// One line per problem found.
     pub damage: Vec<String>,
     /// What is not damage but worth knowing (a pack an unclean stop left open).
@@ -74,8 +79,33 @@ impl Store {
         self.check_index(scope, &intact, &mut report)?;
         self.check_recipes(scope, &mut report)?;
         self.check_totals(scope, &mut report)?;
+        self.count_orphans(scope, &mut report)?;
         report.bucket_requests = self.packs.bucket_requests() - requests_before;
         Ok(report)
+    }
+
+    /// Objects in cloud groups' buckets that no record names: a note each
+    /// group, not damage (nothing refers to them).
+    fn count_orphans(&self, scope: FsckScope, report: &mut FsckReport) -> Result<()> {
+        for (name, rec) in self.catalog.groups()? {
+            if rec.cloud.is_none() || !scope.has(rec.id) {
+                continue;
+            }
+            let orphans = self.packs.orphans(rec.id)?;
+            if orphans.is_empty() {
+                continue;
+            }
+            let bytes: u64 = orphans.iter().map(|o| o.bytes).sum();
+            report.orphan_objects += orphans.len() as u64;
+            report.orphan_bytes += bytes;
+            report.notes.push(format!(
+                "storage group {name}: {} objects ({bytes} bytes) in the bucket that no record \
+                 names (left by interrupted uploads); ternd gc deletes those older than the \
+                 grace period",
+                orphans.len()
+            ));
+        }
+        Ok(())
     }
 
     /// The totals `tern stats` reads must be what the index holds.

@@ -35,6 +35,10 @@ pub struct GcReport {
     /// Objects deleted from a cloud group's bucket: those GC dropped in an
     /// earlier run, once the grace period was over.
     pub objects_deleted: u64,
+    /// Objects deleted from a cloud group's bucket that no record of the
+    /// group named (orphans of interrupted uploads), once older than the
+    /// grace period.
+    pub orphans_deleted: u64,
     /// Requests made to buckets while GC ran (by anyone).
     pub bucket_requests: u64,
     /// Why compaction stopped before the end (too little space to move a
@@ -147,6 +151,7 @@ impl Store {
         }
         report.bytes_after = self.packs.bytes(&self.packs.packs_of(group)?);
         report.objects_deleted = self.purge_objects(group)?;
+        report.orphans_deleted = self.packs.delete_orphans(group)?;
         report.bucket_requests = self.packs.bucket_requests() - requests_before;
         Ok(report)
     }
@@ -300,6 +305,7 @@ impl GcReport {
         self.bytes_after += r.bytes_after;
         self.mark_bytes = self.mark_bytes.max(r.mark_bytes);
         self.objects_deleted += r.objects_deleted;
+        self.orphans_deleted += r.orphans_deleted;
         self.bucket_requests += r.bucket_requests;
         self.stopped = self.stopped.take().or(r.stopped);
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tern_core::{ChunkId, Codec};
 
-use super::cloud::{CloudPackStore, CloudUsage};
+use super::cloud::{CloudPackStore, CloudUsage, Orphan};
 use super::finisher::PackFinisher;
 use super::pack::{Location, PackWriter};
 use super::pack_store::{DirPackStore, PackObject, PackStore};
@@ -271,6 +271,28 @@ impl PackSet {
     pub fn purge(&self, group: u32) -> Result<u64> {
         let grace = Duration::from_secs(self.cloud_grace.load(Ordering::Relaxed));
         Ok(self.store(group)?.purge(grace)?)
+    }
+
+    /// Deletes the objects in group `group`'s bucket that no record names,
+    /// once older than the grace period; how many (0 for other groups). One
+    /// LIST: for GC, not the steady state.
+    pub fn delete_orphans(&self, group: u32) -> Result<u64> {
+        let grace = Duration::from_secs(self.cloud_grace.load(Ordering::Relaxed));
+        let store = self.store(group)?;
+        match store.cloud() {
+            Some(cloud) => Ok(cloud.delete_orphans(grace)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The objects in group `group`'s bucket that no record names (none
+    /// for other groups): one LIST, for fsck.
+    pub fn orphans(&self, group: u32) -> Result<Vec<Orphan>> {
+        let store = self.store(group)?;
+        match store.cloud() {
+            Some(cloud) => Ok(cloud.orphans()?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// How long GC's deletes in cloud groups wait before the objects go.

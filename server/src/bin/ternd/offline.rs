@@ -49,6 +49,13 @@ pub(crate) fn gc(data: &Path, json: bool, group: Option<GroupName>) -> Result<()
                 report["objects_deleted"]
             );
         }
+        if report["orphans_deleted"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "deleted {} objects of cloud groups that no record named (orphans of \
+                 interrupted uploads)",
+                report["orphans_deleted"]
+            );
+        }
         if let Some(why) = report["stopped"].as_str() {
             println!("gc stopped early: {why}");
         }

@@ -21,6 +21,15 @@ use crate::store::hex;
 /// How long a request is retried before the operation that needed it fails.
 pub const RETRY_FOR: Duration = Duration::from_secs(120);
 
+/// An object a LIST found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    /// Unix seconds, as the store reports them.
+    pub modified: u64,
+}
+
 /// Where a cloud group's objects are: no secret in here (it is in the catalog).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketSpec {
@@ -298,6 +307,12 @@ impl Bucket {
     /// The names of the objects in `dir/` under the prefix: one LIST (paged
     /// by the store), made only when a group is recovered.
     pub fn list(&self, dir: &str) -> Result<Vec<String>, BucketError> {
+        Ok(self.list_meta(dir)?.into_iter().map(|o| o.name).collect())
+    }
+
+    /// The objects directly in `dir/` under the prefix ("" for the prefix
+    /// itself), with their sizes and times: one LIST (paged by the store).
+    pub fn list_meta(&self, dir: &str) -> Result<Vec<Listed>, BucketError> {
         self.counters.list.fetch_add(1, Ordering::Relaxed);
         let (s3, path) = (self.s3.clone(), self.path(dir));
         let listed = run(async move { s3.list_with_delimiter(Some(&path)).await })?
@@ -305,7 +320,13 @@ impl Bucket {
         Ok(listed
             .objects
             .iter()
-            .filter_map(|o| o.location.filename().map(str::to_string))
+            .filter_map(|o| {
+                Some(Listed {
+                    name: o.location.filename()?.to_string(),
+                    size: o.size,
+                    modified: u64::try_from(o.last_modified.timestamp()).unwrap_or(0),
+                })
+            })
             .collect())
     }
 

@@ -13,6 +13,7 @@
 //! - `sealed`: the object and key formats (ChaCha20-Poly1305, argon2id).
 //! - `bucket`: the S3 requests, retried, counted.
 //! - `journal`: pack number -> object name, locally.
+//! - `orphans`: objects no record names, found by a LIST (fsck, GC).
 //! - `reader`: ranged reads and the segment cache.
 //! - `uploads`: the upload thread and what a commit waits for.
 //! - `setup`: making a group (probe, key object, secrets).
@@ -22,6 +23,7 @@
 pub mod bucket;
 pub mod catalog_objects;
 pub mod journal;
+mod orphans;
 mod reader;
 mod saving;
 pub mod sealed;
@@ -38,6 +40,7 @@ use std::time::Duration;
 use bucket::Bucket;
 use catalog_objects::SavedState;
 use journal::Journal;
+pub use orphans::Orphan;
 use reader::{ObjectReader, SegmentCache};
 use sealed::DataKey;
 use uploads::Uploads;
@@ -84,6 +87,10 @@ struct Inner {
     key: DataKey,
     staging: DirPackStore,
     journal: Mutex<Journal>,
+    /// Names of objects being uploaded, from before their PUT until the
+    /// journal (packs) or the saved catalog state (recipe objects) has them:
+    /// what tells `orphans` they are not orphans.
+    in_flight: Mutex<HashSet<[u8; 16]>>,
     cache: Arc<SegmentCache>,
     /// The group's directory (staging, journal, secrets, catalog-saved).
     dir: PathBuf,
@@ -134,6 +141,7 @@ impl CloudPackStore {
             key: secrets.data_key()?,
             staging,
             journal: Mutex::new(journal),
+            in_flight: Mutex::new(HashSet::new()),
             cache: Arc::new(SegmentCache::new(CACHE_BYTES)),
             dir: dir.to_path_buf(),
             purgeable: Mutex::new(HashSet::new()),
@@ -150,6 +158,16 @@ impl CloudPackStore {
     /// Where it is, for `tern group ls`.
     pub fn location(&self) -> String {
         self.inner.bucket.spec().location()
+    }
+
+    /// The objects in the bucket no record of the group names (one LIST).
+    pub fn orphans(&self) -> io::Result<Vec<Orphan>> {
+        self.inner.orphans()
+    }
+
+    /// Deletes the orphans older than `grace`; how many.
+    pub fn delete_orphans(&self, grace: Duration) -> io::Result<u64> {
+        self.inner.delete_orphans(grace)
     }
 }
 
@@ -177,8 +195,14 @@ impl Inner {
         let plain = std::fs::read(&path)?;
         let name: [u8; 16] = sealed::random().map_err(io::Error::other)?;
         let object = sealed::seal_object(&self.key, &name, &plain);
-        self.bucket.put(&hex(&name), object)?;
-        lock(&self.journal).uploaded(number, name, plain.len() as u64)?;
+        lock(&self.in_flight).insert(name);
+        let recorded = self
+            .bucket
+            .put(&hex(&name), object)
+            .map_err(io::Error::from)
+            .and_then(|()| lock(&self.journal).uploaded(number, name, plain.len() as u64));
+        lock(&self.in_flight).remove(&name);
+        recorded?;
         std::fs::remove_file(&path)?;
         Ok(())
     }

@@ -125,6 +125,9 @@ impl CloudPackStore {
     pub fn put_recipe(&self, plain: &[u8]) -> io::Result<[u8; 16]> {
         let name: [u8; 16] = sealed::random().map_err(io::Error::other)?;
         let object = sealed::seal_object(&self.inner.key, &name, plain);
+        // In flight until a committed manifest's saved state names it (or
+        // until a restart, if the save fails: kept, never taken for an orphan).
+        lock(&self.inner.in_flight).insert(name);
         self.inner.bucket.put(&hex(&name), object)?;
         Ok(name)
     }
@@ -160,6 +163,12 @@ impl CloudPackStore {
         };
         *lock(&this.purgeable) = doomed;
         let kept = lock(&this.saved).recipes.clone();
+        {
+            let mut in_flight = lock(&this.in_flight);
+            for r in kept.values() {
+                in_flight.remove(&r.name);
+            }
+        }
         let stale = old.recipes.iter().filter(|(id, _)| !kept.contains_key(id));
         for (_, r) in stale {
             if let Err(e) = this.bucket.delete(&hex(&r.name)) {

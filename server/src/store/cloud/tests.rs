@@ -179,3 +179,77 @@ fn removing_an_empty_cloud_group_deletes_its_objects_and_key() {
     let bucket = super::bucket::Bucket::new(spec(&g, "gone"), &credentials()).unwrap();
     assert_eq!(bucket.size(super::setup::KEY_OBJECT).unwrap(), None);
 }
+
+/// An object no record names (a stray PUT, what an upload whose journal
+/// record a crash lost leaves behind) is an orphan: fsck notes it without
+/// calling it damage, GC deletes it only once the bucket's time for it is
+/// past the grace period, never a live object, an object of another form
+/// or one whose upload is in flight; the image restores as before.
+#[test]
+fn orphans_are_noted_by_fsck_and_deleted_by_gc_past_the_grace_period_only() {
+    let Some(g) = Garage::start() else { return };
+    let (_data, store) = cloud_store(&g, "orphans");
+    let a = big_chunks(200, 3);
+    write(&store, "cloud/c", "a", &a);
+    let live = store.packs.cloud_usage(2).unwrap().objects;
+    let bucket = super::bucket::Bucket::new(spec(&g, "orphans"), &credentials()).unwrap();
+    let orphan = "0123456789abcdef0123456789abcdef";
+    bucket.put(orphan, vec![7; 5000]).unwrap();
+    bucket.put("notes-of-the-admin", vec![1; 10]).unwrap();
+    // An upload between its PUT and its journal record.
+    let uploading = [0xab; 16];
+    let pack_store = store.packs.store(2).unwrap();
+    let cloud = pack_store.cloud().unwrap();
+    cloud.inner.in_flight.lock().unwrap().insert(uploading);
+    bucket
+        .put(&crate::store::hex(&uploading), vec![9; 100])
+        .unwrap();
+
+    let report = store.fsck(Some(&group("cloud"))).unwrap();
+    assert!(report.is_clean(), "an orphan is not damage: {report:?}");
+    assert_eq!(report.orphan_objects, 1, "{report:?}");
+    assert_eq!(report.orphan_bytes, 5000);
+    assert!(
+        report.notes.iter().any(|n| n.contains("no record")),
+        "{report:?}"
+    );
+
+    // Young: the default grace period (an hour) keeps it.
+    let gc = store.gc(Some(&group("cloud"))).unwrap();
+    assert_eq!(gc.orphans_deleted, 0, "{gc:?}");
+    assert!(bucket.size(orphan).unwrap().is_some());
+
+    store.packs.set_cloud_grace(std::time::Duration::ZERO);
+    let gc = store.gc(Some(&group("cloud"))).unwrap();
+    assert_eq!(gc.orphans_deleted, 1, "{gc:?}");
+    assert!(
+        bucket.size(orphan).unwrap().is_none(),
+        "the orphan is still there"
+    );
+    assert!(bucket.size("notes-of-the-admin").unwrap().is_some());
+    assert!(
+        bucket
+            .size(&crate::store::hex(&uploading))
+            .unwrap()
+            .is_some(),
+        "an upload in flight was taken for an orphan"
+    );
+    assert_eq!(store.packs.cloud_usage(2).unwrap().objects, live);
+    let recipes = cloud.inner.saved.lock().unwrap().recipes.clone();
+    assert!(!recipes.is_empty(), "GC saved the catalog");
+    for r in recipes.values() {
+        let name = crate::store::hex(&r.name);
+        assert!(
+            bucket.size(&name).unwrap().is_some(),
+            "recipe object {name} deleted"
+        );
+    }
+    assert_eq!(read(&store, "cloud/c", "a"), flat(&a));
+    cloud.inner.in_flight.lock().unwrap().remove(&uploading);
+    let report = store.fsck_with(Some(&group("cloud")), true).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        report.orphan_objects, 1,
+        "the upload no longer in flight: {report:?}"
+    );
+}
