@@ -279,7 +279,10 @@ impl SessionHandler {
     ) -> Result<(), Refusal> {
         self.chunks_ok(handle)?;
         let w = self.writer(handle)?;
-        tokio::task::block_in_place(|| self.intake.submit(handle, w, id, codec, raw_len, bytes));
+        self.intake.take(handle, w, id, codec, raw_len, bytes);
+        if self.intake.batch_full() {
+            tokio::task::block_in_place(|| self.intake.flush());
+        }
         Ok(())
     }
 

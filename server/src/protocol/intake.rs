@@ -113,11 +113,9 @@ impl ChunkIntake {
 
     /// Takes a received chunk of image `handle` (writer `writer`) for the
     /// intake's threads. Chunks go to them in batches: when a batch is
-    /// full, and when the session has no frame waiting ([`Self::flush`]).
-    /// Blocks while the threads are all busy and the short queue is full,
-    /// which holds back the session's frames: the memory a session's chunks
-    /// take here is bounded.
-    pub fn submit(
+    /// full ([`Self::batch_full`], then the caller flushes), and when the
+    /// session has no frame waiting ([`Self::flush`]). Never blocks.
+    pub fn take(
         &mut self,
         handle: Handle,
         writer: WriterId,
@@ -136,9 +134,11 @@ impl ChunkIntake {
             raw_len,
             bytes,
         });
-        if self.batch.len() >= BATCH_CHUNKS || self.batch_bytes >= BATCH_BYTES {
-            self.flush();
-        }
+    }
+
+    /// The batch is as large as a batch gets: time to flush it.
+    pub fn batch_full(&self) -> bool {
+        self.batch.len() >= BATCH_CHUNKS || self.batch_bytes >= BATCH_BYTES
     }
 
     /// Whether chunks wait for [`Self::flush`].
@@ -146,7 +146,9 @@ impl ChunkIntake {
         !self.batch.is_empty()
     }
 
-    /// Hands the chunks taken so far to the threads.
+    /// Hands the chunks taken so far to the threads. Blocks while they are
+    /// all busy and the short queue is full, which holds back the session's
+    /// frames: the memory a session's chunks take here is bounded.
     pub fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
