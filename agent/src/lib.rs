@@ -33,6 +33,7 @@ mod replication;
 mod session;
 mod shaping;
 mod stop;
+mod tier;
 mod trust;
 mod writer;
 

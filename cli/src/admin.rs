@@ -32,6 +32,10 @@ pub enum ContainerCmd {
         #[arg(long, conflicts_with_all = ["to", "to_container"])]
         off: bool,
     },
+    /// Link a container to a container in a cloud storage group: its
+    /// images that match the policy are copied there once settled (admin
+    /// only); `--off` unlinks it.
+    Tier(super::tier::TierArgs),
     Rm {
         name: String,
     },
@@ -260,6 +264,7 @@ pub fn container(cli: &Cli, cmd: &ContainerCmd) -> Result<()> {
                 &text,
             );
         }
+        ContainerCmd::Tier(args) => super::tier::container_tier(cli, &client, args)?,
         ContainerCmd::Lock {
             name,
             days,

@@ -17,6 +17,7 @@ mod groups;
 mod replication;
 mod shaping;
 mod synth;
+mod tier;
 mod transfer;
 
 use admin::{container, user, ContainerCmd, UserCmd};
@@ -164,6 +165,11 @@ enum Cmd {
     },
     /// Copy an image to a partner (prints the copy id), or see and cancel copies.
     Copy(CopyArgs),
+    /// The cloud tier: what its mover has done with each tiered container.
+    Tier {
+        #[command(subcommand)]
+        cmd: tier::TierCmd,
+    },
     /// Import events of an import container: replicas that arrived.
     Events(EventsArgs),
     /// The replication trail.
@@ -321,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Shaping { cmd } => shaping::shaping(&cli, cmd),
         Cmd::Copy(args) => replication::copy(&cli, args),
         Cmd::Events(args) => replication::events(&cli, args),
+        Cmd::Tier { cmd } => tier::tier(&cli, cmd),
         Cmd::Replication { cmd } => replication::replication(&cli, cmd),
         Cmd::Audit(args) => audit::audit(&cli, args),
     }

@@ -378,7 +378,7 @@ fn copy_json(c: &CopyInfo) -> serde_json::Value {
         "to_container": c.to_container.as_str(), "to_name": c.to_name.as_str(),
         "logical_bytes": c.logical_bytes, "done_bytes": c.done_bytes, "sent_bytes": c.sent_bytes,
         "sent_chunks": c.sent_chunks, "attempts": c.attempts, "created": c.created, "updated": c.updated,
-        "paused": c.paused, "rate": c.rate, "path": c.path,
+        "paused": c.paused, "rate": c.rate, "path": c.path, "tier": c.tier,
     })
 }
 
@@ -407,7 +407,7 @@ fn print_copies(cli: &Cli, list: &[CopyInfo]) {
             state,
             c.container,
             c.image,
-            c.partner,
+            if c.tier { "tier" } else { &c.partner },
             c.to_container,
             c.to_name,
             human_bytes(c.done_bytes),
@@ -475,7 +475,12 @@ pub fn events(cli: &Cli, args: &EventsArgs) -> Result<()> {
 pub fn replication(cli: &Cli, cmd: &ReplicationCmd) -> Result<()> {
     let client = connect(cli, WriteMode::Dedup)?;
     let ReplicationCmd::History { max } = cmd;
-    let list = client.replication_history(*max)?;
+    print_trail(cli, &client.replication_history(*max)?);
+    Ok(())
+}
+
+/// Trail entries: a line each, or a JSON array with --json.
+pub fn print_trail(cli: &Cli, list: &[tern_core::wire::TrailEntry]) {
     if cli.json {
         let v: Vec<_> = list
             .iter()
@@ -484,30 +489,34 @@ pub fn replication(cli: &Cli, cmd: &ReplicationCmd) -> Result<()> {
                 "image": t.image, "started": t.started, "ended": t.ended,
                 "logical_bytes": t.logical_bytes, "sent_bytes": t.sent_bytes,
                 "sent_chunks": t.sent_chunks, "result": t.result, "reason": t.reason,
-                "group": t.group.as_ref().map(|g| g.as_str()), "repeats": t.repeats})
+                "group": t.group.as_ref().map(|g| g.as_str()), "repeats": t.repeats,
+                "tier": t.tier})
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));
-        return Ok(());
+        return;
     }
-    for t in &list {
+    for t in list {
         // Refusals held back by the trail's rate limit, counted into this one.
         let repeats = match t.repeats {
             0 => String::new(),
             n => format!(" (after {n} more like it, not listed one by one)"),
         };
+        let (side, image) = match t.tier {
+            true => ("tier".to_string(), format!("{} -> {}", t.image, t.peer)),
+            false => (t.side.to_string(), t.image.clone()),
+        };
         println!(
             "{}  {:<6} {:<9} {} {:<30} {} sent  {}{repeats}",
             rfc3339(t.ended),
-            t.side,
+            side,
             t.result,
             t.copy,
-            t.image,
+            image,
             human_bytes(t.sent_bytes),
             t.reason
         );
     }
-    Ok(())
 }
 
 /// Standard base64 (RFC 4648, with padding) for `props` in `--json`.

@@ -89,6 +89,11 @@ cloud_grace_secs = 3600
 # `ternd group recover` can rebuild the group on a new machine. A lost
 # machine loses at most the commits of this interval.
 cloud_catalog_secs = 10
+
+# How often the cloud tier's mover looks for images its container
+# policies select (`tern container tier`), in seconds; it also runs when a
+# policy changes.
+tier_interval_secs = 300
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +120,7 @@ pub struct Config {
     pub replica_retention_secs: u64,
     pub cloud_grace_secs: u64,
     pub cloud_catalog_secs: u64,
+    pub tier_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -141,6 +147,7 @@ impl Default for Config {
             replica_retention_secs: 7 * 24 * 3600,
             cloud_grace_secs: crate::store::cloud::DEFAULT_GRACE.as_secs(),
             cloud_catalog_secs: 10,
+            tier_interval_secs: 300,
         }
     }
 }
@@ -189,6 +196,7 @@ mod tests {
         assert_eq!(cfg.grace_period_secs, def.grace_period_secs);
         assert_eq!(cfg.cloud_grace_secs, def.cloud_grace_secs);
         assert_eq!(cfg.cloud_catalog_secs, def.cloud_catalog_secs);
+        assert_eq!(cfg.tier_interval_secs, def.tier_interval_secs);
         assert_eq!(cfg.session_cache_bytes, def.session_cache_bytes);
         assert_eq!(cfg.session_spill_bytes, def.session_spill_bytes);
         assert_eq!(cfg.session_spill_dir, def.session_spill_dir);

@@ -22,6 +22,7 @@ use crate::protocol::{control, metrics};
 use crate::service::audit::AuditLog;
 use crate::service::replication::{LocalIdentity, Replicator};
 use crate::service::shaping::{schedule::Clock, Shaper};
+use crate::service::tier::Tierer;
 use crate::service::users::{generate_password, Users};
 use crate::store::{Store, StoreError, DEFAULT_GROUP};
 use crate::upkeep;
@@ -88,6 +89,7 @@ impl Server {
         let Engine {
             store,
             replicator,
+            tier,
             fingerprint,
             admin_created,
         } = {
@@ -124,7 +126,7 @@ impl Server {
             store.clone(),
             grace,
             cache,
-            replicator,
+            (replicator, tier),
             protocol_max,
             audit.clone(),
         );
@@ -188,6 +190,7 @@ impl Started {
 struct Engine {
     store: Arc<Store>,
     replicator: Arc<Replicator>,
+    tier: Arc<Tierer>,
     fingerprint: Fingerprint,
     admin_created: Option<String>,
 }
@@ -218,6 +221,9 @@ fn engine_and_services(
     let shaper = Arc::new(Shaper::new(store.clone(), clock));
     let replicator = Replicator::start(store.clone(), me, cfg.max_copies_per_partner, shaper)
         .context("starting the replication scheduler")?;
+    let every = Duration::from_secs(cfg.tier_interval_secs);
+    let tier = Tierer::start(store.clone(), replicator.clone(), every)
+        .context("starting the cloud tier mover")?;
     let retention = upkeep::Retention {
         images: Duration::from_secs(cfg.incomplete_retention_secs),
         replicas: Duration::from_secs(cfg.replica_retention_secs),
@@ -229,6 +235,7 @@ fn engine_and_services(
     Ok(Engine {
         store,
         replicator,
+        tier,
         fingerprint,
         admin_created,
     })

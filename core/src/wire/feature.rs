@@ -33,6 +33,8 @@ pub enum Feature {
     /// Storage groups by name, on volumes of their own: `GroupAdd`,
     /// `GroupList`, `GroupRemove` (version 8).
     Groups,
+    /// The cloud tier: `ContainerTier`, `TierStatusGet` (version 9).
+    Tier,
 }
 
 impl Feature {
@@ -46,6 +48,7 @@ impl Feature {
             Feature::Suspend | Feature::Audit | Feature::Lock => 6,
             Feature::Extents => 7,
             Feature::Groups => 8,
+            Feature::Tier => 9,
         }
     }
 
@@ -73,6 +76,7 @@ impl Feature {
             Msg::ImageSuspend { .. } => Feature::Suspend,
             Msg::ImageAppendExtent { .. } => Feature::Extents,
             Msg::GroupAdd { .. } | Msg::GroupList | Msg::GroupRemove { .. } => Feature::Groups,
+            Msg::ContainerTier { .. } | Msg::TierStatusGet => Feature::Tier,
             Msg::AuditGet { .. } => Feature::Audit,
             Msg::ContainerLock { .. }
             | Msg::ImageRemove {
@@ -132,6 +136,7 @@ impl fmt::Display for Feature {
             Feature::Lock => "retention locks",
             Feature::Extents => "synthetic fulls (extent writes)",
             Feature::Groups => "storage groups on volumes of their own",
+            Feature::Tier => "the cloud tier",
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod paging;
 pub mod password;
 pub mod replication;
 pub mod shaping;
+pub mod tier;
 pub mod trail;
 
 pub use catalog::*;
@@ -22,13 +23,14 @@ pub use paging::{Listing, MAX_CURSOR_LEN, PAGE_BYTES};
 pub use password::Password;
 pub use replication::*;
 pub use shaping::*;
+pub use tier::{glob_match, TierMode, TierPolicy, TierStatus};
 pub use trail::{TrailEntry, TrailResult, TrailSide};
 
 /// The oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
 /// The newest protocol version this build speaks. What each version added
 /// is a [`Feature`].
-pub const PROTOCOL_MAX: u16 = 8;
+pub const PROTOCOL_MAX: u16 = 9;
 
 /// The largest DMA properties an image may carry, in bytes. They travel in
 /// a frame header (at most [`MAX_HEADER_LEN`]) and are kept in the catalog;

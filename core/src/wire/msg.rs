@@ -12,6 +12,7 @@ use super::paging::Listing;
 use super::password::Password;
 use super::replication::*;
 use super::shaping::*;
+use super::tier::{TierPolicy, TierStatus};
 use super::trail::TrailEntry;
 use crate::chunker::ChunkParams;
 use crate::codec::Codec;
@@ -640,5 +641,22 @@ pub enum Msg {
     GroupRemove {
         /// Its name.
         name: GroupName,
+    },
+    /// Links a container to a container in a cloud storage group with a
+    /// policy, or unlinks it with `None` (admins; version 9); answered by
+    /// `Ok`.
+    ContainerTier {
+        /// The local container.
+        name: ContainerName,
+        /// Its policy.
+        policy: Option<TierPolicy>,
+    },
+    /// Asks what the tier mover has done with each tiered container the
+    /// user sees (version 9); answered by `TierStatuses`.
+    TierStatusGet,
+    /// The answer to `TierStatusGet`.
+    TierStatuses {
+        /// By container.
+        list: Vec<TierStatus>,
     },
 }

@@ -178,6 +178,10 @@ pub struct CopyInfo {
     /// The partner address the running attempt uses (empty when not running).
     #[serde(default)]
     pub path: String,
+    /// (protocol 9) A cloud tier copy on this server: `partner` is empty
+    /// and `to_container` the cloud container (`GROUP/NAME`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tier: bool,
 }
 
 /// An import event: a replica arrived in an import container.

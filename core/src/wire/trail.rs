@@ -46,6 +46,10 @@ pub struct TrailEntry {
     /// recorded, counted instead of written one by one (see docs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub repeats: u64,
+    /// (protocol 9) A cloud tier copy: `peer` is the cloud container
+    /// (`GROUP/NAME`) on this server. Older clients see a source entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tier: bool,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -102,6 +102,10 @@ impl SessionHandler {
         &self.sessions.replicator
     }
 
+    pub fn tier(&self) -> &Arc<crate::service::tier::Tierer> {
+        &self.sessions.tier
+    }
+
     /// Every session of this server.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions

@@ -24,6 +24,7 @@ use super::logins::LoginGuard;
 use super::metrics::Metrics;
 use crate::service::audit::AuditLog;
 use crate::service::replication::Replicator;
+use crate::service::tier::Tierer;
 use crate::store::Store;
 
 /// How long a new connection may take, from accept to a completed login
@@ -43,6 +44,8 @@ pub struct Sessions {
     pub(super) logins: Arc<LoginGuard>,
     /// Copies to partners (this server as a replication source).
     pub replicator: Arc<Replicator>,
+    /// The cloud tier's policies and mover.
+    pub tier: Arc<Tierer>,
     /// The newest protocol version this server offers (lower only to test
     /// how partners handle an old server).
     pub protocol_max: u16,
@@ -63,10 +66,11 @@ impl Sessions {
         store: Arc<Store>,
         grace: Duration,
         cache: CacheLimits,
-        replicator: Arc<Replicator>,
+        services: (Arc<Replicator>, Arc<Tierer>),
         protocol_max: u16,
         audit: Arc<AuditLog>,
     ) -> Arc<Self> {
+        let (replicator, tier) = services;
         Arc::new(Self {
             store,
             grace,
@@ -74,6 +78,7 @@ impl Sessions {
             live: Mutex::new(HashMap::new()),
             logins: Arc::new(LoginGuard::new()),
             replicator,
+            tier,
             protocol_max,
             audit,
             metrics: Arc::new(Metrics::new()),

@@ -38,6 +38,8 @@ pub enum Action<'a> {
     PromoteContainer,
     /// Set or end a container's replication policy.
     SetReplicationPolicy,
+    /// Link a container to the cloud tier, or unlink it.
+    SetTierPolicy,
     /// Add, change or remove replication partners.
     ChangePartners(&'static str),
     /// List replication partners.
@@ -74,6 +76,7 @@ impl User {
             | Action::CreateGroup(_)
             | Action::PromoteContainer
             | Action::SetReplicationPolicy
+            | Action::SetTierPolicy
             | Action::ChangePartners(_)
             | Action::ListPartners
             | Action::Shaping(_)
@@ -101,6 +104,7 @@ impl User {
             }
             Action::PromoteContainer => "only an admin may promote a replica container".into(),
             Action::SetReplicationPolicy => "only an admin may set a replication policy".into(),
+            Action::SetTierPolicy => "only an admin may set a cloud tier policy".into(),
             Action::ChangePartners(what) => {
                 format!("only an admin may {what} replication partners")
             }

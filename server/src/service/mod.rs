@@ -9,10 +9,12 @@
 //!   target's side of a copy is the engine's replicas and import events.
 //! - [`seed`]: seeds on portable media, written and loaded.
 //! - [`shaping`]: bandwidth groups for copies, backups and restores.
+//! - [`tier`]: the cloud tier's policies and the mover that copies images.
 
 pub mod access;
 pub mod audit;
 pub mod replication;
 pub mod seed;
 pub mod shaping;
+pub mod tier;
 pub mod users;

@@ -72,6 +72,7 @@ impl Store {
                 inherited: s.chunking.is_some(),
                 replicate_to: None,
                 lock: None,
+                tier: None,
             })?;
         Ok(container_info(name, &rec, 0, 0))
     }
@@ -156,6 +157,52 @@ impl Store {
         Ok(())
     }
 
+    /// Sets or ends a container's cloud tier policy, which the engine
+    /// keeps without reading (the service checks it).
+    pub fn container_set_tier(
+        &self,
+        scope: &Scope,
+        name: &ContainerName,
+        policy: Option<tern_core::wire::TierPolicy>,
+    ) -> Result<ContainerRecord> {
+        let rec = self.container(scope, name)?;
+        self.catalog
+            .update_container(&rec, &name.split().1, |c, _| {
+                c.tier = policy;
+                Ok(())
+            })
+    }
+
+    /// Every container with a tier policy: its name (`GROUP/NAME`) and record.
+    pub fn tiered_containers(&self) -> Result<Vec<(ContainerName, ContainerRecord)>> {
+        let mut out = Vec::new();
+        for (name, rec, _, _) in self.catalog.containers()? {
+            if rec.tier.is_some() {
+                let qualified = ContainerName::new(format!("{}/{name}", rec.group))
+                    .map_err(|e| StoreError::Corrupt(format!("container {name}: {e}")))?;
+                out.push((qualified, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The committed images of a container as the catalog keeps them
+    /// (with their ids and times), by name.
+    pub fn image_records(
+        &self,
+        container: &ContainerRecord,
+    ) -> Result<Vec<(ImageName, ImageRecord)>> {
+        self.catalog.images(container.id, "")
+    }
+
+    /// True if group `name` keeps its packs in object storage.
+    pub fn group_is_cloud(&self, name: &GroupName) -> Result<bool> {
+        match self.catalog.group(name)? {
+            Some(g) => Ok(g.cloud.is_some()),
+            None => Err(StoreError::NotFound(format!("no storage group {name}"))),
+        }
+    }
+
     /// The id of a container's storage group.
     pub(super) fn group_of(&self, rec: &ContainerRecord) -> Result<u32> {
         self.catalog
@@ -223,7 +270,7 @@ impl Store {
         }
         let c = self.container(scope, container)?;
         let allowed = |rec: &ImageRecord| self.check_unlocked(&c, name, rec, "changed", false);
-        if !self.catalog.set_image_props(c.id, name, props, allowed)? {
+        if !self.catalog.set_image_props(c.id, name, props, self.now(), allowed)? {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
             )));
@@ -283,6 +330,7 @@ impl Store {
                     inherited: false,
                     replicate_to: None,
                     lock: None,
+                    tier: None,
                 })?,
         };
         let gid = self.group_of(&rec)?;

@@ -469,5 +469,6 @@ fn replica_trail(
         reason: end.reason.into(),
         group,
         repeats: 0,
+        tier: false,
     }
 }

@@ -55,6 +55,9 @@ pub struct ContainerRecord {
     /// Its retention lock.
     #[serde(default)]
     pub lock: Option<tern_core::wire::RetentionLock>,
+    /// Its cloud tier policy (kept, not read, by the engine).
+    #[serde(default)]
+    pub tier: Option<tern_core::wire::TierPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +71,9 @@ pub struct ImageRecord {
     /// Where a replica came from.
     #[serde(default)]
     pub origin: Option<ReplicaOrigin>,
+    /// When its properties last changed (0: never since its commit).
+    #[serde(default)]
+    pub changed: u64,
 }
 
 /// An image being written or left incomplete: what is durable of it up to

@@ -51,6 +51,10 @@ pub fn act_of(msg: &Msg) -> Option<(&'static str, Value)> {
             "container_lock",
             json!({ "container": name.to_string(), "lock": lock }),
         ),
+        Msg::ContainerTier { name, policy } => (
+            "container_tier",
+            json!({ "container": name.to_string(), "policy": policy }),
+        ),
         Msg::ContainerPromote { name } => (
             "container_promote",
             json!({ "container": name.to_string() }),

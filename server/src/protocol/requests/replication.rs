@@ -16,6 +16,24 @@ impl From<ReplicationError> for Refusal {
     }
 }
 
+/// The cloud tier's policies and status.
+pub fn handle_tier(h: &mut SessionHandler, msg: Msg) -> Answer {
+    let user = h.user()?.clone();
+    let tier = h.tier().clone();
+    let reply = match msg {
+        Msg::ContainerTier { name, policy } => {
+            user.may(Action::SetTierPolicy)?;
+            blocking(|| tier.set_policy(&user.scope(), &name, policy))?;
+            Msg::Ok
+        }
+        Msg::TierStatusGet => Msg::TierStatuses {
+            list: blocking(|| tier.status(&user.scope()))?,
+        },
+        other => return refuse(ErrorKind::Protocol, msg_name(&other)),
+    };
+    Ok(Some(reply))
+}
+
 pub async fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
     let user = h.user()?.clone();
     let repl = h.replicator().clone();

@@ -18,6 +18,7 @@ mod partner;
 mod queue;
 mod scheduler;
 pub mod tables;
+mod tier_copy;
 pub mod trail;
 
 use std::collections::{HashMap, HashSet};
@@ -90,6 +91,8 @@ pub struct CopyAsk {
 #[derive(Default)]
 pub struct Live {
     partner: String,
+    /// A cloud tier copy (run on this server, no partner).
+    tier: bool,
     /// Logical bytes the target has (announced and settled).
     done: AtomicU64,
     sent_bytes: AtomicU64,
@@ -363,31 +366,45 @@ impl Replicator {
         to_container: ContainerName,
         to_name: Option<ImageName>,
     ) -> Result<CopyId, StoreError> {
-        let now = now_unix();
-        let rec = CopyRecord {
-            state: CopyState::Queued,
-            reason: String::new(),
+        let rec = new_copy(
             group,
-            container: container.split().1,
-            image: image.name.clone(),
-            partner: partner.into(),
+            container,
+            (&image.name, image.size),
+            partner,
             to_container,
-            to_name: to_name.unwrap_or_else(|| image.name.clone()),
-            logical_bytes: image.size,
-            done_bytes: 0,
-            sent_bytes: 0,
-            sent_chunks: 0,
-            attempts: 0,
-            created: now,
-            updated: now,
-            awaiting_import: false,
-        };
+            to_name,
+        );
         let (id, new) = self.tables().find_or_insert_copy(rec, fresh_id()?)?;
         if new {
             lock(&self.queue).push(id, partner, Instant::now());
             self.wake();
         }
         Ok(id)
+    }
+
+    /// Queues the cloud tier copy of image `image_id` (`image`) of
+    /// `container` in `group` (its name and size) into cloud container `to`
+    /// (`GROUP/NAME`),
+    /// unless the image has had one; `again` is a failed earlier copy of
+    /// it that this one replaces. None if it has one (another than `again`).
+    pub fn tier_enqueue(
+        &self,
+        group: tern_core::names::GroupName,
+        container: &ContainerName,
+        image_id: u64,
+        (name, size): (&ImageName, u64),
+        to: ContainerName,
+        again: Option<CopyId>,
+    ) -> Result<Option<CopyId>, StoreError> {
+        let mut rec = new_copy(group, container, (name, size), "", to, None);
+        rec.tier = true;
+        let id = fresh_id()?;
+        if !self.tables().insert_tier_copy(image_id, rec, id, again)? {
+            return Ok(None);
+        }
+        lock(&self.queue).push(id, "", Instant::now());
+        self.wake();
+        Ok(Some(id))
     }
 
     /// After a commit: the copy a container's replication policy asks for.
@@ -473,6 +490,7 @@ impl Replicator {
             paused,
             rate,
             path,
+            tier: rec.tier,
         }
     }
 
@@ -559,6 +577,15 @@ impl Replicator {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        if rec.tier {
+            self.store
+                .replica_abort(&Scope::Every, id, "the tier copy was aborted")?;
+            let entry = self.trail(id, &rec, now_unix(), TrailResult::Aborted, "aborted");
+            if let Err(e) = self.store.push_trail(&entry) {
+                tracing::warn!(copy = %id, "recording the abort in the trail: {e}");
+            }
+            return Ok(());
+        }
         let partner = self
             .tables()
             .partner(&rec.partner)?
@@ -581,6 +608,37 @@ impl Replicator {
                 rec.partner
             ),
         })
+    }
+}
+
+/// The record of a copy asked for now.
+fn new_copy(
+    group: tern_core::names::GroupName,
+    container: &ContainerName,
+    (name, size): (&ImageName, u64),
+    partner: &str,
+    to_container: ContainerName,
+    to_name: Option<ImageName>,
+) -> CopyRecord {
+    let now = now_unix();
+    CopyRecord {
+        state: CopyState::Queued,
+        reason: String::new(),
+        group,
+        container: container.split().1,
+        image: name.clone(),
+        partner: partner.into(),
+        to_container,
+        to_name: to_name.unwrap_or_else(|| name.clone()),
+        logical_bytes: size,
+        done_bytes: 0,
+        sent_bytes: 0,
+        sent_chunks: 0,
+        attempts: 0,
+        created: now,
+        updated: now,
+        awaiting_import: false,
+        tier: false,
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tern_core::wire::{CopyId, CopyState, ImportState, TrailResult};
 
-use super::{copy, lock, partner, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY};
+use super::{
+    copy, lock, partner, tier_copy, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY,
+};
 
 /// How often recently done copies are asked about their import events.
 const IMPORT_POLL: Duration = Duration::from_secs(3);
@@ -19,7 +21,7 @@ const IMPORT_POLL: Duration = Duration::from_secs(3);
 const IMPORT_FRESH: u64 = 120;
 const IMPORT_POLL_SLOW: Duration = Duration::from_secs(60);
 use crate::store::records::now_unix;
-use crate::store::StoreError;
+use crate::store::{Scope, StoreError};
 
 impl Replicator {
     pub(super) fn schedule_forever(self: Arc<Self>) {
@@ -59,8 +61,8 @@ impl Replicator {
             if running >= self.max_per_partner {
                 continue;
             }
-            match self.tables().copy(id) {
-                Ok(Some(rec)) if !rec.state.is_final() => {}
+            let tier = match self.tables().copy(id) {
+                Ok(Some(rec)) if !rec.state.is_final() => rec.tier,
                 Ok(_) => {
                     lock(&self.queue).remove(id);
                     continue;
@@ -69,9 +71,10 @@ impl Replicator {
                     tracing::error!(copy = %id, "reading the copy: {e}");
                     continue;
                 }
-            }
+            };
             let live = Arc::new(Live {
                 partner: partner.clone(),
+                tier,
                 ..Live::default()
             });
             {
@@ -110,6 +113,7 @@ impl Replicator {
             None,
         );
         let outcome = match &marked {
+            Ok(rec) if rec.tier => tier_copy::attempt(&self, id, rec, &live),
             Ok(rec) => copy::attempt(&self, id, rec, &live),
             Err(e) => Err(copy::Failure::Transient(format!(
                 "recording the start: {e}"
@@ -159,7 +163,8 @@ impl Replicator {
                 r.done_bytes = r.done_bytes.max(done);
                 if state == CopyState::Done {
                     r.done_bytes = r.logical_bytes;
-                    r.awaiting_import = true;
+                    // A tier copy's replica raises no event anyone acknowledges.
+                    r.awaiting_import = !r.tier;
                 }
                 r.updated = now_unix();
             },
@@ -169,7 +174,7 @@ impl Replicator {
         drop(client);
         if drop_replica {
             // After the state is recorded: a cancel shows at once.
-            self.abort_at_target(id, &live.partner);
+            self.abort_at_target(id, &live);
         }
         let dial = if unreachable {
             Dial::Failed
@@ -223,8 +228,10 @@ impl Replicator {
             Ok(CopyState::Done) => {
                 drop(queue);
                 let sent = live.sent_bytes.load(Ordering::Relaxed);
-                tracing::info!(copy = %id, sent_bytes = sent, "copy done");
-                lock(&self.awaiting_import).insert(id);
+                tracing::info!(copy = %id, sent_bytes = sent, tier = live.tier, "copy done");
+                if !live.tier {
+                    lock(&self.awaiting_import).insert(id);
+                }
             }
             Ok(state) => tracing::warn!(copy = %id, "copy {}: {reason}", state.as_str()),
         }
@@ -233,8 +240,14 @@ impl Replicator {
     /// Tells the target to drop what this copy wrote, through a session of
     /// its own: the old session's queue may hold seconds of chunk data, and
     /// the target would keep the replica open until its grace period ends.
-    fn abort_at_target(&self, id: CopyId, partner: &str) {
-        let Ok(Some(p)) = self.tables().partner(partner) else {
+    fn abort_at_target(&self, id: CopyId, live: &Live) {
+        if live.tier {
+            if let Err(e) = self.store.replica_abort(&Scope::Every, id, "the tier copy ended") {
+                tracing::warn!(copy = %id, "dropping the tier copy's partial replica: {e}");
+            }
+            return;
+        }
+        let Ok(Some(p)) = self.tables().partner(&live.partner) else {
             return;
         };
         let outcome = partner::connect(&p, &self.me).and_then(|c| c.replica_abort(id));

@@ -16,6 +16,9 @@ pub const PARTNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("partner
 pub const COPIES: TableDefinition<u128, &[u8]> = TableDefinition::new("copies");
 /// What a live copy copies (see [`copy_key`]) -> its id: asking again finds it.
 pub const LIVE_COPIES: TableDefinition<&str, u128> = TableDefinition::new("live_copies");
+/// A source image's id -> its cloud tier copy (the latest): an image is
+/// copied to the tier once.
+pub const TIER_IMAGES: TableDefinition<u64, u128> = TableDefinition::new("tier_images");
 
 /// A replication partner: where it is and how this server logs in there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +73,10 @@ pub struct CopyRecord {
     /// Done, and the target may still report the import acknowledged.
     #[serde(default)]
     pub awaiting_import: bool,
+    /// A cloud tier copy, run on this server: `partner` is empty and
+    /// `to_container` is the cloud container (`GROUP/NAME`).
+    #[serde(default)]
+    pub tier: bool,
 }
 
 fn key(id: CopyId) -> u128 {
@@ -166,6 +173,58 @@ impl ReplicationTables<'_> {
         Ok(match found {
             Some(id) => (id, false),
             None => (fresh, true),
+        })
+    }
+
+    /// Records the tier copy `rec` of image `image_id` under `fresh`,
+    /// unless the image has a tier copy other than `again`; false then.
+    pub fn insert_tier_copy(
+        &self,
+        image_id: u64,
+        rec: CopyRecord,
+        fresh: CopyId,
+        again: Option<CopyId>,
+    ) -> Result<bool> {
+        self.0.write(|tx| {
+            let mut images = tx.open_table(TIER_IMAGES)?;
+            let existing = images.get(image_id)?.map(|v| CopyId(v.value().to_be_bytes()));
+            if existing.is_some() && existing != again {
+                return Ok(false);
+            }
+            images.insert(image_id, key(fresh))?;
+            tx.open_table(LIVE_COPIES)?
+                .insert(copy_key(&rec).as_str(), key(fresh))?;
+            tx.open_table(COPIES)?
+                .insert(key(fresh), encode(&rec)?.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// Every image with a tier copy: source image id -> the copy.
+    pub fn tier_images(&self) -> Result<std::collections::HashMap<u64, CopyId>> {
+        let tx = self.0.read()?;
+        let Some(t) = tables::open(&tx, TIER_IMAGES)? else {
+            return Ok(Default::default());
+        };
+        let mut out = std::collections::HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.insert(k.value(), CopyId(v.value().to_be_bytes()));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the tier copies of images that no longer exist.
+    pub fn forget_tier_images(&self, gone: &[u64]) -> Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.0.write(|tx| {
+            let mut images = tx.open_table(TIER_IMAGES)?;
+            for id in gone {
+                images.remove(*id)?;
+            }
+            Ok(())
         })
     }
 

@@ -102,6 +102,10 @@ impl Replicator {
         entry.logical_bytes = rec.logical_bytes;
         entry.result = result;
         entry.group = Some(rec.group.clone());
+        entry.tier = rec.tier;
+        if rec.tier {
+            entry.peer = rec.to_container.to_string();
+        }
         entry
     }
 
@@ -145,6 +149,7 @@ pub fn refusal(partner: &str, started: u64, reason: &str) -> TrailEntry {
         reason: reason.into(),
         group: None,
         repeats: 0,
+        tier: false,
     }
 }
 

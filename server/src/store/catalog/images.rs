@@ -65,6 +65,7 @@ impl Catalog {
         container_id: u64,
         name: &ImageName,
         props: Vec<u8>,
+        now: u64,
         allowed: impl FnOnce(&ImageRecord) -> Result<()>,
     ) -> Result<bool> {
         let tx = self.begin_write()?;
@@ -77,6 +78,7 @@ impl Catalog {
             };
             allowed(&rec)?;
             rec.props = props;
+            rec.changed = now;
             images.insert(key, encode(&rec)?.as_slice())?;
         }
         tx.commit()?;
@@ -143,6 +145,7 @@ impl Catalog {
                 props: img.props.to_vec(),
                 created: img.created,
                 origin: img.replica.map(|(o, _)| o.clone()),
+                changed: 0,
             };
             images.insert(key, encode(&rec)?.as_slice())?;
             if let Some((origin, trail)) = img.replica {

@@ -62,6 +62,7 @@ impl Catalog {
                     props: Vec::new(),
                     created: now_unix(),
                     origin: None,
+                    changed: 0,
                 };
                 let name = format!("synthetic-{image_id}");
                 let mut images = tx.open_table(IMAGES)?;

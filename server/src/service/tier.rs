@@ -1,0 +1,266 @@
+//! The cloud tier: container policies that copy settled images to a
+//! container in a cloud storage group, and the mover that applies them.
+//!
+//! A policy lives in its container's record. The mover thread wakes every
+//! `tier_interval_secs` (and when a policy changes), lists each tiered
+//! container's images, and queues a tier copy for every image the policy
+//! selects that has none yet (`tier_images` maps a source image to its
+//! copy, written in the copy's own transaction, so a crash neither loses a
+//! copy nor queues one twice). Tier copies are the replicator's durable
+//! copy jobs (`replication/tier_copy.rs`): ids, retries, cancel, trail.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tern_core::wire::{CopyId, CopyState, TierPolicy, TierStatus};
+use tern_core::ContainerName;
+
+use super::replication::{CopyRecord, ReplicationTables, Replicator};
+use super::shaping::ShapingTable;
+use crate::store::records::{ContainerRecord, ImageRecord};
+use crate::store::{Scope, Store, StoreError};
+
+/// The cloud tier's policies and mover.
+pub struct Tierer {
+    store: Arc<Store>,
+    replicator: Arc<Replicator>,
+    interval: Duration,
+    /// Unix seconds of the mover's next run.
+    next_run: AtomicU64,
+    woken: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Tierer {
+    /// Starts the mover thread, which runs at once and then every `interval`.
+    pub fn start(
+        store: Arc<Store>,
+        replicator: Arc<Replicator>,
+        interval: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let t = Arc::new(Self {
+            store,
+            replicator,
+            interval: interval.max(Duration::from_secs(1)),
+            next_run: AtomicU64::new(0),
+            woken: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let mover = t.clone();
+        std::thread::Builder::new()
+            .name("ternd-tier".into())
+            .spawn(move || mover.move_forever())
+            .map_err(StoreError::Io)?;
+        Ok(t)
+    }
+
+    fn tables(&self) -> ReplicationTables<'_> {
+        ReplicationTables(self.store.tables())
+    }
+
+    /// Links `container` to a cloud container with `policy`, or unlinks it.
+    /// Copies already made stay; the mover runs at once.
+    pub fn set_policy(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        policy: Option<TierPolicy>,
+    ) -> Result<(), StoreError> {
+        let rec = self.store.container_record(scope, container)?;
+        if let Some(p) = &policy {
+            self.check(&rec, p)?;
+        }
+        self.store.container_set_tier(scope, container, policy)?;
+        self.wake();
+        Ok(())
+    }
+
+    fn check(&self, rec: &ContainerRecord, p: &TierPolicy) -> Result<(), StoreError> {
+        p.validate().map_err(StoreError::Invalid)?;
+        let (Some(group), _) = p.to.split() else {
+            return Err(StoreError::Invalid(format!(
+                "--to {}: name the cloud storage group too (GROUP/CONTAINER)",
+                p.to
+            )));
+        };
+        if !self.store.group_is_cloud(&group)? {
+            return Err(StoreError::Invalid(format!(
+                "storage group {group} is not a cloud storage group (tern group add {group} --s3 URL)"
+            )));
+        }
+        if group == rec.group {
+            return Err(StoreError::Invalid(format!(
+                "the container is in storage group {group} already"
+            )));
+        }
+        match self.store.container_record(&Scope::Every, &p.to) {
+            Ok(c) if !c.replica => {
+                return Err(StoreError::Invalid(format!(
+                    "container {} exists and is not a replica container: name a new one \
+                     (the tier creates it) or one made with --replica",
+                    p.to
+                )))
+            }
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(s) = &p.shaping {
+            ShapingTable(self.store.tables()).group(s)?;
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        *lock(&self.woken) = true;
+        self.wake.notify_all();
+    }
+
+    fn move_forever(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.run_once() {
+                tracing::error!("cloud tier: {e}");
+            }
+            let next = self.store.now() + self.interval.as_secs();
+            self.next_run.store(next, Ordering::Relaxed);
+            let mut woken = lock(&self.woken);
+            if !*woken {
+                woken = self
+                    .wake
+                    .wait_timeout(woken, self.interval)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *woken = false;
+        }
+    }
+
+    /// Queues a tier copy of every selected image that has none.
+    fn run_once(&self) -> Result<(), StoreError> {
+        let copies = self.tier_copies()?;
+        let mut seen = HashSet::new();
+        let mut gone = Vec::new();
+        let now = self.store.now();
+        for (name, rec) in self.store.tiered_containers()? {
+            let Some(policy) = rec.tier.clone() else {
+                continue;
+            };
+            let images = self.store.image_records(&rec)?;
+            for (image, img) in &images {
+                seen.insert(img.id);
+                if !selected(&policy, image.as_str(), img, now) {
+                    continue;
+                }
+                let again = match copies.records.get(&img.id) {
+                    Some((id, c)) if c.state == CopyState::Failed => Some(*id),
+                    Some(_) => continue,
+                    None => None,
+                };
+                let queued = self.replicator.tier_enqueue(
+                    rec.group.clone(),
+                    &name,
+                    img.id,
+                    (image, img.size),
+                    policy.to.clone(),
+                    again,
+                )?;
+                if let Some(id) = queued {
+                    tracing::info!(copy = %id, container = %name, image = %image, "tier copy queued");
+                }
+            }
+            gone.extend(
+                copies
+                    .containers
+                    .get(&(rec.group.to_string(), name.split().1.to_string()))
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| !seen.contains(*id)),
+            );
+        }
+        self.tables().forget_tier_images(&gone)
+    }
+
+    /// Every image's tier copy and its state, and the images with one per
+    /// source container (`(group, container)`).
+    fn tier_copies(&self) -> Result<TierCopies, StoreError> {
+        let tables = self.tables();
+        let map = tables.tier_images()?;
+        let mut out = TierCopies::default();
+        for (image_id, copy) in map {
+            let Some(rec) = tables.copy(copy)? else {
+                continue;
+            };
+            out.containers
+                .entry((rec.group.to_string(), rec.container.to_string()))
+                .or_default()
+                .push(image_id);
+            out.records.insert(image_id, (copy, rec));
+        }
+        Ok(out)
+    }
+
+    /// What the tier has done with each tiered container `scope` sees.
+    pub fn status(&self, scope: &Scope) -> Result<Vec<TierStatus>, StoreError> {
+        let copies = self.tier_copies()?;
+        let mut out = Vec::new();
+        for (name, rec) in self.store.tiered_containers()? {
+            let Some(policy) = rec.tier.clone() else {
+                continue;
+            };
+            if !scope.sees(&rec.group) {
+                continue;
+            }
+            let mut s = TierStatus {
+                container: name,
+                policy: policy.clone(),
+                pending: 0,
+                copying: 0,
+                copied: 0,
+                failed: 0,
+                copied_bytes: 0,
+                sent_bytes: 0,
+                next_run: self.next_run.load(Ordering::Relaxed),
+            };
+            for (image, img) in self.store.image_records(&rec)? {
+                match copies.records.get(&img.id) {
+                    Some((_, c)) => {
+                        s.sent_bytes += c.sent_bytes;
+                        match c.state {
+                            CopyState::Done | CopyState::Imported => {
+                                s.copied += 1;
+                                s.copied_bytes += c.logical_bytes;
+                            }
+                            CopyState::Queued | CopyState::Running => s.copying += 1,
+                            _ => s.failed += 1,
+                        }
+                    }
+                    None if policy.selects(image.as_str()) => s.pending += 1,
+                    None => {}
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// What the mover knows of the tier copies made.
+#[derive(Default)]
+struct TierCopies {
+    /// Source image id -> its tier copy.
+    records: HashMap<u64, (CopyId, CopyRecord)>,
+    /// `(group, container)` -> the source image ids with a tier copy.
+    containers: HashMap<(String, String), Vec<u64>>,
+}
+
+/// True if the policy selects the image now: its name, and settled for
+/// the policy's idle time since its commit or its last change.
+fn selected(policy: &TierPolicy, name: &str, img: &ImageRecord, now: u64) -> bool {
+    let settled = img.created.max(img.changed);
+    policy.selects(name) && now.saturating_sub(settled) >= policy.idle_secs
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
