@@ -88,9 +88,7 @@ impl TierPolicy {
                 .iter()
                 .find(|p| p.is_empty() || p.len() > MAX_TIER_PATTERN_LEN)
             {
-                return Err(format!(
-                    "{what} {p:?}: 1 to {MAX_TIER_PATTERN_LEN} bytes"
-                ));
+                return Err(format!("{what} {p:?}: 1 to {MAX_TIER_PATTERN_LEN} bytes"));
             }
         }
         Ok(())

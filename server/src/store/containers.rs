@@ -270,7 +270,10 @@ impl Store {
         }
         let c = self.container(scope, container)?;
         let allowed = |rec: &ImageRecord| self.check_unlocked(&c, name, rec, "changed", false);
-        if !self.catalog.set_image_props(c.id, name, props, self.now(), allowed)? {
+        if !self
+            .catalog
+            .set_image_props(c.id, name, props, self.now(), allowed)?
+        {
             return Err(StoreError::NotFound(format!(
                 "image {name} does not exist in container {container}"
             )));

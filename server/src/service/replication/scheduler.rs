@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use tern_core::wire::{CopyId, CopyState, ImportState, TrailResult};
 
-use super::{
-    copy, lock, partner, tier_copy, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY,
-};
+use super::{copy, lock, partner, tier_copy, Live, Replicator, MAX_ATTEMPTS, MAX_RETRY_DELAY};
 
 /// How often recently done copies are asked about their import events.
 const IMPORT_POLL: Duration = Duration::from_secs(3);
@@ -242,7 +240,10 @@ impl Replicator {
     /// the target would keep the replica open until its grace period ends.
     fn abort_at_target(&self, id: CopyId, live: &Live) {
         if live.tier {
-            if let Err(e) = self.store.replica_abort(&Scope::Every, id, "the tier copy ended") {
+            if let Err(e) = self
+                .store
+                .replica_abort(&Scope::Every, id, "the tier copy ended")
+            {
                 tracing::warn!(copy = %id, "dropping the tier copy's partial replica: {e}");
             }
             return;

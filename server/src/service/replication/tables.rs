@@ -187,7 +187,9 @@ impl ReplicationTables<'_> {
     ) -> Result<bool> {
         self.0.write(|tx| {
             let mut images = tx.open_table(TIER_IMAGES)?;
-            let existing = images.get(image_id)?.map(|v| CopyId(v.value().to_be_bytes()));
+            let existing = images
+                .get(image_id)?
+                .map(|v| CopyId(v.value().to_be_bytes()));
             if existing.is_some() && existing != again {
                 return Ok(false);
             }

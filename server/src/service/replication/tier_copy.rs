@@ -69,9 +69,8 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
             (writer, offset)
         }
     };
-    let written = write_recipe(r, &img, w, live, from).and_then(|()| {
-        r.store.image_commit(w).map(|_| ()).map_err(at_cloud)
-    });
+    let written = write_recipe(r, &img, w, live, from)
+        .and_then(|()| r.store.image_commit(w).map(|_| ()).map_err(at_cloud));
     if written.is_err() {
         // Kept for the next attempt (or dropped by the scheduler when the
         // copy ends for good), as a partner keeps a broken session's.
