@@ -265,6 +265,20 @@ fn the_tier_copies_the_images_its_policy_selects_once_settled_and_only_what_the_
     server.spawn();
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(tier_copies(&server).len(), 2);
+    // A delete takes the cloud copy with it, unless told to keep it.
+    let args = ["rm", "--container", "c", "--name", "db-1.full"];
+    ok("rm", &server.tern(&args, None));
+    let args = [
+        "rm",
+        "--container",
+        "c",
+        "--name",
+        "db-2.full",
+        "--keep-cloud",
+    ];
+    ok("rm --keep-cloud", &server.tern(&args, None));
+    assert_eq!(names_in(&server, "cloud/tier"), ["db-2.full"]);
+    assert!(read_cloud(&server, "db-2.full") == second);
     // Unlinked: new images stay local.
     ok(
         "tier off",
@@ -272,7 +286,7 @@ fn the_tier_copies_the_images_its_policy_selects_once_settled_and_only_what_the_
     );
     backup(&server, "db-3.full", &test_data(1 << 20, 5));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(names_in(&server, "cloud/tier"), ["db-1.full", "db-2.full"]);
+    assert_eq!(names_in(&server, "cloud/tier"), ["db-2.full"]);
 }
 
 #[test]

@@ -53,6 +53,24 @@ fn join() -> Vec<u8> {
     bytes(0, 0, msg, b"")
 }
 
+/// A container's cloud tier policy set, then the tier's status asked (protocol 9).
+fn tier() -> Vec<u8> {
+    let policy = tern_core::wire::TierPolicy {
+        to: tern_core::ContainerName::new("cloud/c").unwrap(),
+        mode: tern_core::wire::TierMode::Copy,
+        idle_secs: 3600,
+        matches: vec!["*.full".into()],
+        excludes: vec!["tmp*".into()],
+        prefixes: vec!["db-".into()],
+        shaping: Some("wan".into()),
+    };
+    let set = Msg::ContainerTier {
+        name: tern_core::ContainerName::new("c").unwrap(),
+        policy: Some(policy),
+    };
+    [bytes(3, 0, set, b""), bytes(4, 0, Msg::TierStatusGet, b"")].concat()
+}
+
 /// A source server's replica, announced and acknowledged (protocol 2).
 fn replica() -> Vec<u8> {
     let create = Msg::ReplicaCreate {
@@ -128,6 +146,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("frame", "pings", [ping(1, 0), ping(2, 1)].concat()),
         ("frame", "replica", replica()),
         ("frame", "resume", resume()),
+        ("frame", "tier", tier()),
         ("handshake", "hello-login", [hello(), login()].concat()),
         ("handshake", "join", join()),
         (

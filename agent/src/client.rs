@@ -440,6 +440,26 @@ impl Client {
             container,
             name,
             bypass_lock: false,
+            keep_cloud: false,
+        })
+    }
+
+    /// Deletes an image and keeps its cloud tier copy (protocol 9; a
+    /// delete otherwise takes the copy too). With `bypass_lock`, as
+    /// [`Client::image_remove_bypassing_lock`].
+    pub fn image_remove_keeping_cloud(
+        &self,
+        container: &str,
+        name: &str,
+        bypass_lock: bool,
+    ) -> Result<(), ClientError> {
+        let container = ContainerName::new(container)?;
+        let name = ImageName::new(name)?;
+        self.expect_ok(Msg::ImageRemove {
+            container,
+            name,
+            bypass_lock,
+            keep_cloud: true,
         })
     }
 
@@ -457,6 +477,7 @@ impl Client {
             container,
             name,
             bypass_lock: true,
+            keep_cloud: false,
         })
     }
 

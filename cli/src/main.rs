@@ -144,6 +144,9 @@ enum Cmd {
         /// holds it (admin only; the audit log records it).
         #[arg(long)]
         bypass_lock: bool,
+        /// Keep the image's cloud tier copy (deleted with it otherwise).
+        #[arg(long)]
+        keep_cloud: bool,
     },
     /// Show what the store holds and how well it dedups.
     Stats,
@@ -295,9 +298,12 @@ fn run(cli: Cli) -> Result<()> {
             container,
             name,
             bypass_lock,
+            keep_cloud,
         } => {
             let client = connect(&cli, WriteMode::Dedup)?;
-            let removed = if *bypass_lock {
+            let removed = if *keep_cloud {
+                client.image_remove_keeping_cloud(container, name, *bypass_lock)
+            } else if *bypass_lock {
                 client.image_remove_bypassing_lock(container, name)
             } else {
                 client.image_remove(container, name)

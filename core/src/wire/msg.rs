@@ -341,6 +341,10 @@ pub enum Msg {
         /// retention lock holds it; the audit log records it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         bypass_lock: bool,
+        /// (protocol 9) Keeps the image's cloud tier copy, which is
+        /// otherwise deleted with it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_cloud: bool,
     },
     /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`);
     /// answered by `Ok`.

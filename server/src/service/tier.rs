@@ -15,12 +15,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tern_core::wire::{CopyId, CopyState, TierPolicy, TierStatus};
-use tern_core::ContainerName;
+use tern_core::{ContainerName, ImageName};
 
 use super::replication::{CopyRecord, ReplicationTables, Replicator};
 use super::shaping::ShapingTable;
 use crate::store::records::{ContainerRecord, ImageRecord};
-use crate::store::{Scope, Store, StoreError};
+use crate::store::{Owner, Scope, Store, StoreError};
 
 /// The cloud tier's policies and mover.
 pub struct Tierer {
@@ -242,6 +242,90 @@ impl Tierer {
             out.push(s);
         }
         Ok(out)
+    }
+}
+
+/// How an image is deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoveHow {
+    /// Past a governance lock (an admin asked).
+    pub bypass_lock: bool,
+    /// Its cloud tier copy stays.
+    pub keep_cloud: bool,
+}
+
+impl Tierer {
+    /// Deletes an image (as [`Store::image_remove`]) and, unless
+    /// `keep_cloud`, its cloud tier copy: a committed copy is deleted from
+    /// the cloud container (its space returns with the cloud group's GC),
+    /// a copy still running is cancelled.
+    pub fn image_remove(
+        &self,
+        scope: &Scope,
+        owner: Owner<'_>,
+        container: &ContainerName,
+        name: &ImageName,
+        how: RemoveHow,
+    ) -> Result<(), StoreError> {
+        let copy = match how.keep_cloud {
+            true => None,
+            false => self.tier_copy_of(scope, container, name)?,
+        };
+        self.store
+            .image_remove(scope, owner, container, name, how.bypass_lock)?;
+        let Some((id, rec)) = copy else {
+            return Ok(());
+        };
+        if !rec.state.is_final() {
+            return match self.replicator.cancel(&Scope::Every, id) {
+                Ok(()) | Err(StoreError::Invalid(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        if !matches!(rec.state, CopyState::Done | CopyState::Imported) {
+            return Ok(());
+        }
+        // Only the image this copy made: a name may have been reused.
+        let cloud = self
+            .store
+            .image_record(&Scope::Every, &rec.to_container, &rec.to_name);
+        match cloud {
+            Ok(Some((_, img))) if img.origin.as_ref().map(|o| o.copy) == Some(id) => {}
+            Ok(_) | Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.store
+            .image_remove(
+                &Scope::Every,
+                Owner::Any,
+                &rec.to_container,
+                &rec.to_name,
+                how.bypass_lock,
+            )
+            .map_err(|e| {
+                StoreError::Invalid(format!(
+                    "image {name} is deleted, but not its cloud copy {}/{}: {e}",
+                    rec.to_container, rec.to_name
+                ))
+            })?;
+        tracing::info!(copy = %id, "cloud tier copy {}/{} deleted with its image", rec.to_container, rec.to_name);
+        Ok(())
+    }
+
+    /// The tier copy of a committed image, if it has one.
+    fn tier_copy_of(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<Option<(CopyId, CopyRecord)>, StoreError> {
+        let Some((_, img)) = self.store.image_record(scope, container, name)? else {
+            return Ok(None);
+        };
+        let Some(id) = self.tables().tier_image(img.id)? else {
+            return Ok(None);
+        };
+        Ok(self.tables().copy(id)?.map(|rec| (id, rec)))
     }
 }
 

@@ -195,6 +195,18 @@ impl Store {
         self.catalog.images(container.id, "")
     }
 
+    /// The committed image `name` of `container` as `scope` sees it, with
+    /// its container's record; None if the container has no such image.
+    pub fn image_record(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<Option<(ContainerRecord, ImageRecord)>> {
+        let c = self.container(scope, container)?;
+        Ok(self.catalog.image(c.id, name)?.map(|img| (c, img)))
+    }
+
     /// True if group `name` keeps its packs in object storage.
     pub fn group_is_cloud(&self, name: &GroupName) -> Result<bool> {
         match self.catalog.group(name)? {

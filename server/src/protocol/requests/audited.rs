@@ -42,10 +42,11 @@ pub fn act_of(msg: &Msg) -> Option<(&'static str, Value)> {
             container,
             name,
             bypass_lock,
+            keep_cloud,
         } => (
             "image_remove",
             json!({ "container": container.to_string(), "image": name.to_string(),
-                "bypass_lock": bypass_lock }),
+                "bypass_lock": bypass_lock, "keep_cloud": keep_cloud }),
         ),
         Msg::ContainerLock { name, lock } => (
             "container_lock",

@@ -8,6 +8,7 @@ use tern_core::ContainerName;
 use super::{blocking, msg_name, refuse, Answer, Refusal};
 use crate::protocol::handler::SessionHandler;
 use crate::service::access::{Action, User};
+use crate::service::tier::RemoveHow;
 use crate::service::users::Users;
 use crate::store::{container_home, default_group, Store};
 
@@ -27,12 +28,18 @@ pub fn handle(h: &mut SessionHandler, msg: Msg) -> Answer {
             container,
             name,
             bypass_lock,
+            keep_cloud,
         } => {
             if bypass_lock {
                 user.may(Action::BypassLock)?;
             }
             let (scope, owner) = (user.scope(), user.owner());
-            blocking(|| store.image_remove(&scope, owner, &container, &name, bypass_lock))?;
+            let tier = h.tier().clone();
+            let how = RemoveHow {
+                bypass_lock,
+                keep_cloud,
+            };
+            blocking(|| tier.image_remove(&scope, owner, &container, &name, how))?;
             Msg::Ok
         }
         Msg::ContainerLock { name, lock } => {

@@ -202,6 +202,16 @@ impl ReplicationTables<'_> {
         })
     }
 
+    /// The tier copy of source image `image_id`, if it has one.
+    pub fn tier_image(&self, image_id: u64) -> Result<Option<CopyId>> {
+        let tx = self.0.read()?;
+        let Some(t) = tables::open(&tx, TIER_IMAGES)? else {
+            return Ok(None);
+        };
+        let found = t.get(image_id)?;
+        Ok(found.map(|v| CopyId(v.value().to_be_bytes())))
+    }
+
     /// Every image with a tier copy: source image id -> the copy.
     pub fn tier_images(&self) -> Result<std::collections::HashMap<u64, CopyId>> {
         let tx = self.0.read()?;
