@@ -31,6 +31,9 @@ fn tiered_server(g: &Garage, prefix: &str) -> TestServer {
         .replace("cloud_catalog_secs = 10", "cloud_catalog_secs = 1");
     assert!(text.contains("tier_interval_secs = 1"), "{text}");
     std::fs::write(&config, text).unwrap();
+    server
+        .args
+        .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     server.kill();
     server.spawn();
     let args = [
@@ -248,6 +251,12 @@ fn the_tier_copies_the_images_its_policy_selects_once_settled_and_only_what_the_
         read_cloud(&server, "db-2.full") == second,
         "the second cloud copy differs"
     );
+
+    // Prometheus sees them by state, apart from copies to partners.
+    let (_, metrics) = http_get(server.metrics_url.as_ref().unwrap());
+    let done = metric_sample(&metrics, "tern_tier_moves{state=\"done\"}");
+    assert_eq!(done, Some(2.0), "{metrics}");
+    assert_eq!(metric_sample(&metrics, "tern_copies{state=\"done\"}"), None);
 
     // The trail and history name the tier copies; nothing is copied twice.
     let history = json(&ok(

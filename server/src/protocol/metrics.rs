@@ -5,7 +5,8 @@
 //!
 //! Counters are counted where things happen (requests in `dispatch`, chunk
 //! bytes, commits, GC through the control socket); what the server holds
-//! (sessions, open images, the store's bytes and space, copies by state) is
+//! (sessions, open images, the store's bytes and space, copies and tier
+//! moves by state) is
 //! read when Prometheus scrapes.
 
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ pub struct Metrics {
     group_bytes: Family<GroupLabels, Gauge>,
     group_requests: Family<GroupLabels, Gauge>,
     copies: Family<Labels, Gauge>,
+    tier_moves: Family<Labels, Gauge>,
     /// One scrape at a time sets the gauges it reads back.
     rendering: std::sync::Mutex<()>,
 }
@@ -89,6 +91,7 @@ impl Metrics {
             group_bytes: Family::default(),
             group_requests: Family::default(),
             copies: Family::default(),
+            tier_moves: Family::default(),
             rendering: std::sync::Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -159,7 +162,12 @@ impl Metrics {
              (put, get, delete, head; failed: those that failed after their retries)",
             m.group_requests.clone(),
         );
-        r.register("copies", "Copy jobs by state", m.copies.clone());
+        r.register("copies", "Copy jobs to partners by state", m.copies.clone());
+        r.register(
+            "tier_moves",
+            "Cloud tier copies by state",
+            m.tier_moves.clone(),
+        );
         m
     }
 
@@ -266,11 +274,17 @@ impl Metrics {
             Err(e) => tracing::warn!("metrics: listing storage groups: {e}"),
         }
         self.copies.clear();
+        self.tier_moves.clear();
         match sessions.replicator.list(&Scope::Every) {
             Ok(list) => {
                 for c in list {
                     let state = format!("{:?}", c.state).to_lowercase();
-                    self.copies.get_or_create(&label("state", state)).inc();
+                    let family = if c.tier {
+                        &self.tier_moves
+                    } else {
+                        &self.copies
+                    };
+                    family.get_or_create(&label("state", state)).inc();
                 }
             }
             Err(e) => tracing::warn!("metrics: listing copies: {e}"),
