@@ -13,8 +13,9 @@ static int print_container(void *ctx, const tern_container_info *c) {
 
 static int print_image(void *ctx, const tern_image_info *i) {
   (void)ctx;
-  printf("%s\tsize=%llu\tchunks=%llu\tcreated=%llu\tprops=%.*s\n", i->name, (unsigned long long)i->size,
-         (unsigned long long)i->chunks, (unsigned long long)i->created, (int)i->props_len, (const char *)i->props);
+  printf("%s\tsize=%llu\tchunks=%llu\tcreated=%llu\tlocation=%s\tprops=%.*s\n", i->name,
+         (unsigned long long)i->size, (unsigned long long)i->chunks, (unsigned long long)i->created, i->location,
+         (int)i->props_len, (const char *)i->props);
   return 0;
 }
 

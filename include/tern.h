@@ -326,6 +326,12 @@ typedef struct {
    * callbacks built against older headers are unaffected.
    */
   uint64_t lock_until;
+  /**
+   * Where its bytes are: "local", or "local+cloud" when a cloud tier
+   * copy of it is committed (protocol 9; "local" from older servers).
+   * Appended last, like `lock_until`.
+   */
+  const char *location;
 } tern_image_info;
 
 /**

@@ -196,6 +196,19 @@ fn the_tier_copies_the_images_its_policy_selects_once_settled_and_only_what_the_
         read_cloud(&server, "db-1.full") == full,
         "the cloud copy differs"
     );
+    // `tern ls` says where each image's bytes are.
+    let out = ok(
+        "ls",
+        &server.tern(&["--json", "ls", "--container", "c"], None),
+    );
+    let listed = json(&out);
+    let location = |name: &str| {
+        let list = listed.as_array().unwrap();
+        let image = list.iter().find(|i| i["name"] == name).unwrap();
+        image["location"].as_str().unwrap().to_string()
+    };
+    assert_eq!(location("db-1.full"), "local+cloud");
+    assert_eq!(location("db-1.incr"), "local");
     // Local images stay (copy mode).
     assert_eq!(
         names_in(&server, "c"),

@@ -157,6 +157,7 @@ fn fat_chunk(msg: Msg) -> Option<(Msg, Vec<u8>)> {
                 props: Vec::new(),
                 created: 0,
                 lock_until: 0,
+                location: Default::default(),
             };
             Some((Msg::ImageOpened { handle: 1, info }, Vec::new()))
         }

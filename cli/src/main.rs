@@ -355,7 +355,7 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
         } else {
             list.iter()
                 .map(|i| json!({"name": i.name.as_str(), "size": i.size, "chunks": i.chunks, "created": i.created, "props_len": i.props.len(),
-                    "lock_until": (i.lock_until > 0).then_some(i.lock_until)}))
+                    "lock_until": (i.lock_until > 0).then_some(i.lock_until), "location": i.location.as_str()}))
                 .collect()
         };
         println!("{}", serde_json::Value::Array(v));
@@ -363,8 +363,8 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
     }
     if !only_incomplete {
         println!(
-            "{:<40} {:>10} {:>9}  {:<20}  LOCKED UNTIL (UTC)",
-            "NAME", "SIZE", "CHUNKS", "CREATED (UTC)"
+            "{:<40} {:>10} {:>9}  {:<20}  {:<11}  LOCKED UNTIL (UTC)",
+            "NAME", "SIZE", "CHUNKS", "CREATED (UTC)", "LOCATION"
         );
         for i in &list {
             let locked = match i.lock_until {
@@ -372,11 +372,12 @@ fn ls(cli: &Cli, container: &str, prefix: &str, only_incomplete: bool) -> Result
                 t => rfc3339(t),
             };
             println!(
-                "{:<40} {:>10} {:>9}  {:<20}  {locked}",
+                "{:<40} {:>10} {:>9}  {:<20}  {:<11}  {locked}",
                 i.name,
                 human_bytes(i.size),
                 i.chunks,
-                rfc3339(i.created)
+                rfc3339(i.created),
+                i.location.as_str()
             );
         }
     }

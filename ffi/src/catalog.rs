@@ -25,6 +25,10 @@ pub struct tern_image_info {
     /// neither deleted nor changed); 0 if it is not locked (0 from servers older than protocol 6). Appended last, so
     /// callbacks built against older headers are unaffected.
     pub lock_until: u64,
+    /// Where its bytes are: "local", or "local+cloud" when a cloud tier
+    /// copy of it is committed (protocol 9; "local" from older servers).
+    /// Appended last, like `lock_until`.
+    pub location: *const c_char,
 }
 
 /// Called once per image; return 0 to go on, nonzero to stop.
@@ -66,6 +70,7 @@ pub unsafe extern "C" fn tern_image_list(
                 props: info.props.as_ptr(),
                 props_len: info.props.len(),
                 lock_until: info.lock_until,
+                location: location_str(info.location),
             };
             // SAFETY: tern.h: a non-NULL callback is a valid function; `ctx` is passed through untouched and the item lives for the call.
             if unsafe { cb(ctx, &ii) } != 0 {
@@ -74,6 +79,14 @@ pub unsafe extern "C" fn tern_image_list(
         }
         Ok(())
     })
+}
+
+/// The location's word as a static C string.
+fn location_str(l: tern_core::wire::ImageLocation) -> *const c_char {
+    match l {
+        tern_core::wire::ImageLocation::Local => c"local".as_ptr(),
+        tern_core::wire::ImageLocation::LocalAndCloud => c"local+cloud".as_ptr(),
+    }
 }
 
 /// Deletes a committed image; its space returns at the server's next GC.

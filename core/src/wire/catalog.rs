@@ -135,6 +135,30 @@ pub struct ImageInfo {
     /// replica); 0 if it is not locked (now, by the server's clock).
     #[serde(default)]
     pub lock_until: u64,
+    /// (protocol 9) Where its bytes are; in listings (`ImageList`) only,
+    /// `Local` elsewhere.
+    #[serde(default)]
+    pub location: ImageLocation,
+}
+
+/// Where a committed image's bytes are, as listings say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageLocation {
+    /// In its own storage group only.
+    #[default]
+    Local,
+    /// There, and a committed cloud tier copy of it in a cloud group.
+    LocalAndCloud,
+}
+
+impl ImageLocation {
+    /// The word for it: `local`, `local+cloud`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageLocation::Local => "local",
+            ImageLocation::LocalAndCloud => "local+cloud",
+        }
+    }
 }
 
 /// An image begun and not committed: being written, or left incomplete by

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tern_core::wire::{CopyId, CopyState, TierPolicy, TierStatus};
+use tern_core::wire::{CopyId, CopyState, ImageInfo, ImageLocation, TierPolicy, TierStatus};
 use tern_core::{ContainerName, ImageName};
 
 use super::replication::{CopyRecord, ReplicationTables, Replicator};
@@ -282,17 +282,9 @@ impl Tierer {
                 Err(e) => Err(e),
             };
         }
-        if !matches!(rec.state, CopyState::Done | CopyState::Imported) {
-            return Ok(());
-        }
         // Only the image this copy made: a name may have been reused.
-        let cloud = self
-            .store
-            .image_record(&Scope::Every, &rec.to_container, &rec.to_name);
-        match cloud {
-            Ok(Some((_, img))) if img.origin.as_ref().map(|o| o.copy) == Some(id) => {}
-            Ok(_) | Err(StoreError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
+        if self.committed_copy(id)?.is_none() {
+            return Ok(());
         }
         self.store
             .image_remove(
@@ -310,6 +302,55 @@ impl Tierer {
             })?;
         tracing::info!(copy = %id, "cloud tier copy {}/{} deleted with its image", rec.to_container, rec.to_name);
         Ok(())
+    }
+
+    /// Marks the images of `container` (as listed) that have a committed
+    /// cloud tier copy `LocalAndCloud`.
+    pub fn mark_locations(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        list: &mut [ImageInfo],
+    ) -> Result<(), StoreError> {
+        let copied = self.tables().tier_images()?;
+        if copied.is_empty() || list.is_empty() {
+            return Ok(());
+        }
+        let rec = self.store.container_record(scope, container)?;
+        let ids: HashMap<ImageName, u64> = self
+            .store
+            .image_records(&rec)?
+            .into_iter()
+            .map(|(name, img)| (name, img.id))
+            .collect();
+        for info in list {
+            let Some(copy) = ids.get(&info.name).and_then(|id| copied.get(id)) else {
+                continue;
+            };
+            if self.committed_copy(*copy)?.is_some() {
+                info.location = ImageLocation::LocalAndCloud;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of tier copy `id` if it is done and its cloud image
+    /// (the one it made) is still there.
+    fn committed_copy(&self, id: CopyId) -> Result<Option<CopyRecord>, StoreError> {
+        let Some(rec) = self.tables().copy(id)? else {
+            return Ok(None);
+        };
+        if !matches!(rec.state, CopyState::Done | CopyState::Imported) {
+            return Ok(None);
+        }
+        let cloud = self
+            .store
+            .image_record(&Scope::Every, &rec.to_container, &rec.to_name);
+        Ok(match cloud {
+            Ok(Some((_, img))) if img.origin.as_ref().map(|o| o.copy) == Some(id) => Some(rec),
+            Ok(_) | Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        })
     }
 
     /// The tier copy of a committed image, if it has one.

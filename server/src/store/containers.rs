@@ -419,6 +419,7 @@ fn info_of(
 ) -> ImageInfo {
     ImageInfo {
         lock_until: lock.map_or(0, |l| l.until),
+        location: Default::default(),
         container,
         name,
         size: rec.size,

@@ -91,6 +91,7 @@ impl Store {
             props: std::mem::take(&mut img.durable.props),
             created,
             lock_until: self.committed_lock(img.container_id, &rec),
+            location: Default::default(),
         };
         let stats = WriteStats {
             logical_bytes: img.size,

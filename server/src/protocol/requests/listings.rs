@@ -83,7 +83,9 @@ impl Pages<'_> {
                 Msg::Containers { list, next }
             }
             Listing::Images { container, prefix } => {
-                let done = blocking(|| store.image_list(&scope, &container, &prefix))?;
+                let mut done = blocking(|| store.image_list(&scope, &container, &prefix))?;
+                let tier = h.tier();
+                blocking(|| tier.mark_locations(&scope, &container, &mut done))?;
                 let begun = blocking(|| store.incomplete_images(&scope, &container, &prefix))?;
                 let mut all: Vec<(String, ImageItem)> = Vec::new();
                 all.extend(
