@@ -363,3 +363,137 @@ fn a_tier_copy_waits_out_the_object_store_and_ternd_killed_mid_copy_leaves_each_
     let fsck = json(&ok("fsck", &server.ternd(&["fsck", "--json"])));
     assert_eq!(fsck["damage"].as_array().unwrap().len(), 0, "{fsck}");
 }
+
+/// The default group's pack bytes (what its packs take on disk).
+fn local_pack_bytes(server: &TestServer) -> u64 {
+    let out = ok("group ls", &server.tern(&["--json", "group", "ls"], None));
+    let list = json(&out);
+    let local = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "default");
+    local.unwrap()["pack_bytes"].as_u64().unwrap()
+}
+
+fn location_of(server: &TestServer, name: &str) -> String {
+    let out = ok(
+        "ls",
+        &server.tern(&["--json", "ls", "--container", "c"], None),
+    );
+    let listed = json(&out);
+    let list = listed.as_array().unwrap();
+    let image = list.iter().find(|i| i["name"] == name).unwrap();
+    image["location"].as_str().unwrap().to_string()
+}
+
+fn restores_as(server: &TestServer, name: &str, data: &[u8]) {
+    let args = ["restore", "--container", "c", "--name", name, "-"];
+    let out = server.tern(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data, "{name} restores different bytes");
+}
+
+#[test]
+fn a_held_image_frees_local_space_reads_from_its_copy_and_a_recall_brings_it_back() {
+    let Some(g) = Garage::start() else { return };
+    let mut server = tiered_server(&g, "tier-c");
+    let big = test_data(24 << 20, 21);
+    let small = test_data(2 << 20, 22);
+    backup(&server, "big", &big);
+    backup(&server, "small", &small);
+    let args = [
+        "container",
+        "tier",
+        "c",
+        "--to",
+        "cloud/tier",
+        "--mode",
+        "copy+hold",
+        "--local-days",
+        "1",
+        "--match",
+        "big",
+    ];
+    ok("container tier", &server.tern(&args, None));
+    // Copied at once (no idle time), held only after a day.
+    let s = wait_copied(&server, 1);
+    assert_eq!(s["held"], 0, "{s}");
+    // What big takes stored (the cloud group lacked all of it).
+    let unique = tier_copies(&server)[0]["sent_bytes"].as_u64().unwrap();
+    assert_eq!(location_of(&server, "big"), "local+cloud");
+
+    server.kill();
+    server.env = vec![("TERND_CLOCK_SKEW_SECS".into(), "172800".into())];
+    server.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tier_status(&server)["held"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "not held: {}",
+            tier_status(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(location_of(&server, "big"), "cloud");
+    assert_eq!(location_of(&server, "small"), "local");
+    // Its cloud copy cannot go while the image reads from it.
+    let args = ["rm", "--container", "cloud/tier", "--name", "big"];
+    let refused = server.tern(&args, None);
+    assert!(
+        !refused.status.success(),
+        "the held image's copy was deleted"
+    );
+
+    // GC frees the held image's chunks here; it still reads whole.
+    let before = local_pack_bytes(&server);
+    ok("gc", &server.ternd(&["gc", "--group", "default"]));
+    let after = local_pack_bytes(&server);
+    assert!(
+        (before - after) as f64 >= 0.95 * unique as f64,
+        "GC freed {} of {before} bytes; big takes {unique}",
+        before - after
+    );
+    restores_as(&server, "big", &big);
+    restores_as(&server, "small", &small);
+
+    // A recall brings its chunks back; the next GC keeps them, and the
+    // policy does not hold it again before its local days.
+    let out = ok(
+        "recall",
+        &server.tern(
+            &[
+                "--json",
+                "image",
+                "recall",
+                "--container",
+                "c",
+                "--name",
+                "big",
+            ],
+            None,
+        ),
+    );
+    let stored = json(&out)["stored_bytes"].as_u64().unwrap();
+    assert_eq!(stored, unique, "bytes recalled");
+    assert_eq!(location_of(&server, "big"), "local+cloud");
+    let recalled = local_pack_bytes(&server);
+    ok("gc", &server.ternd(&["gc", "--group", "default"]));
+    assert!(
+        local_pack_bytes(&server) + (1 << 20) >= recalled,
+        "GC took recalled chunks"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tier_status(&server)["held"], 0);
+    server.kill();
+    server.env.clear();
+    server.spawn();
+    restores_as(&server, "big", &big);
+    server.kill();
+    let fsck = json(&ok("fsck", &server.ternd(&["fsck", "--json"])));
+    assert_eq!(fsck["damage"].as_array().unwrap().len(), 0, "{fsck}");
+}

@@ -63,6 +63,7 @@ fn tier() -> Vec<u8> {
         excludes: vec!["tmp*".into()],
         prefixes: vec!["db-".into()],
         shaping: Some("wan".into()),
+        local_days: 0,
     };
     let set = Msg::ContainerTier {
         name: tern_core::ContainerName::new("c").unwrap(),

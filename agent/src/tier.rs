@@ -27,6 +27,20 @@ impl Client {
         }
     }
 
+    /// Brings image `name` of `container`, held in the cloud tier, back to
+    /// its own storage group (for a large restore ahead); the chunk bytes
+    /// stored for it.
+    pub fn image_recall(&self, container: &str, name: &str) -> Result<u64, ClientError> {
+        let msg = Msg::ImageRecall {
+            container: ContainerName::new(container)?,
+            name: tern_core::ImageName::new(name)?,
+        };
+        match self.ask(msg)?.env.msg {
+            Msg::ImageRecalled { stored_bytes } => Ok(stored_bytes),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Each tiered container the user sees: its policy and its images'
     /// tier states.
     pub fn tier_status(&self) -> Result<Vec<TierStatus>, ClientError> {

@@ -168,6 +168,11 @@ enum Cmd {
     },
     /// Copy an image to a partner (prints the copy id), or see and cancel copies.
     Copy(CopyArgs),
+    /// Images held in the cloud tier: recall one.
+    Image {
+        #[command(subcommand)]
+        cmd: tier::ImageCmd,
+    },
     /// The cloud tier: what its mover has done with each tiered container.
     Tier {
         #[command(subcommand)]
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Copy(args) => replication::copy(&cli, args),
         Cmd::Events(args) => replication::events(&cli, args),
         Cmd::Tier { cmd } => tier::tier(&cli, cmd),
+        Cmd::Image { cmd } => tier::image(&cli, cmd),
         Cmd::Replication { cmd } => replication::replication(&cli, cmd),
         Cmd::Audit(args) => audit::audit(&cli, args),
     }

@@ -20,10 +20,15 @@ pub struct TierArgs {
     /// (GROUP/CONTAINER; created on first use).
     #[arg(long, required_unless_present = "off")]
     to: Option<String>,
-    /// What to do with a selected image: copy (hold and copy+hold are not
-    /// built yet).
+    /// What to do with a selected image: copy (a copy in the cloud
+    /// container), hold (after --local-days, a copy, and the local image
+    /// held there: its chunks here are freed, reads go to the copy) or
+    /// copy+hold (a copy once settled, held after --local-days).
     #[arg(long, default_value = "copy", value_parser = parse_mode)]
     mode: TierMode,
+    /// (hold, copy+hold) Days after its commit an image stays local.
+    #[arg(long, default_value_t = 0)]
+    local_days: u32,
     /// Only images committed (and their properties unchanged) this many
     /// hours ago or more.
     #[arg(long, default_value_t = 0)]
@@ -64,6 +69,37 @@ pub enum TierCmd {
     },
 }
 
+/// `tern image ...`.
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Bring an image held in the cloud tier back to local storage (for a
+    /// large restore ahead): its chunks the group lacks are read from its
+    /// cloud copy and stored here; the copy stays.
+    Recall {
+        #[arg(long)]
+        container: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub fn image(cli: &Cli, cmd: &ImageCmd) -> Result<()> {
+    let client = connect(cli, WriteMode::Dedup)?;
+    let ImageCmd::Recall { container, name } = cmd;
+    let stored = client
+        .image_recall(container, name)
+        .with_context(|| format!("recalling {container}/{name}"))?;
+    report(
+        cli,
+        json!({"recalled": name, "stored_bytes": stored}),
+        &format!(
+            "{container}/{name} is local again ({} of chunks stored)",
+            human_bytes(stored)
+        ),
+    );
+    Ok(())
+}
+
 pub fn container_tier(cli: &Cli, client: &Client, args: &TierArgs) -> Result<()> {
     let policy = match &args.to {
         Some(to) if !args.off => Some(TierPolicy {
@@ -74,6 +110,7 @@ pub fn container_tier(cli: &Cli, client: &Client, args: &TierArgs) -> Result<()>
             excludes: args.excludes.clone(),
             prefixes: args.prefixes.clone(),
             shaping: args.shaping.clone(),
+            local_days: args.local_days,
         }),
         _ => None,
     };
@@ -95,7 +132,8 @@ pub fn container_tier(cli: &Cli, client: &Client, args: &TierArgs) -> Result<()>
 
 fn policy_json(p: &TierPolicy) -> serde_json::Value {
     json!({"to": p.to.as_str(), "mode": p.mode.as_str(), "idle_secs": p.idle_secs,
-        "match": p.matches, "exclude": p.excludes, "prefix": p.prefixes, "shaping": p.shaping})
+        "match": p.matches, "exclude": p.excludes, "prefix": p.prefixes, "shaping": p.shaping,
+        "local_days": p.local_days})
 }
 
 pub fn tier(cli: &Cli, cmd: &TierCmd) -> Result<()> {
@@ -108,7 +146,7 @@ pub fn tier(cli: &Cli, cmd: &TierCmd) -> Result<()> {
                     .iter()
                     .map(|s| {
                         json!({"container": s.container.as_str(), "policy": policy_json(&s.policy),
-                        "pending": s.pending, "copying": s.copying, "copied": s.copied,
+                        "pending": s.pending, "copying": s.copying, "copied": s.copied, "held": s.held,
                         "failed": s.failed, "copied_bytes": s.copied_bytes,
                         "sent_bytes": s.sent_bytes, "next_run": s.next_run})
                     })
@@ -122,12 +160,13 @@ pub fn tier(cli: &Cli, cmd: &TierCmd) -> Result<()> {
             for s in &list {
                 println!("{}: {}", s.container, s.policy);
                 println!(
-                    "  pending {}  copying {}  copied {} ({}; {} sent)  failed {}  next run {}",
+                    "  pending {}  copying {}  copied {} ({}; {} sent)  held {}  failed {}  next run {}",
                     s.pending,
                     s.copying,
                     s.copied,
                     human_bytes(s.copied_bytes),
                     human_bytes(s.sent_bytes),
+                    s.held,
                     s.failed,
                     rfc3339(s.next_run)
                 );

@@ -25,8 +25,10 @@ pub struct tern_image_info {
     /// neither deleted nor changed); 0 if it is not locked (0 from servers older than protocol 6). Appended last, so
     /// callbacks built against older headers are unaffected.
     pub lock_until: u64,
-    /// Where its bytes are: "local", or "local+cloud" when a cloud tier
-    /// copy of it is committed (protocol 9; "local" from older servers).
+    /// Where its bytes are: "local", "local+cloud" when a cloud tier copy
+    /// of it is committed, or "cloud" when it is held in the cloud tier
+    /// (reads go to its copy; tern_image_recall() brings it back)
+    /// (protocol 9; "local" from older servers).
     /// Appended last, like `lock_until`.
     pub location: *const c_char,
 }
@@ -86,6 +88,7 @@ fn location_str(l: tern_core::wire::ImageLocation) -> *const c_char {
     match l {
         tern_core::wire::ImageLocation::Local => c"local".as_ptr(),
         tern_core::wire::ImageLocation::LocalAndCloud => c"local+cloud".as_ptr(),
+        tern_core::wire::ImageLocation::Cloud => c"cloud".as_ptr(),
     }
 }
 

@@ -42,6 +42,7 @@ fn c_list_says_an_image_with_a_cloud_tier_copy_is_local_and_cloud() {
         excludes: Vec::new(),
         prefixes: Vec::new(),
         shaping: None,
+        local_days: 0,
     };
     // The mover runs at once when a policy is set.
     client.container_tier("c", Some(policy)).unwrap();

@@ -149,14 +149,18 @@ pub enum ImageLocation {
     Local,
     /// There, and a committed cloud tier copy of it in a cloud group.
     LocalAndCloud,
+    /// Held in the cloud tier: only its cloud copy has its bytes (reads
+    /// go there; a recall brings them back).
+    Cloud,
 }
 
 impl ImageLocation {
-    /// The word for it: `local`, `local+cloud`.
+    /// The word for it: `local`, `local+cloud`, `cloud`.
     pub fn as_str(self) -> &'static str {
         match self {
             ImageLocation::Local => "local",
             ImageLocation::LocalAndCloud => "local+cloud",
+            ImageLocation::Cloud => "cloud",
         }
     }
 }

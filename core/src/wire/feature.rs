@@ -33,7 +33,8 @@ pub enum Feature {
     /// Storage groups by name, on volumes of their own: `GroupAdd`,
     /// `GroupList`, `GroupRemove` (version 8).
     Groups,
-    /// The cloud tier: `ContainerTier`, `TierStatusGet` (version 9).
+    /// The cloud tier: `ContainerTier`, `TierStatusGet`, `ImageRecall`
+    /// (version 9).
     Tier,
 }
 
@@ -76,7 +77,9 @@ impl Feature {
             Msg::ImageSuspend { .. } => Feature::Suspend,
             Msg::ImageAppendExtent { .. } => Feature::Extents,
             Msg::GroupAdd { .. } | Msg::GroupList | Msg::GroupRemove { .. } => Feature::Groups,
-            Msg::ContainerTier { .. } | Msg::TierStatusGet => Feature::Tier,
+            Msg::ContainerTier { .. } | Msg::TierStatusGet | Msg::ImageRecall { .. } => {
+                Feature::Tier
+            }
             Msg::AuditGet { .. } => Feature::Audit,
             Msg::ContainerLock { .. }
             | Msg::ImageRemove {

@@ -663,4 +663,17 @@ pub enum Msg {
         /// By container.
         list: Vec<TierStatus>,
     },
+    /// Brings an image held in the cloud tier back to its own storage
+    /// group (version 9); answered by `ImageRecalled` when it is local.
+    ImageRecall {
+        /// The container holding it.
+        container: ContainerName,
+        /// The image's name.
+        name: ImageName,
+    },
+    /// The answer to `ImageRecall`.
+    ImageRecalled {
+        /// Chunk bytes stored locally for it (what the group lacked).
+        stored_bytes: u64,
+    },
 }

@@ -19,6 +19,13 @@ pub const MAX_TIER_PATTERN_LEN: usize = 256;
 pub enum TierMode {
     /// A copy of each selected image in the cloud container.
     Copy,
+    /// Once an image is `local_days` old (and selected), a copy of it,
+    /// then the local image is held there: it stays listed, its reads go
+    /// to the copy, and its chunks here are left to GC.
+    Hold,
+    /// A copy of each selected image, and the image held there once it is
+    /// `local_days` old.
+    CopyHold,
 }
 
 impl TierMode {
@@ -26,7 +33,14 @@ impl TierMode {
     pub fn as_str(self) -> &'static str {
         match self {
             TierMode::Copy => "copy",
+            TierMode::Hold => "hold",
+            TierMode::CopyHold => "copy+hold",
         }
+    }
+
+    /// True if images are held in the cloud after `local_days`.
+    pub fn holds(self) -> bool {
+        matches!(self, TierMode::Hold | TierMode::CopyHold)
     }
 }
 
@@ -36,10 +50,8 @@ impl FromStr for TierMode {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "copy" => Ok(TierMode::Copy),
-            "hold" | "copy+hold" => Err(format!(
-                "tier mode {s}: this server copies to the cloud tier but does not yet hold \
-                 images there (only --mode copy)"
-            )),
+            "hold" => Ok(TierMode::Hold),
+            "copy+hold" => Ok(TierMode::CopyHold),
             _ => Err(format!("tier mode {s:?}: copy, hold or copy+hold")),
         }
     }
@@ -68,11 +80,20 @@ pub struct TierPolicy {
     /// The shaping group its copies draw from, if any.
     #[serde(default)]
     pub shaping: Option<String>,
+    /// (`Hold`, `CopyHold`) Days after its commit an image stays local.
+    #[serde(default)]
+    pub local_days: u32,
 }
 
 impl TierPolicy {
     /// Checks the patterns' counts and lengths (what a server keeps).
     pub fn validate(&self) -> Result<(), String> {
+        if self.local_days > 36_500 {
+            return Err(format!("--local-days {}: at most 36500", self.local_days));
+        }
+        if self.local_days > 0 && !self.mode.holds() {
+            return Err("--local-days is for --mode hold or copy+hold".into());
+        }
         for (what, list) in [
             ("--match", &self.matches),
             ("--exclude", &self.excludes),
@@ -145,8 +166,11 @@ pub struct TierStatus {
     pub pending: u64,
     /// Images whose copy is queued or running.
     pub copying: u64,
-    /// Images with a committed copy in the cloud container.
+    /// Images with a committed copy in the cloud container (held ones too).
     pub copied: u64,
+    /// Images held in the cloud tier (read from their copy).
+    #[serde(default)]
+    pub held: u64,
     /// Images whose copy failed for good or was cancelled (tried again at
     /// the next run only if it failed).
     pub failed: u64,
@@ -175,6 +199,9 @@ impl fmt::Display for TierPolicy {
         }
         if let Some(s) = &self.shaping {
             write!(f, " shaping {s}")?;
+        }
+        if self.mode.holds() {
+            write!(f, ", held there after {} days", self.local_days)?;
         }
         Ok(())
     }
@@ -206,6 +233,7 @@ mod tests {
             excludes: vec!["*tmp*".into()],
             prefixes: vec!["db/".into(), "fs/".into()],
             shaping: None,
+            local_days: 0,
         };
         assert!(p.selects("db/mon.full"));
         assert!(!p.selects("db/mon.incr"));

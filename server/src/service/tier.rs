@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tern_core::wire::{CopyId, CopyState, ImageInfo, ImageLocation, TierPolicy, TierStatus};
+use tern_core::wire::{
+    CopyId, CopyState, ImageInfo, ImageLocation, TierMode, TierPolicy, TierStatus,
+};
 use tern_core::{ContainerName, ImageName};
 
 use super::replication::{CopyRecord, ReplicationTables, Replicator};
@@ -31,6 +33,8 @@ pub struct Tierer {
     next_run: AtomicU64,
     woken: Mutex<bool>,
     wake: Condvar,
+    /// Images being recalled (`container\nname`).
+    recalling: Mutex<HashSet<String>>,
 }
 
 impl Tierer {
@@ -47,6 +51,7 @@ impl Tierer {
             next_run: AtomicU64::new(0),
             woken: Mutex::new(false),
             wake: Condvar::new(),
+            recalling: Mutex::new(HashSet::new()),
         });
         let mover = t.clone();
         std::thread::Builder::new()
@@ -149,14 +154,24 @@ impl Tierer {
             let images = self.store.image_records(&rec)?;
             for (image, img) in &images {
                 seen.insert(img.id);
-                if !selected(&policy, image.as_str(), img, now) {
+                if !policy.selects(image.as_str()) || img.held.is_some() {
                     continue;
                 }
+                let due = Due::of(&policy, img, now);
                 let again = match copies.records.get(&img.id) {
+                    Some((id, c)) if matches!(c.state, CopyState::Done | CopyState::Imported) => {
+                        if due.hold {
+                            self.hold(&rec, image, img.id, *id);
+                        }
+                        continue;
+                    }
                     Some((id, c)) if c.state == CopyState::Failed => Some(*id),
                     Some(_) => continue,
                     None => None,
                 };
+                if !due.copy {
+                    continue;
+                }
                 let queued = self.replicator.tier_enqueue(
                     rec.group.clone(),
                     &name,
@@ -179,6 +194,45 @@ impl Tierer {
             );
         }
         self.tables().forget_tier_images(&gone)
+    }
+
+    /// Holds image `name` (id `image_id`) of `rec` in its committed tier
+    /// copy `copy`; a failure is logged and tried again at the next run.
+    fn hold(&self, rec: &ContainerRecord, name: &ImageName, image_id: u64, copy: CopyId) {
+        let outcome = self.committed_copy(copy).and_then(|c| match c {
+            Some(c) => self
+                .store
+                .image_hold(rec, name, image_id, &c.to_container, &c.to_name)
+                .map(|()| true),
+            None => Ok(false),
+        });
+        match outcome {
+            Ok(true) => tracing::info!(copy = %copy, image = %name, "image held in the cloud tier"),
+            Ok(false) => {
+                tracing::warn!(copy = %copy, image = %name, "not held: its cloud copy is gone")
+            }
+            Err(e) => {
+                tracing::warn!(copy = %copy, image = %name, "holding the image in the cloud tier: {e}")
+            }
+        }
+    }
+
+    /// Brings held image `name` back (see [`Store::image_recall`]); one
+    /// recall of an image at a time. The policy holds it again only
+    /// `local_days` after the recall.
+    pub fn recall(
+        &self,
+        scope: &Scope,
+        container: &ContainerName,
+        name: &ImageName,
+    ) -> Result<u64, StoreError> {
+        let key = format!("{container}\n{name}");
+        if !lock(&self.recalling).insert(key.clone()) {
+            return Err(StoreError::Busy(format!("image {name} is being recalled")));
+        }
+        let out = self.store.image_recall(scope, container, name);
+        lock(&self.recalling).remove(&key);
+        out
     }
 
     /// Every image's tier copy and its state, and the images with one per
@@ -217,12 +271,14 @@ impl Tierer {
                 pending: 0,
                 copying: 0,
                 copied: 0,
+                held: 0,
                 failed: 0,
                 copied_bytes: 0,
                 sent_bytes: 0,
                 next_run: self.next_run.load(Ordering::Relaxed),
             };
             for (image, img) in self.store.image_records(&rec)? {
+                s.held += u64::from(img.held.is_some());
                 match copies.records.get(&img.id) {
                     Some((_, c)) => {
                         s.sent_bytes += c.sent_bytes;
@@ -327,7 +383,7 @@ impl Tierer {
             let Some(copy) = ids.get(&info.name).and_then(|id| copied.get(id)) else {
                 continue;
             };
-            if self.committed_copy(*copy)?.is_some() {
+            if info.location == ImageLocation::Local && self.committed_copy(*copy)?.is_some() {
                 info.location = ImageLocation::LocalAndCloud;
             }
         }
@@ -379,11 +435,27 @@ struct TierCopies {
     containers: HashMap<(String, String), Vec<u64>>,
 }
 
-/// True if the policy selects the image now: its name, and settled for
-/// the policy's idle time since its commit or its last change.
-fn selected(policy: &TierPolicy, name: &str, img: &ImageRecord, now: u64) -> bool {
-    let settled = img.created.max(img.changed);
-    policy.selects(name) && now.saturating_sub(settled) >= policy.idle_secs
+/// What a policy asks for an image it selects by name, now.
+struct Due {
+    /// Its copy: settled for the idle time since its commit or last
+    /// change (and, in hold mode, past its local days).
+    copy: bool,
+    /// Holding it in its copy: a holding mode, past its local days since
+    /// its commit (or its last recall).
+    hold: bool,
+}
+
+impl Due {
+    fn of(policy: &TierPolicy, img: &ImageRecord, now: u64) -> Self {
+        let settled = now.saturating_sub(img.created.max(img.changed)) >= policy.idle_secs;
+        let local = u64::from(policy.local_days) * 86_400;
+        let aged = now.saturating_sub(img.created.max(img.recalled)) >= local;
+        let hold = policy.mode.holds() && aged;
+        Due {
+            copy: settled && (policy.mode != TierMode::Hold || aged),
+            hold,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

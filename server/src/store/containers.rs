@@ -1,7 +1,9 @@
 //! Containers and the names in them: create, list, remove; list and delete images.
 
 use tern_core::names::GroupName;
-use tern_core::wire::{ContainerInfo, ContainerSettings, ImageInfo, ImageLock, LockMode};
+use tern_core::wire::{
+    ContainerInfo, ContainerSettings, ImageInfo, ImageLocation, ImageLock, LockMode,
+};
 use tern_core::{ContainerName, ImageName};
 
 use super::records::{now_unix, ContainerRecord, ImageRecord};
@@ -402,9 +404,13 @@ impl Store {
         rec: ImageRecord,
     ) -> Result<ReadableImage> {
         let lock = self.image_lock(c, &rec);
+        let (group, image_id) = match &rec.held {
+            Some(h) => self.held_source(h)?,
+            None => (self.group_of(c)?, rec.id),
+        };
         Ok(ReadableImage {
-            image_id: rec.id,
-            group: self.group_of(c)?,
+            image_id,
+            group,
             lock,
             info: info_of(container, name, rec, lock),
         })
@@ -419,7 +425,10 @@ fn info_of(
 ) -> ImageInfo {
     ImageInfo {
         lock_until: lock.map_or(0, |l| l.until),
-        location: Default::default(),
+        location: match rec.held {
+            Some(_) => ImageLocation::Cloud,
+            None => ImageLocation::Local,
+        },
         container,
         name,
         size: rec.size,

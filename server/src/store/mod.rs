@@ -42,6 +42,7 @@ mod fsck;
 mod gates;
 mod gc;
 mod groups;
+mod held;
 mod live_set;
 pub mod pack;
 pub mod pack_store;

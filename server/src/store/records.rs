@@ -74,6 +74,24 @@ pub struct ImageRecord {
     /// When its properties last changed (0: never since its commit).
     #[serde(default)]
     pub changed: u64,
+    /// Held in the cloud tier: its bytes are read from this image of a
+    /// cloud group (its own recipe rows are gone, or being recalled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldIn>,
+    /// When it was last recalled from the cloud tier (0: never): a tier
+    /// policy holds it again only `local_days` after that.
+    #[serde(default)]
+    pub recalled: u64,
+}
+
+/// Where a held image's bytes are: its cloud tier copy, an image of a
+/// cloud storage group of this store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldIn {
+    pub group: GroupName,
+    pub container_id: u64,
+    pub name: ImageName,
+    pub image_id: u64,
 }
 
 /// An image being written or left incomplete: what is durable of it up to

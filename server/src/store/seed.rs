@@ -87,6 +87,14 @@ impl Verified {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    pub(super) fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    pub(super) fn into_records(self) -> Vec<Record> {
+        self.records
+    }
 }
 
 impl Store {

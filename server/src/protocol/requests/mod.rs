@@ -181,7 +181,9 @@ async fn answer(h: &mut SessionHandler, req: u64, msg: Msg, payload: Vec<u8>) ->
         | Msg::CopyStatusGet { .. }
         | Msg::CopyCancel { .. }
         | Msg::CopyAbort { .. }) => replication::handle(h, m).await,
-        m @ (Msg::ContainerTier { .. } | Msg::TierStatusGet) => replication::handle_tier(h, m),
+        m @ (Msg::ContainerTier { .. } | Msg::TierStatusGet | Msg::ImageRecall { .. }) => {
+            replication::handle_tier(h, m)
+        }
         m @ (Msg::ReplicaCreate { .. }
         | Msg::ReplicaAbort { .. }
         | Msg::ImportStatesGet { .. }

@@ -29,6 +29,9 @@ pub fn handle_tier(h: &mut SessionHandler, msg: Msg) -> Answer {
         Msg::TierStatusGet => Msg::TierStatuses {
             list: blocking(|| tier.status(&user.scope()))?,
         },
+        Msg::ImageRecall { container, name } => Msg::ImageRecalled {
+            stored_bytes: blocking(|| tier.recall(&user.scope(), &container, &name))?,
+        },
         other => return refuse(ErrorKind::Protocol, msg_name(&other)),
     };
     Ok(Some(reply))

@@ -101,6 +101,7 @@ impl Catalog {
                 None => return Ok(false),
             };
             allowed(&rec)?;
+            super::held::on_remove(&tx, &rec)?;
             let mut recipes = tx.open_table(RECIPES)?;
             recipes.retain_in((rec.id, 0)..=(rec.id, u64::MAX), |_, _| false)?;
         }
@@ -146,6 +147,8 @@ impl Catalog {
                 created: img.created,
                 origin: img.replica.map(|(o, _)| o.clone()),
                 changed: 0,
+                held: None,
+                recalled: 0,
             };
             images.insert(key, encode(&rec)?.as_slice())?;
             if let Some((origin, trail)) = img.replica {

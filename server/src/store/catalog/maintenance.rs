@@ -55,7 +55,10 @@ impl Catalog {
         for row in t.iter()? {
             let (_, v) = row?;
             let rec: ImageRecord = decode("image", v.value())?;
-            out.push((rec.id, rec.size));
+            // A held image's rows are gone, or on their way back (a recall).
+            if rec.held.is_none() {
+                out.push((rec.id, rec.size));
+            }
         }
         let partials = self.db.begin_read()?.open_table(super::PARTIALS)?;
         for row in partials.iter()? {

@@ -45,6 +45,7 @@ pub const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks")
 const FORMAT_VERSION: u64 = 6;
 
 pub mod groups;
+pub mod held;
 mod images;
 mod index;
 mod maintenance;

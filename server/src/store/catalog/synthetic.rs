@@ -63,6 +63,8 @@ impl Catalog {
                     created: now_unix(),
                     origin: None,
                     changed: 0,
+                    held: None,
+                    recalled: 0,
                 };
                 let name = format!("synthetic-{image_id}");
                 let mut images = tx.open_table(IMAGES)?;
