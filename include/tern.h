@@ -327,8 +327,10 @@ typedef struct {
    */
   uint64_t lock_until;
   /**
-   * Where its bytes are: "local", or "local+cloud" when a cloud tier
-   * copy of it is committed (protocol 9; "local" from older servers).
+   * Where its bytes are: "local", "local+cloud" when a cloud tier copy
+   * of it is committed, or "cloud" when it is held in the cloud tier
+   * (reads go to its copy; tern_image_recall() brings it back)
+   * (protocol 9; "local" from older servers).
    * Appended last, like `lock_until`.
    */
   const char *location;
@@ -822,6 +824,22 @@ tern_status tern_image_list(const tern_client *client, const char *container, co
  * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated.
  */
 tern_status tern_image_delete(const tern_client *client, const char *container, const char *name);
+
+/**
+ * Brings an image held in the cloud tier (`location` "cloud" in
+ * tern_image_list()) back to local storage, for a large restore ahead:
+ * its chunks the local group lacks are read from its cloud copy and
+ * stored; it reads locally again once this returns. `stored_bytes` (may
+ * be NULL) receives the chunk bytes stored. Blocks until done (the
+ * client's call timeout applies). Errors: TERN_NULL_POINTER,
+ * TERN_INVALID_ARGUMENT (not held), TERN_NOT_FOUND, TERN_BUSY (another
+ * recall of it runs), TERN_PROTOCOL (a server older than protocol 9),
+ * TERN_CLOSED, TERN_CONNECT, TERN_TIMEOUT.
+ *
+ * # Safety
+ * `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `stored_bytes` is NULL or writable.
+ */
+tern_status tern_image_recall(const tern_client *client, const char *container, const char *name, uint64_t *stored_bytes);
 
 /**
  * Replaces a committed image's DMA properties (`props` may be NULL when

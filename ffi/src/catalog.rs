@@ -116,6 +116,41 @@ pub unsafe extern "C" fn tern_image_delete(
     })
 }
 
+/// Brings an image held in the cloud tier (`location` "cloud" in
+/// tern_image_list()) back to local storage, for a large restore ahead:
+/// its chunks the local group lacks are read from its cloud copy and
+/// stored; it reads locally again once this returns. `stored_bytes` (may
+/// be NULL) receives the chunk bytes stored. Blocks until done (the
+/// client's call timeout applies). Errors: TERN_NULL_POINTER,
+/// TERN_INVALID_ARGUMENT (not held), TERN_NOT_FOUND, TERN_BUSY (another
+/// recall of it runs), TERN_PROTOCOL (a server older than protocol 9),
+/// TERN_CLOSED, TERN_CONNECT, TERN_TIMEOUT.
+///
+/// # Safety
+/// `client` is NULL or a live handle; `container` and `name` are NULL or NUL-terminated; `stored_bytes` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tern_image_recall(
+    client: *const tern_client,
+    container: *const c_char,
+    name: *const c_char,
+    stored_bytes: *mut u64,
+) -> tern_status {
+    guard(|| {
+        // SAFETY: a handle argument (tern.h; see handle.rs).
+        let c = unsafe { borrow(client)? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let container = unsafe { c_str(container, "container")? };
+        // SAFETY: tern.h: a string argument is NULL (refused or "not given") or NUL-terminated and alive for the call.
+        let name = unsafe { c_str(name, "name")? };
+        let stored = c.get()?.image_recall(container, name)?;
+        // SAFETY: tern.h: a non-NULL out pointer is writable.
+        if let Some(out) = unsafe { stored_bytes.as_mut() } {
+            *out = stored;
+        }
+        Ok(())
+    })
+}
+
 /// Replaces a committed image's DMA properties (`props` may be NULL when
 /// `props_len` is 0, which clears them; at most TERN_MAX_PROPS_LEN, refused
 /// before sending). Errors: TERN_NULL_POINTER, TERN_INVALID_ARGUMENT,

@@ -112,7 +112,7 @@ fn the_makefile_builds_every_example_with_pkg_config() {
         .status()
         .expect("running make");
     assert!(status.success());
-    for bin in ["backup", "restore", "list", "synth", "dma_host"] {
+    for bin in ["backup", "restore", "list", "synth", "recall", "dma_host"] {
         assert!(build.path().join(bin).exists(), "{bin} not built");
     }
     let pc = std::fs::read_to_string(build.path().join("tern.pc")).unwrap();

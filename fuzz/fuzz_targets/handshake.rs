@@ -13,6 +13,7 @@ use tern_server::protocol::sessions::{serve_connection, Sessions};
 use tern_server::service::audit::AuditLog;
 use tern_server::service::replication::{LocalIdentity, Replicator};
 use tern_server::service::shaping::{schedule::Clock, Shaper};
+use tern_server::service::tier::Tierer;
 use tern_server::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,11 +39,14 @@ fn world() -> &'static World {
         };
         let shaper = Arc::new(Shaper::new(store.clone(), Clock::default()));
         let replicator = Replicator::start(store.clone(), me, 1, shaper).unwrap();
+        // The tier mover finds no policy: nothing before login sets one.
+        let every = Duration::from_secs(3600);
+        let tier = Tierer::start(store.clone(), replicator.clone(), every).unwrap();
         let sessions = Sessions::new(
             store,
             Duration::from_millis(1),
             cache,
-            replicator,
+            (replicator, tier),
             tern_core::wire::PROTOCOL_MAX,
             Arc::new(AuditLog::new(dir.path())),
         );
