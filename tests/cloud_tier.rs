@@ -518,6 +518,22 @@ fn a_held_image_frees_local_space_reads_from_its_copy_and_a_recall_brings_it_bac
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(tier_status(&server)["held"], 0);
+    // The trail has the copy, the hold and the recall.
+    let history = json(&ok(
+        "tier history",
+        &server.tern(&["--json", "tier", "history"], None),
+    ));
+    let reasons: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.iter().any(|r| r.starts_with("held")), "{history}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("recalled")),
+        "{history}"
+    );
     server.kill();
     server.env.clear();
     server.spawn();

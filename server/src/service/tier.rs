@@ -15,13 +15,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tern_core::wire::{
-    CopyId, CopyState, ImageInfo, ImageLocation, TierMode, TierPolicy, TierStatus,
+    CopyId, CopyState, ImageInfo, ImageLocation, TierMode, TierPolicy, TierStatus, TrailResult,
 };
 use tern_core::{ContainerName, ImageName};
 
 use super::replication::{CopyRecord, ReplicationTables, Replicator};
 use super::shaping::ShapingTable;
-use crate::store::records::{ContainerRecord, ImageRecord};
+use crate::store::records::{now_unix, ContainerRecord, ImageRecord};
 use crate::store::{Owner, Scope, Store, StoreError};
 
 /// The cloud tier's policies and mover.
@@ -141,7 +141,8 @@ impl Tierer {
         }
     }
 
-    /// Queues a tier copy of every selected image that has none.
+    /// Queues a tier copy of every selected image that has none, and holds
+    /// those whose copy is committed once their policy says so.
     fn run_once(&self) -> Result<(), StoreError> {
         let copies = self.tier_copies()?;
         let mut seen = HashSet::new();
@@ -161,7 +162,7 @@ impl Tierer {
                 let again = match copies.records.get(&img.id) {
                     Some((id, c)) if matches!(c.state, CopyState::Done | CopyState::Imported) => {
                         if due.hold {
-                            self.hold(&rec, image, img.id, *id);
+                            self.hold((&name, &rec), image, img.id, *id);
                         }
                         continue;
                     }
@@ -196,9 +197,15 @@ impl Tierer {
         self.tables().forget_tier_images(&gone)
     }
 
-    /// Holds image `name` (id `image_id`) of `rec` in its committed tier
+    /// Holds image `name` (id `image_id`) of `container` in its committed tier
     /// copy `copy`; a failure is logged and tried again at the next run.
-    fn hold(&self, rec: &ContainerRecord, name: &ImageName, image_id: u64, copy: CopyId) {
+    fn hold(
+        &self,
+        (container, rec): (&ContainerName, &ContainerRecord),
+        name: &ImageName,
+        image_id: u64,
+        copy: CopyId,
+    ) {
         let outcome = self.committed_copy(copy).and_then(|c| match c {
             Some(c) => self
                 .store
@@ -207,7 +214,11 @@ impl Tierer {
             None => Ok(false),
         });
         match outcome {
-            Ok(true) => tracing::info!(copy = %copy, image = %name, "image held in the cloud tier"),
+            Ok(true) => {
+                tracing::info!(copy = %copy, image = %name, "image held in the cloud tier");
+                let image = format!("{}/{name}", container.split().1);
+                self.trail(copy, image, rec, "held: its reads go to its cloud copy");
+            }
             Ok(false) => {
                 tracing::warn!(copy = %copy, image = %name, "not held: its cloud copy is gone")
             }
@@ -232,7 +243,34 @@ impl Tierer {
         }
         let out = self.store.image_recall(scope, container, name);
         lock(&self.recalling).remove(&key);
+        if let Ok(stored) = &out {
+            let copy = self.tier_copy_of(scope, container, name).ok().flatten();
+            let rec = self.store.container_record(scope, container);
+            if let (Some((id, _)), Ok(rec)) = (copy, rec) {
+                let what = format!("recalled: {stored} bytes of chunks stored here again");
+                let image = format!("{}/{name}", container.split().1);
+                self.trail(id, image, &rec, &what);
+            }
+        }
         out
+    }
+
+    /// Records a hold or a recall in the replication trail, as a tier
+    /// entry of the image's copy.
+    fn trail(&self, copy: CopyId, image: String, rec: &ContainerRecord, what: &str) {
+        let mut entry = super::replication::trail::refusal("", now_unix(), what);
+        entry.copy = copy;
+        entry.image = image;
+        entry.result = TrailResult::Ok;
+        entry.group = Some(rec.group.clone());
+        entry.tier = true;
+        if let Ok(Some(c)) = self.tables().copy(copy) {
+            entry.peer = c.to_container.to_string();
+            entry.logical_bytes = c.logical_bytes;
+        }
+        if let Err(e) = self.store.push_trail(&entry) {
+            tracing::warn!(copy = %copy, "recording in the trail: {e}");
+        }
     }
 
     /// Every image's tier copy and its state, and the images with one per
