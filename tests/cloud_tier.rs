@@ -483,6 +483,19 @@ fn a_held_image_frees_local_space_reads_from_its_copy_and_a_recall_brings_it_bac
     );
     restores_as(&server, "big", &big);
     restores_as(&server, "small", &small);
+    // Its bytes are in another group now: no extents of it until recalled.
+    let args = [
+        "synth",
+        "--container",
+        "c",
+        "--name",
+        "s",
+        "--from",
+        "big:0:4096",
+    ];
+    let synth = server.tern(&args, None);
+    let err = String::from_utf8_lossy(&synth.stderr);
+    assert!(!synth.status.success() && err.contains("held"), "{err}");
 
     // A recall brings its chunks back, going on where one that ternd's
     // kill -9 cut off stopped; the next GC keeps them, and the policy

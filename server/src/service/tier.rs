@@ -100,6 +100,15 @@ impl Tierer {
                 "the container is in storage group {group} already"
             )));
         }
+        // A cloud group's saved catalog (what `ternd group recover`
+        // rebuilds) would keep a held image without its bytes.
+        if p.mode.holds() && self.store.group_is_cloud(&rec.group)? {
+            return Err(StoreError::Invalid(format!(
+                "the container is in cloud storage group {}: its images can be copied to \
+                 another, not held there",
+                rec.group
+            )));
+        }
         match self.store.container_record(&Scope::Every, &p.to) {
             Ok(c) if !c.replica => {
                 return Err(StoreError::Invalid(format!(

@@ -112,6 +112,14 @@ impl Store {
                     format!("image {name} does not exist in container {container}")
                 })
             })?;
+        if snap.image.held.is_some() {
+            // Its bytes are in another storage group now (its rows gone,
+            // or partly back during a recall).
+            return Err(StoreError::Invalid(format!(
+                "image {container}/{name} is held in the cloud tier: recall it (tern image \
+                 recall) before taking extents of it"
+            )));
+        }
         if end > snap.image.size {
             return Err(StoreError::Invalid(format!(
                 "image {container}/{name} is {} bytes long: an extent of {len} bytes at {offset} \
