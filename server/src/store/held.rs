@@ -108,6 +108,7 @@ impl Store {
         rows: &[(u64, tern_core::ChunkId, u32)],
     ) -> Result<u64> {
         let mut fetched: Vec<StoredChunk> = Vec::new();
+        let mut stored = 0;
         for _ in 0..RECALL_TRIES {
             // Read from the cloud group outside this group's gate (two
             // gates of one stripe must not be taken by one thread).
@@ -130,7 +131,6 @@ impl Store {
             }
             let verified = Verified::check(std::mem::take(&mut fetched))?;
             let _gate = self.gates.shared(group);
-            let mut stored = 0;
             for r in verified.records() {
                 if self.store_chunk(group, &r.id, r.codec, r.raw_len, &r.bytes)? {
                     stored += r.bytes.len() as u64;
