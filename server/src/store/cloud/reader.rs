@@ -1,17 +1,18 @@
 //! Reading packs out of the bucket: a read fetches the sealed segments it
 //! covers in one ranged GET, opens them and keeps them in a bounded cache.
-//! A read that continues where the last one on the same object ended also
-//! fetches the segments after it ([`READ_AHEAD`]) and keeps up to
-//! [`AHEAD_WINDOWS`] such requests' worth ahead of the reader in flight on
-//! threads of their own, into the group's next object when the reader nears
-//! the end of this one, so a restore, which reads packs front to back in the
-//! order they were written, makes one request per few MiB and rarely waits
-//! for one. A segment being fetched is fetched once: other readers of it
-//! wait for that request.
+//! A read that goes on in order (the segment before it is cached: this
+//! reader or another one just read it) also fetches the segments after it
+//! ([`READ_AHEAD`]) and keeps up to [`AHEAD_WINDOWS`] such requests' worth
+//! ahead of the readers in flight on threads of their own, into the group's
+//! next object when they near the end of this one, so a restore, which
+//! reads packs front to back in the order they were written (over several
+//! connections at once), makes one request per few MiB and rarely waits for
+//! one. A segment being fetched is fetched once: other readers of it wait
+//! for that request.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::bucket::Bucket;
@@ -31,6 +32,37 @@ const MAX_PREFETCHES: usize = 4;
 
 type SegmentKey = ([u8; 16], u64);
 
+/// An opened segment: its plaintext in the buffer of the request that
+/// fetched it (opened in place, shared by the segments of that request).
+#[derive(Clone)]
+pub struct Segment {
+    buf: Arc<Vec<u8>>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for Segment {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// The last segment of a read-ahead request from `first` in an object whose
+/// last segment is `end`: [`READ_AHEAD`] segments, or to the end when fewer
+/// than that would be left, so that an object's short last segment is never
+/// a request of its own (a small response waits out the server's Nagle
+/// and the client's delayed ACK: 40 ms, ten times a 4 MiB request).
+fn window_end(first: u64, end: u64) -> u64 {
+    let last = first + READ_AHEAD - 1;
+    if last + READ_AHEAD > end {
+        end
+    } else {
+        last
+    }
+}
+
 /// Opened segments, first in first out, up to a byte bound; and the
 /// segments requests are fetching now.
 pub struct SegmentCache {
@@ -43,14 +75,14 @@ pub struct SegmentCache {
 
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<SegmentKey, Arc<Vec<u8>>>,
+    map: HashMap<SegmentKey, Segment>,
     order: VecDeque<SegmentKey>,
     bytes: usize,
     fetching: HashSet<SegmentKey>,
 }
 
 impl CacheInner {
-    fn put(&mut self, limit: usize, key: SegmentKey, seg: Arc<Vec<u8>>) {
+    fn put(&mut self, limit: usize, key: SegmentKey, seg: Segment) {
         if self.map.contains_key(&key) {
             return;
         }
@@ -71,6 +103,15 @@ impl CacheInner {
         self.map.contains_key(key) || self.fetching.contains(key)
     }
 
+    /// True if segment `i` of object `name` is read in order: the one
+    /// before it is cached or being fetched. Whichever reader read it, so
+    /// that the sessions of one restore, reading neighbouring chunks at
+    /// once, count as one reader; and a chunk of an object read long ago
+    /// (a duplicate), whose segments the cache has let go, does not.
+    fn follows(&self, name: [u8; 16], i: u64) -> bool {
+        i > 0 && self.known(&(name, i - 1))
+    }
+
     /// Marks `first..=last` as being fetched, up to the first of them that
     /// is cached or being fetched already; returns the last one marked.
     fn claim(&mut self, name: [u8; 16], first: u64, last: u64) -> u64 {
@@ -89,7 +130,7 @@ impl CacheInner {
 
 /// What a reader finds for a segment it needs.
 enum Found {
-    Cached(Arc<Vec<u8>>),
+    Cached(Segment),
     /// Not cached and nobody fetching it: the reader fetches `first..=last`.
     Claimed(u64),
 }
@@ -121,7 +162,7 @@ impl SegmentCache {
 
     /// Ends a fetch of `first..=last`: caches what it opened (all of them,
     /// or nothing if it failed) and wakes the readers waiting for them.
-    fn fetch_ended(&self, name: [u8; 16], first: u64, last: u64, segs: Option<&[Arc<Vec<u8>>]>) {
+    fn fetch_ended(&self, name: [u8; 16], first: u64, last: u64, segs: Option<&[Segment]>) {
         let mut c = lock(&self.inner);
         for j in first..=last {
             c.fetching.remove(&(name, j));
@@ -163,7 +204,7 @@ impl ObjectSource {
 
     /// Fetches and opens segments `first..=last`, which the caller claimed,
     /// and caches them; a failed fetch caches nothing.
-    fn fetch(&self, first: u64, last: u64) -> io::Result<Arc<Vec<u8>>> {
+    fn fetch(&self, first: u64, last: u64) -> io::Result<Segment> {
         let segs = self.get_and_open(first, last);
         self.cache
             .fetch_ended(self.name, first, last, segs.as_deref().ok());
@@ -173,18 +214,19 @@ impl ObjectSource {
             .ok_or_else(|| self.damaged("no segment"))
     }
 
-    fn get_and_open(&self, first: u64, last: u64) -> io::Result<Vec<Arc<Vec<u8>>>> {
+    /// Opens the segments in place in the response's buffer: no copy.
+    fn get_and_open(&self, first: u64, last: u64) -> io::Result<Vec<Segment>> {
         let (start, _) = self.header.sealed_range(first);
         let (last_start, last_len) = self.header.sealed_range(last);
         let len = last_start + last_len - start;
-        let bytes = self.bucket.get_range(&hex(&self.name), start, len)?;
+        let mut bytes = self.bucket.get_range(&hex(&self.name), start, len)?;
         if bytes.len() as u64 != len {
             return Err(self.damaged(format!(
                 "{} bytes where {len} were expected: the object is shorter than its pack",
                 bytes.len()
             )));
         }
-        let mut out = Vec::new();
+        let mut opened = Vec::new();
         let mut at = 0usize;
         for i in first..=last {
             let n = self.header.sealed_range(i).1 as usize;
@@ -193,18 +235,26 @@ impl ObjectSource {
                 &self.name,
                 &self.header,
                 i,
-                bytes[at..at + n].to_vec(),
+                &mut bytes[at..at + n],
             )
             .map_err(|e| self.damaged(e))?;
+            opened.push((at, plain));
             at += n;
-            out.push(Arc::new(plain));
         }
-        Ok(out)
+        let buf = Arc::new(bytes);
+        Ok(opened
+            .into_iter()
+            .map(|(start, len)| Segment {
+                buf: buf.clone(),
+                start,
+                len,
+            })
+            .collect())
     }
 
     /// Segment `i`, from the cache, a fetch in flight, or a fetch of
     /// `i..=last` (fewer if some of them are cached or being fetched).
-    fn segment(&self, i: u64, last: u64) -> io::Result<Arc<Vec<u8>>> {
+    fn segment(&self, i: u64, last: u64) -> io::Result<Segment> {
         match self.cache.find_or_claim(self.name, i, last) {
             Found::Cached(s) => Ok(s),
             Found::Claimed(last) => self.fetch(i, last),
@@ -227,7 +277,7 @@ impl ObjectSource {
                 prefetches.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
-            let last = c.claim(self.name, first, (first + READ_AHEAD - 1).min(end));
+            let last = c.claim(self.name, first, window_end(first, end));
             (first, last)
         };
         let source = self.clone();
@@ -251,8 +301,6 @@ pub struct ObjectReader {
     source: ObjectSource,
     /// The group's next object, read ahead into when a reader nears the end.
     successor: Option<ObjectSource>,
-    /// The segment after the last one read (for read-ahead).
-    next: AtomicU64,
 }
 
 impl ObjectReader {
@@ -276,24 +324,21 @@ impl ObjectReader {
         Self {
             source: source(entry),
             successor: successor.map(source),
-            next: AtomicU64::new(u64::MAX),
         }
     }
 
     /// Segment `i`: with the segments after it when it is the first or
-    /// continues in order, and reading ahead in the background only once
-    /// the reads have gone on in order (a pack's table is read at its start
-    /// and then its end: that reads no further).
-    fn segment(&self, i: u64) -> io::Result<Arc<Vec<u8>>> {
-        let next = self.next.load(Ordering::Relaxed);
-        // In the segment the last read ended in, or the one after it.
-        let continued = next != u64::MAX && (next == i || next == i + 1);
-        if !continued && i != 0 {
+    /// follows in order, and reading ahead in the background only once the
+    /// reads have gone on in order (a pack's table is read at its start and
+    /// then its end: that reads no further).
+    fn segment(&self, i: u64) -> io::Result<Segment> {
+        let follows = lock(&self.source.cache.inner).follows(self.source.name, i);
+        if !follows && i != 0 {
             return self.source.segment(i, i);
         }
         let end = self.source.header.segments().saturating_sub(1);
-        let seg = self.source.segment(i, (i + READ_AHEAD - 1).min(end))?;
-        if !continued {
+        let seg = self.source.segment(i, window_end(i, end))?;
+        if !follows {
             return Ok(seg);
         }
         let horizon = i + AHEAD_WINDOWS * READ_AHEAD;
@@ -330,7 +375,6 @@ impl PackObject for ObjectReader {
             let dst = (at - offset) as usize;
             buf[dst..dst + n].copy_from_slice(&s[from..from + n]);
             at += n as u64;
-            self.next.store(i + 1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -497,6 +541,34 @@ mod tests {
         let most = (READ_AHEAD + 1) * (SEGMENT as u64 + TAG_LEN);
         assert!(got <= most, "{got} bytes fetched for a header and a footer");
         assert_eq!(bucket.counters.get.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_objects_short_last_segment_is_fetched_with_the_segments_before_it() {
+        let Some(g) = Garage::start() else { return };
+        let (_, _, bucket, key, plain) = object(&g);
+        // Eight full segments and half of one: requests of 0..=3 and then
+        // 4..=8, never the short one alone.
+        let plain = &plain[..8 * SEGMENT as usize + SEGMENT as usize / 2];
+        let name = [11u8; 16];
+        bucket
+            .put(&hex(&name), seal_object(&key, &name, plain))
+            .unwrap();
+        let entry = ObjectEntry {
+            name,
+            plain_len: plain.len() as u64,
+        };
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, None);
+        let before = bucket.counters.get.load(Ordering::Relaxed);
+        let mut buf = vec![0u8; 32 << 10];
+        for at in (0..plain.len()).step_by(buf.len()) {
+            let n = buf.len().min(plain.len() - at);
+            reader.read_exact_at(&mut buf[..n], at as u64).unwrap();
+            assert!(buf[..n] == plain[at..at + n], "bytes at {at} differ");
+        }
+        wait_for_read_aheads(&cache);
+        assert_eq!(bucket.counters.get.load(Ordering::Relaxed) - before, 2);
     }
 
     /// Waits for every read-ahead to end (its thread counts itself out

@@ -164,24 +164,24 @@ pub fn seal_object(key: &DataKey, name: &[u8; 16], plain: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Opens segment `i` of object `name` from its sealed bytes.
+/// Opens segment `i` of object `name` in place: `sealed` holds its sealed
+/// bytes, and then its plaintext followed by the (spent) tag; returns the
+/// plaintext's length.
 pub fn open_segment(
     key: &DataKey,
     name: &[u8; 16],
     header: &ObjectHeader,
     i: u64,
-    mut sealed: Vec<u8>,
-) -> Result<Vec<u8>, SealError> {
+    sealed: &mut [u8],
+) -> Result<usize, SealError> {
     if i >= header.segments() || sealed.len() as u64 != header.sealed_range(i).1 {
         return Err(SealError::Segment(i));
     }
-    let plain_len = key
+    Ok(key
         .object_key(name)
-        .open_in_place(nonce(i), Aad::from(header.aad(i)), &mut sealed)
+        .open_in_place(nonce(i), Aad::from(header.aad(i)), sealed)
         .map_err(|_| SealError::Segment(i))?
-        .len();
-    sealed.truncate(plain_len);
-    Ok(sealed)
+        .len())
 }
 
 /// Opens a whole object `name` from its sealed bytes: every segment, and
@@ -194,10 +194,12 @@ pub fn open_object(key: &DataKey, name: &[u8; 16], object: &[u8]) -> Result<Vec<
     let mut out = Vec::with_capacity(h.plain_len as usize);
     for i in 0..h.segments() {
         let (start, len) = h.sealed_range(i);
-        let part = object
+        let mut part = object
             .get(start as usize..(start + len) as usize)
-            .ok_or(SealError::Segment(i))?;
-        out.extend(open_segment(key, name, &h, i, part.to_vec())?);
+            .ok_or(SealError::Segment(i))?
+            .to_vec();
+        let n = open_segment(key, name, &h, i, &mut part)?;
+        out.extend_from_slice(&part[..n]);
     }
     Ok(out)
 }
@@ -297,8 +299,8 @@ mod tests {
         ));
         let h = ObjectHeader::decode(&object).unwrap();
         let (s1, l1) = h.sealed_range(1);
-        let second = object[s1 as usize..(s1 + l1) as usize].to_vec();
-        assert!(open_segment(&key, &name, &h, 0, second).is_err());
+        let mut second = object[s1 as usize..(s1 + l1) as usize].to_vec();
+        assert!(open_segment(&key, &name, &h, 0, &mut second).is_err());
         assert!(open_object(&key, &[2; 16], &object).is_err());
         assert!(open_object(&DataKey([8; 32]), &name, &object).is_err());
         let mut short = object.clone();
