@@ -1,15 +1,12 @@
-//! The client: log in once, then manage containers and images.
-
-use tern_core::names::{GroupName, UserName};
-use tern_core::wire::{
-    ContainerInfo, ContainerSettings, ImageInfo, IncompleteImage, Msg, Password, RetentionLock,
-    StoreStats, WriteMode,
-};
-use tern_core::{ContainerName, ImageName};
+//! The client: log in once, then write and read images; the calls that
+//! manage what the server holds are beside it (`catalog`, `users`,
+//! `groups`, `replication`, `shaping`, `tier`).
 
 use std::sync::Arc;
 
-use tern_core::wire::{Frame, Listing};
+use tern_core::names::UserName;
+use tern_core::wire::{Frame, Listing, Msg, Password, StoreStats, WriteMode};
+use tern_core::{ContainerName, ImageName};
 
 use crate::options::ClientOptions;
 use crate::reader::ImageReader;
@@ -217,117 +214,12 @@ impl Client {
         Ok(())
     }
 
-    fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
+    /// Sends a request whose answer is `Ok`.
+    pub(crate) fn expect_ok(&self, msg: Msg) -> Result<(), ClientError> {
         match self.ask(msg)?.env.msg {
             Msg::Ok => Ok(()),
             other => Err(unexpected(other)),
         }
-    }
-
-    /// Creates a container.
-    pub fn container_create(
-        &self,
-        name: &str,
-        settings: ContainerSettings,
-    ) -> Result<(), ClientError> {
-        let name = ContainerName::new(name)?;
-        self.expect_ok(Msg::ContainerCreate { name, settings })
-    }
-
-    /// The containers the user may see.
-    pub fn container_list(&self) -> Result<Vec<ContainerInfo>, ClientError> {
-        self.pages(
-            Msg::ContainerList,
-            |_| Listing::Containers,
-            crate::paging::each_page!(Msg::Containers),
-        )
-    }
-
-    /// Removes an empty container.
-    pub fn container_remove(&self, name: &str) -> Result<(), ClientError> {
-        let name = ContainerName::new(name)?;
-        self.expect_ok(Msg::ContainerRemove { name })
-    }
-
-    /// Adds a user (admins only) with access to the default storage group.
-    pub fn user_add(&self, name: &str, password: &str, admin: bool) -> Result<(), ClientError> {
-        let name = UserName::new(name)?;
-        if password.is_empty() {
-            return Err(ClientError::Invalid("the password is empty".into()));
-        }
-        self.expect_ok(Msg::UserAdd {
-            name,
-            password: Password::new(password),
-            admin,
-        })
-    }
-
-    /// Sets a user's password (an admin may set anyone's, a user their own).
-    pub fn user_passwd(&self, name: &str, password: &str) -> Result<(), ClientError> {
-        let name = UserName::new(name)?;
-        if password.is_empty() {
-            return Err(ClientError::Invalid("the password is empty".into()));
-        }
-        self.expect_ok(Msg::UserPasswd {
-            name,
-            password: Password::new(password),
-        })
-    }
-
-    /// Changes a user's storage groups (replacing the list) and admin right,
-    /// each only if given (admins only).
-    pub fn user_set(
-        &self,
-        name: &str,
-        groups: Option<&[&str]>,
-        admin: Option<bool>,
-    ) -> Result<(), ClientError> {
-        let name = UserName::new(name)?;
-        let groups = groups
-            .map(|g| {
-                g.iter()
-                    .map(|g| GroupName::new(*g))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
-        self.expect_ok(Msg::UserSet {
-            name,
-            groups,
-            admin,
-            replicate_into: None,
-            shaping: None,
-        })
-    }
-
-    /// Puts a user's backups and restores into a shaping group (`None`:
-    /// unshaped); it applies from their next login (admins only).
-    pub fn user_set_shaping(&self, name: &str, group: Option<&str>) -> Result<(), ClientError> {
-        // An older server would ignore the field and say Ok: the
-        // request's feature check refuses before it is sent.
-        self.expect_ok(Msg::UserSet {
-            name: UserName::new(name)?,
-            groups: None,
-            admin: None,
-            replicate_into: None,
-            shaping: Some(group.unwrap_or_default().to_string()),
-        })
-    }
-
-    /// Sets the storage groups whose replica containers a user may
-    /// replicate into (replacing the list; admins only). A source server
-    /// logs in as such a user to copy images here.
-    pub fn user_set_replicate_into(&self, name: &str, groups: &[&str]) -> Result<(), ClientError> {
-        let groups = groups
-            .iter()
-            .map(|g| GroupName::new(*g))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.expect_ok(Msg::UserSet {
-            name: UserName::new(name)?,
-            groups: None,
-            admin: None,
-            replicate_into: Some(groups),
-            shaping: None,
-        })
     }
 
     /// Starts writing a new image; it becomes visible when committed.
@@ -368,130 +260,6 @@ impl Client {
         let container = ContainerName::new(container)?;
         let name = ImageName::new(name)?;
         ImageReader::open(self.clone(), container, name)
-    }
-
-    /// Lists a container's images whose names start with `prefix`.
-    pub fn image_list(&self, container: &str, prefix: &str) -> Result<Vec<ImageInfo>, ClientError> {
-        Ok(self.image_list_all(container, prefix)?.0)
-    }
-
-    /// Lists a container's committed images and its incomplete ones (being
-    /// written, or left by a writer that went away) whose names start with `prefix`.
-    pub fn image_list_all(
-        &self,
-        container: &str,
-        prefix: &str,
-    ) -> Result<(Vec<ImageInfo>, Vec<IncompleteImage>), ClientError> {
-        let container = ContainerName::new(container)?;
-        let first = Msg::ImageList {
-            container: container.clone(),
-            prefix: prefix.to_string(),
-        };
-        let listing = |_| Listing::Images {
-            container: container.clone(),
-            prefix: prefix.to_string(),
-        };
-        // Committed images come first, then incomplete ones; one list here.
-        let all = self.pages(first, listing, |msg, out| match msg {
-            Msg::Images {
-                list,
-                incomplete,
-                next,
-            } => {
-                out.extend(list.into_iter().map(Ok));
-                out.extend(incomplete.into_iter().map(Err));
-                Ok(next)
-            }
-            other => Err(unexpected(other)),
-        })?;
-        let (mut list, mut incomplete) = (Vec::new(), Vec::new());
-        for item in all {
-            match item {
-                Ok(i) => list.push(i),
-                Err(i) => incomplete.push(i),
-            }
-        }
-        Ok((list, incomplete))
-    }
-
-    /// Replaces a committed image's properties (at most `MAX_PROPS_LEN`
-    /// bytes, refused before sending).
-    pub fn image_set_props(
-        &self,
-        container: &str,
-        name: &str,
-        props: &[u8],
-    ) -> Result<(), ClientError> {
-        let container = ContainerName::new(container)?;
-        let name = ImageName::new(name)?;
-        check_props(props)?;
-        self.expect_ok(Msg::ImagePropsSet {
-            container,
-            name,
-            props: props.to_vec(),
-        })
-    }
-
-    /// Deletes an image; its space returns at the server's next GC.
-    pub fn image_remove(&self, container: &str, name: &str) -> Result<(), ClientError> {
-        let container = ContainerName::new(container)?;
-        let name = ImageName::new(name)?;
-        self.expect_ok(Msg::ImageRemove {
-            container,
-            name,
-            bypass_lock: false,
-            keep_cloud: false,
-        })
-    }
-
-    /// Deletes an image and keeps its cloud tier copy (protocol 9; a
-    /// delete otherwise takes the copy too). With `bypass_lock`, as
-    /// [`Client::image_remove_bypassing_lock`].
-    pub fn image_remove_keeping_cloud(
-        &self,
-        container: &str,
-        name: &str,
-        bypass_lock: bool,
-    ) -> Result<(), ClientError> {
-        let container = ContainerName::new(container)?;
-        let name = ImageName::new(name)?;
-        self.expect_ok(Msg::ImageRemove {
-            container,
-            name,
-            bypass_lock,
-            keep_cloud: true,
-        })
-    }
-
-    /// Deletes an image that its container's governance retention lock
-    /// still holds (admins; protocol 6); the audit log records it. A
-    /// compliance lock refuses it like any delete.
-    pub fn image_remove_bypassing_lock(
-        &self,
-        container: &str,
-        name: &str,
-    ) -> Result<(), ClientError> {
-        let container = ContainerName::new(container)?;
-        let name = ImageName::new(name)?;
-        self.expect_ok(Msg::ImageRemove {
-            container,
-            name,
-            bypass_lock: true,
-            keep_cloud: false,
-        })
-    }
-
-    /// Sets, lengthens or (governance only) removes a container's retention
-    /// lock (admins; protocol 6).
-    pub fn container_lock(
-        &self,
-        container: &str,
-        lock: Option<RetentionLock>,
-    ) -> Result<(), ClientError> {
-        self.expect_ok(Msg::ContainerLock {
-            name: ContainerName::new(container)?,
-            lock,
-        })
     }
 
     /// What the store holds, as far as the user may see.

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod catalog;
 mod client;
 pub mod config;
 mod error;
@@ -35,6 +36,7 @@ mod shaping;
 mod stop;
 mod tier;
 mod trust;
+mod users;
 mod writer;
 
 pub use client::Client;
