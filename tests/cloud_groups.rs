@@ -28,31 +28,11 @@ fn with_env(mut cmd: Command, passphrase: &str) -> Output {
 /// container `cloud/c`; doomed objects go at once, and the group's catalog
 /// is saved to the bucket every second.
 fn server_with_cloud_group(g: &Garage, prefix: &str) -> TestServer {
-    let mut server = TestServer::start();
-    let config = server.data().join("ternd.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text
-        .replace("cloud_grace_secs = 3600", "cloud_grace_secs = 0")
-        .replace("cloud_catalog_secs = 10", "cloud_catalog_secs = 1");
-    std::fs::write(&config, text).unwrap();
-    server
-        .args
-        .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    server.kill();
-    server.spawn();
-    let args = [
-        "group",
-        "add",
-        "cloud",
-        "--s3",
-        &g.url(),
-        "--prefix",
-        prefix,
+    let edits = [
+        ("cloud_grace_secs = 3600", "cloud_grace_secs = 0"),
+        ("cloud_catalog_secs = 10", "cloud_catalog_secs = 1"),
     ];
-    ok(
-        "group add",
-        &with_env(server.tern_command(&args), PASSPHRASE),
-    );
+    let server = g.ternd_with_group(&edits, prefix, PASSPHRASE);
     ok(
         "container create",
         &server.tern(&["container", "create", "cloud/c"], None),

@@ -6,7 +6,6 @@
 //! committed once and fsck clean.
 
 use std::io::Read;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,37 +14,14 @@ use tern_test_support::*;
 
 const PASSPHRASE: &str = "the tier's long passphrase";
 
-fn with_env(mut cmd: Command) -> Output {
-    cmd.envs(Garage::env(PASSPHRASE));
-    run_with_stdin(cmd, None)
-}
-
 /// A ternd whose tier mover runs every second, with cloud group `cloud` in
 /// `g`'s bucket and local container `c`.
 fn tiered_server(g: &Garage, prefix: &str) -> TestServer {
-    let mut server = TestServer::start();
-    let config = server.data().join("ternd.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text
-        .replace("tier_interval_secs = 300", "tier_interval_secs = 1")
-        .replace("cloud_catalog_secs = 10", "cloud_catalog_secs = 1");
-    assert!(text.contains("tier_interval_secs = 1"), "{text}");
-    std::fs::write(&config, text).unwrap();
-    server
-        .args
-        .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    server.kill();
-    server.spawn();
-    let args = [
-        "group",
-        "add",
-        "cloud",
-        "--s3",
-        &g.url(),
-        "--prefix",
-        prefix,
+    let edits = [
+        ("tier_interval_secs = 300", "tier_interval_secs = 1"),
+        ("cloud_catalog_secs = 10", "cloud_catalog_secs = 1"),
     ];
-    ok("group add", &with_env(server.tern_command(&args)));
+    let server = g.ternd_with_group(&edits, prefix, PASSPHRASE);
     ok(
         "container create",
         &server.tern(&["container", "create", "c"], None),

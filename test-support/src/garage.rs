@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cannot_run;
+use crate::{cannot_run, ok, run_with_stdin, TestServer};
 
 /// The access key every test Garage has (`garage key import`).
 pub const KEY_ID: &str = "GK0123456789abcdef01234567";
@@ -220,6 +220,36 @@ impl Garage {
             ("TERN_S3_SECRET_ACCESS_KEY", SECRET.to_string()),
             ("TERN_GROUP_PASSPHRASE", passphrase.to_string()),
         ]
+    }
+
+    /// A ternd with metrics on, its `ternd.toml` changed by `edits` (each
+    /// (old, new) must apply), and storage group `cloud` in this bucket
+    /// under `prefix`, its passphrase `passphrase`.
+    pub fn ternd_with_group(
+        &self,
+        edits: &[(&str, &str)],
+        prefix: &str,
+        passphrase: &str,
+    ) -> TestServer {
+        let mut server = TestServer::start();
+        let config = server.data().join("ternd.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        for (old, new) in edits {
+            assert!(text.contains(old), "no {old:?} in ternd.toml:\n{text}");
+            text = text.replace(old, new);
+        }
+        std::fs::write(&config, text).unwrap();
+        server
+            .args
+            .extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+        server.kill();
+        server.spawn();
+        let url = self.url();
+        let args = ["group", "add", "cloud", "--s3", &url, "--prefix", prefix];
+        let mut cmd = server.tern_command(&args);
+        cmd.envs(Self::env(passphrase));
+        ok("group add", &run_with_stdin(cmd, None));
+        server
     }
 
     /// Stops every node (SIGKILL).

@@ -36,6 +36,17 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// Where copy `id` of `rec` comes from, as its target records it.
+pub fn origin(r: &Replicator, id: CopyId, rec: &CopyRecord, img: &ReadableImage) -> ReplicaOrigin {
+    ReplicaOrigin {
+        copy: id,
+        server: r.me.server_id.clone(),
+        container: rec.container.clone(),
+        image: rec.image.clone(),
+        lock: img.lock,
+    }
+}
+
 fn from_client(e: ClientError, live: &Live) -> Failure {
     if live.cancelled.load(Ordering::SeqCst) {
         return Failure::Cancelled;
@@ -73,13 +84,7 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         container: rec.to_container.clone(),
         name: rec.to_name.clone(),
         props: img.info.props.clone(),
-        origin: ReplicaOrigin {
-            copy: id,
-            server: r.me.server_id.clone(),
-            container: rec.container.clone(),
-            image: rec.image.clone(),
-            lock: img.lock,
-        },
+        origin: origin(r, id, rec, &img),
         chunking: container.chunking,
         zstd_level: container.zstd_level,
     };

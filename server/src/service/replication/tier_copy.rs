@@ -8,9 +8,9 @@
 use std::sync::atomic::Ordering;
 
 use tern_core::names::UserName;
-use tern_core::wire::{ChunkRef, ContainerSettings, CopyId, ReplicaOrigin};
+use tern_core::wire::{ChunkRef, ContainerSettings, CopyId};
 
-use super::copy::Failure;
+use super::copy::{origin, Failure};
 use super::{CopyRecord, Live, Replicator};
 use crate::store::{NewReplica, ReadableImage, ReplicaStart, Scope, StoreError, WriterId};
 
@@ -44,13 +44,7 @@ pub fn attempt(r: &Replicator, id: CopyId, rec: &CopyRecord, live: &Live) -> Res
         container: rec.to_container.clone(),
         name: rec.to_name.clone(),
         props: img.info.props.clone(),
-        origin: ReplicaOrigin {
-            copy: id,
-            server: r.me.server_id.clone(),
-            container: rec.container.clone(),
-            image: rec.image.clone(),
-            lock: img.lock,
-        },
+        origin: origin(r, id, rec, &img),
         chunking: container.chunking,
         zstd_level: container.zstd_level,
     };

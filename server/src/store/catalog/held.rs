@@ -6,15 +6,27 @@
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tern_core::ImageName;
 
+use super::images::image_in;
 use super::partials::{write_rows, RecipeRows};
 use super::{Catalog, IMAGES, RECIPES};
 use crate::store::pack::Location;
-use crate::store::records::{decode, encode, ChunkKey, HeldIn, ImageRecord};
+use crate::store::records::{encode, ChunkKey, HeldIn, ImageRecord};
 use crate::store::{Result, StoreError};
 
 /// A cloud image's id -> the id of the image held in it: such a cloud
 /// image cannot be deleted.
 pub const HELD_BY: TableDefinition<u64, u64> = TableDefinition::new("held_by");
+
+/// Image `name` of container `container_id`, which a hold or a recall
+/// found a moment ago.
+fn still_there(
+    images: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    container_id: u64,
+    name: &ImageName,
+) -> Result<ImageRecord> {
+    image_in(images, container_id, name.as_str())?
+        .ok_or_else(|| StoreError::NotFound(format!("image {name} is gone")))
+}
 
 impl Catalog {
     /// Makes image `name` (whose id must still be `expect`) a held image
@@ -31,21 +43,13 @@ impl Catalog {
         {
             let mut images = tx.open_table(IMAGES)?;
             let key = (container_id, name.as_str());
-            let mut rec: ImageRecord = match images.get(key)? {
-                Some(v) => decode("image", v.value())?,
-                None => return Err(StoreError::NotFound(format!("image {name} is gone"))),
-            };
+            let mut rec = still_there(&images, container_id, name)?;
             if rec.id != expect || rec.held.is_some() {
                 return Err(StoreError::Invalid(format!(
                     "image {name} changed or is held already"
                 )));
             }
-            let cloud: Option<ImageRecord> =
-                match images.get((held.container_id, held.name.as_str()))? {
-                    Some(v) => Some(decode("image", v.value())?),
-                    None => None,
-                };
-            match cloud {
+            match image_in(&images, held.container_id, held.name.as_str())? {
                 Some(c) if c.id == held.image_id && c.size == rec.size => {}
                 _ => {
                     return Err(StoreError::Invalid(format!(
@@ -108,10 +112,7 @@ impl Catalog {
         {
             let mut images = tx.open_table(IMAGES)?;
             let key = (container_id, name.as_str());
-            let mut rec: ImageRecord = match images.get(key)? {
-                Some(v) => decode("image", v.value())?,
-                None => return Err(StoreError::NotFound(format!("image {name} is gone"))),
-            };
+            let mut rec = still_there(&images, container_id, name)?;
             let Some(held) = rec.held.take().filter(|_| rec.id == expect) else {
                 return Err(StoreError::Invalid(format!("image {name} is not held")));
             };

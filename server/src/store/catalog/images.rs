@@ -33,13 +33,22 @@ pub struct NewImage<'a> {
     pub import: bool,
 }
 
+/// Image `name` of container `container_id` in an open images table.
+pub(super) fn image_in(
+    images: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    container_id: u64,
+    name: &str,
+) -> Result<Option<ImageRecord>> {
+    let found = images.get((container_id, name))?;
+    found.map(|v| decode("image", v.value())).transpose()
+}
+
 impl Catalog {
     // ---- images --------------------------------------------------------------
 
     pub fn image(&self, container_id: u64, name: &ImageName) -> Result<Option<ImageRecord>> {
         let t = self.db.begin_read()?.open_table(IMAGES)?;
-        let found = t.get((container_id, name.as_str()))?;
-        found.map(|v| decode("image", v.value())).transpose()
+        image_in(&t, container_id, name.as_str())
     }
 
     /// The images of a container whose names start with `prefix`, by name.
@@ -72,9 +81,8 @@ impl Catalog {
         {
             let mut images = tx.open_table(IMAGES)?;
             let key = (container_id, name.as_str());
-            let mut rec: ImageRecord = match images.get(key)? {
-                Some(v) => decode("image", v.value())?,
-                None => return Ok(false),
+            let Some(mut rec) = image_in(&images, container_id, name.as_str())? else {
+                return Ok(false);
             };
             allowed(&rec)?;
             rec.props = props;
