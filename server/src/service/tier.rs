@@ -285,13 +285,8 @@ impl Tierer {
     /// Every image's tier copy and its state, and the images with one per
     /// source container (`(group, container)`).
     fn tier_copies(&self) -> Result<TierCopies, StoreError> {
-        let tables = self.tables();
-        let map = tables.tier_images()?;
         let mut out = TierCopies::default();
-        for (image_id, copy) in map {
-            let Some(rec) = tables.copy(copy)? else {
-                continue;
-            };
+        for (image_id, copy, rec) in self.tables().tier_image_copies()? {
             out.containers
                 .entry((rec.group.to_string(), rec.container.to_string()))
                 .or_default()
@@ -415,22 +410,24 @@ impl Tierer {
         container: &ContainerName,
         list: &mut [ImageInfo],
     ) -> Result<(), StoreError> {
-        let copied = self.tables().tier_images()?;
-        if copied.is_empty() || list.is_empty() {
+        let tables = self.tables();
+        if list.is_empty() || !tables.any_tier_image()? {
             return Ok(());
         }
         let rec = self.store.container_record(scope, container)?;
-        let ids: HashMap<ImageName, u64> = self
-            .store
-            .image_records(&rec)?
-            .into_iter()
-            .map(|(name, img)| (name, img.id))
-            .collect();
-        for info in list {
-            let Some(copy) = ids.get(&info.name).and_then(|id| copied.get(id)) else {
+        // A lookup per listed image: a page of a big container costs its
+        // own length, not the container's nor the tier's.
+        for info in list.iter_mut() {
+            if info.location != ImageLocation::Local {
+                continue;
+            }
+            let Some(img) = self.store.image_of(&rec, &info.name)? else {
                 continue;
             };
-            if info.location == ImageLocation::Local && self.committed_copy(*copy)?.is_some() {
+            let Some(copy) = tables.tier_image(img.id)? else {
+                continue;
+            };
+            if self.committed_copy(copy)?.is_some() {
                 info.location = ImageLocation::LocalAndCloud;
             }
         }

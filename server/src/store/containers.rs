@@ -197,6 +197,15 @@ impl Store {
         self.catalog.images(container.id, "")
     }
 
+    /// The committed image `name` of `container`, if it has one.
+    pub fn image_of(
+        &self,
+        container: &ContainerRecord,
+        name: &ImageName,
+    ) -> Result<Option<ImageRecord>> {
+        self.catalog.image(container.id, name)
+    }
+
     /// The committed image `name` of `container` as `scope` sees it, with
     /// its container's record; None if the container has no such image.
     pub fn image_record(

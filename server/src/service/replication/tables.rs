@@ -212,16 +212,32 @@ impl ReplicationTables<'_> {
         Ok(found.map(|v| CopyId(v.value().to_be_bytes())))
     }
 
-    /// Every image with a tier copy: source image id -> the copy.
-    pub fn tier_images(&self) -> Result<std::collections::HashMap<u64, CopyId>> {
+    /// True if some image has a tier copy.
+    pub fn any_tier_image(&self) -> Result<bool> {
         let tx = self.0.read()?;
         let Some(t) = tables::open(&tx, TIER_IMAGES)? else {
-            return Ok(Default::default());
+            return Ok(false);
         };
-        let mut out = std::collections::HashMap::new();
-        for row in t.iter()? {
+        let first = t.iter()?.next().is_some();
+        Ok(first)
+    }
+
+    /// Every image with a tier copy: its id, the copy's and the copy's
+    /// record (one read of both tables).
+    pub fn tier_image_copies(&self) -> Result<Vec<(u64, CopyId, CopyRecord)>> {
+        let tx = self.0.read()?;
+        let (Some(images), Some(copies)) =
+            (tables::open(&tx, TIER_IMAGES)?, tables::open(&tx, COPIES)?)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in images.iter()? {
             let (k, v) = row?;
-            out.insert(k.value(), CopyId(v.value().to_be_bytes()));
+            let id = CopyId(v.value().to_be_bytes());
+            if let Some(rec) = copies.get(key(id))? {
+                out.push((k.value(), id, decode("copy", rec.value())?));
+            }
         }
         Ok(out)
     }
