@@ -16,6 +16,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = sealed::ObjectHeader::decode(data) {
         let key = sealed::DataKey([1; 32]);
         let rest = data.get(sealed::HEADER_LEN as usize..).unwrap_or_default();
-        let _ = sealed::open_segment(&key, &[2; 16], &h, 0, rest.to_vec());
+        let _ = sealed::open_segment(&key, &[2; 16], &h, 0, &mut rest.to_vec());
     }
 });
