@@ -16,6 +16,10 @@ use tokio::net::TcpStream;
 struct Raw {
     s: TcpStream,
     seq: u64,
+    /// Answers to frames sent with [`Raw::send`] (a chunk's failure is the
+    /// answer to the image's next request: a later chunk's, or the close),
+    /// in the order they came.
+    unasked: Vec<Msg>,
 }
 
 impl Raw {
@@ -24,7 +28,11 @@ impl Raw {
         let s = TcpStream::connect(("127.0.0.1", server.plain_port))
             .await
             .unwrap();
-        let mut raw = Raw { s, seq: 0 };
+        let mut raw = Raw {
+            s,
+            seq: 0,
+            unasked: Vec::new(),
+        };
         let hello = Msg::Hello {
             min_version: 1,
             max_version: PROTOCOL_MAX,
@@ -48,6 +56,8 @@ impl Raw {
         f.write_to(&mut self.s).await.unwrap();
     }
 
+    /// Sends a request and returns its answer; answers to earlier frames
+    /// that come first go to `unasked`.
     async fn ask(&mut self, msg: Msg) -> Msg {
         self.seq += 1;
         frame(self.seq, msg).write_to(&mut self.s).await.unwrap();
@@ -56,8 +66,10 @@ impl Raw {
                 .await
                 .expect("an answer within 60 s")
                 .expect("the session goes on");
-            if !matches!(f.env.msg, Msg::Ack) {
-                return f.env.msg;
+            match f.env.msg {
+                Msg::Ack => {}
+                msg if f.env.req == self.seq => return msg,
+                msg => self.unasked.push(msg),
             }
         }
     }
@@ -218,10 +230,20 @@ fn forged_chunk_bytes_are_refused_at_the_next_request_and_never_stored() {
             let bytes = if i == forged { &chunks[i + 1] } else { c };
             raw.send(data(handle, c), bytes.clone()).await;
         }
+        // Refused at the image's next request after the check: a later
+        // chunk's (whichever the checkers finish before) or the close.
         let answer = raw.ask(Msg::ImageClose { handle }).await;
         assert!(
             refused_as_invalid(&answer),
             "an image with a forged chunk: {answer:?}"
+        );
+        let forged_id = ChunkId::of(&chunks[forged]).to_string();
+        let said =
+            |m: &Msg| matches!(m, Msg::Error { message, .. } if message.contains(&forged_id));
+        assert!(
+            said(&answer) || raw.unasked.iter().any(said),
+            "no refusal names the forged chunk: {answer:?}, {:?}",
+            raw.unasked
         );
         // The image left the session with the failure.
         let again = raw.ask(Msg::ImageClose { handle }).await;
