@@ -22,7 +22,8 @@ use crate::ChunkId;
 /// Handle of an open image within one session.
 pub type Handle = u32;
 
-/// Every message of protocol versions 1 and 2 (version 2 adds replication).
+/// Every message of every protocol version (docs/protocol.md says which
+/// version brought each); one enum, as the wire names a message by variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Msg {

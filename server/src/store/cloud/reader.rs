@@ -53,7 +53,7 @@ impl std::ops::Deref for Segment {
 /// last segment is `end`: [`READ_AHEAD`] segments, or to the end when fewer
 /// than that would be left, so that an object's short last segment is never
 /// a request of its own (a small response waits out the server's Nagle
-/// and the client's delayed ACK: 40 ms, ten times a 4 MiB request).
+/// and the client's delayed ACK: 40 ms, twice what a 4 MiB request takes).
 fn window_end(first: u64, end: u64) -> u64 {
     let last = first + READ_AHEAD - 1;
     if last + READ_AHEAD > end {
