@@ -296,6 +296,12 @@ impl SegmentWriter {
 pub struct SegmentReader<'a> {
     input: BufReader<std::io::Take<File>>,
     pub header: Header,
+    /// The file's size when it was opened.
+    pub size: u64,
+    /// Every byte read so far, header included: a volume's whole-file
+    /// blake3 is checked in the same pass that loads it.
+    read: u64,
+    hash: blake3::Hasher,
     raw_header: [u8; HEADER_LEN],
     number: u32,
     next_segment: u64,
@@ -310,12 +316,14 @@ impl<'a> SegmentReader<'a> {
     /// nothing more: the caller reads the key block with [`Self::read_raw`]).
     pub fn open(path: &Path, sealer: &'a Sealer, limit: u64) -> Result<Self, SeedError> {
         let name = file_name(path);
-        let (file, _) = open_regular(path, limit)?;
+        let (file, size) = open_regular(path, limit)?;
         let mut input = BufReader::with_capacity(1 << 20, file.take(limit));
         let mut raw = [0u8; HEADER_LEN];
         input
             .read_exact(&mut raw)
             .map_err(|_| damaged(&name, "shorter than a header"))?;
+        let mut hash = blake3::Hasher::new();
+        hash.update(&raw);
         let header = Header::decode(&raw).map_err(|why| damaged(&name, why))?;
         let number = if header.kind == KIND_MANIFEST {
             MANIFEST_NUMBER
@@ -325,6 +333,9 @@ impl<'a> SegmentReader<'a> {
         Ok(Self {
             input,
             header,
+            size,
+            read: HEADER_LEN as u64,
+            hash,
             raw_header: raw,
             number,
             next_segment: 0,
@@ -337,7 +348,15 @@ impl<'a> SegmentReader<'a> {
     pub fn read_raw(&mut self, b: &mut [u8]) -> Result<(), SeedError> {
         self.input
             .read_exact(b)
-            .map_err(|_| damaged(&self.name, "cut short"))
+            .map_err(|_| damaged(&self.name, "cut short"))?;
+        self.hash.update(b);
+        self.read += b.len() as u64;
+        Ok(())
+    }
+
+    /// The bytes read so far and their blake3.
+    pub fn read_so_far(&self) -> (u64, blake3::Hash) {
+        (self.read, self.hash.finalize())
     }
 
     /// The manifest's one segment has its revision as its index.
