@@ -19,6 +19,7 @@ mod shaping;
 mod synth;
 mod tier;
 mod transfer;
+mod write_behind;
 
 use admin::{container, user, ContainerCmd, UserCmd};
 use replication::{CopyArgs, EventsArgs, PartnerCmd, ReplicationCmd};

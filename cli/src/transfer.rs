@@ -12,6 +12,7 @@ use tern_agent::{Client, ClientError, WriteMode};
 use tern_core::ChunkParams;
 
 use super::{connect, report, Cli};
+use crate::write_behind::WriteBehind;
 
 fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
     if !io::stderr().is_terminal() {
@@ -157,10 +158,13 @@ pub(crate) fn restore(
         // Write beside the target and rename, so a failed restore leaves no
         // partial file. Unbuffered: whole chunks arrive, and a buffer would
         // add a copy of every byte (it cost 10% of restore speed).
-        Box::new(
-            File::create(partial(output))
-                .with_context(|| format!("creating {}", output.display()))?,
-        )
+        let file = File::create(partial(output))
+            .with_context(|| format!("creating {}", output.display()))?;
+        if sync {
+            Box::new(WriteBehind::new(file))
+        } else {
+            Box::new(file)
+        }
     };
     let n = match &bar {
         Some(b) => reader.copy_to(&mut b.wrap_write(&mut sink)),
