@@ -14,6 +14,7 @@ const WINDOW: u64 = 32 << 20;
 
 pub struct WriteBehind {
     file: File,
+    window: u64,
     written: u64,
     /// Where the bytes not yet handed to writeback begin, and where the
     /// window handed over last began.
@@ -23,8 +24,13 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     pub fn new(file: File) -> Self {
+        Self::with_window(file, WINDOW)
+    }
+
+    fn with_window(file: File, window: u64) -> Self {
         Self {
             file,
+            window,
             written: 0,
             started: 0,
             previous: 0,
@@ -50,7 +56,7 @@ impl Write for WriteBehind {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.started >= WINDOW {
+        if self.written - self.started >= self.window {
             // Errors count: a failed writeback must fail the restore, not
             // wait for the final sync (which may not see it again).
             self.sync_range(
@@ -75,5 +81,45 @@ impl Write for WriteBehind {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes of odd sizes across many windows: every window is handed to
+    /// writeback and waited for, and the file holds exactly what was written.
+    #[test]
+    fn a_file_written_behind_holds_what_was_written() {
+        let path = std::env::temp_dir().join(format!("tern-write-behind-{}", std::process::id()));
+        let mut w = WriteBehind::with_window(File::create(&path).unwrap(), 4096);
+        let data: Vec<u8> = (0..1_000_003u32)
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        for piece in data.chunks(3001) {
+            w.write_all(piece).unwrap();
+        }
+        w.flush().unwrap();
+        assert!(
+            w.started > 990_000 && w.previous > 980_000,
+            "{} {}",
+            w.started,
+            w.previous
+        );
+        drop(w);
+        let back = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(back == data);
+    }
+
+    /// A descriptor that cannot be synced (not a file) fails the write
+    /// rather than hiding the error.
+    #[test]
+    fn a_failed_writeback_request_fails_the_write() {
+        let (_, write_end) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(write_end));
+        let mut w = WriteBehind::with_window(file, 16);
+        assert!(w.write_all(&[1u8; 64]).is_err());
     }
 }
