@@ -3,14 +3,30 @@
 //! works while the restore fetches and decodes the next bytes, dirty pages
 //! stay bounded, and the sync that makes the file durable at the end finds
 //! little left to write (without it, a restore waited for the whole image's
-//! writeback at the end, as `cp` followed by `sync` does).
+//! writeback at the end, as `cp` followed by `sync` does). Seed export has
+//! its own hint (writeback of the whole file after each segment, never
+//! waited for): through this writer it measured 9% slower, as its one
+//! thread then waits for the disk.
 
 use std::fs::File;
 use std::io::{self, Write};
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 
 /// Bytes written between two writeback requests.
 const WINDOW: u64 = 32 << 20;
+
+/// Start writeback of a range; start it and wait for all of it.
+#[cfg(target_os = "linux")]
+const START: libc::c_uint = libc::SYNC_FILE_RANGE_WRITE;
+#[cfg(target_os = "linux")]
+const FINISH: libc::c_uint = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+    | libc::SYNC_FILE_RANGE_WRITE
+    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+#[cfg(not(target_os = "linux"))]
+const START: libc::c_uint = 0;
+#[cfg(not(target_os = "linux"))]
+const FINISH: libc::c_uint = 0;
 
 pub struct WriteBehind {
     file: File,
@@ -37,6 +53,7 @@ impl WriteBehind {
         }
     }
 
+    #[cfg(target_os = "linux")]
     fn sync_range(&self, from: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
         let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
             return Err(io::Error::other("a file offset past i64"));
@@ -50,6 +67,12 @@ impl WriteBehind {
             Err(io::Error::last_os_error())
         }
     }
+
+    /// Elsewhere there is no such call: the final sync does all of it.
+    #[cfg(not(target_os = "linux"))]
+    fn sync_range(&self, _from: u64, _len: u64, _flags: libc::c_uint) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Write for WriteBehind {
@@ -59,19 +82,9 @@ impl Write for WriteBehind {
         if self.written - self.started >= self.window {
             // Errors count: a failed writeback must fail the restore, not
             // wait for the final sync (which may not see it again).
-            self.sync_range(
-                self.started,
-                self.written - self.started,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )?;
+            self.sync_range(self.started, self.written - self.started, START)?;
             if self.started > self.previous {
-                self.sync_range(
-                    self.previous,
-                    self.started - self.previous,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                )?;
+                self.sync_range(self.previous, self.started - self.previous, FINISH)?;
             }
             self.previous = self.started;
             self.started = self.written;
@@ -115,6 +128,7 @@ mod tests {
 
     /// A descriptor that cannot be synced (not a file) fails the write
     /// rather than hiding the error.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_failed_writeback_request_fails_the_write() {
         let (_, write_end) = std::io::pipe().unwrap();
