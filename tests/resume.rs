@@ -65,9 +65,10 @@ fn tern_at(server: &TestServer, address: &str, args: &[&str]) -> std::process::O
 fn assert_ok(what: &str, out: &std::process::Output) {
     assert!(
         out.status.success(),
-        "{what} exited {:?}: {}",
+        "{what} exited {:?}: {} {}",
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
 }
 
