@@ -159,6 +159,20 @@ impl Store {
             let file = self.packs.reader(p.group, p.number)?;
             let contents = match pack::read_contents(&*file, p.number) {
                 Ok(c) => c,
+                // A crash between creating a pack and writing its header
+                // leaves it like this, and the next start removes it (or
+                // stops, if the index uses it: the index check says so).
+                Err(_)
+                    if (self.read_only.is_some() || writing.contains(&p.number))
+                        && file.size().is_ok_and(|len| len < pack::HEADER_LEN) =>
+                {
+                    report.notes.push(format!(
+                        "pack {shown}: created but without a whole header yet (an unclean \
+                         stop or a pack being started); the next start removes it if nothing \
+                         uses it"
+                    ));
+                    continue;
+                }
                 Err(e) => {
                     report.damage.push(format!("pack {shown}: unreadable: {e}"));
                     continue;

@@ -380,3 +380,49 @@ fn chunks_received_past_the_first_missing_one_survive_gc_until_the_resume() {
     assert_eq!(read_image(&store, "ooo"), data.concat());
     assert!(store.fsck(None).unwrap().is_clean());
 }
+
+#[test]
+fn a_pack_a_crash_left_without_a_header_is_a_note_to_fsck_and_removed_at_start_unless_used() {
+    let (dir, store) = store_with_container();
+    let data = chunks(20, 6);
+    let w = begin(&store, "kept");
+    send(&store, w, &data);
+    store.image_commit(w).unwrap();
+    drop(store);
+    // A `kill -9` between creating pack 99 and writing its header.
+    let used = find_pack(dir.path(), 1);
+    let headless = used.with_file_name(format!("{:016x}.pack", 99));
+    std::fs::write(&headless, b"TERN").unwrap();
+
+    let stopped = Store::open_read_only(dir.path(), "test").unwrap();
+    let report = stopped.fsck(None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.damage);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("without a whole header")),
+        "{:?}",
+        report.notes
+    );
+    drop(stopped);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!headless.exists(), "the start removes it");
+    assert!(store.fsck(None).unwrap().is_clean());
+    assert_eq!(read_image(&store, "kept"), data.concat());
+    drop(store);
+
+    // The same damage to a pack committed images use is damage.
+    std::fs::write(&used, b"TERN").unwrap();
+    let stopped = Store::open_read_only(dir.path(), "test").unwrap();
+    let report = stopped.fsck(None).unwrap();
+    assert!(
+        report
+            .damage
+            .iter()
+            .any(|d| d.contains("points to no intact pack entry")),
+        "{:?}",
+        report.damage
+    );
+}
