@@ -14,3 +14,9 @@ pub const SESSION_CACHE_DISK: u64 = 1 << 30;
 /// the server holds an unauthenticated connection no longer, and a client
 /// waits no longer for a server that does not answer.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes a connection's socket is read and written in at once, each way.
+/// TLS reads its records a few KiB at a time and writes each record (at
+/// most 16 KiB) with a system call of its own; on TCP each of those also
+/// costs the sending and processing of segments and acknowledgements.
+pub const SOCKET_BUFFER: usize = 64 << 10;

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
+use tern_core::defaults::SOCKET_BUFFER;
 use tern_core::session;
 use tern_core::tls::{Fingerprint, PinnedServer};
 use tern_core::wire::{Frame, Msg};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
 
 use super::{SessionOptions, CONNECT_TIMEOUT};
@@ -188,7 +189,7 @@ impl Dialer {
             .map_err(|_| (connect_err("timed out".into()), false))?
             .map_err(|e| (connect_err(e.to_string()), false))?;
         let _ = tcp.set_nodelay(true);
-        let tcp = NoSigPipe(tcp);
+        let tcp = BufStream::with_capacity(SOCKET_BUFFER, SOCKET_BUFFER, NoSigPipe(tcp));
         if self.plain {
             return Ok(Box::new(tcp));
         }

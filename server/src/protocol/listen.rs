@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tern_core::defaults::SOCKET_BUFFER;
 use tern_core::tls::Fingerprint;
+use tokio::io::BufStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -191,6 +193,7 @@ async fn connection(
     sessions: Arc<Sessions>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let tcp = BufStream::with_capacity(SOCKET_BUFFER, SOCKET_BUFFER, tcp);
     let acceptor = match transport {
         Transport::Plain => return serve_connection(tcp, peer, None, deadline, sessions).await,
         Transport::Tls(acceptor) => acceptor,
