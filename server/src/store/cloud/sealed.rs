@@ -143,25 +143,44 @@ fn nonce(i: u64) -> Nonce {
 
 /// Seals `plain` as the object named `name`.
 pub fn seal_object(key: &DataKey, name: &[u8; 16], plain: &[u8]) -> Vec<u8> {
+    let mut at = 0;
+    seal_object_from(key, name, plain.len() as u64, |part| {
+        part.copy_from_slice(&plain[at..at + part.len()]);
+        at += part.len();
+        Ok(())
+    })
+    .unwrap_or_else(|_: std::convert::Infallible| unreachable!())
+}
+
+/// Seals the `plain_len` bytes `fill` writes, segment by segment and in
+/// order, into the slices it is given, as the object named `name`. Each
+/// segment is written where it goes in the object and sealed there: the
+/// plaintext is never copied (a pack is read from its file straight in).
+pub fn seal_object_from<E>(
+    key: &DataKey,
+    name: &[u8; 16],
+    plain_len: u64,
+    mut fill: impl FnMut(&mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
     let header = ObjectHeader {
         segment: SEGMENT,
-        plain_len: plain.len() as u64,
+        plain_len,
     };
     let okey = key.object_key(name);
-    let mut out = Vec::with_capacity(header.object_len() as usize);
-    out.extend_from_slice(&header.encode());
-    for (i, part) in plain.chunks(SEGMENT as usize).enumerate() {
-        let start = out.len();
-        out.extend_from_slice(part);
-        let mut body = out.split_off(start);
+    let mut out = vec![0u8; header.object_len() as usize];
+    out[..HEADER_LEN as usize].copy_from_slice(&header.encode());
+    for i in 0..header.segments() {
+        let (start, len) = header.sealed_range(i);
+        let (body, tag_at) =
+            out[start as usize..(start + len) as usize].split_at_mut((len - TAG_LEN) as usize);
+        fill(body)?;
         let tag = okey
-            .seal_in_place_separate_tag(nonce(i as u64), Aad::from(header.aad(i as u64)), &mut body)
+            .seal_in_place_separate_tag(nonce(i), Aad::from(header.aad(i)), body)
             // Sealing fails only past ChaCha20's 256 GiB per nonce.
             .unwrap_or_else(|_| unreachable!());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(tag.as_ref());
+        tag_at.copy_from_slice(tag.as_ref());
     }
-    out
+    Ok(out)
 }
 
 /// Opens segment `i` of object `name` in place: `sealed` holds its sealed
