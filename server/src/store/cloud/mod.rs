@@ -58,6 +58,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// restoring v1 (2 GiB, 616 MiB stored) fetched 734 MiB with a 64 MiB
 /// cache, 634 MiB with this one. Every byte fetched is an S3 egress charge.
 const CACHE_BYTES: usize = 256 << 20;
+/// The group's next objects a reader reads ahead into: read-ahead reaches
+/// 16 segments past the reader, two objects of 8 MiB (more if GC or small
+/// commits cut them shorter).
+const SUCCESSORS: usize = 4;
 
 /// What a cloud group did with its bucket since ternd started, and holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -314,12 +318,12 @@ impl PackStore for CloudPackStore {
 
     fn open(&self, number: u64) -> io::Result<Arc<dyn PackObject>> {
         let this = &self.inner;
-        // The group's next object: packs are written in the order backups
+        // The group's next objects: packs are written in the order backups
         // write, so a restore that reads to the end of one goes on there.
-        let (entry, successor) = {
+        let (entry, successors) = {
             let journal = lock(&this.journal);
-            let next = journal.live().range(number + 1..).next();
-            (journal.get(number), next.map(|(_, e)| *e))
+            let next = journal.live().range(number + 1..).take(SUCCESSORS);
+            (journal.get(number), next.map(|(_, e)| *e).collect())
         };
         match entry {
             Some(e) => Ok(Arc::new(ObjectReader::new(
@@ -327,7 +331,7 @@ impl PackStore for CloudPackStore {
                 this.key.clone(),
                 this.cache.clone(),
                 e,
-                successor,
+                successors,
             ))),
             None => this.staging.open(number),
         }

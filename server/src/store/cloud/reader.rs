@@ -4,7 +4,7 @@
 //! reader or another one just read it) also fetches the segments after it
 //! ([`READ_AHEAD`]) and keeps up to [`AHEAD_WINDOWS`] such requests' worth
 //! ahead of the readers in flight on threads of their own, into the group's
-//! next object when they near the end of this one, so a restore, which
+//! next objects when they near the end of this one, so a restore, which
 //! reads packs front to back in the order they were written (over several
 //! connections at once), makes one request per few MiB and rarely waits for
 //! one. A segment being fetched is fetched once: other readers of it wait
@@ -302,8 +302,9 @@ impl ObjectSource {
 /// One pack object, read by range.
 pub struct ObjectReader {
     source: ObjectSource,
-    /// The group's next object, read ahead into when a reader nears the end.
-    successor: Option<ObjectSource>,
+    /// The group's next objects, in order, read ahead into when a reader
+    /// nears the end: objects are 8 MiB, shorter than the read-ahead.
+    successors: Vec<ObjectSource>,
 }
 
 impl ObjectReader {
@@ -312,7 +313,7 @@ impl ObjectReader {
         key: DataKey,
         cache: Arc<SegmentCache>,
         entry: ObjectEntry,
-        successor: Option<ObjectEntry>,
+        successors: Vec<ObjectEntry>,
     ) -> Self {
         let source = |entry: ObjectEntry| ObjectSource {
             bucket: bucket.clone(),
@@ -326,7 +327,7 @@ impl ObjectReader {
         };
         Self {
             source: source(entry),
-            successor: successor.map(source),
+            successors: successors.into_iter().map(source).collect(),
         }
     }
 
@@ -346,8 +347,14 @@ impl ObjectReader {
         }
         let horizon = i + AHEAD_WINDOWS * READ_AHEAD;
         self.source.prefetch(i + 1, horizon);
-        if let Some(next) = self.successor.as_ref().filter(|_| horizon > end) {
-            next.prefetch(0, horizon - end - 1);
+        // What of the horizon lies past this object, in the next ones.
+        let mut beyond = horizon.saturating_sub(end);
+        for next in &self.successors {
+            if beyond == 0 {
+                break;
+            }
+            next.prefetch(0, beyond - 1);
+            beyond = beyond.saturating_sub(next.header.segments());
         }
         Ok(seg)
     }
@@ -473,7 +480,7 @@ mod tests {
             key.clone(),
             cache.clone(),
             entry,
-            Some(successor),
+            vec![successor],
         );
         let before = counted(&bucket);
         read_in_order(&reader, &plain);
@@ -493,7 +500,13 @@ mod tests {
         // A restore that goes on into the successor finds its start fetched.
         // (Its own read-aheads go on meanwhile: waited for below.)
         wait_for_read_aheads(&cache);
-        let next = ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), successor, None);
+        let next = ObjectReader::new(
+            bucket.clone(),
+            key.clone(),
+            cache.clone(),
+            successor,
+            vec![],
+        );
         let before = counted(&bucket);
         let mut buf = vec![0u8; 64 << 10];
         next.read_exact_at(&mut buf, 0).unwrap();
@@ -513,7 +526,7 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..4 {
                 let reader =
-                    ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), entry, None);
+                    ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), entry, vec![]);
                 let plain = &plain;
                 s.spawn(move || read_in_order(&reader, plain));
             }
@@ -528,11 +541,48 @@ mod tests {
     }
 
     #[test]
+    fn a_read_in_order_reads_ahead_through_several_short_objects_after_its_own() {
+        let Some(g) = Garage::start() else { return };
+        let (_, _, bucket, key, plain) = object(&g);
+        // Objects of four segments (as GC's rewrites or small commits leave
+        // them): the read-ahead's 16 segments reach three objects past A.
+        let plain = &plain[..4 * SEGMENT as usize];
+        let [a, b, c, d] = [30u8, 31, 32, 33].map(|n| {
+            let name = [n; 16];
+            bucket
+                .put(&hex(&name), seal_object(&key, &name, plain))
+                .unwrap();
+            ObjectEntry {
+                name,
+                plain_len: plain.len() as u64,
+            }
+        });
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        let reader =
+            ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), a, vec![b, c, d]);
+        read_in_order(&reader, plain);
+        wait_for_read_aheads(&cache);
+        // The reads of B, C and D find their segments fetched.
+        let before = bucket.counters.get.load(Ordering::Relaxed);
+        for entry in [b, c, d] {
+            let next = ObjectReader::new(bucket.clone(), key.clone(), cache.clone(), entry, vec![]);
+            let mut buf = vec![0u8; 64 << 10];
+            next.read_exact_at(&mut buf, 0).unwrap();
+            assert!(buf[..] == plain[..buf.len()]);
+        }
+        assert_eq!(
+            bucket.counters.get.load(Ordering::Relaxed),
+            before,
+            "the objects after the next one were not read ahead"
+        );
+    }
+
+    #[test]
     fn reading_a_packs_header_and_then_its_end_reads_no_further() {
         let Some(g) = Garage::start() else { return };
         let (entry, successor, bucket, key, _) = object(&g);
         let cache = Arc::new(SegmentCache::new(64 << 20));
-        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, Some(successor));
+        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, vec![successor]);
         let mut head = [0u8; 16];
         reader.read_exact_at(&mut head, 0).unwrap();
         reader
@@ -562,7 +612,7 @@ mod tests {
             plain_len: plain.len() as u64,
         };
         let cache = Arc::new(SegmentCache::new(64 << 20));
-        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, None);
+        let reader = ObjectReader::new(bucket.clone(), key, cache.clone(), entry, vec![]);
         let before = bucket.counters.get.load(Ordering::Relaxed);
         let mut buf = vec![0u8; 32 << 10];
         for at in (0..plain.len()).step_by(buf.len()) {
