@@ -33,11 +33,36 @@ pub fn garage_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A free port below the kernel's ephemeral range. A node restarted by a
+/// test binds its ports again; a port from the ephemeral range can by then
+/// be the local end of some outgoing connection (ternd retrying the stopped
+/// S3 port, say), and the restart fails with "address in use".
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u64, u64::from(ephemeral_low.max(12_000)));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = u64::from(std::process::id()) << 32 ^ u64::from(nanos);
+    for _ in 0..1000 {
+        // splitmix64 step: spreads the tests' picks over the range.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15 ^ SEQ.fetch_add(1, Ordering::Relaxed));
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let port = (low + z % (high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 /// One Garage node.
