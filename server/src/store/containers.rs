@@ -422,6 +422,7 @@ impl Store {
             group,
             lock,
             info: info_of(container, name, rec, lock),
+            moved: Default::default(),
         })
     }
 }

@@ -20,7 +20,7 @@ impl Store {
     /// Holds image `name` of local container `c` (whose id must still be
     /// `expect`) in its committed cloud copy `cloud_name` of cloud
     /// container `cloud` (`GROUP/NAME`). A read already open on the image
-    /// fails at its next chunk; opening it again reads the cloud copy.
+    /// goes on from the cloud copy (`Store::read_chunk`).
     pub fn image_hold(
         &self,
         c: &ContainerRecord,

@@ -26,7 +26,7 @@ pub async fn handle(h: &mut SessionHandler, req: u64, msg: Msg) -> Answer {
         } => {
             let img = h.reader(handle)?;
             let max = max.clamp(1, MAX_RECIPE_BATCH) as usize;
-            let entries = blocking(|| h.store().recipe_from(img.image_id, from_offset, max))?;
+            let entries = blocking(|| h.store().open_recipe(&img, from_offset, max))?;
             Ok(Some(Msg::Recipe { entries }))
         }
         Msg::ChunkGet { handle, offsets } => {

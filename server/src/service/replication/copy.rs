@@ -126,7 +126,7 @@ fn send_recipe(
     }
     live.done.fetch_max(offset, Ordering::Relaxed);
     while offset < img.info.size {
-        let entries = r.store.recipe_from(img.image_id, offset, BATCH)?;
+        let entries = r.store.open_recipe(img, offset, BATCH)?;
         let Some(last) = entries.last() else { break };
         if entries[0].offset != offset {
             if offset == from {

@@ -111,7 +111,7 @@ fn write_recipe(
         if live.cancelled.load(Ordering::SeqCst) {
             return Err(Failure::Cancelled);
         }
-        let entries = r.store.recipe_from(img.image_id, offset, BATCH)?;
+        let entries = r.store.open_recipe(img, offset, BATCH)?;
         let Some(last) = entries.last() else { break };
         if entries[0].offset != offset {
             return Err(Failure::Permanent(format!(

@@ -1,6 +1,7 @@
 //! Cloud groups against a real Garage: the engine's side (the CLI and
 //! ternd's side are in server/tests/cloud_groups.rs).
 
+use tern_core::{codec, ChunkId};
 use tern_test_support::garage::{Garage, KEY_ID, SECRET};
 
 use super::bucket::{BucketSpec, Credentials};
@@ -252,4 +253,46 @@ fn orphans_are_noted_by_fsck_and_deleted_by_gc_past_the_grace_period_only() {
         report.orphan_objects, 1,
         "the upload no longer in flight: {report:?}"
     );
+}
+
+#[test]
+fn a_read_open_when_its_image_is_held_goes_on_from_the_cloud_copy() {
+    let Some(g) = Garage::start() else { return };
+    let (_data, store) = cloud_store(&g, "held");
+    let local = names("local", "a");
+    store
+        .container_create(&group("default"), &local.0, &settings())
+        .unwrap();
+    let a = big_chunks(40, 4);
+    write(&store, "local", "a", &a);
+    // What the tier's copy would be: the same image in the cloud group.
+    write(&store, "cloud/c", "a", &a);
+
+    let img = store.image_open(&admin(), &local.0, &local.1).unwrap();
+    let mut out = Vec::new();
+    let mut read_all = |from: u64, max: usize| -> u64 {
+        let mut end = from;
+        for e in store.open_recipe(&img, from, max).unwrap() {
+            let (entry, loc, bytes) = store.read_chunk(&img, e.offset).unwrap();
+            out.extend(codec::decode(&entry.id, loc.codec, loc.raw_len, &bytes).unwrap());
+            end = e.offset + u64::from(e.len);
+        }
+        end
+    };
+    let half = read_all(0, 20);
+
+    // Held while the read is open: its rows go, and GC takes its chunks.
+    let c = store.container(&admin(), &local.0).unwrap();
+    let cloud = names("cloud/c", "a");
+    store
+        .image_hold(&c, &local.1, img.image_id, &cloud.0, &cloud.1)
+        .unwrap();
+    assert!(store.recipe_from(img.image_id, 0, 1).unwrap().is_empty());
+    store.gc(Some(&group("default"))).unwrap();
+
+    assert_eq!(read_all(half, usize::MAX), 40 * (64 << 10));
+    assert_eq!(out, flat(&a), "the read went on from the copy, whole");
+    // Chunks already listed read from the copy too.
+    let (entry, _, _) = store.read_chunk(&img, 0).unwrap();
+    assert_eq!(entry.id, ChunkId::of(&a[0]));
 }
