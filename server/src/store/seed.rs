@@ -119,7 +119,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Every unique chunk the committed images of `sources` refer to, as
+    /// Every unique chunk the committed images of `sources` refer to (a
+    /// held image's in its cloud copy's group), as
     /// (storage group id, chunk id, stored length), in the order of the
     /// export: where the chunks lie in the packs. Reading them is then one
     /// pass over each pack (not a seek per chunk), and a target that loads
@@ -128,11 +129,17 @@ impl Store {
     /// says so) comes last with length 0, and its read fails the export.
     /// 68 bytes of memory per chunk while sorting.
     pub fn seed_chunk_list(&self, sources: &[SeedSource]) -> Result<Vec<(u32, ChunkId, u32)>> {
+        // Image id whose rows to walk -> the group its chunks are in: a held
+        // image's are its cloud copy's (its own rows went with the hold).
         let mut images: HashMap<u64, u32> = HashMap::new();
         for s in sources {
             let group = self.group_of(&s.rec)?;
             for (_, img) in self.catalog.images(s.rec.id, "")? {
-                images.insert(img.id, group);
+                let (g, id) = match &img.held {
+                    Some(held) => self.held_source(held)?,
+                    None => (group, img.id),
+                };
+                images.insert(id, g);
             }
         }
         let mut ids = Vec::new();

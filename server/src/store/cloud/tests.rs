@@ -255,19 +255,36 @@ fn orphans_are_noted_by_fsck_and_deleted_by_gc_past_the_grace_period_only() {
     );
 }
 
+/// A store with image `local/a` (`chunks`) and its copy `cloud/c/a` (what
+/// the tier's copy would be: the same image in the cloud group).
+fn with_cloud_copy(g: &Garage, chunks: &[Vec<u8>]) -> (tempfile::TempDir, Store) {
+    let (data, store) = cloud_store(g, "held");
+    store
+        .container_create(&group("default"), &names("local", "x").0, &settings())
+        .unwrap();
+    write(&store, "local", "a", chunks);
+    write(&store, "cloud/c", "a", chunks);
+    (data, store)
+}
+
+/// Holds `local/a` in `cloud/c/a`, then collects the local group.
+fn hold_and_collect(store: &Store, image_id: u64) {
+    let (local, name) = names("local", "a");
+    let c = store.container(&admin(), &local).unwrap();
+    let cloud = names("cloud/c", "a");
+    store
+        .image_hold(&c, &name, image_id, &cloud.0, &cloud.1)
+        .unwrap();
+    assert!(store.recipe_from(image_id, 0, 1).unwrap().is_empty());
+    store.gc(Some(&group("default"))).unwrap();
+}
+
 #[test]
 fn a_read_open_when_its_image_is_held_goes_on_from_the_cloud_copy() {
     let Some(g) = Garage::start() else { return };
-    let (_data, store) = cloud_store(&g, "held");
-    let local = names("local", "a");
-    store
-        .container_create(&group("default"), &local.0, &settings())
-        .unwrap();
     let a = big_chunks(40, 4);
-    write(&store, "local", "a", &a);
-    // What the tier's copy would be: the same image in the cloud group.
-    write(&store, "cloud/c", "a", &a);
-
+    let (_data, store) = with_cloud_copy(&g, &a);
+    let local = names("local", "a");
     let img = store.image_open(&admin(), &local.0, &local.1).unwrap();
     let mut out = Vec::new();
     let mut read_all = |from: u64, max: usize| -> u64 {
@@ -282,17 +299,35 @@ fn a_read_open_when_its_image_is_held_goes_on_from_the_cloud_copy() {
     let half = read_all(0, 20);
 
     // Held while the read is open: its rows go, and GC takes its chunks.
-    let c = store.container(&admin(), &local.0).unwrap();
-    let cloud = names("cloud/c", "a");
-    store
-        .image_hold(&c, &local.1, img.image_id, &cloud.0, &cloud.1)
-        .unwrap();
-    assert!(store.recipe_from(img.image_id, 0, 1).unwrap().is_empty());
-    store.gc(Some(&group("default"))).unwrap();
+    hold_and_collect(&store, img.image_id);
 
     assert_eq!(read_all(half, usize::MAX), 40 * (64 << 10));
     assert_eq!(out, flat(&a), "the read went on from the copy, whole");
     // Chunks already listed read from the copy too.
     let (entry, _, _) = store.read_chunk(&img, 0).unwrap();
     assert_eq!(entry.id, ChunkId::of(&a[0]));
+}
+
+#[test]
+fn a_seed_export_of_a_held_image_carries_its_chunks_from_the_cloud_copy() {
+    let Some(g) = Garage::start() else { return };
+    let a = big_chunks(12, 5);
+    let (_data, store) = with_cloud_copy(&g, &a);
+    let local = names("local", "a");
+    let img = store.image_open(&admin(), &local.0, &local.1).unwrap();
+    hold_and_collect(&store, img.image_id);
+
+    let sources = store.seed_sources(&[local.0]).unwrap();
+    let list = store.seed_chunk_list(&sources).unwrap();
+    let mut listed: Vec<ChunkId> = list.iter().map(|(_, id, _)| *id).collect();
+    let mut want: Vec<ChunkId> = a.iter().map(|c| ChunkId::of(c)).collect();
+    listed.sort_unstable_by_key(|id| id.0);
+    want.sort_unstable_by_key(|id| id.0);
+    assert_eq!(listed, want, "every chunk of the held image is in the seed");
+    let cloud = store.catalog.group_id(&group("cloud")).unwrap().unwrap();
+    for (in_group, id, len) in list {
+        assert_eq!(in_group, cloud, "read from the cloud group");
+        let record = store.seed_read_chunk(in_group, &id).unwrap();
+        assert_eq!(record.bytes.len(), len as usize);
+    }
 }
