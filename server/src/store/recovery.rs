@@ -63,7 +63,9 @@ impl Store {
             }
         }
         if suspects.is_empty() {
-            return Ok(());
+            // No pack was left open: the crash came between a pack handed
+            // to the finisher and the next append (or the stop was clean).
+            return self.index_newest_finished(&finished);
         }
         let (used, last_indexed) = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
         for (p, suspect) in suspects {
@@ -115,22 +117,54 @@ impl Store {
         Ok(())
     }
 
+    /// With no pack left open, the packs the finisher completed since the
+    /// last checkpoint are the newest of their group (a group fills one pack
+    /// after another) and hold chunks no index entry names. Each group's
+    /// packs on disk are indexed from the newest down to the first one
+    /// that holds an indexed chunk: a checkpoint indexed it, and every pack
+    /// below was whole before that checkpoint. After a clean stop that is
+    /// one table read per group. Packs in a bucket are left out: reading
+    /// them would make start-up wait for the bucket.
+    fn index_newest_finished(&self, finished: &[PackRef]) -> Result<()> {
+        let mut by_group: HashMap<u32, Vec<PackRef>> = HashMap::new();
+        for p in finished.iter().filter(|p| !self.packs.sealed(p)) {
+            by_group.entry(p.group).or_default().push(*p);
+        }
+        for mut packs in by_group.into_values() {
+            packs.sort_unstable_by_key(|p| std::cmp::Reverse(p.number));
+            for p in packs {
+                let file = self.packs.reader(p.group, p.number)?;
+                let contents = pack::read_contents(&*file, p.number)?;
+                if self.index_unindexed(&p, &*file, &contents)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Indexes the entries of pack `p` past its last checkpoint that are
     /// intact (they verify against their ids) and that the index lacks.
+    /// True if the index already named one of its entries.
     fn index_unindexed(
         &self,
         p: &PackRef,
         file: &dyn PackObject,
         contents: &pack::PackContents,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let index = self.catalog.index_snapshot()?;
         let mut verifier = Decoder::new();
         let mut found: Vec<(ChunkKey, Option<Location>)> = Vec::new();
         let mut seen = HashSet::new();
         let mut bytes = 0;
+        let mut named = false;
         for e in &contents.entries {
             let key = chunk_key(p.group, &e.id);
-            if !seen.insert(key) || index.contains(&key)? {
+            if !seen.insert(key) {
+                continue;
+            }
+            if index.contains(&key)? {
+                named = true;
                 continue;
             }
             let intact = pack::read_stored(file, &e.loc).is_ok_and(|b| {
@@ -153,7 +187,7 @@ impl Store {
             );
             self.catalog.set_index_entries(&found)?;
         }
-        Ok(())
+        Ok(named)
     }
 
     /// For each of `packs`, the end of the furthest bytes the index points

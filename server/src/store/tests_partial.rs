@@ -187,6 +187,42 @@ fn a_crash_of_the_process_keeps_the_intact_chunks_written_after_the_last_checkpo
         .all(|d| d.contains("does not match its id")));
 }
 
+/// A crash just after a pack filled, before the next chunk opened another:
+/// no pack is left open, and the finished packs since the last checkpoint
+/// are indexed again all the same (the kill -9 of copy_resume's test at a
+/// pack boundary resent them).
+#[test]
+fn a_crash_that_leaves_no_pack_open_still_keeps_the_chunks_written_after_the_checkpoint() {
+    let (dir, store) = store_with_container();
+    let data = big_chunks(300, 6);
+    let w = begin(&store, "killed");
+    send(&store, w, &data[..10]);
+    store.checkpoint_now(w).unwrap();
+    // One chunk at a time until a pack fills and none is open.
+    let mut sent = 10;
+    loop {
+        send(&store, w, &data[sent..sent + 1]);
+        sent += 1;
+        if store.packs.appender().open_packs().next().is_none() {
+            break;
+        }
+    }
+    assert!(sent > 100 && sent < 290, "{sent} chunks fill a pack");
+    store.packs.wait_finished().unwrap();
+    // A `kill -9`: what was written stays in the files, nothing more is done.
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let r = resume(&store, Owner::Any, "killed").unwrap();
+    assert_eq!(r.offset, 10 << 16, "resumed from the last checkpoint");
+    let missing = store.image_append(r.writer, &refs(&data[10..])).unwrap();
+    let expected: Vec<u32> = (sent as u32 - 10..290).collect();
+    assert_eq!(
+        missing, expected,
+        "only the chunks never written are asked for"
+    );
+}
+
 #[test]
 fn gc_keeps_an_incomplete_images_chunks_until_it_expires() {
     let (_dir, store) = store_with_container();
