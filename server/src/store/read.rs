@@ -77,9 +77,12 @@ impl Store {
         offset: u64,
     ) -> Result<(RecipeEntry, Location, Vec<u8>)> {
         match self.read_chunk_in(img.source(), offset) {
-            Err(StoreError::Invalid(_)) if self.follow_hold(img)? => {
-                self.read_chunk_in(img.source(), offset)
-            }
+            // No row there: the image may have been held since it was
+            // opened. If not (or the look fails), the lookup's own error.
+            Err(e @ StoreError::Invalid(_)) => match self.follow_hold(img) {
+                Ok(true) => self.read_chunk_in(img.source(), offset),
+                _ => Err(e),
+            },
             read => read,
         }
     }

@@ -8,7 +8,7 @@ use super::bucket::{BucketSpec, Credentials};
 use super::GroupPassphrase;
 use crate::store::tests::{admin, big_chunks, names};
 use crate::store::tests_groups::{group, read, settings, write};
-use crate::store::{Owner, Store, StoreError};
+use crate::store::{Owner, ReadableImage, Store, StoreError};
 
 const PASSPHRASE: &str = "a long enough passphrase";
 
@@ -255,16 +255,19 @@ fn orphans_are_noted_by_fsck_and_deleted_by_gc_past_the_grace_period_only() {
     );
 }
 
-/// A store with image `local/a` (`chunks`) and its copy `cloud/c/a` (what
-/// the tier's copy would be: the same image in the cloud group).
-fn with_cloud_copy(g: &Garage, chunks: &[Vec<u8>]) -> (tempfile::TempDir, Store) {
+/// A store with image `local/a` (`chunks`), opened for reading, and its
+/// copy `cloud/c/a` (what the tier's copy would be: the same image in the
+/// cloud group).
+fn with_cloud_copy(g: &Garage, chunks: &[Vec<u8>]) -> (tempfile::TempDir, Store, ReadableImage) {
     let (data, store) = cloud_store(g, "held");
+    let (local, name) = names("local", "a");
     store
-        .container_create(&group("default"), &names("local", "x").0, &settings())
+        .container_create(&group("default"), &local, &settings())
         .unwrap();
     write(&store, "local", "a", chunks);
     write(&store, "cloud/c", "a", chunks);
-    (data, store)
+    let img = store.image_open(&admin(), &local, &name).unwrap();
+    (data, store, img)
 }
 
 /// Holds `local/a` in `cloud/c/a`, then collects the local group.
@@ -283,9 +286,7 @@ fn hold_and_collect(store: &Store, image_id: u64) {
 fn a_read_open_when_its_image_is_held_goes_on_from_the_cloud_copy() {
     let Some(g) = Garage::start() else { return };
     let a = big_chunks(40, 4);
-    let (_data, store) = with_cloud_copy(&g, &a);
-    let local = names("local", "a");
-    let img = store.image_open(&admin(), &local.0, &local.1).unwrap();
+    let (_data, store, img) = with_cloud_copy(&g, &a);
     let mut out = Vec::new();
     let mut read_all = |from: u64, max: usize| -> u64 {
         let mut end = from;
@@ -312,12 +313,12 @@ fn a_read_open_when_its_image_is_held_goes_on_from_the_cloud_copy() {
 fn a_seed_export_of_a_held_image_carries_its_chunks_from_the_cloud_copy() {
     let Some(g) = Garage::start() else { return };
     let a = big_chunks(12, 5);
-    let (_data, store) = with_cloud_copy(&g, &a);
-    let local = names("local", "a");
-    let img = store.image_open(&admin(), &local.0, &local.1).unwrap();
+    let (_data, store, img) = with_cloud_copy(&g, &a);
     hold_and_collect(&store, img.image_id);
 
-    let sources = store.seed_sources(&[local.0]).unwrap();
+    let sources = store
+        .seed_sources(std::slice::from_ref(&img.info.container))
+        .unwrap();
     let list = store.seed_chunk_list(&sources).unwrap();
     let mut listed: Vec<ChunkId> = list.iter().map(|(_, id, _)| *id).collect();
     let mut want: Vec<ChunkId> = a.iter().map(|c| ChunkId::of(c)).collect();
