@@ -14,10 +14,9 @@ use tern_core::wire::WriteMode;
 use tern_faultproxy::{FaultProxy, Faults};
 use tern_test_support::*;
 
-/// A file of `len` incompressible bytes (xorshift64), written piece by piece.
-fn data_file(dir: &Path, len: usize, seed: u64) -> PathBuf {
-    let path = dir.join(format!("data-{seed}"));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+/// Writes `len` incompressible bytes (xorshift64 from `seed`) to `out`,
+/// piece by piece.
+fn write_data(out: &mut impl Write, len: usize, seed: u64) -> std::io::Result<()> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut piece = Vec::with_capacity(1 << 20);
     let mut left = len;
@@ -30,10 +29,17 @@ fn data_file(dir: &Path, len: usize, seed: u64) -> PathBuf {
             piece.extend_from_slice(&x.to_le_bytes());
         }
         piece.truncate((1 << 20).min(left));
-        f.write_all(&piece).unwrap();
+        out.write_all(&piece)?;
         left -= piece.len();
     }
-    f.flush().unwrap();
+    out.flush()
+}
+
+/// A file of `len` incompressible bytes (see [`write_data`]).
+fn data_file(dir: &Path, len: usize, seed: u64) -> PathBuf {
+    let path = dir.join(format!("data-{seed}"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    write_data(&mut f, len, seed).unwrap();
     path
 }
 
@@ -81,36 +87,36 @@ fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Restores `name` to a file and compares it with `original`, piece by piece.
+/// Restores `name` to stdout and compares it with `original`, piece by
+/// piece (streamed: the tests' images are up to 1 GiB, and CI's disk is
+/// shared).
 fn assert_restores_identical(server: &TestServer, name: &str, original: &Path) {
-    let out_path = original.with_extension("restored");
-    let out = server.tern(
-        &[
-            "restore",
-            "--container",
-            "c",
-            "--name",
-            name,
-            out_path.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_ok("restore", &out);
-    let (mut a, mut b) = (
-        std::fs::File::open(original).unwrap(),
-        std::fs::File::open(&out_path).unwrap(),
-    );
+    let mut restore = server.tern_command(&["restore", "--container", "c", "--name", name, "-"]);
+    let mut child = restore
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = child.stdout.take().unwrap();
+    let mut a = std::fs::File::open(original).unwrap();
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut same = true;
     loop {
         let n = a.read(&mut x).unwrap();
-        b.read_exact(&mut y[..n]).unwrap();
-        assert!(x[..n] == y[..n], "{name} restored differently");
-        if n == 0 {
+        if n == 0 || b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            same = n == 0 && b.read(&mut y).unwrap_or(1) == 0;
             break;
         }
     }
-    assert_eq!(b.read(&mut y).unwrap(), 0, "{name} restored longer");
-    std::fs::remove_file(out_path).unwrap();
+    drop(b);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        same && out.status.success(),
+        "{name} restored differently (restore exited {:?}: {})",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `tern ls --json`: the committed images' names; `--incomplete`: the
@@ -427,31 +433,23 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// Backs up a fresh file of `len` bytes as `name` and returns the server's
+/// Backs up `len` fresh bytes from stdin as `name` and returns the server's
 /// peak RSS during it (the peak is reset before).
-fn peak_during_backup(
-    server: &TestServer,
-    pid: u32,
-    dir: &Path,
-    name: &str,
-    len: usize,
-    seed: u64,
-) -> u64 {
-    let file = data_file(dir, len, seed);
+fn peak_during_backup(server: &TestServer, pid: u32, name: &str, len: usize, seed: u64) -> u64 {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
-    let out = server.tern(
-        &[
-            "backup",
-            "--container",
-            "c",
-            "--name",
-            name,
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
+    let mut backup = server.tern_command(&["backup", "--container", "c", "--name", name, "-"]);
+    let mut child = backup
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Fed from a thread: the child's output is read only at its end.
+    let feeder = std::thread::spawn(move || write_data(&mut stdin, len, seed));
+    let out = child.wait_with_output().unwrap();
     assert_ok("backup", &out);
-    std::fs::remove_file(file).unwrap();
+    feeder.join().unwrap().unwrap();
     status_kib(pid, "VmHWM:")
 }
 
@@ -476,10 +474,9 @@ fn server_memory_does_not_grow_with_the_image() {
     };
     server.client().container_create("c", small_chunks).unwrap();
     let pid = server.child.as_ref().unwrap().id();
-    let files = tempfile::tempdir().unwrap();
-    peak_during_backup(&server, pid, files.path(), "warm-up", 512 << 20, 20);
-    let small = peak_during_backup(&server, pid, files.path(), "m256", 256 << 20, 21);
-    let big = peak_during_backup(&server, pid, files.path(), "m2048", 2 << 30, 22);
+    peak_during_backup(&server, pid, "warm-up", 512 << 20, 20);
+    let small = peak_during_backup(&server, pid, "m256", 256 << 20, 21);
+    let big = peak_during_backup(&server, pid, "m2048", 2 << 30, 22);
     eprintln!("server peak RSS: {small} KiB writing 256 MiB, {big} KiB writing 2 GiB");
     assert!(
         big as f64 <= small as f64 * 1.25,
