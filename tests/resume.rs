@@ -101,14 +101,12 @@ fn assert_restores_identical(server: &TestServer, name: &str, original: &Path) {
     let mut b = child.stdout.take().unwrap();
     let mut a = std::fs::File::open(original).unwrap();
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    let mut same = true;
-    loop {
+    let same = loop {
         let n = a.read(&mut x).unwrap();
         if n == 0 || b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
-            same = n == 0 && b.read(&mut y).unwrap_or(1) == 0;
-            break;
+            break n == 0 && b.read(&mut y).unwrap_or(1) == 0;
         }
-    }
+    };
     drop(b);
     let out = child.wait_with_output().unwrap();
     assert!(

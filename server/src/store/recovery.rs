@@ -62,12 +62,7 @@ impl Store {
                 Err(e) => suspects.push((p, Suspect::Unreadable(e))),
             }
         }
-        if suspects.is_empty() {
-            // No pack was left open: the crash came between a pack handed
-            // to the finisher and the next append (or the stop was clean).
-            return self.index_newest_finished(&finished);
-        }
-        let (used, last_indexed) = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
+        let used = self.used_ends(suspects.iter().map(|(p, _)| p.number))?;
         for (p, suspect) in suspects {
             let used_end = used.get(&p.number).copied().unwrap_or(0);
             let shown = self.packs.describe(&p);
@@ -104,27 +99,20 @@ impl Store {
                 }
             }
         }
-        // Every checkpoint indexes every chunk written before it, so packs
-        // the finisher completed since the last one hold chunks no index
-        // entry names: they are numbered from the last pack indexed on.
-        for p in finished {
-            if last_indexed.is_none_or(|last| p.number >= last) {
-                let file = self.packs.reader(p.group, p.number)?;
-                let contents = pack::read_contents(&*file, p.number)?;
-                self.index_unindexed(&p, &*file, &contents)?;
-            }
-        }
-        Ok(())
+        self.index_newest_finished(&finished)
     }
 
-    /// With no pack left open, the packs the finisher completed since the
-    /// last checkpoint are the newest of their group (a group fills one pack
-    /// after another) and hold chunks no index entry names. Each group's
-    /// packs on disk are indexed from the newest down to the first one
-    /// that holds an indexed chunk: a checkpoint indexed it, and every pack
-    /// below was whole before that checkpoint. After a clean stop that is
-    /// one table read per group. Packs in a bucket are left out: reading
-    /// them would make start-up wait for the bucket.
+    /// Every checkpoint indexes every chunk written before it, so the packs
+    /// the finisher completed since the last one are the newest finished
+    /// packs of their group (a group fills one pack after another) and hold
+    /// chunks no index entry names. Each group's packs on disk are indexed
+    /// from the newest down to the first one the index points into: a
+    /// checkpoint indexed it, and every pack below was whole before that
+    /// checkpoint. By group, because pack numbers are shared: another
+    /// group's pack indexed at the last checkpoint can be numbered above
+    /// one finished since. After a clean stop that is one table read per
+    /// group. Packs in a bucket are left out: reading them would make
+    /// start-up wait for the bucket.
     fn index_newest_finished(&self, finished: &[PackRef]) -> Result<()> {
         let mut by_group: HashMap<u32, Vec<PackRef>> = HashMap::new();
         for p in finished.iter().filter(|p| !self.packs.sealed(p)) {
@@ -145,7 +133,7 @@ impl Store {
 
     /// Indexes the entries of pack `p` past its last checkpoint that are
     /// intact (they verify against their ids) and that the index lacks.
-    /// True if the index already named one of its entries.
+    /// True if the index points into this pack for one of its entries.
     fn index_unindexed(
         &self,
         p: &PackRef,
@@ -163,8 +151,8 @@ impl Store {
             if !seen.insert(key) {
                 continue;
             }
-            if index.contains(&key)? {
-                named = true;
+            if let Some(at) = index.pack_of(&key)? {
+                named |= at == p.number;
                 continue;
             }
             let intact = pack::read_stored(file, &e.loc).is_ok_and(|b| {
@@ -191,23 +179,21 @@ impl Store {
     }
 
     /// For each of `packs`, the end of the furthest bytes the index points
-    /// at; and the highest pack number it points into.
-    fn used_ends(
-        &self,
-        packs: impl Iterator<Item = u64>,
-    ) -> Result<(HashMap<u64, u64>, Option<u64>)> {
+    /// at.
+    fn used_ends(&self, packs: impl Iterator<Item = u64>) -> Result<HashMap<u64, u64>> {
         let mut used: HashMap<u64, u64> = packs.map(|n| (n, 0)).collect();
-        let mut last = None;
+        if used.is_empty() {
+            return Ok(used);
+        }
         self.catalog.for_each_index_entry(|_, v| {
             if let Some(loc) = Location::decode(v) {
-                last = last.max(Some(loc.pack));
                 if let Some(end) = used.get_mut(&loc.pack) {
                     *end = (*end).max(loc.offset + u64::from(loc.stored_len));
                 }
             }
             Ok(())
         })?;
-        Ok((used, last))
+        Ok(used)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Partial images in the store: checkpoints, incomplete images after a
 //! session ends or a crash, resume, expiry, and GC around them.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use super::records::chunk_key;
 use super::tests::{
     admin, admin_name, big_chunks, chunks, names, read_image, refs, store_with_container,
 };
+use super::tests_groups::{group, settings};
 use super::*;
 
 /// Announces `data` to writer `w` and sends what the store lacks.
@@ -29,7 +31,11 @@ fn send(store: &Store, w: WriterId, data: &[Vec<u8>]) {
 }
 
 fn begin(store: &Store, image: &str) -> WriterId {
-    let (c, n) = names("c", image);
+    begin_in(store, "c", image)
+}
+
+fn begin_in(store: &Store, container: &str, image: &str) -> WriterId {
+    let (c, n) = names(container, image);
     store
         .image_begin(&admin(), &admin_name(), &c, &n, b"props".to_vec(), false)
         .unwrap()
@@ -39,6 +45,11 @@ fn begin(store: &Store, image: &str) -> WriterId {
 fn resume(store: &Store, owner: Owner<'_>, image: &str) -> Result<Resumed> {
     let (c, n) = names("c", image);
     store.image_resume(&Scope::Every, owner, &c, &n, false, None)
+}
+
+fn resume_in(store: &Store, container: &str, image: &str) -> Result<Resumed> {
+    let (c, n) = names(container, image);
+    store.image_resume(&Scope::Every, Owner::Any, &c, &n, false, None)
 }
 
 fn incomplete(store: &Store) -> Vec<tern_core::wire::IncompleteImage> {
@@ -214,6 +225,55 @@ fn a_crash_that_leaves_no_pack_open_still_keeps_the_chunks_written_after_the_che
 
     let store = Store::open(dir.path()).unwrap();
     let r = resume(&store, Owner::Any, "killed").unwrap();
+    assert_eq!(r.offset, 10 << 16, "resumed from the last checkpoint");
+    let missing = store.image_append(r.writer, &refs(&data[10..])).unwrap();
+    let expected: Vec<u32> = (sent as u32 - 10..290).collect();
+    assert_eq!(
+        missing, expected,
+        "only the chunks never written are asked for"
+    );
+}
+
+/// Pack numbers are shared by the groups: a pack of one group finished
+/// after the last checkpoint can be numbered below another group's pack
+/// that the checkpoint indexed and the crash left open. Its chunks are
+/// indexed again all the same.
+#[test]
+fn a_crash_keeps_the_chunks_of_a_pack_finished_after_the_checkpoint_below_another_groups_open_pack()
+{
+    let (dir, store) = store_with_container();
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(vol.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    store.group_add_volume(&group("fast"), vol.path()).unwrap();
+    // Container `c` of group `fast`, named `fast/c` from outside.
+    store
+        .container_create(&group("fast"), &names("c", "x").0, &settings())
+        .unwrap();
+    let data = big_chunks(300, 7);
+    let a = begin_in(&store, "fast/c", "killed");
+    send(&store, a, &data[..10]);
+    let first_fast_pack = store.packs.appender().open_packs().next().unwrap();
+    // A pack of the default group, opened after fast's and left open.
+    let b = begin_in(&store, "default/c", "other");
+    send(&store, b, &chunks(3, 9));
+    store.checkpoint_now(a).unwrap();
+    store.checkpoint_now(b).unwrap();
+    let mut sent = 10;
+    while store
+        .packs
+        .appender()
+        .open_packs()
+        .any(|n| n == first_fast_pack)
+    {
+        send(&store, a, &data[sent..sent + 1]);
+        sent += 1;
+    }
+    assert!(sent > 100 && sent < 290, "{sent} chunks fill a pack");
+    store.packs.wait_finished().unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let r = resume_in(&store, "fast/c", "killed").unwrap();
     assert_eq!(r.offset, 10 << 16, "resumed from the last checkpoint");
     let missing = store.image_append(r.writer, &refs(&data[10..])).unwrap();
     let expected: Vec<u32> = (sent as u32 - 10..290).collect();

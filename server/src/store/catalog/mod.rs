@@ -442,10 +442,19 @@ impl IndexSnapshot {
 
     /// The plaintext length the index holds for a chunk, if it has it.
     pub fn raw_len(&self, key: &ChunkKey) -> Result<Option<u32>> {
+        Ok(self.location(key)?.map(|loc| loc.raw_len))
+    }
+
+    /// The pack the index says a chunk is in, if it has it.
+    pub fn pack_of(&self, key: &ChunkKey) -> Result<Option<u64>> {
+        Ok(self.location(key)?.map(|loc| loc.pack))
+    }
+
+    fn location(&self, key: &ChunkKey) -> Result<Option<Location>> {
         match self.0.get(key.as_slice())? {
             None => Ok(None),
             Some(v) => Location::decode(v.value())
-                .map(|loc| Some(loc.raw_len))
+                .map(Some)
                 .ok_or_else(|| StoreError::Corrupt("an undecodable index entry".into())),
         }
     }
