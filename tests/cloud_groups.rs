@@ -103,18 +103,21 @@ fn a_cloud_group_backs_up_restores_resumes_and_is_collected_and_checked() {
     // The same figures for Prometheus. The catalog thread saves to the
     // bucket every second, so the count can grow between two reads: the
     // one `group ls` shows lies between two scrapes taken around it.
-    let scraped_puts = || {
+    let scraped = |kind: &str| {
         let (_, metrics) = http_get(server.metrics_url.as_ref().unwrap());
-        let name = "tern_group_bucket_requests{group=\"cloud\",kind=\"put\"}";
-        metric_sample(&metrics, name).unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        let name = format!("tern_group_bucket_requests{{group=\"cloud\",kind=\"{kind}\"}}");
+        metric_sample(&metrics, &name).unwrap_or_else(|| panic!("no {name} in {metrics}"))
     };
-    let before = scraped_puts();
+    let before = scraped("put");
     let listed = cloud_group(&server)["requests"]["put"].as_f64().unwrap();
-    let after = scraped_puts();
+    let after = scraped("put");
     assert!(
         before <= listed && listed <= after,
         "group ls shows {listed} PUTs, the metrics {before} before and {after} after"
     );
+    // Nothing failed: a lease not there yet at the first start is an
+    // answer, not a failed request an admin should be paged for.
+    assert_eq!(scraped("failed"), 0.0);
 
     // The secrets: the key file only ternd reads, nothing in the audit log.
     let secret = server.data().join("groups/cloud/cloud.secret");

@@ -147,10 +147,9 @@ pub fn recover_cloud_group(
 }
 
 fn read_lease(bucket: &Bucket) -> Result<Option<Lease>> {
-    match bucket.get(LEASE_OBJECT) {
-        Ok(b) => Ok(Some(Lease::decode(&b)?)),
-        Err(cloud::bucket::BucketError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+    match bucket.get_if_present(LEASE_OBJECT)? {
+        Some(b) => Ok(Some(Lease::decode(&b)?)),
+        None => Ok(None),
     }
 }
 

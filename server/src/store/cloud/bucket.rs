@@ -274,19 +274,36 @@ impl Bucket {
 
     /// Object `name` whole.
     pub fn get(&self, name: &str) -> Result<Vec<u8>, BucketError> {
+        self.fetch(name)?
+            .map_err(|e| self.fail("reading object", name, e))
+    }
+
+    /// Object `name` whole, or `None` if there is none: an answer, not a
+    /// failed request (the lease before a group's first start).
+    pub fn get_if_present(&self, name: &str) -> Result<Option<Vec<u8>>, BucketError> {
+        match self.fetch(name)? {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("reading object", name, e)),
+        }
+    }
+
+    /// One GET of object `name`, counted; the store's own error, uncounted.
+    fn fetch(&self, name: &str) -> Result<Result<Vec<u8>, object_store::Error>, BucketError> {
         self.counters.get.fetch_add(1, Ordering::Relaxed);
         let (s3, path) = (self.s3.clone(), self.path(name));
-        let bytes = run(async move {
+        let got = run(async move {
             match s3.get(&path).await {
                 Ok(r) => r.bytes().await,
                 Err(e) => Err(e),
             }
-        })?
-        .map_err(|e| self.fail("reading object", name, e))?;
-        self.counters
-            .bytes_down
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes.to_vec())
+        })?;
+        Ok(got.map(|bytes| {
+            self.counters
+                .bytes_down
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            bytes.to_vec()
+        }))
     }
 
     /// Bytes `start..start + len` of object `name`; fewer only if it is shorter.

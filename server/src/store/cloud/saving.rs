@@ -71,10 +71,9 @@ impl CloudPackStore {
     pub fn check_lease(&self) -> io::Result<()> {
         let this = &self.inner;
         let holder = lock(&this.saved).holder;
-        let found = match this.bucket.get(LEASE_OBJECT) {
-            Ok(b) => Some(Lease::decode(&b)?),
-            Err(super::bucket::BucketError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
+        let found = match this.bucket.get_if_present(LEASE_OBJECT)? {
+            Some(b) => Some(Lease::decode(&b)?),
+            None => None,
         };
         match found {
             Some(l) if l.holder == holder => {
